@@ -1,0 +1,220 @@
+// The one Node-API file: wraps the C++ core for the TypeScript control plane. Nothing here is on a hot path:
+// the core runs its own threads, and events reach JavaScript through a thread-safe function that never blocks
+// the core (non-blocking calls into an unbounded queue).
+#include <napi.h>
+
+#include <cstring>
+#include <memory>
+#include <unistd.h>
+
+#include "page_index.h"
+#include "page_server.h"
+#include "wire.h"
+
+namespace {
+
+Napi::Error errno_error(Napi::Env env, int negative_errno, const std::string& what) {
+  const int err = -negative_errno;
+  Napi::Error error = Napi::Error::New(env, what + ": " + strerror(err));
+  const char* code = "EUNKNOWN";
+  switch (err) {
+    case EADDRINUSE: code = "EADDRINUSE"; break;
+    case EADDRNOTAVAIL: code = "EADDRNOTAVAIL"; break;
+    case EACCES: code = "EACCES"; break;
+    case EPERM: code = "EPERM"; break;
+    case EINVAL: code = "EINVAL"; break;
+    case ENOENT: code = "ENOENT"; break;
+    case EEXIST: code = "EEXIST"; break;
+    case EMFILE: code = "EMFILE"; break;
+  }
+  error.Set("code", Napi::String::New(env, code));
+  error.Set("errno", Napi::Number::New(env, err));
+  return error;
+}
+
+Napi::Value uint64_value(Napi::Env env, uint64_t value) {
+  return value <= (1ull << 53) ? Napi::Value(Napi::Number::New(env, static_cast<double>(value)))
+                               : Napi::Value(Napi::BigInt::New(env, value));
+}
+
+Napi::Object session_stats_object(Napi::Env env, const lazyd::SessionStats& stats) {
+  Napi::Object object = Napi::Object::New(env);
+  object.Set("gets", uint64_value(env, stats.gets));
+  object.Set("pages", uint64_value(env, stats.pages));
+  object.Set("bytesOut", uint64_value(env, stats.bytes_out));
+  object.Set("closedByRequest", Napi::Boolean::New(env, stats.closed_by_request));
+  return object;
+}
+
+const char* event_kind_name(lazyd::ServerEvent::Kind kind) {
+  switch (kind) {
+    case lazyd::ServerEvent::Kind::kSessionStart: return "session-start";
+    case lazyd::ServerEvent::Kind::kSessionEnd: return "session-end";
+    case lazyd::ServerEvent::Kind::kRefused: return "refused";
+    case lazyd::ServerEvent::Kind::kStopped: return "stopped";
+  }
+  return "?";
+}
+
+// new PageServer({ format, maxRequestPages, maxQueuedReplies, singleSession, maxSessions, stallTimeoutMs, onEvent })
+class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "PageServer",
+                       {InstanceMethod("addFile", &PageServerWrap::AddFile),
+                        InstanceMethod("addTask", &PageServerWrap::AddTask),
+                        InstanceMethod("listen", &PageServerWrap::Listen),
+                        InstanceMethod("start", &PageServerWrap::Start),
+                        InstanceMethod("stop", &PageServerWrap::Stop),
+                        InstanceMethod("stats", &PageServerWrap::Stats)});
+  }
+
+  explicit PageServerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PageServerWrap>(info) {
+    Napi::Env env = info.Env();
+    Napi::Object options = info[0].As<Napi::Object>();
+    auto number = [&](const char* name, double fallback) {
+      Napi::Value value = options.Get(name);
+      return value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : fallback;
+    };
+    const int format = static_cast<int>(number("format", 0));
+    config_.session.format = format == 24   ? lazyd::wire::Format::V24
+                             : format == 32 ? lazyd::wire::Format::V32
+                                            : lazyd::wire::Format::Unknown;
+    config_.session.max_request_pages = static_cast<uint64_t>(number("maxRequestPages", 65536));
+    config_.session.max_queued_replies = static_cast<size_t>(number("maxQueuedReplies", 64));
+    config_.single_session = options.Get("singleSession").ToBoolean();
+    config_.max_sessions = static_cast<size_t>(number("maxSessions", 1024));
+    config_.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs", 30000));
+    index_ = std::make_shared<lazyd::PageIndex>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
+    events_ = Napi::ThreadSafeFunction::New(env, options.Get("onEvent").As<Napi::Function>(), "lazyd-page-server",
+                                            0, 1);
+  }
+
+  ~PageServerWrap() override {
+    server_.reset();
+    if (!released_) events_.Release();
+  }
+
+ private:
+  Napi::Value AddFile(const Napi::CallbackInfo& info) {
+    const std::string path = info[0].As<Napi::String>();
+    if (server_) throw Napi::Error::New(info.Env(), "addFile after start");
+    int index = index_->add_file(path);
+    if (index < 0) throw errno_error(info.Env(), index, "cannot open " + path);
+    return Napi::Number::New(info.Env(), index);
+  }
+
+  // addTask(pid, runs: BigUint64Array of [vaddr, nrPages, flags, fileIndex (2^64-1: none), fileOffset] * n)
+  Napi::Value AddTask(const Napi::CallbackInfo& info) {
+    if (server_) throw Napi::Error::New(info.Env(), "addTask after start");
+    const uint64_t pid = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    Napi::BigUint64Array packed = info[1].As<Napi::BigUint64Array>();
+    if (packed.ElementLength() % 5 != 0) throw Napi::Error::New(info.Env(), "addTask: runs must be 5-tuples");
+    std::vector<lazyd::PageRun> runs;
+    for (size_t i = 0; i < packed.ElementLength(); i += 5) {
+      lazyd::PageRun run;
+      run.vaddr = packed[i];
+      run.nr_pages = packed[i + 1];
+      run.flags = static_cast<uint32_t>(packed[i + 2]);
+      run.file = packed[i + 3] == UINT64_MAX ? -1 : static_cast<int32_t>(packed[i + 3]);
+      run.file_offset = packed[i + 4];
+      runs.push_back(run);
+    }
+    int result = index_->add_task(pid, std::move(runs));
+    if (result < 0) throw errno_error(info.Env(), result, "pid " + std::to_string(pid) + ": bad page runs");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Listen(const Napi::CallbackInfo& info) {
+    const std::string address = info[0].As<Napi::String>();
+    const uint32_t port = info[1].As<Napi::Number>().Uint32Value();
+    if (!server_) {
+      server_ = std::make_unique<lazyd::PageServer>(config_, index_, [this](const lazyd::ServerEvent& event) {
+        post(event);
+      });
+    }
+    uint16_t bound = 0;
+    int result = server_->listen(address, static_cast<uint16_t>(port), &bound);
+    if (result < 0) {
+      throw errno_error(info.Env(), result,
+                        "cannot listen on " + (address.empty() ? std::string("*") : address) + ":" + std::to_string(port));
+    }
+    return Napi::Number::New(info.Env(), bound);
+  }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    if (!server_) throw Napi::Error::New(info.Env(), "start before listen");
+    int result = server_->start();
+    if (result < 0) throw errno_error(info.Env(), result, "cannot start the page server thread");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    const int drain_ms = info.Length() > 0 ? info[0].As<Napi::Number>().Int32Value() : 10000;
+    if (server_) server_->request_stop(drain_ms);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object object = Napi::Object::New(env);
+    if (!server_) return object;
+    const lazyd::ServerCounters& c = server_->counters();
+    object.Set("sessionsTotal", uint64_value(env, c.sessions_total));
+    object.Set("sessionsActive", uint64_value(env, c.sessions_active));
+    object.Set("sessionsFailed", uint64_value(env, c.sessions_failed));
+    object.Set("getsTotal", uint64_value(env, c.gets_total));
+    object.Set("pagesTotal", uint64_value(env, c.pages_total));
+    object.Set("bytesTotal", uint64_value(env, c.bytes_total));
+    return object;
+  }
+
+  // Called on the server thread: copy the event and queue it for the JavaScript thread.
+  void post(const lazyd::ServerEvent& event) {
+    auto* copy = new lazyd::ServerEvent(event);
+    const bool last = event.kind == lazyd::ServerEvent::Kind::kStopped;
+    events_.NonBlockingCall(copy, [](Napi::Env env, Napi::Function callback, lazyd::ServerEvent* data) {
+      std::unique_ptr<lazyd::ServerEvent> owned(data);
+      Napi::Object object = Napi::Object::New(env);
+      object.Set("type", event_kind_name(owned->kind));
+      object.Set("session", uint64_value(env, owned->session));
+      object.Set("peer", owned->peer);
+      object.Set("ok", owned->ok);
+      object.Set("message", owned->message);
+      object.Set("format", owned->format);
+      object.Set("seconds", owned->seconds);
+      object.Set("stats", session_stats_object(env, owned->stats));
+      callback.Call({object});
+    });
+    if (last) {
+      // The thread ends right after this event: let Node exit once the queue is drained.
+      events_.Release();
+      released_ = true;
+    }
+  }
+
+  lazyd::PageServerConfig config_;
+  std::shared_ptr<lazyd::PageIndex> index_;
+  std::unique_ptr<lazyd::PageServer> server_;
+  Napi::ThreadSafeFunction events_;
+  bool released_ = false;
+};
+
+Napi::Object Constants(Napi::Env env) {
+  Napi::Object constants = Napi::Object::New(env);
+  for (size_t i = 0; i < lazyd::wire::kConstantCount; i++) {
+    constants.Set(lazyd::wire::kConstants[i].name, uint64_value(env, lazyd::wire::kConstants[i].value));
+  }
+  return constants;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("PageServer", PageServerWrap::Define(env));
+  exports.Set("constants", Constants(env));
+  exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(lazyd_native, Init)

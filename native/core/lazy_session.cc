@@ -1,0 +1,228 @@
+#include "lazy_session.h"
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace lazyd {
+namespace {
+
+std::string hex(uint64_t value) {
+  char text[24];
+  snprintf(text, sizeof text, "0x%" PRIx64, value);
+  return text;
+}
+
+}  // namespace
+
+LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& limits)
+    : fd_(fd), index_(index), limits_(limits), format_(limits.format) {}
+
+LazySession::~LazySession() { close(fd_); }
+
+LazySession::Status LazySession::fail(std::string message) {
+  error_ = std::move(message);
+  return Status::kFailed;
+}
+
+// Done once the peer has hung up (after CLOSE, or at a header boundary) and every reply has left.
+LazySession::Status LazySession::settle() {
+  if (replies_.empty() && (eof_ || stop_reading_)) return Status::kDone;
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::stop_reading() {
+  stop_reading_ = true;
+  return settle();
+}
+
+LazySession::Status LazySession::on_readable() {
+  while (wants_read()) {
+    ssize_t n = recv(fd_, in_ + in_len_, sizeof in_ - in_len_, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      return fail(std::string("receive failed: ") + strerror(errno));
+    }
+    if (n == 0) {
+      eof_ = true;
+      if (in_len_ != 0 && !(close_seen_ && in_len_ <= close_slack_)) {
+        return fail("truncated header: the peer closed the connection after " + std::to_string(in_len_) +
+                    " bytes of a header");
+      }
+      break;
+    }
+    in_len_ += static_cast<size_t>(n);
+    Status status = handle_requests();
+    if (status != Status::kOpen) return status;
+  }
+  Status status = flush();
+  return status == Status::kOpen ? settle() : status;
+}
+
+LazySession::Status LazySession::on_writable() {
+  Status status = flush();
+  if (status != Status::kOpen) return status;
+  // Room in the reply queue again: requests that arrived meanwhile may be waiting in in_.
+  status = handle_requests();
+  return status == Status::kOpen ? settle() : status;
+}
+
+LazySession::Status LazySession::handle_requests() {
+  size_t used = 0;
+  Status status = Status::kOpen;
+  while (status == Status::kOpen && replies_.size() < limits_.max_queued_replies) {
+    const uint8_t* head = in_ + used;
+    const size_t available = in_len_ - used;
+    if (close_seen_) {
+      // After CLOSE only EOF may follow — except the 8 trailing zero bytes of a 32-byte CLOSE that was
+      // answered before its format was known.
+      size_t i = 0;
+      while (i < available && i < close_slack_ && head[i] == 0) i++;
+      if (i != available) {
+        status = fail("data after CLOSE: the peer must close the connection after the CLOSE reply");
+        break;
+      }
+      close_slack_ -= i;
+      used += i;
+      break;
+    }
+    if (available < wire::HEADER_SIZE_V24) break;
+    wire::Format format = format_;
+    if (format == wire::Format::Unknown) {
+      format = wire::detect(head, available, index_.page_size());
+      const uint32_t command = wire::decode(wire::Format::V24, head).command();
+      if (format == wire::Format::Unknown) {
+        if (command == wire::PS_IOV_CLOSE || command == wire::PS_IOV_FORCE_CLOSE) {
+          // Both layouts get the same 4-byte reply; the 32-byte form has 8 more bytes still to come.
+          used += wire::HEADER_SIZE_V24;
+          close_slack_ = wire::HEADER_SIZE_V32 - wire::HEADER_SIZE_V24;
+          status = queue_close_status();
+          continue;
+        }
+        status = fail(std::string("malformed first header (command ") + wire::command_name(command) +
+                      " " + hex(command) + "): neither the 24-byte (CRIU <= 4.1) nor the 32-byte (CRIU >= 4.2) " +
+                      "layout fits; pass --criu-abi if the peer is a CRIU page-server client");
+        break;
+      }
+      format_ = format;
+    }
+    const size_t head_size = wire::header_size(format);
+    if (available < head_size) break;
+    const wire::Header header = wire::decode(format, head);
+    used += head_size;
+    switch (header.command()) {
+      case wire::PS_IOV_GET:
+        status = handle_get(header);
+        break;
+      case wire::PS_IOV_CLOSE:
+      case wire::PS_IOV_FORCE_CLOSE:
+        status = queue_close_status();
+        break;
+      case wire::PS_IOV_OPEN:
+      case wire::PS_IOV_OPEN2:
+      case wire::PS_IOV_PARENT:
+      case wire::PS_IOV_ADD:
+      case wire::PS_IOV_ADD_F:
+      case wire::PS_IOV_HOLE:
+        status = fail(std::string("upload command ") + wire::command_name(header.command()) +
+                      " on a lazy page server: this lazyd serves the images of -D; it does not accept uploads");
+        break;
+      default:
+        status = fail("unknown command " + hex(header.cmd) + ": not a CRIU page-server request");
+        break;
+    }
+  }
+  memmove(in_, in_ + used, in_len_ - used);
+  in_len_ -= used;
+  return status;
+}
+
+LazySession::Status LazySession::handle_get(const wire::Header& header) {
+  const uint64_t page_size = index_.page_size();
+  const std::string what = "GET pid " + std::to_string(header.dst_id) + " vaddr " + hex(header.vaddr) + " nr_pages " +
+                           std::to_string(header.nr_pages);
+  if (header.nr_pages == 0) return fail(what + ": nr_pages is 0");
+  if (header.nr_pages > limits_.max_request_pages) {
+    return fail(what + ": more than the limit of " + std::to_string(limits_.max_request_pages) +
+                " pages per request (--max-request-pages)");
+  }
+  if (header.vaddr % page_size != 0) return fail(what + ": vaddr is not page-aligned");
+  PageSpan span;
+  LookupResult found = index_.lookup(header.dst_id, header.vaddr, header.nr_pages, &span);
+  if (found != LookupResult::kFound) return fail(what + ": " + lookup_result_text(found));
+
+  Reply reply;
+  wire::Header answer;
+  answer.cmd = wire::GET_REPLY_CMD;
+  answer.pad = header.pad;  // CRIU's server answers in the request's own struct, so 4.2 replies echo the padding
+  answer.nr_pages = span.nr_pages;
+  answer.vaddr = header.vaddr;
+  answer.dst_id = header.dst_id;
+  wire::encode(format_, answer, reply.head);
+  reply.head_len = wire::header_size(format_);
+  reply.file_fd = span.fd;
+  reply.file_offset = span.file_offset;
+  reply.file_left = span.nr_pages * page_size;
+  replies_.push_back(reply);
+  stats_.gets++;
+  stats_.pages += span.nr_pages;
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::queue_close_status() {
+  Reply reply;
+  const int32_t status = 0;  // CRIU always answers CLOSE with 0 (§1.3)
+  memcpy(reply.head, &status, sizeof status);
+  reply.head_len = sizeof status;
+  replies_.push_back(reply);
+  close_seen_ = true;
+  stats_.closed_by_request = true;
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::flush() {
+  while (!replies_.empty()) {
+    Reply& reply = replies_.front();
+    if (reply.head_sent < reply.head_len) {
+      // MSG_MORE keeps the header with the page bytes that follow; the last sendfile segment goes out without
+      // it, so with TCP_NODELAY a reply leaves as soon as it is complete (no cork timer, unlike CRIU's 0.2 s).
+      const int more = reply.file_left ? MSG_MORE : 0;
+      ssize_t n = send(fd_, reply.head + reply.head_sent, reply.head_len - reply.head_sent,
+                       MSG_DONTWAIT | MSG_NOSIGNAL | more);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+        return fail(std::string("send failed: ") + strerror(errno));
+      }
+      reply.head_sent += static_cast<size_t>(n);
+      stats_.bytes_out += static_cast<uint64_t>(n);
+      continue;
+    }
+    if (reply.file_left) {
+      off_t offset = static_cast<off_t>(reply.file_offset);
+      ssize_t n = sendfile(fd_, reply.file_fd, &offset, reply.file_left);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+        return fail(std::string("sending page data failed: ") + strerror(errno));
+      }
+      if (n == 0) {
+        return fail("the pages image ended " + std::to_string(reply.file_left) +
+                    " bytes early (truncated or changed since start): no page is sent short");
+      }
+      reply.file_offset += static_cast<uint64_t>(n);
+      reply.file_left -= static_cast<uint64_t>(n);
+      stats_.bytes_out += static_cast<uint64_t>(n);
+      continue;
+    }
+    replies_.pop_front();
+  }
+  return Status::kOpen;
+}
+
+}  // namespace lazyd

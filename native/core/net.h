@@ -1,0 +1,19 @@
+// Small socket helpers shared by the page server and the page client.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace lazyd::net {
+
+// Binds and listens on a numeric IPv4/IPv6 address ("" means every IPv6+IPv4 address), with SO_REUSEADDR.
+// port 0 lets the kernel choose; *bound_port receives the port. Returns the non-blocking fd, or -errno.
+int listen_tcp(const std::string& address, uint16_t port, int backlog, uint16_t* bound_port);
+
+int set_nonblocking(int fd);
+int set_nodelay(int fd);
+
+// "127.0.0.1:40312" or "[::1]:40312".
+std::string peer_name(int fd);
+
+}  // namespace lazyd::net
