@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian machine, as root: build tools, CRIU 4.1.1 and 4.2.1 in a private prefix
+# (scripts/install-criu.sh), and the npm packages (which build the native addon and the TypeScript).
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+for tool in cmake g++ gcc make python3 ip patchelf; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends cmake g++ gcc make python3 iproute2 patchelf ca-certificates >/dev/null
+fi
+
+bash scripts/install-criu.sh
+
+if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi

@@ -1,0 +1,37 @@
+// criu's getopt spellings that yargs does not read the same way, rewritten before yargs sees them:
+//   -v, -vv, -vvv  raise the verbosity by one each; -vN and --verbosity=N set it; --verbosity alone raises it
+//   -Dpath, -Wpath, -opath (value glued to a short option) become "-D path" etc.
+// The verbosity is returned apart, because it is an accumulator, not a plain option.
+import { DEFAULT_VERBOSITY } from '../log.js';
+
+const SHORT_WITH_VALUE = new Set(['D', 'W', 'o', 't']);
+
+export interface CriuArgv {
+  args: string[];
+  verbosity: number;
+}
+
+export function normalizeCriuArgv(argv: readonly string[]): CriuArgv {
+  const args: string[] = [];
+  let verbosity = DEFAULT_VERBOSITY;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--') {
+      args.push(...argv.slice(i));
+      break;
+    }
+    let match: RegExpMatchArray | null;
+    if ((match = arg.match(/^-(v+)$/))) {
+      verbosity += match[1].length;
+    } else if ((match = arg.match(/^-v(\d+)$/)) || (match = arg.match(/^--verbosity=(\d+)$/))) {
+      verbosity = Number(match[1]);
+    } else if (arg === '--verbosity') {
+      verbosity += 1;
+    } else if ((match = arg.match(/^-([A-Za-z])(.+)$/)) && SHORT_WITH_VALUE.has(match[1]) && !match[2].startsWith('=')) {
+      args.push(`-${match[1]}`, match[2]);
+    } else {
+      args.push(arg);
+    }
+  }
+  return { args, verbosity };
+}

@@ -1,0 +1,93 @@
+// lazyd's command line. Flag names mirror criu's, so a tool that runs `criu page-server --lazy-pages ...` or
+// `criu lazy-pages ...` can run lazyd with the same arguments.
+import yargs, { type Argv } from 'yargs';
+import { normalizeCriuArgv } from './criu-argv.js';
+import { runPageServer } from '../commands/page-server.js';
+
+function commonOptions<T>(y: Argv<T>) {
+  return y
+    .option('images-dir', { alias: 'D', type: 'string', default: '.', describe: 'CRIU images directory' })
+    .option('work-dir', { alias: 'W', type: 'string', describe: 'work directory (default: the images dir)' })
+    .option('log-file', { alias: 'o', type: 'string', describe: 'log file, relative to the work dir (criu -o)' })
+    .option('address', { type: 'string', describe: 'numeric IPv4/IPv6 address to listen on or connect to' })
+    .option('port', { type: 'number', describe: 'TCP port' })
+    .option('status-fd', { type: 'number', describe: "write one '\\0' byte to this fd when ready, then close it" })
+    .option('pidfile', { type: 'string', describe: 'write the pid to this file' })
+    .option('default-config', { type: 'boolean', default: true, describe: 'criu compatibility (--no-default-config)' })
+    .option('criu-abi', {
+      type: 'string',
+      describe: 'page-server header layout: auto, 4.1 (24-byte headers) or 4.2 (32-byte)',
+      default: 'auto',
+    })
+    .option('max-request-pages', { type: 'number', default: 65536, describe: 'largest GET served, in pages' })
+    .option('max-sessions', { type: 'number', default: 1024, describe: 'concurrent sessions; more are refused' })
+    .option('stall-timeout', { type: 'number', default: 30, describe: 'seconds a peer may leave a reply unread' })
+    .option('drain-timeout', { type: 'number', default: 10, describe: 'seconds SIGTERM waits for replies in flight' });
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const { args, verbosity } = normalizeCriuArgv(argv);
+  let exitCode = 0;
+  const serve = (mode: 'serve' | 'criu') => async (a: any) => {
+    exitCode = await runPageServer({
+      mode,
+      imagesDir: a.imagesDir,
+      workDir: a.workDir,
+      address: a.address,
+      port: a.port,
+      statusFd: a.statusFd,
+      pidfile: a.pidfile,
+      logFile: a.logFile,
+      verbosity,
+      criuAbi: a.criuAbi,
+      maxSessions: a.maxSessions,
+      maxRequestPages: a.maxRequestPages,
+      stallTimeoutSeconds: a.stallTimeout,
+      drainSeconds: a.drainTimeout,
+    });
+  };
+
+  const parser = yargs(args)
+    .scriptName('lazyd')
+    .usage('$0 --page-server -D <images> [--port 9876]   serve a checkpoint lazily to any number of restores')
+    .command(
+      'page-server',
+      "criu's `page-server --lazy-pages`, drop-in: one session, then exit",
+      (y) => commonOptions(y).option('lazy-pages', { type: 'boolean', default: false }),
+      async (a) => {
+        if (!a.lazyPages) {
+          throw new Error(
+            'page-server without --lazy-pages receives uploads from `criu dump --page-server`; ' +
+              'lazyd does not accept uploads yet — add --lazy-pages to serve the images of -D',
+          );
+        }
+        await serve('criu')(a);
+      },
+    )
+    .command(
+      '$0',
+      'run the lazyd daemon',
+      (y) =>
+        commonOptions(y)
+          .option('page-server', { type: 'boolean', default: false, describe: 'serve the checkpoint of -D over TCP' })
+          .option('lazy-pages', { type: 'boolean', default: false, describe: 'accepted for criu compatibility' }),
+      async (a) => {
+        if (!a.pageServer) throw new Error('nothing to do: pass --page-server (see --help)');
+        await serve('serve')(a);
+      },
+    )
+    .strictOptions()
+    .help()
+    .version(false)
+    .fail((message, error) => {
+      throw error ?? new Error(message);
+    });
+
+  try {
+    await parser.parseAsync();
+  } catch (error) {
+    process.stderr.write(`lazyd: ${(error as Error).message}\n`);
+    return 1;
+  }
+  return exitCode;
+}

@@ -1,0 +1,83 @@
+// `lazyd --page-server` (a daemon: many sessions until SIGTERM) and `lazyd page-server --lazy-pages` (criu's
+// drop-in: one session, exit 0 when it ends cleanly).
+import path from 'node:path';
+import { createLogger } from '../log.js';
+import { signalStatusFd, writePidfile } from '../cli/process-control.js';
+import { PageServerService, type WireFormatOption } from '../page-server/service.js';
+
+export interface PageServerCommandOptions {
+  mode: 'serve' | 'criu';
+  imagesDir: string;
+  workDir?: string;
+  address?: string;
+  port?: number;
+  statusFd?: number;
+  pidfile?: string;
+  logFile?: string;
+  verbosity: number;
+  criuAbi?: string;
+  maxSessions?: number;
+  maxRequestPages?: number;
+  stallTimeoutSeconds?: number;
+  drainSeconds?: number;
+}
+
+export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
+  if (abi === undefined || abi === 'auto') return undefined;
+  if (/^(3(\.\d+)*|4\.[01](\.\d+)*|24)$/.test(abi)) return 24;
+  if (/^(4\.([2-9]|\d\d+)(\.\d+)*|[5-9](\.\d+)*|32)$/.test(abi)) return 32;
+  throw new Error(`--criu-abi ${abi}: expected auto, 4.1 (24-byte headers, CRIU <= 4.1) or 4.2 (32-byte, CRIU >= 4.2)`);
+}
+
+export async function runPageServer(options: PageServerCommandOptions): Promise<number> {
+  const imagesDir = path.resolve(options.imagesDir);
+  const workDir = path.resolve(options.workDir ?? imagesDir);
+  const { logger, reopen } = createLogger({ verbosity: options.verbosity, logFile: options.logFile, workDir });
+  const single = options.mode === 'criu';
+
+  let service: PageServerService;
+  try {
+    service = await PageServerService.start({
+      imagesDir,
+      address: options.address ?? '',
+      port: options.port ?? (single ? 0 : 9876),
+      format: wireFormatFromAbi(options.criuAbi),
+      singleSession: single,
+      maxSessions: options.maxSessions,
+      maxRequestPages: options.maxRequestPages,
+      stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
+      logger,
+    });
+  } catch (error) {
+    logger.error((error as Error).message);
+    if (options.logFile) process.stderr.write(`lazyd: ${(error as Error).message}\n`);
+    return 1;
+  }
+
+  const shown = options.address ? (options.address.includes(':') ? `[${options.address}]` : options.address) : '[::]';
+  logger.info(`Using ${service.port} port`);
+  if (!single) {
+    process.stdout.write(
+      `lazyd: page server listening on ${shown}:${service.port} — ${imagesDir}: ${service.summary.tasks} tasks, ` +
+        `${service.summary.lazyPages} lazy pages\n`,
+    );
+  }
+  writePidfile(options.pidfile);
+  signalStatusFd(options.statusFd);
+
+  const drainMs = (options.drainSeconds ?? 10) * 1000;
+  const onSignal = (signal: string) => {
+    logger.info(`Got ${signal}: finishing the replies in flight, then exiting`);
+    service.stop(drainMs);
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGHUP', () => reopen());
+
+  const cleanEnd = await service.stopped;
+  const stats = service.stats();
+  logger.info(stats, 'Page server totals');
+  // The daemon's exit status says whether it shut down cleanly; criu's drop-in form reports its one session.
+  if (single) return cleanEnd && stats.sessionsTotal > 0 ? 0 : 1;
+  return 0;
+}

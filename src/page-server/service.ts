@@ -1,0 +1,138 @@
+// Supervises the native page server: loads the checkpoint's page index into it, starts it, turns its events
+// into log lines, and reports how it ended. The page bytes never pass through here.
+import type { Logger } from '../log.js';
+import { loadNative } from '../native.js';
+import { buildPageIndex, type PageIndexSummary } from './page-index.js';
+
+export type WireFormatOption = 24 | 32 | undefined;
+
+export interface PageServerOptions {
+  imagesDir: string;
+  address: string;
+  port: number;
+  format?: WireFormatOption;
+  singleSession?: boolean;
+  maxSessions?: number;
+  maxRequestPages?: number;
+  stallTimeoutMs?: number;
+  logger: Logger;
+}
+
+export interface NativeSessionEvent {
+  type: 'session-start' | 'session-end' | 'refused' | 'stopped';
+  session: number;
+  peer: string;
+  ok: boolean;
+  message: string;
+  format: number;
+  seconds: number;
+  stats: { gets: number; pages: number; bytesOut: number; closedByRequest: boolean };
+}
+
+export interface PageServerStats {
+  sessionsTotal: number;
+  sessionsActive: number;
+  sessionsFailed: number;
+  getsTotal: number;
+  pagesTotal: number;
+  bytesTotal: number;
+}
+
+export class PageServerService {
+  readonly port: number;
+  readonly summary: PageIndexSummary;
+  /** Resolves when the native thread has ended: true when no session failed. */
+  readonly stopped: Promise<boolean>;
+  private readonly native: any;
+
+  private constructor(native: any, port: number, summary: PageIndexSummary, stopped: Promise<boolean>) {
+    this.native = native;
+    this.port = port;
+    this.summary = summary;
+    this.stopped = stopped;
+  }
+
+  static async start(options: PageServerOptions): Promise<PageServerService> {
+    const { logger } = options;
+    const addon = loadNative();
+    let resolveStopped!: (ok: boolean) => void;
+    const stopped = new Promise<boolean>((resolve) => (resolveStopped = resolve));
+    const native = new addon.PageServer({
+      format: options.format ?? 0,
+      singleSession: options.singleSession ?? false,
+      maxSessions: options.maxSessions ?? 1024,
+      maxRequestPages: options.maxRequestPages ?? 65536,
+      stallTimeoutMs: options.stallTimeoutMs ?? 30000,
+      onEvent: (event: NativeSessionEvent) => {
+        logSessionEvent(logger, event);
+        if (event.type === 'stopped') resolveStopped(event.ok);
+      },
+    });
+    const summary = await buildPageIndex(options.imagesDir, native, logger);
+    let port: number;
+    try {
+      port = native.listen(options.address, options.port);
+    } catch (error) {
+      throw new Error(listenErrorText(error as NodeJS.ErrnoException, options.address, options.port));
+    }
+    native.start();
+    return new PageServerService(native, port, summary, stopped);
+  }
+
+  /** Stop accepting; finish replies already queued (at most drainMs), then end. */
+  stop(drainMs = 10000): void {
+    this.native.stop(drainMs);
+  }
+
+  stats(): PageServerStats {
+    return this.native.stats();
+  }
+}
+
+function listenErrorText(error: NodeJS.ErrnoException, address: string, port: number): string {
+  const where = `${address || '*'}:${port}`;
+  switch (error.code) {
+    case 'EADDRINUSE':
+      return `cannot listen on ${where}: the port is in use — stop the other server or pick another --port (--port 0 picks a free one)`;
+    case 'EADDRNOTAVAIL':
+      return `cannot listen on ${where}: no interface has this address — pass an address of this host to --address`;
+    case 'EACCES':
+      return `cannot listen on ${where}: permission denied — ports below 1024 need root or CAP_NET_BIND_SERVICE`;
+    case 'EINVAL':
+      return `cannot listen on ${where}: --address must be a numeric IPv4 or IPv6 address`;
+    default:
+      return error.message;
+  }
+}
+
+function formatName(format: number): string {
+  return format === 24 ? '24-byte (CRIU <= 4.1)' : format === 32 ? '32-byte (CRIU >= 4.2)' : 'undetected';
+}
+
+function logSessionEvent(logger: Logger, event: NativeSessionEvent): void {
+  switch (event.type) {
+    case 'session-start':
+      logger.info({ session: event.session, peer: event.peer }, 'Accepted page-server session');
+      break;
+    case 'session-end': {
+      const summary = {
+        session: event.session,
+        peer: event.peer,
+        headers: formatName(event.format),
+        gets: event.stats.gets,
+        pages: event.stats.pages,
+        bytes: event.stats.bytesOut,
+        seconds: Number(event.seconds.toFixed(3)),
+      };
+      if (event.ok) logger.info(summary, 'Page-server session finished');
+      else logger.error(summary, `Page-server session failed: ${event.message}`);
+      break;
+    }
+    case 'refused':
+      logger.warn({ peer: event.peer }, event.message);
+      break;
+    case 'stopped':
+      logger.info('Page server stopped');
+      break;
+  }
+}
