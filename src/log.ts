@@ -33,7 +33,7 @@ export function criuLine(record: Record<string, unknown>, startedAt: number): st
 
 class CriuTextDestination {
   private fd: number;
-  private readonly startedAt = Date.now();
+  private readonly startedAt = performance.timeOrigin + performance.now();
   constructor(private readonly file: string | undefined) {
     this.fd = file ? fs.openSync(file, 'a') : 2;
   }
@@ -75,7 +75,12 @@ export function createLogger(options: LogOptions = {}): LogHandle {
   const logFile = resolveLogFile(options.logFile, options.workDir);
   const destination = new CriuTextDestination(logFile);
   const logger = pino(
-    { level: levelForVerbosity(options.verbosity ?? DEFAULT_VERBOSITY), base: undefined },
+    {
+      level: levelForVerbosity(options.verbosity ?? DEFAULT_VERBOSITY),
+      base: undefined,
+      // Milliseconds with a microsecond fraction, for criu's (SS.uuuuuu) stamps.
+      timestamp: () => `,"time":${(performance.timeOrigin + performance.now()).toFixed(3)}`,
+    },
     destination as unknown as pino.DestinationStream,
   );
   return { logger, logFile, reopen: () => destination.reopen() };
