@@ -120,6 +120,7 @@ const NamedConstant kConstants[] = {
     LAZYD_NAMED(PE_PARENT),        LAZYD_NAMED(PE_LAZY),         LAZYD_NAMED(PE_PRESENT),
     LAZYD_NAMED(GET_REPLY_CMD),    LAZYD_NAMED(LAZY_PAGES_RESTORE_FINISHED),
     LAZYD_NAMED(PID_MAX_LIMIT),    LAZYD_NAMED(HEADER_SIZE_V24), LAZYD_NAMED(HEADER_SIZE_V32),
+    LAZYD_NAMED(HEADER_SIZE_MAX),
 };
 #undef LAZYD_NAMED
 const size_t kConstantCount = sizeof(kConstants) / sizeof(kConstants[0]);

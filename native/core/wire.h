@@ -75,13 +75,14 @@ Header decode(Format format, const uint8_t* in);
 // OPEN2/CLOSE). Padding (bytes 4..7 of the 32-byte form) is never looked at: CRIU 4.2.1 leaves stack garbage there.
 //   GET:   24 if nr_pages(u32@4) >= 1, vaddr(u64@8) page-aligned and nonzero, pid(u64@16) in 1..PID_MAX_LIMIT;
 //          32 if nr_pages(u64@8) >= 1 and < 2^32, vaddr(u64@16) page-aligned and > PID_MAX_LIMIT.
-//   OPEN/OPEN2/PARENT/HOLE/ADD/ADD_F: 24 if u64@16 (dst_id) != 0, 32 if it is 0 (the 32-byte dst_id is at 24).
+//   OPEN/OPEN2/PARENT/HOLE/ADD/ADD_F: 24 if the low byte of u64@16 is nonzero (a dst_id's type byte), 32 if it
+//          is 0 (a page-aligned vaddr, 0 for OPEN/OPEN2/PARENT). Later checks reject what fits neither.
 //   CLOSE/FORCE_CLOSE: both layouts carry zeros and get the same 4-byte reply: reported as Unknown, and the
 //          caller answers without knowing.
-// Limits: a GET whose vaddr is below 4 MiB + 1 page in a 32-byte stream, or whose vaddr is a small multiple of
-// the page size in a 24-byte stream, is ambiguous; such addresses are never lazy in practice (they would be
-// below the lowest mmap address of a non-PIE binary), and --criu-abi removes any doubt.
-// Returns Unknown when neither layout fits (a malformed header).
+// Limits: a 24-byte GET is never misread (u64@16 alone decides). A 32-byte GET for a vaddr at or below 4 MiB is
+// either Unknown or misread as 24; such addresses are never lazy in practice (below the lowest mmap address of
+// a non-PIE binary), and --criu-abi removes any doubt.
+// Returns Unknown for a GET that fits neither layout, and for CLOSE/FORCE_CLOSE and unknown commands.
 Format detect(const uint8_t* in, size_t len, size_t page_size);
 
 const char* command_name(uint32_t command);

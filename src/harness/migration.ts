@@ -1,0 +1,532 @@
+// A whole post-copy migration on loopback, with real CRIU on both ends of lazyd (or of criu's own page server):
+//
+//   workload ─▶ criu dump -t PID -D src ─▶ page server (-D src) ◀─TCP─ criu lazy-pages --page-server -D dst
+//                                             copy src/*.img ─▶ dst      criu restore --lazy-pages -D dst -d
+//
+// The pieces are exported separately (checkpointWorkload, lazyRestore, startPageServer) so tests can restore one
+// checkpoint several times or interfere with the server; runLazyMigration() strings them together.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { findCriu, readLazyPagesSummary, runCriu, startCriu, type Criu, type CriuVersion, type LazyPagesSummary } from './criu.js';
+import { readPagemap } from '../images/pagemap.js';
+import { startPageServer, type PageServer, type PageServerOptions, type ServerKind } from './page-server.js';
+import type { ExitInfo } from './process.js';
+import {
+  buildWorkload,
+  heartbeatStats,
+  instanceDirs,
+  killPidNamespace,
+  killWorkload,
+  lastPassSum,
+  logOffset,
+  nowNs,
+  PAGES_PER_MIB,
+  readHeartbeats,
+  readLog,
+  startWorkload,
+  waitForAllPasses,
+  waitForPasses,
+  type HeartbeatStats,
+  type PassLine,
+  type Workload,
+  type WorkloadOptions,
+} from './workload.js';
+
+export interface Timeouts {
+  dumpMs: number;
+  readyMs: number;
+  restoreMs: number;
+  /** From the restore's start until the lazy-pages daemon has exited (all pages present). */
+  allPagesMs: number;
+  passesMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: Timeouts = { dumpMs: 60_000, readyMs: 30_000, restoreMs: 60_000, allPagesMs: 120_000, passesMs: 60_000 };
+
+type Progress = (message: string) => void;
+
+// ---------------------------------------------------------------- run directories and cleanup
+
+/** A fresh /tmp/lazyd-e2e-<tag>-XXXXXX directory. */
+export function makeRunDir(tag = 'run'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `lazyd-e2e-${tag.replace(/[^\w.-]+/g, '_')}-`));
+}
+
+/**
+ * Runs `body` with a fresh run dir and a cleanup stack. On success the cleanups run and the dir is removed (unless
+ * `keep`); on failure the cleanups run (kill processes), the dir is kept, and the error says where.
+ */
+export async function withRunDir<T>(
+  tag: string,
+  body: (runDir: string, onCleanup: (fn: () => unknown) => void) => Promise<T>,
+  keep = false,
+): Promise<T> {
+  const runDir = makeRunDir(tag);
+  const cleanups: (() => unknown)[] = [];
+  const runCleanups = async () => {
+    const errors: string[] = [];
+    for (const fn of cleanups.splice(0).reverse()) {
+      try {
+        await fn();
+      } catch (error) {
+        errors.push((error as Error).message);
+      }
+    }
+    return errors;
+  };
+  try {
+    const result = await body(runDir, (fn) => cleanups.push(fn));
+    const errors = await runCleanups();
+    if (errors.length) throw new Error(`cleanup failed:\n  ${errors.join('\n  ')}`);
+    if (!keep) fs.rmSync(runDir, { recursive: true, force: true });
+    return result;
+  } catch (error) {
+    await runCleanups();
+    const err = error instanceof Error ? error : new Error(String(error));
+    err.message += `\n  (files kept in ${runDir})`;
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------- checkpoint
+
+export interface Checkpoint {
+  criu: Criu;
+  runDir: string;
+  /** The workload's own dir (cwd, log, hb, ready); the restored workload writes here too. */
+  workloadDir: string;
+  /** The plain dump. */
+  imagesDir: string;
+  workload: WorkloadOptions;
+  /** Total data pages, children included. */
+  dataPages: number;
+  /** PE_LAZY pages in the dump's pagemaps (all tasks). */
+  lazyPages: number;
+  /** Dumps it took (see checkpointWorkload). */
+  attempts: number;
+  /** Last pass sum of each instance (main, then c0, c1, ...) before the dump. */
+  sums: (string | undefined)[];
+  dumpStartNs: bigint;
+  dumpMs: number;
+}
+
+export interface CheckpointOptions {
+  criu: Criu;
+  runDir: string;
+  workload: WorkloadOptions;
+  /** Clean passes to see before dumping (default 1): proves the workload is healthy and gives the reference sum. */
+  warmupPasses?: number;
+  timeouts?: Partial<Timeouts>;
+  progress?: Progress;
+  /** Dump right after a pass line appears, so the workload is frozen in its pause between passes. */
+  dumpAtPassBoundary?: boolean;
+  /** Called just before `criu dump` (e.g. to create control files the restored workload will act on). */
+  beforeDump?: (workload: Workload) => Promise<void> | void;
+  /** Re-dump a fresh workload when a task's dump has no lazy page (default true), at most `attempts` times. */
+  requireLazy?: boolean;
+  attempts?: number;
+  /** Registers a cleanup (kill the workload if the dump does not). */
+  onCleanup?: (fn: () => unknown) => void;
+}
+
+/** Lazy and total pages of every task's pagemap in a dump (pagemap-<pid>.img). */
+export async function dumpPageCounts(imagesDir: string): Promise<{ file: string; pages: number; lazyPages: number }[]> {
+  const files = fs.readdirSync(imagesDir).filter((name) => /^pagemap-\d+\.img$/.test(name)).sort();
+  const counts = [];
+  for (const name of files) {
+    const pm = await readPagemap(path.join(imagesDir, name), { checkPages: false });
+    counts.push({ file: name, pages: pm.totals.pages, lazyPages: pm.totals.lazyPages });
+  }
+  return counts;
+}
+
+/**
+ * Builds and starts the workload, waits for clean passes, and dumps it with `criu dump` (which kills it).
+ *
+ * CRIU quirk: a plain dump marks no page of a task lazy when one of its threads' stack pointer happens to be
+ * page-aligned (criu's is_stack() compares only the offset within the page, so every page then looks like a
+ * stack page). That happens about once in 256 dumps per thread. Such a checkpoint cannot test lazy restore, so
+ * it is thrown away and the workload started afresh (up to `attempts` times, default 3).
+ */
+export async function checkpointWorkload(options: CheckpointOptions): Promise<Checkpoint> {
+  const attempts = options.attempts ?? 3;
+  const progress = options.progress ?? (() => undefined);
+  for (let attempt = 1; ; attempt++) {
+    const checkpoint = await checkpointOnce(options);
+    const counts = await dumpPageCounts(checkpoint.imagesDir);
+    const eager = counts.filter((c) => c.lazyPages === 0);
+    checkpoint.lazyPages = counts.reduce((sum, c) => sum + c.lazyPages, 0);
+    checkpoint.attempts = attempt;
+    if (!(options.requireLazy ?? true) || (counts.length > 0 && eager.length === 0)) return checkpoint;
+    const what = counts.length ? `${eager.map((c) => c.file).join(', ')} has no lazy page` : 'no pagemap was written';
+    if (attempt >= attempts) {
+      throw new Error(`criu dump in ${checkpoint.imagesDir}: ${what}, ${attempts} times in a row; lazy restore cannot be tested`);
+    }
+    progress(`criu dump: ${what} (a page-aligned stack pointer; criu is_stack() quirk), dumping a fresh workload`);
+    fs.rmSync(checkpoint.workloadDir, { recursive: true, force: true });
+    fs.rmSync(checkpoint.imagesDir, { recursive: true, force: true });
+  }
+}
+
+async function checkpointOnce(options: CheckpointOptions): Promise<Checkpoint> {
+  const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+  const progress = options.progress ?? (() => undefined);
+  const { criu, runDir } = options;
+  const children = options.workload.children ?? 0;
+  const binary = await buildWorkload();
+  const workloadDir = path.join(runDir, 'w');
+  const imagesDir = path.join(runDir, 'src');
+  fs.mkdirSync(imagesDir, { recursive: true });
+
+  progress(`starting the workload (${options.workload.mib} MiB${children ? ` x${children + 1} processes` : ''}) in ${workloadDir}`);
+  const workload: Workload = await startWorkload(binary, workloadDir, options.workload, timeouts.readyMs);
+  options.onCleanup?.(() => killWorkload(workload));
+  await waitForAllPasses(workloadDir, children, options.warmupPasses ?? 1, timeouts.passesMs, { pid: workload.pid });
+  if (options.dumpAtPassBoundary) {
+    await waitForPasses(workloadDir, 1, timeouts.passesMs, { fromOffset: logOffset(workloadDir), pid: workload.pid, pollMs: 1 });
+  }
+  const sums = instanceDirs(workloadDir, children).map((dir) => lastPassSum(dir));
+  await options.beforeDump?.(workload);
+
+  progress(`criu ${criu.version} dump -t ${workload.pid}`);
+  const dumpStartNs = nowNs();
+  const dump = await runCriu(criu, 'dump', ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log'], timeouts.dumpMs, {
+    imagesDir,
+  });
+  // criu kills the dumped tree; unshare follows its child.
+  await workload.unshare.wait(10_000);
+  return {
+    criu,
+    runDir,
+    workloadDir,
+    imagesDir,
+    workload: options.workload,
+    dataPages: options.workload.mib * PAGES_PER_MIB * (children + 1),
+    lazyPages: 0,
+    attempts: 1,
+    sums,
+    dumpStartNs,
+    dumpMs: dump.ms,
+  };
+}
+
+// ---------------------------------------------------------------- restore
+
+export interface RestoreOptions {
+  checkpoint: Checkpoint;
+  /** Where the page server listens. */
+  server: { address: string; port: number };
+  /** Name of the destination dir under the run dir (default "dst"). */
+  name?: string;
+  /** Clean verify passes to wait for after all pages are present (default 2). */
+  passes?: number;
+  /** Require every counted pass to report the pre-dump sum (default true). */
+  checkSums?: boolean;
+  /** Leave the restored workload running (the caller kills it with result.kill()). */
+  keepRunning?: boolean;
+  /** Called as soon as `criu restore` has returned, while pages are still arriving (e.g. to touch control files). */
+  afterResume?: (restoredPid: number) => Promise<void> | void;
+  criu?: Criu;
+  timeouts?: Partial<Timeouts>;
+  progress?: Progress;
+  onCleanup?: (fn: () => unknown) => void;
+}
+
+export interface RestoreResult {
+  dstDir: string;
+  /** Host pid of the restored workload (init of its new pid namespace). */
+  restoredPid: number;
+  copyMs: number;
+  copiedBytes: number;
+  /** Duration of `criu restore --lazy-pages -d`: time until the workload runs again. */
+  restoreMs: number;
+  /** From the restore's start until `criu lazy-pages` exited 0: every lazy page installed. */
+  allPagesMs: number;
+  /** From the restore's start until the daemon logged its last task complete (its exit follows later). */
+  pagesInstalledMs: number;
+  /** From the lazy-pages exit until the clean passes were seen. */
+  verifyMs: number;
+  lazyPages: LazyPagesSummary;
+  /** Counted passes per instance (main, c0, c1, ...), all begun after every page was present. */
+  passes: PassLine[][];
+  /** Clean passes of the main instance that ended before the daemon had installed every page. */
+  passesWhileLazy: number;
+  /** Heartbeat gap spanning the restore start: the workload's downtime for a first restore. */
+  resumeGapMs: number;
+  /** Heartbeat gaps from the restore's start to the end of verification. */
+  heartbeat: HeartbeatStats;
+  lazyPagesExit: ExitInfo;
+  /** Log sizes of each instance when the restore began (read the logs from there), and when all pages were present. */
+  logOffsets: number[];
+  allPagesNs: bigint;
+  /** Kills the restored pid namespace (done already unless keepRunning). */
+  kill(): Promise<void>;
+}
+
+function copyImages(from: string, to: string): number {
+  fs.mkdirSync(to, { recursive: true });
+  let bytes = 0;
+  for (const name of fs.readdirSync(from)) {
+    if (!name.endsWith('.img')) continue;
+    fs.copyFileSync(path.join(from, name), path.join(to, name));
+    bytes += fs.statSync(path.join(to, name)).size;
+  }
+  return bytes;
+}
+
+/**
+ * Restores a checkpoint lazily from a page server: copy the images, start `criu lazy-pages --page-server`, run
+ * `criu restore --lazy-pages -d`, wait for the daemon to exit 0, then for clean verify passes.
+ */
+export async function lazyRestore(options: RestoreOptions): Promise<RestoreResult> {
+  const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+  const progress = options.progress ?? (() => undefined);
+  const { checkpoint } = options;
+  const criu = options.criu ?? checkpoint.criu;
+  const children = checkpoint.workload.children ?? 0;
+  const dstDir = path.join(checkpoint.runDir, options.name ?? 'dst');
+  const pidfile = path.join(dstDir, 'restored.pid');
+
+  const copyStart = performance.now();
+  const copiedBytes = copyImages(checkpoint.imagesDir, dstDir);
+  const copyMs = performance.now() - copyStart;
+
+  const { address, port } = options.server;
+  progress(`criu ${criu.version} lazy-pages --page-server --address ${address} --port ${port} -D ${dstDir}`);
+  const lazyPages = await startCriu(
+    criu,
+    'lazy-pages',
+    ['--page-server', '--address', address, '--port', String(port), '-D', dstDir, '-v4', '-o', 'lazy-pages.log'],
+    timeouts.readyMs,
+    { imagesDir: dstDir },
+  );
+  options.onCleanup?.(() => lazyPages.kill('SIGKILL'));
+
+  const offsets = instanceDirs(checkpoint.workloadDir, children).map((dir) => logOffset(dir));
+  const restoreStartNs = nowNs();
+  const restoreStart = performance.now();
+  progress(`criu ${criu.version} restore --lazy-pages -D ${dstDir} -d`);
+  let restore: ExitInfo;
+  try {
+    restore = await runCriu(
+      criu,
+      'restore',
+      ['--lazy-pages', '-D', dstDir, '-d', '-v4', '-o', 'restore.log', '--pidfile', pidfile],
+      timeouts.restoreMs,
+      { imagesDir: dstDir },
+    );
+  } catch (error) {
+    lazyPages.kill('SIGKILL');
+    // The restore may have got as far as starting the tree.
+    const pid = readPidfile(pidfile);
+    if (pid) await killPidNamespace(pid).catch(() => undefined);
+    throw error;
+  }
+  const restoredPid = readPidfile(pidfile);
+  if (!restoredPid) throw new Error(`criu restore exited 0 but wrote no pid to ${pidfile}`);
+  const kill = () => killPidNamespace(restoredPid);
+  options.onCleanup?.(kill);
+
+  progress(`restored as pid ${restoredPid} after ${restore.ms.toFixed(0)} ms; waiting for the lazy-pages daemon to finish`);
+  await options.afterResume?.(restoredPid);
+  // While pages arrive, a BAD line or a dead workload fails the restore at once instead of after the timeout.
+  const watching = new AbortController();
+  const watch = waitForAllPasses(checkpoint.workloadDir, children, Number.MAX_SAFE_INTEGER, timeouts.allPagesMs + 1000, {
+    fromOffsets: offsets,
+    pid: restoredPid,
+    pollMs: 50,
+    signal: watching.signal,
+  });
+  watch.catch(() => undefined);
+  let lazyPagesExit: ExitInfo;
+  try {
+    lazyPagesExit = await Promise.race([lazyPages.waitOk(timeouts.allPagesMs), watch.then(() => never())]);
+  } catch (error) {
+    lazyPages.kill('SIGKILL');
+    throw error;
+  } finally {
+    watching.abort();
+  }
+  const allPagesMs = lazyPages.startedAt + lazyPagesExit.ms - restoreStart;
+
+  // Every pass since the restore began must be clean (those ran while pages were still arriving); the counted
+  // ones start after the daemon exited, when any page it failed to install would read as zeros.
+  const allPagesNs = nowNs();
+  const lazySummary = readLazyPagesSummary(path.join(dstDir, 'lazy-pages.log'));
+  // The daemon exits a while after its last page (CLOSE handshake); its log says when the last task was done.
+  const pagesInstalledMs =
+    lazySummary.doneAtSec !== undefined ? Math.min(allPagesMs, lazyPages.startedAt + lazySummary.doneAtSec * 1000 - restoreStart) : allPagesMs;
+  const pagesInstalledNs = restoreStartNs + BigInt(Math.round(pagesInstalledMs * 1e6));
+  const verifyStart = performance.now();
+  const passes = await waitForAllPasses(checkpoint.workloadDir, children, options.passes ?? 2, timeouts.passesMs, {
+    sinceNs: allPagesNs,
+    fromOffsets: offsets,
+    expectSums: options.checkSums === false ? undefined : checkpoint.sums,
+    pid: restoredPid,
+  });
+  const verifyMs = performance.now() - verifyStart;
+
+  const passesWhileLazy = readLog(checkpoint.workloadDir, offsets[0]).passes.filter((p) => p.t < pagesInstalledNs).length;
+  const beats = readHeartbeats(checkpoint.workloadDir);
+  const before = beats.filter((b) => b < restoreStartNs).at(-1);
+  const after = beats.find((b) => b >= restoreStartNs);
+  const resumeGapMs = before !== undefined && after !== undefined ? Number(after - before) / 1e6 : NaN;
+  const result: RestoreResult = {
+    dstDir,
+    restoredPid,
+    copyMs,
+    copiedBytes,
+    restoreMs: restore.ms,
+    allPagesMs,
+    verifyMs,
+    pagesInstalledMs,
+    lazyPages: lazySummary,
+    passes,
+    passesWhileLazy,
+    resumeGapMs,
+    heartbeat: heartbeatStats(beats, after),
+    lazyPagesExit,
+    logOffsets: offsets,
+    allPagesNs,
+    kill,
+  };
+  if (!options.keepRunning) await kill();
+  return result;
+}
+
+function never(): never {
+  throw new Error('unreachable');
+}
+
+function readPidfile(file: string): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(file, 'utf8').trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------- the whole migration
+
+export interface MigrationOptions {
+  criuVersion: CriuVersion;
+  /** Who serves the pages: criu page-server --lazy-pages, lazyd serve mode, or lazyd's drop-in command line. */
+  server: ServerKind;
+  workload: WorkloadOptions;
+  passes?: number;
+  /** Extra page-server options (pidfile, extraArgs, verbosity). */
+  serverOptions?: Partial<Omit<PageServerOptions, 'kind' | 'imagesDir' | 'criuVersion'>>;
+  /** Keep the run dir even on success. */
+  keep?: boolean;
+  timeouts?: Partial<Timeouts>;
+  progress?: Progress;
+  /** Called once the server listens, before the restore (e.g. to connect misbehaving clients). */
+  beforeRestore?: (server: PageServer, checkpoint: Checkpoint) => Promise<void> | void;
+  /** Called after the server has finished (exited, or stopped for serve mode), before the run dir is removed. */
+  afterFinish?: (server: PageServer, checkpoint: Checkpoint, restored: RestoreResult) => Promise<void> | void;
+}
+
+export interface MigrationResult {
+  criuVersion: CriuVersion;
+  server: ServerKind;
+  mib: number;
+  dataPages: number;
+  /** PE_LAZY pages in the dump, and how many dumps it took (see checkpointWorkload). */
+  lazyPagesInImages: number;
+  dumpAttempts: number;
+  runDir: string;
+  dumpMs: number;
+  serverStartMs: number;
+  copyMs: number;
+  restoreMs: number;
+  pagesInstalledMs: number;
+  allPagesMs: number;
+  verifyMs: number;
+  totalMs: number;
+  /** Pages installed by criu lazy-pages ("UFFD transferred pages"), all tasks. */
+  lazyPages: LazyPagesSummary;
+  /** Clean passes counted after the restore, per instance. */
+  passes: PassLine[][];
+  passesWhileLazy: number;
+  sums: (string | undefined)[];
+  resumeGapMs: number;
+  heartbeat: HeartbeatStats;
+  serverExit: ExitInfo;
+}
+
+/** Runs a whole lazy migration on loopback and returns its timings; cleans up (and removes the run dir) on success. */
+export async function runLazyMigration(options: MigrationOptions): Promise<MigrationResult> {
+  const criu = findCriu(options.criuVersion);
+  const started = performance.now();
+  const tag = `${options.criuVersion}-${options.server}`;
+  return withRunDir(
+    tag,
+    async (runDir, onCleanup) => {
+      const progress = options.progress;
+      const checkpoint = await checkpointWorkload({ criu, runDir, workload: options.workload, timeouts: options.timeouts, progress, onCleanup });
+
+      const serverStart = performance.now();
+      progress?.(`starting the page server (${options.server}) on ${checkpoint.imagesDir}`);
+      const server = await startPageServer({
+        ...options.serverOptions,
+        kind: options.server,
+        criuVersion: options.criuVersion,
+        imagesDir: checkpoint.imagesDir,
+      });
+      onCleanup(() => server.kill());
+      const serverStartMs = performance.now() - serverStart;
+      await options.beforeRestore?.(server, checkpoint);
+
+      const restored = await lazyRestore({
+        checkpoint,
+        server,
+        passes: options.passes,
+        timeouts: options.timeouts,
+        progress,
+        onCleanup,
+      });
+      const serverExit = await server.finish();
+      await options.afterFinish?.(server, checkpoint, restored);
+      return {
+        criuVersion: options.criuVersion,
+        server: options.server,
+        mib: options.workload.mib,
+        dataPages: checkpoint.dataPages,
+        lazyPagesInImages: checkpoint.lazyPages,
+        dumpAttempts: checkpoint.attempts,
+        runDir,
+        dumpMs: checkpoint.dumpMs,
+        serverStartMs,
+        copyMs: restored.copyMs,
+        restoreMs: restored.restoreMs,
+        pagesInstalledMs: restored.pagesInstalledMs,
+        allPagesMs: restored.allPagesMs,
+        verifyMs: restored.verifyMs,
+        totalMs: performance.now() - started,
+        lazyPages: restored.lazyPages,
+        passes: restored.passes,
+        passesWhileLazy: restored.passesWhileLazy,
+        sums: checkpoint.sums,
+        resumeGapMs: restored.resumeGapMs,
+        heartbeat: restored.heartbeat,
+        serverExit,
+      };
+    },
+    options.keep,
+  );
+}
+
+/** One line per figure, for logs and the demo. */
+export function formatMigration(result: MigrationResult): string {
+  const ms = (value: number) => `${value.toFixed(0)} ms`;
+  const passes = result.passes.map((p) => p.length).reduce((a, b) => a + b, 0);
+  return [
+    `CRIU ${result.criuVersion}, server ${result.server}, ${result.mib} MiB (${result.dataPages} data pages)`,
+    `dump ${ms(result.dumpMs)}, server start ${ms(result.serverStartMs)}, image copy ${ms(result.copyMs)}`,
+    `resume (criu restore) ${ms(result.restoreMs)}, all pages installed ${ms(result.pagesInstalledMs)}, lazy-pages exited ${ms(result.allPagesMs)}`,
+    `lazy pages installed ${result.lazyPages.copied}/${result.lazyPages.total}; clean passes: ${result.passesWhileLazy} while pages arrived, ${passes} after (verify ${ms(result.verifyMs)})`,
+    `heartbeat: gap across the migration ${ms(result.resumeGapMs)}, after resume max ${result.heartbeat.maxGapMs.toFixed(1)} ms p99 ${result.heartbeat.p99GapMs.toFixed(1)} ms`,
+  ].join('\n');
+}
