@@ -3,6 +3,7 @@
 import yargs, { type Argv } from 'yargs';
 import { normalizeCriuArgv } from './criu-argv.js';
 import { runPageServer } from '../commands/page-server.js';
+import { daemonRequest, runDaemon } from './daemonize.js';
 
 function commonOptions<T>(y: Argv<T>) {
   return y
@@ -12,7 +13,8 @@ function commonOptions<T>(y: Argv<T>) {
     .option('address', { type: 'string', describe: 'numeric IPv4/IPv6 address to listen on or connect to' })
     .option('port', { type: 'number', describe: 'TCP port' })
     .option('status-fd', { type: 'number', describe: "write one '\\0' byte to this fd when ready, then close it" })
-    .option('pidfile', { type: 'string', describe: 'write the pid to this file' })
+    .option('pidfile', { type: 'string', describe: 'write the pid to this file (relative: in the work dir)' })
+    .option('daemon', { alias: 'd', type: 'boolean', describe: 'run in the background once ready (as criu -d)' })
     .option('default-config', { type: 'boolean', default: true, describe: 'criu compatibility (--no-default-config)' })
     .option('criu-abi', {
       type: 'string',
@@ -27,6 +29,8 @@ function commonOptions<T>(y: Argv<T>) {
 
 export async function main(argv: readonly string[]): Promise<number> {
   const { args, verbosity } = normalizeCriuArgv(argv);
+  const daemon = daemonRequest(argv);
+  if (daemon && !args.includes('--help')) return runDaemon(daemon);
   let exitCode = 0;
   const serve = (mode: 'serve' | 'criu') => async (a: any) => {
     exitCode = await runPageServer({

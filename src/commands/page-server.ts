@@ -62,7 +62,8 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
         `${service.summary.lazyPages} lazy pages\n`,
     );
   }
-  writePidfile(options.pidfile);
+  // Relative names live in the work dir, where criu chdir()s before writing them.
+  if (options.pidfile) writePidfile(path.resolve(workDir, options.pidfile));
   signalStatusFd(options.statusFd);
 
   const drainMs = (options.drainSeconds ?? 10) * 1000;
