@@ -1,0 +1,659 @@
+// The fault engine end to end with a REAL userfaultfd in this process: the test plays `criu restore` (a uffd on
+// an anonymous region registered MISSING, handed over through lazy-pages.socket, then RSTF) and the restored
+// program (threads touching pages in random order, madvise(DONTNEED), mremap); the engine serves the faults from
+// a local pages file or from lazyd's own page server over TCP. Every byte is checked.
+#include "fault_engine.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "page_index.h"
+#include "page_server.h"
+#include "restore_handshake.h"
+#include "uffd.h"
+#include "wire.h"
+
+using namespace lazyd;
+
+static int passed = 0;
+#define CHECK(cond)                                                                  \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::exit(1);                                                                  \
+    }                                                                                \
+    passed++;                                                                        \
+  } while (0)
+
+static const uint64_t P = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+
+// The dumped content: every 8-byte word names its image page and position; never zero.
+static uint64_t word_of(uint64_t img_addr, size_t word) {
+  return (img_addr * 0x9E3779B97F4A7C15ull) ^ (word * 0xC2B2AE3D27D4EB4Full) ^ 0x8000000000000001ull;
+}
+
+static bool page_matches(const uint8_t* page, uint64_t img_addr) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(page);
+  for (size_t i = 0; i < P / 8; i++)
+    if (w[i] != word_of(img_addr, i)) return false;
+  return true;
+}
+
+static bool page_is_zero(const uint8_t* page) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(page);
+  for (size_t i = 0; i < P / 8; i++)
+    if (w[i] != 0) return false;
+  return true;
+}
+
+static std::string make_dir() {
+  char tmpl[] = "/tmp/lazyd-fe-XXXXXX";
+  CHECK(mkdtemp(tmpl) != nullptr);
+  return tmpl;
+}
+
+struct Region {
+  int uffd = -1;
+  uint8_t* base = nullptr;
+  size_t pages = 0;
+  uint64_t addr(size_t page) const { return reinterpret_cast<uint64_t>(base) + page * P; }
+};
+
+// What criu restore does in the task (§3.2, §4.1): uffd with the non-cooperative events, VMA registered MISSING.
+static Region make_region(size_t pages) {
+  Region r;
+  r.pages = pages;
+  r.uffd = uffd::open_fd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+  CHECK(r.uffd >= 0);
+  uint64_t features = 0;
+  CHECK(uffd::api(r.uffd, uffd::kNonCoopFeatures, &features, nullptr) == 0);
+  r.base = static_cast<uint8_t*>(mmap(nullptr, pages * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  CHECK(r.base != MAP_FAILED);
+  CHECK(uffd::register_range(r.uffd, r.addr(0), pages * P, UFFDIO_REGISTER_MODE_MISSING, nullptr) == 0);
+  return r;
+}
+
+// Lazy runs in page indexes of the region, [first, end).
+struct PageRunIdx {
+  size_t first, end;
+};
+
+// Writes the pages file for the runs (in order) and returns the engine's runs.
+static std::vector<FaultEngineConfig::Run> write_pages(const Region& r, const std::vector<PageRunIdx>& runs,
+                                                       const std::string& path, int* fd_out) {
+  int fd = open(path.c_str(), O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+  CHECK(fd >= 0);
+  std::vector<FaultEngineConfig::Run> out;
+  std::vector<uint8_t> page(P);
+  uint64_t offset = 0;
+  for (const PageRunIdx& run : runs) {
+    FaultEngineConfig::Run er;
+    er.img_start = r.addr(run.first);
+    er.nr_pages = run.end - run.first;
+    er.fd = fd;
+    er.file_offset = offset;
+    out.push_back(er);
+    for (size_t p = run.first; p < run.end; p++) {
+      uint64_t* w = reinterpret_cast<uint64_t*>(page.data());
+      for (size_t i = 0; i < P / 8; i++) w[i] = word_of(r.addr(p), i);
+      CHECK(pwrite(fd, page.data(), P, static_cast<off_t>(offset)) == static_cast<ssize_t>(P));
+      offset += P;
+    }
+  }
+  *fd_out = fd;
+  return out;
+}
+
+struct Events {
+  std::mutex mu;
+  std::vector<EngineEvent> list;
+  void add(const EngineEvent& e) {
+    std::lock_guard<std::mutex> lock(mu);
+    list.push_back(e);
+  }
+  size_t count(EngineEvent::Kind kind) {
+    std::lock_guard<std::mutex> lock(mu);
+    return static_cast<size_t>(std::count_if(list.begin(), list.end(), [&](const EngineEvent& e) { return e.kind == kind; }));
+  }
+  std::string failure() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto& e : list)
+      if (e.kind == EngineEvent::Kind::kFailed) return e.message;
+    return "";
+  }
+};
+
+static EngineState wait_end(FaultEngine& engine, int seconds) {
+  for (int i = 0; i < seconds * 100; i++) {
+    EngineState s = engine.state();
+    if (s == EngineState::kDone || s == EngineState::kFailed) return s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return engine.state();
+}
+
+static void print_stats(const char* name, const EngineStats& s) {
+  std::printf("%s: faults %lu, pages fault %lu around %lu background %lu zero %lu exist %lu dropped %lu of %lu, "
+              "%.3f s; latency buckets:",
+              name, (unsigned long)s.summary.faults, (unsigned long)s.summary.pages_fault,
+              (unsigned long)s.summary.pages_around, (unsigned long)s.summary.pages_background,
+              (unsigned long)s.summary.pages_zero, (unsigned long)s.summary.pages_exist,
+              (unsigned long)s.summary.pages_dropped, (unsigned long)s.summary.pages_total, s.summary.seconds);
+  for (size_t i = 0; i < kLatencyBuckets; i++) std::printf(" %lu", (unsigned long)s.latency_us[i]);
+  std::printf("\n");
+}
+
+static uint64_t installed(const EngineStats& s) {
+  return s.summary.pages_fault + s.summary.pages_around + s.summary.pages_background + s.summary.pages_exist;
+}
+
+// Threads touching the given pages in random order; each checks the whole page against expect(page).
+static void touch_all(const Region& r, const std::vector<size_t>& pages, int threads,
+                      const std::function<bool(size_t, const uint8_t*)>& expect, std::atomic<int>* bad) {
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; t++) {
+    workers.emplace_back([&, t] {
+      std::vector<size_t> order = pages;
+      std::mt19937_64 rng(1000 + t);
+      std::shuffle(order.begin(), order.end(), rng);
+      for (size_t p : order) {
+        const uint8_t* page = r.base + p * P;
+        // Touch one random word first (the fault), then check the whole page.
+        volatile uint64_t w = reinterpret_cast<const volatile uint64_t*>(page)[rng() % (P / 8)];
+        (void)w;
+        if (!expect(p, page)) {
+          if (bad->fetch_add(1) < 5) std::fprintf(stderr, "thread %d: page %zu has wrong content\n", t, p);
+        }
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+}
+
+// Local source, background drain on, faults from 4 threads racing it, a zombie, an mremap before RSTF, a
+// madvise(DONTNEED) during the lazy phase.
+static void test_local_full() {
+  const size_t N = 16 * 1024 * 1024 / P;  // 16 MiB
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  // Runs as the caller gives them (already split at VMA ends); pages [N/2, N/2+48) were never dumped.
+  const size_t hole = N / 2;
+  std::vector<PageRunIdx> runs = {{0, 1000}, {1000, hole}, {hole + 48, N}};
+  int pages_fd = -1;
+  FaultEngineConfig cfg;
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 2;
+  cfg.tasks.push_back({4242, write_pages(r, runs, dir + "/pages-1.img", &pages_fd)});
+  cfg.source = FaultEngineConfig::Source::kLocal;
+  cfg.bg_max_bytes = 1024 * 1024;
+  Events events;
+  FaultEngine engine(cfg, [&](const EngineEvent& e) {
+    if (getenv("LAZYD_TEST_VERBOSE")) std::fprintf(stderr, "event %d pid %d %s\n", (int)e.kind, e.pid, e.message.c_str());
+    events.add(e);
+  });
+  CHECK(engine.start() == 0);
+  CHECK(engine.socket_path() == dir + "/lazy-pages.socket");
+
+  // criu restore: connect, a zombie, the task's uffd.
+  int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(sock >= 0);
+  CHECK(handshake::send_zombie(sock, 77) == 0);
+  CHECK(handshake::send_task(sock, 4242, r.uffd) == 0);
+  close(r.uffd);  // the restorer closes its copy; the engine's keeps the registration alive
+
+  // mremap pages [100, 200) elsewhere before RSTF (REMAP + UNMAP events).
+  const size_t mv_first = 100, mv_n = 100;
+  uint8_t* target = static_cast<uint8_t*>(mmap(nullptr, mv_n * P, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  CHECK(target != MAP_FAILED);
+  CHECK(mremap(r.base + mv_first * P, mv_n * P, mv_n * P, MREMAP_MAYMOVE | MREMAP_FIXED, target) == target);
+
+  const size_t d_first = 3000, d_n = 100;  // the DONTNEED part
+  std::vector<size_t> pages;
+  for (size_t p = 0; p < N; p++) {
+    if (p >= mv_first && p < mv_first + mv_n) continue;
+    if (p >= d_first && p < d_first + d_n) continue;
+    pages.push_back(p);
+  }
+  auto expect = [&](size_t p, const uint8_t* page) {
+    if (p >= hole && p < hole + 48) return page_is_zero(page);
+    return page_matches(page, r.addr(p));
+  };
+  std::atomic<int> bad{0};
+  std::thread toucher([&] { touch_all(r, pages, 4, expect, &bad); });
+
+  // Some of the DONTNEED part is read (installed) first, then dropped: afterwards it must read as zeros.
+  for (size_t p = d_first; p < d_first + 10; p++) CHECK(page_matches(r.base + p * P, r.addr(p)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(handshake::send_finished(sock) == 0);  // RSTF comes late; the drain starts now
+  CHECK(madvise(r.base + d_first * P, d_n * P, MADV_DONTNEED) == 0);
+  bool zeros = true;
+  for (size_t p = d_first; p < d_first + d_n; p++) zeros &= page_is_zero(r.base + p * P);
+  CHECK(zeros);
+  // The moved pages read their dump-time content at the new place.
+  bool moved_ok = true;
+  for (size_t i = 0; i < mv_n; i++) moved_ok &= page_matches(target + i * P, r.addr(mv_first + i));
+  CHECK(moved_ok);
+  toucher.join();
+  CHECK(bad.load() == 0);
+  close(sock);
+
+  EngineState end = wait_end(engine, 30);
+  if (end != EngineState::kDone) std::fprintf(stderr, "engine: %s %s\n", engine_state_name(end), engine.error().c_str());
+  CHECK(end == EngineState::kDone);
+  engine.join();
+  EngineStats s = engine.stats();
+  print_stats("local+drain", s);
+  const uint64_t lazy_pages = N - 48;
+  CHECK(s.summary.pages_total == lazy_pages);
+  CHECK(installed(s) + s.summary.pages_dropped == lazy_pages);
+  CHECK(s.summary.pages_dropped <= d_n);
+  CHECK(s.summary.pages_zero > 0);  // the never-dumped hole
+  CHECK(s.events_remap == 1);
+  CHECK(s.events_remove == 1);
+  CHECK(s.events_unmap >= 1);  // the old place of the mremap
+  CHECK(s.pages_remaining == 0 && s.pages_in_flight == 0);
+  CHECK(s.requests_in_flight == 0);
+  CHECK(s.tasks_total == 1 && s.tasks_active == 0);
+  uint64_t hist = 0;
+  for (uint64_t b : s.latency_us) hist += b;
+  CHECK(hist > 0);
+  CHECK(events.count(EngineEvent::Kind::kListening) == 1);
+  CHECK(events.count(EngineEvent::Kind::kZombie) == 1);
+  CHECK(events.count(EngineEvent::Kind::kTask) == 1);
+  CHECK(events.count(EngineEvent::Kind::kRestoreFinished) == 1);
+  CHECK(events.count(EngineEvent::Kind::kTaskDone) == 1);
+  CHECK(events.count(EngineEvent::Kind::kDone) == 1);
+  CHECK(events.count(EngineEvent::Kind::kFailed) == 0);
+
+  // After the engine closed the uffd: everything is in place (no faults left to serve), DONTNEED part zero.
+  bool all = true;
+  for (size_t p = 0; p < N; p++) {
+    if (p >= mv_first && p < mv_first + mv_n) continue;
+    if (p >= d_first && p < d_first + d_n) all &= page_is_zero(r.base + p * P);
+    else all &= expect(p, r.base + p * P);
+  }
+  CHECK(all);
+  for (size_t i = 0; i < mv_n; i++) all &= page_matches(target + i * P, r.addr(mv_first + i));
+  CHECK(all);
+  munmap(r.base, N * P);
+  munmap(target, mv_n * P);
+  close(pages_fd);
+}
+
+// Background drain off: every page arrives through faults and fault-around; the engine ends once all are in.
+static void test_local_faults_only() {
+  const size_t N = 4 * 1024 * 1024 / P;
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  int pages_fd = -1;
+  FaultEngineConfig cfg;
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 1;
+  cfg.tasks.push_back({10, write_pages(r, {{0, N / 3}, {N / 3, N}}, dir + "/pages-1.img", &pages_fd)});
+  cfg.background = false;
+  FaultEngine engine(cfg);
+  CHECK(engine.start() == 0);
+  int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(sock >= 0);
+  CHECK(handshake::send_task(sock, 10, r.uffd) == 0);
+  CHECK(handshake::send_finished(sock) == 0);
+  close(r.uffd);
+  close(sock);
+  std::vector<size_t> pages(N);
+  for (size_t p = 0; p < N; p++) pages[p] = p;
+  std::atomic<int> bad{0};
+  touch_all(r, pages, 3, [&](size_t p, const uint8_t* page) { return page_matches(page, r.addr(p)); }, &bad);
+  CHECK(bad.load() == 0);
+  CHECK(wait_end(engine, 30) == EngineState::kDone);
+  engine.join();
+  EngineStats s = engine.stats();
+  print_stats("local faults only", s);
+  CHECK(s.summary.pages_background == 0);
+  CHECK(s.summary.pages_fault > 0);
+  CHECK(s.summary.pages_around > 0);
+  CHECK(s.summary.pages_fault + s.summary.pages_around == N);
+  CHECK(s.summary.pages_zero == 0);
+  munmap(r.base, N * P);
+  close(pages_fd);
+}
+
+// Remote: lazyd's own page server (page_server.h) serves the same pages over TCP in the given format.
+static void test_remote(wire::Format format) {
+  const size_t N = 8 * 1024 * 1024 / P;
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  int pages_fd = -1;
+  std::vector<PageRunIdx> runs = {{0, 700}, {700, 1500}, {1600, N}};
+  std::vector<FaultEngineConfig::Run> engine_runs = write_pages(r, runs, dir + "/pages-1.img", &pages_fd);
+
+  auto index = std::make_shared<PageIndex>(P);
+  const int file = index->add_file(dir + "/pages-1.img");
+  CHECK(file >= 0);
+  std::vector<PageRun> server_runs;
+  for (const auto& er : engine_runs) {
+    PageRun pr;
+    pr.vaddr = er.img_start;
+    pr.nr_pages = er.nr_pages;
+    pr.flags = wire::PE_LAZY | wire::PE_PRESENT;
+    pr.file = file;
+    pr.file_offset = er.file_offset;
+    server_runs.push_back(pr);
+  }
+  CHECK(index->add_task(555, server_runs) == 0);
+  PageServerConfig scfg;
+  scfg.session.format = format;
+  scfg.single_session = true;
+  std::mutex smu;
+  std::vector<ServerEvent> sevents;
+  PageServer server(scfg, index, [&](const ServerEvent& e) {
+    std::lock_guard<std::mutex> lock(smu);
+    sevents.push_back(e);
+  });
+  uint16_t port = 0;
+  CHECK(server.listen("127.0.0.1", 0, &port) == 0);
+  CHECK(server.start() == 0);
+
+  FaultEngineConfig cfg;
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 1;
+  for (auto& er : engine_runs) er.fd = -1;  // remote: no local data
+  cfg.tasks.push_back({555, engine_runs});
+  cfg.source = FaultEngineConfig::Source::kRemote;
+  cfg.address = "127.0.0.1";
+  cfg.port = port;
+  cfg.format = format;
+  Events events;
+  FaultEngine engine(cfg, [&](const EngineEvent& e) { events.add(e); });
+  CHECK(engine.start() == 0);
+  int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(sock >= 0);
+  CHECK(handshake::send_task(sock, 555, r.uffd) == 0);
+  close(r.uffd);
+  const size_t d_first = 0, d_n = 200;  // dropped by madvise(DONTNEED), likely while the drain has it in flight
+  std::vector<size_t> pages;
+  for (size_t p = 0; p < N; p += 3)
+    if (p < d_first || p >= d_first + d_n) pages.push_back(p);
+  std::atomic<int> bad{0};
+  std::thread toucher([&] {
+    touch_all(r, pages, 2, [&](size_t p, const uint8_t* page) {
+      if (p >= 1500 && p < 1600) return page_is_zero(page);
+      return page_matches(page, r.addr(p));
+    }, &bad);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(handshake::send_finished(sock) == 0);
+  CHECK(madvise(r.base + d_first * P, d_n * P, MADV_DONTNEED) == 0);
+  bool zeros = true;
+  for (size_t p = d_first; p < d_first + d_n; p++) zeros &= page_is_zero(r.base + p * P);
+  CHECK(zeros);
+  toucher.join();
+  close(sock);
+  CHECK(bad.load() == 0);
+  EngineState end = wait_end(engine, 30);
+  if (end != EngineState::kDone) std::fprintf(stderr, "engine: %s\n", engine.error().c_str());
+  CHECK(end == EngineState::kDone);
+  engine.join();
+  EngineStats s = engine.stats();
+  print_stats(format == wire::Format::V24 ? "remote v24" : "remote v32", s);
+  CHECK(installed(s) + s.summary.pages_dropped == N - 100);
+  CHECK(s.summary.pages_background > 0);
+  std::printf("  (reply pages discarded after the DONTNEED: %lu)\n", (unsigned long)s.pages_discarded);
+  CHECK(s.summary.bytes_received >= installed(s) * P);
+  CHECK(events.count(EngineEvent::Kind::kSourceConnected) == 1);
+  bool all = true;
+  for (size_t p = 0; p < N; p++) {
+    if (p >= 1500 && p < 1600) continue;  // never dumped and maybe never touched
+    if (p >= d_first && p < d_first + d_n) all &= page_is_zero(r.base + p * P);
+    else all &= page_matches(r.base + p * P, r.addr(p));
+  }
+  CHECK(all);
+  server.request_stop(1000);
+  server.join();
+  {
+    std::lock_guard<std::mutex> lock(smu);
+    bool closed = false;
+    for (auto& e : sevents)
+      if (e.kind == ServerEvent::Kind::kSessionEnd) closed = e.ok && e.stats.closed_by_request;
+    CHECK(closed);  // the engine ended the session with CLOSE
+  }
+  munmap(r.base, N * P);
+  close(pages_fd);
+}
+
+// fork() during the lazy phase: the child's uffd arrives as a FORK event and is served from the parent's image
+// pid, including pages the parent had in flight; the child exits early (its task ends as gone or done).
+static void test_fork() {
+  const size_t N = 2 * 1024 * 1024 / P;
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  int pages_fd = -1;
+  FaultEngineConfig cfg;
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 1;
+  cfg.tasks.push_back({31, write_pages(r, {{0, N}}, dir + "/pages-1.img", &pages_fd)});
+  Events events;
+  FaultEngine engine(cfg, [&](const EngineEvent& e) { events.add(e); });
+  CHECK(engine.start() == 0);
+  int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(handshake::send_task(sock, 31, r.uffd) == 0);
+  close(r.uffd);
+  // The parent has some pages before the fork.
+  for (size_t p = 0; p < N; p += 37) CHECK(page_matches(r.base + p * P, r.addr(p)));
+  pid_t child = fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    // Only memory reads and _exit here: the parent is multi-threaded.
+    int bad = 0;
+    for (size_t p = 0; p < N; p += 2) bad += !page_matches(r.base + p * P, r.addr(p));
+    _exit(bad == 0 ? 0 : 1);
+  }
+  int status = -1;
+  CHECK(waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(handshake::send_finished(sock) == 0);
+  bool ok = true;
+  for (size_t p = 0; p < N; p++) ok &= page_matches(r.base + p * P, r.addr(p));
+  CHECK(ok);
+  close(sock);
+  EngineState end = wait_end(engine, 30);
+  if (end != EngineState::kDone) std::fprintf(stderr, "engine: %s\n", engine.error().c_str());
+  CHECK(end == EngineState::kDone);
+  engine.join();
+  EngineStats s = engine.stats();
+  print_stats("fork", s);
+  CHECK(s.events_fork == 1);
+  CHECK(s.tasks_total == 2);
+  CHECK(installed(s) + s.summary.pages_dropped == s.summary.pages_total);
+  CHECK(events.count(EngineEvent::Kind::kFork) == 1);
+  CHECK(events.count(EngineEvent::Kind::kTaskDone) + events.count(EngineEvent::Kind::kTaskExited) == 2);
+  munmap(r.base, N * P);
+  close(pages_fd);
+}
+
+// A fake page server: accepts, reads requests, and either hangs up after the first one or never answers.
+struct FakeServer {
+  int lfd = -1;
+  uint16_t port = 0;
+  std::thread thread;
+  void start(bool hang_up) {
+    lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    CHECK(listen(lfd, 1) == 0);
+    socklen_t len = sizeof a;
+    getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    thread = std::thread([this, hang_up] {
+      int fd = accept(lfd, nullptr, nullptr);
+      if (fd < 0) return;
+      uint8_t buf[4096];
+      ssize_t n = recv(fd, buf, sizeof buf, 0);
+      if (!hang_up) {
+        while (n > 0) n = recv(fd, buf, sizeof buf, 0);  // read requests, answer none
+      }
+      close(fd);
+    });
+  }
+  ~FakeServer() {
+    if (lfd >= 0) shutdown(lfd, SHUT_RDWR);
+    if (thread.joinable()) thread.join();
+    if (lfd >= 0) close(lfd);
+  }
+};
+
+static void expect_engine_failure(const char* what, bool hang_up, int stall_ms, const char* fragment) {
+  const size_t N = 256;
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  FakeServer fake;
+  fake.start(hang_up);
+  FaultEngineConfig cfg;
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 1;
+  FaultEngineConfig::Run run;
+  run.img_start = r.addr(0);
+  run.nr_pages = N;
+  cfg.tasks.push_back({9, {run}});
+  cfg.source = FaultEngineConfig::Source::kRemote;
+  cfg.address = "127.0.0.1";
+  cfg.port = fake.port;
+  cfg.format = wire::Format::V24;
+  cfg.stall_timeout_ms = stall_ms;
+  Events events;
+  auto engine = std::make_unique<FaultEngine>(cfg, [&](const EngineEvent& e) { events.add(e); });
+  CHECK(engine->start() == 0);
+  int sock = handshake::connect_socket(engine->socket_path());
+  CHECK(handshake::send_task(sock, 9, r.uffd) == 0);
+  close(r.uffd);
+  CHECK(handshake::send_finished(sock) == 0);  // the drain sends GETs at once
+  CHECK(wait_end(*engine, 10) == EngineState::kFailed);
+  engine->join();
+  const std::string error = engine->error();
+  std::printf("%s: %s\n", what, error.c_str());
+  CHECK(error.find(fragment) != std::string::npos);
+  CHECK(events.failure() == error);
+  // The uffd stays open while the engine object lives; destroying it lets the kernel unregister the range.
+  engine.reset();
+  CHECK(page_is_zero(r.base));
+  close(sock);
+  munmap(r.base, N * P);
+}
+
+static void test_handshake_failures() {
+  std::vector<Region> regions_to_unmap;
+  // Restore hangs up before RSTF.
+  {
+    const std::string dir = make_dir();
+    Region r = make_region(16);
+    FaultEngineConfig cfg;
+    cfg.work_dir = dir;
+    cfg.nr_tasks = 1;
+    FaultEngine engine(cfg);
+    CHECK(engine.start() == 0);
+    int sock = handshake::connect_socket(engine.socket_path());
+    CHECK(handshake::send_task(sock, 1, r.uffd) == 0);
+    close(r.uffd);
+    close(sock);
+    CHECK(wait_end(engine, 10) == EngineState::kFailed);
+    engine.join();
+    std::printf("restore hang-up: %s\n", engine.error().c_str());
+    CHECK(engine.error().find("restore closed the connection before RSTF") != std::string::npos);
+    // No munmap here: with the failed engine still holding the uffd, munmap would wait for its UNMAP event
+    // to be read. The region goes at the end of the block, after the engine.
+    regions_to_unmap.push_back(r);
+  }
+  for (const Region& r : regions_to_unmap) munmap(r.base, r.pages * P);
+  // Nobody connects in time.
+  {
+    FaultEngineConfig cfg;
+    cfg.work_dir = make_dir();
+    cfg.nr_tasks = 1;
+    cfg.accept_timeout_ms = 100;
+    FaultEngine engine(cfg);
+    CHECK(engine.start() == 0);
+    CHECK(wait_end(engine, 10) == EngineState::kFailed);
+    engine.join();
+    CHECK(engine.error().find("did not connect") != std::string::npos);
+  }
+  // Too few hand-overs in time.
+  {
+    FaultEngineConfig cfg;
+    cfg.work_dir = make_dir();
+    cfg.nr_tasks = 2;
+    cfg.handover_timeout_ms = 100;
+    FaultEngine engine(cfg);
+    CHECK(engine.start() == 0);
+    int sock = handshake::connect_socket(engine.socket_path());
+    CHECK(handshake::send_zombie(sock, 5) == 0);
+    CHECK(wait_end(engine, 10) == EngineState::kFailed);
+    engine.join();
+    CHECK(engine.error().find("handed over 1 of 2") != std::string::npos);
+    close(sock);
+  }
+  // Invalid configs are refused by start().
+  {
+    FaultEngineConfig cfg;
+    cfg.work_dir = make_dir();
+    cfg.source = FaultEngineConfig::Source::kRemote;
+    FaultEngine engine(cfg);
+    CHECK(engine.start() == -EINVAL);
+    CHECK(engine.state() == EngineState::kFailed);
+    FaultEngineConfig cfg2;
+    cfg2.work_dir = make_dir();
+    FaultEngineConfig::Run a, b;
+    a.img_start = 0x10000;
+    a.nr_pages = 4;
+    b.img_start = 0x12000;
+    b.nr_pages = 4;
+    cfg2.tasks.push_back({1, {a, b}});  // overlapping
+    FaultEngine engine2(cfg2);
+    CHECK(engine2.start() == -EINVAL);
+    // stop() on an engine waiting for restore.
+    FaultEngineConfig cfg3;
+    cfg3.work_dir = make_dir();
+    cfg3.nr_tasks = 1;
+    FaultEngine engine3(cfg3);
+    CHECK(engine3.start() == 0);
+    engine3.stop();
+    CHECK(engine3.state() == EngineState::kFailed);
+    CHECK(engine3.error() == "stopped");
+  }
+}
+
+int main() {
+  alarm(120);  // never hang a test run
+  setvbuf(stdout, nullptr, _IONBF, 0);
+  test_local_full();
+  test_local_faults_only();
+  test_fork();
+  test_remote(wire::Format::V24);
+  test_remote(wire::Format::V32);
+  expect_engine_failure("page server hang-up", true, 30000, "page server");
+  expect_engine_failure("page server stall", false, 300, "stalled");
+  test_handshake_failures();
+  std::printf("%d passed, 0 failed\n", passed);
+  return 0;
+}
