@@ -4,6 +4,7 @@ import yargs, { type Argv } from 'yargs';
 import { normalizeCriuArgv } from './criu-argv.js';
 import { runPageServer } from '../commands/page-server.js';
 import { daemonRequest, runDaemon } from './daemonize.js';
+import { runLazyPages } from '../commands/lazy-pages.js';
 
 function commonOptions<T>(y: Argv<T>) {
   return y
@@ -66,6 +67,26 @@ export async function main(argv: readonly string[]): Promise<number> {
           );
         }
         await serve('criu')(a);
+      },
+    )
+    .command(
+      'lazy-pages',
+      "the destination daemon of `criu restore --lazy-pages` (criu's `lazy-pages`, drop-in)",
+      (y) => commonOptions(y).option('page-server', { type: 'boolean', default: false, describe: 'fetch lazy pages from --address:--port' }),
+      async (a) => {
+        exitCode = await runLazyPages({
+          imagesDir: a.imagesDir,
+          workDir: a.workDir,
+          pageServer: a.pageServer,
+          address: a.address,
+          port: a.port,
+          statusFd: a.statusFd,
+          pidfile: a.pidfile,
+          logFile: a.logFile,
+          verbosity,
+          criuAbi: a.criuAbi,
+          stallTimeoutSeconds: a.stallTimeout,
+        });
       },
     )
     .command(
