@@ -1,0 +1,295 @@
+#include "upload_session.h"
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace lazyd {
+namespace {
+
+std::string hex(uint64_t value) {
+  char text[24];
+  snprintf(text, sizeof text, "0x%" PRIx64, value);
+  return text;
+}
+
+std::string flag_names(uint32_t flags) {
+  std::string out;
+  if (flags & wire::PE_PARENT) out += "PE_PARENT|";
+  if (flags & wire::PE_LAZY) out += "PE_LAZY|";
+  if (flags & wire::PE_PRESENT) out += "PE_PRESENT|";
+  if (flags & ~(wire::PE_PARENT | wire::PE_LAZY | wire::PE_PRESENT)) out += hex(flags) + "|";
+  if (out.empty()) return "0";
+  out.pop_back();
+  return out;
+}
+
+constexpr const char* kNothingKept = ": nothing of this upload is kept";
+
+}  // namespace
+
+UploadSession::UploadSession(int fd, std::unique_ptr<PageStore> store, const UploadLimits& limits)
+    : fd_(fd), store_(std::move(store)), limits_(limits), format_(limits.format) {}
+
+UploadSession::~UploadSession() { close(fd_); }
+
+std::unique_ptr<PageStore> UploadSession::take_store() {
+  if (!committed_) return nullptr;
+  return std::move(store_);
+}
+
+UploadSession::Status UploadSession::fail(std::string message) {
+  if (!failed_) error_ = std::move(message);
+  failed_ = true;
+  return Status::kFailed;
+}
+
+// Committed once the CLOSE status has left and the client has hung up (§1.5 step 6): only then is every byte
+// known to have arrived and the dump known to have read our answer.
+UploadSession::Status UploadSession::settle() {
+  if (failed_) return Status::kFailed;
+  if (committed_) return Status::kDone;
+  if (phase_ == Phase::kClosed && eof_ && out_sent_ == out_len_) {
+    int err = store_->seal();
+    if (err) return fail(std::string("sealing the staged pages failed: ") + store_error_text(err));
+    committed_ = true;
+    return Status::kDone;
+  }
+  return Status::kOpen;
+}
+
+UploadSession::Status UploadSession::on_readable() {
+  // Each step reads at most what the current header or payload still needs, so no byte of the next payload
+  // is ever read into user space: payloads go from the socket to the store directly.
+  while (wants_read() && !eof_) {
+    const uint64_t before = stats_.bytes_in;
+    const bool was_eof = eof_;
+    Status status;
+    switch (phase_) {
+      case Phase::kHeader: status = read_header(); break;
+      case Phase::kPayload: status = read_payload(); break;
+      default: status = read_after_close(); break;
+    }
+    if (status != Status::kOpen) return status;
+    if (stats_.bytes_in == before && eof_ == was_eof) break;  // EAGAIN
+  }
+  Status status = flush();
+  return status == Status::kOpen ? settle() : status;
+}
+
+UploadSession::Status UploadSession::on_writable() {
+  Status status = flush();
+  return status == Status::kOpen ? settle() : status;
+}
+
+UploadSession::Status UploadSession::read_header() {
+  const size_t need = format_ == wire::Format::Unknown ? wire::HEADER_SIZE_V24 : wire::header_size(format_);
+  ssize_t n = recv(fd_, in_ + in_len_, need - in_len_, MSG_DONTWAIT);
+  if (n < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+    return fail(std::string("receive failed: ") + strerror(errno) + kNothingKept);
+  }
+  if (n == 0) {
+    eof_ = true;
+    if (in_len_ == 0) {
+      // CRIU's own server: "The data were not flushed" (§1.5 step 6).
+      return fail(std::string("the dump disconnected before CLOSE") + kNothingKept);
+    }
+    return fail("the dump disconnected after " + std::to_string(in_len_) + " bytes of a header" + kNothingKept);
+  }
+  in_len_ += static_cast<size_t>(n);
+  stats_.bytes_in += static_cast<uint64_t>(n);
+  if (in_len_ < need) return Status::kOpen;
+  if (format_ == wire::Format::Unknown) {
+    const uint32_t command = wire::decode(wire::Format::V24, in_).command();
+    const wire::Format format = wire::detect(in_, in_len_, store_->page_size());
+    if (format == wire::Format::Unknown) {
+      if (command == wire::PS_IOV_CLOSE || command == wire::PS_IOV_FORCE_CLOSE) {
+        // An upload of nothing. Both layouts get the same 4-byte reply; a 32-byte CLOSE has 8 zero bytes to come.
+        in_len_ = 0;
+        close_slack_ = wire::HEADER_SIZE_V32 - wire::HEADER_SIZE_V24;
+        wire::Header close;
+        close.cmd = command;
+        return handle(close);
+      }
+      return fail(std::string("malformed first header (command ") + wire::command_name(command) + " " +
+                  hex(command) + "): neither the 24-byte (CRIU <= 4.1) nor the 32-byte (CRIU >= 4.2) layout " +
+                  "fits; pass --criu-abi if the peer is a CRIU page-server client");
+    }
+    format_ = format;
+    if (in_len_ < wire::header_size(format_)) return Status::kOpen;
+  }
+  const wire::Header header = wire::decode(format_, in_);
+  in_len_ = 0;
+  return handle(header);
+}
+
+UploadSession::Status UploadSession::handle(const wire::Header& header) {
+  PageKey key;
+  switch (header.command()) {
+    case wire::PS_IOV_OPEN2: {
+      Status status = open(header.dst_id, "OPEN2", &key);
+      if (status != Status::kOpen) return status;
+      const char has_parent = 0;  // staging keeps no parent images
+      return reply(&has_parent, sizeof has_parent);
+    }
+    case wire::PS_IOV_OPEN:
+      return open(header.dst_id, "OPEN", &key);  // legacy: no reply
+    case wire::PS_IOV_PARENT: {
+      if (!key_from_dst_id(header.dst_id, &key)) {
+        return fail("PARENT dst_id " + hex(header.dst_id) + ": unknown pagemap type " +
+                    std::to_string(header.dst_id & wire::PS_TYPE_MASK));
+      }
+      const int32_t has_parent = 0;  // no parent pagemap: the pre-dump sends every page, no holes
+      return reply(&has_parent, sizeof has_parent);
+    }
+    case wire::PS_IOV_ADD_F:
+      return handle_entry(header, header.flags());
+    case wire::PS_IOV_ADD:
+      return handle_entry(header, wire::PE_PRESENT);  // legacy ADD = ADD_F with PE_PRESENT (§1.3)
+    case wire::PS_IOV_HOLE:
+      return handle_entry(header, wire::PE_PARENT);  // legacy HOLE = ADD_F with PE_PARENT
+    case wire::PS_IOV_CLOSE:
+    case wire::PS_IOV_FORCE_CLOSE: {
+      stats_.close_seen = true;
+      phase_ = Phase::kClosed;
+      const int32_t status = 0;  // CRIU always answers 0, then waits for the client to close first (§1.5)
+      return reply(&status, sizeof status);
+    }
+    case wire::PS_IOV_GET:
+      return fail("GET on an upload connection (after " + std::to_string(stats_.entries) +
+                  " entries): a connection either uploads or fetches" + kNothingKept);
+    default:
+      return fail("unknown command " + hex(header.cmd) + ": not a CRIU page-server upload" + kNothingKept);
+  }
+}
+
+UploadSession::Status UploadSession::open(uint64_t dst_id, const char* how, PageKey* key) {
+  if (!key_from_dst_id(dst_id, key)) {
+    return fail(std::string(how) + " dst_id " + hex(dst_id) + ": unknown pagemap type " +
+                std::to_string(dst_id & wire::PS_TYPE_MASK) + kNothingKept);
+  }
+  if (store_->entries(*key) != nullptr) {
+    // CRIU opens every pagemap once per upload; a second open would make its page server start the
+    // pagemap image over.
+    return fail(std::string(how) + " " + key_name(*key) + ": this pagemap was already opened in this upload" +
+                kNothingKept);
+  }
+  int err = store_->open_key(*key);
+  if (err) return fail(std::string(how) + ": " + store_error_text(err));
+  has_open_ = true;
+  open_dst_id_ = dst_id;
+  open_key_ = *key;
+  stats_.opens++;
+  return Status::kOpen;
+}
+
+UploadSession::Status UploadSession::handle_entry(const wire::Header& header, uint32_t flags) {
+  const uint64_t page_size = store_->page_size();
+  std::string what = std::string(wire::command_name(header.command())) + " dst_id " + hex(header.dst_id) +
+                     " vaddr " + hex(header.vaddr) + " nr_pages " + std::to_string(header.nr_pages) + " flags " +
+                     flag_names(flags);
+  PageKey key;
+  if (!key_from_dst_id(header.dst_id, &key)) {
+    return fail(what + ": unknown pagemap type " + std::to_string(header.dst_id & wire::PS_TYPE_MASK) + kNothingKept);
+  }
+  if (!has_open_ || key != open_key_) {
+    // "Deprecated IO w/o open": an entry for another pagemap opens it, without a reply (§1.5 step 4).
+    Status status = open(header.dst_id, "implicit open by ADD", &key);
+    if (status != Status::kOpen) return status;
+    stats_.implicit_opens++;
+  }
+  if (header.nr_pages == 0) return fail(what + ": nr_pages is 0" + kNothingKept);
+  if (header.nr_pages > limits_.max_entry_pages) {
+    return fail(what + ": more than the limit of " + std::to_string(limits_.max_entry_pages) + " pages per entry" +
+                kNothingKept);
+  }
+  if (header.vaddr % page_size != 0) return fail(what + ": vaddr is not page-aligned" + kNothingKept);
+  int err = store_->begin_entry(key, header.vaddr, header.nr_pages, flags);
+  if (err == kStoreCapExceeded) {
+    const MemoryBudget& budget = store_->budget();
+    return fail(what + ": the staging memory cap of " + std::to_string(budget.limit()) + " bytes (" +
+                std::to_string(budget.used()) + " in use) would be exceeded; the dump fails and CRIU resumes " +
+                "the tasks" + kNothingKept);
+  }
+  if (err) return fail(what + ": " + store_error_text(err) + kNothingKept);
+  stats_.entries++;
+  if (flags & wire::PE_PRESENT) {
+    stats_.pages_with_data += header.nr_pages;
+    phase_ = Phase::kPayload;
+    entry_what_ = std::move(what);
+    entry_bytes_ = header.nr_pages * page_size;
+  } else {
+    stats_.pages_without_data += header.nr_pages;  // PE_PARENT hole or PE_LAZY without data: metadata only
+  }
+  return Status::kOpen;
+}
+
+UploadSession::Status UploadSession::read_payload() {
+  ssize_t n = store_->receive(fd_, store_->pending_bytes());
+  if (n > 0) {
+    stats_.bytes_in += static_cast<uint64_t>(n);
+    if (store_->pending_bytes() == 0) phase_ = Phase::kHeader;
+    return Status::kOpen;
+  }
+  if (n == 0) {
+    eof_ = true;
+    const uint64_t got = entry_bytes_ - store_->pending_bytes();
+    return fail(entry_what_ + ": the dump disconnected after " + std::to_string(got) + " of " +
+                std::to_string(entry_bytes_) + " payload bytes" + kNothingKept);
+  }
+  if (n == -EAGAIN || n == -EINTR) return Status::kOpen;
+  return fail(entry_what_ + ": storing the pages failed: " + store_error_text(static_cast<int>(n)) + kNothingKept);
+}
+
+UploadSession::Status UploadSession::read_after_close() {
+  uint8_t buf[64];
+  ssize_t n = recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+  if (n < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+    return fail(std::string("receive failed after CLOSE: ") + strerror(errno) + kNothingKept);
+  }
+  if (n == 0) {
+    eof_ = true;
+    return Status::kOpen;
+  }
+  stats_.bytes_in += static_cast<uint64_t>(n);
+  // Only EOF may follow CLOSE — except the 8 trailing zero bytes of a 32-byte CLOSE that was answered before
+  // its format was known.
+  for (ssize_t i = 0; i < n; i++) {
+    if (close_slack_ == 0 || buf[i] != 0) {
+      return fail(std::string("data after CLOSE: the client must close the connection after the CLOSE reply") +
+                  kNothingKept);
+    }
+    close_slack_--;
+  }
+  return Status::kOpen;
+}
+
+UploadSession::Status UploadSession::reply(const void* data, size_t len) {
+  if (out_len_ + len > sizeof out_) {
+    return fail("the client does not read the replies (" + std::to_string(out_len_ - out_sent_) + " bytes unread)");
+  }
+  memcpy(out_ + out_len_, data, len);
+  out_len_ += len;
+  return flush();  // the client waits for it (OPEN2, PARENT, CLOSE): send at once
+}
+
+UploadSession::Status UploadSession::flush() {
+  while (out_sent_ < out_len_) {
+    ssize_t n = send(fd_, out_ + out_sent_, out_len_ - out_sent_, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+      return fail(std::string("send failed: ") + strerror(errno) + kNothingKept);
+    }
+    out_sent_ += static_cast<size_t>(n);
+  }
+  out_len_ = out_sent_ = 0;
+  return Status::kOpen;
+}
+
+}  // namespace lazyd

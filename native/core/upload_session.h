@@ -1,0 +1,103 @@
+// The receiving side of one image-upload connection (`criu dump|pre-dump --page-server` -> lazyd; protocol doc
+// §1.5): reads OPEN2/OPEN/PARENT/ADD_F/ADD/HOLE/CLOSE headers and moves every payload from the socket straight
+// into a private PageStore (splice or read into a memfd; never through a session buffer). The store is published
+// only after a clean end: CLOSE answered, then the client's EOF. Any failure leaves nothing served: the store
+// is dropped with the session, CRIU's dump fails and resumes the tasks.
+//
+// lazyd keeps no parent images in staging: OPEN2 answers has_parent = 0 and PARENT answers 0, so a pre-dump
+// client sends every page (no PE_PARENT holes). Holes that arrive anyway are recorded as metadata only.
+//
+// Same shape as LazySession: knows nothing of epoll; the server calls on_readable()/on_writable() and asks
+// wants_read()/wants_write().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "page_store.h"
+#include "wire.h"
+
+namespace lazyd {
+
+struct UploadLimits {
+  wire::Format format = wire::Format::Unknown;  // Unknown: detect from the first header
+  uint64_t max_entry_pages = 1ull << 18;        // an ADD_F for more pages fails the upload
+};
+
+struct UploadStats {
+  uint64_t opens = 0;           // OPEN2 + OPEN + implicit opens
+  uint64_t implicit_opens = 0;  // "Deprecated IO w/o open" (§1.5 step 4)
+  uint64_t entries = 0;
+  uint64_t pages_with_data = 0;
+  uint64_t pages_without_data = 0;  // PE_LAZY-only and PE_PARENT entries
+  uint64_t bytes_in = 0;            // headers + payload
+  bool close_seen = false;
+};
+
+class UploadSession {
+ public:
+  enum class Status { kOpen, kDone, kFailed };
+
+  // Takes the socket (closed by the destructor) and a fresh, empty store.
+  UploadSession(int fd, std::unique_ptr<PageStore> store, const UploadLimits& limits);
+  ~UploadSession();
+  UploadSession(const UploadSession&) = delete;
+  UploadSession& operator=(const UploadSession&) = delete;
+
+  Status on_readable();
+  Status on_writable();
+
+  bool wants_read() const { return !failed_ && !committed_ && out_len_ + sizeof(int32_t) <= sizeof out_; }
+  bool wants_write() const { return out_sent_ < out_len_; }
+
+  // True once the upload ended cleanly (CLOSE answered, EOF from the client): the store is complete and sealed.
+  bool committed() const { return committed_; }
+  // The sealed store of a committed upload, once; nullptr otherwise.
+  std::unique_ptr<PageStore> take_store();
+  // Progress while filling (memory held, entries).
+  const PageStore* store() const { return store_.get(); }
+
+  int fd() const { return fd_; }
+  wire::Format format() const { return format_; }
+  const UploadStats& stats() const { return stats_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  enum class Phase { kHeader, kPayload, kClosed };
+
+  Status read_header();
+  Status read_payload();
+  Status read_after_close();
+  Status handle(const wire::Header& header);
+  Status handle_entry(const wire::Header& header, uint32_t flags);
+  Status open(uint64_t dst_id, const char* how, PageKey* key);
+  Status reply(const void* data, size_t len);
+  Status flush();
+  Status fail(std::string message);
+  Status settle();
+
+  int fd_;
+  std::unique_ptr<PageStore> store_;
+  UploadLimits limits_;
+  wire::Format format_;
+  Phase phase_ = Phase::kHeader;
+  uint8_t in_[wire::HEADER_SIZE_MAX];
+  size_t in_len_ = 0;
+  uint8_t out_[64];
+  size_t out_len_ = 0;
+  size_t out_sent_ = 0;
+  bool has_open_ = false;
+  uint64_t open_dst_id_ = 0;
+  PageKey open_key_ = 0;
+  std::string entry_what_;  // the header whose payload is being received, for messages
+  uint64_t entry_bytes_ = 0;
+  size_t close_slack_ = 0;  // a CLOSE read before the format was known may be followed by 8 zero bytes (§1.2)
+  bool eof_ = false;
+  bool failed_ = false;
+  bool committed_ = false;
+  UploadStats stats_;
+  std::string error_;
+};
+
+}  // namespace lazyd
