@@ -245,8 +245,10 @@ static void test_local_full() {
   // Some of the DONTNEED part is read (installed) first, then dropped: afterwards it must read as zeros.
   for (size_t p = d_first; p < d_first + 10; p++) CHECK(page_matches(r.base + p * P, r.addr(p)));
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(handshake::send_finished(sock) == 0);  // RSTF comes late; the drain starts now
+  // DONTNEED before RSTF: the drain has not started, so the range is still lazy and the REMOVE event is certain
+  // (after RSTF the drain may finish the task, closing its uffd, before madvise runs).
   CHECK(madvise(r.base + d_first * P, d_n * P, MADV_DONTNEED) == 0);
+  CHECK(handshake::send_finished(sock) == 0);  // RSTF comes late; the drain starts now
   bool zeros = true;
   for (size_t p = d_first; p < d_first + d_n; p++) zeros &= page_is_zero(r.base + p * P);
   CHECK(zeros);
@@ -281,6 +283,13 @@ static void test_local_full() {
   CHECK(events.count(EngineEvent::Kind::kListening) == 1);
   CHECK(events.count(EngineEvent::Kind::kZombie) == 1);
   CHECK(events.count(EngineEvent::Kind::kTask) == 1);
+  {
+    // The hand-over's SCM_CREDENTIALS name the sending process (here: us), for the kill-on-failure policy.
+    std::lock_guard<std::mutex> lock(events.mu);
+    for (auto& e : events.list)
+      if (e.kind == EngineEvent::Kind::kTask)
+        CHECK(e.host_pid == getpid() && e.message == "host pid " + std::to_string(getpid()));
+  }
   CHECK(events.count(EngineEvent::Kind::kRestoreFinished) == 1);
   CHECK(events.count(EngineEvent::Kind::kTaskDone) == 1);
   CHECK(events.count(EngineEvent::Kind::kDone) == 1);
@@ -597,6 +606,30 @@ static void test_handshake_failures() {
     CHECK(wait_end(engine, 10) == EngineState::kFailed);
     engine.join();
     CHECK(engine.error().find("did not connect") != std::string::npos);
+  }
+  // Every hand-over, then no RSTF: bounded by default (60 s after the last hand-over), here 150 ms.
+  {
+    FaultEngineConfig defaults;
+    CHECK(defaults.rstf_timeout_ms > 0 && defaults.rstf_timeout_ms <= 60000);
+    const std::string dir = make_dir();
+    Region r = make_region(16);
+    FaultEngineConfig cfg;
+    cfg.work_dir = dir;
+    cfg.nr_tasks = 1;
+    cfg.rstf_timeout_ms = 150;
+    {
+      FaultEngine engine(cfg);
+      CHECK(engine.start() == 0);
+      int sock = handshake::connect_socket(engine.socket_path());
+      CHECK(handshake::send_task(sock, 1, r.uffd) == 0);
+      close(r.uffd);
+      CHECK(wait_end(engine, 10) == EngineState::kFailed);
+      engine.join();
+      std::printf("no RSTF: %s\n", engine.error().c_str());
+      CHECK(engine.error().find("did not send RSTF within 150 ms") != std::string::npos);
+      close(sock);
+    }
+    munmap(r.base, r.pages * P);  // after the engine (and its uffd) is gone
   }
   // Too few hand-overs in time.
   {
