@@ -5,7 +5,10 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fcntl.h>
+#include <map>
 #include <memory>
 #include <unistd.h>
 
@@ -55,11 +58,49 @@ const char* event_kind_name(lazyd::ServerEvent::Kind kind) {
     case lazyd::ServerEvent::Kind::kSessionEnd: return "session-end";
     case lazyd::ServerEvent::Kind::kRefused: return "refused";
     case lazyd::ServerEvent::Kind::kStopped: return "stopped";
+    case lazyd::ServerEvent::Kind::kUploadSealed: return "upload-sealed";
+    case lazyd::ServerEvent::Kind::kStaged: return "staged";
+    case lazyd::ServerEvent::Kind::kRestoreDone: return "restore-done";
+    case lazyd::ServerEvent::Kind::kReleased: return "released";
   }
   return "?";
 }
 
-// new PageServer({ format, maxRequestPages, maxQueuedReplies, singleSession, maxSessions, stallTimeoutMs, onEvent })
+Napi::Object upload_stats_object(Napi::Env env, const lazyd::UploadStats& stats) {
+  Napi::Object object = Napi::Object::New(env);
+  object.Set("opens", uint64_value(env, stats.opens));
+  object.Set("entries", uint64_value(env, stats.entries));
+  object.Set("pagesWithData", uint64_value(env, stats.pages_with_data));
+  object.Set("pagesWithoutData", uint64_value(env, stats.pages_without_data));
+  object.Set("bytesIn", uint64_value(env, stats.bytes_in));
+  object.Set("closeSeen", Napi::Boolean::New(env, stats.close_seen));
+  return object;
+}
+
+// The pagemaps of a store, for writing the images: [{ type: 'pid' | 'shmem', id, entries: BigUint64Array
+// [vaddr, nrPages, flags] * n }] in the order the upload opened them.
+Napi::Array store_pagemaps(Napi::Env env, const lazyd::PageStore& store) {
+  Napi::Array out = Napi::Array::New(env, store.keys().size());
+  uint32_t i = 0;
+  for (lazyd::PageKey key : store.keys()) {
+    Napi::Object pagemap = Napi::Object::New(env);
+    pagemap.Set("type", lazyd::key_type(key) == lazyd::wire::PS_TYPE_PID ? "pid" : "shmem");
+    pagemap.Set("id", uint64_value(env, lazyd::key_id(key)));
+    const std::vector<lazyd::StoreEntry>& entries = *store.entries(key);
+    Napi::BigUint64Array packed = Napi::BigUint64Array::New(env, entries.size() * 3);
+    for (size_t e = 0; e < entries.size(); e++) {
+      packed[e * 3] = entries[e].vaddr;
+      packed[e * 3 + 1] = entries[e].nr_pages;
+      packed[e * 3 + 2] = entries[e].flags;
+    }
+    pagemap.Set("entries", packed);
+    out.Set(i++, pagemap);
+  }
+  return out;
+}
+
+// new PageServer({ format, maxRequestPages, maxQueuedReplies, singleSession, maxSessions, stallTimeoutMs,
+//   acceptUploads, stagingMaxBytes, stagingRestores, onEvent })
 class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -69,7 +110,10 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
                         InstanceMethod("listen", &PageServerWrap::Listen),
                         InstanceMethod("start", &PageServerWrap::Start),
                         InstanceMethod("stop", &PageServerWrap::Stop),
-                        InstanceMethod("stats", &PageServerWrap::Stats)});
+                        InstanceMethod("stats", &PageServerWrap::Stats),
+                        InstanceMethod("writePages", &PageServerWrap::WritePages),
+                        InstanceMethod("ackUpload", &PageServerWrap::AckUpload),
+                        InstanceMethod("release", &PageServerWrap::Release)});
   }
 
   explicit PageServerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PageServerWrap>(info) {
@@ -88,6 +132,10 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
     config_.single_session = options.Get("singleSession").ToBoolean();
     config_.max_sessions = static_cast<size_t>(number("maxSessions", 1024));
     config_.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs", 30000));
+    config_.accept_uploads = options.Get("acceptUploads").ToBoolean();
+    config_.staging_max_bytes = static_cast<uint64_t>(number("stagingMaxBytes", 1024.0 * 1024 * 1024));
+    config_.staging_restores = static_cast<uint64_t>(number("stagingRestores", 0));
+    config_.upload.format = config_.session.format;
     index_ = std::make_shared<lazyd::PageIndex>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
     events_ = Napi::ThreadSafeFunction::New(env, options.Get("onEvent").As<Napi::Function>(), "lazyd-page-server",
                                             0, 1);
@@ -169,14 +217,64 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
     object.Set("getsTotal", uint64_value(env, c.gets_total));
     object.Set("pagesTotal", uint64_value(env, c.pages_total));
     object.Set("bytesTotal", uint64_value(env, c.bytes_total));
+    object.Set("stagingBytes", uint64_value(env, server_->budget().used()));
+    object.Set("stagingMaxBytes", uint64_value(env, server_->budget().limit()));
     return object;
+  }
+
+  // writePages(session, type 'pid'|'shmem', id, path, includeLazy): writes the pages-N.img of one pagemap of
+  // an upload that is waiting for ackUpload (or of a staged checkpoint), atomically (temp file + rename).
+  // Returns the bytes written. Runs on the JavaScript thread; the store is sealed and read-only.
+  Napi::Value WritePages(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const uint64_t session = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    const std::string type = info[1].As<Napi::String>();
+    const uint64_t id = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+    const std::string path = info[3].As<Napi::String>();
+    const bool include_lazy = info[4].ToBoolean();
+    auto found = stores_.find(session);
+    if (found == stores_.end()) throw Napi::Error::New(env, "writePages: no sealed upload #" + std::to_string(session));
+    const lazyd::PageKey key = type == "pid" ? lazyd::pid_key(id) : lazyd::shmem_key(id);
+    const std::string temp = path + ".tmp";
+    int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) throw errno_error(env, -errno, "cannot create " + temp);
+    int64_t written = found->second->write_pages(key, fd, include_lazy);
+    int err = written < 0 ? static_cast<int>(written) : 0;
+    if (!err && fsync(fd) < 0) err = -errno;
+    if (close(fd) < 0 && !err) err = -errno;
+    if (!err && rename(temp.c_str(), path.c_str()) < 0) err = -errno;
+    if (err) {
+      unlink(temp.c_str());
+      throw errno_error(env, err, "cannot write " + path);
+    }
+    return uint64_value(env, static_cast<uint64_t>(written));
+  }
+
+  // ackUpload(session, ok, message): the images of a sealed upload are written (ok) or could not be (the
+  // dump then fails and CRIU resumes the tasks).
+  Napi::Value AckUpload(const Napi::CallbackInfo& info) {
+    const uint64_t session = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    const bool ok = info[1].ToBoolean();
+    const std::string message = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
+    stores_.erase(session);
+    if (server_) server_->ack_upload(session, ok, message);
+    return info.Env().Undefined();
+  }
+
+  // release(checkpoint, reason): new sessions no longer fetch from it; its memory goes when the last
+  // session using it ends.
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    const uint64_t checkpoint = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    const std::string reason = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "released";
+    if (server_) server_->release(checkpoint, reason);
+    return info.Env().Undefined();
   }
 
   // Called on the server thread: copy the event and queue it for the JavaScript thread.
   void post(const lazyd::ServerEvent& event) {
     auto* copy = new lazyd::ServerEvent(event);
     const bool last = event.kind == lazyd::ServerEvent::Kind::kStopped;
-    events_.NonBlockingCall(copy, [](Napi::Env env, Napi::Function callback, lazyd::ServerEvent* data) {
+    events_.NonBlockingCall(copy, [this](Napi::Env env, Napi::Function callback, lazyd::ServerEvent* data) {
       std::unique_ptr<lazyd::ServerEvent> owned(data);
       Napi::Object object = Napi::Object::New(env);
       object.Set("type", event_kind_name(owned->kind));
@@ -187,6 +285,18 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
       object.Set("format", owned->format);
       object.Set("seconds", owned->seconds);
       object.Set("stats", session_stats_object(env, owned->stats));
+      object.Set("upload", owned->upload);
+      if (owned->upload) object.Set("uploadStats", upload_stats_object(env, owned->upload_stats));
+      object.Set("checkpoint", uint64_value(env, owned->checkpoint));
+      object.Set("restores", uint64_value(env, owned->restores));
+      object.Set("memoryUsed", uint64_value(env, owned->memory_used));
+      if (owned->store) {
+        object.Set("pagemaps", store_pagemaps(env, *owned->store));
+        object.Set("bytesHeld", uint64_value(env, owned->store->bytes_held()));
+      }
+      if (owned->kind == lazyd::ServerEvent::Kind::kUploadSealed && owned->store) {
+        stores_[owned->session] = owned->store;  // until ackUpload
+      }
       callback.Call({object});
     });
     if (last) {
@@ -201,6 +311,7 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
   std::unique_ptr<lazyd::PageServer> server_;
   Napi::ThreadSafeFunction events_;
   bool released_ = false;
+  std::map<uint64_t, std::shared_ptr<const lazyd::PageStore>> stores_;  // sealed uploads awaiting ackUpload (JS thread)
 };
 
 

@@ -19,8 +19,8 @@ std::string hex(uint64_t value) {
 
 }  // namespace
 
-LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& limits)
-    : fd_(fd), index_(index), limits_(limits), format_(limits.format) {}
+LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged)
+    : fd_(fd), index_(index), staged_(staged), limits_(limits), format_(limits.format) {}
 
 LazySession::~LazySession() { close(fd_); }
 
@@ -130,7 +130,9 @@ LazySession::Status LazySession::handle_requests() {
       case wire::PS_IOV_ADD_F:
       case wire::PS_IOV_HOLE:
         status = fail(std::string("upload command ") + wire::command_name(header.command()) +
-                      " on a lazy page server: this lazyd serves the images of -D; it does not accept uploads");
+                      (stats_.gets || close_seen_ || staged_ == nullptr
+                           ? " on a lazy page server: this lazyd serves the images of -D; it does not accept uploads"
+                           : " in a lazy-fetch session: a connection either uploads or fetches"));
         break;
       default:
         status = fail("unknown command " + hex(header.cmd) + ": not a CRIU page-server request");
@@ -152,6 +154,47 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
                 " pages per request (--max-request-pages)");
   }
   if (header.vaddr % page_size != 0) return fail(what + ": vaddr is not page-aligned");
+
+  // Staged checkpoints first (see StagedLookup), then the images of -D.
+  std::shared_ptr<const StagedCheckpoint> staged;
+  PageKey key = 0;
+  if (staged_ != nullptr && key_from_get_pid(header.dst_id, &key)) {
+    if (bound_ && bound_->store->entries(key) != nullptr) {
+      staged = bound_;  // still served after a release: the restore in progress keeps its checkpoint
+    } else {
+      staged = staged_->find_pid(header.dst_id);
+      if (staged && bound_ && staged != bound_) {
+        return fail(what + ": the pid belongs to staged checkpoint #" + std::to_string(staged->id) +
+                    ", but this session fetches from checkpoint #" + std::to_string(bound_->id) +
+                    " (one restore, one checkpoint)");
+      }
+    }
+  }
+  if (staged) {
+    if (staged->store->page_size() != page_size) return fail(what + ": staged with another page size");
+    StoreSpan store_span;
+    LookupResult found = staged->store->lookup(key, header.vaddr, header.nr_pages, &store_span, /*lazy_only=*/true);
+    if (found != LookupResult::kFound) {
+      return fail(what + " (staged checkpoint #" + std::to_string(staged->id) + "): " + lookup_result_text(found));
+    }
+    bound_ = staged;
+    Reply reply;
+    wire::Header answer;
+    answer.cmd = wire::GET_REPLY_CMD;
+    answer.pad = header.pad;
+    answer.nr_pages = store_span.nr_pages;
+    answer.vaddr = header.vaddr;
+    answer.dst_id = header.dst_id;
+    wire::encode(format_, answer, reply.head);
+    reply.head_len = wire::header_size(format_);
+    reply.store = staged->store;
+    reply.span = store_span;
+    replies_.push_back(std::move(reply));
+    stats_.gets++;
+    stats_.pages += store_span.nr_pages;
+    return Status::kOpen;
+  }
+
   PageSpan span;
   LookupResult found = index_.lookup(header.dst_id, header.vaddr, header.nr_pages, &span);
   if (found != LookupResult::kFound) return fail(what + ": " + lookup_result_text(found));
@@ -191,7 +234,7 @@ LazySession::Status LazySession::flush() {
     if (reply.head_sent < reply.head_len) {
       // MSG_MORE keeps the header with the page bytes that follow; the last sendfile segment goes out without
       // it, so with TCP_NODELAY a reply leaves as soon as it is complete (no cork timer, unlike CRIU's 0.2 s).
-      const int more = reply.file_left ? MSG_MORE : 0;
+      const int more = (reply.file_left || (reply.store && reply.span.bytes)) ? MSG_MORE : 0;
       ssize_t n = send(fd_, reply.head + reply.head_sent, reply.head_len - reply.head_sent,
                        MSG_DONTWAIT | MSG_NOSIGNAL | more);
       if (n < 0) {
@@ -200,6 +243,16 @@ LazySession::Status LazySession::flush() {
         return fail(std::string("send failed: ") + strerror(errno));
       }
       reply.head_sent += static_cast<size_t>(n);
+      stats_.bytes_out += static_cast<uint64_t>(n);
+      continue;
+    }
+    if (reply.store && reply.store_done < reply.span.bytes) {
+      ssize_t n = reply.store->send(reply.span, reply.store_done, fd_, scratch_);
+      if (n == -EAGAIN || n == -EWOULDBLOCK) return Status::kOpen;
+      if (n == -EINTR) continue;
+      if (n < 0) return fail(std::string("sending staged page data failed: ") + strerror(static_cast<int>(-n)));
+      if (n == 0) return fail("the staged store sent nothing: no page is sent short");
+      reply.store_done += static_cast<uint64_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
       continue;
     }

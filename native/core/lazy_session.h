@@ -6,9 +6,11 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 
 #include "page_index.h"
+#include "page_store.h"
 #include "wire.h"
 
 namespace lazyd {
@@ -26,11 +28,29 @@ struct SessionStats {
   bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
 };
 
+// A checkpoint staged by an upload (`criu dump --page-server` into lazyd): its sealed store, served until a
+// policy releases it. Sessions that fetch from it hold a reference, so a release never cuts a restore short.
+struct StagedCheckpoint {
+  uint64_t id = 0;  // the upload session's id
+  std::shared_ptr<const PageStore> store;
+};
+
+// Which staged checkpoint serves a GET's pid. GETs carry nothing but the pid (§1.4), so the page server keeps
+// every pid unique across the staged checkpoints (an upload whose pid is already staged is refused), and a
+// staged pid wins over the same pid in the -D images (the images were there first; the upload is newer).
+class StagedLookup {
+ public:
+  virtual ~StagedLookup() = default;
+  virtual std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const = 0;
+};
+
 class LazySession {
  public:
   enum class Status { kOpen, kDone, kFailed };
 
-  LazySession(int fd, const PageIndex& index, const SessionLimits& limits);
+  // staged may be null (serve the images only). A session binds to the staged checkpoint of its first staged
+  // GET; every later GET of a staged pid must belong to that same checkpoint (one restore = one checkpoint).
+  LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged = nullptr);
   ~LazySession();
   LazySession(const LazySession&) = delete;
   LazySession& operator=(const LazySession&) = delete;
@@ -48,6 +68,8 @@ class LazySession {
   wire::Format format() const { return format_; }
   const SessionStats& stats() const { return stats_; }
   const std::string& error() const { return error_; }
+  // The staged checkpoint this session fetched from, if any.
+  const std::shared_ptr<const StagedCheckpoint>& bound() const { return bound_; }
 
  private:
   struct Reply {
@@ -57,6 +79,9 @@ class LazySession {
     int file_fd = -1;
     uint64_t file_offset = 0;
     uint64_t file_left = 0;
+    std::shared_ptr<const PageStore> store;  // a staged reply: span's bytes come from the store
+    StoreSpan span;
+    uint64_t store_done = 0;
   };
 
   Status handle_requests();
@@ -68,6 +93,9 @@ class LazySession {
 
   int fd_;
   const PageIndex& index_;
+  const StagedLookup* staged_;
+  std::shared_ptr<const StagedCheckpoint> bound_;
+  ServeScratch scratch_;
   SessionLimits limits_;
   wire::Format format_;
   uint8_t in_[4096];

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "memfd_store.h"
 #include "net.h"
 
 namespace lazyd {
@@ -29,7 +30,10 @@ double seconds_since(Clock::time_point start) {
 
 struct PageServer::Entry {
   uint64_t id;
-  std::unique_ptr<LazySession> session;
+  int fd = -1;                            // until routed (staging: the first command decides)
+  std::unique_ptr<LazySession> session;   // lazy fetch
+  std::unique_ptr<UploadSession> upload;  // image upload
+  bool ack_posted = false;
   std::string peer;
   Clock::time_point started;
   uint32_t interest = 0;
@@ -38,10 +42,26 @@ struct PageServer::Entry {
   uint64_t gets_reported = 0;
   uint64_t pages_reported = 0;
   uint64_t bytes_reported = 0;
+  ~Entry() {
+    if (!session && !upload && fd >= 0) close(fd);
+  }
+  int socket() const { return session ? session->fd() : upload ? upload->fd() : fd; }
 };
 
-struct PageServer::State {
+struct PageServer::State : StagedLookup {
   std::unordered_map<uint64_t, std::unique_ptr<Entry>> sessions;
+  // Staged checkpoints by id, and who owns each task pid: a staged checkpoint or an upload in progress
+  // (both are named by the upload's session id).
+  std::unordered_map<uint64_t, std::shared_ptr<StagedCheckpoint>> staged;
+  std::unordered_map<uint64_t, uint64_t> pid_owner;
+  std::unordered_map<uint64_t, uint64_t> restores;  // completed restores per staged checkpoint
+
+  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override {
+    auto owner = pid_owner.find(pid);
+    if (owner == pid_owner.end()) return nullptr;
+    auto found = staged.find(owner->second);
+    return found == staged.end() ? nullptr : found->second;
+  }
   uint64_t next_id = kFirstSessionToken;
   bool accepted_once = false;
   bool draining = false;
@@ -49,7 +69,11 @@ struct PageServer::State {
 };
 
 PageServer::PageServer(PageServerConfig config, std::shared_ptr<const PageIndex> index, ServerEventSink sink)
-    : config_(config), index_(std::move(index)), sink_(std::move(sink)), state_(std::make_unique<State>()) {}
+    : config_(config),
+      index_(std::move(index)),
+      sink_(std::move(sink)),
+      budget_(std::make_shared<MemoryBudget>(config.staging_max_bytes)),
+      state_(std::make_unique<State>()) {}
 
 PageServer::~PageServer() {
   if (thread_.joinable()) {
@@ -89,6 +113,124 @@ void PageServer::request_stop(int drain_ms) {
   if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
 }
 
+void PageServer::ack_upload(uint64_t session, bool ok, const std::string& message) {
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    commands_.push_back(Command{true, session, ok, message});
+  }
+  uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
+}
+
+void PageServer::release(uint64_t checkpoint, const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    commands_.push_back(Command{false, checkpoint, false, reason});
+  }
+  uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
+}
+
+void PageServer::run_commands() {
+  std::vector<Command> commands;
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    commands.swap(commands_);
+  }
+  for (const Command& command : commands) {
+    if (!command.ack) {
+      retire(command.id, command.message);
+      continue;
+    }
+    auto found = state_->sessions.find(command.id);
+    if (found == state_->sessions.end() || !found->second->upload) continue;  // the dump is gone already
+    Entry& entry = *found->second;
+    UploadSession::Status status = entry.upload->ack_close(command.ok, command.message);
+    if (status == UploadSession::Status::kOpen) {
+      update_interest(entry);
+    } else {
+      end_session(entry.id, status == UploadSession::Status::kDone, entry.upload->error());
+    }
+  }
+}
+
+void PageServer::retire(uint64_t checkpoint, const std::string& reason) {
+  auto found = state_->staged.find(checkpoint);
+  if (found == state_->staged.end()) return;
+  for (PageKey key : found->second->store->keys()) {
+    if (key_type(key) != wire::PS_TYPE_PID) continue;
+    auto owner = state_->pid_owner.find(key_id(key));
+    if (owner != state_->pid_owner.end() && owner->second == checkpoint) state_->pid_owner.erase(owner);
+  }
+  state_->staged.erase(found);  // sessions still bound to it hold the store until they end
+  state_->restores.erase(checkpoint);
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::kReleased;
+  event.checkpoint = checkpoint;
+  event.message = reason;
+  event.memory_used = budget_->used();
+  sink_(event);
+}
+
+std::string PageServer::admit(uint64_t session, PageKey key) {
+  if (key_type(key) != wire::PS_TYPE_PID) return "";  // shmem ids are never fetched lazily
+  const uint64_t pid = key_id(key);
+  auto owner = state_->pid_owner.find(pid);
+  if (owner != state_->pid_owner.end() && owner->second != session) {
+    const bool staged = state_->staged.count(owner->second) != 0;
+    return "pid " + std::to_string(pid) + " is already " +
+           (staged ? "staged by checkpoint #" : "being uploaded by session #") + std::to_string(owner->second) +
+           ": a lazy GET names only the pid, so two staged checkpoints cannot share one — release checkpoint #" +
+           std::to_string(owner->second) + " first";
+  }
+  state_->pid_owner[pid] = session;
+  return "";
+}
+
+void PageServer::route(Entry& entry) {
+  uint8_t head[4];
+  ssize_t n = recv(entry.fd, head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+    end_session(entry.id, false, std::string("receive failed: ") + strerror(errno));
+    return;
+  }
+  if (n == 0) {
+    end_session(entry.id, true, "");  // connected and hung up without a request
+    return;
+  }
+  if (n < static_cast<ssize_t>(sizeof head)) return;  // the rest of cmd is still on its way
+  uint32_t cmd;
+  memcpy(&cmd, head, sizeof cmd);
+  switch (cmd & wire::PS_CMD_MASK) {
+    case wire::PS_IOV_OPEN:
+    case wire::PS_IOV_OPEN2:
+    case wire::PS_IOV_PARENT:
+    case wire::PS_IOV_ADD:
+    case wire::PS_IOV_ADD_F:
+    case wire::PS_IOV_HOLE: {
+      MemfdStoreOptions options;
+      options.limits.budget = budget_;
+      options.limits.max_entry_pages = config_.upload.max_entry_pages;
+      options.page_size = index_->page_size();
+      auto store = std::make_unique<MemfdStore>(options);
+      if (store->init_error()) {
+        end_session(entry.id, false, std::string("cannot create the staging memfd: ") + strerror(-store->init_error()));
+        return;
+      }
+      UploadLimits limits = config_.upload;
+      limits.hold_close_reply = true;
+      const uint64_t id = entry.id;
+      limits.admit_key = [this, id](PageKey key) { return admit(id, key); };
+      entry.upload = std::make_unique<UploadSession>(entry.fd, std::move(store), limits);
+      break;
+    }
+    default:
+      entry.session = std::make_unique<LazySession>(entry.fd, *index_, config_.session, state_.get());
+      break;
+  }
+  entry.fd = -1;
+}
 void PageServer::join() {
   if (thread_.joinable()) thread_.join();
 }
@@ -113,7 +255,11 @@ void PageServer::accept_all() {
     net::set_nodelay(fd);
     auto entry = std::make_unique<Entry>();
     entry->id = state_->next_id++;
-    entry->session = std::make_unique<LazySession>(fd, *index_, config_.session);
+    if (config_.accept_uploads) {
+      entry->fd = fd;  // routed by its first command
+    } else {
+      entry->session = std::make_unique<LazySession>(fd, *index_, config_.session);
+    }
     entry->peer = event.peer;
     entry->started = entry->last_progress = Clock::now();
     entry->interest = EPOLLIN;
@@ -137,15 +283,64 @@ void PageServer::accept_all() {
 }
 
 void PageServer::update_interest(Entry& entry) {
-  const uint32_t interest = (entry.session->wants_read() ? uint32_t{EPOLLIN} : 0u) |
-                            (entry.session->wants_write() ? uint32_t{EPOLLOUT} : 0u);
+  bool want_read = true, want_write = false;
+  if (entry.session) {
+    want_read = entry.session->wants_read();
+    want_write = entry.session->wants_write();
+  } else if (entry.upload) {
+    want_read = entry.upload->wants_read();
+    want_write = entry.upload->wants_write();
+  }
+  const uint32_t interest = (want_read ? uint32_t{EPOLLIN} : 0u) | (want_write ? uint32_t{EPOLLOUT} : 0u);
   if (interest == entry.interest) return;
   epoll_event event{interest | EPOLLRDHUP, {.u64 = entry.id}};
-  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.session->fd(), &event);
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.socket(), &event);
   entry.interest = interest;
 }
 
 void PageServer::service(Entry& entry, uint32_t events) {
+  if (!entry.session && !entry.upload) {
+    if (state_->draining) {
+      end_session(entry.id, true, "");
+      return;
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) return;
+    const uint64_t id = entry.id;
+    route(entry);
+    if (state_->sessions.count(id) == 0) return;  // ended
+    if (!entry.session && !entry.upload) return;        // not routed yet
+  }
+  if (entry.upload) {
+    UploadSession& upload = *entry.upload;
+    UploadSession::Status status = UploadSession::Status::kOpen;
+    if (events & EPOLLOUT) status = upload.on_writable();
+    if (status == UploadSession::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
+      status = upload.on_readable();
+    }
+    if (status == UploadSession::Status::kOpen && state_->draining) {
+      end_session(entry.id, false, "lazyd is shutting down: the upload is dropped; the dump fails and CRIU resumes the tasks");
+      return;
+    }
+    if (status == UploadSession::Status::kOpen) {
+      if (upload.awaiting_ack() && !entry.ack_posted) {
+        entry.ack_posted = true;
+        ServerEvent event;
+        event.kind = ServerEvent::Kind::kUploadSealed;
+        event.session = entry.id;
+        event.peer = entry.peer;
+        event.upload = true;
+        event.upload_stats = upload.stats();
+        event.format = static_cast<int>(upload.format());
+        event.store = upload.shared_store();
+        event.memory_used = budget_->used();
+        sink_(event);
+      }
+      update_interest(entry);
+    } else {
+      end_session(entry.id, status == UploadSession::Status::kDone, upload.error());
+    }
+    return;
+  }
   LazySession& session = *entry.session;
   LazySession::Status status = LazySession::Status::kOpen;
   if (events & EPOLLOUT) status = session.on_writable();
@@ -173,26 +368,78 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
   auto found = state_->sessions.find(id);
   if (found == state_->sessions.end()) return;
   Entry& entry = *found->second;
-  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, entry.session->fd(), nullptr);
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, entry.socket(), nullptr);
   ServerEvent event;
   event.kind = ServerEvent::Kind::kSessionEnd;
   event.session = id;
   event.peer = entry.peer;
   event.ok = ok;
   event.message = message;
-  event.stats = entry.session->stats();
-  event.format = static_cast<int>(entry.session->format());
   event.seconds = seconds_since(entry.started);
+  std::shared_ptr<StagedCheckpoint> published;
+  std::shared_ptr<const StagedCheckpoint> bound;
+  if (entry.session) {
+    event.stats = entry.session->stats();
+    event.format = static_cast<int>(entry.session->format());
+    bound = entry.session->bound();
+  } else if (entry.upload) {
+    event.upload = true;
+    event.upload_stats = entry.upload->stats();
+    event.format = static_cast<int>(entry.upload->format());
+    if (ok && entry.upload->committed()) {
+      published = std::make_shared<StagedCheckpoint>();
+      published->id = id;
+      published->store = entry.upload->take_store();
+    } else {
+      // Nothing of a failed upload is served: give back its pids (its store goes with the session).
+      for (auto it = state_->pid_owner.begin(); it != state_->pid_owner.end();) {
+        if (it->second == id) it = state_->pid_owner.erase(it);
+        else ++it;
+      }
+    }
+  }
   counters_.sessions_active--;
   if (!ok) counters_.sessions_failed++;
   state_->sessions.erase(found);  // closes the socket
+  event.memory_used = budget_->used();
+  if (bound) event.checkpoint = bound->id;
   sink_(event);
+  if (published) {
+    state_->staged[id] = published;  // its pids are already owned by this id (admit)
+    state_->restores[id] = 0;
+    ServerEvent staged;
+    staged.kind = ServerEvent::Kind::kStaged;
+    staged.session = id;
+    staged.checkpoint = id;
+    staged.peer = event.peer;
+    staged.store = published->store;
+    staged.memory_used = budget_->used();
+    sink_(staged);
+  }
+  if (bound && ok && event.stats.closed_by_request) {
+    // A completed restore: the client sent CLOSE and hung up cleanly. A client that died mid-transfer (EOF
+    // without CLOSE, or an error) does not use the checkpoint up.
+    auto counted = state_->restores.find(bound->id);
+    if (counted != state_->restores.end()) {
+      const uint64_t restores = ++counted->second;
+      ServerEvent done;
+      done.kind = ServerEvent::Kind::kRestoreDone;
+      done.session = id;
+      done.checkpoint = bound->id;
+      done.restores = restores;
+      sink_(done);
+      if (config_.staging_restores != 0 && restores >= config_.staging_restores) {
+        retire(bound->id, "after " + std::to_string(restores) + " completed restores (--staging-restores)");
+      }
+    }
+  }
 }
 
 void PageServer::check_stalls() {
   const auto now = Clock::now();
   std::vector<uint64_t> stalled;
   for (auto& [id, entry] : state_->sessions) {
+    if (!entry->session) continue;  // uploads wait on the dump, which pushes; routing waits for one header
     const uint64_t bytes = entry->session->stats().bytes_out;
     if (bytes != entry->bytes_at_last_check || !entry->session->has_unsent_replies()) {
       entry->bytes_at_last_check = bytes;
@@ -221,7 +468,8 @@ void PageServer::run() {
       } else if (token == kWakeToken) {
         uint64_t count;
         (void)!read(wake_fd_, &count, sizeof count);
-        if (!state_->draining) {
+        run_commands();
+        if (!state_->draining && drain_ms_.load() >= 0) {
           state_->draining = true;
           state_->drain_deadline = Clock::now() + std::chrono::milliseconds(drain_ms_.load());
           if (listen_fd_ >= 0) {

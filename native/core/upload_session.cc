@@ -36,9 +36,19 @@ UploadSession::UploadSession(int fd, std::unique_ptr<PageStore> store, const Upl
 
 UploadSession::~UploadSession() { close(fd_); }
 
-std::unique_ptr<PageStore> UploadSession::take_store() {
+std::shared_ptr<PageStore> UploadSession::take_store() {
   if (!committed_) return nullptr;
   return std::move(store_);
+}
+
+UploadSession::Status UploadSession::ack_close(bool ok, const std::string& message) {
+  if (failed_) return Status::kFailed;
+  if (!awaiting_ack_) return fail("internal: CLOSE acknowledged twice");
+  awaiting_ack_ = false;
+  if (!ok) return fail(message + kNothingKept);
+  const int32_t status = 0;
+  Status result = reply(&status, sizeof status);
+  return result == Status::kOpen ? settle() : result;
 }
 
 UploadSession::Status UploadSession::fail(std::string message) {
@@ -52,7 +62,10 @@ UploadSession::Status UploadSession::fail(std::string message) {
 UploadSession::Status UploadSession::settle() {
   if (failed_) return Status::kFailed;
   if (committed_) return Status::kDone;
-  if (phase_ == Phase::kClosed && eof_ && out_sent_ == out_len_) {
+  if (awaiting_ack_ && eof_) {
+    return fail(std::string("the dump disconnected before the CLOSE status was sent") + kNothingKept);
+  }
+  if (phase_ == Phase::kClosed && !awaiting_ack_ && eof_ && out_sent_ == out_len_) {
     int err = store_->seal();
     if (err) return fail(std::string("sealing the staged pages failed: ") + store_error_text(err));
     committed_ = true;
@@ -156,6 +169,12 @@ UploadSession::Status UploadSession::handle(const wire::Header& header) {
     case wire::PS_IOV_FORCE_CLOSE: {
       stats_.close_seen = true;
       phase_ = Phase::kClosed;
+      if (limits_.hold_close_reply) {
+        int err = store_->seal();
+        if (err) return fail(std::string("sealing the staged pages failed: ") + store_error_text(err) + kNothingKept);
+        awaiting_ack_ = true;  // the owner writes the images, then ack_close() sends the status
+        return Status::kOpen;
+      }
       const int32_t status = 0;  // CRIU always answers 0, then waits for the client to close first (§1.5)
       return reply(&status, sizeof status);
     }
@@ -177,6 +196,10 @@ UploadSession::Status UploadSession::open(uint64_t dst_id, const char* how, Page
     // pagemap image over.
     return fail(std::string(how) + " " + key_name(*key) + ": this pagemap was already opened in this upload" +
                 kNothingKept);
+  }
+  if (limits_.admit_key) {
+    std::string refusal = limits_.admit_key(*key);
+    if (!refusal.empty()) return fail(std::string(how) + " " + key_name(*key) + ": " + refusal + kNothingKept);
   }
   int err = store_->open_key(*key);
   if (err) return fail(std::string(how) + ": " + store_error_text(err));

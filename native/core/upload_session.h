@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,6 +24,12 @@ namespace lazyd {
 struct UploadLimits {
   wire::Format format = wire::Format::Unknown;  // Unknown: detect from the first header
   uint64_t max_entry_pages = 1ull << 18;        // an ADD_F for more pages fails the upload
+  // Staging in the page server: the CLOSE reply is held back until the owner has written the images and
+  // called ack_close(). The store is sealed when CLOSE arrives, so it can be read (write_pages) meanwhile.
+  // A dump that gets no CLOSE status fails, and CRIU resumes the tasks.
+  bool hold_close_reply = false;
+  // Called for every pagemap the upload opens; a non-empty answer fails the upload with that message.
+  std::function<std::string(PageKey)> admit_key;
 };
 
 struct UploadStats {
@@ -48,13 +55,20 @@ class UploadSession {
   Status on_readable();
   Status on_writable();
 
-  bool wants_read() const { return !failed_ && !committed_ && out_len_ + sizeof(int32_t) <= sizeof out_; }
+  bool wants_read() const { return !failed_ && !committed_ && !eof_ && out_len_ + sizeof(int32_t) <= sizeof out_; }
   bool wants_write() const { return out_sent_ < out_len_; }
 
   // True once the upload ended cleanly (CLOSE answered, EOF from the client): the store is complete and sealed.
   bool committed() const { return committed_; }
   // The sealed store of a committed upload, once; nullptr otherwise.
-  std::unique_ptr<PageStore> take_store();
+  std::shared_ptr<PageStore> take_store();
+  // hold_close_reply: CLOSE has arrived, the store is sealed, the reply waits for ack_close().
+  bool awaiting_ack() const { return awaiting_ack_ && !failed_; }
+  // The store, shared (for writing images while awaiting_ack()).
+  std::shared_ptr<const PageStore> shared_store() const { return store_; }
+  // ok: send the CLOSE status (the upload commits once the client hangs up); otherwise fail with message
+  // (the dump gets no status, fails, and CRIU resumes the tasks).
+  Status ack_close(bool ok, const std::string& message);
   // Progress while filling (memory held, entries).
   const PageStore* store() const { return store_.get(); }
 
@@ -78,7 +92,7 @@ class UploadSession {
   Status settle();
 
   int fd_;
-  std::unique_ptr<PageStore> store_;
+  std::shared_ptr<PageStore> store_;
   UploadLimits limits_;
   wire::Format format_;
   Phase phase_ = Phase::kHeader;
@@ -96,6 +110,7 @@ class UploadSession {
   bool eof_ = false;
   bool failed_ = false;
   bool committed_ = false;
+  bool awaiting_ack_ = false;
   UploadStats stats_;
   std::string error_;
 };

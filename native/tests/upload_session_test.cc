@@ -128,7 +128,7 @@ struct Outcome {
   bool committed = false;
   UploadStats stats;
   wire::Format format = wire::Format::Unknown;
-  std::unique_ptr<PageStore> store;
+  std::shared_ptr<PageStore> store;
 };
 
 void socket_pair(Transport t, int out[2]) {

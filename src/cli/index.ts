@@ -49,6 +49,12 @@ export async function main(argv: readonly string[]): Promise<number> {
       maxRequestPages: a.maxRequestPages,
       stallTimeoutSeconds: a.stallTimeout,
       drainSeconds: a.drainTimeout,
+      staging: a.staging,
+      stagingDir: a.stagingDir,
+      stagingMaxBytes: a.stagingMaxBytes,
+      stagingRestores: a.stagingRestores,
+      stagingTtlSeconds: a.stagingTtl,
+      persist: a.persist,
     });
   };
 
@@ -95,7 +101,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       (y) =>
         commonOptions(y)
           .option('page-server', { type: 'boolean', default: false, describe: 'serve the checkpoint of -D over TCP' })
-          .option('lazy-pages', { type: 'boolean', default: false, describe: 'accepted for criu compatibility' }),
+          .option('lazy-pages', { type: 'boolean', default: false, describe: 'accepted for criu compatibility' })
+          .option('staging', { type: 'boolean', default: true, describe: 'accept `criu dump --page-server` uploads on the same port and serve them lazily' })
+          .option('staging-dir', { type: 'string', describe: 'where staged uploads write pagemap-N.img/pages-N.img (default: -D; give criu dump the same -D)' })
+          .option('staging-max-bytes', { type: 'number', default: 1073741824, describe: 'memory cap for staged and uploading pages; an upload over it is refused (the dump fails, CRIU resumes the tasks)' })
+          .option('staging-restores', { type: 'number', default: 0, describe: 'release a staged checkpoint after N completed restores (0: never)' })
+          .option('staging-ttl', { type: 'number', default: 0, describe: 'release a staged checkpoint S seconds after staging (0: never)' })
+          .option('persist', { type: 'boolean', default: false, describe: 'also write lazy pages to pages-N.img (PE_LAZY|PE_PRESENT), like criu page-server' }),
       async (a) => {
         if (!a.pageServer) throw new Error('nothing to do: pass --page-server (see --help)');
         await serve('serve')(a);

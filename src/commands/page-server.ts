@@ -20,6 +20,14 @@ export interface PageServerCommandOptions {
   maxRequestPages?: number;
   stallTimeoutSeconds?: number;
   drainSeconds?: number;
+  /** Serve mode: accept `criu dump --page-server` uploads (default true). */
+  staging?: boolean;
+  /** Where staged uploads' pagemap/pages images are written (default: the images dir). */
+  stagingDir?: string;
+  stagingMaxBytes?: number;
+  stagingRestores?: number;
+  stagingTtlSeconds?: number;
+  persist?: boolean;
 }
 
 export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
@@ -46,6 +54,16 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       maxSessions: options.maxSessions,
       maxRequestPages: options.maxRequestPages,
       stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
+      staging:
+        single || options.staging === false
+          ? undefined
+          : {
+              dir: path.resolve(options.stagingDir ?? imagesDir),
+              persist: options.persist ?? false,
+              maxBytes: options.stagingMaxBytes,
+              restores: options.stagingRestores,
+              ttlSeconds: options.stagingTtlSeconds,
+            },
       logger,
     });
   } catch (error) {
@@ -59,7 +77,9 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
   if (!single) {
     process.stdout.write(
       `lazyd: page server listening on ${shown}:${service.port} — ${imagesDir}: ${service.summary.tasks} tasks, ` +
-        `${service.summary.lazyPages} lazy pages\n`,
+        `${service.summary.lazyPages} lazy pages` +
+        (service.stager ? `; staging uploads into ${path.resolve(options.stagingDir ?? imagesDir)}` : '') +
+        '\n',
     );
   }
   // Relative names live in the work dir, where criu chdir()s before writing them.

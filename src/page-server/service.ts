@@ -2,6 +2,9 @@
 // into log lines, and reports how it ended. The page bytes never pass through here.
 import type { Logger } from '../log.js';
 import { loadNative } from '../native.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Stager, type StagedCheckpointInfo, type StagingEvent, type StagingOptions } from '../staging/stager.js';
 import { buildPageIndex, type PageIndexSummary } from './page-index.js';
 
 export type WireFormatOption = 24 | 32 | undefined;
@@ -15,11 +18,13 @@ export interface PageServerOptions {
   maxSessions?: number;
   maxRequestPages?: number;
   stallTimeoutMs?: number;
+  /** Accept `criu dump --page-server` uploads on the same port and serve them lazily (see src/staging/). */
+  staging?: StagingOptions;
   logger: Logger;
 }
 
-export interface NativeSessionEvent {
-  type: 'session-start' | 'session-end' | 'refused' | 'stopped';
+export interface NativeSessionEvent extends Omit<StagingEvent, 'type' | 'uploadStats'> {
+  type: 'session-start' | 'session-end' | 'refused' | 'stopped' | 'upload-sealed' | 'staged' | 'restore-done' | 'released';
   session: number;
   peer: string;
   ok: boolean;
@@ -27,6 +32,7 @@ export interface NativeSessionEvent {
   format: number;
   seconds: number;
   stats: { gets: number; pages: number; bytesOut: number; closedByRequest: boolean };
+  uploadStats?: StagingEvent['uploadStats'];
 }
 
 export interface PageServerStats {
@@ -36,6 +42,8 @@ export interface PageServerStats {
   getsTotal: number;
   pagesTotal: number;
   bytesTotal: number;
+  stagingBytes?: number;
+  stagingMaxBytes?: number;
 }
 
 export class PageServerService {
@@ -44,9 +52,12 @@ export class PageServerService {
   /** Resolves when the native thread has ended: true when no session failed. */
   readonly stopped: Promise<boolean>;
   private readonly native: any;
+  /** Staging only: the staged checkpoints and their policy. */
+  readonly stager?: Stager;
 
-  private constructor(native: any, port: number, summary: PageIndexSummary, stopped: Promise<boolean>) {
+  private constructor(native: any, port: number, summary: PageIndexSummary, stopped: Promise<boolean>, stager?: Stager) {
     this.native = native;
+    this.stager = stager;
     this.port = port;
     this.summary = summary;
     this.stopped = stopped;
@@ -57,18 +68,31 @@ export class PageServerService {
     const addon = loadNative();
     let resolveStopped!: (ok: boolean) => void;
     const stopped = new Promise<boolean>((resolve) => (resolveStopped = resolve));
+    let stager: Stager | undefined;
     const native = new addon.PageServer({
       format: options.format ?? 0,
       singleSession: options.singleSession ?? false,
       maxSessions: options.maxSessions ?? 1024,
       maxRequestPages: options.maxRequestPages ?? 65536,
       stallTimeoutMs: options.stallTimeoutMs ?? 30000,
+      acceptUploads: options.staging !== undefined,
+      stagingMaxBytes: options.staging?.maxBytes ?? 1024 * 1024 * 1024,
+      stagingRestores: options.staging?.restores ?? 0,
       onEvent: (event: NativeSessionEvent) => {
+        if (stager?.handle(event as StagingEvent)) return;
         logSessionEvent(logger, event);
-        if (event.type === 'stopped') resolveStopped(event.ok);
+        if (event.type === 'stopped') {
+          stager?.close();
+          resolveStopped(event.ok);
+        }
       },
     });
-    const summary = await buildPageIndex(options.imagesDir, native, logger);
+    if (options.staging) stager = new Stager(options.staging, native, logger);
+    // A staging daemon may start on an empty directory: the dumps bring the checkpoints.
+    const summary =
+      options.staging && !fs.existsSync(path.join(options.imagesDir, 'pstree.img'))
+        ? { tasks: 0, lazyPages: 0, lazyPagesWithoutData: 0 }
+        : await buildPageIndex(options.imagesDir, native, logger);
     let port: number;
     try {
       port = native.listen(options.address, options.port);
@@ -76,7 +100,17 @@ export class PageServerService {
       throw new Error(listenErrorText(error as NodeJS.ErrnoException, options.address, options.port));
     }
     native.start();
-    return new PageServerService(native, port, summary, stopped);
+    return new PageServerService(native, port, summary, stopped, stager);
+  }
+
+  /** Staging: the checkpoints served from memory now. */
+  stagedCheckpoints(): StagedCheckpointInfo[] {
+    return this.stager?.checkpoints() ?? [];
+  }
+
+  /** Staging: stop offering a checkpoint to new restores (those in progress finish). */
+  release(checkpoint: number, reason?: string): void {
+    this.stager?.release(checkpoint, reason);
   }
 
   /** Stop accepting; finish replies already queued (at most drainMs), then end. */
@@ -115,9 +149,25 @@ function logSessionEvent(logger: Logger, event: NativeSessionEvent): void {
       logger.info({ session: event.session, peer: event.peer }, 'Accepted page-server session');
       break;
     case 'session-end': {
+      if (event.upload) {
+        const upload = {
+          session: event.session,
+          peer: event.peer,
+          headers: formatName(event.format),
+          entries: event.uploadStats?.entries,
+          pages: event.uploadStats?.pagesWithData,
+          bytes: event.uploadStats?.bytesIn,
+          memoryUsed: event.memoryUsed,
+          seconds: Number(event.seconds.toFixed(3)),
+        };
+        if (event.ok) logger.info(upload, 'Upload finished: the dump has its CLOSE status');
+        else logger.error(upload, `Upload failed: ${event.message}`);
+        break;
+      }
       const summary = {
         session: event.session,
         peer: event.peer,
+        ...(event.checkpoint ? { checkpoint: event.checkpoint } : {}),
         headers: formatName(event.format),
         gets: event.stats.gets,
         pages: event.stats.pages,

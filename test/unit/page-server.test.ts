@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { PageServerService, type NativeSessionEvent } from '../../src/page-server/service.js';
@@ -250,3 +251,101 @@ test('stop() drains: replies already queued are finished, then the server ends c
 });
 
 export type { NativeSessionEvent };
+
+// ---- Staging: criu dump --page-server uploads into lazyd's memory (recorded CRIU upload streams) ----
+
+async function upload(port: number, stream: Buffer, expectReplies: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let got = 0;
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(stream));
+    socket.on('data', (d) => {
+      chunks.push(d);
+      got += d.length;
+      if (got >= expectReplies) socket.end(); // CRIU closes after the CLOSE status
+    });
+    socket.on('error', () => undefined); // a refused upload: the server hangs up mid-stream
+    void reject;
+    socket.on('close', () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+async function until(what: string, fn: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+for (const version of VERSIONS) {
+  const headerSize = version === '4.1.1' ? 24 : 32;
+  for (const persist of [false, true]) {
+    test(`CRIU ${version}: staging${persist ? ' --persist' : ''}: upload, images as criu page-server's, lazy GETs from memory, pid kept apart, ttl`, async () => {
+      const { readPagemap, PE_LAZY, PE_PRESENT } = await import('../../src/images/index.js');
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-staging-'));
+      const { logger, records } = memoryLogger();
+      const service = await PageServerService.start({
+        imagesDir: dir,
+        address: '127.0.0.1',
+        port: 0,
+        logger,
+        staging: { dir, persist, ttlSeconds: 1 },
+      });
+      try {
+        const stream = fs.readFileSync(testdata(version, 'upload', 'client-to-server.bin'));
+        const expected = fs.readFileSync(testdata(version, 'upload', 'server-to-client.bin'));
+        const replies = await upload(service.port, stream, expected.length);
+        assert.deepEqual(replies, expected, 'the same replies as criu page-server');
+        await until('staged', () => service.stagedCheckpoints().length === 1);
+
+        const theirs = await readPagemap(testdata(version, 'upload', 'page-server-images', 'pagemap-1.img'), { checkPages: false });
+        const ours = await readPagemap(path.join(dir, 'pagemap-1.img'), { checkPages: false });
+        assert.equal(ours.pagesId, 0x10001);
+        assert.equal(ours.entries.length, theirs.entries.length);
+        ours.entries.forEach((e, i) => {
+          const want = !persist && theirs.entries[i].flags & PE_LAZY ? theirs.entries[i].flags & ~PE_PRESENT : theirs.entries[i].flags;
+          assert.equal(e.vaddr, theirs.entries[i].vaddr);
+          assert.equal(e.nrPages, theirs.entries[i].nrPages);
+          assert.equal(e.flags, want, `entry ${i} flags`);
+        });
+        const theirPages = fs.readFileSync(testdata(version, 'upload', 'page-server-images', 'pages-65537.img'));
+        const ourPages = fs.readFileSync(path.join(dir, 'pages-65537.img'));
+        if (persist) assert.deepEqual(ourPages, theirPages, 'pages image identical to criu page-server');
+        else assert.ok(ourPages.length < theirPages.length, 'only eager pages on disk');
+
+        // A lazy GET is served from memory, byte-identical to criu page-server's image.
+        const lazy = theirs.entries.find((e) => e.flags & PE_LAZY)!;
+        const index = theirs.entries.indexOf(lazy);
+        const offset = theirs.entries.slice(0, index).filter((e) => e.flags & PE_PRESENT).reduce((s, e) => s + Number(e.nrPages) * PAGE, 0);
+        const head = headerSize === 24 ? get24(1, lazy.vaddr, 1) : (() => {
+          const b = Buffer.alloc(32);
+          b.writeUInt32LE(7, 0);
+          b.writeBigUInt64LE(1n, 8);
+          b.writeBigUInt64LE(lazy.vaddr, 16);
+          b.writeBigUInt64LE(1n, 24);
+          return b;
+        })();
+        const close = Buffer.alloc(headerSize);
+        close.writeUInt32LE(0x1023, 0);
+        const answer = await exchange(service.port, Buffer.concat([head, close]));
+        assert.equal(answer.length, headerSize + PAGE + 4);
+        assert.deepEqual(answer.subarray(headerSize, headerSize + PAGE), theirPages.subarray(offset, offset + PAGE));
+
+        // The same pid again while staged: refused at OPEN2 (no reply), nothing staged twice.
+        const again = await upload(service.port, stream, expected.length);
+        assert.equal(again.length, 0);
+        await until('the refusal logged', () => records.some((r) => /pid 1 is already staged by checkpoint/.test(r.msg)));
+        assert.equal(service.stagedCheckpoints().length, 1);
+
+        // --staging-ttl 1: released after a second; its memory freed.
+        await until('ttl release', () => service.stagedCheckpoints().length === 0, 4000);
+        await until('memory freed', () => service.stats().stagingBytes === 0);
+      } finally {
+        service.stop(0);
+        await service.stopped;
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+}
