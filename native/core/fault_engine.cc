@@ -103,6 +103,7 @@ struct FaultEngine::Impl {
   struct Task {
     uint64_t id = 0;
     int pid = 0;
+    int host_pid = 0;  // 0: unknown (forked children, or no credentials)
     int uffd = -1;
     LazyRanges ranges;
     bool gone = false;
@@ -500,7 +501,7 @@ struct FaultEngine::Impl {
         e.pid = item.pid;
         emit(std::move(e));
       } else {
-        add_task(item.pid, item.fd);
+        add_task(item.pid, item.fd, item.host_pid);
       }
     }
     if (finished) return;
@@ -520,10 +521,11 @@ struct FaultEngine::Impl {
     }
   }
 
-  void add_task(int pid, int uffd) {
+  void add_task(int pid, int uffd, int host_pid) {
     auto task = std::make_unique<Task>(ps);
     task->id = next_task++;
     task->pid = pid;
+    task->host_pid = host_pid;
     task->uffd = uffd;
     auto it = images.find(pid);
     if (it != images.end()) task->ranges.build(it->second);
@@ -539,6 +541,8 @@ struct FaultEngine::Impl {
     EngineEvent e;
     e.kind = EngineEvent::Kind::kTask;
     e.pid = pid;
+    e.host_pid = host_pid;
+    if (host_pid > 0) e.message = "host pid " + std::to_string(host_pid);
     e.task = task->id;
     tasks.emplace(task->id, std::move(task));
     emit(std::move(e));

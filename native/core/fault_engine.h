@@ -67,7 +67,7 @@ struct FaultEngineConfig {
   // Timeouts in ms; <= 0 means no limit.
   int accept_timeout_ms = 0;         // restore must connect within this
   int handover_timeout_ms = 60000;   // all nr_tasks hand-overs within this after the connection
-  int rstf_timeout_ms = 0;           // RSTF within this after the last hand-over
+  int rstf_timeout_ms = 60000;       // RSTF within this after the last hand-over
   int connect_timeout_ms = 10000;    // TCP connect to the page server
   int stall_timeout_ms = 30000;      // no reply byte for this long with requests outstanding: fatal
   int close_timeout_ms = 10000;      // CLOSE answer
@@ -91,7 +91,7 @@ struct EngineEvent {
   enum class Kind {
     kListening,        // message = socket path
     kRestoreConnected,
-    kTask,             // a task handed over its uffd: pid, task
+    kTask,             // a task handed over its uffd: pid, task, host_pid (and message "host pid N")
     kZombie,           // pid
     kRestoreFinished,  // RSTF
     kSourceConnected,  // message = "page-server host:port" or "local"
@@ -107,6 +107,9 @@ struct EngineEvent {
   };
   Kind kind = Kind::kWarning;
   int pid = 0;
+  // kTask: the pid of the task's process in the daemon's pid namespace (from the hand-over's SCM_CREDENTIALS),
+  // 0 if unknown. The same value is in message as "host pid <n>" for consumers that only see the message.
+  int host_pid = 0;
   uint64_t task = 0;
   uint64_t parent_task = 0;
   std::string message;

@@ -46,6 +46,11 @@ int send_all(int sock, const void* data, size_t len) {
 
 }  // namespace
 
+int enable_passcred(int fd) {
+  int on = 1;
+  return setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) < 0 ? -errno : 0;
+}
+
 int listen_socket(const std::string& work_dir, std::string* path_out) {
   const std::string dir = work_dir.empty() ? "." : work_dir;
   const std::string path = dir + "/" + kSocketName;
@@ -75,6 +80,9 @@ int listen_socket(const std::string& work_dir, std::string* path_out) {
       err = errno;
     } else if (bind(fd, reinterpret_cast<sockaddr*>(&addr), addr_len) < 0 || listen(fd, 10) < 0) {
       err = errno;
+    } else {
+      // Connections accepted later inherit it; messages queued before accept() then already carry credentials.
+      enable_passcred(fd);
     }
   }
   if (dirfd >= 0) close(dirfd);
@@ -88,7 +96,10 @@ int listen_socket(const std::string& work_dir, std::string* path_out) {
 int accept_now(int listen_fd) {
   for (;;) {
     int fd = accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd >= 0) return fd;
+    if (fd >= 0) {
+      enable_passcred(fd);  // best effort: without it hand-overs just carry no host pid
+      return fd;
+    }
     if (errno == EINTR || errno == ECONNABORTED) continue;
     if (errno == EWOULDBLOCK) return -EAGAIN;
     return -errno;
@@ -129,7 +140,7 @@ HandshakeReader::Status HandshakeReader::on_readable(std::vector<Handover>* out)
       // One data byte with the uffd attached (criu's send_fd(): 1 byte, CMSG_LEN(sizeof(int)), §3.2).
       char byte;
       iovec iov{&byte, 1};
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4) + CMSG_SPACE(sizeof(ucred))];
       msghdr msg{};
       msg.msg_iov = &iov;
       msg.msg_iovlen = 1;
@@ -145,7 +156,14 @@ HandshakeReader::Status HandshakeReader::on_readable(std::vector<Handover>* out)
         return fail("restore closed the connection before sending the uffd of pid " + std::to_string(pending_pid_));
       }
       int uffd = -1;
+      int host_pid = 0;
       for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+          ucred cred;
+          std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
+          if (cred.pid > 0) host_pid = cred.pid;
+          continue;
+        }
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
         for (size_t i = 0; i < count; i++) {
@@ -162,7 +180,7 @@ HandshakeReader::Status HandshakeReader::on_readable(std::vector<Handover>* out)
         return fail("hand-over of pid " + std::to_string(pending_pid_) + " carried no file descriptor" +
                     ((msg.msg_flags & MSG_CTRUNC) ? " (control data truncated)" : ""));
       }
-      out->push_back(Handover{Handover::Kind::kTask, pending_pid_, uffd});
+      out->push_back(Handover{Handover::Kind::kTask, pending_pid_, uffd, host_pid});
       handovers_++;
       pending_pid_ = 0;
       continue;

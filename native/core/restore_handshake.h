@@ -15,6 +15,9 @@ constexpr const char* kSocketName = "lazy-pages.socket";
 // Unlinks a stale socket file, then creates, binds and listens on <work_dir>/lazy-pages.socket. When the absolute
 // path does not fit in sun_path, binds through /proc/self/fd/<dirfd>/ instead (no chdir: the process is
 // multi-threaded). Returns the non-blocking, close-on-exec listening fd, or -errno. *path_out gets the file path.
+// SO_PASSCRED is set on the listener and on every accepted connection: each hand-over then carries the
+// SCM_CREDENTIALS of the process that sent it, which is the restored task itself (§3.2), so the daemon learns the
+// task's pid in its own pid namespace (Handover::host_pid) and can kill it if its memory can never be completed.
 int listen_socket(const std::string& work_dir, std::string* path_out);
 
 // Waits up to timeout_ms (< 0: forever) for one connection, then returns its non-blocking fd or -errno
@@ -28,7 +31,13 @@ struct Handover {
   Kind kind = Kind::kTask;
   int pid = 0;  // the task's virtual pid (positive, also for zombies)
   int fd = -1;  // the uffd (kTask only); the receiver owns it
+  // kTask: the sender's pid as seen from the receiver's pid namespace (SCM_CREDENTIALS of the fd message), 0 when
+  // the connection did not have SO_PASSCRED or the sender is not visible from here.
+  int host_pid = 0;
 };
+
+// Sets SO_PASSCRED on a UNIX socket. 0 or -errno.
+int enable_passcred(int fd);
 
 // Incremental reader of the restore connection. Reads exact byte counts (4 bytes, then a 1-byte recvmsg for the
 // fd) so that the fd's data byte is never read together with other bytes.

@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -102,6 +103,7 @@ static void test_full_handshake() {
   CHECK(reader.all_handed_over());
   CHECK(!reader.finished());
   CHECK(got[0].kind == Handover::Kind::kTask && got[0].pid == 101 && got[0].fd >= 0);
+  CHECK(got[0].host_pid == getpid());  // SO_PASSCRED: the sender's pid rides along with the fd
   CHECK(inode_of(got[0].fd) == inode_of(efd1));
   CHECK(got[1].kind == Handover::Kind::kZombie && got[1].pid == 102 && got[1].fd == -1);
   CHECK(got[2].kind == Handover::Kind::kTask && got[2].pid == 103 && inode_of(got[2].fd) == inode_of(efd2));
@@ -123,6 +125,37 @@ static void test_full_handshake() {
     if (h.fd >= 0) close(h.fd);
   close(efd1);
   close(efd2);
+}
+
+// Each hand-over carries the pid of the process that sent it (criu sends from each task's own process, §3.2),
+// even though all of them share one connection.
+static void test_sender_pids() {
+  Pair p = connect_pair(make_dir());
+  HandshakeReader reader(p.daemon_side, 3);
+  std::vector<Handover> got;
+  std::vector<pid_t> kids;
+  for (int i = 0; i < 2; i++) {
+    pid_t kid = fork();
+    CHECK(kid >= 0);
+    if (kid == 0) {
+      int efd = eventfd(0, EFD_CLOEXEC);
+      _exit(efd >= 0 && handshake::send_task(p.restore_side, 200 + i, efd) == 0 ? 0 : 1);
+    }
+    int status = 0;
+    CHECK(waitpid(kid, &status, 0) == kid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    kids.push_back(kid);
+  }
+  int efd = eventfd(0, EFD_CLOEXEC);
+  CHECK(handshake::send_task(p.restore_side, 300, efd) == 0);
+  CHECK(handshake::send_finished(p.restore_side) == 0);
+  CHECK(drive(reader, &got) == HandshakeReader::Status::kFinished);
+  CHECK(got.size() == 3);
+  CHECK(got[0].pid == 200 && got[0].host_pid == kids[0]);
+  CHECK(got[1].pid == 201 && got[1].host_pid == kids[1]);
+  CHECK(got[2].pid == 300 && got[2].host_pid == getpid());
+  for (auto& h : got) close(h.fd);
+  close(efd);
+  close(p.restore_side);
 }
 
 static void test_pid_split() {
@@ -269,6 +302,7 @@ int main() {
   alarm(60);  // never hang a test run
   test_full_handshake();
   test_pid_split();
+  test_sender_pids();
   test_errors();
   test_zero_tasks_and_timeout();
   test_long_work_dir();

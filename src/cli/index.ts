@@ -78,7 +78,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     .command(
       'lazy-pages',
       "the destination daemon of `criu restore --lazy-pages` (criu's `lazy-pages`, drop-in)",
-      (y) => commonOptions(y).option('page-server', { type: 'boolean', default: false, describe: 'fetch lazy pages from --address:--port' }),
+      (y) =>
+        commonOptions(y)
+          .option('page-server', { type: 'boolean', default: false, describe: 'fetch lazy pages from --address:--port' })
+          .option('on-failure', {
+            choices: ['kill', 'keep'] as const,
+            describe: 'restored tasks whose pages can never be completed: kill (SIGKILL, default) or keep (missing pages read as zeros)',
+          })
+          .option('rstf-timeout', { type: 'number', describe: 'seconds from the last task hand-over to RSTF (default 60, 0: no limit)' }),
       async (a) => {
         exitCode = await runLazyPages({
           imagesDir: a.imagesDir,
@@ -92,6 +99,8 @@ export async function main(argv: readonly string[]): Promise<number> {
           verbosity,
           criuAbi: a.criuAbi,
           stallTimeoutSeconds: a.stallTimeout,
+          onFailure: a.onFailure,
+          rstfTimeoutSeconds: a.rstfTimeout,
         });
       },
     )

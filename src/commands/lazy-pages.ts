@@ -1,6 +1,13 @@
 // `lazyd lazy-pages`: the destination daemon that `criu restore --lazy-pages` hands its userfaultfds to (a
 // drop-in for `criu lazy-pages`). The native fault engine does all the work on its own thread; this file loads
 // the images, starts it, logs its events and exits with its result.
+//
+// Failure policy (--on-failure, default kill): when the engine fails (page server killed or stalled past
+// --stall-timeout, restore broken or silent past the hand-over / --rstf-timeout limits) the restored tasks' lazy
+// memory can never be completed. lazyd then SIGKILLs them (the handed-over tasks, by the pids their hand-overs'
+// credentials carried, and every descendant of theirs), logs ONE error line with the cause and the killed pids,
+// and exits 1. The same happens on SIGTERM/SIGINT before every page is in. `keep` leaves them running as criu
+// does: every page never installed then reads as zeros (see src/lazy-pages/restored-tasks.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import { createLogger, type Logger } from '../log.js';
@@ -9,6 +16,10 @@ import { loadCheckpoint } from '../images/index.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { engineTasks, formatFromImages } from '../lazy-pages/engine-config.js';
 import { wireFormatFromAbi } from './page-server.js';
+import { FAILURE_POLICIES, hostPidOf, RestoredTasks, type FailurePolicy } from '../lazy-pages/restored-tasks.js';
+
+/** RSTF must follow the last hand-over within this (criu waits forever). */
+export const DEFAULT_RSTF_TIMEOUT_SECONDS = 60;
 
 export interface LazyPagesCommandOptions {
   imagesDir: string;
@@ -22,6 +33,22 @@ export interface LazyPagesCommandOptions {
   verbosity: number;
   criuAbi?: string;
   stallTimeoutSeconds?: number;
+  /** What happens to the restored tasks when the engine fails: kill (default) or keep. Env LAZYD_ON_FAILURE. */
+  onFailure?: FailurePolicy;
+  /** Seconds allowed between the last task hand-over and RSTF (default 60; 0: no limit). Env LAZYD_RSTF_TIMEOUT. */
+  rstfTimeoutSeconds?: number;
+}
+
+/** Options not given on the command line fall back to the environment (LAZYD_ON_FAILURE, LAZYD_RSTF_TIMEOUT). */
+function resolvePolicy(options: LazyPagesCommandOptions): { onFailure: FailurePolicy; rstfTimeoutSeconds: number } {
+  const policy = options.onFailure ?? process.env.LAZYD_ON_FAILURE ?? 'kill';
+  if (!(FAILURE_POLICIES as readonly string[]).includes(policy)) {
+    throw new Error(`--on-failure must be one of ${FAILURE_POLICIES.join(', ')}, not ${JSON.stringify(policy)}`);
+  }
+  const envRstf = process.env.LAZYD_RSTF_TIMEOUT;
+  const rstf = options.rstfTimeoutSeconds ?? (envRstf !== undefined && envRstf !== '' ? Number(envRstf) : DEFAULT_RSTF_TIMEOUT_SECONDS);
+  if (!Number.isFinite(rstf) || rstf < 0) throw new Error(`--rstf-timeout must be a number of seconds >= 0, not ${envRstf}`);
+  return { onFailure: policy as FailurePolicy, rstfTimeoutSeconds: rstf };
 }
 
 interface EngineSummary {
@@ -40,10 +67,16 @@ interface EngineSummary {
 interface EngineEvent {
   type: string;
   pid: number;
+  hostPid?: number;
   task: number;
   parentTask: number;
   message: string;
   summary: EngineSummary;
+}
+
+/** Pages a task got (installed, or already present), for the criu-style "UFFD transferred pages: (N/M)" line. */
+function transferred(s: EngineSummary): string {
+  return `(${s.pagesFault + s.pagesAround + s.pagesBackground + s.pagesExist}/${s.pagesTotal})`;
 }
 
 export function summaryLine(s: EngineSummary): string {
@@ -63,8 +96,11 @@ function logEvent(logger: Logger, event: EngineEvent): void {
     case 'restore-connected':
       logger.info('Restore connected');
       break;
-    case 'task':
-      logger.info(`Task ${event.pid} handed over its userfaultfd`);
+    case 'task': {
+      const hostPid = hostPidOf(event);
+      logger.info(`Task ${event.pid} handed over its userfaultfd` + (hostPid ? ` (pid ${hostPid} here)` : ''));
+      break;
+    }
       break;
     case 'zombie':
       logger.info(`Zombie ${event.pid}`);
@@ -79,10 +115,11 @@ function logEvent(logger: Logger, event: EngineEvent): void {
       logger.info(`Task ${event.pid} forked: child task ${event.task}`);
       break;
     case 'task-exited':
-      logger.info(`Task ${event.pid} exited: ${summaryLine(event.summary)}`);
+      logger.info(`Task ${event.pid} exited: UFFD transferred pages: ${transferred(event.summary)}; ${summaryLine(event.summary)}`);
       break;
     case 'task-done':
-      logger.info(`UFFD transferred pages for ${event.pid}: ${summaryLine(event.summary)}`);
+      // criu's wording and numbers, so tools reading criu's lazy-pages log read this one too.
+      logger.info(`UFFD transferred pages: ${transferred(event.summary)} task ${event.pid}: ${summaryLine(event.summary)}`);
       break;
     case 'warning':
       logger.warn(event.message);
@@ -91,7 +128,7 @@ function logEvent(logger: Logger, event: EngineEvent): void {
       logger.info(`Lazy pages done: ${summaryLine(event.summary)}`);
       break;
     case 'failed':
-      logger.error(`Lazy pages failed: ${event.message}`);
+      // Logged once, with what was done to the restored tasks, by runLazyPages().
       break;
   }
 }
@@ -109,6 +146,13 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
 
   let engine: any;
   let finished!: Promise<EngineEvent>;
+  const restored = new RestoredTasks();
+  let policy: ReturnType<typeof resolvePolicy>;
+  try {
+    policy = resolvePolicy(options);
+  } catch (error) {
+    return fail((error as Error).message);
+  }
   try {
     if (options.pageServer && (!options.address || !options.port)) {
       return fail('--page-server needs --address and --port of the page server (the source host)');
@@ -133,7 +177,9 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
       port: options.port,
       format,
       stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
+      rstfTimeoutMs: policy.rstfTimeoutSeconds * 1000,
       onEvent: (event: EngineEvent) => {
+        if (event.type === 'task') restored.add(event.pid, hostPidOf(event));
         logEvent(logger, event);
         if (event.type === 'done' || event.type === 'failed') resolveFinished(event);
       },
@@ -147,8 +193,21 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   if (options.pidfile) writePidfile(path.resolve(workDir, options.pidfile));
   signalStatusFd(options.statusFd);
   process.on('SIGHUP', () => reopen());
+  // Applies the failure policy to the restored tasks and returns the words for the one error line.
+  const applyPolicy = (): string => {
+    if (restored.size === 0 && restored.unknown.length === 0) return 'no task had been handed over';
+    const unknown = restored.unknown.length ? ` (tasks ${restored.unknown.join(', ')} came without credentials: not killed)` : '';
+    if (policy.onFailure === 'keep') {
+      return `restored tasks left running with their missing pages reading as zeros (--on-failure keep): ${restored.describe()}`;
+    }
+    const killed = restored.killAll();
+    return (killed.length ? `killed the restored tasks (SIGKILL): pids ${killed.join(', ')}` : 'the restored tasks were already gone') + unknown;
+  };
   const onSignal = (signal: string) => {
-    logger.warn(`Got ${signal}: stopping; pages not yet installed are lost to the restored tasks`);
+    const state = engine.stats?.().state;
+    if (state === 'done') process.exit(0);
+    const what = applyPolicy();
+    logger.error(`Got ${signal} before every lazy page was installed; ${what}`);
     engine.stop();
     process.exit(1);
   };
@@ -160,5 +219,6 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     process.stderr.write(`lazyd lazy-pages: ${summaryLine(end.summary)}\n`);
     return 0;
   }
-  return fail(`lazy-pages failed: ${end.message || engine.error()}`);
+  // One line: the cause, and what was done about the restored tasks (their memory can never be completed).
+  return fail(`lazy-pages failed: ${end.message || engine.error()}; ${applyPolicy()}`);
 }

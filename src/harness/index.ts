@@ -6,3 +6,4 @@ export * from './workload.js';
 export * from './page-server.js';
 export * from './clients.js';
 export * from './migration.js';
+export * from './fake-restore.js';

@@ -5,13 +5,21 @@
 //
 // The pieces are exported separately (checkpointWorkload, lazyRestore, startPageServer) so tests can restore one
 // checkpoint several times or interfere with the server; runLazyMigration() strings them together.
+//
+// Two parameters select the pieces:
+//   destination daemon  'criu' (criu lazy-pages) or 'lazyd' (lazyd lazy-pages, the drop-in)
+//   source              a page server the harness starts on the plain dump (ServerKind: criu page-server
+//                       --lazy-pages, lazyd serve mode, lazyd's drop-in), 'criu-dump' (`criu dump --lazy-pages
+//                       --port P`: the frozen tasks serve their own memory; the dump exits, killing them, after the
+//                       daemon's CLOSE; its images hold PE_LAZY entries without data), or 'local' (no page
+//                       server: the daemon reads the lazy pages from the plain dump's pages-*.img).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { findCriu, readLazyPagesSummary, runCriu, startCriu, type Criu, type CriuVersion, type LazyPagesSummary } from './criu.js';
 import { readPagemap } from '../images/pagemap.js';
-import { startPageServer, type PageServer, type PageServerOptions, type ServerKind } from './page-server.js';
-import type { ExitInfo } from './process.js';
+import { freePort, lazydBin, startPageServer, type PageServer, type PageServerOptions, type ServerKind } from './page-server.js';
+import { startWithStatusFd, type ExitInfo, type Proc } from './process.js';
 import {
   buildWorkload,
   heartbeatStats,
@@ -25,8 +33,11 @@ import {
   readHeartbeats,
   readLog,
   startWorkload,
+  touchControl,
+  wakeWorkload,
   waitForAllPasses,
   waitForPasses,
+  type ControlFile,
   type HeartbeatStats,
   type PassLine,
   type Workload,
@@ -45,6 +56,13 @@ export interface Timeouts {
 export const DEFAULT_TIMEOUTS: Timeouts = { dumpMs: 60_000, readyMs: 30_000, restoreMs: 60_000, allPagesMs: 120_000, passesMs: 60_000 };
 
 type Progress = (message: string) => void;
+
+/** Who runs on the destination and serves the restored tasks' faults. */
+export type DaemonKind = 'criu' | 'lazyd';
+export const DAEMON_KINDS: readonly DaemonKind[] = ['criu', 'lazyd'];
+
+/** Where the lazy pages come from: a page server the harness starts, the lazy dump itself, or the local images. */
+export type SourceKind = ServerKind | 'criu-dump' | 'local';
 
 // ---------------------------------------------------------------- run directories and cleanup
 
@@ -108,7 +126,21 @@ export interface Checkpoint {
   /** Last pass sum of each instance (main, then c0, c1, ...) before the dump. */
   sums: (string | undefined)[];
   dumpStartNs: bigint;
+  /** Plain dump: its whole run. Lazy dump: until it signalled readiness (images written, serving). */
   dumpMs: number;
+  /** Set for a lazy dump (CheckpointOptions.lazyDump): it serves the pages until the daemon's CLOSE. */
+  dumpServer?: DumpServer;
+}
+
+/** `criu dump --lazy-pages --address A --port P`, running in the background with the tasks frozen. */
+export interface DumpServer {
+  address: string;
+  port: number;
+  proc: Proc;
+  /** Waits for the dump to exit 0 (after the daemon's CLOSE it kills the dumped tree, and unshare follows). */
+  finish(timeoutMs?: number): Promise<ExitInfo>;
+  /** Kills the dump and the frozen originals (cleanup after a failure). */
+  kill(): Promise<void>;
 }
 
 export interface CheckpointOptions {
@@ -128,6 +160,13 @@ export interface CheckpointOptions {
   attempts?: number;
   /** Registers a cleanup (kill the workload if the dump does not). */
   onCleanup?: (fn: () => unknown) => void;
+  /**
+   * `criu dump --lazy-pages` in the background, serving on address:port (default 127.0.0.1 and a free port):
+   * checkpointWorkload returns once it is ready, with checkpoint.dumpServer set. The workload stays frozen until
+   * the daemon's CLOSE. The restored tree does not clash with it: the workload is the init of its own pid
+   * namespace, and the restore creates a fresh one.
+   */
+  lazyDump?: { address?: string; port?: number };
 }
 
 /** Lazy and total pages of every task's pagemap in a dump (pagemap-<pid>.img). */
@@ -164,6 +203,7 @@ export async function checkpointWorkload(options: CheckpointOptions): Promise<Ch
       throw new Error(`criu dump in ${checkpoint.imagesDir}: ${what}, ${attempts} times in a row; lazy restore cannot be tested`);
     }
     progress(`criu dump: ${what} (a page-aligned stack pointer; criu is_stack() quirk), dumping a fresh workload`);
+    await checkpoint.dumpServer?.kill();
     fs.rmSync(checkpoint.workloadDir, { recursive: true, force: true });
     fs.rmSync(checkpoint.imagesDir, { recursive: true, force: true });
   }
@@ -189,8 +229,52 @@ async function checkpointOnce(options: CheckpointOptions): Promise<Checkpoint> {
   const sums = instanceDirs(workloadDir, children).map((dir) => lastPassSum(dir));
   await options.beforeDump?.(workload);
 
-  progress(`criu ${criu.version} dump -t ${workload.pid}`);
   const dumpStartNs = nowNs();
+  if (options.lazyDump) {
+    const address = options.lazyDump.address ?? '127.0.0.1';
+    const port = options.lazyDump.port || (await freePort(address));
+    progress(`criu ${criu.version} dump -t ${workload.pid} --lazy-pages --address ${address} --port ${port} (background)`);
+    const started = performance.now();
+    const proc = await startCriu(
+      criu,
+      'dump',
+      ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', '--lazy-pages', '--address', address, '--port', String(port)],
+      timeouts.dumpMs,
+      { imagesDir },
+    );
+    const dumpMs = performance.now() - started;
+    const dumpServer: DumpServer = {
+      address,
+      port,
+      proc,
+      async finish(timeoutMs = 30_000) {
+        const exit = await proc.waitOk(timeoutMs);
+        await workload.unshare.wait(10_000);
+        return exit;
+      },
+      async kill() {
+        proc.kill('SIGKILL');
+        await proc.exited;
+        await killWorkload(workload);
+      },
+    };
+    options.onCleanup?.(() => dumpServer.kill());
+    return {
+      criu,
+      runDir,
+      workloadDir,
+      imagesDir,
+      workload: options.workload,
+      dataPages: options.workload.mib * PAGES_PER_MIB * (children + 1),
+      lazyPages: 0,
+      attempts: 1,
+      sums,
+      dumpStartNs,
+      dumpMs,
+      dumpServer,
+    };
+  }
+  progress(`criu ${criu.version} dump -t ${workload.pid}`);
   const dump = await runCriu(criu, 'dump', ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log'], timeouts.dumpMs, {
     imagesDir,
   });
@@ -215,8 +299,13 @@ async function checkpointOnce(options: CheckpointOptions): Promise<Checkpoint> {
 
 export interface RestoreOptions {
   checkpoint: Checkpoint;
-  /** Where the page server listens. */
-  server: { address: string; port: number };
+  /** Where the page server listens (a started PageServer, checkpoint.dumpServer, ...), or 'local': no page server. */
+  server: { address: string; port: number } | 'local';
+  /** The destination daemon (default 'criu'). */
+  daemon?: DaemonKind;
+  /** Extra arguments for the daemon, and extra environment (lazyd reads LAZYD_ON_FAILURE, LAZYD_RSTF_TIMEOUT). */
+  daemonArgs?: string[];
+  daemonEnv?: NodeJS.ProcessEnv;
   /** Name of the destination dir under the run dir (default "dst"). */
   name?: string;
   /** Clean verify passes to wait for after all pages are present (default 2). */
@@ -235,6 +324,7 @@ export interface RestoreOptions {
 
 export interface RestoreResult {
   dstDir: string;
+  daemon: DaemonKind;
   /** Host pid of the restored workload (init of its new pid namespace). */
   restoredPid: number;
   copyMs: number;
@@ -257,11 +347,72 @@ export interface RestoreResult {
   /** Heartbeat gaps from the restore's start to the end of verification. */
   heartbeat: HeartbeatStats;
   lazyPagesExit: ExitInfo;
+  /** lazyd only: the totals of its last stderr line ("lazyd lazy-pages: N pages installed ... of T lazy; ..."). */
+  lazydTotals?: LazydTotals;
   /** Log sizes of each instance when the restore began (read the logs from there), and when all pages were present. */
   logOffsets: number[];
   allPagesNs: bigint;
   /** Kills the restored pid namespace (done already unless keepRunning). */
   kill(): Promise<void>;
+}
+
+/** What `lazyd lazy-pages` prints on stderr when it is done. */
+export interface LazydTotals {
+  line: string;
+  installed: number;
+  zero: number;
+  dropped: number;
+  total: number;
+  faults: number;
+}
+
+export const LAZYD_SUMMARY_RE = /lazyd lazy-pages: (\d+) pages installed .*?, (\d+) zero pages, (\d+) dropped, of (\d+) lazy; (\d+) faults[^\n]*/;
+
+/** Parses the daemon's summary line out of its output (undefined if there is none). */
+export function readLazydTotals(output: string): LazydTotals | undefined {
+  const m = LAZYD_SUMMARY_RE.exec(output);
+  if (!m) return undefined;
+  return { line: m[0], installed: Number(m[1]), zero: Number(m[2]), dropped: Number(m[3]), total: Number(m[4]), faults: Number(m[5]) };
+}
+
+export interface LazyPagesDaemonOptions {
+  daemon: DaemonKind;
+  /** For 'criu': which CRIU. */
+  criu: Criu;
+  /** Images and work dir (lazy-pages.socket, lazy-pages.log). */
+  dstDir: string;
+  server: { address: string; port: number } | 'local';
+  extraArgs?: string[];
+  env?: NodeJS.ProcessEnv;
+  readyTimeoutMs?: number;
+}
+
+/** Starts `criu lazy-pages` or `lazyd lazy-pages` (-D dstDir -v4 -o lazy-pages.log) and resolves once it listens. */
+export function startLazyPagesDaemon(options: LazyPagesDaemonOptions): Promise<Proc> {
+  const { dstDir, server } = options;
+  const remote = server === 'local' ? [] : ['--page-server', '--address', server.address, '--port', String(server.port)];
+  const args = [...remote, '-D', dstDir, '-v4', '-o', 'lazy-pages.log', ...(options.extraArgs ?? [])];
+  const readyMs = options.readyTimeoutMs ?? DEFAULT_TIMEOUTS.readyMs;
+  if (options.daemon === 'criu') {
+    if (options.env) throw new Error('daemon criu: extra environment is not supported');
+    return startCriu(options.criu, 'lazy-pages', args, readyMs, { imagesDir: dstDir });
+  }
+  return startWithStatusFd(
+    {
+      name: 'lazyd lazy-pages',
+      file: process.execPath,
+      args: [lazydBin(), 'lazy-pages', ...args, '--status-fd', '3'],
+      cwd: dstDir,
+      logFile: path.join(dstDir, 'lazy-pages.log'),
+      env: options.env ? { ...process.env, ...options.env } : undefined,
+    },
+    readyMs,
+  );
+}
+
+/** Copies a checkpoint's *.img files (the destination's local image set); returns the bytes copied. */
+export function copyCheckpointImages(from: string, to: string): number {
+  return copyImages(from, to);
 }
 
 function copyImages(from: string, to: string): number {
@@ -276,8 +427,9 @@ function copyImages(from: string, to: string): number {
 }
 
 /**
- * Restores a checkpoint lazily from a page server: copy the images, start `criu lazy-pages --page-server`, run
- * `criu restore --lazy-pages -d`, wait for the daemon to exit 0, then for clean verify passes.
+ * Restores a checkpoint lazily: copy the images, start the daemon (`criu lazy-pages` or `lazyd lazy-pages`, with
+ * --page-server unless the source is 'local'), run `criu restore --lazy-pages -d`, wait for the daemon to exit 0,
+ * then for clean verify passes.
  */
 export async function lazyRestore(options: RestoreOptions): Promise<RestoreResult> {
   const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
@@ -292,15 +444,19 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   const copiedBytes = copyImages(checkpoint.imagesDir, dstDir);
   const copyMs = performance.now() - copyStart;
 
-  const { address, port } = options.server;
-  progress(`criu ${criu.version} lazy-pages --page-server --address ${address} --port ${port} -D ${dstDir}`);
-  const lazyPages = await startCriu(
+  const daemon = options.daemon ?? 'criu';
+  const server = options.server === 'local' ? 'local' : { address: options.server.address, port: options.server.port };
+  const where = server === 'local' ? 'local images' : `--page-server --address ${server.address} --port ${server.port}`;
+  progress(`${daemon === 'criu' ? `criu ${criu.version}` : 'lazyd'} lazy-pages ${where} -D ${dstDir}`);
+  const lazyPages = await startLazyPagesDaemon({
+    daemon,
     criu,
-    'lazy-pages',
-    ['--page-server', '--address', address, '--port', String(port), '-D', dstDir, '-v4', '-o', 'lazy-pages.log'],
-    timeouts.readyMs,
-    { imagesDir: dstDir },
-  );
+    dstDir,
+    server,
+    extraArgs: options.daemonArgs,
+    env: options.daemonEnv,
+    readyTimeoutMs: timeouts.readyMs,
+  });
   options.onCleanup?.(() => lazyPages.kill('SIGKILL'));
 
   const offsets = instanceDirs(checkpoint.workloadDir, children).map((dir) => logOffset(dir));
@@ -374,6 +530,7 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   const resumeGapMs = before !== undefined && after !== undefined ? Number(after - before) / 1e6 : NaN;
   const result: RestoreResult = {
     dstDir,
+    daemon,
     restoredPid,
     copyMs,
     copiedBytes,
@@ -387,6 +544,7 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
     resumeGapMs,
     heartbeat: heartbeatStats(beats, after),
     lazyPagesExit,
+    lazydTotals: daemon === 'lazyd' ? readLazydTotals(lazyPages.outputText) : undefined,
     logOffsets: offsets,
     allPagesNs,
     kill,
@@ -399,7 +557,7 @@ function never(): never {
   throw new Error('unreachable');
 }
 
-function readPidfile(file: string): number | undefined {
+export function readPidfile(file: string): number | undefined {
   try {
     const pid = Number(fs.readFileSync(file, 'utf8').trim());
     return Number.isInteger(pid) && pid > 0 ? pid : undefined;
@@ -412,8 +570,18 @@ function readPidfile(file: string): number | undefined {
 
 export interface MigrationOptions {
   criuVersion: CriuVersion;
-  /** Who serves the pages: criu page-server --lazy-pages, lazyd serve mode, or lazyd's drop-in command line. */
-  server: ServerKind;
+  /**
+   * Where the pages come from: a page server started on the plain dump (criu page-server --lazy-pages, lazyd serve
+   * mode, lazyd's drop-in command line), 'criu-dump' (criu dump --lazy-pages --port) or 'local' (no page server).
+   */
+  server: SourceKind;
+  /** The destination daemon (default 'criu'). */
+  daemon?: DaemonKind;
+  /** Extra daemon arguments / environment (see RestoreOptions). */
+  daemonArgs?: string[];
+  daemonEnv?: NodeJS.ProcessEnv;
+  /** The workload acts on these control files right after the restore (then sums are not checked). */
+  controlFiles?: ControlFile[];
   workload: WorkloadOptions;
   passes?: number;
   /** Extra page-server options (pidfile, extraArgs, verbosity). */
@@ -422,15 +590,18 @@ export interface MigrationOptions {
   keep?: boolean;
   timeouts?: Partial<Timeouts>;
   progress?: Progress;
-  /** Called once the server listens, before the restore (e.g. to connect misbehaving clients). */
+  /** Called once the server listens, before the restore (e.g. to connect misbehaving clients). Page servers only. */
   beforeRestore?: (server: PageServer, checkpoint: Checkpoint) => Promise<void> | void;
   /** Called after the server has finished (exited, or stopped for serve mode), before the run dir is removed. */
   afterFinish?: (server: PageServer, checkpoint: Checkpoint, restored: RestoreResult) => Promise<void> | void;
+  /** Called with the restore's result, for any source, while the restored workload still runs. */
+  onRestored?: (restored: RestoreResult, checkpoint: Checkpoint) => Promise<void> | void;
 }
 
 export interface MigrationResult {
   criuVersion: CriuVersion;
-  server: ServerKind;
+  server: SourceKind;
+  daemon: DaemonKind;
   mib: number;
   dataPages: number;
   /** PE_LAZY pages in the dump, and how many dumps it took (see checkpointWorkload). */
@@ -445,14 +616,17 @@ export interface MigrationResult {
   allPagesMs: number;
   verifyMs: number;
   totalMs: number;
-  /** Pages installed by criu lazy-pages ("UFFD transferred pages"), all tasks. */
+  /** Pages installed by the daemon ("UFFD transferred pages" lines of its log), all tasks. */
   lazyPages: LazyPagesSummary;
+  /** lazyd's own totals line, when the daemon is lazyd. */
+  lazydTotals?: LazydTotals;
   /** Clean passes counted after the restore, per instance. */
   passes: PassLine[][];
   passesWhileLazy: number;
   sums: (string | undefined)[];
   resumeGapMs: number;
   heartbeat: HeartbeatStats;
+  /** The page server's or the lazy dump's exit; for 'local', the daemon's. */
   serverExit: ExitInfo;
 }
 
@@ -460,38 +634,76 @@ export interface MigrationResult {
 export async function runLazyMigration(options: MigrationOptions): Promise<MigrationResult> {
   const criu = findCriu(options.criuVersion);
   const started = performance.now();
-  const tag = `${options.criuVersion}-${options.server}`;
+  const daemon = options.daemon ?? 'criu';
+  const tag = `${options.criuVersion}-${options.server}${daemon === 'criu' ? '' : `-${daemon}`}`;
   return withRunDir(
     tag,
     async (runDir, onCleanup) => {
       const progress = options.progress;
-      const checkpoint = await checkpointWorkload({ criu, runDir, workload: options.workload, timeouts: options.timeouts, progress, onCleanup });
+      const controls = options.controlFiles ?? [];
+      const checkpoint = await checkpointWorkload({
+        criu,
+        runDir,
+        workload: options.workload,
+        timeouts: options.timeouts,
+        progress,
+        onCleanup,
+        lazyDump: options.server === 'criu-dump' ? {} : undefined,
+        dumpAtPassBoundary: controls.length > 0,
+        beforeDump: controls.length ? (w) => controls.forEach((name) => touchControl(w.dir, name)) : undefined,
+      });
 
       const serverStart = performance.now();
-      progress?.(`starting the page server (${options.server}) on ${checkpoint.imagesDir}`);
-      const server = await startPageServer({
-        ...options.serverOptions,
-        kind: options.server,
-        criuVersion: options.criuVersion,
-        imagesDir: checkpoint.imagesDir,
-      });
-      onCleanup(() => server.kill());
+      let server: PageServer | undefined;
+      let source: { address: string; port: number } | 'local';
+      if (options.server === 'criu-dump') {
+        source = checkpoint.dumpServer!;
+      } else if (options.server === 'local') {
+        source = 'local';
+      } else {
+        progress?.(`starting the page server (${options.server}) on ${checkpoint.imagesDir}`);
+        server = await startPageServer({
+          ...options.serverOptions,
+          kind: options.server,
+          criuVersion: options.criuVersion,
+          imagesDir: checkpoint.imagesDir,
+        });
+        const started = server;
+        onCleanup(() => started.kill());
+        source = server;
+        await options.beforeRestore?.(server, checkpoint);
+      }
       const serverStartMs = performance.now() - serverStart;
-      await options.beforeRestore?.(server, checkpoint);
 
       const restored = await lazyRestore({
         checkpoint,
-        server,
+        server: source,
+        daemon,
+        daemonArgs: options.daemonArgs,
+        daemonEnv: options.daemonEnv,
         passes: options.passes,
+        checkSums: controls.length === 0,
+        afterResume: controls.length ? (pid) => wakeWorkload(pid) : undefined,
+        keepRunning: true, // killed below, after onRestored has looked at it
         timeouts: options.timeouts,
         progress,
         onCleanup,
       });
-      const serverExit = await server.finish();
-      await options.afterFinish?.(server, checkpoint, restored);
+      let serverExit: ExitInfo;
+      if (server) {
+        serverExit = await server.finish();
+        await options.afterFinish?.(server, checkpoint, restored);
+      } else if (checkpoint.dumpServer) {
+        serverExit = await checkpoint.dumpServer.finish();
+      } else {
+        serverExit = restored.lazyPagesExit;
+      }
+      await options.onRestored?.(restored, checkpoint);
+      await restored.kill();
       return {
         criuVersion: options.criuVersion,
         server: options.server,
+        daemon,
         mib: options.workload.mib,
         dataPages: checkpoint.dataPages,
         lazyPagesInImages: checkpoint.lazyPages,
@@ -506,6 +718,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         verifyMs: restored.verifyMs,
         totalMs: performance.now() - started,
         lazyPages: restored.lazyPages,
+        lazydTotals: restored.lazydTotals,
         passes: restored.passes,
         passesWhileLazy: restored.passesWhileLazy,
         sums: checkpoint.sums,
@@ -523,7 +736,7 @@ export function formatMigration(result: MigrationResult): string {
   const ms = (value: number) => `${value.toFixed(0)} ms`;
   const passes = result.passes.map((p) => p.length).reduce((a, b) => a + b, 0);
   return [
-    `CRIU ${result.criuVersion}, server ${result.server}, ${result.mib} MiB (${result.dataPages} data pages)`,
+    `CRIU ${result.criuVersion}, source ${result.server}, daemon ${result.daemon}, ${result.mib} MiB (${result.dataPages} data pages)`,
     `dump ${ms(result.dumpMs)}, server start ${ms(result.serverStartMs)}, image copy ${ms(result.copyMs)}`,
     `resume (criu restore) ${ms(result.restoreMs)}, all pages installed ${ms(result.pagesInstalledMs)}, lazy-pages exited ${ms(result.allPagesMs)}`,
     `lazy pages installed ${result.lazyPages.copied}/${result.lazyPages.total}; clean passes: ${result.passesWhileLazy} while pages arrived, ${passes} after (verify ${ms(result.verifyMs)})`,

@@ -22,6 +22,8 @@ export interface WorkloadOptions {
   intervalMs?: number;
   /** Heartbeat period. */
   hbMs?: number;
+  /** Leave an unreaped (zombie) child in the tree (workload --zombie 1; logs "zombie pid <pid>"). */
+  zombie?: boolean;
 }
 
 export const WORKLOAD_DEFAULTS = { order: 'seq' as PageOrder, seed: 1, threads: 0, children: 0, intervalMs: 50, hbMs: 5 };
@@ -85,6 +87,7 @@ export function workloadArgs(dir: string, options: WorkloadOptions): string[] {
     String(o.intervalMs),
     '--hb-ms',
     String(o.hbMs),
+    ...(o.zombie ? ['--zombie', '1'] : []),
   ];
 }
 

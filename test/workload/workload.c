@@ -4,7 +4,7 @@
  * Build:  gcc -O2 -Wall -pthread -o workload workload.c
  *
  * Usage:  workload <dir> <MiB> <seq|random> <seed> [--threads N] [--children N]
- *                  [--interval-ms M] [--hb-ms H]
+ *                  [--interval-ms M] [--hb-ms H] [--zombie 0|1]
  *
  *   <dir>            output directory (must exist); all files below are relative to it
  *   <MiB>            size of the data area, in MiB (1 MiB = 256 pages of 4 KiB)
@@ -15,6 +15,9 @@
  *                    seed+i+1 and its own data area (default 0). The parent is ready only once all are.
  *   --interval-ms M  pause between verify passes (default 100; 0 = back to back)
  *   --hb-ms H        heartbeat period (default 5)
+ *   --zombie 1       before anything else, fork a child that exits at once and is never reaped: the tree then
+ *                    holds a zombie (it moves to its own process group first, and the reaping of do-fork
+ *                    children waits only for the caller's group, so it is left alone). Logs "zombie pid <pid>".
  *
  * Memory: <MiB> of mmap(MAP_PRIVATE|MAP_ANONYMOUS) with madvise(MADV_NOHUGEPAGE). Page p (0-based, 4 KiB) holds
  * 512 u64 words; word w is mix(seed, p, w), the splitmix64-style function below (the formula of
@@ -81,7 +84,7 @@ static struct {
     unsigned long mib;
     int random_order;
     uint64_t seed;
-    int threads, children, interval_ms, hb_ms;
+    int threads, children, interval_ms, hb_ms, zombie;
 } opt = {.interval_ms = 100, .hb_ms = 5};
 
 /* One running instance: the data area and what every logical page is expected to hold. */
@@ -94,6 +97,7 @@ static unsigned char *page_kind; /* logical page -> enum kind */
 static uint32_t *order;          /* the pass's page order; only the first nverify entries are used */
 static size_t nverify;
 static atomic_int bad_lines;
+static pid_t zombie_pid; /* --zombie: the unreaped child (main instance only) */
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -357,7 +361,8 @@ static void reap_children(void)
 {
     int status;
     pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+    /* 0: only children in our process group, which leaves the --zombie child (own group) unreaped. */
+    while ((pid = waitpid(opt.zombie ? 0 : -1, &status, WNOHANG)) > 0)
         append_line("log", "reaped pid %d status %d", pid,
                     WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
 }
@@ -426,6 +431,8 @@ static void run(const char *instance_dir, uint64_t instance_seed, const pid_t *k
     }
     append_line("log", "start pid %d pages %zu seed %" PRIu64 " order %s threads %d", getpid(), npages, seed,
                 opt.random_order ? "random" : "seq", opt.threads);
+    if (zombie_pid)
+        append_line("log", "zombie pid %d", (int)zombie_pid);
 
     /* SIGUSR1 goes to the main thread only: the other threads start with it blocked. */
     struct sigaction sa = {.sa_handler = on_sigusr1};
@@ -479,7 +486,7 @@ static void run(const char *instance_dir, uint64_t instance_seed, const pid_t *k
 static void usage(void)
 {
     fprintf(stderr, "usage: workload <dir> <MiB> <seq|random> <seed> [--threads N] [--children N] "
-                    "[--interval-ms M] [--hb-ms H]\n");
+                    "[--interval-ms M] [--hb-ms H] [--zombie 0|1]\n");
     exit(2);
 }
 
@@ -521,6 +528,8 @@ int main(int argc, char **argv)
             opt.interval_ms = number(argv[++i], 0, 3600000);
         else if (!strcmp(argv[i], "--hb-ms"))
             opt.hb_ms = number(argv[++i], 1, 3600000);
+        else if (!strcmp(argv[i], "--zombie"))
+            opt.zombie = number(argv[++i], 0, 1);
         else
             usage();
     }
@@ -529,6 +538,25 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    pid_t zombie = 0;
+    if (opt.zombie) {
+        zombie = fork();
+        if (zombie < 0) {
+            perror("fork");
+            return 1;
+        }
+        if (zombie == 0) {
+            setpgid(0, 0);
+            _exit(0);
+        }
+        /* Wait until it is a zombie (waitid with WNOWAIT leaves it so), for the log line to be true. */
+        siginfo_t si;
+        if (waitid(P_PID, zombie, &si, WEXITED | WNOWAIT) < 0) {
+            perror("waitid");
+            return 1;
+        }
+        zombie_pid = zombie;
+    }
     pid_t *kids = calloc(opt.children + 1, sizeof(*kids));
     char (*child_dir)[4096] = calloc(opt.children + 1, sizeof(*child_dir));
     if (!kids || !child_dir)
@@ -547,6 +575,7 @@ int main(int argc, char **argv)
         if (kids[i] == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL); /* die with the parent, also outside a pid namespace */
             opt.children = 0;
+            zombie_pid = 0;
             run(child_dir[i], opt.seed + i + 1, NULL);
         }
     }
