@@ -3,11 +3,11 @@
 //   1. build and start the self-verifying workload (64 MiB by default)
 //   2. criu dump it (a plain dump: its pages stay in the images)
 //   3. serve the images with lazyd --page-server
-//   4. criu lazy-pages --page-server + criu restore --lazy-pages: the workload resumes at once, and its memory
-//      arrives page by page from lazyd while it runs
+//   4. lazyd lazy-pages --page-server + criu restore --lazy-pages: the workload resumes at once, and its memory
+//      arrives from lazyd's page server while it runs (--daemon criu uses criu lazy-pages instead)
 //   5. wait until every page is present and the workload has verified all of its memory
 //
-// Usage: node dist/src/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--keep]
+// Usage: node dist/src/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--daemon lazyd|criu] [--keep]
 // Needs root and CRIU installed by scripts/install-criu.sh. Exits non-zero on any failure.
 import fs from 'node:fs';
 import {
@@ -19,19 +19,22 @@ import {
   type CriuVersion,
   type MigrationResult,
   type ServerKind,
+  type DaemonKind,
+  DAEMON_KINDS,
 } from './harness/index.js';
 
 interface DemoOptions {
   mib: number;
   criu: CriuVersion;
   server: ServerKind;
+  daemon: DaemonKind;
   keep: boolean;
 }
 
-const USAGE = `usage: node dist/src/demo.js [--mib N] [--criu ${CRIU_VERSIONS.join('|')}] [--server ${SERVER_KINDS.join('|')}] [--keep]`;
+const USAGE = `usage: node dist/src/demo.js [--mib N] [--criu ${CRIU_VERSIONS.join('|')}] [--server ${SERVER_KINDS.join('|')}] [--daemon ${DAEMON_KINDS.join('|')}] [--keep]`;
 
 function parseArgs(argv: string[]): DemoOptions {
-  const options: DemoOptions = { mib: 64, criu: '4.2.1', server: 'lazyd', keep: false };
+  const options: DemoOptions = { mib: 64, criu: '4.2.1', server: 'lazyd', daemon: 'lazyd', keep: false };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split(/=(.*)/s, 2);
     const value = () => {
@@ -56,6 +59,12 @@ function parseArgs(argv: string[]): DemoOptions {
         const v = value();
         if (!(SERVER_KINDS as readonly string[]).includes(v)) throw new Error(`--server must be one of ${SERVER_KINDS.join(', ')}\n${USAGE}`);
         options.server = v as ServerKind;
+        break;
+      }
+      case '--daemon': {
+        const v = inline ?? argv[++i];
+        if (!(DAEMON_KINDS as readonly string[]).includes(v)) throw new Error(`--daemon must be one of ${DAEMON_KINDS.join(', ')}\n${USAGE}`);
+        options.daemon = v as DaemonKind;
         break;
       }
       case '--keep':
@@ -110,9 +119,9 @@ function report(result: MigrationResult, served: ServedStats | undefined, option
       `${result.lazyPagesInImages} pages marked lazy in the images${result.dumpAttempts > 1 ? ` (dump attempt ${result.dumpAttempts})` : ''}`,
     `  page server       ${result.server} ready after ${ms(result.serverStartMs)}` +
       (served ? `; served ${served.pages} pages (${(served.bytes / 1048576).toFixed(1)} MiB) in ${served.gets} GETs, ${served.sessions} session(s)` : ''),
-    `  lazy-pages        criu lazy-pages installed ${result.lazyPages.copied} of ${result.lazyPages.total} lazy pages`,
+    `  lazy-pages        ${options.daemon} lazy-pages installed ${result.lazyPages.copied} of ${result.lazyPages.total} lazy pages`,
     `  time to resume    ${ms(result.restoreMs)} (criu restore --lazy-pages -d returned; the workload was running)`,
-    `  all pages present ${ms(result.pagesInstalledMs)} after the restore began (criu lazy-pages logged its last page; ` +
+    `  all pages present ${ms(result.pagesInstalledMs)} after the restore began (${options.daemon} lazy-pages logged its last page; ` +
       `it exited 0 at ${ms(result.allPagesMs)})`,
     `  downtime          ${ms(result.resumeGapMs)} without a heartbeat (dump, server start, image copy, restore); after resume: max gap ` +
       `${result.heartbeat.maxGapMs.toFixed(1)} ms, p99 ${result.heartbeat.p99GapMs.toFixed(1)} ms`,
@@ -131,13 +140,14 @@ async function main(): Promise<number> {
 
   process.stdout.write(
     `lazyd demo: post-copy migration of a ${options.mib} MiB workload on loopback ` +
-      `(CRIU ${options.criu}, page server: ${options.server})\n`,
+      `(CRIU ${options.criu}, page server: ${options.server}, lazy-pages daemon: ${options.daemon})\n`,
   );
   checkHost([options.criu]);
   let served: ServedStats | undefined;
   const result = await runLazyMigration({
     criuVersion: options.criu,
     server: options.server,
+    daemon: options.daemon,
     workload: { mib: options.mib, order: 'random', seed: 2024, threads: 1 },
     keep: options.keep,
     progress: say,

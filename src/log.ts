@@ -33,7 +33,8 @@ export function criuLine(record: Record<string, unknown>, startedAt: number): st
 
 class CriuTextDestination {
   private fd: number;
-  private readonly startedAt = performance.timeOrigin + performance.now();
+  // Seconds since the process started, as criu stamps its log lines.
+  private readonly startedAt = performance.timeOrigin;
   constructor(private readonly file: string | undefined) {
     this.fd = file ? fs.openSync(file, 'a') : 2;
   }
