@@ -15,6 +15,7 @@ import { loadNative } from '../native.js';
 import { loadCheckpoint } from '../images/index.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { engineTasks, formatFromImages } from '../lazy-pages/engine-config.js';
+import { latencyLine } from '../lazy-pages/latency.js';
 import { wireFormatFromAbi } from './page-server.js';
 import { FAILURE_POLICIES, hostPidOf, RestoredTasks, type FailurePolicy } from '../lazy-pages/restored-tasks.js';
 
@@ -216,7 +217,9 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
 
   const end = await finished;
   if (end.type === 'done') {
-    process.stderr.write(`lazyd lazy-pages: ${summaryLine(end.summary)}\n`);
+    const latency = latencyLine(engine.stats());
+    logger.info(`Lazy pages ${latency}`);
+    process.stderr.write(`lazyd lazy-pages: ${summaryLine(end.summary)}\nlazyd lazy-pages: ${latency}\n`);
     return 0;
   }
   // One line: the cause, and what was done about the restored tasks (their memory can never be completed).
