@@ -1,0 +1,5 @@
+// Every benchmark of the suite, by name. Add a module under bench/ exporting a Benchmark and list it here.
+import type { Benchmark } from './lib/types.js';
+import { pageServerBenchmark } from './page-server.js';
+
+export const BENCHMARKS: readonly Benchmark[] = [pageServerBenchmark];
