@@ -34,17 +34,10 @@
 #include "uffd.h"
 #include "wire.h"
 
+#include "check.h"
+
 using namespace lazyd;
 
-static int passed = 0;
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-    passed++;                                                                        \
-  } while (0)
 
 static const uint64_t P = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 
@@ -687,6 +680,6 @@ int main() {
   expect_engine_failure("page server hang-up", true, 30000, "page server");
   expect_engine_failure("page server stall", false, 300, "stalled");
   test_handshake_failures();
-  std::printf("%d passed, 0 failed\n", passed);
+  check_report();
   return 0;
 }

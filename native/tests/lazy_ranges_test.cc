@@ -9,19 +9,12 @@
 #include <set>
 #include <vector>
 
+#include "check.h"
+
 using lazyd::LazyRange;
 using lazyd::LazyRanges;
 using lazyd::LazyRequest;
 
-static int passed = 0;
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::exit(1);                                                   \
-    }                                                                 \
-    passed++;                                                         \
-  } while (0)
 
 constexpr uint64_t P = 4096;
 constexpr uint64_t B = 0x7f0000000000;
@@ -347,6 +340,6 @@ int main() {
   test_remap_partial_in_flight_and_overwrite();
   test_fork();
   test_random_model();
-  std::printf("%d passed, 0 failed\n", passed);
+  check_report();
   return 0;
 }

@@ -24,17 +24,10 @@
 
 #include "wire.h"
 
+#include "check.h"
+
 using namespace lazyd;
 
-static int passed = 0;
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-    passed++;                                                                        \
-  } while (0)
 
 constexpr uint64_t P = 4096;
 constexpr uint64_t RUN = 8;  // the server clamps replies at multiples of 8 pages, like an iovec end
@@ -367,6 +360,6 @@ int main() {
   test_stall();
   test_connect_errors();
   test_local_source();
-  std::printf("%d passed, 0 failed\n", passed);
+  check_report();
   return 0;
 }

@@ -22,19 +22,12 @@
 
 #include "wire.h"
 
+#include "check.h"
+
 using namespace lazyd;
 using handshake::HandshakeReader;
 using handshake::Handover;
 
-static int passed = 0;
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-    passed++;                                                                        \
-  } while (0)
 
 static std::string make_dir() {
   char tmpl[] = "/tmp/lazyd-hs-XXXXXX";
@@ -306,6 +299,6 @@ int main() {
   test_errors();
   test_zero_tasks_and_timeout();
   test_long_work_dir();
-  std::printf("%d passed, 0 failed\n", passed);
+  check_report();
   return 0;
 }

@@ -16,17 +16,10 @@
 #include <thread>
 #include <vector>
 
+#include "check.h"
+
 using namespace lazyd;
 
-static int passed = 0;
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-    passed++;                                                                        \
-  } while (0)
 
 static const uint64_t P = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 
@@ -176,6 +169,6 @@ int main() {
   CHECK(std::strcmp(uffd::error_class_name(uffd::ErrorClass::kGone), "gone") == 0);
 
   close(fd);
-  std::printf("%d passed, 0 failed\n", passed);
+  check_report();
   return 0;
 }

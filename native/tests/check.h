@@ -1,0 +1,23 @@
+// The native tests' one assertion: CHECK(cond) stops the test at the first failure, naming file and line; the
+// test ends with check_report(), whose "N passed, 0 failed" line is what CI reads.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+
+inline int check_passed = 0;
+
+#define CHECK(cond)                                                                  \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::printf("%d passed, 1 failed\n", check_passed);                           \
+      std::exit(1);                                                                  \
+    }                                                                                \
+    check_passed++;                                                                  \
+  } while (0)
+
+inline int check_report() {
+  std::printf("%d passed, 0 failed\n", check_passed);
+  return 0;
+}
