@@ -349,3 +349,20 @@ for (const version of VERSIONS) {
     });
   }
 }
+
+test('IPv6: listens on ::1 and serves', async () => {
+  const { service } = await startServer('4.1.1', { address: '::1' });
+  try {
+    const answer = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const socket = net.connect(service.port, '::1', () => socket.end(Buffer.concat([get24(1, DATA_START, 1), close24()])));
+      socket.on('data', (d) => chunks.push(d));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(Buffer.concat(chunks)));
+    });
+    assert.equal(answer.length, 24 + PAGE + 4);
+  } finally {
+    service.stop(0);
+    await service.stopped;
+  }
+});
