@@ -13,8 +13,10 @@
 //   (4) fork(), munmap, mremap, MADV_DONTNEED while pages are still lazy    source lazyd
 //   (5) the page server SIGKILLed mid-restore: lazyd exits 1 with a clear error and kills the restored tree
 //   (6) a restore that hands over its tasks but never sends RSTF: lazyd times out, kills the sender, exits 1
+//   (7) criu's daemon form: `lazyd lazy-pages -d --pidfile` returns once ready, the daemon serves and exits
 // Prerequisites (root, both CRIU versions, fs.pipe-max-size) are checked by every test: a missing one FAILS it.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -39,6 +41,7 @@ import {
   startFakeRestore,
   startLazyPagesDaemon,
   startPageServer,
+  waitForPasses,
   withRunDir,
   type CriuVersion,
   type MigrationResult,
@@ -336,6 +339,36 @@ for (const version of CRIU_VERSIONS) {
       assert.match(daemon.outputText, new RegExp(`killed the restored tasks \\(SIGKILL\\): pids ${fake.pid}\\b`));
       const fakeExit = await fake.wait(5000);
       assert.equal(fakeExit.signal, 'SIGKILL', `the handed-over task was not killed: ${JSON.stringify(fakeExit)}`);
+    });
+  });
+
+  // (7) As a tool runs `criu lazy-pages -d --pidfile F`: the launcher exits 0 once lazy-pages.socket listens, F
+  // holds the daemon's pid, the restore is served by that daemon, which exits by itself when every page is in.
+  test(`CRIU ${version}: (7) lazy-pages -d --pidfile: the launcher returns when ready, the daemon finishes`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    const criu = findCriu(version);
+    await withRunDir(`${version}-lp-daemon`, async (runDir, onCleanup) => {
+      const progress = diag(t);
+      const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 16, order: 'seq' }, progress, onCleanup, timeouts });
+      const dstDir = path.join(runDir, 'dst');
+      copyCheckpointImages(checkpoint.imagesDir, dstDir);
+      const lazyd = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../../bin/lazyd.js');
+      const launcher = spawnSync(process.execPath, [lazyd, 'lazy-pages', '--no-default-config', '-D', dstDir, '-d', '--pidfile', 'lp.pid', '-o', 'lazy-pages.log', '-v4'], { encoding: 'utf8', timeout: 20_000 });
+      assert.equal(launcher.status, 0, `launcher: ${launcher.stderr}`);
+      assert.ok(fs.existsSync(path.join(dstDir, 'lazy-pages.socket')), 'the socket listens when the launcher returns');
+      const daemonPid = readPidfile(path.join(dstDir, 'lp.pid'));
+      assert.ok(daemonPid && processAlive(daemonPid), `the daemon (pid ${daemonPid}) runs`);
+      onCleanup(() => { try { process.kill(daemonPid!, 'SIGKILL'); } catch { /* gone */ } });
+      const offsets = instanceDirs(checkpoint.workloadDir, 0).map((dir) => logOffset(dir));
+      const restore = await runCriu(criu, 'restore', ['--lazy-pages', '-D', dstDir, '-d', '-v4', '-o', 'restore.log', '--pidfile', path.join(dstDir, 'restored.pid')], timeouts.restoreMs, { imagesDir: dstDir });
+      assert.equal(restore.code, 0);
+      const restored = readPidfile(path.join(dstDir, 'restored.pid'))!;
+      onCleanup(() => killPidNamespace(restored));
+      await pollFor('the daemon to exit after the last page', 30_000, () => (processAlive(daemonPid!) ? undefined : true));
+      const log = fs.readFileSync(path.join(dstDir, 'lazy-pages.log'), 'utf8');
+      assert.match(log, /Lazy pages done: \d+ pages installed/);
+      assert.doesNotMatch(log, /Error|Warn/);
+      await waitForPasses(checkpoint.workloadDir, 2, timeouts.passesMs, { fromOffset: offsets[0], pid: restored });
     });
   });
 }
