@@ -100,16 +100,27 @@ export interface CriuActionOptions {
   logFile?: string;
   /** The images dir, to locate a relative log file. */
   imagesDir?: string;
+  /**
+   * Run criu in a mount namespace of its own (`unshare -m --propagation private`) with source bind-mounted over
+   * target: a restored tree that shares criu's mount namespace then reads and writes source where its images
+   * name target (e.g. its own copy of the workload dir, so two restores of one checkpoint keep apart).
+   */
+  privateBind?: { source: string; target: string };
 }
 
 function commandSpec(criu: Criu, action: string, args: string[], options: CriuActionOptions) {
   const log = options.logFile && !path.isAbsolute(options.logFile) && options.imagesDir
     ? path.join(options.imagesDir, options.logFile)
     : options.logFile;
+  const bind = options.privateBind;
   return {
     name: `criu ${criu.version} ${action}`,
-    file: criu.path,
-    args: [action, ...args],
+    ...(bind
+      ? {
+          file: 'unshare',
+          args: ['-m', '--propagation', 'private', '--', 'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'sh', bind.source, bind.target, criu.path, action, ...args],
+        }
+      : { file: criu.path, args: [action, ...args] }),
     cwd: options.cwd ?? options.imagesDir,
     logFile: log,
   };

@@ -320,6 +320,12 @@ export interface RestoreOptions {
   timeouts?: Partial<Timeouts>;
   progress?: Progress;
   onCleanup?: (fn: () => unknown) => void;
+  /**
+   * Restore into a private mount namespace in which this directory (a copy of the workload dir as the dump left
+   * it) is bind-mounted over checkpoint.workloadDir: the restored workload logs into it, and the passes are read
+   * from it. Lets several restores of one checkpoint run at once, each verified on its own.
+   */
+  privateWorkloadDir?: string;
 }
 
 export interface RestoreResult {
@@ -437,6 +443,8 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   const { checkpoint } = options;
   const criu = options.criu ?? checkpoint.criu;
   const children = checkpoint.workload.children ?? 0;
+  // Where the restored workload's files are, seen from here.
+  const workloadDir = options.privateWorkloadDir ?? checkpoint.workloadDir;
   const dstDir = path.join(checkpoint.runDir, options.name ?? 'dst');
   const pidfile = path.join(dstDir, 'restored.pid');
 
@@ -459,7 +467,7 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   });
   options.onCleanup?.(() => lazyPages.kill('SIGKILL'));
 
-  const offsets = instanceDirs(checkpoint.workloadDir, children).map((dir) => logOffset(dir));
+  const offsets = instanceDirs(workloadDir, children).map((dir) => logOffset(dir));
   const restoreStartNs = nowNs();
   const restoreStart = performance.now();
   progress(`criu ${criu.version} restore --lazy-pages -D ${dstDir} -d`);
@@ -470,7 +478,10 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
       'restore',
       ['--lazy-pages', '-D', dstDir, '-d', '-v4', '-o', 'restore.log', '--pidfile', pidfile],
       timeouts.restoreMs,
-      { imagesDir: dstDir },
+      {
+        imagesDir: dstDir,
+        privateBind: options.privateWorkloadDir ? { source: options.privateWorkloadDir, target: checkpoint.workloadDir } : undefined,
+      },
     );
   } catch (error) {
     lazyPages.kill('SIGKILL');
@@ -488,7 +499,7 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   await options.afterResume?.(restoredPid);
   // While pages arrive, a BAD line or a dead workload fails the restore at once instead of after the timeout.
   const watching = new AbortController();
-  const watch = waitForAllPasses(checkpoint.workloadDir, children, Number.MAX_SAFE_INTEGER, timeouts.allPagesMs + 1000, {
+  const watch = waitForAllPasses(workloadDir, children, Number.MAX_SAFE_INTEGER, timeouts.allPagesMs + 1000, {
     fromOffsets: offsets,
     pid: restoredPid,
     pollMs: 50,
@@ -515,7 +526,7 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
     lazySummary.doneAtSec !== undefined ? Math.min(allPagesMs, lazyPages.startedAt + lazySummary.doneAtSec * 1000 - restoreStart) : allPagesMs;
   const pagesInstalledNs = restoreStartNs + BigInt(Math.round(pagesInstalledMs * 1e6));
   const verifyStart = performance.now();
-  const passes = await waitForAllPasses(checkpoint.workloadDir, children, options.passes ?? 2, timeouts.passesMs, {
+  const passes = await waitForAllPasses(workloadDir, children, options.passes ?? 2, timeouts.passesMs, {
     sinceNs: allPagesNs,
     fromOffsets: offsets,
     expectSums: options.checkSums === false ? undefined : checkpoint.sums,
@@ -523,8 +534,8 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   });
   const verifyMs = performance.now() - verifyStart;
 
-  const passesWhileLazy = readLog(checkpoint.workloadDir, offsets[0]).passes.filter((p) => p.t < pagesInstalledNs).length;
-  const beats = readHeartbeats(checkpoint.workloadDir);
+  const passesWhileLazy = readLog(workloadDir, offsets[0]).passes.filter((p) => p.t < pagesInstalledNs).length;
+  const beats = readHeartbeats(workloadDir);
   const before = beats.filter((b) => b < restoreStartNs).at(-1);
   const after = beats.find((b) => b >= restoreStartNs);
   const resumeGapMs = before !== undefined && after !== undefined ? Number(after - before) / 1e6 : NaN;

@@ -155,6 +155,65 @@ for (const version of CRIU_VERSIONS) {
     });
   });
 
+  test(`CRIU ${version}: two restores of one staged checkpoint at the same time, each in its own pid and mount namespace`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    const criu = findCriu(version);
+    await withRunDir(`${version}-staging-twice`, async (runDir, onCleanup) => {
+      const stagingDir = path.join(runDir, 'src');
+      fs.mkdirSync(stagingDir, { recursive: true });
+      const lazyd = await startStaging(stagingDir, { restores: 2 });
+      onCleanup(() => lazyd.service.stop(0));
+      const { checkpoint } = await stagedDump(criu, runDir, stagingDir, lazyd.port, onCleanup);
+      const id = lazyd.service.stagedCheckpoints()[0].id;
+      // Both restored trees would write into the dump's workload dir. Each restore runs in a mount namespace of
+      // its own with a copy of that dir (as the dump left it: criu checks the open files' sizes) bind-mounted
+      // over it, so each workload logs into its own copy and is verified from it.
+      const copies = ['w-1', 'w-2'].map((name) => {
+        const dir = path.join(runDir, name);
+        fs.cpSync(checkpoint.workloadDir, dir, { recursive: true });
+        return dir;
+      });
+      const originalLog = logOffset(checkpoint.workloadDir);
+      const restores = await Promise.all(
+        ['dst-1', 'dst-2'].map((name, i) =>
+          lazyRestore({
+            checkpoint,
+            server: lazyd,
+            name,
+            privateWorkloadDir: copies[i],
+            keepRunning: true,
+            progress: (m) => t.diagnostic(`${name}: ${m}`),
+            onCleanup,
+            timeouts,
+          }),
+        ),
+      );
+      try {
+        assert.notEqual(restores[0].restoredPid, restores[1].restoredPid);
+        restores.forEach((restored, i) => {
+          t.diagnostic(`dst-${i + 1}: pid ${restored.restoredPid}, lazy pages ${restored.lazyPages.copied}/${restored.lazyPages.total}, passes ${restored.passes[0].length}`);
+          assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
+          assert.ok(restored.lazyPages.total >= checkpoint.dataPages);
+          assert.ok(restored.passes[0].length >= 2);
+          assert.ok(restored.passes[0].every((p) => p.ok === checkpoint.dataPages && p.bad === 0));
+        });
+        // Both restored workloads are alive at once, each still logging clean passes into its own copy.
+        const sessions = lazyd.lines.filter((l) => /^(Accepted page-server session|Page-server session finished)/.test(l.msg));
+        const secondStart = sessions.filter((l) => l.msg.startsWith('Accepted')).at(-1);
+        const firstEnd = sessions.find((l) => l.msg.startsWith('Page-server'));
+        t.diagnostic(`lazy sessions overlapped in lazyd: ${firstEnd !== undefined && secondStart !== undefined && sessions.indexOf(secondStart) < sessions.indexOf(firstEnd)}`);
+        const offsets = copies.map((dir) => logOffset(dir));
+        for (const dir of copies) await waitForPasses(dir, 1, timeouts.passesMs, { fromOffset: offsets[copies.indexOf(dir)] });
+        assert.equal(logOffset(checkpoint.workloadDir), originalLog, 'nothing written into the dump-time workload dir');
+      } finally {
+        await Promise.all(restores.map((r) => r.kill()));
+      }
+      await waitFor('the release after 2 restores', () => lazyd.service.stagedCheckpoints().length === 0);
+      assert.ok(lazyd.lines.some((l) => l.msg.includes(`checkpoint #${id} released: after 2 completed restores`)));
+      assert.ok(!lazyd.lines.some((l) => l.level >= 50), `no error: ${JSON.stringify(lazyd.lines.filter((l) => l.level >= 50))}`);
+    });
+  });
+
   test(`CRIU ${version}: an upload over the memory cap is refused; the dump fails and the workload runs on`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
     requireHost();
     const criu = findCriu(version);
