@@ -5,6 +5,7 @@ import { normalizeCriuArgv } from './criu-argv.js';
 import { runPageServer } from '../commands/page-server.js';
 import { daemonRequest, runDaemon } from './daemonize.js';
 import { runLazyPages } from '../commands/lazy-pages.js';
+import { runStaging } from '../commands/staging.js';
 
 function commonOptions<T>(y: Argv<T>) {
   return y
@@ -55,6 +56,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       stagingRestores: a.stagingRestores,
       stagingTtlSeconds: a.stagingTtl,
       persist: a.persist,
+      controlSocket: a.controlSocket,
     });
   };
 
@@ -105,6 +107,20 @@ export async function main(argv: readonly string[]): Promise<number> {
       },
     )
     .command(
+      'staging <action> [id]',
+      'list or release the checkpoints a running `lazyd --page-server --control-socket PATH` holds',
+      (y) =>
+        y
+          .positional('action', { choices: ['list', 'release'] as const, describe: 'list the staged checkpoints, or release one' })
+          .positional('id', { type: 'number', describe: 'release: the checkpoint id (as list shows it)' })
+          .option('control-socket', { type: 'string', demandOption: true, describe: "the daemon's --control-socket" })
+          .option('pid', { type: 'number', describe: 'release: the checkpoint that holds this pid' })
+          .option('json', { type: 'boolean', default: false, describe: 'list: print the JSON answer as it is' }),
+      async (a) => {
+        exitCode = await runStaging({ action: a.action!, controlSocket: a.controlSocket, id: a.id, pid: a.pid, json: a.json });
+      },
+    )
+    .command(
       '$0',
       'run the lazyd daemon',
       (y) =>
@@ -116,7 +132,8 @@ export async function main(argv: readonly string[]): Promise<number> {
           .option('staging-max-bytes', { type: 'number', default: 1073741824, describe: 'memory cap for staged and uploading pages; an upload over it is refused (the dump fails, CRIU resumes the tasks)' })
           .option('staging-restores', { type: 'number', default: 0, describe: 'release a staged checkpoint after N completed restores (0: never)' })
           .option('staging-ttl', { type: 'number', default: 0, describe: 'release a staged checkpoint S seconds after staging (0: never)' })
-          .option('persist', { type: 'boolean', default: false, describe: 'also write lazy pages to pages-N.img (PE_LAZY|PE_PRESENT), like criu page-server' }),
+          .option('persist', { type: 'boolean', default: false, describe: 'also write lazy pages to pages-N.img (PE_LAZY|PE_PRESENT), like criu page-server' })
+          .option('control-socket', { type: 'string', describe: 'unix socket for `lazyd staging list|release` (default: none)' }),
       async (a) => {
         if (!a.pageServer) throw new Error('nothing to do: pass --page-server (see --help)');
         await serve('serve')(a);

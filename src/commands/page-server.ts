@@ -4,6 +4,7 @@ import path from 'node:path';
 import { createLogger } from '../log.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { PageServerService, type WireFormatOption } from '../page-server/service.js';
+import { startStagingControl, type StagingControlServer } from '../staging/control.js';
 
 export interface PageServerCommandOptions {
   mode: 'serve' | 'criu';
@@ -28,6 +29,8 @@ export interface PageServerCommandOptions {
   stagingRestores?: number;
   stagingTtlSeconds?: number;
   persist?: boolean;
+  /** Serve mode with staging: accept `list` / `release` commands on this unix socket (src/staging/control.ts). */
+  controlSocket?: string;
 }
 
 export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
@@ -72,6 +75,21 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     return 1;
   }
 
+  let control: StagingControlServer | undefined;
+  if (options.controlSocket) {
+    try {
+      if (!service.stager) throw new Error('--control-socket controls staging: it needs the daemon form with staging on');
+      control = await startStagingControl(path.resolve(options.controlSocket), service, logger);
+    } catch (error) {
+      const message = `--control-socket ${options.controlSocket}: ${(error as Error).message}`;
+      logger.error(message);
+      if (options.logFile) process.stderr.write(`lazyd: ${message}\n`);
+      service.stop(0);
+      await service.stopped;
+      return 1;
+    }
+  }
+
   const shown = options.address ? (options.address.includes(':') ? `[${options.address}]` : options.address) : '[::]';
   logger.info(`Using ${service.port} port`);
   if (!single) {
@@ -96,6 +114,7 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
   process.on('SIGHUP', () => reopen());
 
   const cleanEnd = await service.stopped;
+  await control?.close();
   const stats = service.stats();
   logger.info(stats, 'Page server totals');
   // The daemon's exit status says whether it shut down cleanly; criu's drop-in form reports its one session.

@@ -113,6 +113,11 @@ export class PageServerService {
     this.stager?.release(checkpoint, reason);
   }
 
+  /** Staging: release(), resolving once the checkpoint is released. */
+  releaseAndWait(checkpoint: number, reason?: string): Promise<void> {
+    return this.stager?.releaseAndWait(checkpoint, reason) ?? Promise.resolve();
+  }
+
   /** Stop accepting; finish replies already queued (at most drainMs), then end. */
   stop(drainMs = 10000): void {
     this.native.stop(drainMs);

@@ -16,7 +16,8 @@
 //                                              PE_LAZY|PE_PRESENT with their data;
 //   pages-<pages_id>.img                       the eager pages (and with --persist the lazy ones too).
 // The lazy pages themselves stay in memory, served by GET until a policy releases the checkpoint:
-// --staging-restores N (after N completed restores), --staging-ttl S (S seconds after staging), or release().
+// --staging-restores N (after N completed restores), --staging-ttl S (S seconds after staging), or release()
+// (from outside the daemon: the control socket, control.ts).
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../log.js';
@@ -100,6 +101,8 @@ export class Stager {
   private readonly pending = new Map<number, string[]>();
   private readonly staged = new Map<number, StagedCheckpointInfo>();
   private readonly timers = new Map<number, NodeJS.Timeout>();
+  /** Waiting for a checkpoint's 'released' event (releaseAndWait). */
+  private readonly releaseWaiters = new Map<number, Array<() => void>>();
 
   constructor(
     private readonly options: StagingOptions,
@@ -113,6 +116,18 @@ export class Stager {
 
   release(checkpoint: number, reason = 'released on request'): void {
     this.native.release(checkpoint, reason);
+  }
+
+  /** release(), resolving once the native side has released the checkpoint (at once if it is not staged). */
+  releaseAndWait(checkpoint: number, reason?: string): Promise<void> {
+    if (!this.staged.has(checkpoint)) return Promise.resolve();
+    const released = new Promise<void>((resolve) => {
+      const waiters = this.releaseWaiters.get(checkpoint) ?? [];
+      waiters.push(resolve);
+      this.releaseWaiters.set(checkpoint, waiters);
+    });
+    this.release(checkpoint, reason);
+    return released;
   }
 
   /** Stop the TTL timers (shutdown). */
@@ -144,6 +159,8 @@ export class Stager {
         if (timer) clearTimeout(timer);
         this.timers.delete(event.checkpoint);
         this.staged.delete(event.checkpoint);
+        for (const resolve of this.releaseWaiters.get(event.checkpoint) ?? []) resolve();
+        this.releaseWaiters.delete(event.checkpoint);
         this.logger.info(
           { checkpoint: event.checkpoint, memoryUsed: event.memoryUsed },
           `Staged checkpoint #${event.checkpoint} released: ${event.message}; its memory is freed once the restores in progress end`,
