@@ -57,9 +57,9 @@ struct FaultEngineConfig {
   // Scheduling limits (bytes).
   uint64_t fault_around_bytes = 64 * 1024;  // window starting at the faulting page; <= page_size: off
   uint64_t bg_min_bytes = 256 * 1024;       // first background request, reset by every fault
-  uint64_t bg_max_bytes = 2 * 1024 * 1024;  // the background request size doubles up to this
-  uint64_t bg_in_flight_bytes = 8 * 1024 * 1024;           // drain bytes in flight, normally
-  uint64_t bg_in_flight_bytes_faulting = 1024 * 1024;      // ... while faults wait or were seen lately
+  uint64_t bg_max_bytes = 1024 * 1024;      // the background request size doubles up to this
+  uint64_t bg_in_flight_bytes = 2 * 1024 * 1024;           // drain bytes in flight, normally
+  uint64_t bg_in_flight_bytes_faulting = 256 * 1024;       // ... while faults wait or were seen lately
   int fault_quiet_ms = 5;                   // "lately"
   size_t max_requests_in_flight = 64;       // fault requests are never held back by this
   bool background = true;                   // drain everything after RSTF (off: serve faults only)
