@@ -1,5 +1,8 @@
 #include "fault_engine.h"
 
+#include "clock.h"
+#include "text.h"
+
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -41,18 +44,6 @@ const char* engine_state_name(EngineState state) {
 }
 
 namespace {
-
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-std::string hex(uint64_t value) {
-  char text[24];
-  snprintf(text, sizeof text, "0x%" PRIx64, value);
-  return text;
-}
 
 // epoll tags: fixed ones below kTaskTagBase, tasks at kTaskTagBase + id.
 constexpr uint64_t kTagStop = 1;

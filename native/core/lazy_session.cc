@@ -1,5 +1,7 @@
 #include "lazy_session.h"
 
+#include "text.h"
+
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -9,15 +11,6 @@
 #include <unistd.h>
 
 namespace lazyd {
-namespace {
-
-std::string hex(uint64_t value) {
-  char text[24];
-  snprintf(text, sizeof text, "0x%" PRIx64, value);
-  return text;
-}
-
-}  // namespace
 
 LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged)
     : fd_(fd), index_(index), staged_(staged), limits_(limits), format_(limits.format) {}

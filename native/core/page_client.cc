@@ -1,5 +1,8 @@
 #include "page_client.h"
 
+#include "clock.h"
+#include "text.h"
+
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -15,18 +18,6 @@
 
 namespace lazyd {
 namespace {
-
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-std::string hex(uint64_t value) {
-  char text[24];
-  snprintf(text, sizeof text, "0x%" PRIx64, value);
-  return text;
-}
 
 // Waits for fd to become ready for `events`, up to *left_ms (< 0: forever), which is decreased.
 int wait_fd(int fd, short events, int* left_ms) {

@@ -1,5 +1,7 @@
 #include "upload_session.h"
 
+#include "text.h"
+
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -9,12 +11,6 @@
 
 namespace lazyd {
 namespace {
-
-std::string hex(uint64_t value) {
-  char text[24];
-  snprintf(text, sizeof text, "0x%" PRIx64, value);
-  return text;
-}
 
 std::string flag_names(uint32_t flags) {
   std::string out;
