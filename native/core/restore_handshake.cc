@@ -250,6 +250,10 @@ int connect_socket(const std::string& socket_path) {
 int send_task(int sock, int pid, int uffd) {
   int rc = send_all(sock, &pid, sizeof pid);
   if (rc < 0) return rc;
+  return send_fd(sock, uffd);
+}
+
+int send_fd(int sock, int uffd) {
   char byte = 0;
   iovec iov{&byte, 1};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};

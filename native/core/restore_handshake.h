@@ -80,6 +80,8 @@ class HandshakeReader {
 // send one hand-over / a zombie / the RSTF marker. Return 0 or -errno.
 int connect_socket(const std::string& socket_path);
 int send_task(int sock, int pid, int uffd);
+// The second half of a task hand-over alone: one data byte (0) carrying the fd by SCM_RIGHTS.
+int send_fd(int sock, int uffd);
 int send_zombie(int sock, int pid);
 int send_finished(int sock);
 

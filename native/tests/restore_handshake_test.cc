@@ -164,20 +164,7 @@ static void test_pid_split() {
   CHECK(reader.on_readable(&got) == HandshakeReader::Status::kMore);
   CHECK(got.empty());
   // The fd byte, then RSTF in the same burst.
-  char zero = 0;
-  iovec iov{&zero, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &efd, sizeof efd);
-  CHECK(sendmsg(p.restore_side, &msg, 0) == 1);
+  CHECK(handshake::send_fd(p.restore_side, efd) == 0);
   CHECK(handshake::send_finished(p.restore_side) == 0);
   CHECK(drive(reader, &got) == HandshakeReader::Status::kFinished);
   CHECK(got.size() == 1 && got[0].pid == 4242 && inode_of(got[0].fd) == inode_of(efd));
