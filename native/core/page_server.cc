@@ -387,6 +387,7 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
     event.upload_stats = entry.upload->stats();
     event.format = static_cast<int>(entry.upload->format());
     if (ok && entry.upload->committed()) {
+      event.message = entry.upload->note();
       published = std::make_shared<StagedCheckpoint>();
       published->id = id;
       published->store = entry.upload->take_store();

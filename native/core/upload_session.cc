@@ -25,6 +25,25 @@ std::string flag_names(uint32_t flags) {
 
 constexpr const char* kNothingKept = ": nothing of this upload is kept";
 
+// Errors a socket read reports when the peer or the network went away (a reset, a dead host), as opposed to
+// the store failing: they get their own wording, so the log says which side broke.
+bool connection_broke(int err) {
+  switch (err) {
+    case ECONNRESET:
+    case ECONNABORTED:
+    case ETIMEDOUT:
+    case EPIPE:
+    case ENOTCONN:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ENETDOWN:
+    case EHOSTDOWN:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 UploadSession::UploadSession(int fd, std::unique_ptr<PageStore> store, const UploadLimits& limits)
@@ -43,6 +62,7 @@ UploadSession::Status UploadSession::ack_close(bool ok, const std::string& messa
   awaiting_ack_ = false;
   if (!ok) return fail(message + kNothingKept);
   const int32_t status = 0;
+  status_queued_ = true;
   Status result = reply(&status, sizeof status);
   return result == Status::kOpen ? settle() : result;
 }
@@ -51,6 +71,17 @@ UploadSession::Status UploadSession::fail(std::string message) {
   if (!failed_) error_ = std::move(message);
   failed_ = true;
   return Status::kFailed;
+}
+
+UploadSession::Status UploadSession::fail_socket(const char* what, int err) {
+  if (!connection_broke(err)) return fail(std::string(what) + " failed: " + strerror(err) + kNothingKept);
+  std::string where = "the dump's connection broke after " + std::to_string(stats_.entries) + " entries";
+  if (phase_ == Phase::kPayload) {
+    where = entry_what_ + ": the dump's connection broke after " +
+            std::to_string(entry_bytes_ - store_->pending_bytes()) + " of " + std::to_string(entry_bytes_) +
+            " payload bytes";
+  }
+  return fail(where + " (" + strerror(err) + ")" + kNothingKept);
 }
 
 // Committed once the CLOSE status has left and the client has hung up (§1.5 step 6): only then is every byte
@@ -99,7 +130,7 @@ UploadSession::Status UploadSession::read_header() {
   ssize_t n = recv(fd_, in_ + in_len_, need - in_len_, MSG_DONTWAIT);
   if (n < 0) {
     if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
-    return fail(std::string("receive failed: ") + strerror(errno) + kNothingKept);
+    return fail_socket("receive", errno);
   }
   if (n == 0) {
     eof_ = true;
@@ -172,6 +203,7 @@ UploadSession::Status UploadSession::handle(const wire::Header& header) {
         return Status::kOpen;
       }
       const int32_t status = 0;  // CRIU always answers 0, then waits for the client to close first (§1.5)
+      status_queued_ = true;
       return reply(&status, sizeof status);
     }
     case wire::PS_IOV_GET:
@@ -261,6 +293,7 @@ UploadSession::Status UploadSession::read_payload() {
                 std::to_string(entry_bytes_) + " payload bytes" + kNothingKept);
   }
   if (n == -EAGAIN || n == -EINTR) return Status::kOpen;
+  if (connection_broke(static_cast<int>(-n))) return fail_socket("receive", static_cast<int>(-n));
   return fail(entry_what_ + ": storing the pages failed: " + store_error_text(static_cast<int>(n)) + kNothingKept);
 }
 
@@ -269,6 +302,15 @@ UploadSession::Status UploadSession::read_after_close() {
   ssize_t n = recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
   if (n < 0) {
     if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+    if (status_queued_ && out_sent_ == out_len_ && connection_broke(errno)) {
+      // The CLOSE status has left. CRIU's dump reads it, reports success and kills the tasks, then closes; a
+      // reset now may come after all that (a network failure, the dump's host going down). Dropping the upload
+      // could lose the process, keeping it at worst holds a checkpoint of tasks that run on: keep it.
+      note_ = std::string("the dump's connection broke after lazyd had sent its CLOSE status (") + strerror(errno) +
+              "): the dump may have succeeded and ended the tasks, so the upload is kept";
+      eof_ = true;
+      return Status::kOpen;  // settle() commits
+    }
     return fail(std::string("receive failed after CLOSE: ") + strerror(errno) + kNothingKept);
   }
   if (n == 0) {
@@ -303,7 +345,7 @@ UploadSession::Status UploadSession::flush() {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
-      return fail(std::string("send failed: ") + strerror(errno) + kNothingKept);
+      return fail_socket("send", errno);
     }
     out_sent_ += static_cast<size_t>(n);
   }

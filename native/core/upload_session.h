@@ -1,8 +1,10 @@
 // The receiving side of one image-upload connection (`criu dump|pre-dump --page-server` -> lazyd; protocol doc
 // §1.5): reads OPEN2/OPEN/PARENT/ADD_F/ADD/HOLE/CLOSE headers and moves every payload from the socket straight
 // into a private PageStore (splice or read into a memfd; never through a session buffer). The store is published
-// only after a clean end: CLOSE answered, then the client's EOF. Any failure leaves nothing served: the store
-// is dropped with the session, CRIU's dump fails and resumes the tasks.
+// only after a clean end: CLOSE answered, then the client's EOF. Any failure before the CLOSE status has left
+// leaves nothing served: the store is dropped with the session, CRIU's dump fails and resumes the tasks. Once
+// the status has left, the dump may have read it, succeeded and ended the tasks: a connection that breaks then
+// (a reset instead of EOF) still commits, with a note(), because dropping the upload could lose the process.
 //
 // lazyd keeps no parent images in staging: OPEN2 answers has_parent = 0 and PARENT answers 0, so a pre-dump
 // client sends every page (no PE_PARENT holes). Holes that arrive anyway are recorded as metadata only.
@@ -76,6 +78,8 @@ class UploadSession {
   wire::Format format() const { return format_; }
   const UploadStats& stats() const { return stats_; }
   const std::string& error() const { return error_; }
+  // Set on a committed upload whose connection broke after the CLOSE status had left (see above).
+  const std::string& note() const { return note_; }
 
  private:
   enum class Phase { kHeader, kPayload, kClosed };
@@ -89,6 +93,8 @@ class UploadSession {
   Status reply(const void* data, size_t len);
   Status flush();
   Status fail(std::string message);
+  // fail() for a socket error: the peer or the network went away (connection_broke() errors) or another one.
+  Status fail_socket(const char* what, int err);
   Status settle();
 
   int fd_;
@@ -111,8 +117,10 @@ class UploadSession {
   bool failed_ = false;
   bool committed_ = false;
   bool awaiting_ack_ = false;
+  bool status_queued_ = false;  // the CLOSE status is in out_ (sent once out_sent_ == out_len_)
   UploadStats stats_;
   std::string error_;
+  std::string note_;
 };
 
 }  // namespace lazyd

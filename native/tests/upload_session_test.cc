@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <sstream>
 #include <string>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
@@ -125,6 +126,7 @@ struct Outcome {
   UploadSession::Status status = UploadSession::Status::kOpen;
   std::string replies;
   std::string error;
+  std::string note;
   bool committed = false;
   UploadStats stats;
   wire::Format format = wire::Format::Unknown;
@@ -154,8 +156,9 @@ void socket_pair(Transport t, int out[2]) {
 // The client writes `stream` in pieces of assorted sizes (splitting headers and payloads), then reads replies
 // until it has `expect_replies` bytes (or EOF) and closes, as CRIU's client closes after the CLOSE status.
 // The server side runs the session in a poll loop until it ends.
+// With reset (TCP), the client closes with SO_LINGER 0 (after the replies it waits for): the session sees a reset.
 Outcome run(const std::string& stream, size_t expect_replies, StoreKind kind, Transport transport,
-            UploadLimits limits = UploadLimits(), StoreLimits store_limits = StoreLimits()) {
+            UploadLimits limits = UploadLimits(), StoreLimits store_limits = StoreLimits(), bool reset = false) {
   int sv[2];
   socket_pair(transport, sv);
   CHECK(fcntl(sv[0], F_SETFL, O_NONBLOCK) == 0);
@@ -174,6 +177,18 @@ Outcome run(const std::string& stream, size_t expect_replies, StoreKind kind, Tr
       ssize_t n = read(sv[1], buf, sizeof buf);
       if (n <= 0) break;
       out.replies.append(buf, static_cast<size_t>(n));
+    }
+    if (reset) {
+      // Reset only once the session has read every byte sent: a reset discards what is still queued (unsent
+      // here, held back by Nagle, or unread there).
+      for (int i = 0; i < 2000; i++) {
+        int unsent = 0, unread = 0;
+        if (ioctl(sv[1], TIOCOUTQ, &unsent) != 0 || ioctl(sv[0], FIONREAD, &unread) != 0) break;
+        if (unsent == 0 && unread == 0) break;
+        usleep(1000);
+      }
+      const linger abort_on_close{1, 0};
+      CHECK(setsockopt(sv[1], SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close) == 0);
     }
     close(sv[1]);
   });
@@ -198,6 +213,7 @@ Outcome run(const std::string& stream, size_t expect_replies, StoreKind kind, Tr
     CHECK(status != UploadSession::Status::kOpen);  // no hang
     out.status = status;
     out.error = session.error();
+    out.note = session.note();
     out.committed = session.committed();
     out.stats = session.stats();
     out.format = session.format();
@@ -334,6 +350,23 @@ void test_failures(const char* version, StoreKind kind) {
   CHECK(contains(cut.error, "disconnected after 5000 of 1064960 payload bytes"));
   CHECK(contains(cut.error, "nothing of this upload is kept"));
   CHECK(shared.budget->used() == 0);  // the private store is gone, its bytes released
+
+  // A reset in the middle of a payload (the dump's host or the network died): named as such, not as a store
+  // error; the bytes that arrived before the reset are still read.
+  Outcome reset = run(stream.substr(0, big_entry + header + 5000), 1, kind, Transport::kTcp, UploadLimits(), shared, true);
+  CHECK(!reset.committed && reset.store == nullptr);
+  CHECK(contains(reset.error, "nr_pages 260 flags PE_LAZY|PE_PRESENT: the dump's connection broke after 5000 of 1064960 payload bytes (Connection reset by peer): nothing of this upload is kept"));
+  CHECK(shared.budget->used() == 0);
+
+  // A reset after the CLOSE status has left: the dump may have read it, succeeded and ended the tasks, so the
+  // upload is kept (committed, with a note), never dropped.
+  Outcome late = run(stream, 5, kind, Transport::kTcp, UploadLimits(), shared, true);
+  CHECK(late.replies.size() == 5);
+  CHECK(late.committed && late.store != nullptr && late.status == UploadSession::Status::kDone);
+  CHECK(contains(late.note, "the dump's connection broke after lazyd had sent its CLOSE status (Connection reset by peer)"));
+  CHECK(late.stats.entries == 14);
+  late.store.reset();
+  CHECK(shared.budget->used() == 0);
 
   // EOF at a header boundary without CLOSE ("The data were not flushed").
   Outcome noclose = run(stream.substr(0, close_off), 1, kind, Transport::kUnix, UploadLimits(), shared);

@@ -165,7 +165,13 @@ function logSessionEvent(logger: Logger, event: NativeSessionEvent): void {
           memoryUsed: event.memoryUsed,
           seconds: Number(event.seconds.toFixed(3)),
         };
-        if (event.ok) logger.info(upload, 'Upload finished: the dump has its CLOSE status');
+        if (event.ok && event.message) {
+          // Kept although the connection broke after the CLOSE status (upload_session.h): say how to undo it.
+          logger.warn(
+            upload,
+            `Upload finished, but ${event.message}: staged as checkpoint #${event.session}; if the dump failed and its tasks run on, release it (lazyd staging release ${event.session})`,
+          );
+        } else if (event.ok) logger.info(upload, 'Upload finished: the dump has its CLOSE status');
         else logger.error(upload, `Upload failed: ${event.message}`);
         break;
       }
@@ -179,8 +185,13 @@ function logSessionEvent(logger: Logger, event: NativeSessionEvent): void {
         bytes: event.stats.bytesOut,
         seconds: Number(event.seconds.toFixed(3)),
       };
-      if (event.ok) logger.info(summary, 'Page-server session finished');
-      else logger.error(summary, `Page-server session failed: ${event.message}`);
+      // A restore of a staged checkpoint completes only with CLOSE; without it (its daemon died or hung up
+      // mid-transfer) the checkpoint is not used up, and the line says so.
+      const notCounted =
+        event.checkpoint && !event.stats.closedByRequest ? `; it does not count as a completed restore of staged checkpoint #${event.checkpoint}` : '';
+      if (event.ok && notCounted) logger.warn(summary, `Page-server session ended without CLOSE (the client hung up mid-transfer)${notCounted}`);
+      else if (event.ok) logger.info(summary, 'Page-server session finished');
+      else logger.error(summary, `Page-server session failed: ${event.message}${notCounted}`);
       break;
     }
     case 'refused':
