@@ -7,3 +7,4 @@ export * from './page-server.js';
 export * from './clients.js';
 export * from './migration.js';
 export * from './fake-restore.js';
+export * from './relay.js';

@@ -432,12 +432,32 @@ function copyImages(from: string, to: string): number {
   return bytes;
 }
 
+/** A lazy restore that has resumed the workload: its daemon is still installing pages. */
+export interface StartedRestore {
+  dstDir: string;
+  daemon: DaemonKind;
+  /** The lazy-pages daemon. */
+  lazyPages: Proc;
+  /** Host pid of the restored workload (init of its new pid namespace). */
+  restoredPid: number;
+  restore: ExitInfo;
+  copyMs: number;
+  copiedBytes: number;
+  /** Log sizes of each instance (in the dir the restored workload writes to) when the restore began. */
+  offsets: number[];
+  restoreStartNs: bigint;
+  /** performance.now() when `criu restore` started. */
+  restoreStart: number;
+  /** Kills the restored pid namespace. */
+  kill(): Promise<void>;
+}
+
 /**
- * Restores a checkpoint lazily: copy the images, start the daemon (`criu lazy-pages` or `lazyd lazy-pages`, with
- * --page-server unless the source is 'local'), run `criu restore --lazy-pages -d`, wait for the daemon to exit 0,
- * then for clean verify passes.
+ * The first half of a lazy restore: copy the images, start the daemon (`criu lazy-pages` or `lazyd lazy-pages`,
+ * with --page-server unless the source is 'local'), run `criu restore --lazy-pages -d`. Resolves once the
+ * workload runs again, while its pages are still arriving.
  */
-export async function lazyRestore(options: RestoreOptions): Promise<RestoreResult> {
+export async function startLazyRestore(options: RestoreOptions): Promise<StartedRestore> {
   const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
   const progress = options.progress ?? (() => undefined);
   const { checkpoint } = options;
@@ -494,6 +514,20 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   if (!restoredPid) throw new Error(`criu restore exited 0 but wrote no pid to ${pidfile}`);
   const kill = () => killPidNamespace(restoredPid);
   options.onCleanup?.(kill);
+  return { dstDir, daemon, lazyPages, restoredPid, restore, copyMs, copiedBytes, offsets, restoreStartNs, restoreStart, kill };
+}
+
+/**
+ * Restores a checkpoint lazily (startLazyRestore), waits for the daemon to exit 0, then for clean verify passes.
+ */
+export async function lazyRestore(options: RestoreOptions): Promise<RestoreResult> {
+  const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+  const progress = options.progress ?? (() => undefined);
+  const { checkpoint } = options;
+  const children = checkpoint.workload.children ?? 0;
+  const workloadDir = options.privateWorkloadDir ?? checkpoint.workloadDir;
+  const { dstDir, daemon, lazyPages, restoredPid, restore, copyMs, copiedBytes, offsets, restoreStartNs, restoreStart, kill } =
+    await startLazyRestore(options);
 
   progress(`restored as pid ${restoredPid} after ${restore.ms.toFixed(0)} ms; waiting for the lazy-pages daemon to finish`);
   await options.afterResume?.(restoredPid);

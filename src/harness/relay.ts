@@ -1,0 +1,100 @@
+// A TCP relay on loopback for failure tests: it forwards each client connection to a server byte for byte, and
+// can break or slow one direction the way a network does:
+//   cut       after N bytes one way on a connection, both sides are closed with a reset (SO_LINGER 0): each
+//             peer sees ECONNRESET/EPIPE mid-stream, as when the link or the other host dies;
+//   throttle  at most R bytes per second one way (a slow link), so a transfer is surely still in progress
+//             when the test interferes.
+// Once one side of a connection goes away the other is closed too, so a killed client shows up at the server
+// as a connection closed mid-transfer.
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export type RelayDirection = 'to-server' | 'to-client';
+
+export interface RelayOptions {
+  cut?: { direction: RelayDirection; bytes: number };
+  throttle?: { direction: RelayDirection; bytesPerSecond: number };
+}
+
+export interface Relay {
+  address: string;
+  port: number;
+  /** Resolves when a connection has been cut (options.cut). */
+  cut: Promise<void>;
+  /** Bytes forwarded so far, all connections. */
+  forwarded: Record<RelayDirection, number>;
+  /** Connections accepted so far. */
+  connections(): number;
+  /** Stops listening and destroys every connection. */
+  close(): Promise<void>;
+}
+
+export async function startRelay(target: { address: string; port: number }, options: RelayOptions = {}): Promise<Relay> {
+  const forwarded: Record<RelayDirection, number> = { 'to-server': 0, 'to-client': 0 };
+  const sockets = new Set<net.Socket>();
+  let accepted = 0;
+  let resolveCut!: () => void;
+  const cut = new Promise<void>((resolve) => (resolveCut = resolve));
+
+  const server = net.createServer((client) => {
+    accepted++;
+    const upstream = net.connect(target.port, target.address);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.setNoDelay(true);
+      socket.on('close', () => sockets.delete(socket));
+    }
+    const reset = () => {
+      client.resetAndDestroy();
+      upstream.resetAndDestroy();
+      resolveCut();
+    };
+    const forward = (from: net.Socket, to: net.Socket, direction: RelayDirection) => {
+      const cutAt = options.cut?.direction === direction ? options.cut.bytes : Infinity;
+      const rate = options.throttle?.direction === direction ? options.throttle.bytesPerSecond : Infinity;
+      const started = performance.now();
+      let count = 0;
+      from.on('data', (chunk: Buffer) => {
+        if (count >= cutAt) return;
+        const part = count + chunk.length >= cutAt ? chunk.subarray(0, cutAt - count) : chunk;
+        count += part.length;
+        forwarded[direction] += part.length;
+        const last = count >= cutAt;
+        const flushed = to.write(part, () => {
+          if (last) reset();
+        });
+        if (last) return;
+        // Throttled: wait until the bytes so far fit the rate; always wait for the peer to drain.
+        const aheadMs = (count / rate) * 1000 - (performance.now() - started);
+        if (flushed && aheadMs <= 0) return;
+        from.pause();
+        const drained = flushed ? Promise.resolve() : new Promise((resolve) => to.once('drain', resolve));
+        void Promise.all([drained, aheadMs > 0 ? sleep(aheadMs) : undefined]).then(() => from.resume());
+      });
+      from.on('end', () => to.end());
+    };
+    forward(client, upstream, 'to-server');
+    forward(upstream, client, 'to-client');
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    address: '127.0.0.1',
+    port,
+    cut,
+    forwarded,
+    connections: () => accepted,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
