@@ -230,69 +230,69 @@ async function checkpointOnce(options: CheckpointOptions): Promise<Checkpoint> {
   await options.beforeDump?.(workload);
 
   const dumpStartNs = nowNs();
-  if (options.lazyDump) {
-    const address = options.lazyDump.address ?? '127.0.0.1';
-    const port = options.lazyDump.port || (await freePort(address));
-    progress(`criu ${criu.version} dump -t ${workload.pid} --lazy-pages --address ${address} --port ${port} (background)`);
-    const started = performance.now();
-    const proc = await startCriu(
-      criu,
-      'dump',
-      ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', '--lazy-pages', '--address', address, '--port', String(port)],
-      timeouts.dumpMs,
-      { imagesDir },
-    );
-    const dumpMs = performance.now() - started;
-    const dumpServer: DumpServer = {
-      address,
-      port,
-      proc,
-      async finish(timeoutMs = 30_000) {
-        const exit = await proc.waitOk(timeoutMs);
-        await workload.unshare.wait(10_000);
-        return exit;
-      },
-      async kill() {
-        proc.kill('SIGKILL');
-        await proc.exited;
-        await killWorkload(workload);
-      },
-    };
-    options.onCleanup?.(() => dumpServer.kill());
-    return {
-      criu,
-      runDir,
-      workloadDir,
-      imagesDir,
-      workload: options.workload,
-      dataPages: options.workload.mib * PAGES_PER_MIB * (children + 1),
-      lazyPages: 0,
-      attempts: 1,
-      sums,
-      dumpStartNs,
-      dumpMs,
-      dumpServer,
-    };
-  }
+  const { dumpMs, dumpServer } = options.lazyDump
+    ? await startLazyDump(criu, workload, imagesDir, options.lazyDump, timeouts, progress)
+    : await plainDump(criu, workload, imagesDir, timeouts, progress);
+  if (dumpServer) options.onCleanup?.(() => dumpServer.kill());
+  return checkpointOf({ criu, runDir, workloadDir, imagesDir, workload: options.workload, sums, dumpStartNs, dumpMs, dumpServer });
+}
+
+/** `criu dump` to completion; it kills the dumped tree, and unshare follows its child. */
+async function plainDump(criu: Criu, workload: Workload, imagesDir: string, timeouts: Timeouts, progress: Progress): Promise<{ dumpMs: number; dumpServer?: DumpServer }> {
   progress(`criu ${criu.version} dump -t ${workload.pid}`);
   const dump = await runCriu(criu, 'dump', ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log'], timeouts.dumpMs, {
     imagesDir,
   });
-  // criu kills the dumped tree; unshare follows its child.
   await workload.unshare.wait(10_000);
-  return {
+  return { dumpMs: dump.ms };
+}
+
+/** `criu dump --lazy-pages` in the background: resolves once it serves (images written), the tasks frozen. */
+async function startLazyDump(
+  criu: Criu,
+  workload: Workload,
+  imagesDir: string,
+  where: NonNullable<CheckpointOptions['lazyDump']>,
+  timeouts: Timeouts,
+  progress: Progress,
+): Promise<{ dumpMs: number; dumpServer: DumpServer }> {
+  const address = where.address ?? '127.0.0.1';
+  const port = where.port || (await freePort(address));
+  progress(`criu ${criu.version} dump -t ${workload.pid} --lazy-pages --address ${address} --port ${port} (background)`);
+  const started = performance.now();
+  const proc = await startCriu(
     criu,
-    runDir,
-    workloadDir,
-    imagesDir,
-    workload: options.workload,
-    dataPages: options.workload.mib * PAGES_PER_MIB * (children + 1),
-    lazyPages: 0,
-    attempts: 1,
-    sums,
-    dumpStartNs,
-    dumpMs: dump.ms,
+    'dump',
+    ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', '--lazy-pages', '--address', address, '--port', String(port)],
+    timeouts.dumpMs,
+    { imagesDir },
+  );
+  const dumpMs = performance.now() - started;
+  const dumpServer: DumpServer = {
+    address,
+    port,
+    proc,
+    async finish(timeoutMs = 30_000) {
+      const exit = await proc.waitOk(timeoutMs);
+      await workload.unshare.wait(10_000);
+      return exit;
+    },
+    async kill() {
+      proc.kill('SIGKILL');
+      await proc.exited;
+      await killWorkload(workload);
+    },
   };
+  return { dumpMs, dumpServer };
+}
+
+/** What a dump of a workload left (or, lazy, serves): the fields a Checkpoint derives from. */
+export type DumpRecord = Pick<Checkpoint, 'criu' | 'runDir' | 'workloadDir' | 'imagesDir' | 'workload' | 'sums' | 'dumpStartNs' | 'dumpMs' | 'dumpServer'>;
+
+/** The Checkpoint of one dump: data pages from the workload's size, lazy pages counted later (dumpPageCounts). */
+export function checkpointOf(dump: DumpRecord): Checkpoint {
+  const children = dump.workload.children ?? 0;
+  return { ...dump, dataPages: dump.workload.mib * PAGES_PER_MIB * (children + 1), lazyPages: 0, attempts: 1 };
 }
 
 // ---------------------------------------------------------------- restore
