@@ -8,3 +8,4 @@ export * from './clients.js';
 export * from './migration.js';
 export * from './fake-restore.js';
 export * from './relay.js';
+export * from './e2e.js';

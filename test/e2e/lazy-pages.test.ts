@@ -22,10 +22,11 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { test, type TestContext } from 'node:test';
 import {
-  checkHost,
+  assertCleanLog,
   checkpointWorkload,
   copyCheckpointImages,
   CRIU_VERSIONS,
+  E2E_TIMEOUTS as timeouts,
   dumpPageCounts,
   findCriu,
   formatMigration,
@@ -36,11 +37,13 @@ import {
   processAlive,
   readLog,
   readPidfile,
+  requireHost,
   runCriu,
   runLazyMigration,
   startFakeRestore,
   startLazyPagesDaemon,
   startPageServer,
+  testProgress,
   waitForPasses,
   withRunDir,
   type CriuVersion,
@@ -49,32 +52,8 @@ import {
 } from '../../src/harness/index.js';
 
 const TEST_TIMEOUT_MS = 90_000;
-const timeouts = { dumpMs: 30_000, readyMs: 15_000, restoreMs: 30_000, allPagesMs: 45_000, passesMs: 20_000 };
 /** How long lazyd may take to notice a failure and exit (the bound the tests hold it to). */
 const FAILURE_EXIT_MS = 10_000;
-
-let hostChecked: Error | true | undefined;
-function requireHost(): void {
-  if (hostChecked === undefined) {
-    try {
-      checkHost(CRIU_VERSIONS);
-      hostChecked = true;
-    } catch (error) {
-      hostChecked = error as Error;
-    }
-  }
-  if (hostChecked !== true) throw hostChecked;
-}
-
-function diag(t: TestContext) {
-  return (message: string) => t.diagnostic(message);
-}
-
-/** lazyd's log must hold no "Error" line after a good run. */
-function assertCleanLog(file: string): void {
-  const errors = fs.readFileSync(file, 'utf8').split('\n').filter((line) => /\bError\b/.test(line));
-  assert.deepEqual(errors, [], `errors in ${file}`);
-}
 
 function assertLazydComplete(result: MigrationResult): void {
   assert.equal(result.daemon, 'lazyd');
@@ -125,7 +104,7 @@ for (const version of CRIU_VERSIONS) {
         server: 'local',
         daemon: 'lazyd',
         workload: { mib: 32, order: 'seq' },
-        progress: diag(t),
+        progress: testProgress(t),
         timeouts,
         onRestored: (r) => assertCleanLog(path.join(r.dstDir, 'lazy-pages.log')),
       }),
@@ -146,7 +125,7 @@ for (const version of CRIU_VERSIONS) {
         server: 'criu',
         daemon: 'lazyd',
         workload: { mib: 32, order: 'random', seed: 7, threads: 3 },
-        progress: diag(t),
+        progress: testProgress(t),
         timeouts,
       }),
     (result) => {
@@ -170,7 +149,7 @@ for (const version of CRIU_VERSIONS) {
           server: 'criu-dump',
           daemon: 'lazyd',
           workload: { mib: 8, order: 'random', children: 2, zombie: true },
-          progress: diag(t),
+          progress: testProgress(t),
           timeouts,
           onRestored: (r, checkpoint) => {
             lazydLog = fs.readFileSync(path.join(r.dstDir, 'lazy-pages.log'), 'utf8');
@@ -209,7 +188,7 @@ for (const version of CRIU_VERSIONS) {
           daemon: 'lazyd',
           workload: { mib: 64, order: 'random', intervalMs: 1000 },
           controlFiles: ['do-fork', 'do-munmap', 'do-mremap', 'do-dontneed'],
-          progress: diag(t),
+          progress: testProgress(t),
           timeouts,
           onRestored: (r, checkpoint) => {
             const log = readLog(checkpoint.workloadDir, r.logOffsets[0]);
@@ -247,7 +226,7 @@ for (const version of CRIU_VERSIONS) {
     requireHost();
     const criu = findCriu(version);
     await withRunDir(`${version}-lp-killed`, async (runDir, onCleanup) => {
-      const progress = diag(t);
+      const progress = testProgress(t);
       const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 64, order: 'random', children: 1 }, progress, onCleanup, timeouts });
       const ps = await startPageServer({ kind: serverKind, criuVersion: version, imagesDir: checkpoint.imagesDir });
       onCleanup(() => ps.kill());
@@ -311,7 +290,7 @@ for (const version of CRIU_VERSIONS) {
     requireHost();
     const criu = findCriu(version);
     await withRunDir(`${version}-lp-nortsf`, async (runDir, onCleanup) => {
-      const progress = diag(t);
+      const progress = testProgress(t);
       const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 1 }, progress, onCleanup, timeouts });
       const pids = (await dumpPageCounts(checkpoint.imagesDir)).map((c) => Number(/pagemap-(\d+)\.img/.exec(c.file)![1]));
       assert.equal(pids.length, 1);
@@ -348,7 +327,7 @@ for (const version of CRIU_VERSIONS) {
     requireHost();
     const criu = findCriu(version);
     await withRunDir(`${version}-lp-daemon`, async (runDir, onCleanup) => {
-      const progress = diag(t);
+      const progress = testProgress(t);
       const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 16, order: 'seq' }, progress, onCleanup, timeouts });
       const dstDir = path.join(runDir, 'dst');
       copyCheckpointImages(checkpoint.imagesDir, dstDir);

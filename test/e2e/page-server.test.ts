@@ -8,19 +8,22 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import {
-  checkHost,
+  assertCleanLog,
   checkpointWorkload,
   connectRogueClient,
   CRIU_VERSIONS,
+  E2E_TIMEOUTS as timeouts,
   findCriu,
   formatMigration,
   HEADER_SIZE,
   lazyRestore,
   readLog,
+  requireHost,
   runLazyMigration,
   startPageServer,
+  testProgress,
   touchControl,
   wakeWorkload,
   withRunDir,
@@ -39,32 +42,6 @@ const SERVERS = {
 };
 
 const TEST_TIMEOUT_MS = 90_000;
-/** Every harness stage gives up (and cleans up) well before the test itself times out. */
-const timeouts = { dumpMs: 30_000, readyMs: 15_000, restoreMs: 30_000, allPagesMs: 45_000, passesMs: 20_000 };
-
-let hostChecked: Error | true | undefined;
-function requireHost(): void {
-  if (hostChecked === undefined) {
-    try {
-      checkHost(CRIU_VERSIONS);
-      hostChecked = true;
-    } catch (error) {
-      hostChecked = error as Error;
-    }
-  }
-  if (hostChecked !== true) throw hostChecked;
-}
-
-function diag(t: TestContext) {
-  return (message: string) => t.diagnostic(message);
-}
-
-/** A page server's log must hold no "Error" line (tools grep criu logs for it). */
-function assertCleanLog(file: string): void {
-  assert.ok(fs.existsSync(file), `no log at ${file} (-o is relative to -D, as with criu)`);
-  const errors = fs.readFileSync(file, 'utf8').split('\n').filter((line) => /\bError\b/.test(line));
-  assert.deepEqual(errors, [], `errors in ${file}`);
-}
 
 function describeRestore(r: RestoreResult): string {
   return (
@@ -88,7 +65,7 @@ for (const version of CRIU_VERSIONS) {
         criuVersion: version,
         server,
         workload: { mib: 64, order: 'random', seed: 42, threads: 2 },
-        progress: diag(t),
+        progress: testProgress(t),
         timeouts,
       });
       t.diagnostic(formatMigration(result));
@@ -105,7 +82,7 @@ for (const version of CRIU_VERSIONS) {
       requireHost();
       const criu = findCriu(version);
       await withRunDir(`${version}-${server}-two`, async (runDir, onCleanup) => {
-        const progress = diag(t);
+        const progress = testProgress(t);
         const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 16, children: 1 }, progress, onCleanup, timeouts });
         const ps = await startPageServer({ kind: server, criuVersion: version, imagesDir: checkpoint.imagesDir });
         onCleanup(() => ps.kill());
@@ -129,7 +106,7 @@ for (const version of CRIU_VERSIONS) {
       const criu = findCriu(version);
       const headerSize = HEADER_SIZE[version];
       await withRunDir(`${version}-${server}-rogue`, async (runDir, onCleanup) => {
-        const progress = diag(t);
+        const progress = testProgress(t);
         const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 32, order: 'random' }, progress, onCleanup, timeouts });
         const ps = await startPageServer({ kind: server, criuVersion: version, imagesDir: checkpoint.imagesDir });
         onCleanup(() => ps.kill());
@@ -175,7 +152,7 @@ for (const version of CRIU_VERSIONS) {
         criuVersion: version,
         server,
         workload: { mib: 16 },
-        progress: diag(t),
+        progress: testProgress(t),
         timeouts,
         serverOptions: { logFile: 'page-server.log', pidfile: 'ps.pid', verbosity: 4, extraArgs: ['--no-default-config'] },
         beforeRestore: (ps, checkpoint) => {
@@ -204,7 +181,7 @@ for (const version of CRIU_VERSIONS) {
         criuVersion: version,
         server,
         workload: { mib: 16 },
-        progress: diag(t),
+        progress: testProgress(t),
         timeouts,
         serverOptions: { logFile: 'page-server.log', pidfile: 'ps.pid', daemon: true, verbosity: 4, extraArgs: ['--no-default-config'] },
         beforeRestore: (ps) => {
@@ -229,7 +206,7 @@ for (const version of CRIU_VERSIONS) {
       requireHost();
       const criu = findCriu(version);
       await withRunDir(`${version}-${server}-events`, async (runDir, onCleanup) => {
-        const progress = diag(t);
+        const progress = testProgress(t);
         // Frozen in its pause between passes, with the control files already there: SIGUSR1 after the restore
         // makes it act on them before it touches its memory.
         const checkpoint = await checkpointWorkload({

@@ -8,14 +8,15 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import pino from 'pino';
 import {
   buildWorkload,
-  checkHost,
+  checkpointOf,
   CRIU_VERSIONS,
+  E2E_TIMEOUTS as timeouts,
   findCriu,
   HEADER_SIZE,
   instanceDirs,
@@ -25,12 +26,14 @@ import {
   lazyRestore,
   logOffset,
   nowNs,
+  requireHost,
   PAGE_SIZE,
   PAGES_PER_MIB,
   runCriu,
   startLazyRestore,
   startRelay,
   startWorkload,
+  testProgress,
   waitForAllPasses,
   waitForPasses,
   withRunDir,
@@ -47,11 +50,6 @@ import { readPagemap, PE_LAZY, PE_PRESENT } from '../../src/images/index.js';
 import { repoRoot } from '../../src/paths.js';
 
 const TEST_TIMEOUT_MS = 120_000;
-const timeouts = { dumpMs: 30_000, readyMs: 15_000, restoreMs: 30_000, allPagesMs: 45_000, passesMs: 20_000 };
-
-function requireHost(): void {
-  checkHost(CRIU_VERSIONS);
-}
 
 type LogLine = { level: number; msg: string; [field: string]: unknown };
 
@@ -109,19 +107,7 @@ async function dumpInto(criu: Criu, runDir: string, workload: Workload, workload
   const dumpStartNs = nowNs();
   const dump = await runCriu(criu, 'dump', dumpArgs(workload.pid, stagingDir, port), timeouts.dumpMs, { imagesDir: stagingDir });
   await workload.unshare.wait(10_000); // the dump killed the tree
-  const checkpoint: Checkpoint = {
-    criu,
-    runDir,
-    workloadDir,
-    imagesDir: stagingDir,
-    workload: { mib },
-    dataPages: mib * PAGES_PER_MIB,
-    lazyPages: 0,
-    attempts: 1,
-    sums,
-    dumpStartNs,
-    dumpMs: dump.ms,
-  };
+  const checkpoint = checkpointOf({ criu, runDir, workloadDir, imagesDir: stagingDir, workload: { mib }, sums, dumpStartNs, dumpMs: dump.ms });
   return { checkpoint, workload };
 }
 
@@ -184,9 +170,6 @@ async function pollLine(lines: LogLine[], match: (line: LogLine) => boolean, ms 
   return found!;
 }
 
-function diag(t: TestContext) {
-  return (message: string) => t.diagnostic(message);
-}
 
 
 /** Where the relay cuts a live upload: a quarter of the 16 MiB workload's pages are through. */
@@ -216,7 +199,7 @@ for (const version of CRIU_VERSIONS) {
       const id = lazyd.service.stagedCheckpoints()[0].id;
 
       for (const name of ['dst-1', 'dst-2']) {
-        const restored = await lazyRestore({ checkpoint, server: lazyd, daemon: 'lazyd', name, progress: diag(t), onCleanup, timeouts });
+        const restored = await lazyRestore({ checkpoint, server: lazyd, daemon: 'lazyd', name, progress: testProgress(t), onCleanup, timeouts });
         t.diagnostic(`${name}: ${restored.lazydTotals?.line}; passes ${restored.passes[0].length}`);
         assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
         assert.ok(restored.lazyPages.total >= checkpoint.dataPages);
@@ -414,7 +397,7 @@ for (const version of CRIU_VERSIONS) {
       assert.deepEqual(listed[0].pids, [nsPid]);
       assert.equal((await lazyGet(lazyd.port, version, nsPid, dataArea)).length, HEADER_SIZE[version] + PAGE_SIZE, 'the retried dump serves the page');
       const daemon: DaemonKind = version === '4.1.1' ? 'lazyd' : 'criu';
-      const restored = await lazyRestore({ checkpoint, server: lazyd, daemon, name: 'dst', progress: diag(t), onCleanup, timeouts });
+      const restored = await lazyRestore({ checkpoint, server: lazyd, daemon, name: 'dst', progress: testProgress(t), onCleanup, timeouts });
       assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
       assert.ok(restored.passes[0].every((p) => p.ok === checkpoint.dataPages && p.bad === 0));
       await waitFor('the release after the restore', () => lazyd.service.stagedCheckpoints().length === 0);
@@ -450,7 +433,7 @@ for (const version of CRIU_VERSIONS) {
       assert.ok(complaints[0].msg.includes(`checkpoint #${staged.id}`));
       assert.ok(fs.existsSync(path.join(stagingDir, 'pagemap-1.img')), 'the images stay');
 
-      const restored = await lazyRestore({ checkpoint, server: lazyd, daemon: 'lazyd', name: 'dst', progress: diag(t), onCleanup, timeouts });
+      const restored = await lazyRestore({ checkpoint, server: lazyd, daemon: 'lazyd', name: 'dst', progress: testProgress(t), onCleanup, timeouts });
       assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
       assert.ok(restored.lazyPages.total >= checkpoint.dataPages);
       assert.ok(restored.passes[0].every((p) => p.ok === checkpoint.dataPages && p.bad === 0));
@@ -480,7 +463,7 @@ for (const version of CRIU_VERSIONS) {
         onCleanup(() => relay.close());
         const copy = path.join(runDir, 'w-doomed');
         fs.cpSync(checkpoint.workloadDir, copy, { recursive: true });
-        const doomed = await startLazyRestore({ checkpoint, server: relay, daemon, name: 'dst-doomed', privateWorkloadDir: copy, progress: diag(t), onCleanup, timeouts });
+        const doomed = await startLazyRestore({ checkpoint, server: relay, daemon, name: 'dst-doomed', privateWorkloadDir: copy, progress: testProgress(t), onCleanup, timeouts });
         const sent = relay.forwarded['to-client'];
         doomed.lazyPages.kill('SIGKILL');
         await doomed.lazyPages.exited;
@@ -502,7 +485,7 @@ for (const version of CRIU_VERSIONS) {
         assert.ok(!lazyd.lines.some((l) => l.msg.includes('restore completed')));
 
         // The retry completes and verifies; it is the one restore counted (--staging-restores 1 releases it).
-        const restored = await lazyRestore({ checkpoint, server: lazyd, daemon, name: 'dst-retry', progress: diag(t), onCleanup, timeouts });
+        const restored = await lazyRestore({ checkpoint, server: lazyd, daemon, name: 'dst-retry', progress: testProgress(t), onCleanup, timeouts });
         assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
         assert.ok(restored.lazyPages.total >= checkpoint.dataPages);
         assert.ok(restored.passes[0].every((p) => p.ok === checkpoint.dataPages && p.bad === 0));
