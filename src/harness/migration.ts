@@ -20,6 +20,7 @@ import { findCriu, readLazyPagesSummary, runCriu, startCriu, type Criu, type Cri
 import { readPagemap } from '../images/pagemap.js';
 import { freePort, lazydBin, startPageServer, type PageServer, type PageServerOptions, type ServerKind } from './page-server.js';
 import { startWithStatusFd, type ExitInfo, type Proc } from './process.js';
+import { startRelay } from './relay.js';
 import {
   buildWorkload,
   heartbeatStats,
@@ -641,6 +642,11 @@ export interface MigrationOptions {
   afterFinish?: (server: PageServer, checkpoint: Checkpoint, restored: RestoreResult) => Promise<void> | void;
   /** Called with the restore's result, for any source, while the restored workload still runs. */
   onRestored?: (restored: RestoreResult, checkpoint: Checkpoint) => Promise<void> | void;
+  /**
+   * Pass the lazy pages to the daemon through a relay at this many bytes per second (any source but 'local'), so
+   * that the lazy phase lasts long enough for the workload to act in it.
+   */
+  throttleBytesPerSecond?: number;
 }
 
 export interface MigrationResult {
@@ -719,6 +725,11 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         await options.beforeRestore?.(server, checkpoint);
       }
       const serverStartMs = performance.now() - serverStart;
+      if (options.throttleBytesPerSecond && source !== 'local') {
+        const relay = await startRelay(source, { throttle: { direction: 'to-client', bytesPerSecond: options.throttleBytesPerSecond } });
+        onCleanup(() => relay.close());
+        source = relay;
+      }
 
       const restored = await lazyRestore({
         checkpoint,

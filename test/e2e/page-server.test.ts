@@ -23,6 +23,7 @@ import {
   requireHost,
   runLazyMigration,
   startPageServer,
+  startRelay,
   testProgress,
   touchControl,
   wakeWorkload,
@@ -223,9 +224,12 @@ for (const version of CRIU_VERSIONS) {
         });
         const ps = await startPageServer({ kind: server, criuVersion: version, imagesDir: checkpoint.imagesDir });
         onCleanup(() => ps.kill());
+        // The daemon may fetch 64 MiB from loopback before the operations run: the pages pass at 16 MiB/s.
+        const relay = await startRelay(ps, { throttle: { direction: 'to-client', bytesPerSecond: 16 * 1024 * 1024 } });
+        onCleanup(() => relay.close());
         const restored = await lazyRestore({
           checkpoint,
-          server: ps,
+          server: relay,
           progress,
           onCleanup,
           timeouts,
