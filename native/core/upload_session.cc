@@ -76,7 +76,9 @@ UploadSession::Status UploadSession::fail(std::string message) {
 UploadSession::Status UploadSession::fail_socket(const char* what, int err) {
   if (!connection_broke(err)) return fail(std::string(what) + " failed: " + strerror(err) + kNothingKept);
   std::string where = "the dump's connection broke after " + std::to_string(stats_.entries) + " entries";
-  if (phase_ == Phase::kPayload) {
+  if (phase_ == Phase::kClosed) {
+    where = "the dump's connection broke after its CLOSE, before lazyd's CLOSE status had left";
+  } else if (phase_ == Phase::kPayload) {
     where = entry_what_ + ": the dump's connection broke after " +
             std::to_string(entry_bytes_ - store_->pending_bytes()) + " of " + std::to_string(entry_bytes_) +
             " payload bytes";
@@ -85,7 +87,8 @@ UploadSession::Status UploadSession::fail_socket(const char* what, int err) {
 }
 
 // Committed once the CLOSE status has left and the client has hung up (§1.5 step 6): only then is every byte
-// known to have arrived and the dump known to have read our answer.
+// known to have arrived and the dump known to have read our answer. (A reset after the status also commits:
+// read_after_close.)
 UploadSession::Status UploadSession::settle() {
   if (failed_) return Status::kFailed;
   if (committed_) return Status::kDone;
@@ -311,7 +314,7 @@ UploadSession::Status UploadSession::read_after_close() {
       eof_ = true;
       return Status::kOpen;  // settle() commits
     }
-    return fail(std::string("receive failed after CLOSE: ") + strerror(errno) + kNothingKept);
+    return fail_socket("receive after CLOSE", errno);
   }
   if (n == 0) {
     eof_ = true;

@@ -358,6 +358,14 @@ void test_failures(const char* version, StoreKind kind) {
   CHECK(contains(reset.error, "nr_pages 260 flags PE_LAZY|PE_PRESENT: the dump's connection broke after 5000 of 1064960 payload bytes (Connection reset by peer): nothing of this upload is kept"));
   CHECK(shared.budget->used() == 0);
 
+  // A reset after CLOSE while lazyd still holds its status back (writing the images): the dump never got it.
+  UploadLimits held;
+  held.hold_close_reply = true;
+  Outcome early = run(stream, 1, kind, Transport::kTcp, held, shared, true);
+  CHECK(!early.committed && early.store == nullptr);
+  CHECK(contains(early.error, "the dump's connection broke after its CLOSE, before lazyd's CLOSE status had left (Connection reset by peer): nothing of this upload is kept"));
+  CHECK(shared.budget->used() == 0);
+
   // A reset after the CLOSE status has left: the dump may have read it, succeeded and ended the tasks, so the
   // upload is kept (committed, with a note), never dropped.
   Outcome late = run(stream, 5, kind, Transport::kTcp, UploadLimits(), shared, true);
