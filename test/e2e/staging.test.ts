@@ -3,7 +3,8 @@
 // process, with staging into DIR); then `criu lazy-pages --page-server` or `lazyd lazy-pages --page-server`, with
 // `criu restore --lazy-pages`, restore it from a copy of DIR, fetching the lazy pages from lazyd's memory,
 // verified by the workload itself. Failures are made with a TCP relay between the peers (src/harness/relay.ts):
-// a live dump whose connection is reset mid-upload, and a restore whose lazy daemon is killed mid-transfer.
+// a live dump whose connection is reset mid-upload or right after lazyd's CLOSE status, and a restore whose lazy
+// daemon is killed mid-transfer.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
