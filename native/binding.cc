@@ -15,6 +15,7 @@
 #include "fault_engine.h"
 #include "page_index.h"
 #include "page_server.h"
+#include "sd_notify.h"
 #include "wire.h"
 
 namespace {
@@ -32,6 +33,7 @@ Napi::Error errno_error(Napi::Env env, int negative_errno, const std::string& wh
     case ENOENT: code = "ENOENT"; break;
     case EEXIST: code = "EEXIST"; break;
     case EMFILE: code = "EMFILE"; break;
+    case ECONNREFUSED: code = "ECONNREFUSED"; break;
   }
   error.Set("code", Napi::String::New(env, code));
   error.Set("errno", Napi::Number::New(env, err));
@@ -217,6 +219,8 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
     object.Set("getsTotal", uint64_value(env, c.gets_total));
     object.Set("pagesTotal", uint64_value(env, c.pages_total));
     object.Set("bytesTotal", uint64_value(env, c.bytes_total));
+    object.Set("bytesReceived", uint64_value(env, c.bytes_received));
+    object.Set("tlsFailures", uint64_value(env, c.tls_failures));
     object.Set("stagingBytes", uint64_value(env, server_->budget().used()));
     object.Set("stagingMaxBytes", uint64_value(env, server_->budget().limit()));
     return object;
@@ -455,6 +459,14 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     }
     o.Set("latencyBoundsUs", bounds);
     o.Set("latencyCounts", counts);
+    o.Set("latencySumUs", uint64_value(env, s.latency_sum_us));
+    o.Set("latencyCount", uint64_value(env, s.latency_count));
+    Napi::Object results = Napi::Object::New(env);
+    for (size_t i = 0; i < lazyd::kFaultResults; i++) {
+      results.Set(lazyd::fault_result_name(static_cast<lazyd::FaultResult>(i)), uint64_value(env, s.faults_by_result[i]));
+    }
+    o.Set("faultsByResult", results);
+    o.Set("bytesSent", uint64_value(env, s.bytes_sent));
     return o;
   }
 
@@ -489,10 +501,20 @@ Napi::Object Constants(Napi::Env env) {
   return constants;
 }
 
+// notify(socketPath, text): one sd_notify datagram (systemd Type=notify readiness and STATUS=).
+Napi::Value Notify(const Napi::CallbackInfo& info) {
+  const std::string path = info[0].As<Napi::String>();
+  const std::string text = info[1].As<Napi::String>();
+  const int rc = lazyd::sd_notify_send(path, text);
+  if (rc < 0) throw errno_error(info.Env(), rc, "cannot notify " + path);
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("PageServer", PageServerWrap::Define(env));
   exports.Set("LazyPages", LazyPagesWrap::Define(env));
   exports.Set("constants", Constants(env));
+  exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }

@@ -27,8 +27,20 @@
 
 namespace lazyd {
 
-const uint64_t kLatencyBoundsUs[kLatencyBuckets] = {5,    10,    20,    50,     100,    200,     500,      1000,
-                                                    2000, 5000,  10000, 50000,  100000, 1000000, UINT64_MAX};
+const uint64_t kLatencyBoundsUs[kLatencyBuckets] = {10,   25,    50,    100,   250,    500,       1000,
+                                                    2500, 5000,  10000, 50000, 250000, UINT64_MAX};
+
+const char* fault_result_name(FaultResult result) {
+  switch (result) {
+    case FaultResult::kCopied: return "copied";
+    case FaultResult::kZeroPage: return "zeropage";
+    case FaultResult::kExists: return "exists";
+    case FaultResult::kDropped: return "dropped";
+    case FaultResult::kRetried: return "retried";
+    case FaultResult::kGone: return "gone";
+  }
+  return "?";
+}
 
 const char* engine_state_name(EngineState state) {
   switch (state) {
@@ -100,7 +112,12 @@ struct FaultEngine::Impl {
     bool gone = false;
     bool finished = false;
     size_t requests = 0;                  // replies still to come for this task
-    std::map<uint64_t, uint64_t> waiting;  // faulting page -> time the PAGEFAULT was read
+    struct Waiter {
+      uint64_t since = 0;   // when the page's first PAGEFAULT was read
+      uint64_t faults = 0;  // PAGEFAULT messages waiting for it (threads of the task)
+    };
+    std::map<uint64_t, Waiter> waiting;  // faulting page -> its waiters
+    uint64_t started_ns = 0;             // hand-over (or fork)
     EngineSummary summary;
     explicit Task(uint64_t page_size) : ranges(page_size) {}
   };
@@ -136,8 +153,11 @@ struct FaultEngine::Impl {
   std::atomic<uint64_t> c_faults{0}, c_fault{0}, c_around{0}, c_bg{0}, c_zero{0}, c_exist{0}, c_dropped{0},
       c_total{0}, c_bytes{0}, c_tasks_total{0}, c_tasks_active{0}, c_remaining{0}, c_in_flight{0}, c_waiting{0},
       c_requests{0}, c_req_in_flight{0}, c_bg_in_flight{0}, c_fork{0}, c_remap{0}, c_remove{0}, c_unmap{0},
-      c_discarded{0};
+      c_discarded{0}, c_bytes_sent{0};
+  // Metrics (relaxed: each is read alone, as a snapshot for a scrape).
   std::atomic<uint64_t> hist[kLatencyBuckets];
+  std::atomic<uint64_t> hist_sum_us{0}, hist_count{0};
+  std::atomic<uint64_t> results[kFaultResults];
   std::atomic<uint64_t> start_ns{0}, end_ns{0};
 
   // Engine-thread state.
@@ -174,6 +194,7 @@ struct FaultEngine::Impl {
 
   Impl(FaultEngineConfig c, EngineEventSink s) : cfg(std::move(c)), sink(std::move(s)) {
     for (auto& h : hist) h.store(0);
+    for (auto& r : results) r.store(0);
   }
 
   ~Impl() {
@@ -246,17 +267,26 @@ struct FaultEngine::Impl {
     return s;
   }
 
-  void record_latency(uint64_t t0) {
+  void count_result(FaultResult result, uint64_t faults) {
+    results[static_cast<size_t>(result)].fetch_add(faults, std::memory_order_relaxed);
+  }
+
+  // `faults` fault messages settled now, waiting since t0; only those that got their page are timed.
+  void settle(FaultResult result, uint64_t t0, uint64_t faults = 1) {
+    count_result(result, faults);
+    if (result != FaultResult::kCopied && result != FaultResult::kZeroPage && result != FaultResult::kExists) return;
     const uint64_t us = (now_ns() - t0) / 1000;
     size_t i = 0;
     while (i + 1 < kLatencyBuckets && us > kLatencyBoundsUs[i]) i++;
-    hist[i].fetch_add(1, std::memory_order_relaxed);
+    hist[i].fetch_add(faults, std::memory_order_relaxed);
+    hist_sum_us.fetch_add(us * faults, std::memory_order_relaxed);
+    hist_count.fetch_add(faults, std::memory_order_relaxed);
   }
 
   // Faults waiting in [start, end) are settled (installed, or their range went away).
-  void settle_waiting(Task& t, uint64_t start, uint64_t end, bool installed) {
+  void settle_waiting(Task& t, uint64_t start, uint64_t end, FaultResult result) {
     for (auto it = t.waiting.lower_bound(start); it != t.waiting.end() && it->first < end;) {
-      if (installed) record_latency(it->second);
+      settle(result, it->second.since, it->second.faults);
       it = t.waiting.erase(it);
       waiting_total--;
     }
@@ -434,7 +464,10 @@ struct FaultEngine::Impl {
     c_waiting.store(waiting_total);
     c_req_in_flight.store(requests.size());
     c_bg_in_flight.store(bg_bytes);
-    if (source) c_bytes.store(source->bytes_received());
+    if (source) {
+      c_bytes.store(source->bytes_received());
+      c_bytes_sent.store(source->bytes_sent());
+    }
   }
 
   void check_timers() {
@@ -521,6 +554,7 @@ struct FaultEngine::Impl {
     auto it = images.find(pid);
     if (it != images.end()) task->ranges.build(it->second);
     task->summary.pages_total = task->ranges.pages_remaining();
+    task->started_ns = now_ns();
     c_total.fetch_add(task->summary.pages_total);
     c_tasks_total.fetch_add(1);
     int rc = epoll_add(uffd, EPOLLIN | EPOLLRDHUP, kTaskTagBase + task->id);
@@ -598,7 +632,7 @@ struct FaultEngine::Impl {
         t.ranges.remap(from, to, len);
         // A thread blocked on a fault in the old place would be woken by an install at the new address only if
         // it faulted there: wake it, it retries against the new layout.
-        wake_waiting(t, from, from + len);
+        wake_waiting(t, from, from + len, FaultResult::kRetried);
         break;
       }
       case UFFD_EVENT_REMOVE: {
@@ -622,7 +656,7 @@ struct FaultEngine::Impl {
       case UFFD_EVENT_UNMAP: {
         c_unmap.fetch_add(1);
         drop(t, msg.arg.remove.start, msg.arg.remove.end);
-        wake_waiting(t, msg.arg.remove.start, msg.arg.remove.end);
+        wake_waiting(t, msg.arg.remove.start, msg.arg.remove.end, FaultResult::kDropped);
         break;
       }
       default:
@@ -635,12 +669,13 @@ struct FaultEngine::Impl {
     const uint64_t pages = t.ranges.drop(start, end);
     t.summary.pages_dropped += pages;
     c_dropped.fetch_add(pages);
-    settle_waiting(t, start & ~(ps - 1), end, false);
+    settle_waiting(t, start & ~(ps - 1), end, FaultResult::kDropped);
   }
 
-  void wake_waiting(Task& t, uint64_t start, uint64_t end) {
+  void wake_waiting(Task& t, uint64_t start, uint64_t end, FaultResult result) {
     for (auto it = t.waiting.lower_bound(start & ~(ps - 1)); it != t.waiting.end() && it->first < end;) {
       uffd::wake(t.uffd, it->first, ps);
+      settle(result, it->second.since, it->second.faults);
       it = t.waiting.erase(it);
       waiting_total--;
     }
@@ -652,7 +687,7 @@ struct FaultEngine::Impl {
     const uint64_t now = now_ns();
     switch (t.ranges.lookup(page)) {
       case LazyRanges::Where::kRemaining:
-        if (t.waiting.emplace(page, now).second) waiting_total++;
+        add_waiter(t, page, now);
         fault_queue.emplace_back(t.id, page);
         if (cfg.fault_around_bytes > ps) around_queue.push_back(Around{t.id, page + ps, cfg.fault_around_bytes - ps});
         last_fault = now;
@@ -660,7 +695,7 @@ struct FaultEngine::Impl {
         break;
       case LazyRanges::Where::kInFlight:
         // Already requested (by a fault, fault-around or the drain): its install wakes this thread.
-        if (t.waiting.emplace(page, now).second) waiting_total++;
+        add_waiter(t, page, now);
         last_fault = now;
         break;
       case LazyRanges::Where::kNone:
@@ -670,12 +705,18 @@ struct FaultEngine::Impl {
     }
   }
 
+  void add_waiter(Task& t, uint64_t page, uint64_t now) {
+    auto [it, fresh] = t.waiting.emplace(page, Task::Waiter{now, 0});
+    it->second.faults++;
+    if (fresh) waiting_total++;
+  }
+
   void zero_fault(Task& t, uint64_t page, uint64_t t0) {
     uffd::CopyResult r = uffd::zeropage(t.uffd, page, ps, false);
     if (r.err == 0) {
       c_zero.fetch_add(1);
       t.summary.pages_zero++;
-      record_latency(t0);
+      settle(FaultResult::kZeroPage, t0);
       return;
     }
     switch (uffd::classify(r.err)) {
@@ -683,12 +724,13 @@ struct FaultEngine::Impl {
       case uffd::ErrorClass::kNoEnt:
         // Already populated, or no longer registered (a REMOVE unregistered it): waking is enough.
         uffd::wake(t.uffd, page, ps);
-        record_latency(t0);
+        settle(uffd::classify(r.err) == uffd::ErrorClass::kExists ? FaultResult::kExists : FaultResult::kDropped, t0);
         return;
       case uffd::ErrorClass::kRetry:
         zero_retry.emplace_back(t.id, page);
         return;
       case uffd::ErrorClass::kGone:
+        count_result(FaultResult::kGone, 1);
         task_gone(t);
         return;
       default:
@@ -708,6 +750,7 @@ struct FaultEngine::Impl {
     child->uffd = child_fd;
     child->ranges = parent.ranges.fork_copy();
     child->summary.pages_total = child->ranges.pages_remaining();
+    child->started_ns = now_ns();
     c_total.fetch_add(child->summary.pages_total);
     c_tasks_total.fetch_add(1);
     int rc = epoll_add(child_fd, EPOLLIN | EPOLLRDHUP, kTaskTagBase + child->id);
@@ -733,6 +776,7 @@ struct FaultEngine::Impl {
     t.summary.pages_dropped += lost;
     c_dropped.fetch_add(lost);
     t.ranges = LazyRanges(ps);
+    for (const auto& entry : t.waiting) count_result(FaultResult::kGone, entry.second.faults);
     waiting_total -= t.waiting.size();
     t.waiting.clear();
     if (t.uffd >= 0) {
@@ -744,6 +788,7 @@ struct FaultEngine::Impl {
     e.kind = EngineEvent::Kind::kTaskExited;
     e.pid = t.pid;
     e.task = t.id;
+    t.summary.seconds = static_cast<double>(now_ns() - t.started_ns) / 1e9;
     e.summary = t.summary;
     emit(std::move(e));
   }
@@ -889,6 +934,7 @@ struct FaultEngine::Impl {
       return;
     }
     const uint64_t got = reply.nr_pages * ps;
+    t->summary.bytes_received += got;
     // A short reply (the server clamps at its iovec end): the rest goes back to remaining.
     if (got < req.len) t->ranges.release(req.img_start + got, req.len - got);
     PendingInstall p{t->id, req.img_start, got, req.kind, req.buf, 0};
@@ -926,7 +972,7 @@ struct FaultEngine::Impl {
         uffd::CopyResult r = uffd::copy(t.uffd, piece.start + off, src + off, piece.len() - off, dontwake);
         if (r.copied) {
           count_installed(t, p.kind, r.copied / ps);
-          settle_waiting(t, piece.start + off, piece.start + off + r.copied, true);
+          settle_waiting(t, piece.start + off, piece.start + off + r.copied, FaultResult::kCopied);
           lo = std::min(lo, piece.start + off);
           hi = std::max(hi, piece.start + off + r.copied);
           off += r.copied;
@@ -937,7 +983,7 @@ struct FaultEngine::Impl {
           // Already there: done, page by page (§4.5); its waiters need a wake of their own.
           c_exist.fetch_add(1);
           t.summary.pages_exist++;
-          settle_waiting(t, piece.start + off, piece.start + off + ps, true);
+          settle_waiting(t, piece.start + off, piece.start + off + ps, FaultResult::kExists);
           lo = std::min(lo, piece.start + off);
           hi = std::max(hi, piece.start + off + ps);
           need_wake = true;
@@ -962,7 +1008,7 @@ struct FaultEngine::Impl {
           const uint64_t pages = (piece.len() - off) / ps;
           t.summary.pages_dropped += pages;
           c_dropped.fetch_add(pages);
-          settle_waiting(t, piece.start + off, piece.end, false);
+          settle_waiting(t, piece.start + off, piece.end, FaultResult::kDropped);
           break;
         }
         if (cls == uffd::ErrorClass::kGone) {
@@ -997,10 +1043,20 @@ struct FaultEngine::Impl {
       zero_retry.clear();
       for (auto [id, page] : list) {
         Task* t = task_by_id(id);
-        if (!t || t->gone) continue;
+        if (!t || t->gone) {
+          count_result(FaultResult::kGone, 1);
+          continue;
+        }
         on_uffd(*t);  // read the pending event first
-        if (t->gone || finished) continue;
-        if (t->ranges.lookup(page) == LazyRanges::Where::kNone) zero_fault(*t, page, now_ns());
+        if (t->gone || finished) {
+          count_result(FaultResult::kGone, 1);
+          continue;
+        }
+        if (t->ranges.lookup(page) == LazyRanges::Where::kNone) {
+          zero_fault(*t, page, now_ns());
+        } else {
+          count_result(FaultResult::kRetried, 1);  // the event made it lazy again (a remap): it faults anew
+        }
       }
     }
     if (pending.empty()) return;
@@ -1051,6 +1107,7 @@ struct FaultEngine::Impl {
         e.kind = EngineEvent::Kind::kTaskDone;
         e.pid = t.pid;
         e.task = t.id;
+        t.summary.seconds = static_cast<double>(now_ns() - t.started_ns) / 1e9;
         e.summary = t.summary;
         emit(std::move(e));
       }
@@ -1134,6 +1191,10 @@ EngineStats FaultEngine::stats() const {
   s.events_unmap = m.c_unmap.load();
   s.pages_discarded = m.c_discarded.load();
   for (size_t i = 0; i < kLatencyBuckets; i++) s.latency_us[i] = m.hist[i].load(std::memory_order_relaxed);
+  s.latency_sum_us = m.hist_sum_us.load(std::memory_order_relaxed);
+  s.latency_count = m.hist_count.load(std::memory_order_relaxed);
+  for (size_t i = 0; i < kFaultResults; i++) s.faults_by_result[i] = m.results[i].load(std::memory_order_relaxed);
+  s.bytes_sent = m.c_bytes_sent.load();
   return s;
 }
 

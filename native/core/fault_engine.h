@@ -83,8 +83,8 @@ struct EngineSummary {
   uint64_t pages_exist = 0;        // EEXIST: already there, counted as done
   uint64_t pages_dropped = 0;      // forgotten after REMOVE/UNMAP/exit, or ENOENT
   uint64_t pages_total = 0;        // lazy pages at the start (plus those copied to forked children)
-  uint64_t bytes_received = 0;
-  double seconds = 0;
+  uint64_t bytes_received = 0;     // engine: every byte read from the page source; task: its reply page bytes
+  double seconds = 0;              // engine: since listening; task: from its hand-over (or fork) to done/exit
 };
 
 struct EngineEvent {
@@ -122,9 +122,22 @@ using EngineEventSink = std::function<void(const EngineEvent&)>;
 enum class EngineState { kIdle, kWaitingRestore, kHandshake, kRunning, kClosing, kDone, kFailed };
 const char* engine_state_name(EngineState state);
 
-// Fault service time: from reading the PAGEFAULT message to the install (µs upper bounds; the last is +inf).
-constexpr size_t kLatencyBuckets = 15;
-extern const uint64_t kLatencyBoundsUs[kLatencyBuckets];  // 5, 10, 20, 50, 100, ..., 1e6, UINT64_MAX
+// Fault service time: from reading a page's first PAGEFAULT message to its install or zero page (µs upper
+// bounds; the last is +inf). Every fault message settled that way is one sample (sum and count kept beside).
+constexpr size_t kLatencyBuckets = 13;
+extern const uint64_t kLatencyBoundsUs[kLatencyBuckets];  // 10, 25, 50, ..., 50000, 250000, UINT64_MAX
+
+// How each PAGEFAULT message ended (every fault message is counted once, when its page settles).
+enum class FaultResult : uint8_t {
+  kCopied,    // its page was installed by UFFDIO_COPY (on demand, fault-around or the drain)
+  kZeroPage,  // not a lazy page: UFFDIO_ZEROPAGE
+  kExists,    // EEXIST: the page was already there
+  kDropped,   // its range was unmapped, removed (MADV_DONTNEED) or unregistered: woken without data
+  kRetried,   // its range was moved (mremap): woken to fault again at the new address
+  kGone,      // the task exited (ESRCH) before its page came
+};
+constexpr size_t kFaultResults = 6;
+const char* fault_result_name(FaultResult result);  // "copied", "zeropage", "exists", "dropped", "retried", "gone"
 
 struct EngineStats {
   EngineState state = EngineState::kIdle;
@@ -139,7 +152,11 @@ struct EngineStats {
   uint64_t bg_bytes_in_flight = 0;
   uint64_t events_fork = 0, events_remap = 0, events_remove = 0, events_unmap = 0;
   uint64_t pages_discarded = 0;    // reply pages thrown away because their range was dropped meanwhile
-  uint64_t latency_us[kLatencyBuckets] = {};
+  uint64_t latency_us[kLatencyBuckets] = {};  // per bucket, not cumulative
+  uint64_t latency_sum_us = 0;
+  uint64_t latency_count = 0;
+  uint64_t faults_by_result[kFaultResults] = {};
+  uint64_t bytes_sent = 0;                    // requests written to the page source (0 for a local one)
 };
 
 class FaultEngine {

@@ -50,6 +50,7 @@ LazySession::Status LazySession::on_readable() {
       break;
     }
     in_len_ += static_cast<size_t>(n);
+    stats_.bytes_in += static_cast<uint64_t>(n);
     Status status = handle_requests();
     if (status != Status::kOpen) return status;
   }

@@ -25,6 +25,7 @@ struct SessionStats {
   uint64_t gets = 0;
   uint64_t pages = 0;
   uint64_t bytes_out = 0;
+  uint64_t bytes_in = 0;  // request headers read
   bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
 };
 

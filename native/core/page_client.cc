@@ -148,6 +148,7 @@ int PageClient::flush() {
       return fail(-errno, std::string("sending to the page server failed: ") + strerror(errno));
     }
     out_off_ += static_cast<size_t>(n);
+    bytes_sent_ += static_cast<uint64_t>(n);
   }
   out_.clear();
   out_off_ = 0;
@@ -262,6 +263,7 @@ int PageClient::close(int timeout_ms, int32_t* status) {
       ssize_t n = recv(fd_, answer + got, sizeof answer - got, MSG_DONTWAIT);
       if (n > 0) {
         got += static_cast<size_t>(n);
+        bytes_received_ += static_cast<uint64_t>(n);
       } else if (n == 0) {
         rc = fail(-ECONNRESET, "the page server closed the connection before answering CLOSE");
       } else if (errno == EAGAIN || errno == EWOULDBLOCK) {

@@ -50,6 +50,7 @@ class PageSource {
   // nothing and just drops the connection (-EPIPE): a CLOSE would tell a criu source that all went well (§6.18).
   virtual int close(int timeout_ms, int32_t* status) = 0;
   virtual uint64_t bytes_received() const = 0;
+  virtual uint64_t bytes_sent() const { return 0; }
   virtual const std::string& error() const = 0;
   virtual const char* kind() const = 0;
 };
@@ -75,6 +76,7 @@ class PageClient : public PageSource {
   int64_t stalled_ms() const override;
   int close(int timeout_ms, int32_t* status) override;
   uint64_t bytes_received() const override { return bytes_received_; }
+  uint64_t bytes_sent() const override { return bytes_sent_; }
   const std::string& error() const override { return error_; }
   const char* kind() const override { return "page-server"; }
 
@@ -99,6 +101,7 @@ class PageClient : public PageSource {
   uint64_t reply_pages_ = 0;
   uint64_t last_progress_ns_ = 0;
   uint64_t bytes_received_ = 0;
+  uint64_t bytes_sent_ = 0;
   std::string error_;
 };
 

@@ -42,6 +42,7 @@ struct PageServer::Entry {
   uint64_t gets_reported = 0;
   uint64_t pages_reported = 0;
   uint64_t bytes_reported = 0;
+  uint64_t bytes_in_reported = 0;
   ~Entry() {
     if (!session && !upload && fd >= 0) close(fd);
   }
@@ -317,6 +318,7 @@ void PageServer::service(Entry& entry, uint32_t events) {
     if (status == UploadSession::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
       status = upload.on_readable();
     }
+    account(entry);
     if (status == UploadSession::Status::kOpen && state_->draining) {
       end_session(entry.id, false, "lazyd is shutting down: the upload is dropped; the dump fails and CRIU resumes the tasks");
       return;
@@ -349,13 +351,7 @@ void PageServer::service(Entry& entry, uint32_t events) {
   }
   if (status == LazySession::Status::kOpen && state_->draining) status = session.stop_reading();
 
-  const SessionStats& stats = session.stats();
-  counters_.gets_total += stats.gets - entry.gets_reported;
-  counters_.pages_total += stats.pages - entry.pages_reported;
-  counters_.bytes_total += stats.bytes_out - entry.bytes_reported;
-  entry.gets_reported = stats.gets;
-  entry.pages_reported = stats.pages;
-  entry.bytes_reported = stats.bytes_out;
+  account(entry);
 
   if (status == LazySession::Status::kOpen) {
     update_interest(entry);
@@ -364,10 +360,30 @@ void PageServer::service(Entry& entry, uint32_t events) {
   }
 }
 
+// Adds what a session moved since the last call to the daemon-wide counters.
+void PageServer::account(Entry& entry) {
+  if (entry.upload) {
+    const uint64_t in = entry.upload->stats().bytes_in;
+    counters_.bytes_received += in - entry.bytes_in_reported;
+    entry.bytes_in_reported = in;
+  }
+  if (!entry.session) return;
+  const SessionStats& stats = entry.session->stats();
+  counters_.gets_total += stats.gets - entry.gets_reported;
+  counters_.pages_total += stats.pages - entry.pages_reported;
+  counters_.bytes_total += stats.bytes_out - entry.bytes_reported;
+  counters_.bytes_received += stats.bytes_in - entry.bytes_in_reported;
+  entry.gets_reported = stats.gets;
+  entry.pages_reported = stats.pages;
+  entry.bytes_reported = stats.bytes_out;
+  entry.bytes_in_reported = stats.bytes_in;
+}
+
 void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
   auto found = state_->sessions.find(id);
   if (found == state_->sessions.end()) return;
   Entry& entry = *found->second;
+  account(entry);
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, entry.socket(), nullptr);
   ServerEvent event;
   event.kind = ServerEvent::Kind::kSessionEnd;

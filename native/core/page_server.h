@@ -73,7 +73,9 @@ struct ServerCounters {
   std::atomic<uint64_t> sessions_failed{0};
   std::atomic<uint64_t> gets_total{0};
   std::atomic<uint64_t> pages_total{0};
-  std::atomic<uint64_t> bytes_total{0};
+  std::atomic<uint64_t> bytes_total{0};     // sent: lazy replies and CLOSE answers
+  std::atomic<uint64_t> bytes_received{0};  // read: lazy requests and uploads (headers + page data)
+  std::atomic<uint64_t> tls_failures{0};    // TLS handshakes or records that failed (counted by the TLS layer)
 };
 
 class PageServer {
@@ -106,6 +108,7 @@ class PageServer {
   void service(Entry& entry, uint32_t events);
   void update_interest(Entry& entry);
   void end_session(uint64_t id, bool ok, const std::string& message);
+  void account(Entry& entry);
   void check_stalls();
   void route(Entry& entry);
   void run_commands();

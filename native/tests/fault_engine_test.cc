@@ -273,6 +273,25 @@ static void test_local_full() {
   uint64_t hist = 0;
   for (uint64_t b : s.latency_us) hist += b;
   CHECK(hist > 0);
+  // Metrics: the histogram's count is its buckets' sum; every fault message ended with one result.
+  CHECK(hist == s.latency_count);
+  CHECK(s.latency_sum_us > 0);
+  uint64_t by_result = 0;
+  for (uint64_t n : s.faults_by_result) by_result += n;
+  CHECK(by_result == s.summary.faults);
+  CHECK(s.faults_by_result[static_cast<size_t>(FaultResult::kZeroPage)] == s.summary.pages_zero);
+  CHECK(s.faults_by_result[static_cast<size_t>(FaultResult::kCopied)] > 0);
+  CHECK(std::string(fault_result_name(FaultResult::kCopied)) == "copied");
+  {
+    // A task's own totals: the page bytes of its replies and its own duration (not the engine's).
+    std::lock_guard<std::mutex> lock(events.mu);
+    for (auto& e : events.list) {
+      if (e.kind != EngineEvent::Kind::kTaskDone) continue;
+      const uint64_t got = e.summary.pages_fault + e.summary.pages_around + e.summary.pages_background;
+      CHECK(e.summary.bytes_received >= got * P);
+      CHECK(e.summary.seconds > 0);
+    }
+  }
   CHECK(events.count(EngineEvent::Kind::kListening) == 1);
   CHECK(events.count(EngineEvent::Kind::kZombie) == 1);
   CHECK(events.count(EngineEvent::Kind::kTask) == 1);
