@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "fault_engine.h"
+#include "host_probe.h"
 #include "page_index.h"
 #include "page_server.h"
 #include "sd_notify.h"
@@ -510,11 +511,30 @@ Napi::Value Notify(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// probeHost(): { uffd: { syscallErrno, deviceErrno, apiErrno, features, noncoopErrno, noncoopFeatures },
+//   memfdErrno } for `lazyd check` (errno 0: it worked).
+Napi::Value ProbeHost(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const lazyd::UffdProbe p = lazyd::probe_userfaultfd();
+  Napi::Object uffd = Napi::Object::New(env);
+  uffd.Set("syscallErrno", p.syscall_errno);
+  uffd.Set("deviceErrno", p.device_errno);
+  uffd.Set("apiErrno", p.api_errno);
+  uffd.Set("features", uint64_value(env, p.features));
+  uffd.Set("noncoopErrno", p.noncoop_errno);
+  uffd.Set("noncoopFeatures", uint64_value(env, p.noncoop_features));
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("uffd", uffd);
+  out.Set("memfdErrno", -lazyd::probe_sealed_memfd());
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("PageServer", PageServerWrap::Define(env));
   exports.Set("LazyPages", LazyPagesWrap::Define(env));
   exports.Set("constants", Constants(env));
   exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
+  exports.Set("probeHost", Napi::Function::New(env, ProbeHost, "probeHost"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }
