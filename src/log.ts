@@ -1,9 +1,15 @@
-// Logging with pino. The log file (-o) and stderr speak CRIU's vocabulary, because tools that drive criu grep
-// its logs for "Error" and "Warn": those two words appear only on real errors and warnings. Levels follow
-// criu's -v0..-v4 (0 messages only, 1 errors, 2 warnings — the default, 3 info, 4 debug).
+// Logging with pino, in one of two formats:
+//   json  one JSON object per line: {"level":"info","time":<ms since the epoch>,"msg":"...",...fields}
+//   text  criu's log line: "(SS.uuuuuu) Error: message key=value ...", seconds since the process started. Tools that
+//         drive criu grep its logs for "Error" and "Warn": those two words appear only on real errors and warnings.
+// Which one (--log-format auto|json|text): the drop-in commands (`lazyd page-server`, `lazyd lazy-pages`) write text,
+// as criu does, wherever the log goes; the daemon (`lazyd --page-server`) writes text on a terminal and JSON
+// otherwise (a file, a pipe, journald). Levels follow criu's -v0..-v4: 0 fatal only, 1 errors, 2 warnings (criu's
+// default), 3 info (one line per session start and end), 4 debug.
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
+import { stderrLine } from './terminal-line.js';
 
 export type Logger = pino.Logger;
 
@@ -16,9 +22,13 @@ export function levelForVerbosity(verbosity: number): pino.LevelWithSilent {
   return LEVEL_BY_VERBOSITY[clamped];
 }
 
-const PREFIX_BY_LEVEL: Record<number, string> = { 60: 'Error: ', 50: 'Error: ', 40: 'Warn: ' };
+export const LOG_FORMATS = ['auto', 'json', 'text'] as const;
+export type LogFormatOption = (typeof LOG_FORMATS)[number];
+export type LogFormat = Exclude<LogFormatOption, 'auto'>;
 
-/** One text line per record: `(SS.uuuuuu) Error: message key=value ...`, seconds since the logger started. */
+const PREFIX_BY_LEVEL: Record<string, string> = { fatal: 'Error: ', error: 'Error: ', warn: 'Warn: ' };
+
+/** One text line per record: `(SS.uuuuuu) Error: message key=value ...`, seconds since startedAt (ms). */
 export function criuLine(record: Record<string, unknown>, startedAt: number): string {
   const { level, time, msg, pid: _pid, hostname: _hostname, ...rest } = record;
   const elapsed = Math.max(0, (Number(time) - startedAt) / 1000);
@@ -28,34 +38,56 @@ export function criuLine(record: Record<string, unknown>, startedAt: number): st
   const extras = Object.entries(rest)
     .map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`)
     .join(' ');
-  return `${stamp} ${PREFIX_BY_LEVEL[Number(level)] ?? ''}${String(msg ?? '')}${extras ? ' ' + extras : ''}\n`;
+  return `${stamp} ${PREFIX_BY_LEVEL[String(level)] ?? ''}${String(msg ?? '')}${extras ? ' ' + extras : ''}\n`;
 }
 
-class CriuTextDestination {
+/** Where the lines go (a file opened for appending, or stderr) and in which format. */
+class LogDestination {
   private fd: number;
   // Seconds since the process started, as criu stamps its log lines.
   private readonly startedAt = performance.timeOrigin;
-  constructor(private readonly file: string | undefined) {
-    this.fd = file ? fs.openSync(file, 'a') : 2;
+  constructor(
+    private readonly file: string | undefined,
+    readonly format: LogFormat,
+  ) {
+    this.fd = file ? openLogFile(file) : 2;
   }
   write(chunk: string): void {
+    let out = '';
     for (const line of chunk.split('\n')) {
       if (!line) continue;
-      let text: string;
-      try {
-        text = criuLine(JSON.parse(line), this.startedAt);
-      } catch {
-        text = line + '\n';
+      if (this.format === 'json') {
+        out += line + '\n';
+        continue;
       }
-      fs.writeSync(this.fd, text);
+      try {
+        out += criuLine(JSON.parse(line), this.startedAt);
+      } catch {
+        out += line + '\n';
+      }
     }
+    if (!out) return;
+    // A live progress line on the terminal is taken down for the log line and drawn again under it.
+    if (this.fd === 2) stderrLine.around(() => fs.writeSync(2, out));
+    else fs.writeSync(this.fd, out);
   }
-  /** SIGHUP: reopen the file, so log rotation works. */
+  /** SIGHUP: reopen the file by name, so log rotation (rename, then HUP) works. */
   reopen(): void {
     if (!this.file) return;
-    const fresh = fs.openSync(this.file, 'a');
+    const fresh = openLogFile(this.file);
     fs.closeSync(this.fd);
     this.fd = fresh;
+  }
+}
+
+function openLogFile(file: string): number {
+  try {
+    return fs.openSync(file, 'a');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const fix =
+      code === 'ENOENT' ? 'create its directory' : code === 'EACCES' ? 'make it writable for this user' : 'pass another -o';
+    throw new Error(`cannot open the log file ${file}: ${(error as Error).message} — ${fix}`);
   }
 }
 
@@ -64,27 +96,44 @@ export interface LogOptions {
   /** criu's -o: relative paths are resolved in the work dir, as criu does after its chdir. */
   logFile?: string;
   workDir?: string;
+  /** --log-format; 'auto' (the default) means `autoFormat`. */
+  format?: LogFormatOption;
+  /** What 'auto' means for this command: 'text' always (the drop-ins), or 'tty' (text on a terminal, else json). */
+  autoFormat?: 'text' | 'tty';
 }
 
 export interface LogHandle {
   logger: Logger;
   logFile?: string;
+  format: LogFormat;
   reopen(): void;
+}
+
+export function resolveLogFormat(options: Pick<LogOptions, 'format' | 'autoFormat'>, toTerminal: boolean): LogFormat {
+  const format = options.format ?? 'auto';
+  if (!(LOG_FORMATS as readonly string[]).includes(format)) {
+    throw new Error(`--log-format must be one of ${LOG_FORMATS.join(', ')}, not ${JSON.stringify(format)}`);
+  }
+  if (format !== 'auto') return format;
+  if ((options.autoFormat ?? 'tty') === 'text') return 'text';
+  return toTerminal ? 'text' : 'json';
 }
 
 export function createLogger(options: LogOptions = {}): LogHandle {
   const logFile = resolveLogFile(options.logFile, options.workDir);
-  const destination = new CriuTextDestination(logFile);
+  const format = resolveLogFormat(options, !logFile && process.stderr.isTTY === true);
+  const destination = new LogDestination(logFile, format);
   const logger = pino(
     {
       level: levelForVerbosity(options.verbosity ?? DEFAULT_VERBOSITY),
       base: undefined,
-      // Milliseconds with a microsecond fraction, for criu's (SS.uuuuuu) stamps.
+      formatters: { level: (label) => ({ level: label }) },
+      // Milliseconds since the epoch with a microsecond fraction (criu's (SS.uuuuuu) stamps need them).
       timestamp: () => `,"time":${(performance.timeOrigin + performance.now()).toFixed(3)}`,
     },
     destination as unknown as pino.DestinationStream,
   );
-  return { logger, logFile, reopen: () => destination.reopen() };
+  return { logger, logFile, format, reopen: () => destination.reopen() };
 }
 
 /** `-o -` and no -o mean stderr; a relative name lives in the work dir (criu: -W, else -D, else cwd). */

@@ -9,11 +9,14 @@ const SHORT_WITH_VALUE = new Set(['D', 'W', 'o', 't']);
 export interface CriuArgv {
   args: string[];
   verbosity: number;
+  /** Whether any -v form was given (the daemon's default level differs from criu's). */
+  verbosityGiven: boolean;
 }
 
 export function normalizeCriuArgv(argv: readonly string[]): CriuArgv {
   const args: string[] = [];
   let verbosity = DEFAULT_VERBOSITY;
+  let verbosityGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--') {
@@ -23,15 +26,18 @@ export function normalizeCriuArgv(argv: readonly string[]): CriuArgv {
     let match: RegExpMatchArray | null;
     if ((match = arg.match(/^-(v+)$/))) {
       verbosity += match[1].length;
+      verbosityGiven = true;
     } else if ((match = arg.match(/^-v(\d+)$/)) || (match = arg.match(/^--verbosity=(\d+)$/))) {
       verbosity = Number(match[1]);
+      verbosityGiven = true;
     } else if (arg === '--verbosity') {
       verbosity += 1;
+      verbosityGiven = true;
     } else if ((match = arg.match(/^-([A-Za-z])(.+)$/)) && SHORT_WITH_VALUE.has(match[1]) && !match[2].startsWith('=')) {
       args.push(`-${match[1]}`, match[2]);
     } else {
       args.push(arg);
     }
   }
-  return { args, verbosity };
+  return { args, verbosity, verbosityGiven };
 }

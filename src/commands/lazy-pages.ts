@@ -10,8 +10,13 @@
 // does: every page never installed then reads as zeros (see src/lazy-pages/restored-tasks.ts).
 import fs from 'node:fs';
 import path from 'node:path';
-import { createLogger, type Logger } from '../log.js';
+import { createLogger, type LogFormatOption, type Logger } from '../log.js';
 import { loadNative } from '../native.js';
+import { SystemdNotifier } from '../cli/systemd.js';
+import { createMetricsRegistry, type EngineCounters } from '../metrics/registry.js';
+import { parseMetricsAddress, startMetricsServer, type MetricsServer } from '../metrics/server.js';
+import { RestoreProgress } from '../lazy-pages/progress.js';
+import { stderrLine } from '../terminal-line.js';
 import { loadCheckpoint } from '../images/index.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { engineTasks, formatFromImages } from '../lazy-pages/engine-config.js';
@@ -31,7 +36,12 @@ export interface LazyPagesCommandOptions {
   statusFd?: number;
   pidfile?: string;
   logFile?: string;
+  logFormat?: LogFormatOption;
   verbosity: number;
+  /** --metrics-address HOST:PORT (off when undefined). */
+  metricsAddress?: string;
+  /** Keep serving /metrics this long after the restore ended, so a scrape sees the final totals. */
+  metricsLingerSeconds?: number;
   criuAbi?: string;
   stallTimeoutSeconds?: number;
   /** What happens to the restored tasks when the engine fails: kill (default) or keep. Env LAZYD_ON_FAILURE. */
@@ -73,6 +83,20 @@ interface EngineEvent {
   parentTask: number;
   message: string;
   summary: EngineSummary;
+}
+
+/** The fields of the restore's end line (JSON logs carry them as they are). */
+function summaryFields(s: EngineSummary, result: 'ok' | 'failed') {
+  return {
+    pages: s.pagesFault + s.pagesAround + s.pagesBackground,
+    lazyPages: s.pagesTotal,
+    zeroPages: s.pagesZero,
+    dropped: s.pagesDropped,
+    faults: s.faults,
+    bytes: s.bytesReceived,
+    seconds: Number(s.seconds.toFixed(3)),
+    result,
+  };
 }
 
 /** Pages a task got (installed, or already present), for the criu-style "UFFD transferred pages: (N/M)" line. */
@@ -126,7 +150,7 @@ function logEvent(logger: Logger, event: EngineEvent): void {
       logger.warn(event.message);
       break;
     case 'done':
-      logger.info(`Lazy pages done: ${summaryLine(event.summary)}`);
+      logger.info(summaryFields(event.summary, 'ok'), `Lazy pages done: ${summaryLine(event.summary)}`);
       break;
     case 'failed':
       // Logged once, with what was done to the restored tasks, by runLazyPages().
@@ -137,13 +161,28 @@ function logEvent(logger: Logger, event: EngineEvent): void {
 export async function runLazyPages(options: LazyPagesCommandOptions): Promise<number> {
   const imagesDir = path.resolve(options.imagesDir);
   const workDir = path.resolve(options.workDir ?? imagesDir);
-  const { logger, reopen } = createLogger({ verbosity: options.verbosity, logFile: options.logFile, workDir });
+  const { logger, reopen } = createLogger({
+    verbosity: options.verbosity,
+    logFile: options.logFile,
+    workDir,
+    format: options.logFormat,
+    autoFormat: 'text',
+  });
   let openFds: number[] = [];
-  const fail = (message: string) => {
-    logger.error(message);
+  let progress: RestoreProgress | undefined;
+  const fail = (message: string, fields?: object) => {
+    progress?.stop();
+    if (fields) logger.error(fields, message);
+    else logger.error(message);
     if (options.logFile) process.stderr.write(`lazyd: ${message}\n`);
     return 1;
   };
+  let metricsAddress;
+  try {
+    metricsAddress = options.metricsAddress !== undefined ? parseMetricsAddress(options.metricsAddress) : undefined;
+  } catch (error) {
+    return fail((error as Error).message);
+  }
 
   let engine: any;
   let finished!: Promise<EngineEvent>;
@@ -191,8 +230,46 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     return fail((error as Error).message);
   }
 
+  let metrics: MetricsServer | undefined;
+  if (metricsAddress) {
+    const registry = createMetricsRegistry({
+      role: 'lazy-pages',
+      criuAbi: options.criuAbi ?? 'auto',
+      lazyPages: () => engine.stats() as EngineCounters,
+    });
+    try {
+      metrics = await startMetricsServer(metricsAddress, registry);
+      logger.info(`Metrics on ${metrics.url}`);
+    } catch (error) {
+      engine.stop();
+      return fail((error as Error).message);
+    }
+  }
+  const systemd = new SystemdNotifier(logger);
+  const statusText = () => {
+    const s = engine.stats() as EngineCounters;
+    if (s.state === 'waiting-restore') return 'waiting for criu restore --lazy-pages';
+    if (s.state === 'handshake') return `restore connected: ${s.tasksTotal} tasks handed over`;
+    const present = s.summary.pagesTotal - s.pagesRemaining - s.pagesInFlight;
+    return `restoring: ${present}/${s.summary.pagesTotal} lazy pages present, ${s.summary.faults} faults, ${s.tasksActive} tasks active`;
+  };
+  const statusTimer = systemd.enabled ? setInterval(() => systemd.status(statusText()), 1000) : undefined;
+  statusTimer?.unref();
+  // On a terminal: one live line with the restore's progress.
+  progress = new RestoreProgress(
+    stderrLine,
+    () => {
+      const s = engine.stats() as EngineCounters;
+      if (s.state !== 'running' && s.state !== 'closing') return undefined;
+      return { present: s.summary.pagesTotal - s.pagesRemaining - s.pagesInFlight, total: s.summary.pagesTotal, atMs: performance.now() };
+    },
+    loadNative().pageSize,
+  );
+  progress.start();
+
   if (options.pidfile) writePidfile(path.resolve(workDir, options.pidfile));
   signalStatusFd(options.statusFd);
+  systemd.ready(statusText());
   process.on('SIGHUP', () => reopen());
   // Applies the failure policy to the restored tasks and returns the words for the one error line.
   const applyPolicy = (): string => {
@@ -208,6 +285,8 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     const state = engine.stats?.().state;
     if (state === 'done') process.exit(0);
     const what = applyPolicy();
+    progress?.stop();
+    systemd.stopping(`stopped by ${signal}`);
     logger.error(`Got ${signal} before every lazy page was installed; ${what}`);
     engine.stop();
     process.exit(1);
@@ -216,12 +295,27 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   process.on('SIGINT', () => onSignal('SIGINT'));
 
   const end = await finished;
+  progress.stop();
+  if (statusTimer) clearInterval(statusTimer);
+  const linger = async () => {
+    // A scraper polling every few seconds still sees the final totals.
+    if (metrics && (options.metricsLingerSeconds ?? 0) > 0) {
+      await new Promise((resolve) => setTimeout(resolve, options.metricsLingerSeconds! * 1000));
+    }
+    await metrics?.close();
+  };
   if (end.type === 'done') {
     const latency = latencyLine(engine.stats());
     logger.info(`Lazy pages ${latency}`);
+    systemd.stopping(`done: ${summaryLine(end.summary)}`);
     process.stderr.write(`lazyd lazy-pages: ${summaryLine(end.summary)}\nlazyd lazy-pages: ${latency}\n`);
+    await linger();
     return 0;
   }
   // One line: the cause, and what was done about the restored tasks (their memory can never be completed).
-  return fail(`lazy-pages failed: ${end.message || engine.error()}; ${applyPolicy()}`);
+  const message = `lazy-pages failed: ${end.message || engine.error()}; ${applyPolicy()}`;
+  systemd.stopping(message);
+  const code = fail(message, summaryFields(end.summary, 'failed'));
+  await linger();
+  return code;
 }

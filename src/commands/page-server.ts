@@ -1,8 +1,11 @@
 // `lazyd --page-server` (a daemon: many sessions until SIGTERM) and `lazyd page-server --lazy-pages` (criu's
 // drop-in: one session, exit 0 when it ends cleanly).
 import path from 'node:path';
-import { createLogger } from '../log.js';
+import { createLogger, type LogFormatOption } from '../log.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
+import { SystemdNotifier } from '../cli/systemd.js';
+import { createMetricsRegistry } from '../metrics/registry.js';
+import { parseMetricsAddress, refuseSamePort, startMetricsServer, type MetricsServer } from '../metrics/server.js';
 import { PageServerService, type WireFormatOption } from '../page-server/service.js';
 import { startStagingControl, type StagingControlServer } from '../staging/control.js';
 
@@ -15,7 +18,10 @@ export interface PageServerCommandOptions {
   statusFd?: number;
   pidfile?: string;
   logFile?: string;
+  logFormat?: LogFormatOption;
   verbosity: number;
+  /** --metrics-address HOST:PORT: Prometheus metrics on their own listener (off when undefined). */
+  metricsAddress?: string;
   criuAbi?: string;
   maxSessions?: number;
   maxRequestPages?: number;
@@ -43,8 +49,26 @@ export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
 export async function runPageServer(options: PageServerCommandOptions): Promise<number> {
   const imagesDir = path.resolve(options.imagesDir);
   const workDir = path.resolve(options.workDir ?? imagesDir);
-  const { logger, reopen } = createLogger({ verbosity: options.verbosity, logFile: options.logFile, workDir });
   const single = options.mode === 'criu';
+  const { logger, reopen } = createLogger({
+    verbosity: options.verbosity,
+    logFile: options.logFile,
+    workDir,
+    format: options.logFormat,
+    autoFormat: single ? 'text' : 'tty',
+  });
+  const fail = (message: string) => {
+    logger.error(message);
+    if (options.logFile) process.stderr.write(`lazyd: ${message}\n`);
+    return 1;
+  };
+  let metricsAddress;
+  try {
+    metricsAddress = options.metricsAddress !== undefined ? parseMetricsAddress(options.metricsAddress) : undefined;
+    if (metricsAddress) refuseSamePort(metricsAddress, options.port);
+  } catch (error) {
+    return fail((error as Error).message);
+  }
 
   let service: PageServerService;
   try {
@@ -70,9 +94,25 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       logger,
     });
   } catch (error) {
-    logger.error((error as Error).message);
-    if (options.logFile) process.stderr.write(`lazyd: ${(error as Error).message}\n`);
-    return 1;
+    return fail((error as Error).message);
+  }
+
+  let metrics: MetricsServer | undefined;
+  if (metricsAddress) {
+    const registry = createMetricsRegistry({
+      role: 'page-server',
+      criuAbi: options.criuAbi ?? 'auto',
+      pageServer: () => service.stats(),
+      stagedCheckpoints: service.stager ? () => service.stagedCheckpoints().length : undefined,
+    });
+    try {
+      metrics = await startMetricsServer(metricsAddress, registry, service.port);
+      logger.info(`Metrics on ${metrics.url}`);
+    } catch (error) {
+      service.stop(0);
+      await service.stopped;
+      return fail((error as Error).message);
+    }
   }
 
   let control: StagingControlServer | undefined;
@@ -82,11 +122,10 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       control = await startStagingControl(path.resolve(options.controlSocket), service, logger);
     } catch (error) {
       const message = `--control-socket ${options.controlSocket}: ${(error as Error).message}`;
-      logger.error(message);
-      if (options.logFile) process.stderr.write(`lazyd: ${message}\n`);
       service.stop(0);
       await service.stopped;
-      return 1;
+      await metrics?.close();
+      return fail(message);
     }
   }
 
@@ -97,16 +136,31 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       `lazyd: page server listening on ${shown}:${service.port} — ${imagesDir}: ${service.summary.tasks} tasks, ` +
         `${service.summary.lazyPages} lazy pages` +
         (service.stager ? `; staging uploads into ${path.resolve(options.stagingDir ?? imagesDir)}` : '') +
+        (metrics ? `; metrics on ${metrics.url}` : '') +
         '\n',
     );
   }
   // Relative names live in the work dir, where criu chdir()s before writing them.
   if (options.pidfile) writePidfile(path.resolve(workDir, options.pidfile));
   signalStatusFd(options.statusFd);
+  // systemd Type=notify: ready now; the status line follows the sessions.
+  const systemd = new SystemdNotifier(logger);
+  const statusText = () => {
+    const s = service.stats();
+    const staged = service.stager ? `, ${service.stagedCheckpoints().length} staged checkpoints` : '';
+    return `serving on port ${service.port}: ${s.sessionsActive} sessions active, ${s.sessionsTotal} served${staged}`;
+  };
+  systemd.ready(statusText());
+  const statusTimer = systemd.enabled ? setInterval(() => systemd.status(statusText()), 1000) : undefined;
+  statusTimer?.unref();
 
   const drainMs = (options.drainSeconds ?? 10) * 1000;
+  let draining = false;
   const onSignal = (signal: string) => {
+    if (draining) return;
+    draining = true;
     logger.info(`Got ${signal}: finishing the replies in flight, then exiting`);
+    systemd.stopping(`draining: ${service.stats().sessionsActive} sessions finishing their replies`);
     service.stop(drainMs);
   };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
@@ -114,7 +168,9 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
   process.on('SIGHUP', () => reopen());
 
   const cleanEnd = await service.stopped;
+  if (statusTimer) clearInterval(statusTimer);
   await control?.close();
+  await metrics?.close();
   const stats = service.stats();
   logger.info(stats, 'Page server totals');
   // The daemon's exit status says whether it shut down cleanly; criu's drop-in form reports its one session.

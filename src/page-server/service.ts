@@ -42,6 +42,9 @@ export interface PageServerStats {
   getsTotal: number;
   pagesTotal: number;
   bytesTotal: number;
+  bytesReceived: number;
+  /** TLS failures (0 until a TLS layer counts them). */
+  tlsFailures: number;
   stagingBytes?: number;
   stagingMaxBytes?: number;
 }
@@ -164,6 +167,7 @@ function logSessionEvent(logger: Logger, event: NativeSessionEvent): void {
           bytes: event.uploadStats?.bytesIn,
           memoryUsed: event.memoryUsed,
           seconds: Number(event.seconds.toFixed(3)),
+          result: event.ok ? 'ok' : 'failed',
         };
         if (event.ok && event.message) {
           // Kept although the connection broke after the CLOSE status (upload_session.h): say how to undo it.
@@ -184,6 +188,7 @@ function logSessionEvent(logger: Logger, event: NativeSessionEvent): void {
         pages: event.stats.pages,
         bytes: event.stats.bytesOut,
         seconds: Number(event.seconds.toFixed(3)),
+        result: event.ok ? 'ok' : 'failed',
       };
       // A restore of a staged checkpoint completes only with CLOSE; without it (its daemon died or hung up
       // mid-transfer) the checkpoint is not used up, and the line says so.

@@ -1,0 +1,215 @@
+// lazyd's Prometheus metrics. Nothing is counted here: every value is read from the native counters (relaxed
+// atomics kept by the page-server and fault-engine threads) when a scrape asks, through prom-client collect()
+// callbacks. Base units (seconds, bytes), counters end in _total, and no label carries a pid or an address.
+import fs from 'node:fs';
+import path from 'node:path';
+import client from 'prom-client';
+import { repoRoot } from '../paths.js';
+
+/** What `PageServer.stats()` (native) returns; tlsFailures stays 0 until a TLS layer counts. */
+export interface PageServerCounters {
+  sessionsTotal: number;
+  sessionsActive: number;
+  sessionsFailed: number;
+  getsTotal: number;
+  pagesTotal: number;
+  bytesTotal: number;
+  bytesReceived?: number;
+  tlsFailures?: number;
+  stagingBytes?: number;
+  stagingMaxBytes?: number;
+}
+
+/** What `LazyPages.stats()` (native) returns. */
+export interface EngineCounters {
+  state: string;
+  summary: {
+    faults: number;
+    pagesFault: number;
+    pagesAround: number;
+    pagesBackground: number;
+    pagesZero: number;
+    pagesExist: number;
+    pagesDropped: number;
+    pagesTotal: number;
+    bytesReceived: number;
+    seconds: number;
+  };
+  tasksTotal: number;
+  tasksActive: number;
+  pagesRemaining: number;
+  pagesInFlight: number;
+  faultsWaiting: number;
+  requests: number;
+  requestsInFlight: number;
+  latencyBoundsUs: number[];
+  latencyCounts: number[];
+  latencySumUs: number;
+  latencyCount: number;
+  faultsByResult: Record<string, number>;
+  bytesSent: number;
+  tlsFailures?: number;
+}
+
+export interface MetricsSources {
+  role: 'page-server' | 'lazy-pages';
+  /** --criu-abi as given (auto, 4.1, 4.2). */
+  criuAbi: string;
+  pageServer?: () => PageServerCounters | undefined;
+  /** Staged checkpoints held now (serve mode with staging). */
+  stagedCheckpoints?: () => number;
+  lazyPages?: () => EngineCounters | undefined;
+}
+
+export function lazydVersion(): string {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(repoRoot(), 'package.json'), 'utf8')).version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+type Read<T> = () => T | undefined;
+
+function counter(registry: client.Registry, name: string, help: string, value: () => number | undefined): void {
+  new client.Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const v = value();
+      this.reset();
+      if (v !== undefined) this.inc(Number(v));
+    },
+  });
+}
+
+function labelledCounter(
+  registry: client.Registry,
+  name: string,
+  help: string,
+  label: string,
+  values: () => Record<string, number> | undefined,
+): void {
+  new client.Counter({
+    name,
+    help,
+    labelNames: [label],
+    registers: [registry],
+    collect() {
+      const all = values();
+      this.reset();
+      for (const [key, v] of Object.entries(all ?? {})) this.inc({ [label]: key }, Number(v));
+    },
+  });
+}
+
+function gauge(registry: client.Registry, name: string, help: string, value: () => number | undefined): void {
+  new client.Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const v = value();
+      this.set(v === undefined ? 0 : Number(v));
+    },
+  });
+}
+
+/**
+ * A histogram whose buckets are kept natively (per-bucket counts in µs, a sum in µs and a count): exported as
+ * cumulative buckets in seconds. prom-client's Histogram only observes samples one by one, so this is a metric
+ * object of our own that the registry formats like any other.
+ */
+class NativeHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly read: Read<{ boundsUs: number[]; counts: number[]; sumUs: number; count: number }>,
+  ) {}
+  get() {
+    const h = this.read();
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    let cumulative = 0;
+    const bounds = h?.boundsUs ?? [Infinity];
+    for (let i = 0; i < bounds.length; i++) {
+      cumulative += Number(h?.counts[i] ?? 0);
+      const le = Number.isFinite(bounds[i]) ? String(bounds[i] / 1e6) : '+Inf';
+      values.push({ metricName: `${this.name}_bucket`, labels: { le }, value: cumulative });
+    }
+    values.push({ metricName: `${this.name}_sum`, labels: {}, value: Number(h?.sumUs ?? 0) / 1e6 });
+    values.push({ metricName: `${this.name}_count`, labels: {}, value: Number(h?.count ?? 0) });
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+}
+
+export function createMetricsRegistry(sources: MetricsSources): client.Registry {
+  const registry = new client.Registry();
+  const info = new client.Gauge({
+    name: 'lazyd_build_info',
+    help: 'lazyd build and runtime: always 1, the facts are the labels',
+    labelNames: ['version', 'node_version', 'criu_abi', 'role'],
+    registers: [registry],
+  });
+  info.set({ version: lazydVersion(), node_version: process.version, criu_abi: sources.criuAbi, role: sources.role }, 1);
+
+  const ps = sources.pageServer;
+  if (ps) {
+    counter(registry, 'lazyd_page_server_sessions_total', 'page-server sessions accepted (lazy fetches and uploads)', () => ps()?.sessionsTotal);
+    counter(registry, 'lazyd_page_server_sessions_failed_total', 'page-server sessions that ended with an error', () => ps()?.sessionsFailed);
+    gauge(registry, 'lazyd_page_server_sessions_active', 'page-server sessions open now', () => ps()?.sessionsActive);
+    counter(registry, 'lazyd_page_server_requests_total', 'GET requests answered by the page server', () => ps()?.getsTotal);
+    counter(registry, 'lazyd_page_server_pages_sent_total', 'pages sent in GET replies', () => ps()?.pagesTotal);
+    counter(registry, 'lazyd_page_server_sent_bytes_total', 'bytes the page server sent (reply headers, pages, CLOSE answers)', () => ps()?.bytesTotal);
+    counter(registry, 'lazyd_page_server_received_bytes_total', 'bytes the page server read (requests, uploads)', () => ps()?.bytesReceived);
+    gauge(registry, 'lazyd_staging_bytes', 'page bytes held by staged checkpoints and uploads in progress', () => ps()?.stagingBytes);
+    gauge(registry, 'lazyd_staging_limit_bytes', 'the staging memory cap (--staging-max-bytes)', () => ps()?.stagingMaxBytes);
+    if (sources.stagedCheckpoints) {
+      const staged = sources.stagedCheckpoints;
+      gauge(registry, 'lazyd_staged_checkpoints', 'staged checkpoints served from memory now', () => staged());
+    }
+  }
+
+  const lp = sources.lazyPages;
+  if (lp) {
+    labelledCounter(registry, 'lazyd_faults_total', 'page faults of the restored tasks, by how each ended', 'result', () => lp()?.faultsByResult);
+    registry.registerMetric(
+      new NativeHistogram(
+        'lazyd_fault_service_seconds',
+        'fault service time: from reading the PAGEFAULT to the page installed (copied, zero page, or already there)',
+        () => {
+          const s = lp();
+          return s && { boundsUs: s.latencyBoundsUs, counts: s.latencyCounts, sumUs: s.latencySumUs, count: s.latencyCount };
+        },
+      ) as unknown as client.Metric,
+    );
+    labelledCounter(registry, 'lazyd_pages_installed_total', 'lazy pages installed with UFFDIO_COPY, by path', 'path', () => {
+      const s = lp()?.summary;
+      return s && { demand: s.pagesFault, near_fault: s.pagesAround, background: s.pagesBackground };
+    });
+    counter(registry, 'lazyd_zero_pages_total', 'faults outside any lazy range served with UFFDIO_ZEROPAGE', () => lp()?.summary.pagesZero);
+    counter(registry, 'lazyd_pages_present_total', 'lazy pages found already present (EEXIST)', () => lp()?.summary.pagesExist);
+    counter(registry, 'lazyd_pages_dropped_total', 'lazy pages no longer wanted (unmapped, removed, task exited)', () => lp()?.summary.pagesDropped);
+    gauge(registry, 'lazyd_restore_lazy_pages', 'lazy pages of the restore (those of forked children included)', () => lp()?.summary.pagesTotal);
+    gauge(registry, 'lazyd_pages_remaining', 'lazy pages not installed yet (requested or not)', () => {
+      const s = lp();
+      return s && s.pagesRemaining + s.pagesInFlight;
+    });
+    counter(registry, 'lazyd_page_requests_total', 'requests sent to the page source', () => lp()?.requests);
+    gauge(registry, 'lazyd_page_requests_in_flight', 'requests sent to the page source and not answered yet', () => lp()?.requestsInFlight);
+    gauge(registry, 'lazyd_faults_waiting', 'faulting pages waiting for their install now', () => lp()?.faultsWaiting);
+    gauge(registry, 'lazyd_restores_active', 'restores in progress (1 from the restore connection until every page is in)', () => {
+      const state = lp()?.state;
+      return state === 'handshake' || state === 'running' || state === 'closing' ? 1 : 0;
+    });
+    counter(registry, 'lazyd_tasks_total', 'restored tasks handed over (and their forked children)', () => lp()?.tasksTotal);
+    gauge(registry, 'lazyd_tasks_active', 'restored tasks with lazy pages still to install', () => lp()?.tasksActive);
+    counter(registry, 'lazyd_lazy_pages_received_bytes_total', 'bytes read from the page source (reply headers and pages)', () => lp()?.summary.bytesReceived);
+    counter(registry, 'lazyd_lazy_pages_sent_bytes_total', 'bytes sent to the page server (requests, CLOSE)', () => lp()?.bytesSent);
+  }
+
+  counter(registry, 'lazyd_tls_failures_total', 'TLS handshakes or records that failed', () => ps?.()?.tlsFailures ?? lp?.()?.tlsFailures ?? 0);
+  return registry;
+}
