@@ -1,0 +1,414 @@
+// End-to-end: lazyd in production — metrics scraped during and after a real lazy restore (real CRIU, real
+// userfaultfd), systemd readiness over a real unix datagram socket, JSON logs with a log file reopened on SIGHUP,
+// a config file, SIGTERM drain, the text format on a terminal (a pty from `script`), and `lazyd check` on this host
+// and with CAP_SYS_PTRACE dropped.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { test, type TestContext } from 'node:test';
+import {
+  checkHost,
+  CRIU_VERSIONS,
+  encodeHeader,
+  freePort,
+  lazydBin,
+  pollFor,
+  runLazyMigration,
+  startWithStatusFd,
+  type Proc,
+} from '../../src/harness/index.js';
+import { PS_IOV_CLOSE } from '../../src/protocol/constants.js';
+
+const TEST_TIMEOUT_MS = 120_000;
+const timeouts = { dumpMs: 30_000, readyMs: 15_000, restoreMs: 30_000, allPagesMs: 45_000, passesMs: 20_000 };
+const TESTDATA_IMAGES = path.resolve('../shared/testdata/criu-4.2.1/plain-dump/images');
+
+function diag(t: TestContext) {
+  return (message: string) => t.diagnostic(message);
+}
+
+// ---------------------------------------------------------------- Prometheus text format
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+interface Scrape {
+  atMs: number;
+  types: Map<string, string>;
+  samples: Sample[];
+}
+
+function parseExposition(text: string, atMs: number): Scrape {
+  const types = new Map<string, string>();
+  const samples: Sample[] = [];
+  for (const line of text.split('\n')) {
+    const type = /^# TYPE (\S+) (\S+)$/.exec(line);
+    if (type) types.set(type[1], type[2]);
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    assert.ok(m, `not a sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const pair of (m[2] ?? '').match(/\w+="[^"]*"/g) ?? []) {
+      const eq = pair.indexOf('=');
+      labels[pair.slice(0, eq)] = pair.slice(eq + 2, -1);
+    }
+    samples.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return { atMs, types, samples };
+}
+
+function value(scrape: Scrape, name: string, labels: Record<string, string> = {}): number {
+  const found = scrape.samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+  assert.equal(found.length, 1, `${name}${JSON.stringify(labels)}: ${found.length} samples`);
+  return found[0].value;
+}
+
+function sum(scrape: Scrape, name: string): number {
+  return scrape.samples.filter((s) => s.name === name).reduce((a, s) => a + s.value, 0);
+}
+
+async function scrape(url: string): Promise<Scrape | undefined> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
+    if (response.status !== 200) return undefined;
+    return parseExposition(await response.text(), performance.now());
+  } catch {
+    return undefined; // not listening (yet, or any more)
+  }
+}
+
+/** Scrapes every intervalMs until stop(); keeps every answer. */
+function scraper(url: string, intervalMs = 50) {
+  const scrapes: Scrape[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const s = await scrape(url);
+      if (s) scrapes.push(s);
+      await sleep(intervalMs);
+    }
+  })();
+  return {
+    scrapes,
+    async stop() {
+      running = false;
+      await loop;
+    },
+  };
+}
+
+const ALLOWED_LABELS = new Set(['version', 'node_version', 'criu_abi', 'role', 'result', 'path', 'le']);
+
+/** Prometheus naming: counters end in _total, base units, no pid or address in any label. */
+function assertNaming(s: Scrape, pids: number[]): void {
+  for (const [name, type] of s.types) {
+    assert.match(name, /^lazyd_[a-z_]+$/);
+    if (type === 'counter') assert.match(name, /_total$/, `counter ${name}`);
+    if (type !== 'counter') assert.doesNotMatch(name, /_total$/, `${type} ${name}`);
+    assert.doesNotMatch(name, /_(ms|us|microseconds|milliseconds|kb|mb|mib|kib)(_|$)/, `${name}: base units only`);
+  }
+  for (const sample of s.samples) {
+    for (const [label, v] of Object.entries(sample.labels)) {
+      assert.ok(ALLOWED_LABELS.has(label), `${sample.name}: label ${label}`);
+      assert.doesNotMatch(v, /^\d+\.\d+\.\d+\.\d+|:\d+$|^\[/, `${sample.name}{${label}="${v}"} looks like an address`);
+      assert.ok(!pids.includes(Number(v)), `${sample.name}{${label}="${v}"} is a pid`);
+    }
+  }
+}
+
+test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd on both ends)', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  checkHost(CRIU_VERSIONS);
+  const serverMetricsPort = await freePort();
+  const daemonMetricsPort = await freePort();
+  const serverUrl = `http://127.0.0.1:${serverMetricsPort}/metrics`;
+  const daemonUrl = `http://127.0.0.1:${daemonMetricsPort}/metrics`;
+  let serverScrapes: ReturnType<typeof scraper> | undefined;
+  let daemonScrapes: ReturnType<typeof scraper> | undefined;
+  let taskLines: string[] = [];
+  let pids: number[] = [];
+  const result = await runLazyMigration({
+    criuVersion: '4.2.1',
+    server: 'lazyd',
+    daemon: 'lazyd',
+    workload: { mib: 32, order: 'random', seed: 3 },
+    serverOptions: { extraArgs: ['--metrics-address', `127.0.0.1:${serverMetricsPort}`] },
+    daemonArgs: ['--metrics-address', `127.0.0.1:${daemonMetricsPort}`, '--metrics-linger', '2'],
+    progress: diag(t),
+    timeouts,
+    beforeRestore: async (server) => {
+      pids.push(server.pid);
+      const first = await scrape(serverUrl);
+      assert.ok(first, 'the page server serves /metrics once ready');
+      assert.equal(value(first, 'lazyd_page_server_sessions_total'), 0);
+      serverScrapes = scraper(serverUrl);
+      daemonScrapes = scraper(daemonUrl);
+    },
+    onRestored: async (restored) => {
+      pids.push(restored.restoredPid);
+      // The lazy-pages daemon has exited by now; its linger let the scraper read the final totals.
+      await daemonScrapes!.stop();
+      taskLines = fs
+        .readFileSync(path.join(restored.dstDir, 'lazy-pages.log'), 'utf8')
+        .split('\n')
+        .filter((l) => /UFFD transferred pages: .* task \d+:/.test(l));
+    },
+  });
+  await serverScrapes!.stop();
+  const daemon = daemonScrapes!.scrapes;
+  const server = serverScrapes!.scrapes;
+  t.diagnostic(`${daemon.length} scrapes of lazyd lazy-pages, ${server.length} of lazyd --page-server`);
+  assert.ok(daemon.length >= 3 && server.length >= 3);
+
+  // Types and naming, on every scrape.
+  for (const s of [...daemon, ...server]) assertNaming(s, pids);
+  const last = daemon.at(-1)!;
+  assert.equal(last.types.get('lazyd_fault_service_seconds'), 'histogram');
+  assert.equal(last.types.get('lazyd_faults_total'), 'counter');
+  assert.equal(last.types.get('lazyd_pages_installed_total'), 'counter');
+  assert.equal(last.types.get('lazyd_pages_remaining'), 'gauge');
+  assert.equal(last.types.get('lazyd_page_requests_in_flight'), 'gauge');
+  assert.equal(last.types.get('lazyd_tasks_active'), 'gauge');
+  assert.equal(last.types.get('lazyd_tls_failures_total'), 'counter');
+  assert.equal(value(last, 'lazyd_build_info', { role: 'lazy-pages' }), 1);
+
+  // During: the daemon answered before any page was installed, and counters never went backwards.
+  assert.equal(sum(daemon[0], 'lazyd_pages_installed_total'), 0, 'first scrape: before the restore');
+  for (let i = 1; i < daemon.length; i++) {
+    for (const name of ['lazyd_faults_total', 'lazyd_pages_installed_total', 'lazyd_lazy_pages_received_bytes_total']) {
+      assert.ok(sum(daemon[i], name) >= sum(daemon[i - 1], name), `${name} went backwards`);
+    }
+  }
+  const during = daemon.filter((s) => value(s, 'lazyd_restores_active') === 1).length;
+  t.diagnostic(`${during} scrapes while the restore was active`);
+
+  // After: every lazy page of the dump installed, counters consistent with each other and with the summary line.
+  const installed = sum(last, 'lazyd_pages_installed_total');
+  assert.equal(value(last, 'lazyd_restore_lazy_pages'), result.lazyPagesInImages);
+  assert.equal(installed + value(last, 'lazyd_pages_present_total') + value(last, 'lazyd_pages_dropped_total'), result.lazyPagesInImages);
+  assert.equal(installed, result.lazydTotals!.installed);
+  assert.equal(value(last, 'lazyd_pages_remaining'), 0);
+  assert.equal(value(last, 'lazyd_tasks_active'), 0);
+  assert.equal(value(last, 'lazyd_page_requests_in_flight'), 0);
+  const faults = sum(last, 'lazyd_faults_total');
+  assert.ok(faults > 0, 'the restored workload faulted');
+  assert.equal(faults, result.lazydTotals!.faults, 'every fault message ended with one result');
+  const timed = ['copied', 'zeropage', 'exists'].reduce((a, r) => a + value(last, 'lazyd_faults_total', { result: r }), 0);
+  assert.equal(value(last, 'lazyd_fault_service_seconds_count'), timed);
+  assert.equal(value(last, 'lazyd_fault_service_seconds_bucket', { le: '+Inf' }), timed);
+  const buckets = last.samples.filter((s) => s.name === 'lazyd_fault_service_seconds_bucket');
+  assert.equal(buckets.length, 13);
+  for (let i = 1; i < buckets.length; i++) assert.ok(buckets[i].value >= buckets[i - 1].value, 'buckets are cumulative');
+  assert.equal(buckets[0].labels.le, '0.00001');
+  assert.ok(value(last, 'lazyd_fault_service_seconds_sum') > 0);
+
+  // The page server's view of the same session: what it sent is what the daemon received, and the reverse.
+  const end = server.at(-1)!;
+  assert.equal(value(end, 'lazyd_page_server_sessions_total'), 1);
+  assert.equal(value(end, 'lazyd_page_server_sessions_active'), 0);
+  assert.equal(value(end, 'lazyd_page_server_sessions_failed_total'), 0);
+  assert.equal(value(end, 'lazyd_page_server_sent_bytes_total'), value(last, 'lazyd_lazy_pages_received_bytes_total'));
+  assert.equal(value(end, 'lazyd_page_server_received_bytes_total'), value(last, 'lazyd_lazy_pages_sent_bytes_total'));
+  assert.equal(value(end, 'lazyd_page_server_requests_total'), value(last, 'lazyd_page_requests_total'));
+  assert.equal(value(end, 'lazyd_page_server_pages_sent_total'), installed + value(last, 'lazyd_pages_present_total'));
+  assert.equal(value(end, 'lazyd_tls_failures_total'), 0);
+
+  t.diagnostic(
+    `installed ${installed} of ${result.lazyPagesInImages} lazy pages, ${faults} faults (${timed} timed), ` +
+      `${value(end, 'lazyd_page_server_sent_bytes_total')} bytes sent = received, ${value(end, 'lazyd_page_server_received_bytes_total')} bytes of requests`,
+  );
+  t.diagnostic(taskLines.join(' | '));
+  // The per-task line reports the task's own bytes and time (it used to say "0 bytes in 0.000 s").
+  assert.ok(taskLines.length >= 1, 'a per-task line');
+  for (const line of taskLines) {
+    const m = /; (\d+) bytes in (\d+\.\d+) s/.exec(line);
+    assert.ok(m, line);
+    assert.ok(Number(m[1]) > 0 && Number(m[2]) > 0, line);
+  }
+});
+
+test('metrics: never on the page-server port; a port in use is one clear error line', { timeout: 30_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-ops-'));
+  const blocker = net.createServer();
+  try {
+    for (const name of fs.readdirSync(TESTDATA_IMAGES)) fs.copyFileSync(path.join(TESTDATA_IMAGES, name), path.join(dir, name));
+    const port = await freePort();
+    const same = spawnSync(process.execPath, [lazydBin(), '--page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '--metrics-address', `127.0.0.1:${port}`], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    assert.equal(same.status, 1);
+    assert.match(same.stderr, /--metrics-address 127\.0\.0\.1:\d+: port \d+ is the page server's — metrics need a port of their own, pick another/);
+
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const busy = (blocker.address() as net.AddressInfo).port;
+    const inUse = spawnSync(process.execPath, [lazydBin(), '--page-server', '-D', dir, '--address', '127.0.0.1', '--port', '0', '--metrics-address', `127.0.0.1:${busy}`, '--log-format', 'text'], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    assert.equal(inUse.status, 1);
+    const errors = inUse.stderr.split('\n').filter((l) => /Error/.test(l));
+    assert.equal(errors.length, 1, inUse.stderr);
+    assert.match(errors[0], /Error: cannot serve metrics on 127\.0\.0\.1:\d+: the port is in use — stop the other server or pick another --metrics-address/);
+  } finally {
+    blocker.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// ---------------------------------------------------------------- a systemd-like supervisor
+
+/** A unix datagram socket like systemd's NOTIFY_SOCKET, bound by python3 (Node cannot), printing each datagram. */
+async function notifySocket(file: string) {
+  const script =
+    'import socket, sys, json\n' +
+    's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n' +
+    's.bind(sys.argv[1])\n' +
+    'print("bound", flush=True)\n' +
+    'while True:\n' +
+    '    print(json.dumps(s.recv(4096).decode()), flush=True)\n';
+  const child = spawn('python3', ['-c', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const messages: string[] = [];
+  let buffer = '';
+  let bound = false;
+  child.stdout.on('data', (chunk: Buffer) => {
+    buffer += chunk.toString();
+    let nl: number;
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      if (line === 'bound') bound = true;
+      else messages.push(JSON.parse(line));
+    }
+  });
+  await pollFor('the notify socket to be bound', 5000, () => (bound ? true : undefined));
+  return {
+    messages,
+    waitFor: (re: RegExp, ms = 5000) => pollFor(`a notify message matching ${re}`, ms, () => messages.find((m) => re.test(m))),
+    close: () => child.kill('SIGKILL'),
+  };
+}
+
+function jsonLines(file: string): Record<string, unknown>[] {
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line));
+}
+
+async function closeSession(port: number): Promise<void> {
+  const socket = net.connect({ host: '127.0.0.1', port });
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  socket.write(encodeHeader(32, PS_IOV_CLOSE, 0, 0n, 0n));
+  await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+  socket.end();
+  await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+}
+
+test('service: config file, systemd READY/STATUS/STOPPING, JSON log file reopened on SIGHUP, SIGTERM drains', { timeout: 60_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-ops-'));
+  let proc: Proc | undefined;
+  let notify: Awaited<ReturnType<typeof notifySocket>> | undefined;
+  try {
+    const images = path.join(dir, 'images');
+    fs.mkdirSync(images);
+    for (const name of fs.readdirSync(TESTDATA_IMAGES)) fs.copyFileSync(path.join(TESTDATA_IMAGES, name), path.join(images, name));
+    const log = path.join(dir, 'lazyd.log');
+    const config = path.join(dir, 'lazyd.conf');
+    // port 1 would need CAP_NET_BIND_SERVICE and is taken by nobody: the command line's --port must win.
+    fs.writeFileSync(
+      config,
+      `# lazyd test service\npage-server\nimages-dir ${images}\naddress 127.0.0.1\nport 1\nlog-file ${log}\nno-staging\nrstf-timeout 5   # lazy-pages only: ignored here\n`,
+    );
+    const port = await freePort();
+    notify = await notifySocket(path.join(dir, 'notify.sock'));
+    proc = await startWithStatusFd(
+      {
+        name: 'lazyd (service)',
+        file: process.execPath,
+        args: [lazydBin(), '--config', config, '--port', String(port), '--status-fd', '3'],
+        env: { ...process.env, NOTIFY_SOCKET: path.join(dir, 'notify.sock') },
+        logFile: log,
+      },
+      15_000,
+    );
+    const ready = await notify.waitFor(/^READY=1/);
+    assert.match(ready, new RegExp(`^READY=1\nMAINPID=${proc.pid}\nSTATUS=serving on port ${port}: 0 sessions active, 0 served$`));
+
+    await closeSession(port);
+    await notify.waitFor(/^STATUS=serving on port \d+: 0 sessions active, 1 served$/, 5000);
+    // The log is JSON (not a terminal), at the daemon's default level info: one line per session start and end.
+    await pollFor('the session end line', 5000, () => jsonLines(log).find((r) => r.msg === 'Page-server session finished'));
+    const first = jsonLines(log);
+    assert.ok(first.every((r) => typeof r.level === 'string' && typeof r.time === 'number' && typeof r.msg === 'string'));
+    assert.ok(first.some((r) => r.msg === 'Accepted page-server session'));
+    const end = first.find((r) => r.msg === 'Page-server session finished')!;
+    assert.equal(end.result, 'ok');
+    assert.equal(end.gets, 0);
+    assert.equal(typeof end.seconds, 'number');
+
+    // Log rotation: rename, SIGHUP, the next lines go to a new file of the same name.
+    fs.renameSync(log, `${log}.1`);
+    proc.kill('SIGHUP');
+    await sleep(200);
+    await closeSession(port);
+    await pollFor('a line in the reopened log', 5000, () => (fs.existsSync(log) && jsonLines(log).some((r) => r.msg === 'Page-server session finished') ? true : undefined));
+    assert.equal(jsonLines(`${log}.1`).filter((r) => r.msg === 'Page-server session finished').length, 1);
+
+    proc.kill('SIGTERM');
+    const exit = await proc.wait(15_000);
+    assert.equal(exit.code, 0);
+    assert.match(await notify.waitFor(/^STOPPING=1/), /^STOPPING=1\nSTATUS=draining: 0 sessions finishing their replies$/);
+    const last = jsonLines(log);
+    assert.ok(last.some((r) => r.msg === 'Got SIGTERM: finishing the replies in flight, then exiting'));
+    assert.ok(last.every((r) => r.level !== 'error'), JSON.stringify(last));
+  } finally {
+    proc?.kill('SIGKILL');
+    notify?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('logs: JSON when stderr is not a terminal, criu text lines on a terminal (pty)', { timeout: 30_000 }, async () => {
+  // A failing start logs one error line: compare how it reads on a pipe and on a pty.
+  const args = [lazydBin(), '--page-server', '-D', '/nonexistent/lazyd-images', '--no-staging', '--port', '0'];
+  const piped = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(piped.status, 1);
+  const record = JSON.parse(piped.stderr.split('\n').find((l) => l.startsWith('{'))!);
+  assert.equal(record.level, 'error');
+  assert.match(record.msg, /nonexistent/);
+
+  const command = [process.execPath, ...args].map((a) => `'${a}'`).join(' ');
+  const tty = spawnSync('script', ['-qec', command, '/dev/null'], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(tty.status, 1, tty.stdout + tty.stderr);
+  const text = tty.stdout.replace(/\r/g, '');
+  assert.match(text, /^\(\d\d\.\d{6}\) Error: .*nonexistent/m, text);
+  assert.doesNotMatch(text, /"level"/);
+});
+
+test('lazyd check: every role runs on this host; without CAP_SYS_PTRACE the lazy-pages role fails with its fix', { timeout: 30_000 }, () => {
+  const ok = spawnSync(process.execPath, [lazydBin(), 'check'], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(ok.status, 0, ok.stdout + ok.stderr);
+  for (const role of ['page-server', 'staging', 'lazy-pages']) assert.match(ok.stdout, new RegExp(`^  ok    ${role} `, 'm'));
+  assert.match(ok.stdout, /ok    criu\s+4\.1\.1 \(.*\), 4\.2\.1 \(/);
+
+  const json = spawnSync(process.execPath, [lazydBin(), 'check', '--json'], { encoding: 'utf8', timeout: 20_000 });
+  const report = JSON.parse(json.stdout);
+  assert.equal(report.ok, true);
+  assert.deepEqual(report.roles.map((r: { role: string }) => r.role), ['page-server', 'staging', 'lazy-pages']);
+
+  const dropped = spawnSync('setpriv', ['--bounding-set', '-sys_ptrace', '--inh-caps', '-sys_ptrace', process.execPath, lazydBin(), 'check'], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  assert.equal(dropped.status, 1, dropped.stdout + dropped.stderr);
+  assert.match(dropped.stdout, /^  FAIL  uffd features .*asking for them fails with EPERM\n\s+fix: EVENT_FORK needs CAP_SYS_PTRACE/m);
+  assert.match(dropped.stdout, /^  FAIL  lazy-pages .* — fails: .*uffd features/m);
+  assert.match(dropped.stdout, /^  ok    memfd/m);
+});
