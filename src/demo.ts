@@ -9,6 +9,7 @@
 //
 // Usage: node dist/src/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--daemon lazyd|criu] [--keep]
 // Needs root and CRIU installed by scripts/install-criu.sh. Exits non-zero on any failure.
+import { totalServedSessions } from './page-server/session-log.js';
 import fs from 'node:fs';
 import {
   checkHost,
@@ -89,7 +90,7 @@ interface ServedStats {
   bytes: number;
 }
 
-/** Totals of lazyd's "Page-server session finished ... gets=N pages=N bytes=N" log lines. */
+/** Totals of lazyd's "Page-server session finished" log lines (JSON or text). */
 function readServedStats(logFile: string): ServedStats | undefined {
   let text: string;
   try {
@@ -97,16 +98,7 @@ function readServedStats(logFile: string): ServedStats | undefined {
   } catch {
     return undefined;
   }
-  const stats: ServedStats = { sessions: 0, gets: 0, pages: 0, bytes: 0 };
-  for (const line of text.split('\n')) {
-    if (!/session finished/i.test(line)) continue;
-    const field = (name: string) => Number(line.match(new RegExp(`\\b${name}=(\\d+)`))?.[1] ?? 0);
-    stats.sessions++;
-    stats.gets += field('gets');
-    stats.pages += field('pages');
-    stats.bytes += field('bytes');
-  }
-  return stats.sessions ? stats : undefined;
+  return totalServedSessions(text);
 }
 
 function report(result: MigrationResult, served: ServedStats | undefined, options: DemoOptions): string {

@@ -1,8 +1,9 @@
 // A harness extension for benchmarks: runLazyMigration() plus what the harness does not measure yet —
 // the page server's CPU time (sampled from /proc while it runs), the requests `criu lazy-pages` sent (from its
 // -v4 log, the same client whatever the server), and lazyd's own session counters (from its log).
-// Candidates for src/harness: the lazy-pages request count (next to readLazyPagesSummary in criu.ts), the
-// lazyd session-log parser (the demo has a copy), and a server CPU figure in MigrationResult.
+// Candidates for src/harness: the lazy-pages request count (next to readLazyPagesSummary in criu.ts) and a server
+// CPU figure in MigrationResult. lazyd's session lines are totalled by src/page-server/session-log.ts.
+import { totalServedSessions } from '../../src/page-server/session-log.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runLazyMigration, type MigrationOptions, type MigrationResult } from '../../src/harness/index.js';
@@ -83,7 +84,7 @@ export interface LazydSessionStats {
   seconds: number;
 }
 
-/** Totals of lazyd's "Page-server session finished ... gets=N pages=N bytes=N seconds=S" lines. */
+/** Totals of lazyd's "Page-server session finished" lines (JSON or text log). */
 export function readLazydSessions(logFile: string): LazydSessionStats | undefined {
   let text: string;
   try {
@@ -91,17 +92,7 @@ export function readLazydSessions(logFile: string): LazydSessionStats | undefine
   } catch {
     return undefined;
   }
-  const stats: LazydSessionStats = { sessions: 0, gets: 0, pages: 0, bytes: 0, seconds: 0 };
-  for (const line of text.split('\n')) {
-    if (!/Page-server session finished/.test(line)) continue;
-    const field = (name: string) => Number(line.match(new RegExp(`\\b${name}=([\\d.]+)`))?.[1] ?? 0);
-    stats.sessions++;
-    stats.gets += field('gets');
-    stats.pages += field('pages');
-    stats.bytes += field('bytes');
-    stats.seconds += field('seconds');
-  }
-  return stats.sessions ? stats : undefined;
+  return totalServedSessions(text);
 }
 
 export interface MeasuredMigration {

@@ -8,10 +8,12 @@
 //   metrics-address 127.0.0.1:9101
 //   no-staging
 //
-// lazyd reads /etc/lazyd/lazyd.conf when it exists (as criu reads /etc/criu/default.conf) unless the command line
-// says --no-default-config, then the file of --config FILE. Later files override earlier ones and the command line
-// overrides both. One file may hold the options of every command: each command takes those it accepts; a name no
-// command knows is an error naming the file and line.
+// The daemon (`lazyd --page-server`) reads /etc/lazyd/lazyd.conf when it exists (as criu reads
+// /etc/criu/default.conf) unless the command line says --no-default-config; the criu drop-ins (`lazyd page-server`,
+// `lazyd lazy-pages`) do not, since their callers write criu's whole command line. Every command reads the file of
+// --config FILE. Later files override earlier ones and the command line overrides both. One file may hold the
+// options of several commands: each command takes those it accepts; a name no command knows is an error naming
+// the file and line.
 import fs from 'node:fs';
 
 export const DEFAULT_CONFIG_FILE = '/etc/lazyd/lazyd.conf';

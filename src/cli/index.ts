@@ -1,7 +1,7 @@
 // lazyd's command line. Flag names mirror criu's, so a tool that runs `criu page-server --lazy-pages ...` or
 // `criu lazy-pages ...` can run lazyd with the same arguments. Options may also come from config files in criu's
-// style (src/cli/config-file.ts): /etc/lazyd/lazyd.conf unless --no-default-config, then --config FILE; the
-// command line wins.
+// style (src/cli/config-file.ts): for the daemon /etc/lazyd/lazyd.conf unless --no-default-config, then for any
+// command --config FILE; the command line wins.
 import fs from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { normalizeCriuArgv } from './criu-argv.js';
@@ -31,7 +31,7 @@ function commonOptions<T>(y: Argv<T>) {
     .option('status-fd', { type: 'number', describe: "write one '\\0' byte to this fd when ready, then close it" })
     .option('pidfile', { type: 'string', describe: 'write the pid to this file (relative: in the work dir)' })
     .option('daemon', { alias: 'd', type: 'boolean', describe: 'run in the background once ready (as criu -d)' })
-    .option('default-config', { type: 'boolean', default: true, describe: `read ${DEFAULT_CONFIG_FILE} (--no-default-config: do not)` })
+    .option('default-config', { type: 'boolean', default: true, describe: `the daemon reads ${DEFAULT_CONFIG_FILE} (--no-default-config: not)` })
     .option('config', { type: 'string', describe: 'read options from this file (criu style: one long option per line)' })
     .option('metrics-address', { type: 'string', describe: 'serve Prometheus metrics on HOST:PORT at /metrics (default: off)' })
     .option('criu-abi', {
@@ -113,12 +113,13 @@ const COMMANDS = ['page-server', 'lazy-pages', 'staging', 'check'];
 function withConfigFiles(argv: readonly string[]): string[] {
   const { args, config } = extractConfigFlag(argv);
   const noDefault = args.includes('--no-default-config') || args.includes('--default-config=false');
+  const command = COMMANDS.includes(args[0]) ? args[0] : '$0';
   const files: string[] = [];
-  if (!noDefault && fs.existsSync(DEFAULT_CONFIG_FILE)) files.push(DEFAULT_CONFIG_FILE);
+  // The default file configures the daemon; the criu drop-ins run with the command line their caller wrote.
+  if (command === '$0' && !noDefault && fs.existsSync(DEFAULT_CONFIG_FILE)) files.push(DEFAULT_CONFIG_FILE);
   if (config !== undefined) files.push(config);
   if (!files.length) return args;
   const entries = files.flatMap((file) => readConfigFile(file));
-  const command = COMMANDS.includes(args[0]) ? args[0] : '$0';
   const extra = configArguments(entries, command, optionTables(), args);
   const end = args.indexOf('--');
   return end < 0 ? [...args, ...extra] : [...args.slice(0, end), ...extra, ...args.slice(end)];
