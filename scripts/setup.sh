@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for tool in cmake g++ gcc make python3 ip patchelf; do
+# script (a pty), setpriv (a dropped capability) and systemd-analyze (the unit file) are for the ops tests.
+for tool in cmake g++ gcc make python3 ip patchelf script setpriv systemd-analyze; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends cmake g++ gcc make python3 iproute2 patchelf ca-certificates >/dev/null
+  apt-get install -y -qq --no-install-recommends cmake g++ gcc make python3 iproute2 patchelf ca-certificates \
+    bsdutils util-linux systemd >/dev/null
 fi
 
 bash scripts/install-criu.sh

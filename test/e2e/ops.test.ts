@@ -22,10 +22,11 @@ import {
   type Proc,
 } from '../../src/harness/index.js';
 import { PS_IOV_CLOSE } from '../../src/protocol/constants.js';
+import { repoRoot } from '../../src/paths.js';
 
 const TEST_TIMEOUT_MS = 120_000;
 const timeouts = { dumpMs: 30_000, readyMs: 15_000, restoreMs: 30_000, allPagesMs: 45_000, passesMs: 20_000 };
-const TESTDATA_IMAGES = path.resolve('../shared/testdata/criu-4.2.1/plain-dump/images');
+const TESTDATA_IMAGES = path.resolve(repoRoot(), '../shared/testdata/criu-4.2.1/plain-dump/images');
 
 function diag(t: TestContext) {
   return (message: string) => t.diagnostic(message);
@@ -390,6 +391,16 @@ test('logs: JSON when stderr is not a terminal, criu text lines on a terminal (p
   const text = tty.stdout.replace(/\r/g, '');
   assert.match(text, /^\(\d\d\.\d{6}\) Error: .*nonexistent/m, text);
   assert.doesNotMatch(text, /"level"/);
+});
+
+test('packaging/lazyd.service passes systemd-analyze verify', { timeout: 30_000 }, () => {
+  const unit = path.join(repoRoot(), 'packaging/lazyd.service');
+  const text = fs.readFileSync(unit, 'utf8');
+  assert.match(text, /^Type=notify$/m);
+  assert.match(text, /^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
+  const verify = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(verify.status, 0, verify.stdout + verify.stderr);
+  assert.equal(verify.stderr.trim(), '', verify.stderr);
 });
 
 test('lazyd check: every role runs on this host; without CAP_SYS_PTRACE the lazy-pages role fails with its fix', { timeout: 30_000 }, () => {
