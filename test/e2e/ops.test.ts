@@ -23,6 +23,7 @@ import {
 } from '../../src/harness/index.js';
 import { PS_IOV_CLOSE } from '../../src/protocol/constants.js';
 import { repoRoot } from '../../src/paths.js';
+import { totalServedSessions, type ServedSessions } from '../../src/page-server/session-log.js';
 
 const TEST_TIMEOUT_MS = 120_000;
 const timeouts = { dumpMs: 30_000, readyMs: 15_000, restoreMs: 30_000, allPagesMs: 45_000, passesMs: 20_000 };
@@ -132,6 +133,7 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
   let serverScrapes: ReturnType<typeof scraper> | undefined;
   let daemonScrapes: ReturnType<typeof scraper> | undefined;
   let taskLines: string[] = [];
+  let served: ServedSessions | undefined;
   let pids: number[] = [];
   const result = await runLazyMigration({
     criuVersion: '4.2.1',
@@ -149,6 +151,10 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
       assert.equal(value(first, 'lazyd_page_server_sessions_total'), 0);
       serverScrapes = scraper(serverUrl);
       daemonScrapes = scraper(daemonUrl);
+    },
+    afterFinish: (server) => {
+      // The serve-mode log is JSON (a file); the demo and the benchmarks total its session lines.
+      served = totalServedSessions(fs.readFileSync(server.logFile, 'utf8'));
     },
     onRestored: async (restored) => {
       pids.push(restored.restoredPid);
@@ -218,6 +224,9 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
   assert.equal(value(end, 'lazyd_page_server_requests_total'), value(last, 'lazyd_page_requests_total'));
   assert.equal(value(end, 'lazyd_page_server_pages_sent_total'), installed + value(last, 'lazyd_pages_present_total'));
   assert.equal(value(end, 'lazyd_tls_failures_total'), 0);
+  assert.equal(served?.sessions, 1);
+  assert.equal(served?.bytes, value(end, 'lazyd_page_server_sent_bytes_total'));
+  assert.equal(served?.gets, value(end, 'lazyd_page_server_requests_total'));
 
   t.diagnostic(
     `installed ${installed} of ${result.lazyPagesInImages} lazy pages, ${faults} faults (${timed} timed), ` +
