@@ -141,8 +141,7 @@ function checkFeatures(probe: HostProbe): CheckItem {
   return { name: 'uffd features', status: 'ok', detail: `${needed.map(([, n]) => n).join(', ')} granted` };
 }
 
-function checkPipeMaxSize(): CheckItem {
-  const text = readText('/proc/sys/fs/pipe-max-size');
+export function checkPipeMaxSize(text = readText('/proc/sys/fs/pipe-max-size')): CheckItem {
   const value = Number(text);
   if (text === undefined || !Number.isFinite(value)) {
     return { name: 'fs.pipe-max-size', status: 'fail', detail: 'cannot read /proc/sys/fs/pipe-max-size', fix: 'mount /proc' };

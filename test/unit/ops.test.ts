@@ -12,6 +12,7 @@ import { progressText, RestoreProgress } from '../../src/lazy-pages/progress.js'
 import { TerminalLine } from '../../src/terminal-line.js';
 import { createMetricsRegistry, type EngineCounters } from '../../src/metrics/registry.js';
 import { parseMetricsAddress, refuseSamePort } from '../../src/metrics/server.js';
+import { checkPipeMaxSize, evaluateRoles } from '../../src/commands/check.js';
 
 function table(keys: string[], booleans: string[], aliases: Record<string, string> = {}): OptionTable {
   const canonical = new Map<string, string>(keys.map((k) => [k, k]));
@@ -165,6 +166,25 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
   stats.summary.pagesBackground = 150;
   const again = await registry.metrics();
   assert.match(again, /lazyd_pages_installed_total\{path="background"\} 150\n/);
+});
+
+test('lazyd check: fs.pipe-max-size thresholds and the roles a failure takes down', () => {
+  assert.equal(checkPipeMaxSize('4194304').status, 'ok');
+  const small = checkPipeMaxSize('65536');
+  assert.equal(small.status, 'fail');
+  assert.match(small.detail, /65536 bytes: criu dump's page pipes need at least 1048576/);
+  assert.match(small.fix!, /^sysctl -w fs\.pipe-max-size=4194304/);
+  assert.equal(checkPipeMaxSize('1048576').status, 'warn');
+  assert.equal(checkPipeMaxSize('unreadable').status, 'fail');
+  const roles = evaluateRoles([small, { name: 'userfaultfd', status: 'ok', detail: '' }]);
+  assert.deepEqual(
+    roles.map((r) => [r.role, r.ok, r.failing]),
+    [
+      ['page-server', false, ['fs.pipe-max-size']],
+      ['staging', false, ['fs.pipe-max-size']],
+      ['lazy-pages', true, []],
+    ],
+  );
 });
 
 test('metrics address: HOST:PORT forms, and never the page-server port', () => {
