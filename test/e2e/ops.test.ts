@@ -134,7 +134,14 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
   let daemonScrapes: ReturnType<typeof scraper> | undefined;
   let taskLines: string[] = [];
   let served: ServedSessions | undefined;
-  let pids: number[] = [];
+  const pids: number[] = [];
+  // lazyd lazy-pages under a systemd-like supervisor too: READY=1 when it listens, STOPPING=1 with the summary.
+  const notifyDir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-ops-notify-'));
+  const notify = await notifySocket(path.join(notifyDir, 'notify.sock'));
+  t.after(() => {
+    notify.close();
+    fs.rmSync(notifyDir, { recursive: true, force: true });
+  });
   const result = await runLazyMigration({
     criuVersion: '4.2.1',
     server: 'lazyd',
@@ -142,6 +149,7 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
     workload: { mib: 32, order: 'random', seed: 3 },
     serverOptions: { extraArgs: ['--metrics-address', `127.0.0.1:${serverMetricsPort}`] },
     daemonArgs: ['--metrics-address', `127.0.0.1:${daemonMetricsPort}`, '--metrics-linger', '2'],
+    daemonEnv: { NOTIFY_SOCKET: path.join(notifyDir, 'notify.sock') },
     progress: diag(t),
     timeouts,
     beforeRestore: async (server) => {
@@ -233,6 +241,11 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
       `${value(end, 'lazyd_page_server_sent_bytes_total')} bytes sent = received, ${value(end, 'lazyd_page_server_received_bytes_total')} bytes of requests`,
   );
   t.diagnostic(taskLines.join(' | '));
+  // systemd saw the daemon ready while it waited for the restore, and stopping once every page was in.
+  assert.match(notify.messages[0], /^READY=1\nMAINPID=\d+\nSTATUS=waiting for criu restore --lazy-pages$/);
+  const stopping = notify.messages.find((m) => m.startsWith('STOPPING=1'));
+  assert.match(stopping ?? '', new RegExp(`^STOPPING=1\nSTATUS=done: ${installed} pages installed `));
+
   // The per-task line reports the task's own bytes and time (it used to say "0 bytes in 0.000 s").
   assert.ok(taskLines.length >= 1, 'a per-task line');
   for (const line of taskLines) {
