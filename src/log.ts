@@ -133,7 +133,15 @@ export function createLogger(options: LogOptions = {}): LogHandle {
     },
     destination as unknown as pino.DestinationStream,
   );
-  return { logger, logFile, format, reopen: () => destination.reopen() };
+  const reopen = () => {
+    try {
+      destination.reopen();
+    } catch (error) {
+      // A failed reopen (its directory gone, a full disk) must not take the daemon down: keep the old file.
+      logger.warn(`SIGHUP: ${(error as Error).message}; still writing to the file opened before`);
+    }
+  };
+  return { logger, logFile, format, reopen };
 }
 
 /** `-o -` and no -o mean stderr; a relative name lives in the work dir (criu: -W, else -D, else cwd). */
