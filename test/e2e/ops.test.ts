@@ -384,11 +384,22 @@ test('service: config file, systemd READY/STATUS/STOPPING, JSON log file reopene
     await pollFor('a line in the reopened log', 5000, () => (fs.existsSync(log) && jsonLines(log).some((r) => r.msg === 'Page-server session finished') ? true : undefined));
     assert.equal(jsonLines(`${log}.1`).filter((r) => r.msg === 'Page-server session finished').length, 1);
 
+    // A reopen that fails (a directory where the file should be) keeps the old file, says why, and serves on.
+    fs.renameSync(log, `${log}.2`);
+    fs.mkdirSync(log);
+    proc.kill('SIGHUP');
+    const warning = await pollFor('the reopen warning', 5000, () => jsonLines(`${log}.2`).find((r) => String(r.msg).startsWith('SIGHUP:')));
+    assert.equal(warning.level, 'warn');
+    assert.match(String(warning.msg), /^SIGHUP: cannot open the log file .*lazyd\.log: .*EISDIR.*; still writing to the file opened before$/);
+    assert.ok(proc.running, 'a failed reopen must not stop the daemon');
+    await closeSession(port);
+    fs.rmdirSync(log);
+
     proc.kill('SIGTERM');
     const exit = await proc.wait(15_000);
     assert.equal(exit.code, 0);
     assert.match(await notify.waitFor(/^STOPPING=1/), /^STOPPING=1\nSTATUS=draining: 0 sessions finishing their replies$/);
-    const last = jsonLines(log);
+    const last = jsonLines(`${log}.2`);
     assert.ok(last.some((r) => r.msg === 'Got SIGTERM: finishing the replies in flight, then exiting'));
     assert.ok(last.every((r) => r.level !== 'error'), JSON.stringify(last));
   } finally {
