@@ -221,6 +221,8 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
       onEvent: (event: EngineEvent) => {
         if (event.type === 'task') restored.add(event.pid, hostPidOf(event));
         logEvent(logger, event);
+        // The drain starts at RSTF: show the line now, whatever the poll's phase (a small restore is quick).
+        if (event.type === 'restore-finished') progress?.drawNow();
         if (event.type === 'done' || event.type === 'failed') resolveFinished(event);
       },
     });
@@ -260,7 +262,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     stderrLine,
     () => {
       const s = engine.stats() as EngineCounters;
-      if (s.state !== 'running' && s.state !== 'closing') return undefined;
+      if (s.state === 'waiting-restore' || s.state === 'handshake' || s.state === 'failed') return undefined;
       return { present: s.summary.pagesTotal - s.pagesRemaining - s.pagesInFlight, total: s.summary.pagesTotal, atMs: performance.now() };
     },
     loadNative().pageSize,

@@ -30,10 +30,11 @@ export function progressText(previous: ProgressSample | undefined, now: Progress
   return `restore: ${now.present}/${now.total} pages (${percent}%)${rate}${eta}`;
 }
 
-/** Redraws the line every intervalMs (at most a few times a second) until stop(). */
+/** Draws the line as soon as the restore runs, then redraws it at most every intervalMs, until stop(). */
 export class RestoreProgress {
   private timer: NodeJS.Timeout | undefined;
   private previous: ProgressSample | undefined;
+  private static readonly POLL_MS = 50;
 
   constructor(
     private readonly line: TerminalLine,
@@ -44,15 +45,21 @@ export class RestoreProgress {
 
   start(): void {
     if (!this.line.enabled || this.timer) return;
-    this.timer = setInterval(() => this.tick(), Math.max(this.intervalMs, 200));
+    this.timer = setInterval(() => this.tick(), RestoreProgress.POLL_MS);
     this.timer.unref();
   }
 
-  private tick(): void {
+  private tick(force = false): void {
     const now = this.sample();
     if (!now || now.total === 0) return;
+    if (!force && this.previous && now.atMs - this.previous.atMs < Math.max(this.intervalMs, 200)) return;
     this.line.show(progressText(this.previous, now, this.pageSize));
     this.previous = now;
+  }
+
+  /** Draws at once (the restore reached a milestone), if drawing at all. */
+  drawNow(): void {
+    if (this.timer) this.tick(true);
   }
 
   stop(): void {

@@ -12,7 +12,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test, type TestContext } from 'node:test';
 import {
   checkHost,
+  checkpointWorkload,
+  copyCheckpointImages,
   CRIU_VERSIONS,
+  findCriu,
+  killPidNamespace,
+  readPidfile,
+  runCriu,
+  withRunDir,
   encodeHeader,
   freePort,
   lazydBin,
@@ -424,6 +431,31 @@ test('logs: JSON when stderr is not a terminal, criu text lines on a terminal (p
   const text = tty.stdout.replace(/\r/g, '');
   assert.match(text, /^\(\d\d\.\d{6}\) Error: .*nonexistent/m, text);
   assert.doesNotMatch(text, /"level"/);
+});
+
+test('progress: on a terminal (a pty), lazyd lazy-pages draws a live line for a real restore', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  checkHost(CRIU_VERSIONS);
+  const criu = findCriu('4.2.1');
+  await withRunDir('ops-progress', async (runDir, onCleanup) => {
+    const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 32, order: 'random', seed: 5 }, progress: diag(t), onCleanup, timeouts });
+    const dstDir = path.join(runDir, 'dst');
+    copyCheckpointImages(checkpoint.imagesDir, dstDir);
+    // stderr is the pty of `script`, whose stdout we read; the readiness byte still comes on fd 3.
+    const command = [process.execPath, lazydBin(), 'lazy-pages', '-D', dstDir, '--status-fd', '3'].map((a) => `'${a}'`).join(' ');
+    const daemon = await startWithStatusFd({ name: 'lazyd lazy-pages (pty)', file: 'script', args: ['-qefc', command, '/dev/null'], cwd: dstDir }, timeouts.readyMs);
+    onCleanup(() => daemon.kill('SIGKILL'));
+    const pidfile = path.join(dstDir, 'restored.pid');
+    await runCriu(criu, 'restore', ['--lazy-pages', '-D', dstDir, '-d', '-v4', '-o', 'restore.log', '--pidfile', pidfile], timeouts.restoreMs, { imagesDir: dstDir });
+    const restored = readPidfile(pidfile)!;
+    onCleanup(() => killPidNamespace(restored));
+    await daemon.waitOk(timeouts.allPagesMs);
+    const screen = daemon.outputText;
+    const draws = [...screen.matchAll(/\r\x1b\[2Krestore: (\d+)\/(\d+) pages \((\d+)%\)/g)];
+    t.diagnostic(`${draws.length} progress draws: ${draws.map((d) => d[1]).join(', ')} of ${draws[0]?.[2]}`);
+    assert.ok(draws.length >= 1, `no progress line on the terminal: ${JSON.stringify(screen.slice(0, 400))}`);
+    assert.equal(Number(draws[0][2]), checkpoint.lazyPages);
+    assert.match(screen, /\r\x1b\[2K(\r\n)?lazyd lazy-pages: \d+ pages installed/, 'the line is taken down before the summary');
+  });
 });
 
 test('packaging/lazyd.service passes systemd-analyze verify', { timeout: 30_000 }, () => {

@@ -112,6 +112,7 @@ test('terminal line: drawn in place, taken down around log lines, never when dis
     fs.closeSync(fd);
     const text = fs.readFileSync(file, 'utf8');
     const draws = text.split('\r\x1b[2Krestore: ').length - 1;
+    // The first draw comes at once (one 50 ms poll), then at most one per 200 ms.
     assert.ok(draws >= 2 && draws <= 4, `drawn ${draws} times in 0.7 s at most every 200 ms: ${JSON.stringify(text)}`);
     assert.match(text, /\r\x1b\[2Ka log line\nrestore: \d+\/1000 pages/);
     assert.ok(text.endsWith('\r\x1b[2K'), 'stop() takes the line down');
