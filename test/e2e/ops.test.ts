@@ -9,15 +9,15 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import {
-  checkHost,
   checkpointWorkload,
   copyCheckpointImages,
-  CRIU_VERSIONS,
+  E2E_TIMEOUTS,
   findCriu,
   killPidNamespace,
   readPidfile,
+  requireHost,
   runCriu,
   withRunDir,
   encodeHeader,
@@ -26,6 +26,7 @@ import {
   pollFor,
   runLazyMigration,
   startWithStatusFd,
+  testProgress,
   type Proc,
 } from '../../src/harness/index.js';
 import { PS_IOV_CLOSE } from '../../src/protocol/constants.js';
@@ -33,12 +34,10 @@ import { repoRoot } from '../../src/paths.js';
 import { totalServedSessions, type ServedSessions } from '../../src/page-server/session-log.js';
 
 const TEST_TIMEOUT_MS = 120_000;
-const timeouts = { dumpMs: 30_000, readyMs: 15_000, restoreMs: 30_000, allPagesMs: 45_000, passesMs: 20_000 };
+const timeouts = E2E_TIMEOUTS;
 const TESTDATA_IMAGES = path.resolve(repoRoot(), '../shared/testdata/criu-4.2.1/plain-dump/images');
 
-function diag(t: TestContext) {
-  return (message: string) => t.diagnostic(message);
-}
+const diag = testProgress;
 
 // ---------------------------------------------------------------- Prometheus text format
 
@@ -132,7 +131,7 @@ function assertNaming(s: Scrape, pids: number[]): void {
 }
 
 test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd on both ends)', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  checkHost(CRIU_VERSIONS);
+  requireHost();
   const serverMetricsPort = await freePort();
   const daemonMetricsPort = await freePort();
   const serverUrl = `http://127.0.0.1:${serverMetricsPort}/metrics`;
@@ -434,7 +433,7 @@ test('logs: JSON when stderr is not a terminal, criu text lines on a terminal (p
 });
 
 test('progress: on a terminal (a pty), lazyd lazy-pages draws a live line for a real restore', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  checkHost(CRIU_VERSIONS);
+  requireHost();
   const criu = findCriu('4.2.1');
   await withRunDir('ops-progress', async (runDir, onCleanup) => {
     const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 32, order: 'random', seed: 5 }, progress: diag(t), onCleanup, timeouts });
