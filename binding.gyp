@@ -13,7 +13,8 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-      "libraries": ["-lpthread"]
+      "cflags": ["<!@(pkg-config --cflags gnutls)"],
+      "libraries": ["-lpthread", "<!@(pkg-config --libs gnutls)"]
     }
   ]
 }

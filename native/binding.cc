@@ -17,6 +17,7 @@
 #include "page_index.h"
 #include "page_server.h"
 #include "sd_notify.h"
+#include "tls_context.h"
 #include "wire.h"
 
 namespace {
@@ -39,6 +40,36 @@ Napi::Error errno_error(Napi::Env env, int negative_errno, const std::string& wh
   error.Set("code", Napi::String::New(env, code));
   error.Set("errno", Napi::Number::New(env, err));
   return error;
+}
+
+// The `tls` option of PageServer and LazyPages: undefined (plain TCP) or { cacert, cacrl, cert, key, noCnVerify,
+// peerName } (empty strings: criu's defaults, §1.9). Loads the credentials; a bad file throws its one-line message.
+std::shared_ptr<const lazyd::TlsContext> tls_option(Napi::Env env, Napi::Value value) {
+  if (!value.IsObject()) return nullptr;
+  Napi::Object o = value.As<Napi::Object>();
+  auto text = [&](const char* name) {
+    Napi::Value v = o.Get(name);
+    return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+  };
+  lazyd::TlsOptions options;
+  options.cacert = text("cacert");
+  options.cacrl = text("cacrl");
+  options.cert = text("cert");
+  options.key = text("key");
+  options.peer_name = text("peerName");
+  options.no_cn_verify = o.Get("noCnVerify").ToBoolean();
+  std::string error;
+  std::shared_ptr<lazyd::TlsContext> context = lazyd::TlsContext::create(options, &error);
+  if (!context) throw Napi::Error::New(env, error);
+  return context;
+}
+
+// tlsCheck(options): loads the credentials as the daemons will; returns the notes for the log ("" if none).
+Napi::Value TlsCheck(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<const lazyd::TlsContext> context = tls_option(env, info[0]);
+  if (!context) throw Napi::Error::New(env, "tlsCheck: expected an options object");
+  return Napi::String::New(env, context->notes());
 }
 
 Napi::Value uint64_value(Napi::Env env, uint64_t value) {
@@ -103,7 +134,7 @@ Napi::Array store_pagemaps(Napi::Env env, const lazyd::PageStore& store) {
 }
 
 // new PageServer({ format, maxRequestPages, maxQueuedReplies, singleSession, maxSessions, stallTimeoutMs,
-//   acceptUploads, stagingMaxBytes, stagingRestores, onEvent })
+//   acceptUploads, stagingMaxBytes, stagingRestores, tls, tlsHandshakeTimeoutMs, onEvent })
 class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -139,6 +170,8 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
     config_.staging_max_bytes = static_cast<uint64_t>(number("stagingMaxBytes", 1024.0 * 1024 * 1024));
     config_.staging_restores = static_cast<uint64_t>(number("stagingRestores", 0));
     config_.upload.format = config_.session.format;
+    config_.tls = tls_option(env, options.Get("tls"));
+    config_.tls_handshake_timeout_ms = static_cast<int>(number("tlsHandshakeTimeoutMs", 10000));
     index_ = std::make_shared<lazyd::PageIndex>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
     events_ = Napi::ThreadSafeFunction::New(env, options.Get("onEvent").As<Napi::Function>(), "lazyd-page-server",
                                             0, 1);
@@ -356,7 +389,7 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 
 // new LazyPages({ workDir, nrTasks, tasks: [{ pid, runs: BigUint64Array [imgStart, nrPages, fd|2^64-1, offset]* }],
 //   source: 'local' | 'remote', address, port, format, faultAroundBytes, bgMinBytes, bgMaxBytes, background,
-//   acceptTimeoutMs, handoverTimeoutMs, rstfTimeoutMs, connectTimeoutMs, stallTimeoutMs, closeTimeoutMs, onEvent })
+//   acceptTimeoutMs, handoverTimeoutMs, rstfTimeoutMs, connectTimeoutMs, stallTimeoutMs, closeTimeoutMs, tls, onEvent })
 class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -409,6 +442,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     c.connect_timeout_ms = static_cast<int>(number("connectTimeoutMs", c.connect_timeout_ms));
     c.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs", c.stall_timeout_ms));
     c.close_timeout_ms = static_cast<int>(number("closeTimeoutMs", c.close_timeout_ms));
+    c.tls = tls_option(env, o.Get("tls"));
     events_ = Napi::ThreadSafeFunction::New(env, o.Get("onEvent").As<Napi::Function>(), "lazyd-lazy-pages", 0, 1);
     engine_ = std::make_unique<lazyd::FaultEngine>(std::move(c), [this](const lazyd::EngineEvent& e) { post(e); });
   }
@@ -535,6 +569,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("constants", Constants(env));
   exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
   exports.Set("probeHost", Napi::Function::New(env, ProbeHost, "probeHost"));
+  exports.Set("tlsCheck", Napi::Function::New(env, TlsCheck, "tlsCheck"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }

@@ -585,12 +585,16 @@ struct FaultEngine::Impl {
       int rc = cfg.ps_socket >= 0 ? client->adopt(cfg.ps_socket) : client->connect(cfg.address, cfg.port,
                                                                                      cfg.connect_timeout_ms);
       if (cfg.ps_socket >= 0) cfg.ps_socket = -1;
+      if (rc == 0 && cfg.tls) {
+        rc = client->start_tls(cfg.tls, cfg.address + ":" + std::to_string(cfg.port), cfg.connect_timeout_ms);
+      }
       if (rc < 0) {
         fail(client->error().empty() ? std::string("cannot use the page server socket: ") + strerror(-rc)
                                      : client->error());
         return;
       }
       where = "page-server " + cfg.address + ":" + std::to_string(cfg.port);
+      if (cfg.tls) where += " over " + client->tls_description();
       source = std::move(client);
       epoll_add(source->fd(), EPOLLIN | EPOLLRDHUP, kTagSource);
     }

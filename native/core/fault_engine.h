@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "tls_context.h"
 #include "wire.h"
 
 namespace lazyd {
@@ -51,6 +52,7 @@ struct FaultEngineConfig {
   uint16_t port = 0;
   wire::Format format = wire::Format::V24;     // 24: criu <= 4.1, 32: criu >= 4.2 (§0)
   int ps_socket = -1;                          // an already-connected page-server socket (taken over) instead
+  std::shared_ptr<const TlsContext> tls;       // --tls: the page-server connection runs TLS (§1.9); null: plain
 
   uint64_t page_size = 0;  // 0: sysconf(_SC_PAGESIZE)
 

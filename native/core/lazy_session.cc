@@ -2,6 +2,7 @@
 
 #include "text.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -12,10 +13,33 @@
 
 namespace lazyd {
 
-LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged)
-    : fd_(fd), index_(index), staged_(staged), limits_(limits), format_(limits.format) {}
+namespace {
 
-LazySession::~LazySession() { close(fd_); }
+// Page bytes read per step under TLS: 16 records of the largest size.
+constexpr size_t kCopyChunk = 256 * 1024;
+
+// A TLS ClientHello reached a plain server: say so instead of "unknown command".
+std::string tls_hint(const uint8_t* head, size_t len, bool tls) {
+  if (tls || !looks_like_tls(head, len)) return "";
+  return " (the bytes are a TLS ClientHello: the peer runs with --tls; start lazyd with --tls too)";
+}
+
+}  // namespace
+
+LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged)
+    : LazySession(std::make_unique<Transport>(fd), index, limits, staged) {}
+
+LazySession::LazySession(std::unique_ptr<Transport> transport, const PageIndex& index, const SessionLimits& limits,
+                         const StagedLookup* staged)
+    : transport_(std::move(transport)), index_(index), staged_(staged), limits_(limits), format_(limits.format) {}
+
+LazySession::~LazySession() = default;
+
+LazySession::Status LazySession::fail_io(const char* what, ssize_t err) {
+  const std::string tls_error = transport_->error();
+  if (!tls_error.empty()) return fail(tls_error);
+  return fail(std::string(what) + ": " + strerror(static_cast<int>(-err)));
+}
 
 LazySession::Status LazySession::fail(std::string message) {
   error_ = std::move(message);
@@ -35,11 +59,10 @@ LazySession::Status LazySession::stop_reading() {
 
 LazySession::Status LazySession::on_readable() {
   while (wants_read()) {
-    ssize_t n = recv(fd_, in_ + in_len_, sizeof in_ - in_len_, MSG_DONTWAIT);
+    ssize_t n = transport_->recv(in_ + in_len_, sizeof in_ - in_len_);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      return fail(std::string("receive failed: ") + strerror(errno));
+      if (n == -EAGAIN) break;
+      return fail_io("receive failed", n);
     }
     if (n == 0) {
       eof_ = true;
@@ -100,7 +123,8 @@ LazySession::Status LazySession::handle_requests() {
         }
         status = fail(std::string("malformed first header (command ") + wire::command_name(command) +
                       " " + hex(command) + "): neither the 24-byte (CRIU <= 4.1) nor the 32-byte (CRIU >= 4.2) " +
-                      "layout fits; pass --criu-abi if the peer is a CRIU page-server client");
+                      "layout fits; pass --criu-abi if the peer is a CRIU page-server client" +
+                      tls_hint(head, available, transport_->tls()));
         break;
       }
       format_ = format;
@@ -129,7 +153,8 @@ LazySession::Status LazySession::handle_requests() {
                            : " in a lazy-fetch session: a connection either uploads or fetches"));
         break;
       default:
-        status = fail("unknown command " + hex(header.cmd) + ": not a CRIU page-server request");
+        status = fail("unknown command " + hex(header.cmd) + ": not a CRIU page-server request" +
+                      tls_hint(head, head_size, transport_->tls()));
         break;
     }
   }
@@ -229,19 +254,27 @@ LazySession::Status LazySession::flush() {
       // MSG_MORE keeps the header with the page bytes that follow; the last sendfile segment goes out without
       // it, so with TCP_NODELAY a reply leaves as soon as it is complete (no cork timer, unlike CRIU's 0.2 s).
       const int more = (reply.file_left || (reply.store && reply.span.bytes)) ? MSG_MORE : 0;
-      ssize_t n = send(fd_, reply.head + reply.head_sent, reply.head_len - reply.head_sent,
-                       MSG_DONTWAIT | MSG_NOSIGNAL | more);
+      // Under TLS the header is one record and the page bytes follow in records of their own (§1.9).
+      ssize_t n = transport_->send(reply.head + reply.head_sent, reply.head_len - reply.head_sent, more);
       if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
-        return fail(std::string("send failed: ") + strerror(errno));
+        if (n == -EAGAIN) return Status::kOpen;
+        return fail_io("send failed", n);
       }
       reply.head_sent += static_cast<size_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
       continue;
     }
+    if (!transport_->zero_copy()) {
+      if (copy_off_ < copy_len_ || reply.file_left || (reply.store && reply.store_done < reply.span.bytes)) {
+        Status status = flush_copied(reply);
+        if (status != Status::kOpen || copy_off_ < copy_len_) return status;  // failed, or the socket is full
+        continue;
+      }
+      replies_.pop_front();
+      continue;
+    }
     if (reply.store && reply.store_done < reply.span.bytes) {
-      ssize_t n = reply.store->send(reply.span, reply.store_done, fd_, scratch_);
+      ssize_t n = reply.store->send(reply.span, reply.store_done, fd(), scratch_);
       if (n == -EAGAIN || n == -EWOULDBLOCK) return Status::kOpen;
       if (n == -EINTR) continue;
       if (n < 0) return fail(std::string("sending staged page data failed: ") + strerror(static_cast<int>(-n)));
@@ -252,7 +285,7 @@ LazySession::Status LazySession::flush() {
     }
     if (reply.file_left) {
       off_t offset = static_cast<off_t>(reply.file_offset);
-      ssize_t n = sendfile(fd_, reply.file_fd, &offset, reply.file_left);
+      ssize_t n = sendfile(fd(), reply.file_fd, &offset, reply.file_left);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
@@ -270,6 +303,47 @@ LazySession::Status LazySession::flush() {
     replies_.pop_front();
   }
   return Status::kOpen;
+}
+
+LazySession::Status LazySession::flush_copied(Reply& reply) {
+  if (copy_.empty()) copy_.resize(kCopyChunk);
+  for (;;) {
+    if (copy_off_ == copy_len_) {
+      copy_off_ = copy_len_ = 0;
+      if (reply.store && reply.store_done < reply.span.bytes) {
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(copy_.size(), reply.span.bytes - reply.store_done));
+        ssize_t n = reply.store->copy_out(reply.span, reply.store_done, copy_.data(), want, scratch_);
+        if (n == -EINTR) continue;
+        if (n < 0) return fail(std::string("reading staged page data failed: ") + strerror(static_cast<int>(-n)));
+        if (n == 0) return fail("the staged store returned nothing: no page is sent short");
+        reply.store_done += static_cast<uint64_t>(n);
+        copy_len_ = static_cast<size_t>(n);
+      } else if (reply.file_left) {
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(copy_.size(), reply.file_left));
+        ssize_t n = pread(reply.file_fd, copy_.data(), want, static_cast<off_t>(reply.file_offset));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return fail(std::string("reading page data failed: ") + strerror(errno));
+        }
+        if (n == 0) {
+          return fail("the pages image ended " + std::to_string(reply.file_left) +
+                      " bytes early (truncated or changed since start): no page is sent short");
+        }
+        reply.file_offset += static_cast<uint64_t>(n);
+        reply.file_left -= static_cast<uint64_t>(n);
+        copy_len_ = static_cast<size_t>(n);
+      } else {
+        return Status::kOpen;  // all of this reply's bytes are sent
+      }
+    }
+    ssize_t n = transport_->send(copy_.data() + copy_off_, copy_len_ - copy_off_);
+    if (n < 0) {
+      if (n == -EAGAIN) return Status::kOpen;
+      return fail_io("sending page data failed", n);
+    }
+    copy_off_ += static_cast<size_t>(n);
+    stats_.bytes_out += static_cast<uint64_t>(n);
+  }
 }
 
 }  // namespace lazyd

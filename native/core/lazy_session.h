@@ -8,9 +8,11 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "page_index.h"
 #include "page_store.h"
+#include "transport.h"
 #include "wire.h"
 
 namespace lazyd {
@@ -52,6 +54,9 @@ class LazySession {
   // staged may be null (serve the images only). A session binds to the staged checkpoint of its first staged
   // GET; every later GET of a staged pid must belong to that same checkpoint (one restore = one checkpoint).
   LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged = nullptr);
+  // The same over a transport (a plain socket or an established TLS session, §1.9).
+  LazySession(std::unique_ptr<Transport> transport, const PageIndex& index, const SessionLimits& limits,
+              const StagedLookup* staged = nullptr);
   ~LazySession();
   LazySession(const LazySession&) = delete;
   LazySession& operator=(const LazySession&) = delete;
@@ -65,7 +70,9 @@ class LazySession {
   bool wants_write() const { return !replies_.empty(); }
   bool has_unsent_replies() const { return !replies_.empty(); }
 
-  int fd() const { return fd_; }
+  int fd() const { return transport_->fd(); }
+  // Input already taken off the socket (TLS): the server must not wait on epoll for it.
+  bool has_buffered_input() const { return transport_->buffered(); }
   wire::Format format() const { return format_; }
   const SessionStats& stats() const { return stats_; }
   const std::string& error() const { return error_; }
@@ -89,10 +96,13 @@ class LazySession {
   Status handle_get(const wire::Header& header);
   Status queue_close_status();
   Status flush();
+  // TLS: the page bytes of the front reply, read into copy_ and sent in records of their own (§1.9).
+  Status flush_copied(Reply& reply);
   Status fail(std::string message);
+  Status fail_io(const char* what, ssize_t err);
   Status settle();
 
-  int fd_;
+  std::unique_ptr<Transport> transport_;
   const PageIndex& index_;
   const StagedLookup* staged_;
   std::shared_ptr<const StagedCheckpoint> bound_;
@@ -106,6 +116,9 @@ class LazySession {
   bool stop_reading_ = false;
   bool close_seen_ = false;
   size_t close_slack_ = 0;  // a CLOSE read before the format was known may be followed by 8 zero bytes (§1.2)
+  std::vector<uint8_t> copy_;  // TLS only: page bytes read, [copy_off_, copy_len_) not yet sent
+  size_t copy_off_ = 0;
+  size_t copy_len_ = 0;
   SessionStats stats_;
   std::string error_;
 };

@@ -152,6 +152,19 @@ ssize_t MemfdStore::send(const StoreSpan& span, uint64_t done, int out_fd, Serve
   }
 }
 
+ssize_t MemfdStore::copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch&) const {
+  if (done >= span.bytes || len == 0) return 0;
+  const uint64_t want = std::min<uint64_t>(len, span.bytes - done);
+  const uint64_t at = span.data_offset + done;
+  if (at + want > data_end()) return -EIO;
+  for (;;) {
+    ssize_t n = pread(fd_, buf, static_cast<size_t>(want), static_cast<off_t>(at));
+    if (n > 0) return n;
+    if (n == 0) return -EIO;
+    if (errno != EINTR) return -errno;
+  }
+}
+
 StoreResources MemfdStore::resources() const {
   StoreResources r;
   r.fds = (fd_ >= 0) + (pipe_rd_ >= 0) + (pipe_wr_ >= 0);

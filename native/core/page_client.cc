@@ -3,6 +3,7 @@
 #include "clock.h"
 #include "text.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -45,7 +46,54 @@ int wait_fd(int fd, short events, int* left_ms) {
 PageClient::PageClient(wire::Format format, uint64_t page_size) : format_(format), page_size_(page_size) {}
 
 PageClient::~PageClient() {
+  tls_.reset();
   if (fd_ >= 0) ::close(fd_);
+}
+
+int PageClient::start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer, int timeout_ms) {
+  if (fd_ < 0) return fail(-ENOTCONN, "page server not connected");
+  std::string error;
+  tls_ = TlsSession::create(std::move(context), fd_, TlsSession::Role::kClient, &error);
+  if (!tls_) return fail(-EPROTO, error);
+  int left = timeout_ms;
+  for (;;) {
+    int rc = tls_->handshake();
+    if (rc == 0) return 0;
+    if (rc != -EAGAIN) return fail(-EPROTO, "TLS handshake with the page server " + peer + " failed: " + tls_->error());
+    rc = wait_fd(fd_, tls_->handshake_wants_write() ? POLLOUT : POLLIN, &left);
+    if (rc < 0) {
+      return fail(rc, "TLS handshake with the page server " + peer + " did not complete within " +
+                          std::to_string(timeout_ms) + " ms: does it run with --tls?");
+    }
+  }
+}
+
+ssize_t PageClient::io_recv(void* buf, size_t len) {
+  if (tls_) return tls_->recv(buf, len);
+  for (;;) {
+    ssize_t n = recv(fd_, buf, len, MSG_DONTWAIT);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
+}
+
+ssize_t PageClient::io_send(const void* buf, size_t len) {
+  if (tls_) return tls_->send(buf, len);
+  for (;;) {
+    ssize_t n = send(fd_, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
+}
+
+std::string PageClient::closed_hint() const {
+  if (bytes_received_ != 0) return "";
+  // Nothing ever came back: the usual cause is a TLS mismatch (criu checks certificates after the handshake and
+  // just closes).
+  return tls_ ? " before its first reply: it may have refused our certificate (see its log)"
+              : " before its first reply: if it runs with --tls, pass --tls too";
 }
 
 int PageClient::fail(int err, std::string message) {
@@ -140,12 +188,16 @@ int PageClient::submit(const PageRequest& request) {
 }
 
 int PageClient::flush() {
+  const size_t head_size = wire::header_size(format_);
   while (out_off_ < out_.size()) {
-    ssize_t n = send(fd_, out_.data() + out_off_, out_.size() - out_off_, MSG_DONTWAIT | MSG_NOSIGNAL);
+    // Under TLS each header goes in a record of its own: criu's server reads a header with one record read (§1.9).
+    size_t len = out_.size() - out_off_;
+    if (tls_) len = std::min(len, head_size - out_off_ % head_size);
+    ssize_t n = io_send(out_.data() + out_off_, len);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      return fail(-errno, std::string("sending to the page server failed: ") + strerror(errno));
+      if (n == -EAGAIN) return 0;
+      const std::string why = tls_ && !tls_->error().empty() ? tls_->error() : strerror(static_cast<int>(-n));
+      return fail(static_cast<int>(n), "sending to the page server failed: " + why);
     }
     out_off_ += static_cast<size_t>(n);
     bytes_sent_ += static_cast<uint64_t>(n);
@@ -177,20 +229,22 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
       dst = fifo_.front().buf + payload_got_;
       want = payload_len_ - payload_got_;
     }
-    ssize_t n = recv(fd_, dst, want, MSG_DONTWAIT);
+    ssize_t n = io_recv(dst, want);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      if (errno == ECONNRESET) {
-        return fail(-ECONNRESET, "the page server reset the connection with " + std::to_string(fifo_.size()) +
-                                     " request(s) unanswered");
+      if (n == -EAGAIN) return 0;
+      if (tls_ && !tls_->error().empty()) {
+        return fail(static_cast<int>(n), "reading from the page server failed: " + tls_->error());
       }
-      return fail(-errno, std::string("reading from the page server failed: ") + strerror(errno));
+      if (n == -ECONNRESET) {
+        return fail(-ECONNRESET, "the page server reset the connection with " + std::to_string(fifo_.size()) +
+                                     " request(s) unanswered" + closed_hint());
+      }
+      return fail(static_cast<int>(n), std::string("reading from the page server failed: ") + strerror(static_cast<int>(-n)));
     }
     if (n == 0) {
-      if (fifo_.empty() && head_len_ == 0) return fail(-ECONNRESET, "the page server closed the connection");
+      if (fifo_.empty() && head_len_ == 0) return fail(-ECONNRESET, "the page server closed the connection" + closed_hint());
       return fail(-ECONNRESET, "the page server closed the connection with " + std::to_string(fifo_.size()) +
-                                   " request(s) unanswered");
+                                   " request(s) unanswered" + closed_hint());
     }
     last_progress_ns_ = now_ns();
     bytes_received_ += static_cast<uint64_t>(n);
@@ -260,23 +314,26 @@ int PageClient::close(int timeout_ms, int32_t* status) {
     uint8_t answer[4];
     size_t got = 0;
     while (rc == 0 && got < sizeof answer) {
-      ssize_t n = recv(fd_, answer + got, sizeof answer - got, MSG_DONTWAIT);
+      ssize_t n = io_recv(answer + got, sizeof answer - got);
       if (n > 0) {
         got += static_cast<size_t>(n);
         bytes_received_ += static_cast<uint64_t>(n);
       } else if (n == 0) {
-        rc = fail(-ECONNRESET, "the page server closed the connection before answering CLOSE");
-      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        rc = fail(-ECONNRESET, "the page server closed the connection before answering CLOSE" + closed_hint());
+      } else if (n == -EAGAIN) {
         rc = wait_fd(fd_, POLLIN, &left);
         if (rc < 0) rc = fail(rc, "timed out waiting for the page server's answer to CLOSE");
-      } else if (errno != EINTR) {
-        rc = fail(-errno, std::string("reading the CLOSE answer failed: ") + strerror(errno));
+      } else {
+        const std::string why = tls_ && !tls_->error().empty() ? tls_->error() : strerror(static_cast<int>(-n));
+        rc = fail(static_cast<int>(n), "reading the CLOSE answer failed: " + why);
       }
     }
     if (rc == 0 && status) std::memcpy(status, answer, sizeof *status);
+    if (rc == 0 && tls_) tls_->bye();  // close_notify, without waiting for the server's (as criu, §1.9)
   } else {
     rc = -EPIPE;
   }
+  tls_.reset();
   // The server waits for our side to close first (§1.5, §1.6).
   ::close(fd_);
   fd_ = -1;

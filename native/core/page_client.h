@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "tls_session.h"
 #include "wire.h"
 
 namespace lazyd {
@@ -67,6 +69,11 @@ class PageClient : public PageSource {
   int connect(const std::string& host, uint16_t port, int timeout_ms);
   // Uses an already-connected socket (criu's --ps-socket). Takes ownership.
   int adopt(int fd);
+  // --tls (§1.9): the TLS handshake over the connected socket, the server's certificate checked, within
+  // timeout_ms. From then on every byte goes through TLS, each GET header in a record of its own. 0 or -errno.
+  int start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer, int timeout_ms);
+  // "TLS1.3-..." once start_tls() succeeded, else "".
+  std::string tls_description() const { return tls_ ? tls_->description() : std::string(); }
 
   int fd() const override { return fd_; }
   bool wants_write() const override { return out_off_ < out_.size(); }
@@ -84,12 +91,18 @@ class PageClient : public PageSource {
 
  private:
   int fail(int err, std::string message);
+  // Through TLS when started, else the socket: bytes, 0 at EOF, -EAGAIN or -errno.
+  ssize_t io_recv(void* buf, size_t len);
+  ssize_t io_send(const void* buf, size_t len);
+  // Why the server closed the connection: the words after "the page server closed the connection".
+  std::string closed_hint() const;
   int flush();
   int read_replies(std::vector<PageReply>* done);
 
   wire::Format format_;
   uint64_t page_size_;
   int fd_ = -1;
+  std::unique_ptr<TlsSession> tls_;
   std::vector<uint8_t> out_;
   size_t out_off_ = 0;
   std::deque<PageRequest> fifo_;

@@ -30,7 +30,11 @@ double seconds_since(Clock::time_point start) {
 
 struct PageServer::Entry {
   uint64_t id;
-  int fd = -1;                            // until routed (staging: the first command decides)
+  int fd = -1;                            // --tls: the socket while the handshake runs
+  std::unique_ptr<TlsSession> tls;        // --tls: the handshake in progress
+  std::unique_ptr<Transport> link;        // until routed (staging: the first command decides)
+  uint8_t head[4];                        // --tls routing: the first command's bytes read so far
+  size_t head_len = 0;
   std::unique_ptr<LazySession> session;   // lazy fetch
   std::unique_ptr<UploadSession> upload;  // image upload
   bool ack_posted = false;
@@ -44,9 +48,11 @@ struct PageServer::Entry {
   uint64_t bytes_reported = 0;
   uint64_t bytes_in_reported = 0;
   ~Entry() {
-    if (!session && !upload && fd >= 0) close(fd);
+    tls.reset();
+    if (fd >= 0) close(fd);
   }
-  int socket() const { return session ? session->fd() : upload ? upload->fd() : fd; }
+  int socket() const { return session ? session->fd() : upload ? upload->fd() : link ? link->fd() : fd; }
+  bool handshaking() const { return tls != nullptr; }
 };
 
 struct PageServer::State : StagedLookup {
@@ -188,12 +194,53 @@ std::string PageServer::admit(uint64_t session, PageKey key) {
   return "";
 }
 
+// --tls: one step of the connection's handshake. Once it is done (peer verified) the connection gets its
+// transport and is routed (staging) or becomes a lazy session.
+void PageServer::handshake(Entry& entry) {
+  const int rc = entry.tls->handshake();
+  if (rc == -EAGAIN) {
+    const uint32_t interest = entry.tls->handshake_wants_write() ? uint32_t{EPOLLOUT} : uint32_t{EPOLLIN};
+    if (interest != entry.interest) {
+      epoll_event event{interest | EPOLLRDHUP, {.u64 = entry.id}};
+      epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.fd, &event);
+      entry.interest = interest;
+    }
+    return;
+  }
+  if (rc < 0) {
+    counters_.tls_failures++;
+    end_session(entry.id, false, "TLS: " + entry.tls->error() + "; session dropped");
+    return;
+  }
+  entry.link = std::make_unique<Transport>(entry.fd, std::move(entry.tls));
+  entry.fd = -1;
+  if (!config_.accept_uploads) {
+    entry.session = std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session);
+  }
+}
+
 void PageServer::route(Entry& entry) {
   uint8_t head[4];
-  ssize_t n = recv(entry.fd, head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
+  ssize_t n;
+  if (entry.link->tls()) {
+    // TLS cannot peek: read the first command's bytes, then put them back for the session.
+    n = entry.link->recv(entry.head + entry.head_len, sizeof entry.head - entry.head_len);
+    if (n > 0) {
+      entry.head_len += static_cast<size_t>(n);
+      n = static_cast<ssize_t>(entry.head_len);
+      memcpy(head, entry.head, entry.head_len);
+    } else if (n == 0 && entry.head_len > 0) {
+      n = -ECONNRESET;
+    }
+  } else {
+    n = recv(entry.link->fd(), head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0) n = -errno;
+  }
   if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-    end_session(entry.id, false, std::string("receive failed: ") + strerror(errno));
+    if (n == -EAGAIN || n == -EWOULDBLOCK || n == -EINTR) return;
+    const std::string tls_error = entry.link->error();
+    end_session(entry.id, false, tls_error.empty() ? std::string("receive failed: ") + strerror(static_cast<int>(-n))
+                                                   : "TLS: " + tls_error);
     return;
   }
   if (n == 0) {
@@ -201,6 +248,7 @@ void PageServer::route(Entry& entry) {
     return;
   }
   if (n < static_cast<ssize_t>(sizeof head)) return;  // the rest of cmd is still on its way
+  if (entry.link->tls()) entry.link->unread(entry.head, entry.head_len);
   uint32_t cmd;
   memcpy(&cmd, head, sizeof cmd);
   switch (cmd & wire::PS_CMD_MASK) {
@@ -223,14 +271,13 @@ void PageServer::route(Entry& entry) {
       limits.hold_close_reply = true;
       const uint64_t id = entry.id;
       limits.admit_key = [this, id](PageKey key) { return admit(id, key); };
-      entry.upload = std::make_unique<UploadSession>(entry.fd, std::move(store), limits);
+      entry.upload = std::make_unique<UploadSession>(std::move(entry.link), std::move(store), limits);
       break;
     }
     default:
-      entry.session = std::make_unique<LazySession>(entry.fd, *index_, config_.session, state_.get());
+      entry.session = std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session, state_.get());
       break;
   }
-  entry.fd = -1;
 }
 void PageServer::join() {
   if (thread_.joinable()) thread_.join();
@@ -256,8 +303,20 @@ void PageServer::accept_all() {
     net::set_nodelay(fd);
     auto entry = std::make_unique<Entry>();
     entry->id = state_->next_id++;
-    if (config_.accept_uploads) {
-      entry->fd = fd;  // routed by its first command
+    if (config_.tls) {
+      std::string error;
+      entry->tls = TlsSession::create(config_.tls, fd, TlsSession::Role::kServer, &error);
+      if (!entry->tls) {
+        close(fd);
+        counters_.tls_failures++;
+        event.kind = ServerEvent::Kind::kRefused;
+        event.message = error;
+        sink_(event);
+        continue;
+      }
+      entry->fd = fd;  // handshake first
+    } else if (config_.accept_uploads) {
+      entry->link = std::make_unique<Transport>(fd);  // routed by its first command
     } else {
       entry->session = std::make_unique<LazySession>(fd, *index_, config_.session);
     }
@@ -300,22 +359,42 @@ void PageServer::update_interest(Entry& entry) {
 }
 
 void PageServer::service(Entry& entry, uint32_t events) {
+  const uint64_t id = entry.id;
+  if (entry.handshaking()) {
+    if (state_->draining) {
+      end_session(id, true, "");
+      return;
+    }
+    handshake(entry);
+    if (state_->sessions.count(id) == 0 || entry.handshaking()) return;  // failed, or waiting for the peer
+    events |= EPOLLIN;  // the first request may have come with the handshake's last flight
+  }
   if (!entry.session && !entry.upload) {
     if (state_->draining) {
-      end_session(entry.id, true, "");
+      end_session(id, true, "");
       return;
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) return;
-    const uint64_t id = entry.id;
     route(entry);
     if (state_->sessions.count(id) == 0) return;  // ended
-    if (!entry.session && !entry.upload) return;        // not routed yet
+    if (!entry.session && !entry.upload) {        // not routed yet
+      if (entry.interest != EPOLLIN) {
+        epoll_event event{EPOLLIN | EPOLLRDHUP, {.u64 = id}};
+        epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.socket(), &event);
+        entry.interest = EPOLLIN;
+      }
+      return;
+    }
   }
   if (entry.upload) {
     UploadSession& upload = *entry.upload;
     UploadSession::Status status = UploadSession::Status::kOpen;
     if (events & EPOLLOUT) status = upload.on_writable();
     if (status == UploadSession::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
+      status = upload.on_readable();
+    }
+    // TLS: bytes decrypted earlier wait inside the session, where epoll cannot see them.
+    while (status == UploadSession::Status::kOpen && upload.wants_read() && upload.has_buffered_input()) {
       status = upload.on_readable();
     }
     account(entry);
@@ -348,6 +427,10 @@ void PageServer::service(Entry& entry, uint32_t events) {
   if (events & EPOLLOUT) status = session.on_writable();
   if (status == LazySession::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
     status = session.wants_read() ? session.on_readable() : session.on_writable();
+  }
+  // TLS: requests decrypted earlier wait inside the session, where epoll cannot see them.
+  while (status == LazySession::Status::kOpen && session.wants_read() && session.has_buffered_input()) {
+    status = session.on_readable();
   }
   if (status == LazySession::Status::kOpen && state_->draining) status = session.stop_reading();
 
@@ -455,7 +538,12 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
 void PageServer::check_stalls() {
   const auto now = Clock::now();
   std::vector<uint64_t> stalled;
+  std::vector<uint64_t> slow_handshakes;
   for (auto& [id, entry] : state_->sessions) {
+    if (entry->handshaking() && now - entry->started > std::chrono::milliseconds(config_.tls_handshake_timeout_ms)) {
+      slow_handshakes.push_back(id);
+      continue;
+    }
     if (!entry->session) continue;  // uploads wait on the dump, which pushes; routing waits for one header
     const uint64_t bytes = entry->session->stats().bytes_out;
     if (bytes != entry->bytes_at_last_check || !entry->session->has_unsent_replies()) {
@@ -464,6 +552,12 @@ void PageServer::check_stalls() {
     } else if (now - entry->last_progress > std::chrono::milliseconds(config_.stall_timeout_ms)) {
       stalled.push_back(id);
     }
+  }
+  for (uint64_t id : slow_handshakes) {
+    counters_.tls_failures++;
+    end_session(id, false,
+                "TLS: the peer did not complete the handshake within " +
+                    std::to_string(config_.tls_handshake_timeout_ms / 1000) + " s; session dropped");
   }
   for (uint64_t id : stalled) {
     end_session(id, false,

@@ -23,6 +23,7 @@
 
 #include "lazy_session.h"
 #include "page_index.h"
+#include "tls_context.h"
 #include "upload_session.h"
 
 namespace lazyd {
@@ -36,6 +37,10 @@ struct PageServerConfig {
   uint64_t staging_max_bytes = 1ull << 30;  // the daemon-wide cap on staged + uploading page bytes
   uint64_t staging_restores = 0;  // release a staged checkpoint after this many completed restores (0: never)
   UploadLimits upload;            // format / max_entry_pages (hold_close_reply and admit_key are set by the server)
+  // --tls (§1.9): every connection starts with a TLS handshake, driven by the epoll thread without blocking;
+  // a peer that has not finished it within tls_handshake_timeout_ms is dropped. null: plain TCP.
+  std::shared_ptr<const TlsContext> tls;
+  int tls_handshake_timeout_ms = 10000;
 };
 
 struct ServerEvent {
@@ -75,7 +80,7 @@ struct ServerCounters {
   std::atomic<uint64_t> pages_total{0};
   std::atomic<uint64_t> bytes_total{0};     // sent: lazy replies and CLOSE answers
   std::atomic<uint64_t> bytes_received{0};  // read: lazy requests and uploads (headers + page data)
-  std::atomic<uint64_t> tls_failures{0};    // TLS handshakes or records that failed (counted by the TLS layer)
+  std::atomic<uint64_t> tls_failures{0};    // TLS handshakes that failed or timed out: peers refused, not TLS (--tls)
 };
 
 class PageServer {
@@ -111,6 +116,7 @@ class PageServer {
   void account(Entry& entry);
   void check_stalls();
   void route(Entry& entry);
+  void handshake(Entry& entry);
   void run_commands();
   void retire(uint64_t checkpoint, const std::string& reason);
   std::string admit(uint64_t session, PageKey key);

@@ -164,6 +164,9 @@ class PageStore {
   // consuming them from the store. Non-blocking on a non-blocking out_fd. Returns bytes written (> 0),
   // -EAGAIN when out_fd is full, or -errno. Call until done == span.bytes.
   virtual ssize_t send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch& scratch) const = 0;
+  // The same bytes copied into buf (at most len): for TLS, where pages are encrypted in user space (§1.9).
+  // Returns bytes copied (> 0) or -errno. Call until done == span.bytes.
+  virtual ssize_t copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch& scratch) const = 0;
   // Convenience: lookup + send all of it, waiting (poll) on a full out_fd. Returns the pages written
   // (clamped), or a negative code: -ENOENT unknown key, -ENODATA not stored / no data, or -errno.
   // Uses a scratch owned by the store: one caller at a time.

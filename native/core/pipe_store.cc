@@ -111,8 +111,9 @@ int PipeStore::on_seal() {
   return 0;
 }
 
-ssize_t PipeStore::send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch& scratch) const {
-  if (done >= span.bytes) return 0;
+// Pulls the next piece of span (from `done` up to the end of its pipe) into the scratch pipe, unless bytes of it
+// are still pending there. 0 or -errno.
+int PipeStore::pull(const StoreSpan& span, uint64_t done, ServeScratch& scratch) const {
   if (scratch.pending_ == 0) {
     // Pull the next piece (up to the end of its pipe) into the scratch pipe.
     const uint64_t pos = span.data_offset + done;
@@ -152,9 +153,27 @@ ssize_t PipeStore::send(const StoreSpan& span, uint64_t done, int out_fd, ServeS
       scratch.pending_ -= static_cast<uint64_t>(n);
     }
   }
+  return 0;
+}
+
+ssize_t PipeStore::send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch& scratch) const {
+  if (done >= span.bytes) return 0;
+  int err = pull(span, done, scratch);
+  if (err) return err;
   const bool more = done + scratch.pending_ < span.bytes;
   ssize_t n = splice(scratch.rd_, nullptr, out_fd, nullptr, scratch.pending_,
                      SPLICE_F_NONBLOCK | SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
+  if (n < 0) return -errno;
+  if (n == 0) return -EIO;
+  scratch.pending_ -= static_cast<uint64_t>(n);
+  return n;
+}
+
+ssize_t PipeStore::copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch& scratch) const {
+  if (done >= span.bytes || len == 0) return 0;
+  int err = pull(span, done, scratch);
+  if (err) return err;
+  ssize_t n = read(scratch.rd_, buf, static_cast<size_t>(std::min<uint64_t>(len, scratch.pending_)));
   if (n < 0) return -errno;
   if (n == 0) return -EIO;
   scratch.pending_ -= static_cast<uint64_t>(n);

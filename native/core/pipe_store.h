@@ -33,6 +33,7 @@ class PipeStore final : public PageStore {
 
   const char* kind() const override { return "pipe"; }
   ssize_t send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch& scratch) const override;
+  ssize_t copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch& scratch) const override;
   StoreResources resources() const override;
 
   uint64_t pipe_bytes() const { return pipe_bytes_; }
@@ -56,6 +57,7 @@ class PipeStore final : public PageStore {
   // at pipe_bytes.
   int tail_pipe(uint64_t at, Pipe** pipe);
   bool pipe_full(const Pipe& pipe) const;
+  int pull(const StoreSpan& span, uint64_t done, ServeScratch& scratch) const;
 
   uint64_t pipe_bytes_;
   uint64_t capacity_;

@@ -2,6 +2,7 @@
 
 #include "text.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -47,9 +48,14 @@ bool connection_broke(int err) {
 }  // namespace
 
 UploadSession::UploadSession(int fd, std::unique_ptr<PageStore> store, const UploadLimits& limits)
-    : fd_(fd), store_(std::move(store)), limits_(limits), format_(limits.format) {}
+    : UploadSession(std::make_unique<Transport>(fd), std::move(store), limits) {}
 
-UploadSession::~UploadSession() { close(fd_); }
+UploadSession::UploadSession(std::unique_ptr<Transport> transport, std::unique_ptr<PageStore> store,
+                             const UploadLimits& limits)
+    : transport_(std::move(transport)), store_(std::move(store)), limits_(limits), format_(limits.format) {}
+
+UploadSession::~UploadSession() = default;
+
 
 std::shared_ptr<PageStore> UploadSession::take_store() {
   if (!committed_) return nullptr;
@@ -74,6 +80,8 @@ UploadSession::Status UploadSession::fail(std::string message) {
 }
 
 UploadSession::Status UploadSession::fail_socket(const char* what, int err) {
+  const std::string tls_error = transport_->error();  // a TLS failure names itself (§1.9)
+  if (!tls_error.empty()) return fail("TLS: " + tls_error + kNothingKept);
   if (!connection_broke(err)) return fail(std::string(what) + " failed: " + strerror(err) + kNothingKept);
   std::string where = "the dump's connection broke after " + std::to_string(stats_.entries) + " entries";
   if (phase_ == Phase::kClosed) {
@@ -130,10 +138,10 @@ UploadSession::Status UploadSession::on_writable() {
 
 UploadSession::Status UploadSession::read_header() {
   const size_t need = format_ == wire::Format::Unknown ? wire::HEADER_SIZE_V24 : wire::header_size(format_);
-  ssize_t n = recv(fd_, in_ + in_len_, need - in_len_, MSG_DONTWAIT);
+  ssize_t n = transport_->recv(in_ + in_len_, need - in_len_);
   if (n < 0) {
-    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
-    return fail_socket("receive", errno);
+    if (n == -EAGAIN) return Status::kOpen;
+    return fail_socket("receive", static_cast<int>(-n));
   }
   if (n == 0) {
     eof_ = true;
@@ -283,7 +291,23 @@ UploadSession::Status UploadSession::handle_entry(const wire::Header& header, ui
 }
 
 UploadSession::Status UploadSession::read_payload() {
-  ssize_t n = store_->receive(fd_, store_->pending_bytes());
+  ssize_t n;
+  if (transport_->zero_copy()) {
+    n = store_->receive(transport_->fd(), store_->pending_bytes());
+  } else {
+    // Never more than the payload still expected: the next header stays in the session (§1.9).
+    if (copy_.empty()) copy_.resize(256 * 1024);
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(copy_.size(), store_->pending_bytes()));
+    n = transport_->recv(copy_.data(), want);
+    if (n < 0 && n != -EAGAIN) return fail_socket("receive", static_cast<int>(-n));
+    if (n > 0) {
+      ssize_t stored = store_->receive_bytes(copy_.data(), static_cast<size_t>(n));
+      if (stored != n) {
+        return fail(entry_what_ + ": storing the pages failed: " +
+                    store_error_text(stored < 0 ? static_cast<int>(stored) : -EIO) + kNothingKept);
+      }
+    }
+  }
   if (n > 0) {
     stats_.bytes_in += static_cast<uint64_t>(n);
     if (store_->pending_bytes() == 0) phase_ = Phase::kHeader;
@@ -302,19 +326,20 @@ UploadSession::Status UploadSession::read_payload() {
 
 UploadSession::Status UploadSession::read_after_close() {
   uint8_t buf[64];
-  ssize_t n = recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+  ssize_t n = transport_->recv(buf, sizeof buf);
   if (n < 0) {
-    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
-    if (status_queued_ && out_sent_ == out_len_ && connection_broke(errno)) {
+    if (n == -EAGAIN) return Status::kOpen;
+    const int err = static_cast<int>(-n);
+    if (transport_->error().empty() && status_queued_ && out_sent_ == out_len_ && connection_broke(err)) {
       // The CLOSE status has left. CRIU's dump reads it, reports success and kills the tasks, then closes; a
       // reset now may come after all that (a network failure, the dump's host going down). Dropping the upload
       // could lose the process, keeping it at worst holds a checkpoint of tasks that run on: keep it.
-      note_ = std::string("the dump's connection broke after lazyd had sent its CLOSE status (") + strerror(errno) +
+      note_ = std::string("the dump's connection broke after lazyd had sent its CLOSE status (") + strerror(err) +
               "): the dump may have succeeded and ended the tasks, so the upload is kept";
       eof_ = true;
       return Status::kOpen;  // settle() commits
     }
-    return fail_socket("receive after CLOSE", errno);
+    return fail_socket("receive after CLOSE", err);
   }
   if (n == 0) {
     eof_ = true;
@@ -344,11 +369,10 @@ UploadSession::Status UploadSession::reply(const void* data, size_t len) {
 
 UploadSession::Status UploadSession::flush() {
   while (out_sent_ < out_len_) {
-    ssize_t n = send(fd_, out_ + out_sent_, out_len_ - out_sent_, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = transport_->send(out_ + out_sent_, out_len_ - out_sent_);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
-      return fail_socket("send", errno);
+      if (n == -EAGAIN) return Status::kOpen;
+      return fail_socket("send", static_cast<int>(-n));
     }
     out_sent_ += static_cast<size_t>(n);
   }

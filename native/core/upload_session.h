@@ -17,8 +17,10 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "page_store.h"
+#include "transport.h"
 #include "wire.h"
 
 namespace lazyd {
@@ -50,6 +52,9 @@ class UploadSession {
 
   // Takes the socket (closed by the destructor) and a fresh, empty store.
   UploadSession(int fd, std::unique_ptr<PageStore> store, const UploadLimits& limits);
+  // The same over a transport (a plain socket, or an established TLS session: payloads are then decrypted in
+  // user space and copied into the store, §1.9).
+  UploadSession(std::unique_ptr<Transport> transport, std::unique_ptr<PageStore> store, const UploadLimits& limits);
   ~UploadSession();
   UploadSession(const UploadSession&) = delete;
   UploadSession& operator=(const UploadSession&) = delete;
@@ -74,7 +79,9 @@ class UploadSession {
   // Progress while filling (memory held, entries).
   const PageStore* store() const { return store_.get(); }
 
-  int fd() const { return fd_; }
+  int fd() const { return transport_->fd(); }
+  // Input already taken off the socket (TLS): the server must not wait on epoll for it.
+  bool has_buffered_input() const { return transport_->buffered(); }
   wire::Format format() const { return format_; }
   const UploadStats& stats() const { return stats_; }
   const std::string& error() const { return error_; }
@@ -97,7 +104,8 @@ class UploadSession {
   Status fail_socket(const char* what, int err);
   Status settle();
 
-  int fd_;
+  std::unique_ptr<Transport> transport_;
+  std::vector<uint8_t> copy_;  // TLS only: decrypted payload bytes on their way into the store
   std::shared_ptr<PageStore> store_;
   UploadLimits limits_;
   wire::Format format_;

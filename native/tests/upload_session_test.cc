@@ -108,7 +108,7 @@ std::string pages(uint64_t n, char seed) {
 std::string i32(int32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); }
 
 // ---- running a session ----
-enum class Transport { kUnix, kTcp };
+enum class SocketKind { kUnix, kTcp };
 enum class StoreKind { kPipe, kMemfd };
 
 std::unique_ptr<PageStore> new_store(StoreKind kind, const StoreLimits& limits) {
@@ -133,8 +133,8 @@ struct Outcome {
   std::shared_ptr<PageStore> store;
 };
 
-void socket_pair(Transport t, int out[2]) {
-  if (t == Transport::kUnix) {
+void socket_pair(SocketKind t, int out[2]) {
+  if (t == SocketKind::kUnix) {
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, out) == 0);
     return;
   }
@@ -157,7 +157,7 @@ void socket_pair(Transport t, int out[2]) {
 // until it has `expect_replies` bytes (or EOF) and closes, as CRIU's client closes after the CLOSE status.
 // The server side runs the session in a poll loop until it ends.
 // With reset (TCP), the client closes with SO_LINGER 0 (after the replies it waits for): the session sees a reset.
-Outcome run(const std::string& stream, size_t expect_replies, StoreKind kind, Transport transport,
+Outcome run(const std::string& stream, size_t expect_replies, StoreKind kind, SocketKind transport,
             UploadLimits limits = UploadLimits(), StoreLimits store_limits = StoreLimits(), bool reset = false) {
   int sv[2];
   socket_pair(transport, sv);
@@ -264,7 +264,7 @@ void check_served_pages(const PageStore& store, const std::vector<Row>& rows, co
   close(sv[1]);
 }
 
-void test_replay(const char* version, StoreKind kind, Transport transport, bool detect) {
+void test_replay(const char* version, StoreKind kind, SocketKind transport, bool detect) {
   const std::string stream = upload_file(version, "client-to-server.bin");
   const std::string expected = upload_file(version, "server-to-client.bin");
   const std::string image = upload_file(version, "page-server-images/pages-65537.img");
@@ -326,7 +326,7 @@ void test_replay(const char* version, StoreKind kind, Transport transport, bool 
   CHECK(key_from_get_pid(1, &key) && key == pid_key(1));
   CHECK(!key_from_get_pid((1ull << 56) | 1, &key));  // would alias pid 1 through pid_key()
   printf("  replay %s %-5s %-4s %s: committed, replies and %zu served bytes exact (%llu fds)\n", version,
-         kind == StoreKind::kPipe ? "pipe" : "memfd", transport == Transport::kTcp ? "tcp" : "unix",
+         kind == StoreKind::kPipe ? "pipe" : "memfd", transport == SocketKind::kTcp ? "tcp" : "unix",
          detect ? "detected" : "given", image.size(), static_cast<unsigned long long>(store.resources().fds));
 }
 
@@ -345,7 +345,7 @@ void test_failures(const char* version, StoreKind kind) {
   shared.budget = std::make_shared<MemoryBudget>(64 << 20);
 
   // EOF in the middle of a payload.
-  Outcome cut = run(stream.substr(0, big_entry + header + 5000), 1, kind, Transport::kTcp, UploadLimits(), shared);
+  Outcome cut = run(stream.substr(0, big_entry + header + 5000), 1, kind, SocketKind::kTcp, UploadLimits(), shared);
   CHECK(!cut.committed && cut.store == nullptr);
   CHECK(contains(cut.error, "disconnected after 5000 of 1064960 payload bytes"));
   CHECK(contains(cut.error, "nothing of this upload is kept"));
@@ -353,7 +353,7 @@ void test_failures(const char* version, StoreKind kind) {
 
   // A reset in the middle of a payload (the dump's host or the network died): named as such, not as a store
   // error; the bytes that arrived before the reset are still read.
-  Outcome reset = run(stream.substr(0, big_entry + header + 5000), 1, kind, Transport::kTcp, UploadLimits(), shared, true);
+  Outcome reset = run(stream.substr(0, big_entry + header + 5000), 1, kind, SocketKind::kTcp, UploadLimits(), shared, true);
   CHECK(!reset.committed && reset.store == nullptr);
   CHECK(contains(reset.error, "nr_pages 260 flags PE_LAZY|PE_PRESENT: the dump's connection broke after 5000 of 1064960 payload bytes (Connection reset by peer): nothing of this upload is kept"));
   CHECK(shared.budget->used() == 0);
@@ -361,14 +361,14 @@ void test_failures(const char* version, StoreKind kind) {
   // A reset after CLOSE while lazyd still holds its status back (writing the images): the dump never got it.
   UploadLimits held;
   held.hold_close_reply = true;
-  Outcome early = run(stream, 1, kind, Transport::kTcp, held, shared, true);
+  Outcome early = run(stream, 1, kind, SocketKind::kTcp, held, shared, true);
   CHECK(!early.committed && early.store == nullptr);
   CHECK(contains(early.error, "the dump's connection broke after its CLOSE, before lazyd's CLOSE status had left (Connection reset by peer): nothing of this upload is kept"));
   CHECK(shared.budget->used() == 0);
 
   // A reset after the CLOSE status has left: the dump may have read it, succeeded and ended the tasks, so the
   // upload is kept (committed, with a note), never dropped.
-  Outcome late = run(stream, 5, kind, Transport::kTcp, UploadLimits(), shared, true);
+  Outcome late = run(stream, 5, kind, SocketKind::kTcp, UploadLimits(), shared, true);
   CHECK(late.replies.size() == 5);
   CHECK(late.committed && late.store != nullptr && late.status == UploadSession::Status::kDone);
   CHECK(contains(late.note, "the dump's connection broke after lazyd had sent its CLOSE status (Connection reset by peer)"));
@@ -377,26 +377,26 @@ void test_failures(const char* version, StoreKind kind) {
   CHECK(shared.budget->used() == 0);
 
   // EOF at a header boundary without CLOSE ("The data were not flushed").
-  Outcome noclose = run(stream.substr(0, close_off), 1, kind, Transport::kUnix, UploadLimits(), shared);
+  Outcome noclose = run(stream.substr(0, close_off), 1, kind, SocketKind::kUnix, UploadLimits(), shared);
   CHECK(!noclose.committed && noclose.store == nullptr);
   CHECK(contains(noclose.error, "the dump disconnected before CLOSE: nothing of this upload is kept"));
   CHECK(noclose.stats.entries == 14);  // everything else had arrived
   CHECK(shared.budget->used() == 0);
 
   // EOF inside the CLOSE header.
-  Outcome half = run(stream.substr(0, close_off + 10), 1, kind, Transport::kUnix, UploadLimits(), shared);
+  Outcome half = run(stream.substr(0, close_off + 10), 1, kind, SocketKind::kUnix, UploadLimits(), shared);
   CHECK(!half.committed);
   CHECK(contains(half.error, "after 10 bytes of a header"));
 
   // Data after CLOSE.
-  Outcome extra = run(stream + "x", 5, kind, Transport::kUnix, UploadLimits(), shared);
+  Outcome extra = run(stream + "x", 5, kind, SocketKind::kUnix, UploadLimits(), shared);
   CHECK(!extra.committed);
   CHECK(contains(extra.error, "data after CLOSE"));
 
   // The memory cap refuses the upload at the entry that would exceed it.
   StoreLimits small;
   small.budget = std::make_shared<MemoryBudget>(1 << 20);
-  Outcome capped = run(stream, 5, kind, Transport::kTcp, UploadLimits(), small);
+  Outcome capped = run(stream, 5, kind, SocketKind::kTcp, UploadLimits(), small);
   CHECK(!capped.committed && capped.store == nullptr);
   CHECK(contains(capped.error, "nr_pages 260"));
   CHECK(contains(capped.error, "staging memory cap of 1048576 bytes"));
@@ -407,7 +407,7 @@ void test_failures(const char* version, StoreKind kind) {
   // Entry size cap.
   UploadLimits few;
   few.max_entry_pages = 100;
-  Outcome big = run(stream, 5, kind, Transport::kUnix, few);
+  Outcome big = run(stream, 5, kind, SocketKind::kUnix, few);
   CHECK(!big.committed);
   CHECK(contains(big.error, "more than the limit of 100 pages per entry"));
 }
@@ -432,7 +432,7 @@ void test_crafted(StoreKind kind) {
                     h24(addf(wire::PE_PRESENT), 1, 0x90000, shm3) + c +                   // back to shmem 3
                     close24;
     // shmem 3 was opened before: switching back to it must fail (CRIU would start its pagemap over).
-    Outcome o = run(s, 9, kind, Transport::kUnix);
+    Outcome o = run(s, 9, kind, SocketKind::kUnix);
     CHECK(!o.committed);
     CHECK(contains(o.error, "shmem 3: this pagemap was already opened in this upload"));
   }
@@ -443,7 +443,7 @@ void test_crafted(StoreKind kind) {
                     h24(wire::PS_IOV_OPEN, 0, 0, (9 << 8) | 16) + h24(addf(wire::PE_PRESENT), 1, 0x5000, (9 << 8) | 1) + c +
                     h24(wire::PS_IOV_OPEN2, 0, 0, (5 << 8) | 1) + close24;
     const std::string expected = i32(0) + std::string(1, '\0') + i32(0);  // PARENT, OPEN2, CLOSE
-    Outcome o = run(s, expected.size(), kind, Transport::kTcp);
+    Outcome o = run(s, expected.size(), kind, SocketKind::kTcp);
     if (!o.committed) fprintf(stderr, "%s\n", o.error.c_str());
     CHECK(o.committed);
     CHECK(o.replies == expected);
@@ -479,7 +479,7 @@ void test_crafted(StoreKind kind) {
     std::string s = h32(wire::PS_IOV_OPEN2, 0, 0, shm3, 0xdeadbeef) +
                     h32(addf(wire::PE_PRESENT), 2, 0x0, shm3, 0x12345678) + a +
                     h32(addf(wire::PE_PRESENT), 1, 0x3000, shm3, 0xffffffff) + c + h32(wire::PS_IOV_FORCE_CLOSE, 0, 0, 0);
-    Outcome o = run(s, 5, kind, Transport::kUnix);
+    Outcome o = run(s, 5, kind, SocketKind::kUnix);
     CHECK(o.committed);
     CHECK(o.replies == std::string(1, '\0') + i32(0));
     CHECK(o.format == wire::Format::V32);
@@ -487,7 +487,7 @@ void test_crafted(StoreKind kind) {
   }
   // An upload of nothing: CLOSE first, in either layout (the 32-byte one has 8 more zero bytes).
   for (const std::string& s : {close24, close32}) {
-    Outcome o = run(s, 4, kind, Transport::kUnix);
+    Outcome o = run(s, 4, kind, SocketKind::kUnix);
     CHECK(o.committed);
     CHECK(o.replies == i32(0));
     CHECK(o.store->keys().empty());
@@ -497,7 +497,7 @@ void test_crafted(StoreKind kind) {
     std::string s = h24(wire::PS_IOV_OPEN2, 0, 0, pid1) + h24(addf(wire::PE_LAZY), 100, 0x100000, pid1) +
                     h24(addf(wire::PE_PRESENT), 1, 0x200000, pid1) + c + h24(addf(wire::PE_LAZY), 5, 0x300000, pid1) +
                     close24;
-    Outcome o = run(s, 5, kind, Transport::kTcp);
+    Outcome o = run(s, 5, kind, SocketKind::kTcp);
     CHECK(o.committed);
     CHECK(o.store->entries(pid_key(1))->size() == 3);
     CHECK(o.store->bytes_held() == kPage);
@@ -524,7 +524,7 @@ void test_crafted(StoreKind kind) {
       {h24(0x1234, 0, 0, 0), "malformed first header"},
   };
   for (const Bad& b : bad) {
-    Outcome o = run(b.stream + close24, 5, kind, Transport::kUnix);
+    Outcome o = run(b.stream + close24, 5, kind, SocketKind::kUnix);
     CHECK(!o.committed && o.store == nullptr);
     CHECK(contains(o.error, b.message));
   }
@@ -536,9 +536,9 @@ int main() {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   for (const char* version : {"4.1.1", "4.2.1"}) {
     for (StoreKind kind : {StoreKind::kPipe, StoreKind::kMemfd}) {
-      test_replay(version, kind, Transport::kUnix, true);
-      test_replay(version, kind, Transport::kTcp, true);
-      test_replay(version, kind, Transport::kTcp, false);
+      test_replay(version, kind, SocketKind::kUnix, true);
+      test_replay(version, kind, SocketKind::kTcp, true);
+      test_replay(version, kind, SocketKind::kTcp, false);
       test_failures(version, kind);
     }
   }

@@ -15,9 +15,10 @@ import { DEFAULT_VERBOSITY, LOG_FORMATS } from '../log.js';
 
 /** The serve-mode daemon logs one line per session start and end: info (-v3) unless -v says otherwise. */
 export const DAEMON_VERBOSITY = 3;
+import { tlsFlags, tlsOptionsFrom } from './tls-options.js';
 
 function commonOptions<T>(y: Argv<T>) {
-  return y
+  return tlsFlags(y)
     .option('images-dir', { alias: 'D', type: 'string', default: '.', describe: 'CRIU images directory' })
     .option('work-dir', { alias: 'W', type: 'string', describe: 'work directory (default: the images dir)' })
     .option('log-file', { alias: 'o', type: 'string', describe: 'log file, relative to the work dir (criu -o); SIGHUP reopens it' })
@@ -137,6 +138,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const daemon = daemonRequest(merged);
   if (daemon && !args.includes('--help')) return runDaemon(daemon);
   let exitCode = 0;
+  const tlsWarn = (message: string) => process.stderr.write(`lazyd: warning: ${message}\n`);
   const serve = (mode: 'serve' | 'criu') => async (a: any) => {
     exitCode = await runPageServer({
       mode,
@@ -162,6 +164,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       stagingTtlSeconds: a.stagingTtl,
       persist: a.persist,
       controlSocket: a.controlSocket,
+      tls: tlsOptionsFrom(a, a.address, tlsWarn),
     });
   };
 
@@ -199,6 +202,7 @@ export async function main(argv: readonly string[]): Promise<number> {
           stallTimeoutSeconds: a.stallTimeout,
           onFailure: a.onFailure,
           rstfTimeoutSeconds: a.rstfTimeout,
+          tls: tlsOptionsFrom(a, a.address, tlsWarn),
         });
       },
     )

@@ -22,6 +22,7 @@ import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { engineTasks, formatFromImages } from '../lazy-pages/engine-config.js';
 import { latencyLine } from '../lazy-pages/latency.js';
 import { wireFormatFromAbi } from './page-server.js';
+import type { NativeTlsOptions } from '../cli/tls-options.js';
 import { FAILURE_POLICIES, hostPidOf, RestoredTasks, type FailurePolicy } from '../lazy-pages/restored-tasks.js';
 
 /** RSTF must follow the last hand-over within this (criu waits forever). */
@@ -48,6 +49,8 @@ export interface LazyPagesCommandOptions {
   onFailure?: FailurePolicy;
   /** Seconds allowed between the last task hand-over and RSTF (default 60; 0: no limit). Env LAZYD_RSTF_TIMEOUT. */
   rstfTimeoutSeconds?: number;
+  /** --tls: the connection to the page server runs TLS (src/cli/tls-options.ts). */
+  tls?: NativeTlsOptions;
 }
 
 /** Options not given on the command line fall back to the environment (LAZYD_ON_FAILURE, LAZYD_RSTF_TIMEOUT). */
@@ -206,6 +209,10 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
         (options.pageServer ? `, page server ${options.address}:${options.port} (${format}-byte headers)` : ', local'),
     );
     const addon = loadNative();
+    if (options.tls && options.pageServer) {
+      const notes: string = addon.tlsCheck(options.tls);
+      if (notes) logger.info(`TLS: ${notes}`);
+    }
     let resolveFinished!: (event: EngineEvent) => void;
     finished = new Promise((resolve) => (resolveFinished = resolve));
     engine = new addon.LazyPages({
@@ -216,6 +223,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
       address: options.address,
       port: options.port,
       format,
+      tls: options.pageServer ? options.tls : undefined,
       stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
       rstfTimeoutMs: policy.rstfTimeoutSeconds * 1000,
       onEvent: (event: EngineEvent) => {

@@ -8,6 +8,7 @@ import { createMetricsRegistry } from '../metrics/registry.js';
 import { parseMetricsAddress, refuseSamePort, startMetricsServer, type MetricsServer } from '../metrics/server.js';
 import { PageServerService, type WireFormatOption } from '../page-server/service.js';
 import { startStagingControl, type StagingControlServer } from '../staging/control.js';
+import type { NativeTlsOptions } from '../cli/tls-options.js';
 
 export interface PageServerCommandOptions {
   mode: 'serve' | 'criu';
@@ -37,6 +38,8 @@ export interface PageServerCommandOptions {
   persist?: boolean;
   /** Serve mode with staging: accept `list` / `release` commands on this unix socket (src/staging/control.ts). */
   controlSocket?: string;
+  /** --tls: every connection runs TLS (src/cli/tls-options.ts). */
+  tls?: NativeTlsOptions;
 }
 
 export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
@@ -81,6 +84,7 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       maxSessions: options.maxSessions,
       maxRequestPages: options.maxRequestPages,
       stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
+      tls: options.tls,
       staging:
         single || options.staging === false
           ? undefined
@@ -135,6 +139,7 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     process.stdout.write(
       `lazyd: page server listening on ${shown}:${service.port} — ${imagesDir}: ${service.summary.tasks} tasks, ` +
         `${service.summary.lazyPages} lazy pages` +
+        (options.tls ? ' (TLS)' : '') +
         (service.stager ? `; staging uploads into ${path.resolve(options.stagingDir ?? imagesDir)}` : '') +
         (metrics ? `; metrics on ${metrics.url}` : '') +
         '\n',

@@ -9,3 +9,4 @@ export * from './migration.js';
 export * from './fake-restore.js';
 export * from './relay.js';
 export * from './e2e.js';
+export * from './pki.js';

@@ -6,7 +6,7 @@ import path from 'node:path';
 import client from 'prom-client';
 import { repoRoot } from '../paths.js';
 
-/** What `PageServer.stats()` (native) returns; tlsFailures stays 0 until a TLS layer counts. */
+/** What `PageServer.stats()` (native) returns; tlsFailures: TLS handshakes that failed or timed out (--tls). */
 export interface PageServerCounters {
   sessionsTotal: number;
   sessionsActive: number;

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Stager, type StagedCheckpointInfo, type StagingEvent, type StagingOptions } from '../staging/stager.js';
 import { buildPageIndex, type PageIndexSummary } from './page-index.js';
+import type { NativeTlsOptions } from '../cli/tls-options.js';
 
 export type WireFormatOption = 24 | 32 | undefined;
 
@@ -20,6 +21,8 @@ export interface PageServerOptions {
   stallTimeoutMs?: number;
   /** Accept `criu dump --page-server` uploads on the same port and serve them lazily (see src/staging/). */
   staging?: StagingOptions;
+  /** --tls: every connection starts with a TLS handshake; credentials are loaded (and checked) at start. */
+  tls?: NativeTlsOptions;
   logger: Logger;
 }
 
@@ -43,7 +46,7 @@ export interface PageServerStats {
   pagesTotal: number;
   bytesTotal: number;
   bytesReceived: number;
-  /** TLS failures (0 until a TLS layer counts them). */
+  /** TLS handshakes that failed or timed out (peer refused, not TLS, ...). */
   tlsFailures: number;
   stagingBytes?: number;
   stagingMaxBytes?: number;
@@ -72,7 +75,13 @@ export class PageServerService {
     let resolveStopped!: (ok: boolean) => void;
     const stopped = new Promise<boolean>((resolve) => (resolveStopped = resolve));
     let stager: Stager | undefined;
+    if (options.tls) {
+      // Loads the credentials once here for its notes (the native server loads them again; a bad file throws).
+      const notes: string = addon.tlsCheck(options.tls);
+      if (notes) logger.info(`TLS: ${notes}`);
+    }
     const native = new addon.PageServer({
+      tls: options.tls,
       format: options.format ?? 0,
       singleSession: options.singleSession ?? false,
       maxSessions: options.maxSessions ?? 1024,
@@ -128,6 +137,11 @@ export class PageServerService {
 
   stats(): PageServerStats {
     return this.native.stats();
+  }
+
+  /** TLS handshakes that failed or timed out so far (for the metrics). */
+  tlsFailures(): number {
+    return Number(this.native.stats().tlsFailures ?? 0);
   }
 }
 
