@@ -329,7 +329,21 @@ int PageClient::close(int timeout_ms, int32_t* status) {
       }
     }
     if (rc == 0 && status) std::memcpy(status, answer, sizeof *status);
-    if (rc == 0 && tls_) tls_->bye();  // close_notify, without waiting for the server's (as criu, §1.9)
+    if (rc == 0 && tls_) {
+      // criu's server answers CLOSE, sends its close_notify, and then waits for our EOF with a plain read (§1.5
+      // step 6). Send ours and our FIN, then read until its EOF: closing with its close_notify unread would make
+      // the kernel reset the connection, and criu's wait would fail ("Unexpected data").
+      tls_->bye();
+      shutdown(fd_, SHUT_WR);
+      int drain_left = std::min(left < 0 ? 2000 : left, 2000);
+      uint8_t sink[256];
+      for (;;) {
+        ssize_t n = recv(fd_, sink, sizeof sink, MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && errno == EINTR)) continue;
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+        if (wait_fd(fd_, POLLIN, &drain_left) < 0) break;
+      }
+    }
   } else {
     rc = -EPIPE;
   }

@@ -167,7 +167,7 @@ export interface CheckpointOptions {
    * the daemon's CLOSE. The restored tree does not clash with it: the workload is the init of its own pid
    * namespace, and the restore creates a fresh one.
    */
-  lazyDump?: { address?: string; port?: number };
+  lazyDump?: { address?: string; port?: number; extraArgs?: string[] };
 }
 
 /** Lazy and total pages of every task's pagemap in a dump (pagemap-<pid>.img). */
@@ -264,7 +264,10 @@ async function startLazyDump(
   const proc = await startCriu(
     criu,
     'dump',
-    ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', '--lazy-pages', '--address', address, '--port', String(port)],
+    [
+      ...['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', '--lazy-pages', '--address', address, '--port', String(port)],
+      ...(where.extraArgs ?? []),
+    ],
     timeouts.dumpMs,
     { imagesDir },
   );
@@ -630,6 +633,8 @@ export interface MigrationOptions {
   controlFiles?: ControlFile[];
   workload: WorkloadOptions;
   passes?: number;
+  /** Source 'criu-dump': extra arguments for `criu dump --lazy-pages` (e.g. TLS flags). */
+  dumpArgs?: string[];
   /** Extra page-server options (pidfile, extraArgs, verbosity). */
   serverOptions?: Partial<Omit<PageServerOptions, 'kind' | 'imagesDir' | 'criuVersion'>>;
   /** Keep the run dir even on success. */
@@ -699,7 +704,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         timeouts: options.timeouts,
         progress,
         onCleanup,
-        lazyDump: options.server === 'criu-dump' ? {} : undefined,
+        lazyDump: options.server === 'criu-dump' ? { extraArgs: options.dumpArgs } : undefined,
         dumpAtPassBoundary: controls.length > 0,
         beforeDump: controls.length ? (w) => controls.forEach((name) => touchControl(w.dir, name)) : undefined,
       });
