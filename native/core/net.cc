@@ -67,6 +67,16 @@ int listen_tcp(const std::string& address, uint16_t port, int backlog, uint16_t*
   return fd;
 }
 
+void close_gently(int fd) {
+  if (fd < 0) return;
+  char sink[4096];
+  for (int i = 0; i < 16; i++) {
+    ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+    if (n <= 0 && !(n < 0 && errno == EINTR)) break;
+  }
+  close(fd);
+}
+
 std::string peer_name(int fd) {
   sockaddr_storage peer{};
   socklen_t length = sizeof peer;

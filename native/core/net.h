@@ -13,6 +13,11 @@ int listen_tcp(const std::string& address, uint16_t port, int backlog, uint16_t*
 int set_nonblocking(int fd);
 int set_nodelay(int fd);
 
+// Closes a socket after discarding what the peer sent and we did not read (a bounded, non-blocking read):
+// closing with unread bytes makes the kernel reset the connection, and the peer may then lose what we sent
+// last (a TLS alert saying why we refused it).
+void close_gently(int fd);
+
 // "127.0.0.1:40312" or "[::1]:40312".
 std::string peer_name(int fd);
 

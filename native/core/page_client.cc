@@ -1,6 +1,7 @@
 #include "page_client.h"
 
 #include "clock.h"
+#include "net.h"
 #include "text.h"
 
 #include <algorithm>
@@ -46,8 +47,10 @@ int wait_fd(int fd, short events, int* left_ms) {
 PageClient::PageClient(wire::Format format, uint64_t page_size) : format_(format), page_size_(page_size) {}
 
 PageClient::~PageClient() {
+  const bool tls = tls_ != nullptr;
   tls_.reset();
-  if (fd_ >= 0) ::close(fd_);
+  if (tls) net::close_gently(fd_);  // a server we refused still gets our alert
+  else if (fd_ >= 0) ::close(fd_);
 }
 
 int PageClient::start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer, int timeout_ms) {

@@ -49,7 +49,7 @@ struct PageServer::Entry {
   uint64_t bytes_in_reported = 0;
   ~Entry() {
     tls.reset();
-    if (fd >= 0) close(fd);
+    net::close_gently(fd);  // a refused TLS peer still gets our alert
   }
   int socket() const { return session ? session->fd() : upload ? upload->fd() : link ? link->fd() : fd; }
   bool handshaking() const { return tls != nullptr; }

@@ -127,6 +127,19 @@ int TlsSession::handshake() {
     }
     if (rc == GNUTLS_E_AGAIN) return -EAGAIN;
     if (rc == GNUTLS_E_INTERRUPTED || !gnutls_error_is_fatal(rc)) continue;  // EINTR, warning alerts
+    // Tell the peer why (revoked, unknown CA, bad certificate...): gnutls leaves sending the alert to us. Best
+    // effort on the non-blocking socket.
+    if (rc == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
+      const unsigned status = gnutls_session_get_verify_cert_status(session_);
+      gnutls_alert_send(session_, GNUTLS_AL_FATAL,
+                        (status & GNUTLS_CERT_REVOKED)            ? GNUTLS_A_CERTIFICATE_REVOKED
+                        : (status & GNUTLS_CERT_SIGNER_NOT_FOUND) ? GNUTLS_A_UNKNOWN_CA
+                        : (status & GNUTLS_CERT_EXPIRED)          ? GNUTLS_A_CERTIFICATE_EXPIRED
+                                                                  : GNUTLS_A_BAD_CERTIFICATE);
+    } else if (rc != GNUTLS_E_FATAL_ALERT_RECEIVED && rc != GNUTLS_E_PREMATURE_TERMINATION &&
+               rc != GNUTLS_E_PULL_ERROR && rc != GNUTLS_E_PUSH_ERROR) {
+      gnutls_alert_send_appropriate(session_, rc);
+    }
     switch (rc) {
       case GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR:
         return fail(context_->describe_verify_status(gnutls_session_get_verify_cert_status(session_)));

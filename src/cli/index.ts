@@ -165,6 +165,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       persist: a.persist,
       controlSocket: a.controlSocket,
       tls: tlsOptionsFrom(a, a.address, tlsWarn),
+      tlsHandshakeTimeoutSeconds: a.tlsHandshakeTimeout,
     });
   };
 

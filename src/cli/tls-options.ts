@@ -33,7 +33,8 @@ export function tlsFlags<T>(y: Argv<T>) {
     .option('tls-cacrl', { type: 'string', describe: 'certificate revocation list (default /etc/pki/CA/cacrl.pem if readable)' })
     .option('tls-cert', { type: 'string', describe: 'own certificate (default /etc/pki/criu/cert.pem)' })
     .option('tls-key', { type: 'string', describe: 'own private key (default /etc/pki/criu/private/key.pem)' })
-    .option('tls-no-cn-verify', { type: 'boolean', default: false, describe: "do not check that the peer's certificate names --address" });
+    .option('tls-no-cn-verify', { type: 'boolean', default: false, describe: "do not check that the peer's certificate names --address" })
+    .option('tls-handshake-timeout', { type: 'number', default: 10, describe: 'page server: seconds a client may take to finish the TLS handshake (lazyd only)' });
 }
 
 /**

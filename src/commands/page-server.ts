@@ -40,6 +40,8 @@ export interface PageServerCommandOptions {
   controlSocket?: string;
   /** --tls: every connection runs TLS (src/cli/tls-options.ts). */
   tls?: NativeTlsOptions;
+  /** --tls-handshake-timeout: a client that has not finished its handshake by then is dropped (default 10 s). */
+  tlsHandshakeTimeoutSeconds?: number;
 }
 
 export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
@@ -85,6 +87,7 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       maxRequestPages: options.maxRequestPages,
       stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
       tls: options.tls,
+      tlsHandshakeTimeoutMs: (options.tlsHandshakeTimeoutSeconds ?? 10) * 1000,
       staging:
         single || options.staging === false
           ? undefined

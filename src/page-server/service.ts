@@ -23,6 +23,7 @@ export interface PageServerOptions {
   staging?: StagingOptions;
   /** --tls: every connection starts with a TLS handshake; credentials are loaded (and checked) at start. */
   tls?: NativeTlsOptions;
+  tlsHandshakeTimeoutMs?: number;
   logger: Logger;
 }
 
@@ -82,6 +83,7 @@ export class PageServerService {
     }
     const native = new addon.PageServer({
       tls: options.tls,
+      tlsHandshakeTimeoutMs: options.tlsHandshakeTimeoutMs ?? 10000,
       format: options.format ?? 0,
       singleSession: options.singleSession ?? false,
       maxSessions: options.maxSessions ?? 1024,
