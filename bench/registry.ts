@@ -2,5 +2,6 @@
 import type { Benchmark } from './lib/types.js';
 import { lazyPagesBenchmark } from './lazy-pages.js';
 import { pageServerBenchmark } from './page-server.js';
+import { tlsBenchmark } from './tls.js';
 
-export const BENCHMARKS: readonly Benchmark[] = [pageServerBenchmark, lazyPagesBenchmark];
+export const BENCHMARKS: readonly Benchmark[] = [pageServerBenchmark, lazyPagesBenchmark, tlsBenchmark];
