@@ -1,0 +1,304 @@
+// TLS in the native core (protocol doc §1.9), with certificates made by the openssl command line:
+//   - TlsContext: a missing or unreadable file is one message naming the flag;
+//   - the page server over TLS: a reply's header arrives as a record of its own, its pages in records that end
+//     exactly where the payload ends (CRIU's receivers depend on it), pipelined replies never share a record;
+//   - a client that connects and never starts its handshake does not hold up another client, and is dropped
+//     after tls_handshake_timeout_ms; a revoked client certificate is refused; both count as TLS failures.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "page_index.h"
+#include "page_server.h"
+#include "tls_context.h"
+#include "tls_session.h"
+#include "wire.h"
+
+#include "check.h"
+
+using namespace lazyd;
+
+namespace {
+
+constexpr uint64_t P = 4096;
+constexpr uint64_t PID = 42;
+constexpr uint64_t BASE = 0x7f0000000000;
+constexpr uint64_t PAGES = 64;
+
+std::string dir;
+
+void sh(const std::string& command) {
+  const std::string full = "cd " + dir + " && (" + command + ") >/dev/null 2>&1";
+  if (std::system(full.c_str()) != 0) {
+    std::fprintf(stderr, "failed: %s\n", command.c_str());
+    std::exit(1);
+  }
+}
+
+// A CA, two leaf certificates for 127.0.0.1 (good, revoked), and a CRL revoking the second.
+void make_pki() {
+  char tmpl[] = "/tmp/lazyd-tls-test-XXXXXX";
+  CHECK(mkdtemp(tmpl) != nullptr);
+  dir = tmpl;
+  const std::string ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  sh("openssl req -x509 " + ec + " -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=ca"
+     " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign");
+  sh("printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > leaf.ext");
+  int serial = 1;
+  for (const char* name : {"good", "revoked"}) {
+    const std::string n = name;
+    sh("openssl req " + ec + " -keyout " + n + "-key.pem -out " + n + ".csr -subj /CN=" + n);
+    sh("openssl x509 -req -in " + n + ".csr -CA ca.pem -CAkey ca-key.pem -set_serial " + std::to_string(serial++) +
+       " -days 2 -out " + n + ".pem -extfile leaf.ext");
+  }
+  sh("touch index.txt && echo 01 > crlnumber && printf '[ca]\\ndefault_ca=c\\n[c]\\ndatabase=index.txt\\n"
+     "crlnumber=crlnumber\\ncertificate=ca.pem\\nprivate_key=ca-key.pem\\ndefault_md=sha256\\ndefault_crl_days=2\\n' > ca.cnf");
+  sh("openssl ca -config ca.cnf -revoke revoked.pem && openssl ca -config ca.cnf -gencrl -out crl.pem");
+}
+
+std::shared_ptr<TlsContext> context(const std::string& who, std::string* error = nullptr) {
+  TlsOptions o;
+  o.cacert = dir + "/ca.pem";
+  o.cacrl = dir + "/crl.pem";
+  o.cert = dir + "/" + who + ".pem";
+  o.key = dir + "/" + who + "-key.pem";
+  o.peer_name = "127.0.0.1";
+  std::string ignored;
+  return TlsContext::create(o, error ? error : &ignored);
+}
+
+void test_context_errors() {
+  std::string error;
+  TlsOptions o;
+  o.cacert = dir + "/ca.pem";
+  o.cert = dir + "/missing.pem";
+  o.key = dir + "/good-key.pem";
+  CHECK(TlsContext::create(o, &error) == nullptr);
+  CHECK(error.find("missing.pem (--tls-cert): No such file or directory") != std::string::npos);
+
+  o.cert = dir + "/good.pem";
+  o.cacert = dir + "/nope.pem";
+  CHECK(TlsContext::create(o, &error) == nullptr);
+  CHECK(error.find("nope.pem (--tls-cacert)") != std::string::npos);
+
+  o.cacert = dir + "/ca.pem";
+  o.cacrl = dir + "/nope-crl.pem";
+  CHECK(TlsContext::create(o, &error) == nullptr);
+  CHECK(error.find("nope-crl.pem (--tls-cacrl)") != std::string::npos);
+
+  o.cacrl = "";
+  o.key = dir + "/revoked-key.pem";  // not good.pem's key
+  CHECK(TlsContext::create(o, &error) == nullptr);
+  CHECK(error.find("cannot use the certificate") != std::string::npos);
+
+  o.key = dir + "/good-key.pem";
+  auto ok = TlsContext::create(o, &error);
+  CHECK(ok != nullptr);
+  CHECK(ok->cacert_path() == dir + "/ca.pem");
+}
+
+int connect_tcp(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+void wait_fd(int fd, short events) {
+  pollfd p{fd, events, 0};
+  CHECK(poll(&p, 1, 5000) == 1);
+}
+
+// Client side of one TLS connection (the socket is blocking; gnutls records are read one at a time).
+struct Client {
+  int fd = -1;
+  std::unique_ptr<TlsSession> tls;
+
+  int handshake(uint16_t port, const std::string& who) {
+    fd = connect_tcp(port);
+    std::string error;
+    tls = TlsSession::create(context(who), fd, TlsSession::Role::kClient, &error);
+    CHECK(tls != nullptr);
+    for (;;) {
+      int rc = tls->handshake();
+      if (rc != -EAGAIN) return rc;
+      wait_fd(fd, tls->handshake_wants_write() ? POLLOUT : POLLIN);
+    }
+  }
+  void send_all(const void* data, size_t len) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (len) {
+      ssize_t n = tls->send(p, len);
+      if (n == -EAGAIN) {
+        wait_fd(fd, POLLOUT);
+        continue;
+      }
+      CHECK(n > 0);
+      p += n;
+      len -= static_cast<size_t>(n);
+    }
+  }
+  // The next record's payload, whole (TlsSession::recv returns at most one record).
+  std::vector<uint8_t> record() {
+    std::vector<uint8_t> buf(20000);
+    for (;;) {
+      ssize_t n = tls->recv(buf.data(), buf.size());
+      if (n == -EAGAIN) {
+        wait_fd(fd, POLLIN);
+        continue;
+      }
+      buf.resize(n > 0 ? static_cast<size_t>(n) : 0);
+      if (n < 0) buf.clear();
+      return buf;
+    }
+  }
+  ~Client() {
+    tls.reset();
+    if (fd >= 0) close(fd);
+  }
+};
+
+struct Events {
+  std::mutex mutex;
+  std::vector<std::string> ended;
+};
+
+void test_server() {
+  // The pages image: PAGES pages of a recognizable pattern.
+  const std::string pages = dir + "/pages-1.img";
+  std::vector<uint8_t> bytes(PAGES * P);
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(i * 7 + (i >> 12));
+  FILE* f = std::fopen(pages.c_str(), "wb");
+  CHECK(f && std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+  std::fclose(f);
+  auto index = std::make_shared<PageIndex>(P);
+  CHECK(index->add_file(pages) == 0);
+  PageRun run;
+  run.vaddr = BASE;
+  run.nr_pages = PAGES;
+  run.flags = wire::PE_LAZY | wire::PE_PRESENT;
+  run.file = 0;
+  CHECK(index->add_task(PID, {run}) == 0);
+
+  PageServerConfig config;
+  config.tls = context("good");
+  CHECK(config.tls != nullptr);
+  config.tls_handshake_timeout_ms = 500;
+  config.session.format = wire::Format::V24;
+  Events events;
+  PageServer server(config, index, [&](const ServerEvent& e) {
+    if (e.kind != ServerEvent::Kind::kSessionEnd) return;
+    std::lock_guard<std::mutex> lock(events.mutex);
+    events.ended.push_back((e.ok ? "ok: " : "failed: ") + e.message);
+  });
+  uint16_t port = 0;
+  CHECK(server.listen("127.0.0.1", 0, &port) == 0);
+  CHECK(server.start() == 0);
+
+  // A client that connects and never says anything: it must not hold up the next one.
+  const int staller = connect_tcp(port);
+  const auto t0 = std::chrono::steady_clock::now();
+
+  Client good;
+  CHECK(good.handshake(port, "good") == 0);
+  // Two pipelined GETs: all 64 pages, then one page.
+  uint8_t get[2][wire::HEADER_SIZE_MAX] = {};
+  wire::Header h;
+  h.cmd = wire::PS_IOV_GET;
+  h.nr_pages = PAGES;
+  h.vaddr = BASE;
+  h.dst_id = PID;
+  CHECK(wire::encode(wire::Format::V24, h, get[0]));
+  h.nr_pages = 1;
+  h.vaddr = BASE + 5 * P;
+  CHECK(wire::encode(wire::Format::V24, h, get[1]));
+  good.send_all(get[0], wire::HEADER_SIZE_V24);
+  good.send_all(get[1], wire::HEADER_SIZE_V24);
+  for (int reply = 0; reply < 2; reply++) {
+    // §1.9: the header is one record of exactly the header's size...
+    std::vector<uint8_t> head = good.record();
+    CHECK(head.size() == wire::HEADER_SIZE_V24);
+    const wire::Header answer = wire::decode(wire::Format::V24, head.data());
+    CHECK(answer.cmd == wire::GET_REPLY_CMD);
+    const uint64_t want = (reply == 0 ? PAGES : 1) * P;
+    CHECK(answer.nr_pages * P == want);
+    // ... and the pages follow in records that end exactly at the payload's end.
+    std::vector<uint8_t> payload;
+    while (payload.size() < want) {
+      std::vector<uint8_t> rec = good.record();
+      CHECK(!rec.empty());
+      CHECK(payload.size() + rec.size() <= want);
+      payload.insert(payload.end(), rec.begin(), rec.end());
+    }
+    const size_t from = reply == 0 ? 0 : 5 * P;
+    CHECK(std::memcmp(payload.data(), bytes.data() + from, want) == 0);
+  }
+  // Served while the staller still sits in its handshake.
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
+  CHECK(server.counters().tls_failures.load() == 0);
+
+  uint8_t close_cmd[wire::HEADER_SIZE_MAX] = {};
+  wire::Header c;
+  c.cmd = wire::PS_IOV_CLOSE;
+  CHECK(wire::encode(wire::Format::V24, c, close_cmd));
+  good.send_all(close_cmd, wire::HEADER_SIZE_V24);
+  std::vector<uint8_t> status = good.record();
+  CHECK(status.size() == 4 && status[0] == 0 && status[1] == 0 && status[2] == 0 && status[3] == 0);
+
+  // The staller is dropped after the handshake timeout.
+  for (int i = 0; i < 100 && server.counters().tls_failures.load() < 1; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(server.counters().tls_failures.load() == 1);
+  char byte;
+  CHECK(recv(staller, &byte, 1, 0) == 0);  // closed by the server
+  close(staller);
+
+  // A revoked certificate: refused during the handshake, with the reason on both ends.
+  Client revoked;
+  int rc = revoked.handshake(port, "revoked");
+  if (rc == 0) {
+    // TLS 1.3: the client's side of the handshake is done before the server has checked its certificate.
+    revoked.send_all(close_cmd, wire::HEADER_SIZE_V24);
+    CHECK(revoked.record().empty());
+  }
+  CHECK(revoked.tls->error().find("revoked") != std::string::npos);
+  for (int i = 0; i < 100 && server.counters().tls_failures.load() < 2; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(server.counters().tls_failures.load() == 2);
+  server.request_stop(0);
+  server.join();
+  std::lock_guard<std::mutex> lock(events.mutex);
+  bool timeout_seen = false, revoked_seen = false;
+  for (const std::string& m : events.ended) {
+    timeout_seen |= m.find("did not complete the handshake") != std::string::npos;
+    revoked_seen |= m.find("certificate is revoked (CRL ") != std::string::npos;
+  }
+  CHECK(timeout_seen);
+  CHECK(revoked_seen);
+}
+
+}  // namespace
+
+int main() {
+  make_pki();
+  test_context_errors();
+  test_server();
+  std::system(("rm -rf " + dir).c_str());
+  return check_report();
+}
