@@ -394,7 +394,9 @@ void PageServer::service(Entry& entry, uint32_t events) {
       status = upload.on_readable();
     }
     // TLS: bytes decrypted earlier wait inside the session, where epoll cannot see them.
-    while (status == UploadSession::Status::kOpen && upload.wants_read() && upload.has_buffered_input()) {
+    for (int round = 0; round < 64 && status == UploadSession::Status::kOpen && upload.wants_read() &&
+                        upload.has_buffered_input();
+         round++) {
       status = upload.on_readable();
     }
     account(entry);
@@ -429,7 +431,9 @@ void PageServer::service(Entry& entry, uint32_t events) {
     status = session.wants_read() ? session.on_readable() : session.on_writable();
   }
   // TLS: requests decrypted earlier wait inside the session, where epoll cannot see them.
-  while (status == LazySession::Status::kOpen && session.wants_read() && session.has_buffered_input()) {
+  for (int round = 0; round < 64 && status == LazySession::Status::kOpen && session.wants_read() &&
+                      session.has_buffered_input();
+       round++) {
     status = session.on_readable();
   }
   if (status == LazySession::Status::kOpen && state_->draining) status = session.stop_reading();
