@@ -388,7 +388,8 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 }
 
 // new LazyPages({ workDir, nrTasks, tasks: [{ pid, runs: BigUint64Array [imgStart, nrPages, fd|2^64-1, offset]* }],
-//   source: 'local' | 'remote', address, port, format, faultAroundBytes, bgMinBytes, bgMaxBytes, background,
+//   source: 'local' | 'remote', address, port, format, faultAroundBytes, bgMinBytes, bgMaxBytes, bgInFlightBytes,
+//   bgInFlightBytesFaulting, background,
 //   acceptTimeoutMs, handoverTimeoutMs, rstfTimeoutMs, connectTimeoutMs, stallTimeoutMs, closeTimeoutMs, tls, onEvent })
 class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
  public:
@@ -435,6 +436,9 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     c.fault_around_bytes = static_cast<uint64_t>(number("faultAroundBytes", static_cast<double>(c.fault_around_bytes)));
     c.bg_min_bytes = static_cast<uint64_t>(number("bgMinBytes", static_cast<double>(c.bg_min_bytes)));
     c.bg_max_bytes = static_cast<uint64_t>(number("bgMaxBytes", static_cast<double>(c.bg_max_bytes)));
+    c.bg_in_flight_bytes = static_cast<uint64_t>(number("bgInFlightBytes", static_cast<double>(c.bg_in_flight_bytes)));
+    c.bg_in_flight_bytes_faulting = static_cast<uint64_t>(
+        number("bgInFlightBytesFaulting", static_cast<double>(c.bg_in_flight_bytes_faulting)));
     if (o.Get("background").IsBoolean()) c.background = o.Get("background").ToBoolean();
     c.accept_timeout_ms = static_cast<int>(number("acceptTimeoutMs", c.accept_timeout_ms));
     c.handover_timeout_ms = static_cast<int>(number("handoverTimeoutMs", c.handover_timeout_ms));
