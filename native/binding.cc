@@ -489,6 +489,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     o.Set("requests", uint64_value(env, s.requests));
     o.Set("requestsInFlight", uint64_value(env, s.requests_in_flight));
     o.Set("pagesDiscarded", uint64_value(env, s.pages_discarded));
+    o.Set("tlsFailures", uint64_value(env, s.tls_failures));
     Napi::Array bounds = Napi::Array::New(env, lazyd::kLatencyBuckets);
     Napi::Array counts = Napi::Array::New(env, lazyd::kLatencyBuckets);
     for (size_t i = 0; i < lazyd::kLatencyBuckets; i++) {

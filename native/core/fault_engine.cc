@@ -153,7 +153,7 @@ struct FaultEngine::Impl {
   std::atomic<uint64_t> c_faults{0}, c_fault{0}, c_around{0}, c_bg{0}, c_zero{0}, c_exist{0}, c_dropped{0},
       c_total{0}, c_bytes{0}, c_tasks_total{0}, c_tasks_active{0}, c_remaining{0}, c_in_flight{0}, c_waiting{0},
       c_requests{0}, c_req_in_flight{0}, c_bg_in_flight{0}, c_fork{0}, c_remap{0}, c_remove{0}, c_unmap{0},
-      c_discarded{0}, c_bytes_sent{0};
+      c_discarded{0}, c_bytes_sent{0}, c_tls_failures{0};
   // Metrics (relaxed: each is read alone, as a snapshot for a scrape).
   std::atomic<uint64_t> hist[kLatencyBuckets];
   std::atomic<uint64_t> hist_sum_us{0}, hist_count{0};
@@ -587,6 +587,7 @@ struct FaultEngine::Impl {
       if (cfg.ps_socket >= 0) cfg.ps_socket = -1;
       if (rc == 0 && cfg.tls) {
         rc = client->start_tls(cfg.tls, cfg.address + ":" + std::to_string(cfg.port), cfg.connect_timeout_ms);
+        if (rc < 0) c_tls_failures.fetch_add(1);
       }
       if (rc < 0) {
         fail(client->error().empty() ? std::string("cannot use the page server socket: ") + strerror(-rc)
@@ -1194,6 +1195,7 @@ EngineStats FaultEngine::stats() const {
   s.events_remove = m.c_remove.load();
   s.events_unmap = m.c_unmap.load();
   s.pages_discarded = m.c_discarded.load();
+  s.tls_failures = m.c_tls_failures.load();
   for (size_t i = 0; i < kLatencyBuckets; i++) s.latency_us[i] = m.hist[i].load(std::memory_order_relaxed);
   s.latency_sum_us = m.hist_sum_us.load(std::memory_order_relaxed);
   s.latency_count = m.hist_count.load(std::memory_order_relaxed);

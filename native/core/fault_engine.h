@@ -159,6 +159,7 @@ struct EngineStats {
   uint64_t latency_count = 0;
   uint64_t faults_by_result[kFaultResults] = {};
   uint64_t bytes_sent = 0;                    // requests written to the page source (0 for a local one)
+  uint64_t tls_failures = 0;                  // --tls: the handshake with the page server failed (0 or 1)
 };
 
 class FaultEngine {
