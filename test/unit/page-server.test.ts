@@ -243,7 +243,10 @@ test('stop() drains: replies already queued are finished, then the server ends c
   socket.on('data', (d) => chunks.push(d));
   const closed = new Promise((resolve) => socket.on('close', resolve));
   socket.write(Buffer.concat(Array.from({ length: 8 }, () => get24(1, 0x7ffff7cbb000n, 260))));
-  await new Promise((resolve) => setTimeout(resolve, 100));
+  // Stop once the server has read the requests (its first reply bytes arrived), not after a fixed sleep: on a
+  // loaded machine 100 ms was not always enough, and requests still unread in the kernel's buffer are not
+  // "queued" — closing over them resets the connection.
+  await new Promise((resolve) => socket.once('data', resolve));
   service.stop(5000);
   assert.equal(await service.stopped, true);
   await closed;
