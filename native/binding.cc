@@ -133,8 +133,9 @@ Napi::Array store_pagemaps(Napi::Env env, const lazyd::PageStore& store) {
   return out;
 }
 
-// new PageServer({ format, maxRequestPages, maxQueuedReplies, singleSession, maxSessions, stallTimeoutMs,
-//   acceptUploads, stagingMaxBytes, stagingRestores, tls, tlsHandshakeTimeoutMs, onEvent })
+// new PageServer({ format, maxRequestPages, maxQueuedReplies, maxQueuedBytes, singleSession, maxSessions,
+//   stallTimeoutMs, idleTimeoutMs, acceptUploads, stagingMaxBytes, stagingRestores, tls, tlsHandshakeTimeoutMs,
+//   onEvent })
 class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -166,6 +167,8 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
     config_.single_session = options.Get("singleSession").ToBoolean();
     config_.max_sessions = static_cast<size_t>(number("maxSessions", 1024));
     config_.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs", 30000));
+    config_.idle_timeout_ms = static_cast<int>(number("idleTimeoutMs", 300000));
+    config_.session.max_queued_bytes = static_cast<uint64_t>(number("maxQueuedBytes", 64.0 * 1024 * 1024));
     config_.accept_uploads = options.Get("acceptUploads").ToBoolean();
     config_.staging_max_bytes = static_cast<uint64_t>(number("stagingMaxBytes", 1024.0 * 1024 * 1024));
     config_.staging_restores = static_cast<uint64_t>(number("stagingRestores", 0));

@@ -92,7 +92,7 @@ LazySession::Status LazySession::on_writable() {
 LazySession::Status LazySession::handle_requests() {
   size_t used = 0;
   Status status = Status::kOpen;
-  while (status == Status::kOpen && replies_.size() < limits_.max_queued_replies) {
+  while (status == Status::kOpen && has_room()) {
     const uint8_t* head = in_ + used;
     const size_t available = in_len_ - used;
     if (close_seen_) {
@@ -208,7 +208,7 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
     reply.head_len = wire::header_size(format_);
     reply.store = staged->store;
     reply.span = store_span;
-    replies_.push_back(std::move(reply));
+    queue(std::move(reply));
     stats_.gets++;
     stats_.pages += store_span.nr_pages;
     return Status::kOpen;
@@ -230,7 +230,7 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
   reply.file_fd = span.fd;
   reply.file_offset = span.file_offset;
   reply.file_left = span.nr_pages * page_size;
-  replies_.push_back(reply);
+  queue(std::move(reply));
   stats_.gets++;
   stats_.pages += span.nr_pages;
   return Status::kOpen;
@@ -241,10 +241,15 @@ LazySession::Status LazySession::queue_close_status() {
   const int32_t status = 0;  // CRIU always answers CLOSE with 0 (§1.3)
   memcpy(reply.head, &status, sizeof status);
   reply.head_len = sizeof status;
-  replies_.push_back(reply);
+  queue(std::move(reply));
   close_seen_ = true;
   stats_.closed_by_request = true;
   return Status::kOpen;
+}
+
+void LazySession::queue(Reply reply) {
+  queued_bytes_ += reply.head_len + reply.file_left + (reply.store ? reply.span.bytes : 0);
+  replies_.push_back(std::move(reply));
 }
 
 LazySession::Status LazySession::flush() {
@@ -262,6 +267,7 @@ LazySession::Status LazySession::flush() {
       }
       reply.head_sent += static_cast<size_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
+      queued_bytes_ -= static_cast<uint64_t>(n);
       continue;
     }
     if (!transport_->zero_copy()) {
@@ -281,6 +287,7 @@ LazySession::Status LazySession::flush() {
       if (n == 0) return fail("the staged store sent nothing: no page is sent short");
       reply.store_done += static_cast<uint64_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
+      queued_bytes_ -= static_cast<uint64_t>(n);
       continue;
     }
     if (reply.file_left) {
@@ -298,6 +305,7 @@ LazySession::Status LazySession::flush() {
       reply.file_offset += static_cast<uint64_t>(n);
       reply.file_left -= static_cast<uint64_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
+      queued_bytes_ -= static_cast<uint64_t>(n);
       continue;
     }
     replies_.pop_front();

@@ -21,6 +21,9 @@ struct SessionLimits {
   wire::Format format = wire::Format::Unknown;  // Unknown: detect from the first header
   uint64_t max_request_pages = 65536;           // a GET for more pages is refused
   size_t max_queued_replies = 64;               // stop reading requests while this many replies are unsent
+  // Stop reading requests while the replies accepted but not yet sent hold this many bytes (headers + pages).
+  // Backpressure, not a kill: at least one reply is always accepted, so a GET up to max_request_pages works.
+  uint64_t max_queued_bytes = 64ull << 20;
 };
 
 struct SessionStats {
@@ -66,9 +69,11 @@ class LazySession {
   // Draining: no new request is read; the session ends once its queued replies are sent.
   Status stop_reading();
 
-  bool wants_read() const { return !stop_reading_ && !eof_ && replies_.size() < limits_.max_queued_replies; }
+  bool wants_read() const { return !stop_reading_ && !eof_ && has_room(); }
   bool wants_write() const { return !replies_.empty(); }
   bool has_unsent_replies() const { return !replies_.empty(); }
+  // Bytes of the replies accepted but not yet sent (bounded by max_queued_bytes plus one reply).
+  uint64_t queued_bytes() const { return queued_bytes_; }
 
   int fd() const { return transport_->fd(); }
   // Input already taken off the socket (TLS): the server must not wait on epoll for it.
@@ -101,6 +106,10 @@ class LazySession {
   Status fail(std::string message);
   Status fail_io(const char* what, ssize_t err);
   Status settle();
+  bool has_room() const {
+    return replies_.size() < limits_.max_queued_replies && queued_bytes_ < limits_.max_queued_bytes;
+  }
+  void queue(Reply reply);
 
   std::unique_ptr<Transport> transport_;
   const PageIndex& index_;
@@ -112,6 +121,7 @@ class LazySession {
   uint8_t in_[4096];
   size_t in_len_ = 0;
   std::deque<Reply> replies_;
+  uint64_t queued_bytes_ = 0;
   bool eof_ = false;
   bool stop_reading_ = false;
   bool close_seen_ = false;

@@ -22,6 +22,10 @@ constexpr uint64_t kListenToken = 0;
 constexpr uint64_t kWakeToken = 1;
 constexpr uint64_t kFirstSessionToken = 2;
 
+// A stalled reply must move at least this many bytes per --stall-timeout to count as progress, so a peer that
+// reads a byte now and then (slow-loris) is dropped like one that reads nothing.
+constexpr uint64_t kStallProgressBytes = 64 * 1024;
+
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
@@ -43,6 +47,8 @@ struct PageServer::Entry {
   uint32_t interest = 0;
   uint64_t bytes_at_last_check = 0;
   Clock::time_point last_progress;
+  uint64_t input_at_last_check = 0;  // request/upload bytes received, for the idle timeout
+  Clock::time_point last_input;
   uint64_t gets_reported = 0;
   uint64_t pages_reported = 0;
   uint64_t bytes_reported = 0;
@@ -321,7 +327,7 @@ void PageServer::accept_all() {
       entry->session = std::make_unique<LazySession>(fd, *index_, config_.session);
     }
     entry->peer = event.peer;
-    entry->started = entry->last_progress = Clock::now();
+    entry->started = entry->last_progress = entry->last_input = Clock::now();
     entry->interest = EPOLLIN;
     epoll_event session_event{EPOLLIN, {.u64 = entry->id}};
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &session_event);
@@ -541,20 +547,43 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
 
 void PageServer::check_stalls() {
   const auto now = Clock::now();
-  std::vector<uint64_t> stalled;
+  const auto stall_limit = std::chrono::milliseconds(config_.stall_timeout_ms);
+  const auto idle_limit = std::chrono::milliseconds(config_.idle_timeout_ms);
   std::vector<uint64_t> slow_handshakes;
+  std::vector<std::pair<uint64_t, std::string>> dropped;
   for (auto& [id, entry] : state_->sessions) {
-    if (entry->handshaking() && now - entry->started > std::chrono::milliseconds(config_.tls_handshake_timeout_ms)) {
-      slow_handshakes.push_back(id);
+    if (entry->handshaking()) {
+      if (now - entry->started > std::chrono::milliseconds(config_.tls_handshake_timeout_ms)) slow_handshakes.push_back(id);
+      continue;
+    }
+    // Idle: nothing received and nothing of ours pending. An upload waiting for our CLOSE ack is our wait.
+    uint64_t input = 0;
+    bool waiting_on_us = false;
+    if (entry->session) {
+      input = entry->session->stats().bytes_in;
+      waiting_on_us = entry->session->has_unsent_replies();
+    } else if (entry->upload) {
+      input = entry->upload->stats().bytes_in;
+      waiting_on_us = entry->upload->awaiting_ack() || entry->upload->wants_write();
+    }
+    if (input != entry->input_at_last_check || waiting_on_us) {
+      entry->input_at_last_check = input;
+      entry->last_input = now;
+    } else if (config_.idle_timeout_ms > 0 && now - entry->last_input > idle_limit) {
+      dropped.emplace_back(id, "idle for " + std::to_string(config_.idle_timeout_ms / 1000) + " s: the peer sent " +
+                                   (input ? "nothing more" : "no request") + " and no reply was pending; session dropped (--idle-timeout)");
       continue;
     }
     if (!entry->session) continue;  // uploads wait on the dump, which pushes; routing waits for one header
+    // Stall: a reply is pending and the peer reads (almost) nothing of it.
     const uint64_t bytes = entry->session->stats().bytes_out;
-    if (bytes != entry->bytes_at_last_check || !entry->session->has_unsent_replies()) {
+    if (!entry->session->has_unsent_replies() || bytes - entry->bytes_at_last_check >= kStallProgressBytes) {
       entry->bytes_at_last_check = bytes;
       entry->last_progress = now;
-    } else if (now - entry->last_progress > std::chrono::milliseconds(config_.stall_timeout_ms)) {
-      stalled.push_back(id);
+    } else if (now - entry->last_progress > stall_limit) {
+      dropped.emplace_back(id, "the peer read only " + std::to_string(bytes - entry->bytes_at_last_check) + " bytes in " +
+                                   std::to_string(config_.stall_timeout_ms / 1000) +
+                                   " s while a reply was pending; session dropped (--stall-timeout)");
     }
   }
   for (uint64_t id : slow_handshakes) {
@@ -563,11 +592,7 @@ void PageServer::check_stalls() {
                 "TLS: the peer did not complete the handshake within " +
                     std::to_string(config_.tls_handshake_timeout_ms / 1000) + " s; session dropped");
   }
-  for (uint64_t id : stalled) {
-    end_session(id, false,
-                "the peer read nothing for " + std::to_string(config_.stall_timeout_ms / 1000) +
-                    " s while a reply was pending; session dropped (--stall-timeout)");
-  }
+  for (const auto& [id, message] : dropped) end_session(id, false, message);
 }
 
 void PageServer::run() {

@@ -32,7 +32,10 @@ struct PageServerConfig {
   SessionLimits session;
   bool single_session = false;  // criu's behaviour: accept one connection, stop when it ends
   size_t max_sessions = 1024;   // connections beyond this are closed at once, with a warning
-  int stall_timeout_ms = 30000; // a peer that reads nothing of a pending reply for this long is dropped
+  int stall_timeout_ms = 30000; // a peer that reads (almost) nothing of a pending reply for this long is dropped
+  // A session that sends nothing and has no reply pending for this long is dropped (0: never). Covers idle
+  // connections that never send a request and uploads that stop mid-entry while holding staging memory.
+  int idle_timeout_ms = 300000;
   bool accept_uploads = false;   // staging: route upload connections to UploadSession
   uint64_t staging_max_bytes = 1ull << 30;  // the daemon-wide cap on staged + uploading page bytes
   uint64_t staging_restores = 0;  // release a staged checkpoint after this many completed restores (0: never)

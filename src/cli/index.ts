@@ -43,6 +43,9 @@ function commonOptions<T>(y: Argv<T>) {
     .option('max-request-pages', { type: 'number', default: 65536, describe: 'largest GET served, in pages' })
     .option('max-sessions', { type: 'number', default: 1024, describe: 'concurrent sessions; more are refused' })
     .option('stall-timeout', { type: 'number', default: 30, describe: 'seconds a peer may leave a reply unread' })
+    .option('idle-timeout', { type: 'number', default: 300, describe: 'page server: seconds a session may send nothing with no reply pending (0: never)' })
+    .option('max-inflight', { type: 'number', default: 64, describe: 'page server: unanswered requests per session before its socket is no longer read' })
+    .option('max-session-bytes', { type: 'number', default: 67108864, describe: 'page server: unsent reply bytes per session before its socket is no longer read' })
     .option('drain-timeout', { type: 'number', default: 10, describe: 'seconds SIGTERM waits for replies in flight' });
 }
 
@@ -156,6 +159,9 @@ export async function main(argv: readonly string[]): Promise<number> {
       maxSessions: a.maxSessions,
       maxRequestPages: a.maxRequestPages,
       stallTimeoutSeconds: a.stallTimeout,
+      idleTimeoutSeconds: a.idleTimeout,
+      maxInflight: a.maxInflight,
+      maxSessionBytes: a.maxSessionBytes,
       drainSeconds: a.drainTimeout,
       staging: a.staging,
       stagingDir: a.stagingDir,

@@ -27,6 +27,9 @@ export interface PageServerCommandOptions {
   maxSessions?: number;
   maxRequestPages?: number;
   stallTimeoutSeconds?: number;
+  idleTimeoutSeconds?: number;
+  maxInflight?: number;
+  maxSessionBytes?: number;
   drainSeconds?: number;
   /** Serve mode: accept `criu dump --page-server` uploads (default true). */
   staging?: boolean;
@@ -49,6 +52,24 @@ export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
   if (/^(3(\.\d+)*|4\.[01](\.\d+)*|24)$/.test(abi)) return 24;
   if (/^(4\.([2-9]|\d\d+)(\.\d+)*|[5-9](\.\d+)*|32)$/.test(abi)) return 32;
   throw new Error(`--criu-abi ${abi}: expected auto, 4.1 (24-byte headers, CRIU <= 4.1) or 4.2 (32-byte, CRIU >= 4.2)`);
+}
+
+/** The session limits' flags: one line naming the bad flag, or undefined. */
+export function limitsError(options: PageServerCommandOptions): string | undefined {
+  const checks: Array<[string, number | undefined, number]> = [
+    ['--max-sessions', options.maxSessions, 1],
+    ['--max-inflight', options.maxInflight, 1],
+    ['--max-session-bytes', options.maxSessionBytes, 1],
+    ['--max-request-pages', options.maxRequestPages, 1],
+    ['--stall-timeout', options.stallTimeoutSeconds, 1],
+    ['--idle-timeout', options.idleTimeoutSeconds, 0],
+  ];
+  for (const [flag, value, min] of checks) {
+    if (value !== undefined && !(Number.isInteger(value) && value >= min)) {
+      return `${flag} ${value}: expected a whole number >= ${min}`;
+    }
+  }
+  return undefined;
 }
 
 export async function runPageServer(options: PageServerCommandOptions): Promise<number> {
@@ -74,6 +95,8 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
   } catch (error) {
     return fail((error as Error).message);
   }
+  const badLimit = limitsError(options);
+  if (badLimit) return fail(badLimit);
 
   let service: PageServerService;
   try {
@@ -88,6 +111,9 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
       tls: options.tls,
       tlsHandshakeTimeoutMs: (options.tlsHandshakeTimeoutSeconds ?? 10) * 1000,
+      idleTimeoutMs: (options.idleTimeoutSeconds ?? 300) * 1000,
+      maxInflight: options.maxInflight,
+      maxSessionBytes: options.maxSessionBytes,
       staging:
         single || options.staging === false
           ? undefined

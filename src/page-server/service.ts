@@ -19,6 +19,12 @@ export interface PageServerOptions {
   maxSessions?: number;
   maxRequestPages?: number;
   stallTimeoutMs?: number;
+  /** A session that sends nothing with no reply pending for this long is dropped (0: never). */
+  idleTimeoutMs?: number;
+  /** Per session: stop reading requests while this many replies are unsent (backpressure). */
+  maxInflight?: number;
+  /** Per session: stop reading requests while unsent replies hold this many bytes (backpressure). */
+  maxSessionBytes?: number;
   /** Accept `criu dump --page-server` uploads on the same port and serve them lazily (see src/staging/). */
   staging?: StagingOptions;
   /** --tls: every connection starts with a TLS handshake; credentials are loaded (and checked) at start. */
@@ -89,6 +95,9 @@ export class PageServerService {
       maxSessions: options.maxSessions ?? 1024,
       maxRequestPages: options.maxRequestPages ?? 65536,
       stallTimeoutMs: options.stallTimeoutMs ?? 30000,
+      idleTimeoutMs: options.idleTimeoutMs ?? 300000,
+      maxQueuedReplies: options.maxInflight ?? 64,
+      maxQueuedBytes: options.maxSessionBytes ?? 64 * 1024 * 1024,
       acceptUploads: options.staging !== undefined,
       stagingMaxBytes: options.staging?.maxBytes ?? 1024 * 1024 * 1024,
       stagingRestores: options.staging?.restores ?? 0,
