@@ -46,8 +46,13 @@ LazySession::Status LazySession::fail(std::string message) {
   return Status::kFailed;
 }
 
-// Done once the peer has hung up (after CLOSE, or at a header boundary) and every reply has left.
+// Done once the peer has hung up (after CLOSE, or at a header boundary) and every reply has left. Bytes left
+// in in_ at EOF while the queue has room are a partial header: pump() has parsed every complete one.
 LazySession::Status LazySession::settle() {
+  if (eof_ && in_len_ != 0 && has_room() && !(close_seen_ && in_len_ <= close_slack_)) {
+    return fail("truncated header: the peer closed the connection after " + std::to_string(in_len_) +
+                " bytes of a header");
+  }
   if (replies_.empty() && (eof_ || stop_reading_)) return Status::kDone;
   return Status::kOpen;
 }
@@ -57,8 +62,22 @@ LazySession::Status LazySession::stop_reading() {
   return settle();
 }
 
+// Parses the requests waiting in in_ and sends; again while sending made room and requests still wait (they
+// may have waited for room: --max-inflight / --max-session-bytes), so none is left behind with no event to come.
+LazySession::Status LazySession::pump() {
+  for (;;) {
+    Status status = handle_requests();
+    if (status != Status::kOpen) return status;
+    const size_t queued = replies_.size();
+    status = flush();
+    if (status != Status::kOpen) return status;
+    if (replies_.size() == queued || in_len_ == 0 || !has_room()) return Status::kOpen;
+  }
+}
+
 LazySession::Status LazySession::on_readable() {
-  while (wants_read()) {
+  Status status = pump();
+  while (status == Status::kOpen && wants_read()) {
     ssize_t n = transport_->recv(in_ + in_len_, sizeof in_ - in_len_);
     if (n < 0) {
       if (n == -EAGAIN) break;
@@ -66,26 +85,17 @@ LazySession::Status LazySession::on_readable() {
     }
     if (n == 0) {
       eof_ = true;
-      if (in_len_ != 0 && !(close_seen_ && in_len_ <= close_slack_)) {
-        return fail("truncated header: the peer closed the connection after " + std::to_string(in_len_) +
-                    " bytes of a header");
-      }
       break;
     }
     in_len_ += static_cast<size_t>(n);
     stats_.bytes_in += static_cast<uint64_t>(n);
-    Status status = handle_requests();
-    if (status != Status::kOpen) return status;
+    status = pump();
   }
-  Status status = flush();
   return status == Status::kOpen ? settle() : status;
 }
 
 LazySession::Status LazySession::on_writable() {
-  Status status = flush();
-  if (status != Status::kOpen) return status;
-  // Room in the reply queue again: requests that arrived meanwhile may be waiting in in_.
-  status = handle_requests();
+  Status status = pump();
   return status == Status::kOpen ? settle() : status;
 }
 

@@ -106,6 +106,7 @@ class LazySession {
   Status fail(std::string message);
   Status fail_io(const char* what, ssize_t err);
   Status settle();
+  Status pump();
   bool has_room() const {
     return replies_.size() < limits_.max_queued_replies && queued_bytes_ < limits_.max_queued_bytes;
   }

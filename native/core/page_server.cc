@@ -225,7 +225,7 @@ void PageServer::handshake(Entry& entry) {
   }
 }
 
-void PageServer::route(Entry& entry) {
+void PageServer::route(Entry& entry, uint32_t events) {
   uint8_t head[4];
   ssize_t n;
   if (entry.link->tls()) {
@@ -253,10 +253,16 @@ void PageServer::route(Entry& entry) {
     end_session(entry.id, true, "");  // connected and hung up without a request
     return;
   }
-  if (n < static_cast<ssize_t>(sizeof head)) return;  // the rest of cmd is still on its way
+  uint32_t cmd = 0;
+  if (n < static_cast<ssize_t>(sizeof head)) {
+    // The rest of cmd is still on its way. A plain unrouted socket is edge-triggered (its first bytes are only
+    // peeked, so they would wake us in a loop), so a hangup is routed now: a lazy session reads the bytes and
+    // reports the truncation. Under TLS the bytes were read, and a hangup is an error above.
+    if (entry.link->tls() || !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
+  } else {
+    memcpy(&cmd, head, sizeof cmd);
+  }
   if (entry.link->tls()) entry.link->unread(entry.head, entry.head_len);
-  uint32_t cmd;
-  memcpy(&cmd, head, sizeof cmd);
   switch (cmd & wire::PS_CMD_MASK) {
     case wire::PS_IOV_OPEN:
     case wire::PS_IOV_OPEN2:
@@ -329,7 +335,11 @@ void PageServer::accept_all() {
     entry->peer = event.peer;
     entry->started = entry->last_progress = entry->last_input = Clock::now();
     entry->interest = EPOLLIN;
-    epoll_event session_event{EPOLLIN, {.u64 = entry->id}};
+    // Unrouted plain (staging) sockets have their first bytes only peeked: edge-triggered, or fewer than 4 bytes
+    // would wake the thread in a loop until the rest arrives. (TLS reads them, so it stays level-triggered.)
+    const bool peeked = config_.accept_uploads && !config_.tls;
+    const uint32_t first = peeked ? uint32_t{EPOLLIN | EPOLLRDHUP | EPOLLET} : uint32_t{EPOLLIN};
+    epoll_event session_event{first, {.u64 = entry->id}};
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &session_event);
     counters_.sessions_total++;
     counters_.sessions_active++;
@@ -381,7 +391,7 @@ void PageServer::service(Entry& entry, uint32_t events) {
       return;
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) return;
-    route(entry);
+    route(entry, events);
     if (state_->sessions.count(id) == 0) return;  // ended
     if (!entry.session && !entry.upload) {        // not routed yet
       if (entry.interest != EPOLLIN) {
@@ -391,6 +401,7 @@ void PageServer::service(Entry& entry, uint32_t events) {
       }
       return;
     }
+    entry.interest = 0;  // routed: update_interest() below re-arms the socket level-triggered
   }
   if (entry.upload) {
     UploadSession& upload = *entry.upload;

@@ -118,7 +118,7 @@ class PageServer {
   void end_session(uint64_t id, bool ok, const std::string& message);
   void account(Entry& entry);
   void check_stalls();
-  void route(Entry& entry);
+  void route(Entry& entry, uint32_t events);
   void handshake(Entry& entry);
   void run_commands();
   void retire(uint64_t checkpoint, const std::string& reason);

@@ -1,0 +1,195 @@
+// Hostile and malformed sessions against a real `lazyd --page-server` process serving real CRIU images (the
+// recorded 4.1.1 plain dump). In every case a well-behaved client — the recorded `criu lazy-pages` stream,
+// replayed — runs at the same time as the hostile peer, and the case then checks: the daemon is still running
+// and answering, the good client got exactly the bytes of a quiet run (its data area checked against the
+// workload's formula too), the daemon's RSS stayed bounded, its fd count came back to the baseline, and its log
+// names the cause in one line.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { repoRoot } from '../../src/paths.js';
+import { startPageServer, type PageServer } from '../../src/harness/page-server.js';
+import {
+  ATTACKS,
+  DATA_SHA256,
+  daemonUsage,
+  dataAreaSha256,
+  fdsBackTo,
+  idleConnections,
+  rawSession,
+  replayRecorded,
+  slowReader,
+  splitReplies,
+  type Attack,
+  type DaemonUsage,
+  type Target,
+} from '../../src/harness/hostile.js';
+
+const TESTDATA = path.resolve(repoRoot(), '../shared/testdata/criu-4.1.1');
+const STALL_S = 2;
+const IDLE_S = 5;
+const MAX_SESSIONS = 1010;
+/** The daemon's RSS may grow this much over the whole suite (Node's heap settles; nothing scales with input). */
+const RSS_BOUND_KIB = 48 * 1024;
+
+let dir: string;
+let server: PageServer;
+let target: Target;
+let clientStream: Buffer;
+let quietAnswer: Buffer;
+let baseline: DaemonUsage;
+
+function logSince(offset: number): string {
+  return fs.readFileSync(server.logFile, 'utf8').slice(offset);
+}
+function logSize(): number {
+  return fs.statSync(server.logFile).size;
+}
+
+before(async () => {
+  for (const sub of ['plain-dump/images', 'remote-lazy/client-to-server.bin']) {
+    assert.ok(fs.existsSync(path.join(TESTDATA, sub)), `missing test vector ${sub}: the shared testdata must sit beside the checkout`);
+  }
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-hostile-'));
+  fs.cpSync(path.join(TESTDATA, 'plain-dump/images'), dir, { recursive: true });
+  clientStream = fs.readFileSync(path.join(TESTDATA, 'remote-lazy/client-to-server.bin'));
+  server = await startPageServer({
+    kind: 'lazyd',
+    imagesDir: dir,
+    extraArgs: [
+      '--max-sessions', String(MAX_SESSIONS),
+      '--stall-timeout', String(STALL_S),
+      '--idle-timeout', String(IDLE_S),
+      '--max-inflight', '8',
+    ],
+  });
+  target = { host: server.address, port: server.port };
+  // The quiet run: what the good client must get every time. Its data area is checked against the formula.
+  quietAnswer = await replayRecorded(target, clientStream);
+  const { replies, rest } = splitReplies(quietAnswer, 24);
+  assert.ok(replies.length >= 5, `the recorded stream got ${replies.length} replies`);
+  assert.deepEqual(rest, Buffer.alloc(4), 'CLOSE status 0');
+  assert.equal(dataAreaSha256(replies), DATA_SHA256);
+  await fdsBackTo(server.pid, daemonUsage(server.pid).fds, 2000);
+  baseline = daemonUsage(server.pid);
+});
+
+after(async () => {
+  if (server) {
+    const exit = await server.finish(15_000).catch((error) => error as Error);
+    if (exit instanceof Error) server.kill();
+  }
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+async function goodClient(): Promise<void> {
+  const answer = await replayRecorded(target, clientStream);
+  assert.ok(answer.equals(quietAnswer), `the good client got ${answer.length} bytes, not the quiet run's ${quietAnswer.length} bytes`);
+}
+
+/** What every case must leave behind: the daemon up and serving, fds at the baseline, RSS bounded. */
+async function checkDaemon(what: string): Promise<void> {
+  assert.ok(server.proc.running, `the daemon died (${what})`);
+  await goodClient();
+  await fdsBackTo(server.pid, baseline.fds, 10_000);
+  const now = daemonUsage(server.pid);
+  assert.ok(
+    now.rssKiB - baseline.rssKiB <= RSS_BOUND_KIB,
+    `${what}: the daemon's RSS grew from ${baseline.rssKiB} to ${now.rssKiB} KiB (bound ${RSS_BOUND_KIB} KiB)`,
+  );
+}
+
+async function waitForLog(offset: number, pattern: RegExp, timeoutMs: number): Promise<string> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const text = logSince(offset);
+    const line = text.split('\n').find((l) => pattern.test(l));
+    if (line) return line;
+    if (performance.now() > deadline) assert.fail(`no log line matching ${pattern} within ${timeoutMs} ms; log since the case:\n${text.slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function attackCase(attack: Attack) {
+  test(`hostile: ${attack.name}`, async () => {
+    const offset = logSize();
+    await Promise.all([goodClient(), attack.run(target)]);
+    const line = await waitForLog(offset, attack.expectLog, 5000);
+    assert.ok(line.length < 600, `one clear line, not ${line.length} characters`);
+    await checkDaemon(attack.name);
+  });
+}
+
+for (const attack of ATTACKS) attackCase(attack);
+
+test(`hostile: 1000 idle connections; the good client still works; --max-sessions ${MAX_SESSIONS} refuses more; --idle-timeout drops them`, async () => {
+  const offset = logSize();
+  const idle = await idleConnections(target, 1000);
+  const closedByServer = idle.map((socket) => new Promise<void>((resolve) => socket.once('close', () => resolve())));
+  for (const socket of idle) socket.on('error', () => undefined);
+  try {
+    await goodClient();
+    // 1000 idle + at most a few sessions in flight: 20 more connections exceed the limit.
+    const extra = await Promise.all(Array.from({ length: 20 }, () => rawSession(target, Buffer.alloc(0), { keepOpen: true, timeoutMs: 2000 })));
+    const refused = extra.filter((r) => r.closedByServer).length;
+    assert.ok(refused >= 10, `only ${refused} of 20 connections over the limit were refused`);
+    await waitForLog(offset, /connection refused: 10\d\d sessions already open \(--max-sessions\)/, 5000);
+    assert.ok(daemonUsage(server.pid).fds >= baseline.fds + 1000, 'the idle connections are held');
+    // The idle timeout closes every one of them.
+    const started = performance.now();
+    await Promise.race([
+      Promise.all(closedByServer),
+      new Promise((_, reject) => setTimeout(() => reject(new Error(`idle connections still open ${IDLE_S + 5} s later`)), (IDLE_S + 5) * 1000)),
+    ]);
+    assert.ok(performance.now() - started < (IDLE_S + 5) * 1000);
+    await waitForLog(offset, new RegExp(`idle for ${IDLE_S} s: the peer sent no request and no reply was pending; session dropped \\(--idle-timeout\\)`), 2000);
+  } finally {
+    for (const socket of idle) socket.destroy();
+  }
+  await checkDaemon('1000 idle connections');
+});
+
+test('hostile: a peer reading one byte per second is dropped after --stall-timeout; others unharmed', async () => {
+  const offset = logSize();
+  const stop = new AbortController();
+  const started = performance.now();
+  const slow = slowReader(target, (STALL_S + 20) * 1000, stop.signal);
+  await goodClient();
+  await goodClient();
+  await waitForLog(offset, new RegExp(`the peer read only \\d+ bytes in ${STALL_S} s while a reply was pending; session dropped \\(--stall-timeout\\)`), (STALL_S + 15) * 1000);
+  const droppedAfterMs = performance.now() - started;
+  await goodClient();
+  // Dropped on the server's side while the peer still "reads": its session and fd are gone.
+  await fdsBackTo(server.pid, baseline.fds, 5000);
+  stop.abort();
+  const { bytesRead } = await slow;
+  assert.ok(bytesRead >= 1, 'the slow peer read its bytes');
+  assert.ok(droppedAfterMs < (STALL_S + 15) * 1000);
+  await checkDaemon('slow reader');
+});
+
+test('hostile: an upload that sends ADD_F and then goes silent is dropped after --idle-timeout (its staging memory freed)', async () => {
+  const offset = logSize();
+  const { encodeHeader } = await import('../../src/harness/clients.js');
+  const dstId = (998n << 8n) | 1n;
+  const request = Buffer.concat([
+    encodeHeader(24, 4, 0, 0n, dstId),
+    encodeHeader(24, (6 << 16) | 6, 256, 0x7f0000000000n, dstId),
+    Buffer.alloc(8192, 1),
+  ]);
+  const [, silent] = await Promise.all([goodClient(), rawSession(target, request, { keepOpen: true, timeoutMs: (IDLE_S + 8) * 1000 })]);
+  assert.ok(silent.closedByServer, 'the silent upload was never dropped');
+  await waitForLog(offset, new RegExp(`Upload failed: idle for ${IDLE_S} s: the peer sent nothing more`), 2000);
+  await checkDaemon('silent upload');
+});
+
+test('hostile: every attack at once, 5 rounds, with good clients throughout', async (t) => {
+  for (let round = 0; round < 5; round++) {
+    await Promise.all([goodClient(), goodClient(), ...ATTACKS.map((attack) => attack.run(target))]);
+  }
+  await checkDaemon('all attacks at once');
+  const now = daemonUsage(server.pid);
+  t.diagnostic(`daemon after the suite: RSS ${baseline.rssKiB} -> ${now.rssKiB} KiB, fds ${baseline.fds} -> ${now.fds}`);
+});
