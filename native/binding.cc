@@ -571,6 +571,14 @@ Napi::Value ProbeHost(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// detectFormat(bytes: Uint8Array, pageSize) -> 24 | 32 | 0: wire.cc detect(), for the property test that
+// checks the TypeScript twin (src/protocol/wire.ts detectFormat) agrees with it.
+Napi::Value DetectFormat(const Napi::CallbackInfo& info) {
+  Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
+  const size_t page_size = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());
+  return Napi::Number::New(info.Env(), static_cast<int>(lazyd::wire::detect(bytes.Data(), bytes.ByteLength(), page_size)));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("PageServer", PageServerWrap::Define(env));
   exports.Set("LazyPages", LazyPagesWrap::Define(env));
@@ -578,6 +586,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
   exports.Set("probeHost", Napi::Function::New(env, ProbeHost, "probeHost"));
   exports.Set("tlsCheck", Napi::Function::New(env, TlsCheck, "tlsCheck"));
+  exports.Set("detectFormat", Napi::Function::New(env, DetectFormat));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }
