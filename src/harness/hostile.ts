@@ -14,9 +14,6 @@ import { encodeHeader } from './clients.js';
 export const PAGE = 4096;
 export const DATA_START = 0x7ffff7cbd000n;
 export const DATA_END = 0x7ffff7dbd000n;
-/** The pagemap entry that holds the data area: 2 stack pages, the 256 data pages, 2 pages of the next VMA. */
-export const ENTRY_START = 0x7ffff7cbb000n;
-export const ENTRY_PAGES = 260;
 /** sha256 of the 1 MiB data area (testdata README). */
 export const DATA_SHA256 = 'a9ba08c753fb570ca33f968bb24d468bf78df69ab2e824ba1029c4c735d2adb3';
 
@@ -54,16 +51,44 @@ export function dataPage(p: number): Buffer {
   return page;
 }
 
-/** Checks every data-area page inside [vaddr, vaddr + payload): returns the number checked, throws on a wrong one. */
-export function checkDataPages(vaddr: bigint, payload: Buffer, what: string): number {
+/**
+ * What the attacked server serves and the attacks check against: one lazy pagemap entry with data of one pid,
+ * and the expected bytes of each of its pages.
+ */
+export interface Served {
+  pid: bigint;
+  /** A range that ends where its lazy pagemap entry ends: its first page and its length. */
+  start: bigint;
+  pages: number;
+  /** The expected bytes of the entry's page i. */
+  page(i: number): Buffer;
+}
+
+/**
+ * The recorded plain dump in shared/testdata: pid 1's data area and the 2 pages after it, to the end of its
+ * pagemap entry (those 2 pages differ between runs: only the 256 data pages are known).
+ */
+export const TESTDATA_SERVED: Served = {
+  pid: 1n,
+  start: DATA_START,
+  pages: 256 + 2,
+  page: (i) => (i < 256 ? dataPage(i) : Buffer.alloc(0)),
+};
+
+/**
+ * Checks every page of the served entry inside [vaddr, vaddr + payload) whose bytes are known: returns the
+ * number checked, throws on a wrong one.
+ */
+export function checkServedPages(served: Served, vaddr: bigint, payload: Buffer, what: string): number {
   let checked = 0;
   for (let i = 0; i * PAGE < payload.length; i++) {
     const address = vaddr + BigInt(i * PAGE);
-    if (address < DATA_START || address >= DATA_END) continue;
-    const p = Number((address - DATA_START) / BigInt(PAGE));
-    if (!payload.subarray(i * PAGE, (i + 1) * PAGE).equals(dataPage(p))) {
-      throw new Error(`${what}: page 0x${address.toString(16)} (data page ${p}) was served with wrong bytes`);
-    }
+    if (address < served.start || address >= served.start + BigInt(served.pages * PAGE)) continue;
+    const expected = served.page(Number((address - served.start) / BigInt(PAGE)));
+    if (expected.length === 0) continue;
+    const got = payload.subarray(i * PAGE, (i + 1) * PAGE);
+    if (got.length < PAGE) continue; // a reply cut short by the peer's own reset
+    if (!got.equals(expected)) throw new Error(`${what}: page 0x${address.toString(16)} was served with wrong bytes`);
     checked++;
   }
   return checked;
@@ -176,15 +201,18 @@ function get(size: 24 | 32, nrPages: number | bigint, vaddr: bigint, pid: bigint
 }
 
 /** One valid GET (data page 0) ahead of the bad header, so the bad one is judged with the format known. */
-async function afterOneGoodGet(target: Target, size: 24 | 32, bad: Buffer): Promise<AttackOutcome> {
-  const result = await rawSession(target, Buffer.concat([get(size, 1, DATA_START, 1n), bad]), { keepOpen: true });
+async function afterOneGoodGet(s: Served, target: Target, size: 24 | 32, bad: Buffer): Promise<AttackOutcome> {
+  const result = await rawSession(target, Buffer.concat([get(size, 1, s.start, s.pid), bad]), { keepOpen: true });
   if (!result.closedByServer) throw new Error('the server kept a session open after a bad request');
   // The failing session is closed at once: the good reply may have left in full, in part, or not at all — but
   // whatever arrived must be a prefix of it, and nothing may follow it.
-  const header = encodeHeader(size, (PE_PRESENT << 16) | ADD_F, 1, DATA_START, 1n);
-  const expected = Buffer.concat([header, dataPage(0)]);
+  const header = encodeHeader(size, (PE_PRESENT << 16) | ADD_F, 1, s.start, s.pid);
+  const expected = Buffer.concat([header, s.page(0)]);
   if (result.received.length > expected.length || !result.received.equals(expected.subarray(0, result.received.length))) {
     throw new Error(`the ${result.received.length} bytes served around a bad request are not a prefix of the one good reply`);
+  }
+  if (s.page(0).length === 0 && result.received.length > header.length) {
+    return { pagesChecked: 0 }; // page 0 of the entry is not known: only its header was checked
   }
   return { pagesChecked: result.received.length === expected.length ? 1 : 0 };
 }
@@ -197,27 +225,28 @@ async function servedNothing(target: Target, request: Buffer, opts: { keepOpen?:
   return { pagesChecked: 0 };
 }
 
-export function truncatedHeader(size: 24 | 32, length: number): Attack {
+export function truncatedHeader(s: Served, size: 24 | 32, length: number): Attack {
   return {
     name: `truncated ${size}-byte GET header (${length} bytes), then close`,
     expectLog: new RegExp(`truncated header: the peer closed the connection after ${length} bytes of a header`),
-    run: (target) => servedNothing(target, get(size, 1, DATA_START, 1n).subarray(0, length)),
+    run: (target) => servedNothing(target, get(size, 1, s.start, s.pid).subarray(0, length)),
   };
 }
 
-export const ATTACKS: Attack[] = [
-  truncatedHeader(24, 1),
-  truncatedHeader(24, 3),
-  truncatedHeader(24, 23),
-  truncatedHeader(32, 31),
+/** Every malformed or hostile session, against a server that serves `s`. */
+export const makeAttacks = (s: Served): Attack[] => [
+  truncatedHeader(s, 24, 1),
+  truncatedHeader(s, 24, 3),
+  truncatedHeader(s, 24, 23),
+  truncatedHeader(s, 32, 31),
   {
     name: 'a truncated header after a good GET, then close',
     expectLog: /truncated header: the peer closed the connection after 10 bytes/,
     async run(target) {
-      const result = await rawSession(target, Buffer.concat([get(24, 1, DATA_START, 1n), get(24, 1, DATA_START, 1n).subarray(0, 10)]));
+      const result = await rawSession(target, Buffer.concat([get(24, 1, s.start, s.pid), get(24, 1, s.start, s.pid).subarray(0, 10)]));
       const { replies } = splitReplies(result.received, 24);
       if (replies.length !== 1) throw new Error(`expected the one good reply, got ${replies.length}`);
-      return { pagesChecked: checkDataPages(replies[0].vaddr, replies[0].payload, 'good GET before a truncated one') };
+      return { pagesChecked: checkServedPages(s, replies[0].vaddr, replies[0].payload, 'good GET before a truncated one') };
     },
   },
   {
@@ -233,86 +262,87 @@ export const ATTACKS: Attack[] = [
   {
     name: 'an oversized header: a GET whose 24-byte nr_pages is u32 max as the first header',
     expectLog: /more than the limit of \d+ pages per request \(--max-request-pages\)/,
-    run: (target) => servedNothing(target, get(24, 0xffffffff, DATA_START, 1n), { keepOpen: true }),
+    run: (target) => servedNothing(target, get(24, 0xffffffff, s.start, s.pid), { keepOpen: true }),
   },
   {
     name: 'unknown command as the first header',
     expectLog: /malformed first header \(command unknown 0x7777\)/,
-    run: (target) => servedNothing(target, encodeHeader(24, 0x7777, 1, DATA_START, 1n), { keepOpen: true }),
+    run: (target) => servedNothing(target, encodeHeader(24, 0x7777, 1, s.start, s.pid), { keepOpen: true }),
   },
   {
     name: 'unknown command after a good GET',
     expectLog: /unknown command 0x7777: not a CRIU page-server request/,
-    run: (target) => afterOneGoodGet(target, 24, encodeHeader(24, 0x7777, 1, DATA_START, 1n)),
+    run: (target) => afterOneGoodGet(s, target, 24, encodeHeader(24, 0x7777, 1, s.start, s.pid)),
   },
   {
     name: 'GET for an unknown pid',
     expectLog: /GET pid 4242 .*: no task with this pid in the checkpoint/,
-    run: (target) => afterOneGoodGet(target, 24, get(24, 1, DATA_START, 4242n)),
+    run: (target) => afterOneGoodGet(s, target, 24, get(24, 1, s.start, 4242n)),
   },
   {
     name: 'GET with nr_pages 0',
     expectLog: /nr_pages 0: nr_pages is 0/,
-    run: (target) => afterOneGoodGet(target, 32, get(32, 0, DATA_START, 1n)),
+    run: (target) => afterOneGoodGet(s, target, 32, get(32, 0, s.start, s.pid)),
   },
   {
     name: 'GET with nr_pages u32 max (24-byte)',
     expectLog: /nr_pages 4294967295: more than the limit/,
-    run: (target) => afterOneGoodGet(target, 24, get(24, 0xffffffff, DATA_START, 1n)),
+    run: (target) => afterOneGoodGet(s, target, 24, get(24, 0xffffffff, s.start, s.pid)),
   },
   {
     name: 'GET with nr_pages u64 max (32-byte)',
     expectLog: /nr_pages 18446744073709551615: more than the limit/,
-    run: (target) => afterOneGoodGet(target, 32, get(32, M64, DATA_START, 1n)),
+    run: (target) => afterOneGoodGet(s, target, 32, get(32, M64, s.start, s.pid)),
   },
   {
     name: 'GET at the top of the address space (vaddr + size overflows u64)',
     expectLog: /vaddr 0xfffffffffffff000 nr_pages 16: no pagemap entry covers this address/,
-    run: (target) => afterOneGoodGet(target, 24, get(24, 16, 0xfffffffffffff000n, 1n)),
+    run: (target) => afterOneGoodGet(s, target, 24, get(24, 16, 0xfffffffffffff000n, s.pid)),
   },
   {
     name: 'GET with a vaddr that is not page-aligned',
     expectLog: /vaddr is not page-aligned/,
-    run: (target) => afterOneGoodGet(target, 32, get(32, 1, DATA_START + 8n, 1n)),
+    run: (target) => afterOneGoodGet(s, target, 32, get(32, 1, s.start + 8n, s.pid)),
   },
   {
     name: 'GET for an address no entry covers',
     expectLog: /vaddr 0x1000 nr_pages 1: no pagemap entry covers this address/,
-    run: (target) => afterOneGoodGet(target, 24, get(24, 1, 0x1000n, 1n)),
+    run: (target) => afterOneGoodGet(s, target, 24, get(24, 1, 0x1000n, s.pid)),
   },
   {
     name: 'GET reaching beyond its pagemap entry is clamped to the entry, never past it',
     expectLog: /Page-server session finished/,
     async run(target) {
-      const result = await rawSession(target, Buffer.concat([get(24, ENTRY_PAGES + 100, ENTRY_START, 1n), encodeHeader(24, CLOSE, 0, 0n, 0n)]));
+      const result = await rawSession(target, Buffer.concat([get(24, s.pages + 100, s.start, s.pid), encodeHeader(24, CLOSE, 0, 0n, 0n)]));
       const { replies, rest } = splitReplies(result.received, 24);
-      if (replies.length !== 1 || replies[0].nrPages !== ENTRY_PAGES) {
-        throw new Error(`expected one reply of ${ENTRY_PAGES} pages, got ${replies.map((r) => r.nrPages).join(',')}`);
+      if (replies.length !== 1 || replies[0].nrPages !== s.pages) {
+        throw new Error(`expected one reply of ${s.pages} pages, got ${replies.map((r) => r.nrPages).join(',')}`);
       }
       if (!rest.equals(Buffer.alloc(4))) throw new Error('expected the CLOSE status 0 after the reply');
-      return { pagesChecked: checkDataPages(replies[0].vaddr, replies[0].payload, 'clamped GET') };
+      return { pagesChecked: checkServedPages(s, replies[0].vaddr, replies[0].payload, 'clamped GET') };
     },
   },
   {
     name: 'RST in the middle of a reply (SO_LINGER 0)',
     expectLog: /Connection reset by peer|Broken pipe/,
-    run: (target) => resetMidReply(target),
+    run: (target) => resetMidReply(s, target),
   },
   {
     name: 'an upload that lies: ADD_F for 2^32-1 pages',
     expectLog: /Upload failed: ADD_F .* nr_pages 4294967295 .*more than the limit of \d+ pages per entry/,
-    run: (target) => lyingUpload(target, 0xffffffff, 0),
+    run: (target) => lyingUpload(s, target, 0xffffffff, 0),
   },
   {
     name: 'an upload that lies: ADD_F for 1024 pages, 5000 bytes sent, then close',
     expectLog: /Upload failed: ADD_F .* the dump disconnected after 5000 of 4194304 payload bytes/,
-    run: (target) => lyingUpload(target, 1024, 5000),
+    run: (target) => lyingUpload(s, target, 1024, 5000),
   },
 ];
 
-/** Asks for 16 MiB, reads 64 KiB of it, then resets the connection. */
-async function resetMidReply(target: Target): Promise<AttackOutcome> {
-  const requests = Buffer.concat(Array.from({ length: 16 }, () => get(24, 256, DATA_START, 1n)));
+/** Asks for up to 16 MiB, reads 64 KiB of it, then resets the connection. */
+async function resetMidReply(s: Served, target: Target): Promise<AttackOutcome> {
+  const nr = Math.min(256, s.pages);
+  const requests = Buffer.concat(Array.from({ length: 16 }, () => get(24, nr, s.start, s.pid)));
   const received: Buffer[] = [];
   let got = 0;
   await new Promise<void>((resolve, reject) => {
@@ -331,19 +361,20 @@ async function resetMidReply(target: Target): Promise<AttackOutcome> {
   // What arrived before the reset must still be right: the first reply's header and its first pages.
   const stream = Buffer.concat(received);
   const header = stream.subarray(0, 24);
-  if ((header.readUInt32LE(0) & 0xffff) !== ADD_F || header.readUInt32LE(4) !== 256 || header.readBigUInt64LE(8) !== DATA_START) {
+  if ((header.readUInt32LE(0) & 0xffff) !== ADD_F || header.readUInt32LE(4) !== nr || header.readBigUInt64LE(8) !== s.start) {
     throw new Error('the reply before the reset does not start with the expected header');
   }
   const whole = Math.floor((stream.length - 24) / PAGE);
-  return { pagesChecked: checkDataPages(DATA_START, stream.subarray(24, 24 + whole * PAGE), 'reply before the reset') };
+  const first = stream.subarray(24, 24 + Math.min(whole, nr) * PAGE);
+  return { pagesChecked: checkServedPages(s, s.start, first, 'reply before the reset') };
 }
 
 /** OPEN2 + ADD_F|PE_LAZY|PE_PRESENT for nrPages (24-byte, pid 999), payloadBytes of it, then close. */
-async function lyingUpload(target: Target, nrPages: number, payloadBytes: number): Promise<AttackOutcome> {
+async function lyingUpload(s: Served, target: Target, nrPages: number, payloadBytes: number): Promise<AttackOutcome> {
   const dstId = (999n << 8n) | 1n;
   const request = Buffer.concat([
     encodeHeader(24, OPEN2, 0, 0n, dstId),
-    encodeHeader(24, ((PE_LAZY | PE_PRESENT) << 16) | ADD_F, nrPages, DATA_START, dstId),
+    encodeHeader(24, ((PE_LAZY | PE_PRESENT) << 16) | ADD_F, nrPages, s.start, dstId),
     Buffer.alloc(payloadBytes, 0x5a),
   ]);
   const result = await rawSession(target, request);
@@ -359,7 +390,7 @@ async function lyingUpload(target: Target, nrPages: number, payloadBytes: number
  * is judged on the server's side (its log, its fds): the bytes already in this socket's receive buffer hide the
  * server's close from a reader this slow.
  */
-export async function slowReader(target: Target, maxMs: number, stop?: AbortSignal): Promise<{ bytesRead: number }> {
+export async function slowReader(s: Served, target: Target, maxMs: number, stop?: AbortSignal): Promise<{ bytesRead: number }> {
   const started = performance.now();
   const socket = net.connect({ port: target.port, host: target.host });
   socket.on('error', () => undefined);
@@ -368,7 +399,7 @@ export async function slowReader(target: Target, maxMs: number, stop?: AbortSign
     socket.once('error', reject);
   });
   socket.pause();
-  socket.write(Buffer.concat(Array.from({ length: 64 }, () => get(24, 64, DATA_START, 1n))));
+  socket.write(Buffer.concat(Array.from({ length: 64 }, () => get(24, Math.min(64, s.pages), s.start, s.pid))));
   let bytesRead = 0;
   while (!stop?.aborted && !socket.destroyed && performance.now() - started < maxMs) {
     await sleep(1000);
@@ -421,3 +452,6 @@ export async function fdsBackTo(pid: number, fds: number, timeoutMs: number): Pr
     await sleep(100);
   }
 }
+
+/** The attacks against a server of the recorded testdata plain dump. */
+export const ATTACKS: Attack[] = makeAttacks(TESTDATA_SERVED);

@@ -13,6 +13,7 @@ import { repoRoot } from '../../src/paths.js';
 import { startPageServer, type PageServer } from '../../src/harness/page-server.js';
 import {
   ATTACKS,
+  TESTDATA_SERVED,
   DATA_SHA256,
   daemonUsage,
   dataAreaSha256,
@@ -155,7 +156,7 @@ test('hostile: a peer reading one byte per second is dropped after --stall-timeo
   const offset = logSize();
   const stop = new AbortController();
   const started = performance.now();
-  const slow = slowReader(target, (STALL_S + 20) * 1000, stop.signal);
+  const slow = slowReader(TESTDATA_SERVED, target, (STALL_S + 20) * 1000, stop.signal);
   await goodClient();
   await goodClient();
   await waitForLog(offset, new RegExp(`the peer read only \\d+ bytes in ${STALL_S} s while a reply was pending; session dropped \\(--stall-timeout\\)`), (STALL_S + 15) * 1000);
