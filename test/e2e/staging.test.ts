@@ -196,7 +196,7 @@ for (const version of CRIU_VERSIONS) {
       const lazy = pagemap.entries.filter((e) => e.flags & PE_LAZY);
       assert.ok(lazy.length > 0, 'the staged pagemap has lazy entries');
       assert.ok(lazy.every((e) => !(e.flags & PE_PRESENT)), 'lazy entries carry no data on disk');
-      assert.equal(lazyd.service.stagedCheckpoints().length, 1);
+      await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
       const id = lazyd.service.stagedCheckpoints()[0].id;
 
       for (const name of ['dst-1', 'dst-2']) {
@@ -227,6 +227,7 @@ for (const version of CRIU_VERSIONS) {
       const lazyd = await startStaging(stagingDir, { restores: 2 });
       onCleanup(() => lazyd.stop());
       const { checkpoint } = await stagedDump(criu, runDir, stagingDir, lazyd.port, onCleanup);
+      await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
       const id = lazyd.service.stagedCheckpoints()[0].id;
       // Both restored trees would write into the dump's workload dir. Each restore runs in a mount namespace of
       // its own with a copy of that dir (as the dump left it: criu checks the open files' sizes) bind-mounted
@@ -455,6 +456,8 @@ for (const version of CRIU_VERSIONS) {
         const lazyd = await startStaging(stagingDir, { restores: 1 }, control);
         onCleanup(() => lazyd.stop());
         const { checkpoint } = await stagedDump(criu, runDir, stagingDir, lazyd.port, onCleanup);
+        // The staged event trails the dump's exit (the upload is kept when the dump hangs up after CLOSE).
+        await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
         const [staged] = lazyd.service.stagedCheckpoints();
         const lazyBytes = checkpoint.dataPages * PAGE_SIZE;
 
