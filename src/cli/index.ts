@@ -88,7 +88,7 @@ const serveOptions = <T>(y: Argv<T>) =>
     .option('control-socket', { type: 'string', describe: 'unix socket for `lazyd staging list|release` (default: none)' });
 
 /** Each command's options, for the config files: what a command accepts, its switches, and its aliases. */
-function optionTables(): Map<string, OptionTable> {
+export function optionTables(): Map<string, OptionTable> {
   const builders: [string, (y: Argv) => Argv<any>][] = [
     ['page-server', pageServerDropinOptions],
     ['lazy-pages', lazyPagesOptions],

@@ -198,3 +198,18 @@ test('metrics address: HOST:PORT forms, and never the page-server port', () => {
   assert.throws(() => refuseSamePort({ host: '', port: 9876 }, 9876), /port 9876 is the page server's — metrics need a port of their own/);
   refuseSamePort({ host: '', port: 9101 }, 9876);
 });
+
+test('packaging/lazyd.conf: every option it sets, and every one it shows commented out, is one the daemon accepts', async () => {
+  const { optionTables } = await import('../../src/cli/index.js');
+  const { repoRoot } = await import('../../src/paths.js');
+  const text = fs.readFileSync(path.join(repoRoot(), 'packaging', 'lazyd.conf'), 'utf8');
+  // "# name value" lines are options shown with their defaults; prose comments have more than two words.
+  const shown = text
+    .split('\n')
+    .map((line) => /^#\s*([a-z][a-z0-9-]*)(\s+\S+)?\s*(#.*)?$/.exec(line))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => `${m[1]}${m[2] ?? ''}`);
+  assert.ok(shown.length >= 5, `the sample shows its limits commented out (${shown.join(', ')})`);
+  const entries = parseConfig(`${text}\n${shown.join('\n')}\n`, 'packaging/lazyd.conf');
+  assert.ok(configArguments(entries, '$0', optionTables(), []).length > 0);
+});
