@@ -74,18 +74,7 @@ function resolvePolicy(options: LazyPagesCommandOptions): { onFailure: FailurePo
   return { onFailure: policy as FailurePolicy, rstfTimeoutSeconds: rstf };
 }
 
-interface EngineSummary {
-  faults: number;
-  pagesFault: number;
-  pagesAround: number;
-  pagesBackground: number;
-  pagesZero: number;
-  pagesExist: number;
-  pagesDropped: number;
-  pagesTotal: number;
-  bytesReceived: number;
-  seconds: number;
-}
+type EngineSummary = EngineCounters['summary'];
 
 interface EngineEvent {
   type: string;

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeHeader } from './clients.js';
+import { dataPage } from './page-pattern.js';
 
 export const PAGE = 4096;
 export const DATA_START = 0x7ffff7cbd000n;
@@ -31,25 +32,9 @@ export interface Target {
 
 // --- the expected bytes ---------------------------------------------------------------------------------
 
-const M64 = (1n << 64n) - 1n;
-function mix(seed: bigint, p: bigint, w: bigint): bigint {
-  let z = (seed * 0x9e3779b97f4a7c15n + p * 0xbf58476d1ce4e5b9n + w * 0x94d049bb133111ebn + 1n) & M64;
-  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M64;
-  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M64;
-  return z ^ (z >> 31n);
-}
+export { dataPage };
 
-const pageCache = new Map<number, Buffer>();
-/** Page p (0..255) of the workload's data area, as the testdata README defines it. */
-export function dataPage(p: number): Buffer {
-  let page = pageCache.get(p);
-  if (!page) {
-    page = Buffer.alloc(PAGE);
-    for (let w = 0; w < PAGE / 8; w++) page.writeBigUInt64LE(mix(1n, BigInt(p), BigInt(w)), w * 8);
-    pageCache.set(p, page);
-  }
-  return page;
-}
+const M64 = (1n << 64n) - 1n;
 
 /**
  * What the attacked server serves and the attacks check against: one lazy pagemap entry with data of one pid,

@@ -5,20 +5,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import client from 'prom-client';
 import { repoRoot } from '../paths.js';
+import type { PageServerStats } from '../page-server/service.js';
 
-/** What `PageServer.stats()` (native) returns; tlsFailures: TLS handshakes that failed or timed out (--tls). */
-export interface PageServerCounters {
-  sessionsTotal: number;
-  sessionsActive: number;
-  sessionsFailed: number;
-  getsTotal: number;
-  pagesTotal: number;
-  bytesTotal: number;
-  bytesReceived?: number;
-  tlsFailures?: number;
-  stagingBytes?: number;
-  stagingMaxBytes?: number;
-}
+/** What `PageServer.stats()` (native) returns. */
+export type PageServerCounters = PageServerStats;
 
 /** What `LazyPages.stats()` (native) returns. */
 export interface EngineCounters {

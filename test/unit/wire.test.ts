@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { dataPage, patternWord } from '../../src/harness/page-pattern.js';
 import {
   GET_REPLY_CMD,
   PE_LAZY,
@@ -192,13 +193,8 @@ function assertHeaderRow(row: Row, format: WireFormat, offset: number, h: PsHead
 
 // ---- the page pattern (testdata README) ----
 
+const mix = patternWord;
 const M64 = (1n << 64n) - 1n;
-function mix(seed: bigint, p: bigint, w: bigint): bigint {
-  let z = (seed * 0x9e3779b97f4a7c15n + p * 0xbf58476d1ce4e5b9n + w * 0x94d049bb133111ebn + 1n) & M64;
-  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M64;
-  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M64;
-  return z ^ (z >> 31n);
-}
 
 let dataArea: Buffer | undefined;
 /** The workload's 1 MiB data area, page p at p*4096. */
@@ -206,7 +202,7 @@ function expectedDataArea(): Buffer {
   if (!dataArea) {
     dataArea = Buffer.alloc(DATA_PAGES * PAGE);
     for (let p = 0; p < DATA_PAGES; p++) {
-      for (let w = 0; w < PAGE / 8; w++) dataArea.writeBigUInt64LE(mix(1n, BigInt(p), BigInt(w)), p * PAGE + w * 8);
+      dataPage(p).copy(dataArea, p * PAGE);
     }
   }
   return dataArea;
