@@ -190,6 +190,7 @@ function plans(ctx: BenchContext): Plan[] {
 export const lazyPagesBenchmark: Benchmark = {
   name: 'lazy-pages',
   description: 'criu lazy-pages vs lazyd lazy-pages as the destination daemon, same lazy migration (lazyd page server, serve mode)',
+  optIn: true, // loopback, one daemon swapped; the migration benchmark covers every pairing between two hosts
   estimate(ctx) {
     const p = plans(ctx);
     const runs = p.reduce((n, x) => n + x.pairs * ORDERS.length * DAEMONS.length, 0);

@@ -133,6 +133,7 @@ function sizes(ctx: BenchContext): number[] {
 export const pageServerBenchmark: Benchmark = {
   name: 'page-server',
   description: 'criu page-server --lazy-pages vs lazyd --page-server, same lazy migration (criu lazy-pages client)',
+  optIn: true, // loopback, one daemon swapped; the migration benchmark covers every pairing between two hosts
   estimate(ctx) {
     const runs = ctx.criuVersions.length * ORDERS.length * sizes(ctx).length * ctx.pairs * SERVERS.length;
     return `${runs} migrations of ${sizes(ctx).join(', ')} MiB (${ctx.quick ? '~3 s' : '~5 s sequential, ~50 s random'} each)`;

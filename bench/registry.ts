@@ -1,7 +1,18 @@
 // Every benchmark of the suite, by name. Add a module under bench/ exporting a Benchmark and list it here.
+// Opt-in ones (optIn: true) run only when named with --only.
 import type { Benchmark } from './lib/types.js';
 import { lazyPagesBenchmark } from './lazy-pages.js';
+import { limitsBenchmark } from './limits.js';
+import { migrationBenchmark } from './migration.js';
 import { pageServerBenchmark } from './page-server.js';
+import { pageStoreBenchmark } from './page-store.js';
 import { tlsBenchmark } from './tls.js';
 
-export const BENCHMARKS: readonly Benchmark[] = [pageServerBenchmark, lazyPagesBenchmark, tlsBenchmark];
+export const BENCHMARKS: readonly Benchmark[] = [
+  limitsBenchmark,
+  migrationBenchmark,
+  pageStoreBenchmark,
+  pageServerBenchmark,
+  lazyPagesBenchmark,
+  tlsBenchmark,
+];

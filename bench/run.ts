@@ -5,6 +5,7 @@
 //                               [--keep] [--verbose] [--list]
 // Needs root and CRIU installed by scripts/install-criu.sh. Exits 1 when a run failed (after its retry) or a
 // benchmark could not run; the results of the others are still written.
+import fs from 'node:fs';
 import path from 'node:path';
 import { CRIU_VERSIONS, isCriuVersion, type CriuVersion } from '../src/harness/index.js';
 import { repoRoot } from '../src/paths.js';
@@ -15,7 +16,7 @@ import { BENCHMARKS } from './registry.js';
 
 const USAGE = `usage: node dist/bench/run.js [--quick] [--only NAME[,NAME]] [--pairs N] [--criu ${CRIU_VERSIONS.join('|')}|both] [--keep] [--verbose] [--list]
   --quick     small sizes and 3 pairs (a smoke test; under 3 minutes)
-  --only      run only these benchmarks (${BENCHMARKS.map((b) => b.name).join(', ')})
+  --only      run only these benchmarks (${BENCHMARKS.map((b) => b.name).join(', ')}); without it, all but the opt-in ones
   --pairs N   rounds of alternation per comparison (default 3)
   --criu V    CRIU version(s) on both ends (default both)
   --keep      keep the run directories of successful runs (/tmp/lazyd-e2e-*)
@@ -104,9 +105,11 @@ async function main(): Promise<number> {
     verbose: options.verbose,
     log,
   };
-  const selected = BENCHMARKS.filter((b) => !options.only || options.only.includes(b.name));
+  const selected = BENCHMARKS.filter((b) => (options.only ? options.only.includes(b.name) : !b.optIn));
   if (options.list) {
-    for (const b of BENCHMARKS) process.stdout.write(`${b.name.padEnd(16)} ${b.description}\n${''.padEnd(16)} ${b.estimate(ctx)}\n`);
+    for (const b of BENCHMARKS) {
+      process.stdout.write(`${b.name.padEnd(16)} ${b.description}${b.optIn ? ' (only with --only)' : ''}\n${''.padEnd(16)} ${b.estimate(ctx)}\n`);
+    }
     return 0;
   }
 
@@ -128,7 +131,9 @@ async function main(): Promise<number> {
     const meta = { startedAt: startedAt.toISOString(), finishedAt: finishedAt.toISOString(), argv };
     const markdown = resultMarkdown(result, host, meta);
     const base = `${bench.name}-${fileStamp(startedAt)}${ctx.quick ? '-quick' : ''}`;
-    const files = writeResultFiles(resultsDir, base, { ...meta, benchmark: result.name, options: { ...ctx, log: undefined }, host, result }, markdown);
+    const { svg, ...stored } = result;
+    const files = writeResultFiles(resultsDir, base, { ...meta, benchmark: result.name, options: { ...ctx, log: undefined }, host, result: stored }, markdown);
+    if (svg) fs.writeFileSync(path.join(resultsDir, `${base}.svg`), svg);
     process.stdout.write('\n' + markdown + '\n');
     log(`results: ${path.relative(process.cwd(), files.json)}, ${path.relative(process.cwd(), files.markdown)}`);
     const bad = result.comparisons.flatMap((c) => c.runs.filter((r) => !r.ok));

@@ -59,6 +59,12 @@ export interface BenchResult {
   description: string;
   comparisons: Comparison[];
   notes: string[];
+  /** Markdown shown before the comparisons (e.g. a headline table). */
+  summary?: string;
+  /** An SVG picture, written beside the results as <base>.svg. */
+  svg?: string;
+  /** Extra data kept in the JSON. */
+  data?: unknown;
 }
 
 export interface FigureValues {
@@ -206,6 +212,7 @@ export function resultMarkdown(result: BenchResult, host: HostInfo, meta: { star
     hostMarkdown(host),
     '',
   ];
+  if (result.summary) out.push(result.summary, '');
   for (const comparison of result.comparisons) {
     out.push(`### ${comparison.title}`, '', runsLine(comparison), '', comparisonTable(comparison), '');
     const failed = comparison.runs.filter((r) => !r.ok);

@@ -21,4 +21,6 @@ export interface Benchmark {
   /** Rough duration, for the runner's plan line. */
   estimate(ctx: BenchContext): string;
   run(ctx: BenchContext): Promise<BenchResult>;
+  /** Not part of a plain `npm run bench`: runs only when named with --only. */
+  optIn?: boolean;
 }

@@ -106,6 +106,8 @@ export interface CriuActionOptions {
    * name target (e.g. its own copy of the workload dir, so two restores of one checkpoint keep apart).
    */
   privateBind?: { source: string; target: string };
+  /** Run criu in this network namespace (see CommandSpec.netns). */
+  netns?: string;
 }
 
 function commandSpec(criu: Criu, action: string, args: string[], options: CriuActionOptions) {
@@ -123,6 +125,7 @@ function commandSpec(criu: Criu, action: string, args: string[], options: CriuAc
       : { file: criu.path, args: [action, ...args] }),
     cwd: options.cwd ?? options.imagesDir,
     logFile: log,
+    netns: options.netns,
   };
 }
 

@@ -62,8 +62,12 @@ type Progress = (message: string) => void;
 export type DaemonKind = 'criu' | 'lazyd';
 export const DAEMON_KINDS: readonly DaemonKind[] = ['criu', 'lazyd'];
 
-/** Where the lazy pages come from: a page server the harness starts, the lazy dump itself, or the local images. */
-export type SourceKind = ServerKind | 'criu-dump' | 'local';
+/**
+ * Where the lazy pages come from: a page server the harness starts on the plain dump, the lazy dump itself,
+ * 'lazyd-staging' (`lazyd --page-server` started first; `criu dump --page-server` uploads into its memory, and it
+ * serves the pages from there), or the local images.
+ */
+export type SourceKind = ServerKind | 'criu-dump' | 'lazyd-staging' | 'local';
 
 // ---------------------------------------------------------------- run directories and cleanup
 
@@ -168,6 +172,10 @@ export interface CheckpointOptions {
    * namespace, and the restore creates a fresh one.
    */
   lazyDump?: { address?: string; port?: number; extraArgs?: string[] };
+  /** `criu dump --page-server --address A --port P`: the pages go to this page server (lazyd staging), not to disk. */
+  upload?: { address: string; port: number };
+  /** Run the workload and criu dump in this network namespace (see CommandSpec.netns). */
+  netns?: string;
 }
 
 /** Lazy and total pages of every task's pagemap in a dump (pagemap-<pid>.img). */
@@ -221,7 +229,7 @@ async function checkpointOnce(options: CheckpointOptions): Promise<Checkpoint> {
   fs.mkdirSync(imagesDir, { recursive: true });
 
   progress(`starting the workload (${options.workload.mib} MiB${children ? ` x${children + 1} processes` : ''}) in ${workloadDir}`);
-  const workload: Workload = await startWorkload(binary, workloadDir, options.workload, timeouts.readyMs);
+  const workload: Workload = await startWorkload(binary, workloadDir, options.workload, timeouts.readyMs, options.netns);
   options.onCleanup?.(() => killWorkload(workload));
   await waitForAllPasses(workloadDir, children, options.warmupPasses ?? 1, timeouts.passesMs, { pid: workload.pid });
   if (options.dumpAtPassBoundary) {
@@ -232,17 +240,27 @@ async function checkpointOnce(options: CheckpointOptions): Promise<Checkpoint> {
 
   const dumpStartNs = nowNs();
   const { dumpMs, dumpServer } = options.lazyDump
-    ? await startLazyDump(criu, workload, imagesDir, options.lazyDump, timeouts, progress)
-    : await plainDump(criu, workload, imagesDir, timeouts, progress);
+    ? await startLazyDump(criu, workload, imagesDir, options.lazyDump, timeouts, progress, options.netns)
+    : await plainDump(criu, workload, imagesDir, timeouts, progress, options.upload, options.netns);
   if (dumpServer) options.onCleanup?.(() => dumpServer.kill());
   return checkpointOf({ criu, runDir, workloadDir, imagesDir, workload: options.workload, sums, dumpStartNs, dumpMs, dumpServer });
 }
 
 /** `criu dump` to completion; it kills the dumped tree, and unshare follows its child. */
-async function plainDump(criu: Criu, workload: Workload, imagesDir: string, timeouts: Timeouts, progress: Progress): Promise<{ dumpMs: number; dumpServer?: DumpServer }> {
-  progress(`criu ${criu.version} dump -t ${workload.pid}`);
-  const dump = await runCriu(criu, 'dump', ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log'], timeouts.dumpMs, {
+async function plainDump(
+  criu: Criu,
+  workload: Workload,
+  imagesDir: string,
+  timeouts: Timeouts,
+  progress: Progress,
+  to?: CheckpointOptions['upload'],
+  netns?: string,
+): Promise<{ dumpMs: number; dumpServer?: DumpServer }> {
+  const upload = to ? ['--page-server', '--address', to.address, '--port', String(to.port)] : [];
+  progress(`criu ${criu.version} dump -t ${workload.pid}${upload.length ? ` ${upload.join(' ')}` : ''}`);
+  const dump = await runCriu(criu, 'dump', ['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', ...upload], timeouts.dumpMs, {
     imagesDir,
+    netns,
   });
   await workload.unshare.wait(10_000);
   return { dumpMs: dump.ms };
@@ -256,6 +274,7 @@ async function startLazyDump(
   where: NonNullable<CheckpointOptions['lazyDump']>,
   timeouts: Timeouts,
   progress: Progress,
+  netns?: string,
 ): Promise<{ dumpMs: number; dumpServer: DumpServer }> {
   const address = where.address ?? '127.0.0.1';
   const port = where.port || (await freePort(address));
@@ -269,7 +288,7 @@ async function startLazyDump(
       ...(where.extraArgs ?? []),
     ],
     timeouts.dumpMs,
-    { imagesDir },
+    { imagesDir, netns },
   );
   const dumpMs = performance.now() - started;
   const dumpServer: DumpServer = {
@@ -330,6 +349,8 @@ export interface RestoreOptions {
    * from it. Lets several restores of one checkpoint run at once, each verified on its own.
    */
   privateWorkloadDir?: string;
+  /** Run the daemon and criu restore in this network namespace (see CommandSpec.netns). */
+  netns?: string;
 }
 
 export interface RestoreResult {
@@ -357,6 +378,10 @@ export interface RestoreResult {
   /** Heartbeat gaps from the restore's start to the end of verification. */
   heartbeat: HeartbeatStats;
   lazyPagesExit: ExitInfo;
+  /** From spawning the lazy-pages daemon until it was ready (listening for the restore). */
+  daemonStartMs: number;
+  /** CLOCK_REALTIME ns when `criu restore` was started. */
+  restoreStartNs: bigint;
   /** lazyd only: the totals of its last stderr line ("lazyd lazy-pages: N pages installed ... of T lazy; ..."). */
   lazydTotals?: LazydTotals;
   /** Log sizes of each instance when the restore began (read the logs from there), and when all pages were present. */
@@ -395,6 +420,8 @@ export interface LazyPagesDaemonOptions {
   extraArgs?: string[];
   env?: NodeJS.ProcessEnv;
   readyTimeoutMs?: number;
+  /** Run the daemon in this network namespace (see CommandSpec.netns). */
+  netns?: string;
 }
 
 /** Starts `criu lazy-pages` or `lazyd lazy-pages` (-D dstDir -v4 -o lazy-pages.log) and resolves once it listens. */
@@ -405,7 +432,7 @@ export function startLazyPagesDaemon(options: LazyPagesDaemonOptions): Promise<P
   const readyMs = options.readyTimeoutMs ?? DEFAULT_TIMEOUTS.readyMs;
   if (options.daemon === 'criu') {
     if (options.env) throw new Error('daemon criu: extra environment is not supported');
-    return startCriu(options.criu, 'lazy-pages', args, readyMs, { imagesDir: dstDir });
+    return startCriu(options.criu, 'lazy-pages', args, readyMs, { imagesDir: dstDir, netns: options.netns });
   }
   return startWithStatusFd(
     {
@@ -415,6 +442,7 @@ export function startLazyPagesDaemon(options: LazyPagesDaemonOptions): Promise<P
       cwd: dstDir,
       logFile: path.join(dstDir, 'lazy-pages.log'),
       env: options.env ? { ...process.env, ...options.env } : undefined,
+      netns: options.netns,
     },
     readyMs,
   );
@@ -452,6 +480,8 @@ export interface StartedRestore {
   restoreStartNs: bigint;
   /** performance.now() when `criu restore` started. */
   restoreStart: number;
+  /** From spawning the lazy-pages daemon until it was ready. */
+  daemonStartMs: number;
   /** Kills the restored pid namespace. */
   kill(): Promise<void>;
 }
@@ -480,6 +510,7 @@ export async function startLazyRestore(options: RestoreOptions): Promise<Started
   const server = options.server === 'local' ? 'local' : { address: options.server.address, port: options.server.port };
   const where = server === 'local' ? 'local images' : `--page-server --address ${server.address} --port ${server.port}`;
   progress(`${daemon === 'criu' ? `criu ${criu.version}` : 'lazyd'} lazy-pages ${where} -D ${dstDir}`);
+  const daemonStart = performance.now();
   const lazyPages = await startLazyPagesDaemon({
     daemon,
     criu,
@@ -488,7 +519,9 @@ export async function startLazyRestore(options: RestoreOptions): Promise<Started
     extraArgs: options.daemonArgs,
     env: options.daemonEnv,
     readyTimeoutMs: timeouts.readyMs,
+    netns: options.netns,
   });
+  const daemonStartMs = performance.now() - daemonStart;
   options.onCleanup?.(() => lazyPages.kill('SIGKILL'));
 
   const offsets = instanceDirs(workloadDir, children).map((dir) => logOffset(dir));
@@ -505,6 +538,7 @@ export async function startLazyRestore(options: RestoreOptions): Promise<Started
       {
         imagesDir: dstDir,
         privateBind: options.privateWorkloadDir ? { source: options.privateWorkloadDir, target: checkpoint.workloadDir } : undefined,
+        netns: options.netns,
       },
     );
   } catch (error) {
@@ -518,7 +552,7 @@ export async function startLazyRestore(options: RestoreOptions): Promise<Started
   if (!restoredPid) throw new Error(`criu restore exited 0 but wrote no pid to ${pidfile}`);
   const kill = () => killPidNamespace(restoredPid);
   options.onCleanup?.(kill);
-  return { dstDir, daemon, lazyPages, restoredPid, restore, copyMs, copiedBytes, offsets, restoreStartNs, restoreStart, kill };
+  return { dstDir, daemon, lazyPages, restoredPid, restore, copyMs, copiedBytes, offsets, restoreStartNs, restoreStart, daemonStartMs, kill };
 }
 
 /**
@@ -530,7 +564,7 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
   const { checkpoint } = options;
   const children = checkpoint.workload.children ?? 0;
   const workloadDir = options.privateWorkloadDir ?? checkpoint.workloadDir;
-  const { dstDir, daemon, lazyPages, restoredPid, restore, copyMs, copiedBytes, offsets, restoreStartNs, restoreStart, kill } =
+  const { dstDir, daemon, lazyPages, restoredPid, restore, copyMs, copiedBytes, offsets, restoreStartNs, restoreStart, daemonStartMs, kill } =
     await startLazyRestore(options);
 
   progress(`restored as pid ${restoredPid} after ${restore.ms.toFixed(0)} ms; waiting for the lazy-pages daemon to finish`);
@@ -593,6 +627,8 @@ export async function lazyRestore(options: RestoreOptions): Promise<RestoreResul
     resumeGapMs,
     heartbeat: heartbeatStats(beats, after),
     lazyPagesExit,
+    daemonStartMs,
+    restoreStartNs,
     lazydTotals: daemon === 'lazyd' ? readLazydTotals(lazyPages.outputText) : undefined,
     logOffsets: offsets,
     allPagesNs,
@@ -652,6 +688,18 @@ export interface MigrationOptions {
    * that the lazy phase lasts long enough for the workload to act in it.
    */
   throttleBytesPerSecond?: number;
+  /**
+   * Called once the source's serving process exists: the page server as soon as it listens (for 'lazyd-staging'
+   * before the dump), the lazy dump once it serves. Not called for 'local'.
+   */
+  onSource?: (source: { pid: number; logFile: string }) => Promise<void> | void;
+  /**
+   * Two hosts on one machine: the workload, criu dump and the page server run in network namespace `source` and
+   * listen on `sourceAddress`; the lazy-pages daemon and criu restore run in `destination` (see netns.ts).
+   */
+  network?: { source: string; destination: string; sourceAddress: string };
+  /** 'lazyd-staging': lazyd's --staging-max-bytes (default: twice the workload's data, at least 1 GiB). */
+  stagingMaxBytes?: number;
 }
 
 export interface MigrationResult {
@@ -667,6 +715,10 @@ export interface MigrationResult {
   dumpMs: number;
   serverStartMs: number;
   copyMs: number;
+  /** Bytes of the *.img files copied to the destination directory. */
+  copiedBytes: number;
+  /** Starting the lazy-pages daemon (after the dump, before the restore: inside the downtime). */
+  daemonStartMs: number;
   restoreMs: number;
   pagesInstalledMs: number;
   allPagesMs: number;
@@ -684,6 +736,11 @@ export interface MigrationResult {
   heartbeat: HeartbeatStats;
   /** The page server's or the lazy dump's exit; for 'local', the daemon's. */
   serverExit: ExitInfo;
+  /**
+   * How long the source tasks stayed frozen, from the dump's start until the dump exited; for 'criu-dump' that is
+   * after the daemon's CLOSE (the frozen tasks serve their own memory until then).
+   */
+  sourceFrozenMs: number;
 }
 
 /** Runs a whole lazy migration on loopback and returns its timings; cleans up (and removes the run dir) on success. */
@@ -697,6 +754,31 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
     async (runDir, onCleanup) => {
       const progress = options.progress;
       const controls = options.controlFiles ?? [];
+      const net = options.network;
+      const address = net?.sourceAddress ?? '127.0.0.1';
+      // In a network namespace of its own nothing else listens: any port is free (freePort() would probe ours).
+      const port = net ? 20000 + Math.floor(Math.random() * 40000) : undefined;
+
+      // Staging: lazyd listens before the dump, which uploads the pages into it instead of writing pages-*.img.
+      let staging: PageServer | undefined;
+      if (options.server === 'lazyd-staging') {
+        const imagesDir = path.join(runDir, 'src');
+        fs.mkdirSync(imagesDir, { recursive: true });
+        const mib = options.workload.mib * ((options.workload.children ?? 0) + 1);
+        const maxBytes = options.stagingMaxBytes ?? Math.max(1 << 30, 2 * mib * 1048576);
+        progress?.(`starting lazyd --page-server (staging, --staging-max-bytes ${maxBytes}) on ${imagesDir}`);
+        staging = await startPageServer({
+          ...options.serverOptions,
+          kind: 'lazyd',
+          imagesDir,
+          address,
+          netns: net?.source,
+          extraArgs: [...(options.serverOptions?.extraArgs ?? []), '--staging-max-bytes', String(maxBytes), '--staging-restores', '1'],
+        });
+        const started = staging;
+        onCleanup(() => started.kill());
+        await options.onSource?.({ pid: staging.pid, logFile: staging.logFile });
+      }
       const checkpoint = await checkpointWorkload({
         criu,
         runDir,
@@ -704,7 +786,11 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         timeouts: options.timeouts,
         progress,
         onCleanup,
-        lazyDump: options.server === 'criu-dump' ? { extraArgs: options.dumpArgs } : undefined,
+        netns: net?.source,
+        lazyDump: options.server === 'criu-dump' ? { address, port, extraArgs: options.dumpArgs } : undefined,
+        upload: staging ? { address, port: staging.port } : undefined,
+        // A staged pagemap is lazyd's own: the is_stack() quirk of plain dumps does not apply.
+        requireLazy: staging ? false : undefined,
         dumpAtPassBoundary: controls.length > 0,
         beforeDump: controls.length ? (w) => controls.forEach((name) => touchControl(w.dir, name)) : undefined,
       });
@@ -714,8 +800,13 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
       let source: { address: string; port: number } | 'local';
       if (options.server === 'criu-dump') {
         source = checkpoint.dumpServer!;
+        await options.onSource?.({ pid: checkpoint.dumpServer!.proc.pid, logFile: path.join(checkpoint.imagesDir, 'dump.log') });
       } else if (options.server === 'local') {
         source = 'local';
+      } else if (staging || options.server === 'lazyd-staging') {
+        server = staging!;
+        source = staging!;
+        await options.beforeRestore?.(server, checkpoint);
       } else {
         progress?.(`starting the page server (${options.server}) on ${checkpoint.imagesDir}`);
         server = await startPageServer({
@@ -723,10 +814,14 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
           kind: options.server,
           criuVersion: options.criuVersion,
           imagesDir: checkpoint.imagesDir,
+          address,
+          port: options.serverOptions?.port ?? port,
+          netns: net?.source,
         });
         const started = server;
         onCleanup(() => started.kill());
         source = server;
+        await options.onSource?.({ pid: server.pid, logFile: server.logFile });
         await options.beforeRestore?.(server, checkpoint);
       }
       const serverStartMs = performance.now() - serverStart;
@@ -749,13 +844,18 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         timeouts: options.timeouts,
         progress,
         onCleanup,
+        netns: net?.destination,
       });
       let serverExit: ExitInfo;
+      let sourceFrozenMs = checkpoint.dumpMs;
       if (server) {
         serverExit = await server.finish();
         await options.afterFinish?.(server, checkpoint, restored);
       } else if (checkpoint.dumpServer) {
         serverExit = await checkpoint.dumpServer.finish();
+        // The dump's start on the performance clock, from its realtime stamp.
+        const dumpStart = performance.now() - Number(nowNs() - checkpoint.dumpStartNs) / 1e6;
+        sourceFrozenMs = checkpoint.dumpServer.proc.startedAt + serverExit.ms - dumpStart;
       } else {
         serverExit = restored.lazyPagesExit;
       }
@@ -773,6 +873,8 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         dumpMs: checkpoint.dumpMs,
         serverStartMs,
         copyMs: restored.copyMs,
+        copiedBytes: restored.copiedBytes,
+        daemonStartMs: restored.daemonStartMs,
         restoreMs: restored.restoreMs,
         pagesInstalledMs: restored.pagesInstalledMs,
         allPagesMs: restored.allPagesMs,
@@ -786,6 +888,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         resumeGapMs: restored.resumeGapMs,
         heartbeat: restored.heartbeat,
         serverExit,
+        sourceFrozenMs,
       };
     },
     options.keep,

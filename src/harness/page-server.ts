@@ -32,6 +32,8 @@ export interface PageServerOptions {
   verbosity?: number;
   extraArgs?: string[];
   readyTimeoutMs?: number;
+  /** Run the server in this network namespace (see CommandSpec.netns). */
+  netns?: string;
 }
 
 export interface PageServer {
@@ -133,7 +135,7 @@ async function startPageServerOnce(options: PageServerOptions): Promise<PageServ
     const m = stdout.match(LISTENING_RE);
     if (m) announced = Number(m[2]);
   };
-  const spec = { name, file, args: [...args, '--status-fd', '3'], cwd: options.imagesDir, logFile: absLog };
+  const spec = { name, file, args: [...args, '--status-fd', '3'], cwd: options.imagesDir, logFile: absLog, netns: options.netns };
   const proc = await startWithStatusFd(spec, readyTimeoutMs, onStdout);
   if (options.kind === 'lazyd') {
     // The line may trail the status byte by a moment.

@@ -21,6 +21,18 @@ export interface CommandSpec {
   /** Log file written by the command (for error messages); absolute or relative to cwd. */
   logFile?: string;
   env?: NodeJS.ProcessEnv;
+  /**
+   * Run it in this named network namespace (/run/netns/<name>, `ip netns add`): `nsenter --net=...` execs the
+   * command, so the pid is the command's. Only the network namespace changes (`ip netns exec` would also give it
+   * a mount namespace of its own, and criu refuses to dump a task whose mount namespace differs from its own).
+   */
+  netns?: string;
+}
+
+/** The file and argv that run a spec, in its network namespace if it names one. */
+export function spawnArgs(spec: CommandSpec): { file: string; args: string[] } {
+  if (!spec.netns) return { file: spec.file, args: spec.args };
+  return { file: 'nsenter', args: [`--net=/run/netns/${spec.netns}`, '--', spec.file, ...spec.args] };
 }
 
 const OUTPUT_LIMIT = 64 * 1024;
@@ -69,7 +81,8 @@ export class Proc {
   constructor(spec: CommandSpec, stdio: SpawnOptions['stdio'], detached = false) {
     this.spec = spec;
     this.startedAt = performance.now();
-    this.child = spawn(spec.file, spec.args, { cwd: spec.cwd, env: spec.env ?? process.env, stdio, detached });
+    const { file, args } = spawnArgs(spec);
+    this.child = spawn(file, args, { cwd: spec.cwd, env: spec.env ?? process.env, stdio, detached });
     const collect = (chunk: Buffer) => {
       this.output += chunk.toString('utf8');
       if (this.output.length > OUTPUT_LIMIT) this.output = this.output.slice(-OUTPUT_LIMIT);

@@ -24,13 +24,15 @@ export interface WorkloadOptions {
   hbMs?: number;
   /** Leave an unreaped (zombie) child in the tree (workload --zombie 1; logs "zombie pid <pid>"). */
   zombie?: boolean;
+  /** Passes read only this fixed, scattered percentage of the pages (workload --hot-pct; 0 = idle; default 100). */
+  hotPct?: number;
 }
 
 export const WORKLOAD_DEFAULTS = { order: 'seq' as PageOrder, seed: 1, threads: 0, children: 0, intervalMs: 50, hbMs: 5 };
 
 export const PAGE_SIZE = 4096;
 export const PAGES_PER_MIB = 256;
-export type ControlFile = 'do-fork' | 'do-munmap' | 'do-mremap' | 'do-dontneed';
+export type ControlFile = 'do-fork' | 'do-munmap' | 'do-mremap' | 'do-dontneed' | 'do-verify-all';
 
 const CFLAGS = ['-O2', '-Wall', '-pthread'];
 
@@ -88,6 +90,7 @@ export function workloadArgs(dir: string, options: WorkloadOptions): string[] {
     '--hb-ms',
     String(o.hbMs),
     ...(o.zombie ? ['--zombie', '1'] : []),
+    ...(options.hotPct !== undefined && options.hotPct !== 100 ? ['--hot-pct', String(options.hotPct)] : []),
   ];
 }
 
@@ -116,11 +119,13 @@ export async function startWorkload(
   dir: string,
   options: WorkloadOptions,
   readyTimeoutMs = 30_000,
+  /** Start it in this network namespace (see CommandSpec.netns). */
+  netns?: string,
 ): Promise<Workload> {
   fs.mkdirSync(dir, { recursive: true });
   const command = ['exec', 'setsid', binary, ...workloadArgs(dir, options)].map(shQuote).join(' ');
   const unshare = new Proc(
-    { name: 'workload', file: 'unshare', args: ['-p', '-f', '--', 'sh', '-c', command], cwd: dir, logFile: path.join(dir, 'log') },
+    { name: 'workload', file: 'unshare', args: ['-p', '-f', '--', 'sh', '-c', command], cwd: dir, logFile: path.join(dir, 'log'), netns },
     'ignore',
     true,
   );
@@ -181,7 +186,7 @@ export async function waitForReady(dir: string, timeoutMs: number, alive: () => 
   });
 }
 
-/** Creates a control file (do-fork, do-munmap, do-mremap, do-dontneed); the workload acts on it next pass. */
+/** Creates a control file (do-fork, do-munmap, ..., do-verify-all); the workload acts on it next pass. */
 export function touchControl(dir: string, name: ControlFile): void {
   fs.writeFileSync(path.join(dir, name), '');
 }
@@ -215,15 +220,18 @@ export interface LogScan {
   forkOk: string[];
   ops: string[];
   reaped: { pid: number; status: number }[];
+  /** "verify-all" lines: a check of every mapped page (control file do-verify-all). */
+  verifyAll: { pid: number; ok: number; bad: number; sum: string; us: number }[];
   /** Byte offset just after the last complete line read. */
   offset: number;
 }
 
+const VERIFY_ALL_RE = /^verify-all pid (\d+) ok (\d+) bad (\d+) sum (0x[0-9a-f]+) us (\d+)$/;
 const PASS_RE = /^pass (\d+) pid (\d+) ok (\d+) bad (\d+) sum (0x[0-9a-f]+) t (\d+) start (\d+) us (\d+)$/;
 
 export function parseLog(text: string, baseOffset = 0): LogScan {
   const complete = text.lastIndexOf('\n') + 1;
-  const scan: LogScan = { passes: [], bad: [], errors: [], forkOk: [], ops: [], reaped: [], offset: baseOffset };
+  const scan: LogScan = { passes: [], bad: [], errors: [], forkOk: [], ops: [], reaped: [], verifyAll: [], offset: baseOffset };
   scan.offset = baseOffset + Buffer.byteLength(text.slice(0, complete));
   for (const line of text.slice(0, complete).split('\n')) {
     let m: RegExpMatchArray | null;
@@ -243,6 +251,9 @@ export function parseLog(text: string, baseOffset = 0): LogScan {
     else if (line.startsWith('fork-ok ')) scan.forkOk.push(line);
     else if (line.startsWith('op ')) scan.ops.push(line);
     else if ((m = line.match(/^reaped pid (\d+) status (-?\d+)$/))) scan.reaped.push({ pid: Number(m[1]), status: Number(m[2]) });
+    else if ((m = line.match(VERIFY_ALL_RE))) {
+      scan.verifyAll.push({ pid: Number(m[1]), ok: Number(m[2]), bad: Number(m[3]), sum: m[4], us: Number(m[5]) });
+    }
   }
   return scan;
 }
@@ -360,6 +371,52 @@ export async function waitForAllPasses(
 export function lastPassSum(dir: string): string | undefined {
   const passes = readLog(dir).passes;
   return passes.at(-1)?.sum;
+}
+
+// ---------------------------------------------------------------- first-read latency ("touch" file)
+
+export interface TouchLine {
+  pid: number;
+  pass: number;
+  slow: number;
+  /** [bucket upper bound µs, count] */
+  buckets: [number, number][];
+}
+
+export interface SlowRead {
+  pid: number;
+  /** CLOCK_REALTIME ns when the read ended, and its duration. */
+  endNs: bigint;
+  ns: number;
+}
+
+/** The workload's <dir>/touch file: per pass, a histogram of page first reads slower than 2 µs; reads over 20 ms. */
+export function readTouches(dir: string): TouchLine[];
+export function readTouches(dir: string, slow: SlowRead[]): TouchLine[];
+export function readTouches(dir: string, slow?: SlowRead[]): TouchLine[] {
+  let text = '';
+  try {
+    text = fs.readFileSync(path.join(dir, 'touch'), 'latin1');
+  } catch {
+    return [];
+  }
+  const out: TouchLine[] = [];
+  for (const line of text.split('\n')) {
+    const s = line.match(/^slowread pid (\d+) end (\d+) ns (\d+)$/);
+    if (s) {
+      slow?.push({ pid: Number(s[1]), endNs: BigInt(s[2]), ns: Number(s[3]) });
+      continue;
+    }
+    const m = line.match(/^touch pid (\d+) pass (\d+) slow (\d+)((?: \d+:\d+)*)$/);
+    if (!m) continue;
+    const buckets = m[4]
+      .trim()
+      .split(' ')
+      .filter(Boolean)
+      .map((b) => b.split(':').map(Number) as [number, number]);
+    out.push({ pid: Number(m[1]), pass: Number(m[2]), slow: Number(m[3]), buckets });
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- heartbeat

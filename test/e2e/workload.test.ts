@@ -16,12 +16,14 @@ import {
   pidNamespaceMembers,
   readHeartbeats,
   readLog,
+  readTouches,
   startWorkload,
   touchControl,
   waitForAllPasses,
   waitForPasses,
   wakeWorkload,
   withRunDir,
+  type SlowRead,
   type Workload,
 } from '../../src/harness/index.js';
 
@@ -142,4 +144,42 @@ test('workload: control files (fork, munmap, mremap, dontneed) with --threads an
     },
     { mib: 4, seed: 9, order: 'random', threads: 2, children: 2, intervalMs: 20 },
   );
+});
+
+test('--hot-pct: passes read a fixed scattered share (0 = idle), do-verify-all checks every page once, touch lines parse', async () => {
+  for (const hotPct of [10, 0]) {
+    await withWorkload(
+      `hot-${hotPct}`,
+      async (w) => {
+        const pages = 4 * 256;
+        const passes = await waitForPasses(w.dir, 3, 20_000, { pid: w.pid });
+        const oks = new Set(passes.map((p) => p.ok));
+        assert.equal(oks.size, 1, `every pass reads the same set: ${[...oks]}`);
+        const ok = passes[0].ok;
+        if (hotPct === 0) assert.equal(ok, 0);
+        else assert.ok(ok > pages * 0.05 && ok < pages * 0.15, `about 10% of ${pages} pages: ${ok}`);
+        assert.equal(new Set(passes.map((p) => p.sum)).size, 1, 'the same pages give the same sum every pass');
+        const offset = logOffset(w.dir);
+        touchControl(w.dir, 'do-verify-all');
+        wakeWorkload(w.pid);
+        const deadline = Date.now() + 10_000;
+        let line;
+        while (!(line = readLog(w.dir, offset).verifyAll[0]) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        assert.ok(line, 'a verify-all line');
+        assert.equal(line.ok, pages);
+        assert.equal(line.bad, 0);
+        assert.ok(!fs.existsSync(path.join(w.dir, 'do-verify-all')), 'the control file is taken');
+      },
+      { mib: 4, order: 'random', seed: 7, hotPct, intervalMs: 10 },
+    );
+  }
+  const dir = fs.mkdtempSync('/tmp/lazyd-touch-');
+  try {
+    fs.writeFileSync(path.join(dir, 'touch'), 'touch pid 1 pass 3 slow 3 16:2 1449:1\nslowread pid 1 end 1000 ns 25000000\ntouch pid 1 pass 4 sl');
+    const slow: SlowRead[] = [];
+    assert.deepEqual(readTouches(dir, slow), [{ pid: 1, pass: 3, slow: 3, buckets: [[16, 2], [1449, 1]] }]);
+    assert.deepEqual(slow, [{ pid: 1, endNs: 1000n, ns: 25000000 }]);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -4,7 +4,7 @@
  * Build:  gcc -O2 -Wall -pthread -o workload workload.c
  *
  * Usage:  workload <dir> <MiB> <seq|random> <seed> [--threads N] [--children N]
- *                  [--interval-ms M] [--hb-ms H] [--zombie 0|1]
+ *                  [--interval-ms M] [--hb-ms H] [--zombie 0|1] [--hot-pct P]
  *
  *   <dir>            output directory (must exist); all files below are relative to it
  *   <MiB>            size of the data area, in MiB (1 MiB = 256 pages of 4 KiB)
@@ -18,6 +18,10 @@
  *   --zombie 1       before anything else, fork a child that exits at once and is never reaped: the tree then
  *                    holds a zombie (it moves to its own process group first, and the reaping of do-fork
  *                    children waits only for the caller's group, so it is left alone). Logs "zombie pid <pid>".
+ *   --hot-pct P      every verify pass reads only a fixed, scattered P% of the pages (page p is hot when
+ *                    mix(seed, p, 0x407) % 100 < P), in the pass's order: a hot working set touched over and over.
+ *                    0 = passes read nothing (an idle process; only the heartbeat runs). Default 100: every page.
+ *                    The rest is checked by do-verify-all.
  *
  * Memory: <MiB> of mmap(MAP_PRIVATE|MAP_ANONYMOUS) with madvise(MADV_NOHUGEPAGE). Page p (0-based, 4 KiB) holds
  * 512 u64 words; word w is mix(seed, p, w), the splitmix64-style function below (the formula of
@@ -38,6 +42,13 @@
  *             "ok" counts pages that matched, "bad" pages that did not; "sum" is the u64 sum (mod 2^64) of every
  *             word read in the pass; t/start are CLOCK_REALTIME in ns; us is the pass duration in microseconds.
  *   hb        the heartbeat thread appends "<CLOCK_REALTIME ns>" every --hb-ms milliseconds
+ *   touch     after a pass in which some page's first read took over 2 µs (a page fault, or a preemption):
+ *               touch pid <pid> pass <n> slow <k> <us>:<count> ...
+ *             a histogram of those first reads, bucket <us> = the upper bound (4 buckets per doubling, from
+ *             2 µs; the last one is open). What a lazy restore's faults cost, as the workload sees them.
+ *               slowread pid <pid> end <CLOCK_REALTIME ns> ns <duration>
+ *             for each first read over 20 ms, when it happens: one that spans a checkpoint (the task was frozen
+ *             between the two clock reads) can then be told apart from a slow fault.
  *
  * Control files, checked by the main thread between passes (each is deleted once acted on; each acts once):
  *   do-munmap    munmap() the last quarter of the data area; later passes verify only the rest
@@ -46,6 +57,8 @@
  *                read as zeros (it is verified as logical pages n..n+q-1)
  *   do-dontneed  madvise(MADV_DONTNEED) on the third quarter; from then on those pages must read as zeros
  *   do-fork      fork a child that verifies the memory it inherited once, logs fork-ok/fork-bad and exits
+ *   do-verify-all  verify every mapped page once, whatever --hot-pct, and log
+ *                verify-all pid <pid> ok <pages> bad <k> sum 0x<16 hex> us <duration>
  *
  * Signals: SIGUSR1 ends the current pause between passes at once (control files are then acted on without
  * waiting for --interval-ms); only the main thread receives it.
@@ -84,8 +97,8 @@ static struct {
     unsigned long mib;
     int random_order;
     uint64_t seed;
-    int threads, children, interval_ms, hb_ms, zombie;
-} opt = {.interval_ms = 100, .hb_ms = 5};
+    int threads, children, interval_ms, hb_ms, zombie, hot_pct;
+} opt = {.interval_ms = 100, .hb_ms = 5, .hot_pct = 100};
 
 /* One running instance: the data area and what every logical page is expected to hold. */
 static const char *dir;
@@ -98,6 +111,11 @@ static uint32_t *order;          /* the pass's page order; only the first nverif
 static size_t nverify;
 static atomic_int bad_lines;
 static pid_t zombie_pid; /* --zombie: the unreaped child (main instance only) */
+
+/* First-read latency of a page, when slow: bucket i holds reads of at most touch_bound_ns(i). */
+#define TOUCH_BUCKETS 80
+#define TOUCH_MIN_NS 2000ULL
+static atomic_ulong touch_hist[TOUCH_BUCKETS];
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -183,10 +201,59 @@ struct result {
     uint64_t sum;
 };
 
+static unsigned long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+}
+
+/* 2 µs * 2^(i/4): four buckets per doubling. */
+static unsigned long long touch_bound_ns(int i)
+{
+    static const double step[4] = {1.0, 1.189207115, 1.414213562, 1.681792831};
+    return (unsigned long long)(TOUCH_MIN_NS * step[i % 4]) << (i / 4);
+}
+
+static void record_touch(unsigned long long ns)
+{
+    if (ns <= TOUCH_MIN_NS)
+        return;
+    if (ns > 20000000ULL)
+        append_line("touch", "slowread pid %d end %llu ns %llu", getpid(), now_ns(), ns);
+    int i = 1;
+    while (i < TOUCH_BUCKETS - 1 && ns > touch_bound_ns(i))
+        i++;
+    atomic_fetch_add(&touch_hist[i], 1);
+}
+
+/* Logs and clears the histogram of the pass's slow first reads (nothing when there were none). */
+static void log_touches(unsigned long pass)
+{
+    char line[480];
+    int len = 0;
+    unsigned long slow = 0;
+    for (int i = 0; i < TOUCH_BUCKETS; i++) {
+        unsigned long n = atomic_exchange(&touch_hist[i], 0);
+        if (!n)
+            continue;
+        slow += n;
+        if (len < (int)sizeof(line) - 40)
+            len += snprintf(line + len, sizeof(line) - len, " %llu:%lu", (touch_bound_ns(i) + 999) / 1000, n);
+    }
+    if (slow)
+        append_line("touch", "touch pid %d pass %lu slow %lu%s", getpid(), pass, slow, line);
+}
+
 static void verify_page(uint32_t p, struct result *r)
 {
     const uint64_t *words = (const uint64_t *)page_addr[p];
     int zero = page_kind[p] == ZERO, page_bad = 0;
+    /* The first read of the page, timed: a missing page faults here. */
+    unsigned long long t0 = mono_ns();
+    uint64_t first = *(volatile const uint64_t *)&words[0];
+    record_touch(mono_ns() - t0);
+    (void)first;
     for (size_t w = 0; w < WORDS; w++) {
         uint64_t got = words[w], want = zero ? 0 : mix(seed, p, w);
         r->sum += got;
@@ -209,14 +276,20 @@ static void verify_slice(size_t slice, size_t nslices, struct result *r)
         verify_page(order[i], r);
 }
 
-/* Lists the pages still mapped in ascending order, shuffled for --random with a per-pass generator. */
-static void plan_pass(unsigned long pass)
+static int hot_page(size_t p)
+{
+    return opt.hot_pct >= 100 || mix(seed, p, 0x407) % 100 < (uint64_t)opt.hot_pct;
+}
+
+/* Lists the pages still mapped (the hot ones, or all) in ascending order, shuffled for --random with a per-pass
+ * generator. */
+static void plan_pages(unsigned long pass, int all)
 {
     nverify = 0;
     for (size_t p = 0; p < nlogical; p++)
-        if (page_kind[p] != GONE)
+        if (page_kind[p] != GONE && (all || hot_page(p)))
             order[nverify++] = (uint32_t)p;
-    if (!opt.random_order)
+    if (!opt.random_order || nverify < 2)
         return;
     uint64_t state = mix(seed, pass, 0x5eed);
     for (size_t i = nverify - 1; i > 0; i--) {
@@ -226,6 +299,11 @@ static void plan_pass(unsigned long pass)
         order[i] = order[j];
         order[j] = t;
     }
+}
+
+static void plan_pass(unsigned long pass)
+{
+    plan_pages(pass, 0);
 }
 
 /* ------------------------------------------------------------------ threads */
@@ -343,6 +421,17 @@ static void do_fork(void)
     append_line("log", "op fork child %d", child);
 }
 
+static void do_verify_all(void)
+{
+    struct result r = {0};
+    atomic_store(&bad_lines, 0);
+    plan_pages(0, 1);
+    unsigned long long start = now_ns();
+    verify_slice(0, 1, &r);
+    append_line("log", "verify-all pid %d ok %zu bad %zu sum 0x%016" PRIx64 " us %llu", getpid(), r.ok, r.bad, r.sum,
+                (now_ns() - start) / 1000);
+}
+
 static void handle_control_files(void)
 {
     if (take_control_file("do-munmap"))
@@ -352,9 +441,11 @@ static void handle_control_files(void)
     if (take_control_file("do-dontneed"))
         do_dontneed();
     if (take_control_file("do-fork")) {
-        plan_pass(0); /* the child verifies the current layout */
+        plan_pages(0, 1); /* the child verifies the current layout */
         do_fork();
     }
+    if (take_control_file("do-verify-all"))
+        do_verify_all();
 }
 
 static void reap_children(void)
@@ -476,6 +567,7 @@ static void run(const char *instance_dir, uint64_t instance_seed, const pid_t *k
         unsigned long long end = now_ns();
         append_line("log", "pass %lu pid %d ok %zu bad %zu sum 0x%016" PRIx64 " t %llu start %llu us %llu", pass,
                     getpid(), total.ok, total.bad, total.sum, end, start, (end - start) / 1000);
+        log_touches(pass);
         if (opt.interval_ms > 0)
             pause_ms(opt.interval_ms);
     }
@@ -486,7 +578,7 @@ static void run(const char *instance_dir, uint64_t instance_seed, const pid_t *k
 static void usage(void)
 {
     fprintf(stderr, "usage: workload <dir> <MiB> <seq|random> <seed> [--threads N] [--children N] "
-                    "[--interval-ms M] [--hb-ms H] [--zombie 0|1]\n");
+                    "[--interval-ms M] [--hb-ms H] [--zombie 0|1] [--hot-pct P]\n");
     exit(2);
 }
 
@@ -530,6 +622,8 @@ int main(int argc, char **argv)
             opt.hb_ms = number(argv[++i], 1, 3600000);
         else if (!strcmp(argv[i], "--zombie"))
             opt.zombie = number(argv[++i], 0, 1);
+        else if (!strcmp(argv[i], "--hot-pct"))
+            opt.hot_pct = number(argv[++i], 0, 100);
         else
             usage();
     }

@@ -1,0 +1,250 @@
+// What this machine allows, measured the same way every run, so the migration figures can be read as a fraction of
+// it (bench/limits.ts runs it). Each mode prints one JSON object on stdout.
+//
+//   limits memcpy [MiB]            single-thread memcpy between two warmed buffers: GB/s (best of 5)
+//   limits uffd [MiB]              userfaultfd round trip from local memory: one thread touches every page of a
+//                                  registered (missing) area in order, a handler thread answers each fault with
+//                                  UFFDIO_COPY of 4 KiB from a local buffer; µs per fault (p50/p99/mean) and MB/s
+//   limits tcp-server PORT         serves one client at a time: 'P' = echo 1-byte pings, 'B' = sink bytes to EOF
+//   limits tcp-client ADDR PORT S  200 one-byte round trips (RTT p50/p99), then S seconds of one TCP stream: MB/s
+//
+// Build: g++ -O2 -std=c++17 -pthread -o limits limits.cc
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr size_t kPage = 4096;
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+[[noreturn]] void die(const char* what) {
+  std::fprintf(stderr, "limits: %s: %s\n", what, std::strerror(errno));
+  std::exit(1);
+}
+
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = std::min(v.size() - 1, static_cast<size_t>(q * v.size()));
+  return v[i];
+}
+
+int memcpy_mode(size_t mib) {
+  size_t bytes = mib << 20;
+  std::vector<char> a(bytes, 1), b(bytes, 2);
+  double best = 1e9;
+  for (int i = 0; i < 5; i++) {
+    double t = now_s();
+    std::memcpy(b.data(), a.data(), bytes);
+    double dt = now_s() - t;
+    best = std::min(best, dt);
+    a[i] = b[bytes - 1 - i];  // keep the copies observable
+  }
+  std::printf("{\"mode\":\"memcpy\",\"bytes\":%zu,\"GBs\":%.3f}\n", bytes, bytes / best / 1e9);
+  return 0;
+}
+
+struct UffdShared {
+  int uffd;
+  char* src;
+  std::atomic<bool> stop{false};
+};
+
+void* uffd_handler(void* arg) {
+  auto* s = static_cast<UffdShared*>(arg);
+  while (!s->stop.load()) {
+    pollfd p{s->uffd, POLLIN, 0};
+    int n = poll(&p, 1, 100);
+    if (n <= 0) continue;
+    uffd_msg msg;
+    if (read(s->uffd, &msg, sizeof msg) != sizeof msg) continue;
+    if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+    uffdio_copy copy{};
+    copy.dst = msg.arg.pagefault.address & ~(kPage - 1);
+    copy.src = reinterpret_cast<unsigned long>(s->src);
+    copy.len = kPage;
+    if (ioctl(s->uffd, UFFDIO_COPY, &copy) < 0 && errno != EEXIST) die("UFFDIO_COPY");
+  }
+  return nullptr;
+}
+
+int uffd_mode(size_t mib) {
+  size_t bytes = mib << 20, pages = bytes / kPage;
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (uffd < 0) die("userfaultfd");
+  uffdio_api api{};
+  api.api = UFFD_API;
+  if (ioctl(uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API");
+  char* area = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (area == MAP_FAILED) die("mmap");
+  madvise(area, bytes, MADV_NOHUGEPAGE);
+  uffdio_register reg{};
+  reg.range.start = reinterpret_cast<unsigned long>(area);
+  reg.range.len = bytes;
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER");
+  static char src[kPage] __attribute__((aligned(4096)));
+  std::memset(src, 7, sizeof src);
+  UffdShared shared;
+  shared.uffd = uffd;
+  shared.src = src;
+  pthread_t handler;
+  pthread_create(&handler, nullptr, uffd_handler, &shared);
+  std::vector<double> us;
+  us.reserve(pages);
+  unsigned long sum = 0;
+  double t0 = now_s();
+  for (size_t p = 0; p < pages; p++) {
+    double t = now_s();
+    sum += static_cast<unsigned char>(area[p * kPage]);
+    us.push_back((now_s() - t) * 1e6);
+  }
+  double total = now_s() - t0;
+  shared.stop = true;
+  pthread_join(handler, nullptr);
+  if (sum != 7ul * pages) {
+    std::fprintf(stderr, "limits: uffd: pages read back wrong (sum %lu)\n", sum);
+    return 1;
+  }
+  double mean = total * 1e6 / pages;
+  std::printf("{\"mode\":\"uffd\",\"pages\":%zu,\"p50Us\":%.2f,\"p99Us\":%.2f,\"meanUs\":%.2f,\"MBs\":%.1f}\n", pages,
+              quantile(us, 0.5), quantile(us, 0.99), mean, bytes / total / 1e6);
+  return 0;
+}
+
+void read_full(int fd, void* buf, size_t n) {
+  auto* p = static_cast<char*>(buf);
+  while (n) {
+    ssize_t r = read(fd, p, n);
+    if (r <= 0) die("read");
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+}
+
+void write_full(int fd, const void* buf, size_t n) {
+  auto* p = static_cast<const char*>(buf);
+  while (n) {
+    ssize_t r = write(fd, p, n);
+    if (r <= 0) die("write");
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+}
+
+int tcp_server(int port) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) die("bind");
+  if (listen(ls, 4) < 0) die("listen");
+  std::printf("ready\n");
+  std::fflush(stdout);
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    int c = accept(ls, nullptr, nullptr);
+    if (c < 0) die("accept");
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char mode;
+    if (read(c, &mode, 1) != 1) {
+      close(c);
+      continue;
+    }
+    if (mode == 'P') {
+      char b;
+      while (read(c, &b, 1) == 1) write_full(c, &b, 1);
+    } else {
+      unsigned long long total = 0;
+      ssize_t r;
+      while ((r = read(c, buf.data(), buf.size())) > 0) total += static_cast<unsigned long long>(r);
+      write_full(c, &total, sizeof total);
+    }
+    close(c);
+  }
+}
+
+int connect_to(const char* addr, int port) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (inet_pton(AF_INET, addr, &a.sin_addr) != 1) die("inet_pton");
+  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) die("connect");
+  int one = 1;
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return s;
+}
+
+int tcp_client(const char* addr, int port, double seconds) {
+  int s = connect_to(addr, port);
+  write_full(s, "P", 1);
+  std::vector<double> rtt;
+  for (int i = 0; i < 200; i++) {
+    char b = static_cast<char>(i);
+    double t = now_s();
+    write_full(s, &b, 1);
+    read_full(s, &b, 1);
+    rtt.push_back((now_s() - t) * 1e6);
+  }
+  close(s);
+  s = connect_to(addr, port);
+  write_full(s, "B", 1);
+  std::vector<char> buf(1 << 20, 'x');
+  unsigned long long sent = 0;
+  double t0 = now_s();
+  while (now_s() - t0 < seconds) {
+    write_full(s, buf.data(), buf.size());
+    sent += buf.size();
+  }
+  shutdown(s, SHUT_WR);
+  unsigned long long received = 0;
+  read_full(s, &received, sizeof received);
+  double dt = now_s() - t0;  // until the receiver had every byte
+  close(s);
+  if (received != sent) {
+    std::fprintf(stderr, "limits: tcp: sent %llu, receiver counted %llu\n", sent, received);
+    return 1;
+  }
+  std::printf("{\"mode\":\"tcp\",\"rttP50Us\":%.1f,\"rttP99Us\":%.1f,\"bytes\":%llu,\"MBs\":%.1f}\n", quantile(rtt, 0.5),
+              quantile(rtt, 0.99), sent, sent / dt / 1e6);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "memcpy") return memcpy_mode(argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 256);
+  if (mode == "uffd") return uffd_mode(argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 64);
+  if (mode == "tcp-server" && argc == 3) return tcp_server(std::atoi(argv[2]));
+  if (mode == "tcp-client" && argc == 5) return tcp_client(argv[2], std::atoi(argv[3]), std::atof(argv[4]));
+  std::fprintf(stderr, "usage: limits memcpy [MiB] | uffd [MiB] | tcp-server PORT | tcp-client ADDR PORT SECONDS\n");
+  return 2;
+}
