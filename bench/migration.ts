@@ -17,7 +17,8 @@
 //   random  every page, a fresh random order per pass       hot     a fixed scattered 10% of the pages, at random
 //   multi   4 processes (--children 3) of size/4 each, in order
 //
-// Slices of the full mode (LAZYD_BENCH_SLICES=A,B,C,D picks some; LAZYD_BENCH_BOUND_S the bound, default 60 s):
+// Slices of the full mode (LAZYD_BENCH_SLICES=A,B,C,D picks some, LAZYD_BENCH_WORKLOADS=seq,hot and
+// LAZYD_BENCH_RTTS=0.5 narrow them; LAZYD_BENCH_BOUND_S is the bound, default 60 s):
 //   A  headline pair, CRIU 4.2.1, 512 MiB, every workload × RTT 0 / 0.5 / 5 ms
 //   B  headline pair, CRIU 4.1.1, 512 MiB, every workload at 0.5 ms
 //   C  headline pair, CRIU 4.2.1, 64 MiB and 2 GiB, seq and hot at 0.5 ms
@@ -254,8 +255,8 @@ function stagedBytes(logFile: string): number | null {
   }
   let bytes: number | null = null;
   for (const line of text.split('\n')) {
-    if (!/staged/i.test(line)) continue;
-    const m = line.match(/"bytes":(\d+)/);
+    if (!/Staged checkpoint/.test(line)) continue;
+    const m = line.match(/\bbytes=(\d+)/);
     if (m) bytes = Number(m[1]);
   }
   return bytes;
@@ -451,7 +452,9 @@ export function plans(ctx: BenchContext): Plan[] {
       for (const workload of ['seq', 'random'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib: 512, workload, rttMs: 0.5 }, configs: all, rounds });
     }
   }
-  return out;
+  const only = process.env.LAZYD_BENCH_WORKLOADS?.split(',');
+  const rtts = process.env.LAZYD_BENCH_RTTS?.split(',').map(Number);
+  return out.filter((p) => (!only || only.includes(p.cell.workload)) && (!rtts || rtts.includes(p.cell.rttMs)));
 }
 
 function title(plan: Plan): string {

@@ -29,10 +29,12 @@ export function barChartSvg(chart: BarChart): string {
   const groupGap = 14;
   const groupW = chart.series.length * barW + groupGap;
   const left = 60;
-  const top = 58;
+  const perRow = 4;
+  const legendRows = Math.ceil(chart.series.length / perRow);
+  const top = 50 + legendRows * 16;
   const plotH = 300;
-  const width = Math.max(640, left + chart.groups.length * groupW + 20);
-  const height = top + plotH + 150;
+  const width = Math.max(760, left + chart.groups.length * groupW + 90);
+  const height = top + plotH + 240;
   const y = (v: number) => top + plotH * (1 - (Math.log10(Math.min(max, Math.max(min, v))) - Math.log10(min)) / (Math.log10(max) - Math.log10(min)));
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
@@ -42,8 +44,9 @@ export function barChartSvg(chart: BarChart): string {
   if (chart.subtitle) out.push(`<text x="${left}" y="34">${esc(chart.subtitle)}</text>`);
   // Legend.
   chart.series.forEach((name, i) => {
-    const x = left + i * 150;
-    out.push(`<rect x="${x}" y="42" width="10" height="10" fill="${COLORS[i % COLORS.length]}"/>`, `<text x="${x + 14}" y="51">${esc(name)}</text>`);
+    const x = left + (i % perRow) * 170;
+    const yy = 42 + Math.floor(i / perRow) * 16;
+    out.push(`<rect x="${x}" y="${yy}" width="10" height="10" fill="${COLORS[i % COLORS.length]}"/>`, `<text x="${x + 14}" y="${yy + 9}">${esc(name)}</text>`);
   });
   // Axis: decades.
   for (let e = Math.ceil(Math.log10(min)); e <= Math.floor(Math.log10(max)); e++) {
@@ -69,7 +72,7 @@ export function barChartSvg(chart: BarChart): string {
       );
     });
     const cx = x0 + (group.values.length * barW) / 2;
-    out.push(`<text transform="translate(${cx.toFixed(1)},${top + plotH + 8}) rotate(60)" font-size="10">${esc(group.label)}</text>`);
+    out.push(`<text transform="translate(${cx.toFixed(1)},${top + plotH + 8}) rotate(55)" font-size="10">${esc(group.label)}</text>`);
   });
   out.push('</svg>');
   return out.join('\n') + '\n';
