@@ -19,6 +19,8 @@
 //
 // Slices of the full mode (LAZYD_BENCH_SLICES=A,B,C,D picks some, LAZYD_BENCH_WORKLOADS=seq,hot and
 // LAZYD_BENCH_RTTS=0.5 narrow them; LAZYD_BENCH_BOUND_S is the bound, default 60 s):
+// run in the order A, D, C, B (most telling first); each finished comparison is also kept in
+// bench/results/migration-partial-<pid>.json until the benchmark ends.
 //   A  headline pair, CRIU 4.2.1, 512 MiB, every workload × RTT 0 / 0.5 / 5 ms
 //   B  headline pair, CRIU 4.1.1, 512 MiB, every workload at 0.5 ms
 //   C  headline pair, CRIU 4.2.1, 64 MiB and 2 GiB, seq and hot at 0.5 ms
@@ -43,6 +45,7 @@ import {
   type WorkloadOptions,
 } from '../src/harness/index.js';
 import { createTwoHosts, type TwoHosts } from '../src/harness/netns.js';
+import { repoRoot } from '../src/paths.js';
 import { runAlternating } from './lib/alternate.js';
 import { clockTicks } from './lib/host.js';
 import { criuFaultServiceUs, readLazydLatency } from './lib/daemon.js';
@@ -433,7 +436,7 @@ export function plans(ctx: BenchContext): Plan[] {
       [0, 5].map((rttMs) => ({ slice: 'quick', cell: { criuVersion: newest, mib: 64, workload, rttMs }, configs: headline, rounds: 1 })),
     );
   }
-  const slices = (process.env.LAZYD_BENCH_SLICES ?? 'A,B,C,D').split(',').map((s) => s.trim().toUpperCase());
+  const slices = (process.env.LAZYD_BENCH_SLICES ?? 'A,D,C,B').split(',').map((s) => s.trim().toUpperCase());
   const out: Plan[] = [];
   const rounds = ctx.pairs;
   for (const slice of slices) {
@@ -543,6 +546,7 @@ export const migrationBenchmark: Benchmark = {
     checkHost(ctx.criuVersions);
     const hosts = createTwoHosts();
     const started = new Date();
+    const partialFile = path.join(repoRoot(), 'bench', 'results', `migration-partial-${process.pid}.json`);
     try {
       const p = plans(ctx);
       const rtts = [...new Set(p.map((x) => x.cell.rttMs))].sort((a, b) => a - b);
@@ -577,7 +581,11 @@ export const migrationBenchmark: Benchmark = {
             runs: toRunRecords(outcomes),
           }),
         );
+        // Kept as it goes: a run stopped early still leaves its finished comparisons (removed at the end).
+        fs.mkdirSync(path.dirname(partialFile), { recursive: true });
+        fs.writeFileSync(partialFile, JSON.stringify({ limits, comparisons, headline: headlineTable(comparisons) }, null, 1) + '\n');
       }
+      fs.rmSync(partialFile, { force: true });
       const summary = [
         '### Limits of this machine (measured by the suite)',
         '',
