@@ -146,6 +146,8 @@ export function createTwoHosts(options: { id?: string } = {}): TwoHosts {
   let rttMs = 0;
   let delayer: TwoHosts['delayer'];
   const delayers: ChildProcess[] = [];
+  // A fresh queue number per setRtt(): a killed netdelay may still hold its queue for a moment (EPERM otherwise).
+  let queue = 0;
   const ends = [
     [source, srcIf],
     [destination, dstIf],
@@ -163,7 +165,12 @@ export function createTwoHosts(options: { id?: string } = {}): TwoHosts {
         }
       }
     }
-    for (const child of delayers.splice(0)) child.kill('SIGKILL');
+    const killed = delayers.splice(0);
+    for (const child of killed) {
+      child.ref(); // keep the event loop alive until it is gone
+      child.kill('SIGKILL');
+    }
+    return Promise.all(killed.map((child) => (child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((r) => child.once('exit', r)))));
   };
   const hosts: TwoHosts = {
     source,
@@ -177,7 +184,7 @@ export function createTwoHosts(options: { id?: string } = {}): TwoHosts {
       return delayer;
     },
     async setRtt(ms: number) {
-      clearDelay();
+      await clearDelay();
       rttMs = 0;
       delayer = undefined;
       if (ms <= 0) return;
@@ -189,10 +196,11 @@ export function createTwoHosts(options: { id?: string } = {}): TwoHosts {
         }
         delayer = 'netem';
       } else {
+        queue = (queue % 60000) + 1;
         for (const [ns, dev] of ends) {
-          delayers.push(await startNetdelay(ns, 0, delayUs));
+          delayers.push(await startNetdelay(ns, queue, delayUs));
           // iptables' NFQUEUE target: kernels without nft's own queue expression (NFT_QUEUE) have this one.
-          run(['nsenter', `--net=/run/netns/${ns}`, '--', 'iptables', '-w', '-A', 'INPUT', '-i', dev, '-j', 'NFQUEUE', '--queue-num', '0']);
+          run(['nsenter', `--net=/run/netns/${ns}`, '--', 'iptables', '-w', '-A', 'INPUT', '-i', dev, '-j', 'NFQUEUE', '--queue-num', String(queue)]);
         }
         delayer = 'nfqueue';
       }
