@@ -276,6 +276,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
   let faults: number | null = null;
   let requests: number | null = null;
   let verified = false;
+  let staged: number | null = null;
   let touch: { p50: number | null; p99: number | null; max: number | null; slow: number } = { p50: null, p99: null, max: null, slow: 0 };
   const wireBefore = hosts.wireBytes();
   let result: MigrationResult;
@@ -296,6 +297,8 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       onRestored: async (restored, checkpoint) => {
         srcWatch?.stop();
         dst.stop();
+        // Read while the run dir exists (it is removed once the migration succeeds).
+        if (source === 'lazyd-staging' && srcLog) staged = stagedBytes(srcLog);
         const log = path.join(restored.dstDir, 'lazy-pages.log');
         if (dest === 'criu') {
           const us = criuFaultServiceUs(log);
@@ -331,7 +334,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
   const rate = r.pagesInstalledMs > 0 ? lazyMiB / (r.pagesInstalledMs / 1000) : NaN;
   const tcp = limits.tcp.find((t) => t.where === 'veth' && t.rttMs === cell.rttMs);
   const held =
-    source === 'lazyd-staging' ? (stagedBytes(srcLog ?? '') ?? NaN) / 1048576 : source === 'criu-dump' ? (r.dataPages * 4096) / 1048576 : NaN;
+    source === 'lazyd-staging' ? (staged ?? NaN) / 1048576 : source === 'criu-dump' ? (r.dataPages * 4096) / 1048576 : NaN;
   const dstW = dst.get();
   return {
     figures: {
