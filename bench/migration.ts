@@ -259,7 +259,8 @@ function stagedBytes(logFile: string): number | null {
   let bytes: number | null = null;
   for (const line of text.split('\n')) {
     if (!/Staged checkpoint/.test(line)) continue;
-    const m = line.match(/\bbytes=(\d+)/);
+    // lazyd's serve-mode log is pino JSON; its -o text form (criu-style) writes key=value.
+    const m = line.match(/(?:"bytes":|\bbytes=)(\d+)/);
     if (m) bytes = Number(m[1]);
   }
   return bytes;
