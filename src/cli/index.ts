@@ -5,11 +5,7 @@
 import fs from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { normalizeCriuArgv } from './criu-argv.js';
-import { runPageServer } from '../commands/page-server.js';
 import { daemonRequest, runDaemon } from './daemonize.js';
-import { runLazyPages } from '../commands/lazy-pages.js';
-import { runStaging } from '../commands/staging.js';
-import { runCheck } from '../commands/check.js';
 import { configArguments, DEFAULT_CONFIG_FILE, extractConfigFlag, readConfigFile, type OptionTable } from './config-file.js';
 import { DEFAULT_VERBOSITY, LOG_FORMATS } from '../log.js';
 
@@ -142,7 +138,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (daemon && !args.includes('--help')) return runDaemon(daemon);
   let exitCode = 0;
   const tlsWarn = (message: string) => process.stderr.write(`lazyd: warning: ${message}\n`);
+  // Each command's module is loaded when that command runs: a restore waits for `lazyd lazy-pages` to start, so
+  // it does not pay for the page server's, staging's or the metrics' modules (README "Benchmarks": start-up).
   const serve = (mode: 'serve' | 'criu') => async (a: any) => {
+    const { runPageServer } = await import('../commands/page-server.js');
     exitCode = await runPageServer({
       mode,
       imagesDir: a.imagesDir,
@@ -192,6 +191,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       "the destination daemon of `criu restore --lazy-pages` (criu's `lazy-pages`, drop-in)",
       lazyPagesOptions,
       async (a) => {
+        const { runLazyPages } = await import('../commands/lazy-pages.js');
         exitCode = await runLazyPages({
           imagesDir: a.imagesDir,
           workDir: a.workDir,
@@ -218,10 +218,12 @@ export async function main(argv: readonly string[]): Promise<number> {
       'list or release the checkpoints a running `lazyd --page-server --control-socket PATH` holds',
       stagingOptions,
       async (a) => {
+        const { runStaging } = await import('../commands/staging.js');
         exitCode = await runStaging({ action: a.action!, controlSocket: a.controlSocket, id: a.id, pid: a.pid, json: a.json });
       },
     )
-    .command('check', 'report whether this host can run each role (page server, staging, lazy-pages) and how to fix it', checkOptions, (a) => {
+    .command('check', 'report whether this host can run each role (page server, staging, lazy-pages) and how to fix it', checkOptions, async (a) => {
+      const { runCheck } = await import('../commands/check.js');
       exitCode = runCheck({ json: a.json });
     })
     .command('$0', 'run the lazyd daemon', serveOptions, async (a) => {

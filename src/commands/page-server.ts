@@ -4,7 +4,6 @@ import path from 'node:path';
 import { createLogger, type LogFormatOption } from '../log.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { SystemdNotifier } from '../cli/systemd.js';
-import { createMetricsRegistry } from '../metrics/registry.js';
 import { parseMetricsAddress, refuseSamePort, startMetricsServer, type MetricsServer } from '../metrics/server.js';
 import { PageServerService, type WireFormatOption } from '../page-server/service.js';
 import { startStagingControl, type StagingControlServer } from '../staging/control.js';
@@ -47,12 +46,8 @@ export interface PageServerCommandOptions {
   tlsHandshakeTimeoutSeconds?: number;
 }
 
-export function wireFormatFromAbi(abi: string | undefined): WireFormatOption {
-  if (abi === undefined || abi === 'auto') return undefined;
-  if (/^(3(\.\d+)*|4\.[01](\.\d+)*|24)$/.test(abi)) return 24;
-  if (/^(4\.([2-9]|\d\d+)(\.\d+)*|[5-9](\.\d+)*|32)$/.test(abi)) return 32;
-  throw new Error(`--criu-abi ${abi}: expected auto, 4.1 (24-byte headers, CRIU <= 4.1) or 4.2 (32-byte, CRIU >= 4.2)`);
-}
+export { wireFormatFromAbi } from '../protocol/criu-abi.js';
+import { wireFormatFromAbi } from '../protocol/criu-abi.js';
 
 /** The session limits' flags: one line naming the bad flag, or undefined. */
 export function limitsError(options: PageServerCommandOptions): string | undefined {
@@ -132,6 +127,8 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
 
   let metrics: MetricsServer | undefined;
   if (metricsAddress) {
+    // prom-client is loaded only when metrics are asked for: it costs ~0.1 s of start-up.
+    const { createMetricsRegistry } = await import('../metrics/registry.js');
     const registry = createMetricsRegistry({
       role: 'page-server',
       criuAbi: options.criuAbi ?? 'auto',
