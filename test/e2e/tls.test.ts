@@ -44,6 +44,8 @@ import {
   withRunDir,
   type Checkpoint,
   type CriuVersion,
+  type DaemonKind,
+  type SourceKind,
   type MigrationResult,
   type PageServer,
   type TestPki,
@@ -95,67 +97,50 @@ function lazydLog(runDir: string, name = 'dst'): string {
 
 const TLS_SESSION_RE = /Pages come from page-server 127\.0\.0\.1:\d+ over \(TLS1\.[23]\)/;
 
+/**
+ * One lazy migration with TLS on both ends (`server` with pki.a's certificate, the lazy-pages daemon with pki.b's),
+ * verified complete; returns the page server's and the daemon's logs as they were when the restore finished.
+ */
+async function tlsMigration(t: TestContext, version: CriuVersion, server: SourceKind, daemon: DaemonKind) {
+  const serverTls = tlsArgs(pki, { as: pki.a });
+  let serverLog = '';
+  let daemonLog = '';
+  const result = await runLazyMigration({
+    criuVersion: version,
+    server,
+    daemon,
+    workload: { mib: MIB },
+    ...(server === 'criu-dump' ? { dumpArgs: serverTls } : { serverOptions: { extraArgs: serverTls } }),
+    daemonArgs: tlsArgs(pki, { as: pki.b }),
+    timeouts,
+    progress: diag(t),
+    afterFinish: (running) => {
+      serverLog = readText(running.logFile); // page servers only; the lazy dump has its own log
+    },
+    onRestored: (_restored, checkpoint) => {
+      daemonLog = lazydLog(checkpoint.runDir);
+    },
+  });
+  assertComplete(result);
+  return { serverLog, daemonLog };
+}
+
 for (const version of CRIU_VERSIONS) {
   test(`CRIU ${version}: (a) lazyd --page-server --tls serves criu lazy-pages --tls`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    let serverLog = '';
-    const result = await runLazyMigration({
-      criuVersion: version,
-      server: 'lazyd',
-      daemon: 'criu',
-      workload: { mib: MIB },
-      serverOptions: { extraArgs: tlsArgs(pki, { as: pki.a }) },
-      daemonArgs: tlsArgs(pki, { as: pki.b }),
-      timeouts,
-      progress: diag(t),
-      afterFinish: (server, checkpoint) => {
-        serverLog = readText(server.logFile);
-        const daemonLog = readText(path.join(checkpoint.runDir, 'dst', 'lazy-pages.log'));
-        assert.match(daemonLog, /tls: TLS handshake completed/, 'criu lazy-pages ran TLS');
-      },
-    });
-    assertComplete(result);
+    const { serverLog, daemonLog } = await tlsMigration(t, version, 'lazyd', 'criu');
+    assert.match(daemonLog, /tls: TLS handshake completed/, 'criu lazy-pages ran TLS');
     assert.match(serverLog, /Page-server session finished/);
     assert.equal(logCounter(serverLog, 'tlsFailures'), 0);
   });
 
   test(`CRIU ${version}: (b) criu dump --lazy-pages --tls serves lazyd lazy-pages --tls`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    let log = '';
-    const result = await runLazyMigration({
-      criuVersion: version,
-      server: 'criu-dump',
-      daemon: 'lazyd',
-      workload: { mib: MIB },
-      dumpArgs: tlsArgs(pki, { as: pki.a }),
-      daemonArgs: tlsArgs(pki, { as: pki.b }),
-      timeouts,
-      progress: diag(t),
-      onRestored: (_restored, checkpoint) => {
-        log = lazydLog(checkpoint.runDir);
-      },
-    });
-    assertComplete(result);
-    assert.match(log, TLS_SESSION_RE);
+    const { daemonLog } = await tlsMigration(t, version, 'criu-dump', 'lazyd');
+    assert.match(daemonLog, TLS_SESSION_RE);
   });
 
   test(`CRIU ${version}: (c) criu page-server --lazy-pages --tls serves lazyd lazy-pages --tls`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    let log = '';
-    let serverLog = '';
-    const result = await runLazyMigration({
-      criuVersion: version,
-      server: 'criu',
-      daemon: 'lazyd',
-      workload: { mib: MIB },
-      serverOptions: { extraArgs: tlsArgs(pki, { as: pki.a }) },
-      daemonArgs: tlsArgs(pki, { as: pki.b }),
-      timeouts,
-      progress: diag(t),
-      afterFinish: (server, checkpoint) => {
-        log = lazydLog(checkpoint.runDir);
-        serverLog = readText(server.logFile);
-      },
-    });
-    assertComplete(result);
-    assert.match(log, TLS_SESSION_RE);
+    const { serverLog, daemonLog } = await tlsMigration(t, version, 'criu', 'lazyd');
+    assert.match(daemonLog, TLS_SESSION_RE);
     assert.match(serverLog, /tls: TLS handshake completed/);
     assert.doesNotMatch(serverLog, /Error/, 'criu page-server ends its TLS session cleanly');
   });
@@ -163,24 +148,8 @@ for (const version of CRIU_VERSIONS) {
   // (d) lazyd on both ends: serve mode with 4.2.1, criu's drop-in command line with 4.1.1.
   const kind = version === '4.1.1' ? 'lazyd-dropin' : 'lazyd';
   test(`CRIU ${version}: (d) lazyd ${kind === 'lazyd' ? '--page-server' : 'page-server --lazy-pages'} --tls serves lazyd lazy-pages --tls`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    let log = '';
-    let serverLog = '';
-    const result = await runLazyMigration({
-      criuVersion: version,
-      server: kind,
-      daemon: 'lazyd',
-      workload: { mib: MIB },
-      serverOptions: { extraArgs: tlsArgs(pki, { as: pki.a }) },
-      daemonArgs: tlsArgs(pki, { as: pki.b }),
-      timeouts,
-      progress: diag(t),
-      afterFinish: (server, checkpoint) => {
-        log = lazydLog(checkpoint.runDir);
-        serverLog = readText(server.logFile);
-      },
-    });
-    assertComplete(result);
-    assert.match(log, TLS_SESSION_RE);
+    const { serverLog, daemonLog } = await tlsMigration(t, version, kind, 'lazyd');
+    assert.match(daemonLog, TLS_SESSION_RE);
     assert.equal(logCounter(serverLog, 'tlsFailures'), 0);
   });
 
