@@ -258,6 +258,7 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
     object.Set("bytesTotal", uint64_value(env, c.bytes_total));
     object.Set("bytesReceived", uint64_value(env, c.bytes_received));
     object.Set("tlsFailures", uint64_value(env, c.tls_failures));
+    object.Set("requestsInFlight", uint64_value(env, c.requests_in_flight));
     object.Set("stagingBytes", uint64_value(env, server_->budget().used()));
     object.Set("stagingMaxBytes", uint64_value(env, server_->budget().limit()));
     return object;

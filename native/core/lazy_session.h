@@ -74,6 +74,8 @@ class LazySession {
   bool has_unsent_replies() const { return !replies_.empty(); }
   // Bytes of the replies accepted but not yet sent (bounded by max_queued_bytes plus one reply).
   uint64_t queued_bytes() const { return queued_bytes_; }
+  // Requests read and not yet answered in full (their replies are queued or being sent).
+  size_t queued_replies() const { return replies_.size(); }
 
   int fd() const { return transport_->fd(); }
   // Input already taken off the socket (TLS): the server must not wait on epoll for it.

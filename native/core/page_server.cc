@@ -53,6 +53,7 @@ struct PageServer::Entry {
   uint64_t pages_reported = 0;
   uint64_t bytes_reported = 0;
   uint64_t bytes_in_reported = 0;
+  uint64_t in_flight_reported = 0;
   ~Entry() {
     tls.reset();
     net::close_gently(fd);  // a refused TLS peer still gets our alert
@@ -481,6 +482,9 @@ void PageServer::account(Entry& entry) {
   entry.pages_reported = stats.pages;
   entry.bytes_reported = stats.bytes_out;
   entry.bytes_in_reported = stats.bytes_in;
+  const uint64_t in_flight = entry.session->queued_replies();
+  counters_.requests_in_flight += in_flight - entry.in_flight_reported;  // modular: may go down
+  entry.in_flight_reported = in_flight;
 }
 
 void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
@@ -488,6 +492,8 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
   if (found == state_->sessions.end()) return;
   Entry& entry = *found->second;
   account(entry);
+  counters_.requests_in_flight -= entry.in_flight_reported;  // an ended session answers nothing more
+  entry.in_flight_reported = 0;
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, entry.socket(), nullptr);
   ServerEvent event;
   event.kind = ServerEvent::Kind::kSessionEnd;

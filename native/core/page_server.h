@@ -83,6 +83,7 @@ struct ServerCounters {
   std::atomic<uint64_t> pages_total{0};
   std::atomic<uint64_t> bytes_total{0};     // sent: lazy replies and CLOSE answers
   std::atomic<uint64_t> bytes_received{0};  // read: lazy requests and uploads (headers + page data)
+  std::atomic<uint64_t> requests_in_flight{0};  // GETs read, replies not yet sent in full, over all sessions
   std::atomic<uint64_t> tls_failures{0};    // TLS handshakes that failed or timed out: peers refused, not TLS (--tls)
 };
 

@@ -150,6 +150,7 @@ export function createMetricsRegistry(sources: MetricsSources): client.Registry 
     counter(registry, 'lazyd_page_server_sessions_total', 'page-server sessions accepted (lazy fetches and uploads)', () => ps()?.sessionsTotal);
     counter(registry, 'lazyd_page_server_sessions_failed_total', 'page-server sessions that ended with an error', () => ps()?.sessionsFailed);
     gauge(registry, 'lazyd_page_server_sessions_active', 'page-server sessions open now', () => ps()?.sessionsActive);
+    gauge(registry, 'lazyd_page_server_requests_in_flight', 'GET requests read and not yet answered in full, over all sessions', () => ps()?.requestsInFlight);
     counter(registry, 'lazyd_page_server_requests_total', 'GET requests answered by the page server', () => ps()?.getsTotal);
     counter(registry, 'lazyd_page_server_pages_sent_total', 'pages sent in GET replies', () => ps()?.pagesTotal);
     counter(registry, 'lazyd_page_server_sent_bytes_total', 'bytes the page server sent (reply headers, pages, CLOSE answers)', () => ps()?.bytesTotal);

@@ -55,6 +55,8 @@ export interface PageServerStats {
   bytesReceived: number;
   /** TLS handshakes that failed or timed out (peer refused, not TLS, ...). */
   tlsFailures: number;
+  /** GET requests read and not yet answered in full, over all sessions. */
+  requestsInFlight: number;
   stagingBytes?: number;
   stagingMaxBytes?: number;
 }

@@ -232,6 +232,8 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
   const end = server.at(-1)!;
   assert.equal(value(end, 'lazyd_page_server_sessions_total'), 1);
   assert.equal(value(end, 'lazyd_page_server_sessions_active'), 0);
+  assert.equal(end.types.get('lazyd_page_server_requests_in_flight'), 'gauge');
+  assert.equal(value(end, 'lazyd_page_server_requests_in_flight'), 0, 'no request left unanswered after the restore');
   assert.equal(value(end, 'lazyd_page_server_sessions_failed_total'), 0);
   assert.equal(value(end, 'lazyd_page_server_sent_bytes_total'), value(last, 'lazyd_lazy_pages_received_bytes_total'));
   assert.equal(value(end, 'lazyd_page_server_received_bytes_total'), value(last, 'lazyd_lazy_pages_sent_bytes_total'));

@@ -258,6 +258,43 @@ test('stop() drains: replies already queued are finished, then the server ends c
   assert.equal(Buffer.concat(chunks).length, 8 * (24 + 260 * PAGE));
 });
 
+test('stats().requestsInFlight counts GETs read and not answered in full, and drops to 0 as replies go out or sessions end', async () => {
+  const { service } = await startServer('4.1.1');
+  try {
+    const socket = net.connect(service.port, '127.0.0.1');
+    await new Promise((resolve) => socket.on('connect', resolve));
+    socket.on('error', () => undefined);
+    socket.pause(); // read nothing: 8 replies of 260 pages do not fit the socket buffers
+    const replyBytes = 8 * (24 + 260 * PAGE);
+    socket.write(Buffer.concat(Array.from({ length: 8 }, () => get24(1, 0x7ffff7cbb000n, 260))));
+    await until('requests in flight', () => service.stats().requestsInFlight >= 1);
+    assert.ok(service.stats().requestsInFlight <= 8, `at most the 8 GETs sent (${service.stats().requestsInFlight})`);
+    let got = 0;
+    const all = new Promise<void>((resolve) =>
+      socket.on('data', (d) => {
+        got += d.length;
+        if (got >= replyBytes) resolve();
+      }),
+    );
+    socket.resume();
+    await all;
+    await until('no request in flight once every reply was read', () => service.stats().requestsInFlight === 0);
+
+    const second = net.connect(service.port, '127.0.0.1');
+    second.on('error', () => undefined);
+    await new Promise((resolve) => second.on('connect', resolve));
+    second.pause();
+    second.write(Buffer.concat(Array.from({ length: 8 }, () => get24(1, 0x7ffff7cbb000n, 260))));
+    await until('requests in flight again', () => service.stats().requestsInFlight >= 1);
+    second.resetAndDestroy();
+    await until('no request in flight once the session ended', () => service.stats().requestsInFlight === 0);
+    socket.destroy();
+  } finally {
+    service.stop(0);
+    await service.stopped;
+  }
+});
+
 export type { NativeSessionEvent };
 
 // ---- Staging: criu dump --page-server uploads into lazyd's memory (recorded CRIU upload streams) ----
