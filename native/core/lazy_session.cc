@@ -361,6 +361,7 @@ LazySession::Status LazySession::flush_copied(Reply& reply) {
     }
     copy_off_ += static_cast<size_t>(n);
     stats_.bytes_out += static_cast<uint64_t>(n);
+    queued_bytes_ -= static_cast<uint64_t>(n);  // else --max-session-bytes would fill up and stop the session
   }
 }
 
