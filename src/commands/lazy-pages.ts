@@ -14,7 +14,7 @@ import { createLogger, type LogFormatOption, type Logger } from '../log.js';
 import { loadNative } from '../native.js';
 import { SystemdNotifier } from '../cli/systemd.js';
 import type { EngineCounters } from '../metrics/registry.js';
-import { parseMetricsAddress, startMetricsServer, type MetricsServer } from '../metrics/server.js';
+import { parseMetricsAddress, serveMetrics, type MetricsServer } from '../metrics/server.js';
 import { RestoreProgress } from '../lazy-pages/progress.js';
 import { stderrLine } from '../terminal-line.js';
 import { loadCheckpoint } from '../images/index.js';
@@ -241,16 +241,12 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
 
   let metrics: MetricsServer | undefined;
   if (metricsAddress) {
-    // prom-client is loaded only when metrics are asked for: it costs ~0.1 s of start-up.
-    const { createMetricsRegistry } = await import('../metrics/registry.js');
-    const registry = createMetricsRegistry({
-      role: 'lazy-pages',
-      criuAbi: options.criuAbi ?? 'auto',
-      lazyPages: () => engine.stats() as EngineCounters,
-    });
     try {
-      metrics = await startMetricsServer(metricsAddress, registry);
-      logger.info(`Metrics on ${metrics.url}`);
+      metrics = await serveMetrics(
+        metricsAddress,
+        { role: 'lazy-pages', criuAbi: options.criuAbi ?? 'auto', lazyPages: () => engine.stats() as EngineCounters },
+        logger,
+      );
     } catch (error) {
       engine.stop();
       return fail((error as Error).message);

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { createLogger, type LogFormatOption } from '../log.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { SystemdNotifier } from '../cli/systemd.js';
-import { parseMetricsAddress, refuseSamePort, startMetricsServer, type MetricsServer } from '../metrics/server.js';
+import { parseMetricsAddress, refuseSamePort, serveMetrics, type MetricsServer } from '../metrics/server.js';
 import { PageServerService, type WireFormatOption } from '../page-server/service.js';
 import { startStagingControl, type StagingControlServer } from '../staging/control.js';
 import type { NativeTlsOptions } from '../cli/tls-options.js';
@@ -127,17 +127,14 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
 
   let metrics: MetricsServer | undefined;
   if (metricsAddress) {
-    // prom-client is loaded only when metrics are asked for: it costs ~0.1 s of start-up.
-    const { createMetricsRegistry } = await import('../metrics/registry.js');
-    const registry = createMetricsRegistry({
-      role: 'page-server',
-      criuAbi: options.criuAbi ?? 'auto',
-      pageServer: () => service.stats(),
-      stagedCheckpoints: service.stager ? () => service.stagedCheckpoints().length : undefined,
-    });
     try {
-      metrics = await startMetricsServer(metricsAddress, registry, service.port);
-      logger.info(`Metrics on ${metrics.url}`);
+      const sources = {
+        role: 'page-server' as const,
+        criuAbi: options.criuAbi ?? 'auto',
+        pageServer: () => service.stats(),
+        stagedCheckpoints: service.stager ? () => service.stagedCheckpoints().length : undefined,
+      };
+      metrics = await serveMetrics(metricsAddress, sources, logger, service.port);
     } catch (error) {
       service.stop(0);
       await service.stopped;

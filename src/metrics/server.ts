@@ -2,6 +2,8 @@
 // the page-server port. Off unless asked for.
 import http from 'node:http';
 import type client from 'prom-client';
+import type { Logger } from '../log.js';
+import type { MetricsSources } from './registry.js';
 
 export interface MetricsAddress {
   host: string;
@@ -92,4 +94,20 @@ export async function startMetricsServer(
         server.closeAllConnections();
       }),
   };
+}
+
+/**
+ * The metrics of a command: its registry over `sources`, served on `address` (see startMetricsServer), logged.
+ * prom-client is loaded here, only when metrics are asked for: it costs ~0.1 s of start-up.
+ */
+export async function serveMetrics(
+  address: MetricsAddress,
+  sources: MetricsSources,
+  logger: Logger,
+  pageServerPort?: number,
+): Promise<MetricsServer> {
+  const { createMetricsRegistry } = await import('./registry.js');
+  const server = await startMetricsServer(address, createMetricsRegistry(sources), pageServerPort);
+  logger.info(`Metrics on ${server.url}`);
+  return server;
 }
