@@ -784,13 +784,19 @@ struct FaultEngine::Impl {
     for (const auto& entry : t.waiting) count_result(FaultResult::kGone, entry.second.faults);
     waiting_total -= t.waiting.size();
     t.waiting.clear();
+    end_task(t, EngineEvent::Kind::kTaskExited);
+  }
+
+  // A task's end (done, or exited with pages lost): its uffd closed — which unregisters what is left, so
+  // never-dumped pages then fault as normal zero pages — and its summary, with its own time, reported.
+  void end_task(Task& t, EngineEvent::Kind kind) {
     if (t.uffd >= 0) {
       epoll_del(t.uffd);
       close(t.uffd);
       t.uffd = -1;
     }
     EngineEvent e;
-    e.kind = EngineEvent::Kind::kTaskExited;
+    e.kind = kind;
     e.pid = t.pid;
     e.task = t.id;
     t.summary.seconds = static_cast<double>(now_ns() - t.started_ns) / 1e9;
@@ -1104,17 +1110,7 @@ struct FaultEngine::Impl {
         if (t.requests == 0) t.finished = true;
       } else if (t.ranges.done() && t.requests == 0 && !has_pending) {
         t.finished = true;
-        // Closing the uffd unregisters what is left (never-dumped pages then fault as normal zero pages).
-        epoll_del(t.uffd);
-        close(t.uffd);
-        t.uffd = -1;
-        EngineEvent e;
-        e.kind = EngineEvent::Kind::kTaskDone;
-        e.pid = t.pid;
-        e.task = t.id;
-        t.summary.seconds = static_cast<double>(now_ns() - t.started_ns) / 1e9;
-        e.summary = t.summary;
-        emit(std::move(e));
+        end_task(t, EngineEvent::Kind::kTaskDone);
       }
       all &= t.finished;
     }
