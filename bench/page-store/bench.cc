@@ -87,19 +87,24 @@ struct StoreConfig {
   Fill fill;
 };
 
-std::unique_ptr<PageStore> build(const StoreConfig& c, const std::string& data) {
-  std::unique_ptr<PageStore> store;
-  if (c.memfd) {
+// A memfd store (its options set by `tune_memfd`) or a pipe store of `pipe_bytes` per pipe; both capped at 16 GiB,
+// far above what a run stores: the benchmark measures cost, not limits.
+template <typename TuneMemfd>
+std::unique_ptr<PageStore> new_store(bool memfd, uint64_t pipe_bytes, TuneMemfd tune_memfd) {
+  if (memfd) {
     MemfdStoreOptions o;
     o.limits.max_bytes = 1ull << 34;
-    o.copy_max = c.copy_max;
-    store = std::make_unique<MemfdStore>(o);
-  } else {
-    PipeStoreOptions o;
-    o.limits.max_bytes = 1ull << 34;
-    o.pipe_bytes = c.pipe_bytes;
-    store = std::make_unique<PipeStore>(o);
+    tune_memfd(o);
+    return std::make_unique<MemfdStore>(o);
   }
+  PipeStoreOptions o;
+  o.limits.max_bytes = 1ull << 34;
+  o.pipe_bytes = pipe_bytes;
+  return std::make_unique<PipeStore>(o);
+}
+
+std::unique_ptr<PageStore> build(const StoreConfig& c, const std::string& data) {
+  std::unique_ptr<PageStore> store = new_store(c.memfd, c.pipe_bytes, [&](MemfdStoreOptions& o) { o.copy_max = c.copy_max; });
   int fds[2];
   if (c.fill == Fill::kTcp) {
     tcp_pair(fds);
@@ -308,18 +313,7 @@ void bench_append(const std::vector<AppendConfig>& configs, uint64_t total_mib) 
   for (const AppendConfig& c : configs) {
     for (int src = 0; src < 2; src++) {
       for (uint64_t entry_pages : {16ull, 256ull}) {
-        std::unique_ptr<PageStore> store;
-        if (c.memfd) {
-          MemfdStoreOptions o;
-          o.limits.max_bytes = 1ull << 34;
-          o.fill = c.fill;
-          store = std::make_unique<MemfdStore>(o);
-        } else {
-          PipeStoreOptions o;
-          o.limits.max_bytes = 1ull << 34;
-          o.pipe_bytes = c.pipe_bytes;
-          store = std::make_unique<PipeStore>(o);
-        }
+        std::unique_ptr<PageStore> store = new_store(c.memfd, c.pipe_bytes, [&](MemfdStoreOptions& o) { o.fill = c.fill; });
         int fds[2];
         if (src == 0) {
           tcp_pair(fds);
