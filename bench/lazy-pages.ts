@@ -20,7 +20,8 @@ import path from 'node:path';
 import { checkHost, runLazyMigration, type CriuVersion, type DaemonKind, type MigrationResult, type PageOrder } from '../src/harness/index.js';
 import { runAlternating } from './lib/alternate.js';
 import { criuFaultServiceUs, readLazydLatency, watchDaemonCpu, type DaemonWatch } from './lib/daemon.js';
-import { readLazydSessions, readLazyPagesRequests } from './lib/migration.js';
+import { readLazyPagesRequests } from './lib/migration.js';
+import { readServedSessions } from '../src/page-server/session-log.js';
 import { makeComparison, toRunRecords, type BenchResult, type Comparison, type FigureDef, type FigureValues } from './lib/report.js';
 import { median, p99 } from './lib/stats.js';
 import type { BenchContext, Benchmark } from './lib/types.js';
@@ -99,7 +100,7 @@ async function measure(criuVersion: CriuVersion, daemon: DaemonKind, mib: number
         }
       },
       afterFinish: (server) => {
-        const s = readLazydSessions(server.logFile);
+        const s = readServedSessions(server.logFile);
         requests = s?.gets ?? null;
         pages = s?.pages ?? null;
       },

@@ -49,7 +49,8 @@ import { repoRoot } from '../src/paths.js';
 import { runAlternating } from './lib/alternate.js';
 import { clockTicks } from './lib/host.js';
 import { criuFaultServiceUs, readLazydLatency } from './lib/daemon.js';
-import { readLazyPagesRequests, readLazydSessions } from './lib/migration.js';
+import { readLazyPagesRequests } from './lib/migration.js';
+import { readServedSessions } from '../src/page-server/session-log.js';
 import { makeComparison, markdownTable, toRunRecords, type BenchResult, type Comparison, type FigureDef, type FigureValues } from './lib/report.js';
 import { max, median, p99 } from './lib/stats.js';
 import { barChartSvg } from './lib/svg.js';
@@ -318,7 +319,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       },
       afterFinish: (server) => {
         if (dest === 'lazyd' || source === 'lazyd' || source === 'lazyd-staging') {
-          const s = readLazydSessions(server.logFile);
+          const s = readServedSessions(server.logFile);
           if (s && dest === 'lazyd') requests = s.gets;
         }
       },

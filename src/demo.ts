@@ -9,8 +9,7 @@
 //
 // Usage: node dist/src/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--daemon lazyd|criu] [--keep]
 // Needs root and CRIU installed by scripts/install-criu.sh. Exits non-zero on any failure.
-import { totalServedSessions } from './page-server/session-log.js';
-import fs from 'node:fs';
+import { readServedSessions, type ServedSessions } from './page-server/session-log.js';
 import {
   checkHost,
   CRIU_VERSIONS,
@@ -83,25 +82,8 @@ function parseArgs(argv: string[]): DemoOptions {
   return options;
 }
 
-interface ServedStats {
-  sessions: number;
-  gets: number;
-  pages: number;
-  bytes: number;
-}
 
-/** Totals of lazyd's "Page-server session finished" log lines (JSON or text). */
-function readServedStats(logFile: string): ServedStats | undefined {
-  let text: string;
-  try {
-    text = fs.readFileSync(logFile, 'utf8');
-  } catch {
-    return undefined;
-  }
-  return totalServedSessions(text);
-}
-
-function report(result: MigrationResult, served: ServedStats | undefined, options: DemoOptions): string {
+function report(result: MigrationResult, served: ServedSessions | undefined, options: DemoOptions): string {
   const ms = (value: number) => `${value.toFixed(0)} ms`;
   const mainPasses = result.passes[0];
   const lines = [
@@ -135,7 +117,7 @@ async function main(): Promise<number> {
       `(CRIU ${options.criu}, page server: ${options.server}, lazy-pages daemon: ${options.daemon})\n`,
   );
   checkHost([options.criu]);
-  let served: ServedStats | undefined;
+  let served: ServedSessions | undefined;
   const result = await runLazyMigration({
     criuVersion: options.criu,
     server: options.server,
@@ -144,7 +126,7 @@ async function main(): Promise<number> {
     keep: options.keep,
     progress: say,
     afterFinish: (server) => {
-      served = readServedStats(server.logFile);
+      served = readServedSessions(server.logFile);
     },
   });
   say('done');

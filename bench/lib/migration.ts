@@ -3,7 +3,7 @@
 // -v4 log, the same client whatever the server), and lazyd's own session counters (from its log).
 // Candidates for src/harness: the lazy-pages request count (next to readLazyPagesSummary in criu.ts) and a server
 // CPU figure in MigrationResult. lazyd's session lines are totalled by src/page-server/session-log.ts.
-import { totalServedSessions } from '../../src/page-server/session-log.js';
+import { readServedSessions, type ServedSessions } from '../../src/page-server/session-log.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runLazyMigration, type MigrationOptions, type MigrationResult } from '../../src/harness/index.js';
@@ -75,25 +75,6 @@ export function readLazyPagesRequests(logFile: string): LazyPagesRequests {
   return counts;
 }
 
-export interface LazydSessionStats {
-  sessions: number;
-  gets: number;
-  pages: number;
-  bytes: number;
-  /** Sum of the sessions' own durations. */
-  seconds: number;
-}
-
-/** Totals of lazyd's "Page-server session finished" lines (JSON or text log). */
-export function readLazydSessions(logFile: string): LazydSessionStats | undefined {
-  let text: string;
-  try {
-    text = fs.readFileSync(logFile, 'utf8');
-  } catch {
-    return undefined;
-  }
-  return totalServedSessions(text);
-}
 
 export interface MeasuredMigration {
   result: MigrationResult;
@@ -105,7 +86,7 @@ export interface MeasuredMigration {
   /** Server pid and the processes it had forked when it was ready (expected: none). */
   serverPid: number | undefined;
   serverChildren: number[];
-  lazydSessions: LazydSessionStats | undefined;
+  lazydSessions: ServedSessions | undefined;
 }
 
 function childPids(pid: number): number[] {
@@ -127,7 +108,7 @@ export async function measuredMigration(options: MigrationOptions & { cpuInterva
   let serverPid: number | undefined;
   let serverChildren: number[] = [];
   let requests: LazyPagesRequests = { requests: 0, pages: 0, singlePage: 0, largest: 0, faults: 0, faultRttUs: [], backgroundRttUs: [] };
-  let lazydSessions: LazydSessionStats | undefined;
+  let lazydSessions: ServedSessions | undefined;
   let serverCpuMs: number | undefined;
   try {
     const result = await runLazyMigration({
@@ -141,7 +122,7 @@ export async function measuredMigration(options: MigrationOptions & { cpuInterva
       afterFinish: async (server, checkpoint, restored) => {
         serverCpuMs = sampler?.stop();
         requests = readLazyPagesRequests(path.join(restored.dstDir, 'lazy-pages.log'));
-        if (server.kind !== 'criu') lazydSessions = readLazydSessions(server.logFile);
+        if (server.kind !== 'criu') lazydSessions = readServedSessions(server.logFile);
         await options.afterFinish?.(server, checkpoint, restored);
       },
     });

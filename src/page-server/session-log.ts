@@ -1,5 +1,6 @@
 // Reads back the "Page-server session finished" lines of a lazyd page-server log, in either log format (JSON
 // records, or criu text lines with key=value fields): the demo and the benchmarks total what was served.
+import fs from 'node:fs';
 
 export interface ServedSessions {
   sessions: number;
@@ -28,4 +29,15 @@ export function totalServedSessions(text: string): ServedSessions | undefined {
     totals.seconds += field('seconds');
   }
   return totals.sessions ? totals : undefined;
+}
+
+/** Totals of the "Page-server session finished" lines of the log file; undefined when it is unreadable or has none. */
+export function readServedSessions(logFile: string): ServedSessions | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(logFile, 'utf8');
+  } catch {
+    return undefined;
+  }
+  return totalServedSessions(text);
 }
