@@ -15,23 +15,12 @@
 #include <unistd.h>
 #include <vector>
 
+#include "check.h"
 #include "memfd_store.h"
 #include "pipe_store.h"
 
 using namespace lazyd;
 
-static int g_passed = 0;
-static int g_failed = 0;
-#define CHECK(cond)                                                         \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      g_failed++;                                                           \
-      printf("%d passed, %d failed\n", g_passed, g_failed);                 \
-      exit(1);                                                              \
-    }                                                                       \
-    g_passed++;                                                             \
-  } while (0)
 
 namespace {
 
@@ -504,6 +493,5 @@ int main() {
     test_validation(kind);
   }
   test_pipe_offsets();
-  printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed ? 1 : 0;
+  return check_report();
 }

@@ -20,22 +20,13 @@
 #include <unistd.h>
 #include <vector>
 
+#include "check.h"
 #include "memfd_store.h"
 #include "pipe_store.h"
 #include "upload_session.h"
 
 using namespace lazyd;
 
-static int g_passed = 0;
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      printf("%d passed, 1 failed\n", g_passed);                               \
-      exit(1);                                                                 \
-    }                                                                          \
-    g_passed++;                                                                \
-  } while (0)
 
 namespace {
 
@@ -543,6 +534,5 @@ int main() {
     }
   }
   for (StoreKind kind : {StoreKind::kPipe, StoreKind::kMemfd}) test_crafted(kind);
-  printf("%d passed, 0 failed\n", g_passed);
-  return 0;
+  return check_report();
 }
