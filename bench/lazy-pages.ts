@@ -17,11 +17,11 @@
 // time figures are the bound, a lower bound) — not as a failure.
 import fs from 'node:fs';
 import path from 'node:path';
-import { checkHost, runLazyMigration, type CriuVersion, type DaemonKind, type MigrationResult, type PageOrder } from '../src/harness/index.js';
+import { checkHost, runLazyMigration, type CriuVersion, type DaemonKind, type MigrationResult, type PageOrder } from '../test/harness/index.js';
 import { runAlternating } from './lib/alternate.js';
 import { criuFaultServiceUs, readLazydLatency, watchDaemonCpu, type DaemonWatch } from './lib/daemon.js';
 import { readLazyPagesRequests } from './lib/migration.js';
-import { readServedSessions } from '../src/page-server/session-log.js';
+import { readServedSessions } from '../test/harness/session-log.js';
 import { makeComparison, toRunRecords, type BenchResult, type Comparison, type FigureDef, type FigureValues } from './lib/report.js';
 import { median, p99 } from './lib/stats.js';
 import type { BenchContext, Benchmark } from './lib/types.js';

@@ -11,8 +11,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from '../src/paths.js';
-import type { TwoHosts } from '../src/harness/netns.js';
-import { createTwoHosts } from '../src/harness/netns.js';
+import type { TwoHosts } from '../test/harness/netns.js';
+import { createTwoHosts } from '../test/harness/netns.js';
 import { markdownTable } from './lib/report.js';
 import type { BenchContext, Benchmark } from './lib/types.js';
 
@@ -135,7 +135,7 @@ export const limitsBenchmark: Benchmark = {
       summary: limitsMarkdown(limits),
       data: limits,
       notes: [
-        'bench/limits/limits.cc; TCP between the namespaces goes over the veth of src/harness/netns.ts with its delay (netem, or netdelay on kernels without sch_netem), MTU 64000.',
+        'bench/limits/limits.cc; TCP between the namespaces goes over the veth of test/harness/netns.ts with its delay (netem, or netdelay on kernels without sch_netem), MTU 64000.',
       ],
     };
   },

@@ -1,4 +1,4 @@
-// Benchmark "migration": whole lazy migrations between two hosts on one machine (src/harness/netns.ts: two network
+// Benchmark "migration": whole lazy migrations between two hosts on one machine (test/harness/netns.ts: two network
 // namespaces joined by a veth with a delay of 0, 0.5 or 5 ms RTT), stock CRIU against lazyd, alternating.
 //
 // Configurations are <source>+<destination>:
@@ -43,14 +43,14 @@ import {
   type SlowRead,
   type SourceKind,
   type WorkloadOptions,
-} from '../src/harness/index.js';
-import { createTwoHosts, type TwoHosts } from '../src/harness/netns.js';
+} from '../test/harness/index.js';
+import { createTwoHosts, type TwoHosts } from '../test/harness/netns.js';
 import { repoRoot } from '../src/paths.js';
 import { runAlternating } from './lib/alternate.js';
 import { clockTicks } from './lib/host.js';
 import { criuFaultServiceUs, readLazydLatency } from './lib/daemon.js';
 import { readLazyPagesRequests } from './lib/migration.js';
-import { readServedSessions } from '../src/page-server/session-log.js';
+import { readServedSessions } from '../test/harness/session-log.js';
 import { makeComparison, markdownTable, toRunRecords, type BenchResult, type Comparison, type FigureDef, type FigureValues } from './lib/report.js';
 import { max, median, p99 } from './lib/stats.js';
 import { barChartSvg } from './lib/svg.js';

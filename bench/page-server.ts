@@ -3,7 +3,7 @@
 // 'lazyd'). Same workload, same client (`criu lazy-pages --page-server`), same CRIU version on both ends; the
 // two run alternately (criu lazyd criu lazyd ...), one comparison per CRIU version × touch order.
 //
-// Per run, from the harness (src/harness/migration.ts) and bench/lib/migration.ts:
+// Per run, from the harness (test/harness/migration.ts) and bench/lib/migration.ts:
 //   dump           `criu dump` of the workload (the same work for both: a control figure)
 //   server start   from spawning the server until it signals ready (criu loads every page into pipes first)
 //   resume         `criu restore --lazy-pages -d` from its start to its exit: the workload runs again. The
@@ -20,7 +20,7 @@
 //                  reply, per request (µs stamps of the -v4 log). The figure closest to the server alone.
 //   rate           lazy pages / all-present time
 //   server CPU     user+system ms of the server process, at ready and until it exits (/proc sampling)
-import { checkHost, type CriuVersion, type PageOrder, type ServerKind } from '../src/harness/index.js';
+import { checkHost, type CriuVersion, type PageOrder, type ServerKind } from '../test/harness/index.js';
 import { runAlternating } from './lib/alternate.js';
 import { measuredMigration, type MeasuredMigration } from './lib/migration.js';
 import { makeComparison, toRunRecords, type BenchResult, type Comparison, type FigureDef, type FigureValues } from './lib/report.js';

@@ -7,7 +7,7 @@
 // benchmark could not run; the results of the others are still written.
 import fs from 'node:fs';
 import path from 'node:path';
-import { CRIU_VERSIONS, isCriuVersion, type CriuVersion } from '../src/harness/index.js';
+import { CRIU_VERSIONS, isCriuVersion, type CriuVersion } from '../test/harness/index.js';
 import { repoRoot } from '../src/paths.js';
 import { describeHost } from './lib/host.js';
 import { fileStamp, resultMarkdown, writeResultFiles } from './lib/report.js';

@@ -2,7 +2,7 @@
 // its memory sequentially and back to back) plain and with TLS, alternating (plain tls plain tls ...):
 //   lazyd    lazyd --page-server (serve mode)        → lazyd lazy-pages
 //   criu     criu page-server --lazy-pages            → criu lazy-pages        (reference: CRIU's own TLS cost)
-// Both ends present certificates of a CA made for the run (src/harness/pki.ts), with its CRL, and check names.
+// Both ends present certificates of a CA made for the run (test/harness/pki.ts), with its CRL, and check names.
 //
 // Figures per run (times from the start of `criu restore --lazy-pages -d`):
 //   all pages present   until the daemon logged its last task done
@@ -14,7 +14,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { checkHost, makeTestPki, runLazyMigration, tlsArgs, type CriuVersion, type DaemonKind, type ServerKind, type TestPki } from '../src/harness/index.js';
+import { checkHost, makeTestPki, runLazyMigration, tlsArgs, type CriuVersion, type DaemonKind, type ServerKind, type TestPki } from '../test/harness/index.js';
 import { runAlternating } from './lib/alternate.js';
 import { sampleCpu, type CpuSampler } from './lib/cpu.js';
 import { criuFaultServiceUs, readLazydLatency, watchDaemonCpu, type DaemonWatch } from './lib/daemon.js';

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import { repoRoot } from '../../src/paths.js';
-import { criuPath, type CriuVersion } from '../../src/harness/index.js';
+import { criuPath, type CriuVersion } from '../../test/harness/index.js';
 
 export interface HostInfo {
   hostname: string;

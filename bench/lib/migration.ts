@@ -1,12 +1,12 @@
 // A harness extension for benchmarks: runLazyMigration() plus what the harness does not measure yet —
 // the page server's CPU time (sampled from /proc while it runs), the requests `criu lazy-pages` sent (from its
 // -v4 log, the same client whatever the server), and lazyd's own session counters (from its log).
-// Candidates for src/harness: the lazy-pages request count (next to readLazyPagesSummary in criu.ts) and a server
-// CPU figure in MigrationResult. lazyd's session lines are totalled by src/page-server/session-log.ts.
-import { readServedSessions, type ServedSessions } from '../../src/page-server/session-log.js';
+// Candidates for test/harness: the lazy-pages request count (next to readLazyPagesSummary in criu.ts) and a server
+// CPU figure in MigrationResult. lazyd's session lines are totalled by test/harness/session-log.ts.
+import { readServedSessions, type ServedSessions } from '../../test/harness/session-log.js';
 import fs from 'node:fs';
 import path from 'node:path';
-import { runLazyMigration, type MigrationOptions, type MigrationResult } from '../../src/harness/index.js';
+import { runLazyMigration, type MigrationOptions, type MigrationResult } from '../../test/harness/index.js';
 import { sampleCpu, type CpuSampler } from './cpu.js';
 
 export interface LazyPagesRequests {

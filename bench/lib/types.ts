@@ -1,5 +1,5 @@
 // What a benchmark module exports, and what the runner (bench/run.ts) gives it.
-import type { CriuVersion } from '../../src/harness/index.js';
+import type { CriuVersion } from '../../test/harness/index.js';
 import type { BenchResult } from './report.js';
 
 export interface BenchContext {

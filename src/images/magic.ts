@@ -3,6 +3,8 @@
  * Values are facts of the on-disk format; see docs/criu-lazy-pages-protocol.md §2.
  */
 
+import { PE_LAZY, PE_PARENT, PE_PRESENT } from '../protocol/constants.js';
+
 /** First u32 of every protobuf image except inventory.img. */
 export const IMG_COMMON_MAGIC = 0x54564319;
 /** First u32 of service images (stats-dump, irmap cache) instead of IMG_COMMON_MAGIC. */
@@ -29,10 +31,11 @@ export const KNOWN_MAGICS: ReadonlyMap<number, string> = new Map([
   [PAGEMAP_MAGIC, 'pagemap'],
 ]);
 
-/** PagemapEntry.flags bits. */
-export const PE_PARENT = 1;
-export const PE_LAZY = 2;
-export const PE_PRESENT = 4;
+/**
+ * PagemapEntry.flags bits: the same bits ADD_F carries on the wire, so they are defined once, with the protocol
+ * constants that test/unit/constants.test.ts checks against the native ones.
+ */
+export { PE_PARENT, PE_LAZY, PE_PRESENT } from '../protocol/constants.js';
 export const PE_KNOWN_FLAGS = PE_PARENT | PE_LAZY | PE_PRESENT;
 
 /** "PE_LAZY|PE_PRESENT" style rendering of pagemap flags (unknown bits as hex). */
@@ -72,7 +75,7 @@ export const TASK_STOPPED = 3;
 export const CRTOOLS_IMAGES_V1 = 1;
 export const CRTOOLS_IMAGES_V1_1 = 2;
 
-export const DEFAULT_PAGE_SIZE = 4096;
+export { DEFAULT_PAGE_SIZE } from '../protocol/constants.js';
 
 /** Name of the symlink to the previous images dir (parent chain). */
 export const PARENT_LINK = 'parent';

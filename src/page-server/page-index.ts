@@ -3,7 +3,7 @@
 // request for them is refused with the precise reason.
 import type { Logger } from '../log.js';
 import { loadCheckpoint } from '../images/index.js';
-import { PE_LAZY, PE_PRESENT } from '../images/magic.js';
+import { PE_LAZY, PE_PRESENT } from '../protocol/constants.js';
 
 const NO_FILE = (1n << 64n) - 1n;
 

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from '../../src/paths.js';
-import { startPageServer, type PageServer } from '../../src/harness/page-server.js';
+import { startPageServer, type PageServer } from '../harness/page-server.js';
 import {
   ATTACKS,
   TESTDATA_SERVED,
@@ -26,7 +26,7 @@ import {
   type Attack,
   type DaemonUsage,
   type Target,
-} from '../../src/harness/hostile.js';
+} from '../harness/hostile.js';
 
 const TESTDATA = path.resolve(repoRoot(), '../shared/testdata/criu-4.1.1');
 const STALL_S = 2;
@@ -173,7 +173,7 @@ test('hostile: a peer reading one byte per second is dropped after --stall-timeo
 
 test('hostile: an upload that sends ADD_F and then goes silent is dropped after --idle-timeout (its staging memory freed)', async () => {
   const offset = logSize();
-  const { encodeHeader } = await import('../../src/harness/clients.js');
+  const { encodeHeader } = await import('../harness/clients.js');
   const dstId = (998n << 8n) | 1n;
   const request = Buffer.concat([
     encodeHeader(24, 4, 0, 0n, dstId),

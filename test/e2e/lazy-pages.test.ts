@@ -49,7 +49,7 @@ import {
   type CriuVersion,
   type MigrationResult,
   type ServerKind,
-} from '../../src/harness/index.js';
+} from '../harness/index.js';
 
 const TEST_TIMEOUT_MS = 90_000;
 /** How long lazyd may take to notice a failure and exit (the bound the tests hold it to). */

@@ -28,10 +28,10 @@ import {
   startWithStatusFd,
   testProgress,
   type Proc,
-} from '../../src/harness/index.js';
+} from '../harness/index.js';
 import { PS_IOV_CLOSE } from '../../src/protocol/constants.js';
 import { repoRoot } from '../../src/paths.js';
-import { totalServedSessions, type ServedSessions } from '../../src/page-server/session-log.js';
+import { totalServedSessions, type ServedSessions } from '../harness/session-log.js';
 
 const TEST_TIMEOUT_MS = 120_000;
 const timeouts = E2E_TIMEOUTS;

@@ -31,7 +31,7 @@ import {
   type RestoreResult,
   type RogueClient,
   type ServerKind,
-} from '../../src/harness/index.js';
+} from '../harness/index.js';
 
 /** Which servers each scenario runs against. Scenarios (b) and (c) need a server that outlives one session. */
 const SERVERS = {

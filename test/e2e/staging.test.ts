@@ -2,7 +2,7 @@
 // `criu dump --page-server --address 127.0.0.1 --port P -D DIR` into lazyd (the page server runs in this
 // process, with staging into DIR); then `criu lazy-pages --page-server` or `lazyd lazy-pages --page-server`, with
 // `criu restore --lazy-pages`, restore it from a copy of DIR, fetching the lazy pages from lazyd's memory,
-// verified by the workload itself. Failures are made with a TCP relay between the peers (src/harness/relay.ts):
+// verified by the workload itself. Failures are made with a TCP relay between the peers (test/harness/relay.ts):
 // a live dump whose connection is reset mid-upload or right after lazyd's CLOSE status, and a restore whose lazy
 // daemon is killed mid-transfer.
 import assert from 'node:assert/strict';
@@ -43,7 +43,7 @@ import {
   type CriuVersion,
   type DaemonKind,
   type Workload,
-} from '../../src/harness/index.js';
+} from '../harness/index.js';
 import { PageServerService } from '../../src/page-server/service.js';
 import type { StagingOptions } from '../../src/staging/stager.js';
 import { startStagingControl } from '../../src/staging/control.js';

@@ -1,5 +1,5 @@
 // End-to-end: TLS (`--tls`, protocol doc §1.9) between lazyd and real CRIU 4.1.1 / 4.2.1, in every direction, with
-// the self-verifying workload, and certificates made here (openssl, src/harness/pki.ts):
+// the self-verifying workload, and certificates made here (openssl, test/harness/pki.ts):
 //   (a) lazyd --page-server --tls            ↔ criu lazy-pages --tls
 //   (b) criu dump --lazy-pages --tls         ↔ lazyd lazy-pages --tls
 //   (c) criu page-server --lazy-pages --tls  ↔ lazyd lazy-pages --tls
@@ -9,7 +9,7 @@
 //       daemon keeps serving a good restore afterwards; --tls-no-cn-verify accepts the wrong name
 //   (g) plain and TLS do not mix, and both ends say so
 // The lazyd client's refusals run with a stand-in restore that only hands over userfaultfds
-// (src/harness/fake-restore.ts): lazyd connects to the page server once every task is handed over.
+// (test/harness/fake-restore.ts): lazyd connects to the page server once every task is handed over.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -49,7 +49,7 @@ import {
   type MigrationResult,
   type PageServer,
   type TestPki,
-} from '../../src/harness/index.js';
+} from '../harness/index.js';
 
 const TEST_TIMEOUT_MS = 90_000;
 const MIB = 16;

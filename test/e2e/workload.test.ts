@@ -25,7 +25,7 @@ import {
   withRunDir,
   type SlowRead,
   type Workload,
-} from '../../src/harness/index.js';
+} from '../harness/index.js';
 
 // From shared/testdata/README.md: `workload 1 MiB, seed 1` sums to this, and page 0 starts with mix(1,0,0).
 const TESTDATA_SUM_1MIB_SEED1 = '0x28e67e1252d1f17d';

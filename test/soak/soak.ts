@@ -2,7 +2,7 @@
 // back-to-back lazy restores — `lazyd lazy-pages` and `criu lazy-pages` alternately, each with real
 // `criu restore --lazy-pages`, each restored workload verified by its own passes (every page against the dump's
 // checksum) — while hostile clients hammer the same port: every malformed session of the hostile suite
-// (src/harness/hostile.ts), aimed at this checkpoint and checking every byte they are served, bursts of idle
+// (test/harness/hostile.ts), aimed at this checkpoint and checking every byte they are served, bursts of idle
 // connections, and one-byte-per-second readers. Reports restores, pages verified, errors, and the daemon's RSS
 // and fd count at start and end; exits 1 on any failure, a served byte that is wrong, or growth beyond bounds.
 // Not part of `npm test`: scripts/soak.sh [minutes].
@@ -18,7 +18,7 @@ import {
   withRunDir,
   type CriuVersion,
   type DaemonKind,
-} from '../../src/harness/index.js';
+} from '../harness/index.js';
 import {
   PAGE,
   daemonUsage,
@@ -29,7 +29,7 @@ import {
   type DaemonUsage,
   type Served,
   type Target,
-} from '../../src/harness/hostile.js';
+} from '../harness/hostile.js';
 import { readPagemap, PE_LAZY, PE_PRESENT } from '../../src/images/index.js';
 
 const args = process.argv.slice(2);

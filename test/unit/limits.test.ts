@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { limitsError } from '../../src/commands/page-server.js';
-import { lazydBin } from '../../src/harness/page-server.js';
+import { lazydBin } from '../harness/page-server.js';
 
 test('limitsError names the bad flag and accepts sane values', () => {
   const base = { mode: 'serve' as const, imagesDir: '.', verbosity: 2 };

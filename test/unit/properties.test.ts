@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { decodeHeader, detectFormat, encodeHeader, type PsHeader, type WireFormat } from '../../src/protocol/wire.js';
+import { decodeHeader, detectFormat, encodeHeader, type PsHeader, type WireFormat } from '../harness/wire.js';
 import { ImageError, encodePagemap, parsePagemap, type PagemapEncoding } from '../../src/images/index.js';
 import { loadNative } from '../../src/native.js';
 

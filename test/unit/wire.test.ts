@@ -1,4 +1,4 @@
-// The TypeScript wire codec (src/protocol/wire.ts) against the real CRIU 4.1.1 and 4.2.1 sessions in
+// The TypeScript wire codec (test/harness/wire.ts) against the real CRIU 4.1.1 and 4.2.1 sessions in
 // ../shared/testdata, and against crafted edge cases (the same table as native/tests/wire_test.cc).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { dataPage, patternWord } from '../../src/harness/page-pattern.js';
+import { dataPage, patternWord } from '../harness/page-pattern.js';
 import {
   GET_REPLY_CMD,
   PE_LAZY,
@@ -42,7 +42,7 @@ import {
   type ClientMessage,
   type PsHeader,
   type WireFormat,
-} from '../../src/protocol/wire.js';
+} from '../harness/wire.js';
 
 // ---- locating the shared testdata: fail loudly, never skip ----
 

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { repoRoot } from '../paths.js';
+import { repoRoot } from '../../src/paths.js';
 import { findCriu, type CriuVersion } from './criu.js';
 import { failureText, killQuietly, pollFor, processAlive, startWithStatusFd, type ExitInfo, type Proc } from './process.js';
 

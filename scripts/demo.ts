@@ -7,9 +7,9 @@
 //      arrives from lazyd's page server while it runs (--daemon criu uses criu lazy-pages instead)
 //   5. wait until every page is present and the workload has verified all of its memory
 //
-// Usage: node dist/src/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--daemon lazyd|criu] [--keep]
+// Usage: node dist/scripts/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--daemon lazyd|criu] [--keep]
 // Needs root and CRIU installed by scripts/install-criu.sh. Exits non-zero on any failure.
-import { readServedSessions, type ServedSessions } from './page-server/session-log.js';
+import { readServedSessions, type ServedSessions } from '../test/harness/session-log.js';
 import {
   checkHost,
   CRIU_VERSIONS,
@@ -21,7 +21,7 @@ import {
   type ServerKind,
   type DaemonKind,
   DAEMON_KINDS,
-} from './harness/index.js';
+} from '../test/harness/index.js';
 
 interface DemoOptions {
   mib: number;
@@ -31,7 +31,7 @@ interface DemoOptions {
   keep: boolean;
 }
 
-const USAGE = `usage: node dist/src/demo.js [--mib N] [--criu ${CRIU_VERSIONS.join('|')}] [--server ${SERVER_KINDS.join('|')}] [--daemon ${DAEMON_KINDS.join('|')}] [--keep]`;
+const USAGE = `usage: node dist/scripts/demo.js [--mib N] [--criu ${CRIU_VERSIONS.join('|')}] [--server ${SERVER_KINDS.join('|')}] [--daemon ${DAEMON_KINDS.join('|')}] [--keep]`;
 
 function parseArgs(argv: string[]): DemoOptions {
   const options: DemoOptions = { mib: 64, criu: '4.2.1', server: 'lazyd', daemon: 'lazyd', keep: false };

@@ -1,5 +1,5 @@
 // End-to-end harness: real CRIU, the self-verifying workload, page servers, and whole lazy migrations.
-// Used by test/e2e, the demo (src/demo.ts) and the benchmarks.
+// Used by test/e2e, the demo (scripts/demo.ts) and the benchmarks.
 export * from './process.js';
 export * from './criu.js';
 export * from './workload.js';

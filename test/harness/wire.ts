@@ -32,7 +32,7 @@ import {
   PS_TYPE_MASK,
   PS_TYPE_PID,
   PS_TYPE_SHMEM,
-} from './constants.js';
+} from '../../src/protocol/constants.js';
 
 /** Header size in bytes, which is also the name of the layout. */
 export type WireFormat = 24 | 32;

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { repoRoot } from '../paths.js';
+import { repoRoot } from '../../src/paths.js';
 import { Proc, runCommand, pollFor, logTail, processAlive, killQuietly } from './process.js';
 
 export type PageOrder = 'seq' | 'random';

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { findCriu, readLazyPagesSummary, runCriu, startCriu, type Criu, type CriuVersion, type LazyPagesSummary } from './criu.js';
-import { readPagemap } from '../images/pagemap.js';
+import { readPagemap } from '../../src/images/pagemap.js';
 import { freePort, lazydBin, startPageServer, type PageServer, type PageServerOptions, type ServerKind } from './page-server.js';
 import { startWithStatusFd, type ExitInfo, type Proc } from './process.js';
 import { startRelay } from './relay.js';

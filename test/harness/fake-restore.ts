@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { repoRoot } from '../paths.js';
+import { repoRoot } from '../../src/paths.js';
 import { Proc, runCommand } from './process.js';
 
 const SOURCE = String.raw`

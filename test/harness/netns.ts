@@ -13,7 +13,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { repoRoot } from '../paths.js';
+import { repoRoot } from '../../src/paths.js';
 
 export const SOURCE_ADDRESS = '10.77.0.1';
 export const DESTINATION_ADDRESS = '10.77.0.2';
