@@ -43,7 +43,7 @@ Napi::Error errno_error(Napi::Env env, int negative_errno, const std::string& wh
 }
 
 // The `tls` option of PageServer and LazyPages: undefined (plain TCP) or { cacert, cacrl, cert, key, noCnVerify,
-// peerName } (empty strings: criu's defaults, §1.9). Loads the credentials; a bad file throws its one-line message.
+// peerName } (empty: criu's defaults, docs/protocol.md §1.9). Loads the credentials; a bad file throws its one-line message.
 std::shared_ptr<const lazyd::TlsContext> tls_option(Napi::Env env, Napi::Value value) {
   if (!value.IsObject()) return nullptr;
   Napi::Object o = value.As<Napi::Object>();

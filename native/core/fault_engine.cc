@@ -489,7 +489,7 @@ struct FaultEngine::Impl {
     }
   }
 
-  // ---- restore handshake (§3) ----
+  // ---- restore handshake (docs/protocol.md §3) ----
 
   void on_listen() {
     int fd = handshake::accept_now(listen_fd);

@@ -1,4 +1,4 @@
-// The lazy-pages daemon's data path (protocol doc §3, §4; design.md §2, §5): ONE thread with one epoll set over
+// The lazy-pages daemon's data path (docs/protocol.md §3, §4; README.md "Architecture"): ONE thread with one epoll set over
 // the restore socket, every task's userfaultfd and the page source. A fault is read, requested, received and
 // installed on that thread without any hand-off.
 //

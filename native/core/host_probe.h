@@ -1,5 +1,5 @@
 // What `lazyd check` asks the kernel directly (no Node-API): can this process create a userfaultfd (by the
-// syscall, or through /dev/userfaultfd), with the non-cooperative features a lazy restore asks for (§4.1), and
+// syscall, or through /dev/userfaultfd), with the non-cooperative features of a lazy restore (docs/protocol.md §4.1), and
 // can it create a sealed memfd (staging). Each probe creates and closes its own fds.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Per-task bookkeeping of lazy memory (protocol doc §4.3, §4.4): which ranges are still missing, which have been
+// Per-task bookkeeping of lazy memory (docs/protocol.md §4.3, §4.4): which ranges are still missing, which have been
 // requested from the page source and not yet installed, at which address each range lives now, and at which
 // address it lived at dump time (the page server only knows the latter).
 //

@@ -248,7 +248,7 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
 
 LazySession::Status LazySession::queue_close_status() {
   Reply reply;
-  const int32_t status = 0;  // CRIU always answers CLOSE with 0 (§1.3)
+  const int32_t status = 0;  // CRIU always answers CLOSE with 0 (docs/protocol.md §1.3)
   memcpy(reply.head, &status, sizeof status);
   reply.head_len = sizeof status;
   queue(std::move(reply));

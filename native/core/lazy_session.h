@@ -1,4 +1,4 @@
-// One lazy-fetch connection of the page server (protocol doc §1.6): reads GET/CLOSE headers, answers each GET
+// One lazy-fetch connection of the page server (docs/protocol.md §1.6): reads GET/CLOSE headers, answers each GET
 // with an ADD_F|PE_PRESENT header and the page bytes sent straight from the pages image (sendfile: no
 // user-space copy), strictly in request order. Knows nothing of epoll: the server calls on_readable() and
 // on_writable() and asks wants_read()/wants_write().

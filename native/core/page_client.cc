@@ -193,7 +193,7 @@ int PageClient::submit(const PageRequest& request) {
 int PageClient::flush() {
   const size_t head_size = wire::header_size(format_);
   while (out_off_ < out_.size()) {
-    // Under TLS each header goes in a record of its own: criu's server reads a header with one record read (§1.9).
+    // Under TLS each header goes in a record of its own: criu's server reads a header in one read (docs/protocol.md §1.9).
     size_t len = out_.size() - out_off_;
     if (tls_) len = std::min(len, head_size - out_off_ % head_size);
     ssize_t n = io_send(out_.data() + out_off_, len);

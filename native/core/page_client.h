@@ -1,6 +1,6 @@
 // Where the lazy daemon gets page contents from, behind one small interface (PageSource):
 //   PageClient       a TCP client of a page server (lazyd's, `criu page-server --lazy-pages` or
-//                    `criu dump --lazy-pages --port`): pipelined GETs, replies strictly FIFO (protocol doc §1.6);
+//                    `criu dump --lazy-pages --port`): pipelined GETs, replies strictly FIFO (docs/protocol.md §1.6);
 //   LocalPageSource  pread from the local pages-*.img (local lazy restore, §4.5).
 // Neither knows about epoll: the engine watches fd() and calls pump().
 #pragma once

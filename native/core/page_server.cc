@@ -350,7 +350,7 @@ void PageServer::accept_all() {
     sink_(event);
     state_->sessions.emplace(entry->id, std::move(entry));
     if (config_.single_session) {
-      // criu closes its listener after the one accept (§1.1); so do we, so a second client is refused by TCP.
+      // criu closes its listener after the one accept (docs/protocol.md §1.1); so do we, so a second client is refused by TCP.
       epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
       close(listen_fd_);
       listen_fd_ = -1;

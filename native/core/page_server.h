@@ -40,7 +40,7 @@ struct PageServerConfig {
   uint64_t staging_max_bytes = 1ull << 30;  // the daemon-wide cap on staged + uploading page bytes
   uint64_t staging_restores = 0;  // release a staged checkpoint after this many completed restores (0: never)
   UploadLimits upload;            // format / max_entry_pages (hold_close_reply and admit_key are set by the server)
-  // --tls (§1.9): every connection starts with a TLS handshake, driven by the epoll thread without blocking;
+  // --tls (docs/protocol.md §1.9): every connection starts with a TLS handshake, driven by the epoll thread without blocking;
   // a peer that has not finished it within tls_handshake_timeout_ms is dropped. null: plain TCP.
   std::shared_ptr<const TlsContext> tls;
   int tls_handshake_timeout_ms = 10000;

@@ -12,7 +12,7 @@ namespace lazyd {
 bool key_from_dst_id(uint64_t dst_id, PageKey* key) {
   const uint64_t id = dst_id >> wire::PS_TYPE_BITS;
   switch (dst_id & wire::PS_TYPE_MASK) {
-    // PS_TYPE_PID and the CR_FD_* numbers older CRIU sent for task pagemaps (§1.4).
+    // PS_TYPE_PID and the CR_FD_* numbers older CRIU sent for task pagemaps (docs/protocol.md §1.4).
     case wire::PS_TYPE_PID:
     case 10:
     case 11:

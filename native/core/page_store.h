@@ -5,7 +5,7 @@
 // The metadata (per pagemap: the entries with their PE_* flags, in order) lives here; where the bytes live is
 // up to the subclass: PipeStore (page pipes, tee + splice) or MemfdStore (one memfd, sendfile). Every present
 // page has a position in the store's byte stream: the concatenation of all payloads in arrival order, like a
-// pages-N.img shared by every pagemap of the upload (protocol doc §2.4).
+// pages-N.img shared by every pagemap of the upload (docs/protocol.md §2.4).
 //
 // Not thread-safe while filling. Once sealed, lookup() and send() are const and may run on any thread, each
 // with its own ServeScratch.

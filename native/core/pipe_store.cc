@@ -125,7 +125,7 @@ int PipeStore::pull(const StoreSpan& span, uint64_t done, ServeScratch& scratch)
     const uint64_t offset = pos - pipe.start;
     const uint64_t chunk = std::min(span.bytes - done, pipe.bytes - offset);
     // The scratch pipe needs as many slots as the stored pipe: tee() copies buffer references and stops
-    // when the destination is full, and the leading offset bytes cannot be skipped (§1.6).
+    // when the destination is full, and the leading offset bytes cannot be skipped (docs/protocol.md §1.6).
     int err = scratch.ensure(pipe.capacity);
     if (err) return err;
     const uint64_t want = offset + chunk;

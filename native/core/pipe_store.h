@@ -1,4 +1,4 @@
-// A PageStore that keeps the pages in pipes, as CRIU's page server does (protocol doc §1.6, §1.8): payloads are
+// A PageStore that keeps the pages in pipes, as CRIU's page server does (docs/protocol.md §1.6, §1.8): payloads are
 // spliced from the upload socket into the pipes without passing through user space, and served with tee()
 // of (offset-in-pipe + length) bytes into the caller's scratch pipe, a splice of the leading offset bytes to
 // /dev/null and a splice of the rest to the output. tee() and the discard cost 50-70 ns per pipe buffer

@@ -15,7 +15,7 @@
 namespace lazyd::handshake {
 namespace {
 
-// criu passes offsetof(sun_path) + strlen(path): no trailing NUL, never abstract (§3.1).
+// criu passes offsetof(sun_path) + strlen(path): no trailing NUL, never abstract (docs/protocol.md §3.1).
 int make_address(const std::string& path, sockaddr_un* addr, socklen_t* len) {
   if (path.empty() || path.size() >= sizeof addr->sun_path) return -ENAMETOOLONG;
   std::memset(addr, 0, sizeof *addr);

@@ -1,4 +1,4 @@
-// The local hand-over from `criu restore --lazy-pages` (protocol doc §3): the UNIX socket lazy-pages.socket in the
+// The local hand-over from `criu restore --lazy-pages` (docs/protocol.md §3): the UNIX socket lazy-pages.socket in the
 // work dir, one connection, per task a 4-byte native int pid followed by one data byte carrying the uffd as
 // SCM_RIGHTS (zombies: only -pid, no fd), and finally the u32 "RSTF" marker. The daemon never writes.
 #pragma once

@@ -32,7 +32,7 @@ std::shared_ptr<TlsContext> TlsContext::create(const TlsOptions& options, std::s
     return nullptr;
   }
 
-  // Trust: the system store only when --tls-cacert is not given (as criu, §1.9).
+  // Trust: the system store only when --tls-cacert is not given (as criu, docs/protocol.md §1.9).
   int system_cas = 0;
   if (!cacert_given) {
     system_cas = gnutls_certificate_set_x509_system_trust(context->credentials_);

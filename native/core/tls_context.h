@@ -1,4 +1,4 @@
-// The X.509 credentials of one daemon for `--tls` (protocol doc §1.9), loaded once at start-up with CRIU's flags
+// The X.509 credentials of one daemon for `--tls` (docs/protocol.md §1.9), loaded once at start-up with CRIU's flags
 // and defaults, and the peer check every TLS session runs during its handshake.
 //
 // What CRIU does, and so lazyd:

@@ -61,7 +61,7 @@ std::unique_ptr<TlsSession> TlsSession::create(std::shared_ptr<const TlsContext>
   if (rc == GNUTLS_E_SUCCESS) {
     rc = gnutls_credentials_set(tls->session_, GNUTLS_CRD_CERTIFICATE, tls->context_->credentials());
   }
-  // criu uses the library's default priorities (§1.9): the same here, so both ends agree on a suite.
+  // criu uses the library's default priorities (docs/protocol.md §1.9): the same here, so both ends agree on a suite.
   if (rc == GNUTLS_E_SUCCESS) rc = gnutls_set_default_priority(tls->session_);
   if (rc != GNUTLS_E_SUCCESS) {
     *error = std::string("TLS: cannot set up a session: ") + gnutls_strerror(rc);

@@ -1,7 +1,7 @@
-// One TLS connection over a non-blocking TCP socket (protocol doc §1.9): a handshake driven step by step (so the
+// One TLS connection over a non-blocking TCP socket (docs/protocol.md §1.9): a handshake driven step by step (so the
 // page server's epoll thread never blocks on a slow or hostile peer), then record I/O.
 //
-// Record boundaries matter to CRIU's receivers (§1.9, quirk 15): it reads each header with ONE record read and
+// Record boundaries matter to CRIU's receivers (§1.9, §6.15): it reads each header with ONE record read and
 // writes each payload record in full to a pipe. send() therefore puts its bytes in records of their own and never
 // joins them with the bytes of another call: callers send a header in one call and page bytes in others.
 #pragma once

@@ -10,7 +10,7 @@ namespace lazyd {
 Transport::Transport(int fd, std::unique_ptr<TlsSession> tls) : fd_(fd), tls_(std::move(tls)) {}
 
 Transport::~Transport() {
-  if (tls_) tls_->bye();  // close_notify, without waiting for the peer's (as criu, §1.9)
+  if (tls_) tls_->bye();  // close_notify, without waiting for the peer's (as criu, docs/protocol.md §1.9)
   tls_.reset();
   if (fd_ >= 0) close(fd_);
 }

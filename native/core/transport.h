@@ -1,4 +1,4 @@
-// How a page-server connection's bytes travel: over the plain socket, or through a TLS session (protocol doc
+// How a page-server connection's bytes travel: over the plain socket, or through a TLS session (docs/protocol.md
 // §1.9). Sessions read and write headers and small replies through it; for page bytes they ask zero_copy():
 // on a plain socket they keep sendfile()/splice() (no copy through user space), under TLS they read the pages
 // into a buffer and send() them in records of their own.

@@ -143,7 +143,7 @@ ErrorClass classify(int neg_errno, bool from_unregister) {
     case ENOENT: return ErrorClass::kNoEnt;
     case ESRCH:
     case ENOSPC: return ErrorClass::kGone;
-    // UFFDIO_UNREGISTER fails with ENOMEM once the mm is gone (mmget_not_zero fails), §4.4.
+    // UFFDIO_UNREGISTER fails with ENOMEM once the mm is gone (mmget_not_zero fails), docs/protocol.md §4.4.
     case ENOMEM: return from_unregister ? ErrorClass::kGone : ErrorClass::kFatal;
     default: return ErrorClass::kFatal;
   }

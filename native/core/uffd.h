@@ -1,4 +1,4 @@
-// Thin wrappers over the userfaultfd ioctls the lazy-pages daemon uses (protocol doc §4.1, §4.4, §4.5).
+// Thin wrappers over the userfaultfd ioctls the lazy-pages daemon uses (docs/protocol.md §4.1, §4.4, §4.5).
 // Every function returns 0 / a count, or -errno; nothing throws and nothing logs.
 #pragma once
 

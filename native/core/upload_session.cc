@@ -80,7 +80,7 @@ UploadSession::Status UploadSession::fail(std::string message) {
 }
 
 UploadSession::Status UploadSession::fail_socket(const char* what, int err) {
-  const std::string tls_error = transport_->error();  // a TLS failure names itself (§1.9)
+  const std::string tls_error = transport_->error();  // a TLS failure names itself (docs/protocol.md §1.9)
   if (!tls_error.empty()) return fail("TLS: " + tls_error + kNothingKept);
   if (!connection_broke(err)) return fail(std::string(what) + " failed: " + strerror(err) + kNothingKept);
   std::string where = "the dump's connection broke after " + std::to_string(stats_.entries) + " entries";

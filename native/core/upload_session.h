@@ -1,4 +1,4 @@
-// The receiving side of one image-upload connection (`criu dump|pre-dump --page-server` -> lazyd; protocol doc
+// The receiving side of one image-upload connection (`criu dump|pre-dump --page-server` -> lazyd; docs/protocol.md
 // §1.5): reads OPEN2/OPEN/PARENT/ADD_F/ADD/HOLE/CLOSE headers and moves every payload from the socket straight
 // into a private PageStore (splice or read into a memfd; never through a session buffer). The store is published
 // only after a clean end: CLOSE answered, then the client's EOF. Any failure before the CLOSE status has left

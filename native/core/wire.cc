@@ -5,7 +5,7 @@
 namespace lazyd::wire {
 namespace {
 
-// Headers are native-endian unpacked C structs (§1.2); this build is little-endian x86-64/aarch64 only.
+// Headers are native-endian unpacked C structs (docs/protocol.md §1.2); this build is little-endian x86-64/aarch64 only.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "lazyd's wire codec assumes a little-endian host");
 
 uint32_t load_u32(const uint8_t* p) {

@@ -1,4 +1,4 @@
-// The page_server_iov wire header and the protocol constants (protocol doc §1.2–§1.4, §3.2, §4.1).
+// The page_server_iov wire header and the protocol constants (docs/protocol.md §1.2–§1.4, §3.2).
 // One definition of each constant for the C++ side; src/protocol/constants.ts holds the TypeScript twin,
 // and a test checks that the two agree.
 #pragma once

@@ -73,7 +73,7 @@ struct Region {
   uint64_t addr(size_t page) const { return reinterpret_cast<uint64_t>(base) + page * P; }
 };
 
-// What criu restore does in the task (§3.2, §4.1): uffd with the non-cooperative events, VMA registered MISSING.
+// What criu restore does in the task (docs/protocol.md §3.2, §4.1): uffd with the non-cooperative events, VMA registered MISSING.
 static Region make_region(size_t pages) {
   Region r;
   r.pages = pages;

@@ -120,7 +120,7 @@ struct Server {
         send(fd, half.data(), half.size(), MSG_NOSIGNAL);
         break;
       }
-      // Clamp at the next multiple of RUN pages, as a page server clamps at its iovec end (§1.6).
+      // Clamp at the next multiple of RUN pages, as a page server clamps at its iovec end (docs/protocol.md §1.6).
       const uint64_t first = h.vaddr / P;
       const uint64_t room = RUN - first % RUN;
       wire::Header r;

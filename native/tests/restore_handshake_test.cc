@@ -120,7 +120,7 @@ static void test_full_handshake() {
   close(efd2);
 }
 
-// Each hand-over carries the pid of the process that sent it (criu sends from each task's own process, §3.2),
+// Each hand-over carries the pid of the process that sent it (criu sends from each task's own process, docs/protocol.md §3.2),
 // even though all of them share one connection.
 static void test_sender_pids() {
   Pair p = connect_pair(make_dir());

@@ -1,4 +1,4 @@
-// TLS in the native core (protocol doc §1.9), with certificates made by the openssl command line:
+// TLS in the native core (docs/protocol.md §1.9), with certificates made by the openssl command line:
 //   - TlsContext: a missing or unreadable file is one message naming the flag;
 //   - the page server over TLS: a reply's header arrives as a record of its own, its pages in records that end
 //     exactly where the payload ends (CRIU's receivers depend on it), pipelined replies never share a record;

@@ -300,7 +300,7 @@ void test_detect_edge_cases() {
 }
 
 void test_codec_details() {
-  // protocol doc §1.2: GET one page at 0x7f0000001000 for pid 1234, 24-byte layout.
+  // docs/protocol.md §1.2: GET one page at 0x7f0000001000 for pid 1234, 24-byte layout.
   const uint8_t example[24] = {0x07, 0, 0, 0, 0x01, 0, 0, 0, 0x00, 0x10, 0, 0, 0x00, 0x7f, 0, 0, 0xd2, 0x04, 0, 0, 0, 0, 0, 0};
   Header get;
   get.cmd = PS_IOV_GET;

@@ -1,6 +1,6 @@
 /**
  * Magic numbers, flag bits and other fixed values of the CRIU image format (image version 2).
- * Values are facts of the on-disk format; see docs/criu-lazy-pages-protocol.md §2.
+ * Values are facts of the on-disk format; see docs/protocol.md §2.
  */
 
 import { PE_LAZY, PE_PARENT, PE_PRESENT } from '../protocol/constants.js';

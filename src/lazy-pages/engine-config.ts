@@ -1,5 +1,5 @@
 // Turns a checkpoint's images into the native fault engine's configuration: per task, its lazy ranges (pagemap
-// PE_LAZY entries split at VMA ends, protocol doc §4.3), and for a local restore the pages file and offset of each.
+// PE_LAZY entries split at VMA ends, docs/protocol.md §4.3), and for a local restore the pages file and offset of each.
 import fs from 'node:fs';
 import type { Checkpoint } from '../images/index.js';
 import { lazyRanges } from '../images/index.js';

@@ -1,4 +1,4 @@
-// --criu-abi: which header layout (protocol doc §1.2) a CRIU version speaks, for the commands that take the flag.
+// --criu-abi: which header layout (docs/protocol.md §1.2) a CRIU version speaks, for the commands that take the flag.
 
 export function wireFormatFromAbi(abi: string | undefined): 24 | 32 | undefined {
   if (abi === undefined || abi === 'auto') return undefined;

@@ -23,7 +23,7 @@ import path from 'node:path';
 import type { Logger } from '../log.js';
 import { encodePagemap, writeFileAtomic, PE_LAZY, PE_PRESENT, type PagemapEntryInput } from '../images/index.js';
 
-/** The first pages_id lazyd uses: that of a receiving criu page-server (§1.5), above the dump's own ids. */
+/** The first pages_id lazyd uses: that of a receiving criu page-server (docs/protocol.md §1.5), above the dump's own ids. */
 export const STAGED_PAGES_ID_BASE = 0x10001;
 
 export interface StagingOptions {

@@ -1,4 +1,4 @@
-// End-to-end: TLS (`--tls`, protocol doc §1.9) between lazyd and real CRIU 4.1.1 / 4.2.1, in every direction, with
+// End-to-end: TLS (`--tls`, docs/protocol.md §1.9) between lazyd and real CRIU 4.1.1 / 4.2.1, in every direction, with
 // the self-verifying workload, and certificates made here (openssl, test/harness/pki.ts):
 //   (a) lazyd --page-server --tls            ↔ criu lazy-pages --tls
 //   (b) criu dump --lazy-pages --tls         ↔ lazyd lazy-pages --tls

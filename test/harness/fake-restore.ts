@@ -1,4 +1,4 @@
-// A stand-in for `criu restore --lazy-pages` that speaks only the local hand-over (protocol doc §3.2): connect
+// A stand-in for `criu restore --lazy-pages` that speaks only the local hand-over (docs/protocol.md §3.2): connect
 // to <work dir>/lazy-pages.socket, send "pid" + a fresh userfaultfd for each given image pid, and then, unlike
 // criu, never send RSTF: it just sleeps. The daemon must time out (RSTF timeout) and, with --on-failure kill,
 // kill this process (the sender of the hand-overs). Written in C because node cannot pass fds over a socket.

@@ -1,7 +1,7 @@
 // A throw-away X.509 PKI for TLS tests and benchmarks, made with the openssl command line (Debian's openssl):
 //   ca        the trusted CA, and its CRL (crl.pem) revoking `revoked`
 //   a, b      good certificates (subjectAltName IP:127.0.0.1, DNS:localhost): criu checks the peer's certificate
-//             against --address on BOTH ends, so client certificates need the name as well (§1.9)
+//             against --address on BOTH ends, so client certificates need the name as well (docs/protocol.md §1.9)
 //   revoked   signed by ca, listed in the CRL
 //   wrongName signed by ca, naming 127.0.0.2 only
 //   untrusted a certificate for 127.0.0.1 signed by another CA (otherCa), which nobody trusts

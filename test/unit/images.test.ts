@@ -375,7 +375,7 @@ describe('encodePagemap', () => {
   const magic = '19435654 25400856'.replace(/ /g, '');
   const headRec = '02000000' + '0801';
 
-  test('protocol doc §2.3 example bytes, in all three encodings', () => {
+  test('docs/protocol.md §2.3 example bytes, in all three encodings', () => {
     const hexOf = (b: Buffer): string => b.toString('hex');
     assert.equal(hexOf(encodePagemap({ pagesId: 1 }, example, { encoding: '4.1' })), magic + headRec + '0c000000' + '088080808080e01f10102006');
     assert.equal(hexOf(encodePagemap({ pagesId: 1 }, example, { encoding: '4.2' })), magic + headRec + '0e000000' + '088080808080e01f100020062810');

@@ -616,7 +616,7 @@ test('detectFormat rejects a page size that is not a power of two', () => {
 // ---- codec details ----
 
 test('header codec: layouts, the doc example, cmd helpers, Uint8Array input', () => {
-  // protocol doc §1.2: GET one page at 0x7f0000001000 for pid 1234 (24-byte layout).
+  // docs/protocol.md §1.2: GET one page at 0x7f0000001000 for pid 1234 (24-byte layout).
   const get = { cmd: PS_IOV_GET, pad: 0, nrPages: 1n, vaddr: 0x7f0000001000n, dstId: 1234n };
   assert.equal(encodeHeader(24, get).toString('hex'), '070000000100000000100000007f0000d204000000000000');
   assert.equal(
