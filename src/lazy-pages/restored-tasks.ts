@@ -9,9 +9,10 @@
 // restore reach the daemon as uffd FORK events, which carry no pid). `--on-failure keep` leaves them running
 // (criu's behaviour: missing pages then read as zeros); only for salvaging what is there.
 import fs from 'node:fs';
+import { FAILURE_POLICIES } from '../config/flags.js';
 
-export type FailurePolicy = 'kill' | 'keep';
-export const FAILURE_POLICIES: readonly FailurePolicy[] = ['kill', 'keep'];
+export type FailurePolicy = (typeof FAILURE_POLICIES)[number];
+export { FAILURE_POLICIES };
 
 interface Tracked {
   vpid: number;
