@@ -2,11 +2,11 @@
 // choices: src/config/resolve.ts applies both (a default may depend on the environment or on --tls, and a bad
 // value is one line naming the flag), so --help shows each default as text.
 import type { Argv, Options } from 'yargs';
-import { defaultText, flagName, type Flag, type Flags } from '../config/flag.js';
+import { defaultText, flagName, meaning, type Flag, type Flags } from '../config/flag.js';
 
 function helpText(f: Flag): string {
   const choices = f.type === 'string' && f.choices ? ` [choices: ${f.choices.join(', ')}]` : '';
-  return f.describe + choices;
+  return meaning(f) + choices;
 }
 
 /** What yargs is told about one flag. */
@@ -14,7 +14,7 @@ export function yargsOption(f: Flag): Options {
   const option: Options = { type: f.type, describe: helpText(f) };
   if (f.alias) option.alias = f.alias;
   const shown = defaultText(f);
-  if (shown !== undefined) option.defaultDescription = shown.replace(/`|\*\*/g, '');
+  if (shown !== undefined && !f.required) option.defaultDescription = shown.replace(/`|\*\*/g, '');
   if (f.required) option.demandOption = true;
   return option;
 }

@@ -117,6 +117,7 @@ function formatNumber(f: NumberFlag, value: number): string {
 /** The default as --help and the README show it ("64 MiB", "30 s", "on"), or undefined when there is none. */
 export function defaultText(f: Flag, quote: (text: string) => string = (t) => t): string | undefined {
   if (f.defaultText !== undefined) return f.defaultText;
+  if (f.required) return 'required';
   let text: string | undefined;
   if (f.type === 'boolean') text = f.default === undefined ? undefined : f.default ? 'on' : 'off';
   else if (f.type === 'string') text = f.default === undefined ? undefined : quote(f.default);
@@ -125,6 +126,12 @@ export function defaultText(f: Flag, quote: (text: string) => string = (t) => t)
     if (f.tlsDefault !== undefined) text = `${text ?? '–'}; with --tls ${formatNumber(f, f.tlsDefault)}`;
   }
   return text;
+}
+
+/** What the flag does, for --help (plain) or the README (`doc` when it has one); says what 0 means unless 0 is the default. */
+export function meaning(f: Flag, readme = false): string {
+  const text = readme ? (f.doc ?? f.describe) : f.describe;
+  return f.type === 'number' && f.zero && f.default !== 0 ? `${text} (0: ${f.zero})` : text;
 }
 
 /** What a flag accepts, as the end of a one-line error ("a whole number >= 1", "one of auto, json, text"). */

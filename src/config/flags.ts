@@ -16,7 +16,7 @@ export const FAILURE_POLICIES = ['kill', 'keep'] as const;
 export const CRIU_ABIS = 'auto, 4.1 (24-byte headers, CRIU <= 4.1) or 4.2 (32-byte, CRIU >= 4.2)';
 
 const IMAGES = {
-  imagesDir: flag({ type: 'string', alias: 'D', arg: 'DIR', default: '.', describe: 'the CRIU images directory (criu -D)' }),
+  imagesDir: flag({ type: 'string', alias: 'D', arg: 'DIR', default: '.', describe: 'the checkpoint: CRIU images directory (criu -D)' }),
   workDir: flag({
     type: 'string',
     alias: 'W',
@@ -33,7 +33,8 @@ const verbosity = flag({
   default: 2,
   min: 0,
   criuArgv: true,
-  describe: "log level as criu's -v0..-v4 (-v, -vv: one more each): fatal only, errors, warnings, info, debug",
+  describe: "log level as criu's -v0..-v4: fatal only, errors, warnings, info (a line per session), debug; -v, -vv: one more each",
+  doc: "log level as criu's `-v0`..`-v4`: fatal only, errors, warnings, info (one line per session start and end), debug; `-v`, `-vv`: one more each",
 });
 
 /** criu's default log level (-v2), which -v and -vv raise; the daemon's own default is 3 (PAGE_SERVER below). */
@@ -52,12 +53,13 @@ const LOGGING = {
     choices: LOG_FORMATS,
     default: 'auto',
     describe: "json or text (criu's lines); auto: text for the criu drop-ins, for the daemon text on a terminal and json otherwise",
+    doc: "`json` or `text` (criu's lines); `auto`: `text` for the criu drop-ins, for the daemon `text` on a terminal and `json` otherwise",
   }),
   verbosity,
 };
 
 const PROCESS = {
-  statusFd: flag({ type: 'number', arg: 'N', min: 0, describe: "write one '\\0' byte to fd N once ready, then close it (as criu)" }),
+  statusFd: flag({ type: 'number', arg: 'N', min: 0, describe: 'write one `\\0` byte to fd N once ready, then close it (as criu)' }),
   pidfile: flag({ type: 'string', arg: 'F', describe: 'write the pid to this file (relative: in the work dir)' }),
   daemon: flag({ type: 'boolean', alias: 'd', default: false, describe: 'run in the background once ready (as criu -d)' }),
 };
@@ -81,7 +83,7 @@ const METRICS = {
     type: 'string',
     arg: 'HOST:PORT',
     defaultText: 'off',
-    describe: 'serve Prometheus metrics on HOST:PORT at /metrics (its own port)',
+    describe: 'serve Prometheus metrics on HOST:PORT at `/metrics` (a port of their own)',
   }),
 };
 
@@ -90,6 +92,7 @@ const ABI = {
     type: 'string',
     default: 'auto',
     describe: 'page-server header layout: auto, 4.1 (24-byte headers) or 4.2 (32-byte)',
+    doc: 'page-server header layout: `4.1` (24-byte headers) or `4.2` (32-byte); `auto`: the page server detects it per session, lazy-pages takes it from the images',
     check: (value) => {
       try {
         wireFormatFromAbi(value);
@@ -235,8 +238,8 @@ const STAGING = {
   stagingDir: flag({
     type: 'string',
     arg: 'DIR',
-    defaultText: '-D',
-    describe: 'where the images of an upload are written (give criu dump the same -D)',
+    defaultText: '`-D`',
+    describe: 'where the images of an upload are written (give `criu dump` the same `-D`)',
   }),
   stagingMaxBytes: flag({
     type: 'number',
@@ -268,7 +271,7 @@ const STAGING = {
   persist: flag({
     type: 'boolean',
     default: false,
-    describe: 'also write the lazy pages to pages-N.img (PE_LAZY|PE_PRESENT), like criu page-server',
+    describe: 'also write the lazy pages to `pages-N.img` (`PE_LAZY|PE_PRESENT`), like `criu page-server`',
   }),
   controlSocket: flag({
     type: 'string',
@@ -281,7 +284,7 @@ const STAGING = {
 const lazyPages = flag({
   type: 'boolean',
   default: false,
-  describe: "criu's --lazy-pages: the drop-in needs it; the daemon accepts it and serves lazily anyway",
+  describe: "criu's `--lazy-pages`: the drop-in needs it; the daemon accepts it and serves lazily anyway",
 });
 
 // The lazy-pages scheduler (README "Restoring lazily"): demand faults first, then fault-around, then the
@@ -347,7 +350,7 @@ const LAZY_PAGES_OWN = {
   pageServer: flag({
     type: 'boolean',
     default: false,
-    describe: 'fetch the lazy pages from the page server at --address:--port (without it: from the local images)',
+    describe: 'fetch the lazy pages from the page server at `--address`:`--port` (without it: from the local images)',
   }),
   onFailure: flag({
     type: 'string',
@@ -365,7 +368,7 @@ const LAZY_PAGES_OWN = {
     fraction: true,
     zero: 'no limit',
     env: 'LAZYD_RSTF_TIMEOUT',
-    describe: 'seconds from the last task hand-over to RSTF (criu waits forever)',
+    describe: 'seconds from the last task hand-over to RSTF; criu waits forever',
     native: { key: 'rstfTimeoutMs', scale: 1000 },
   }),
   metricsLinger: flag({
@@ -405,11 +408,11 @@ export const PAGE_SERVER = role({
   command: '$0',
   title: '`lazyd --page-server`',
   flags: {
-    pageServer: flag({ type: 'boolean', default: false, describe: 'serve the checkpoint of -D over TCP, to any number of restores' }),
+    pageServer: flag({ type: 'boolean', default: false, describe: 'serve the checkpoint of `-D` over TCP, to any number of restores' }),
     lazyPages,
     ...IMAGES,
     address: listenAddress,
-    port: { ...port, default: 9876, describe: 'TCP port; 0 picks a free one; the chosen port is printed on stdout' },
+    port: { ...port, default: 9876, describe: 'TCP port; `0` picks a free one; the chosen port is printed on stdout' },
     ...PROCESS,
     ...LOGGING,
     verbosity: { ...verbosity, default: 3 },
@@ -432,7 +435,7 @@ export const PAGE_SERVER_DROPIN = role({
     lazyPages,
     ...IMAGES,
     address: listenAddress,
-    port: { ...port, default: 0, describe: "TCP port; 0 picks a free one, logged as criu's \"Using N port\"" },
+    port: { ...port, default: 0, describe: "TCP port; `0` picks a free one, logged as criu's `Using N port`" },
     ...PROCESS,
     ...LOGGING,
     ...METRICS,
