@@ -302,7 +302,7 @@ void [everyExport, everyPageServerMethod, everyLazyPagesMethod];
 const require = createRequire(import.meta.url);
 let cached: NativeAddon | undefined;
 
-export function addonPath(): string {
+function addonPath(): string {
   return path.join(repoRoot(), 'build', 'Release', 'lazyd_native.node');
 }
 

@@ -6,14 +6,13 @@
 // native options objects the commands get (./resolve.ts), and the flag tables of README.md
 // (scripts/write-flag-tables.mjs, ./markdown.ts). test/unit/config.test.ts fails when any of them disagree.
 // Data only: loading it adds nothing to start-up.
-import { wireFormatFromAbi } from '../protocol/criu-abi.js';
+import { CRIU_ABI_VALUES, wireFormatFromAbi } from '../protocol/criu-abi.js';
 import { flag, type Flags } from './flag.js';
 
 /** The daemon reads it unless --no-default-config (as criu reads /etc/criu/default.conf). */
 export const DEFAULT_CONFIG_FILE = '/etc/lazyd/lazyd.conf';
 export const LOG_FORMATS = ['auto', 'json', 'text'] as const;
 export const FAILURE_POLICIES = ['kill', 'keep'] as const;
-export const CRIU_ABIS = 'auto, 4.1 (24-byte headers, CRIU <= 4.1) or 4.2 (32-byte, CRIU >= 4.2)';
 
 const IMAGES = {
   imagesDir: flag({ type: 'string', alias: 'D', arg: 'DIR', default: '.', describe: 'the checkpoint: CRIU images directory (criu -D)' }),
@@ -98,7 +97,7 @@ const ABI = {
         wireFormatFromAbi(value);
         return undefined;
       } catch {
-        return CRIU_ABIS;
+        return CRIU_ABI_VALUES;
       }
     },
     native: { key: 'format', convert: (value) => wireFormatFromAbi(value) ?? 0 },

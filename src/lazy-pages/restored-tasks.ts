@@ -9,10 +9,6 @@
 // restore reach the daemon as uffd FORK events, which carry no pid). `--on-failure keep` leaves them running
 // (criu's behaviour: missing pages then read as zeros); only for salvaging what is there.
 import fs from 'node:fs';
-import { FAILURE_POLICIES } from '../config/flags.js';
-
-export type FailurePolicy = (typeof FAILURE_POLICIES)[number];
-export { FAILURE_POLICIES };
 
 interface Tracked {
   vpid: number;

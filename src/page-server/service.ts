@@ -29,17 +29,15 @@ export interface PageServerOptions extends Partial<PageServerLimits> {
 
 /** The native flag options: those given, the others at the flags' defaults. */
 function flagOptionsOf(options: PageServerOptions): PageServerFlagOptions {
-  const defaults = pageServerOptions(PAGE_SERVER, defaultValues(PAGE_SERVER));
-  const given: Partial<PageServerLimits> = {};
-  for (const key of Object.keys(defaults) as (keyof PageServerLimits)[]) {
-    if (options[key] !== undefined) Object.assign(given, { [key]: options[key] });
+  const { staging: _on, stagingMaxBytes, stagingRestores, ...limits } = pageServerOptions(PAGE_SERVER, defaultValues(PAGE_SERVER));
+  for (const key of Object.keys(limits) as (keyof PageServerLimits)[]) {
+    if (options[key] !== undefined) Object.assign(limits, { [key]: options[key] });
   }
   return {
-    ...defaults,
-    ...given,
+    ...limits,
     staging: options.staging !== undefined,
-    stagingMaxBytes: options.staging?.maxBytes ?? defaults.stagingMaxBytes,
-    stagingRestores: options.staging?.restores ?? defaults.stagingRestores,
+    stagingMaxBytes: options.staging?.maxBytes ?? stagingMaxBytes,
+    stagingRestores: options.staging?.restores ?? stagingRestores,
   };
 }
 
