@@ -82,6 +82,17 @@ test('config files: each command accepts exactly its flags (and their aliases), 
   assert.deepEqual(configArguments(parseConfig('drain-max-bytes 8192\n', 'f.conf'), '$0', tables, []), []);
 });
 
+test('packaging/lazyd.conf: the limits it shows commented out are the flags\' defaults', () => {
+  const text = fs.readFileSync(path.join(repoRoot(), 'packaging', 'lazyd.conf'), 'utf8');
+  const shown = [...text.matchAll(/^#\s*([a-z][a-z-]*)\s+(\d+)\s*$/gm)];
+  assert.ok(shown.length >= 5, 'the sample shows its limits with their defaults');
+  for (const [, name, value] of shown) {
+    const entry = Object.entries(PAGE_SERVER.flags).find(([key]) => flagName(key) === name);
+    assert.ok(entry, `${name} is a flag of lazyd --page-server`);
+    assert.equal(Number(value), (entry[1] as Flag).default, `packaging/lazyd.conf: ${name}`);
+  }
+});
+
 test('values: the defaults, the environment, the TLS defaults of the drain, and one line for a bad value', () => {
   const d = defaultValues(PAGE_SERVER);
   assert.equal(d.maxInflight, 64);
