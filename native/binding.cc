@@ -42,6 +42,25 @@ Napi::Error errno_error(Napi::Env env, int negative_errno, const std::string& wh
   return error;
 }
 
+// The options that lazyd's flags set have no default here (they live in src/config/flags.ts): a missing or
+// mistyped one is a TypeError naming it.
+Napi::Value required_option(Napi::Env env, Napi::Object options, const char* owner, const char* name) {
+  if (!options.Has(name)) throw Napi::TypeError::New(env, std::string(owner) + ": option " + name + " is required");
+  return options.Get(name);
+}
+
+double required_number(Napi::Env env, Napi::Object options, const char* owner, const char* name) {
+  Napi::Value value = required_option(env, options, owner, name);
+  if (!value.IsNumber()) throw Napi::TypeError::New(env, std::string(owner) + ": option " + name + " must be a number");
+  return value.As<Napi::Number>().DoubleValue();
+}
+
+bool required_boolean(Napi::Env env, Napi::Object options, const char* owner, const char* name) {
+  Napi::Value value = required_option(env, options, owner, name);
+  if (!value.IsBoolean()) throw Napi::TypeError::New(env, std::string(owner) + ": option " + name + " must be a boolean");
+  return value.As<Napi::Boolean>().Value();
+}
+
 // The `tls` option of PageServer and LazyPages: undefined (plain TCP) or { cacert, cacrl, cert, key, noCnVerify,
 // peerName } (empty: criu's defaults, docs/protocol.md §1.9). Loads the credentials; a bad file throws its one-line message.
 std::shared_ptr<const lazyd::TlsContext> tls_option(Napi::Env env, Napi::Value value) {
@@ -133,9 +152,9 @@ Napi::Array store_pagemaps(Napi::Env env, const lazyd::PageStore& store) {
   return out;
 }
 
-// new PageServer({ format, maxRequestPages, maxQueuedReplies, maxQueuedBytes, singleSession, maxSessions,
-//   stallTimeoutMs, idleTimeoutMs, acceptUploads, stagingMaxBytes, stagingRestores, tls, tlsHandshakeTimeoutMs,
-//   onEvent })
+// new PageServer({ format, maxRequestPages, maxInflight, maxSessionBytes, singleSession, maxSessions,
+//   stallTimeoutMs, idleTimeoutMs, staging, stagingMaxBytes, stagingRestores, tls, tlsHandshakeTimeoutMs,
+//   onEvent }): every key required (tls: undefined for plain TCP).
 class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -153,28 +172,28 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
 
   explicit PageServerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PageServerWrap>(info) {
     Napi::Env env = info.Env();
+    if (!info[0].IsObject()) throw Napi::TypeError::New(env, "PageServer: expected an options object");
     Napi::Object options = info[0].As<Napi::Object>();
-    auto number = [&](const char* name, double fallback) {
-      Napi::Value value = options.Get(name);
-      return value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : fallback;
-    };
-    const int format = static_cast<int>(number("format", 0));
+    auto number = [&](const char* name) { return required_number(env, options, "PageServer", name); };
+    auto boolean = [&](const char* name) { return required_boolean(env, options, "PageServer", name); };
+    const int format = static_cast<int>(number("format"));
+    if (format != 0 && format != 24 && format != 32) throw Napi::TypeError::New(env, "PageServer: option format must be 0, 24 or 32");
     config_.session.format = format == 24   ? lazyd::wire::Format::V24
                              : format == 32 ? lazyd::wire::Format::V32
                                             : lazyd::wire::Format::Unknown;
-    config_.session.max_request_pages = static_cast<uint64_t>(number("maxRequestPages", 65536));
-    config_.session.max_queued_replies = static_cast<size_t>(number("maxQueuedReplies", 64));
-    config_.single_session = options.Get("singleSession").ToBoolean();
-    config_.max_sessions = static_cast<size_t>(number("maxSessions", 1024));
-    config_.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs", 30000));
-    config_.idle_timeout_ms = static_cast<int>(number("idleTimeoutMs", 300000));
-    config_.session.max_queued_bytes = static_cast<uint64_t>(number("maxQueuedBytes", 64.0 * 1024 * 1024));
-    config_.accept_uploads = options.Get("acceptUploads").ToBoolean();
-    config_.staging_max_bytes = static_cast<uint64_t>(number("stagingMaxBytes", 1024.0 * 1024 * 1024));
-    config_.staging_restores = static_cast<uint64_t>(number("stagingRestores", 0));
+    config_.session.max_request_pages = static_cast<uint64_t>(number("maxRequestPages"));
+    config_.session.max_queued_replies = static_cast<size_t>(number("maxInflight"));
+    config_.single_session = boolean("singleSession");
+    config_.max_sessions = static_cast<size_t>(number("maxSessions"));
+    config_.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs"));
+    config_.idle_timeout_ms = static_cast<int>(number("idleTimeoutMs"));
+    config_.session.max_queued_bytes = static_cast<uint64_t>(number("maxSessionBytes"));
+    config_.accept_uploads = boolean("staging");
+    config_.staging_max_bytes = static_cast<uint64_t>(number("stagingMaxBytes"));
+    config_.staging_restores = static_cast<uint64_t>(number("stagingRestores"));
     config_.upload.format = config_.session.format;
-    config_.tls = tls_option(env, options.Get("tls"));
-    config_.tls_handshake_timeout_ms = static_cast<int>(number("tlsHandshakeTimeoutMs", 10000));
+    config_.tls = tls_option(env, required_option(env, options, "PageServer", "tls"));
+    config_.tls_handshake_timeout_ms = static_cast<int>(number("tlsHandshakeTimeoutMs"));
     index_ = std::make_shared<lazyd::PageIndex>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
     events_ = Napi::ThreadSafeFunction::New(env, options.Get("onEvent").As<Napi::Function>(), "lazyd-page-server",
                                             0, 1);
@@ -240,7 +259,8 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
   }
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {
-    const int drain_ms = info.Length() > 0 ? info[0].As<Napi::Number>().Int32Value() : 10000;
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "PageServer.stop: drainMs (--drain-timeout) must be a number");
+    const int drain_ms = info[0].As<Napi::Number>().Int32Value();
     if (server_) server_->request_stop(drain_ms);
     return info.Env().Undefined();
   }
@@ -392,9 +412,10 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 }
 
 // new LazyPages({ workDir, nrTasks, tasks: [{ pid, runs: BigUint64Array [imgStart, nrPages, fd|2^64-1, offset]* }],
-//   source: 'local' | 'remote', address, port, format, faultAroundBytes, bgMinBytes, bgMaxBytes, bgInFlightBytes,
-//   bgInFlightBytesFaulting, background,
-//   acceptTimeoutMs, handoverTimeoutMs, rstfTimeoutMs, connectTimeoutMs, stallTimeoutMs, closeTimeoutMs, tls, onEvent })
+//   source: 'local' | 'remote', address, port (remote), format, faultAroundBytes, drainMinBytes, drainMaxBytes,
+//   drainInflightBytes, drainInflightBytesFaulting, maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls,
+//   onEvent }): every key required (tls: undefined for plain TCP); optional, not flags (the engine's own values):
+//   background, acceptTimeoutMs, handoverTimeoutMs, connectTimeoutMs, closeTimeoutMs.
 class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -407,14 +428,16 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
 
   explicit LazyPagesWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LazyPagesWrap>(info) {
     Napi::Env env = info.Env();
+    if (!info[0].IsObject()) throw Napi::TypeError::New(env, "LazyPages: expected an options object");
     Napi::Object o = info[0].As<Napi::Object>();
+    auto required = [&](const char* name) { return required_number(env, o, "LazyPages", name); };
     auto number = [&](const char* name, double fallback) {
       Napi::Value v = o.Get(name);
       return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
     };
     lazyd::FaultEngineConfig c;
     c.work_dir = o.Get("workDir").As<Napi::String>();
-    c.nr_tasks = static_cast<size_t>(number("nrTasks", 0));
+    c.nr_tasks = static_cast<size_t>(required("nrTasks"));
     Napi::Array tasks = o.Get("tasks").As<Napi::Array>();
     for (uint32_t i = 0; i < tasks.Length(); i++) {
       Napi::Object t = tasks.Get(i).As<Napi::Object>();
@@ -434,23 +457,29 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     }
     const std::string source = o.Get("source").ToString();
     c.source = source == "remote" ? lazyd::FaultEngineConfig::Source::kRemote : lazyd::FaultEngineConfig::Source::kLocal;
-    if (o.Get("address").IsString()) c.address = o.Get("address").As<Napi::String>();
-    c.port = static_cast<uint16_t>(number("port", 0));
-    c.format = number("format", 24) == 32 ? lazyd::wire::Format::V32 : lazyd::wire::Format::V24;
-    c.fault_around_bytes = static_cast<uint64_t>(number("faultAroundBytes", static_cast<double>(c.fault_around_bytes)));
-    c.bg_min_bytes = static_cast<uint64_t>(number("bgMinBytes", static_cast<double>(c.bg_min_bytes)));
-    c.bg_max_bytes = static_cast<uint64_t>(number("bgMaxBytes", static_cast<double>(c.bg_max_bytes)));
-    c.bg_in_flight_bytes = static_cast<uint64_t>(number("bgInFlightBytes", static_cast<double>(c.bg_in_flight_bytes)));
-    c.bg_in_flight_bytes_faulting = static_cast<uint64_t>(
-        number("bgInFlightBytesFaulting", static_cast<double>(c.bg_in_flight_bytes_faulting)));
+    if (c.source == lazyd::FaultEngineConfig::Source::kRemote) {
+      Napi::Value address = required_option(env, o, "LazyPages", "address");
+      if (!address.IsString()) throw Napi::TypeError::New(env, "LazyPages: option address must be a string (source remote)");
+      c.address = address.As<Napi::String>();
+      c.port = static_cast<uint16_t>(required("port"));
+    }
+    const int format = static_cast<int>(required("format"));
+    if (format != 24 && format != 32) throw Napi::TypeError::New(env, "LazyPages: option format must be 24 or 32");
+    c.format = format == 32 ? lazyd::wire::Format::V32 : lazyd::wire::Format::V24;
+    c.fault_around_bytes = static_cast<uint64_t>(required("faultAroundBytes"));
+    c.bg_min_bytes = static_cast<uint64_t>(required("drainMinBytes"));
+    c.bg_max_bytes = static_cast<uint64_t>(required("drainMaxBytes"));
+    c.bg_in_flight_bytes = static_cast<uint64_t>(required("drainInflightBytes"));
+    c.bg_in_flight_bytes_faulting = static_cast<uint64_t>(required("drainInflightBytesFaulting"));
+    c.max_requests_in_flight = static_cast<size_t>(required("maxRequestsInflight"));
     if (o.Get("background").IsBoolean()) c.background = o.Get("background").ToBoolean();
     c.accept_timeout_ms = static_cast<int>(number("acceptTimeoutMs", c.accept_timeout_ms));
     c.handover_timeout_ms = static_cast<int>(number("handoverTimeoutMs", c.handover_timeout_ms));
-    c.rstf_timeout_ms = static_cast<int>(number("rstfTimeoutMs", c.rstf_timeout_ms));
+    c.rstf_timeout_ms = static_cast<int>(required("rstfTimeoutMs"));
     c.connect_timeout_ms = static_cast<int>(number("connectTimeoutMs", c.connect_timeout_ms));
-    c.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs", c.stall_timeout_ms));
+    c.stall_timeout_ms = static_cast<int>(required("stallTimeoutMs"));
     c.close_timeout_ms = static_cast<int>(number("closeTimeoutMs", c.close_timeout_ms));
-    c.tls = tls_option(env, o.Get("tls"));
+    c.tls = tls_option(env, required_option(env, o, "LazyPages", "tls"));
     events_ = Napi::ThreadSafeFunction::New(env, o.Get("onEvent").As<Napi::Function>(), "lazyd-lazy-pages", 0, 1);
     engine_ = std::make_unique<lazyd::FaultEngine>(std::move(c), [this](const lazyd::EngineEvent& e) { post(e); });
   }

@@ -10,10 +10,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { stderrLine } from './terminal-line.js';
+import { DEFAULT_VERBOSITY, LOG_FORMATS } from './config/flags.js';
 
 export type Logger = pino.Logger;
 
-export const DEFAULT_VERBOSITY = 2;
+export { DEFAULT_VERBOSITY, LOG_FORMATS };
 
 const LEVEL_BY_VERBOSITY = ['fatal', 'error', 'warn', 'info', 'debug'] as const;
 
@@ -22,7 +23,6 @@ export function levelForVerbosity(verbosity: number): pino.LevelWithSilent {
   return LEVEL_BY_VERBOSITY[clamped];
 }
 
-export const LOG_FORMATS = ['auto', 'json', 'text'] as const;
 export type LogFormatOption = (typeof LOG_FORMATS)[number];
 export type LogFormat = Exclude<LogFormatOption, 'auto'>;
 

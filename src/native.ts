@@ -1,22 +1,318 @@
-// Loads the native addon (built by cmake-js into build/Release, or by node-gyp into build/Release too).
+// The native addon (native/binding.cc, built by cmake-js into build/Release) and the one declaration of what it
+// exports: this is the only module that loads it, and nothing untyped leaves it. test/unit/native-surface.test.ts
+// checks the declared surface against the loaded binding (every declared class, method and function exists;
+// nothing exported is undeclared).
+//
+// Numbers: the binding returns 64-bit counters as numbers up to 2^53 (beyond, a bigint; no counter gets there).
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from './paths.js';
 
+/** 24: CRIU <= 4.1 headers; 32: CRIU >= 4.2; 0: detect from the first header (page server only). */
+export type WireFormatCode = 0 | 24 | 32;
+
+/** The `tls` option of PageServer and LazyPages ("" : criu's default for that file, native/core/tls_context.h). */
+export interface NativeTlsOptions {
+  cacert: string;
+  cacrl: string;
+  cert: string;
+  key: string;
+  noCnVerify: boolean;
+  /** The name the peer's certificate must carry: --address, on both ends, as criu ("" : not checked). */
+  peerName: string;
+}
+
+// ---- PageServer (native/core/page_server.h) ----
+
+/** The PageServer options that flags set (src/config/flags.ts); the binding requires every one. */
+export interface PageServerFlagOptions {
+  format: WireFormatCode;
+  maxRequestPages: number;
+  maxInflight: number;
+  maxSessionBytes: number;
+  maxSessions: number;
+  stallTimeoutMs: number;
+  idleTimeoutMs: number;
+  tlsHandshakeTimeoutMs: number;
+  /** Accept `criu dump --page-server` uploads (staging). */
+  staging: boolean;
+  stagingMaxBytes: number;
+  stagingRestores: number;
+  /** criu's page server: one session, then stop. */
+  singleSession: boolean;
+}
+
+export interface PageServerOptions extends PageServerFlagOptions {
+  /** undefined: plain TCP. */
+  tls: NativeTlsOptions | undefined;
+  /** Called on the JavaScript thread, in order. */
+  onEvent: (event: PageServerEvent) => void;
+}
+
+export type PageServerEventType =
+  | 'session-start'
+  | 'session-end'
+  | 'refused'
+  | 'stopped'
+  | 'upload-sealed'
+  | 'staged'
+  | 'restore-done'
+  | 'released';
+
+export interface SessionStats {
+  gets: number;
+  pages: number;
+  bytesOut: number;
+  closedByRequest: boolean;
+}
+
+export interface UploadStats {
+  opens: number;
+  entries: number;
+  pagesWithData: number;
+  pagesWithoutData: number;
+  bytesIn: number;
+  closeSeen: boolean;
+}
+
+/** One pagemap of an upload: [vaddr, nrPages, flags] * n, in the order the upload opened them. */
+export interface StagedPagemap {
+  type: 'pid' | 'shmem';
+  id: number;
+  entries: BigUint64Array;
+}
+
+export interface PageServerEvent {
+  type: PageServerEventType;
+  session: number;
+  peer: string;
+  ok: boolean;
+  message: string;
+  /** 24 or 32 once known, else 0. */
+  format: number;
+  seconds: number;
+  stats: SessionStats;
+  /** The session was an upload. */
+  upload: boolean;
+  uploadStats?: UploadStats;
+  /** restore-done / released / the session-end of a lazy session bound to a staged checkpoint (else 0). */
+  checkpoint: number;
+  restores: number;
+  /** Staging budget in use after the event. */
+  memoryUsed: number;
+  /** upload-sealed / staged: the store's pagemaps and the page bytes it holds. */
+  pagemaps?: StagedPagemap[];
+  bytesHeld?: number;
+}
+
+export interface PageServerStats {
+  sessionsTotal: number;
+  sessionsActive: number;
+  sessionsFailed: number;
+  getsTotal: number;
+  pagesTotal: number;
+  bytesTotal: number;
+  bytesReceived: number;
+  /** TLS handshakes that failed or timed out (peer refused, not TLS, ...). */
+  tlsFailures: number;
+  /** GET requests read and not yet answered in full, over all sessions. */
+  requestsInFlight: number;
+  stagingBytes: number;
+  stagingMaxBytes: number;
+}
+
+export interface PageServer {
+  /** A pages image; returns its index for addTask. Before listen. */
+  addFile(path: string): number;
+  /** runs: [vaddr, nrPages, flags, fileIndex (2^64-1: none), fileOffset] * n. Before listen. */
+  addTask(pid: number, runs: BigUint64Array): void;
+  /** Binds and listens; returns the port (the chosen one for 0). Throws an Error with `code` (EADDRINUSE, ...). */
+  listen(address: string, port: number): number;
+  start(): void;
+  /** Stop accepting; finish the replies in flight (at most drainMs), then the thread ends ('stopped' event). */
+  stop(drainMs: number): void;
+  /** The counters (an empty object before listen). */
+  stats(): PageServerStats;
+  /** Writes the pages image of one pagemap of a sealed upload, atomically; returns the bytes written. */
+  writePages(session: number, type: 'pid' | 'shmem', id: number, file: string, includeLazy: boolean): number;
+  /** The images of a sealed upload are written (ok) or could not be (the dump then fails). */
+  ackUpload(session: number, ok: boolean, message?: string): void;
+  /** New sessions no longer fetch from the staged checkpoint. */
+  release(checkpoint: number, reason?: string): void;
+}
+
+// ---- LazyPages (native/core/fault_engine.h) ----
+
+/** The LazyPages options that flags set (src/config/flags.ts); the binding requires every one. */
+export interface LazyPagesFlagOptions {
+  stallTimeoutMs: number;
+  rstfTimeoutMs: number;
+  faultAroundBytes: number;
+  drainMinBytes: number;
+  drainMaxBytes: number;
+  drainInflightBytes: number;
+  drainInflightBytesFaulting: number;
+  maxRequestsInflight: number;
+}
+
+export interface LazyPagesTask {
+  /** The pid in pstree.img. */
+  pid: number;
+  /** [imgStart, nrPages, fd (2^64-1: none), fileOffset] * n, split at VMA ends. */
+  runs: BigUint64Array;
+}
+
+export interface LazyPagesOptions extends LazyPagesFlagOptions {
+  /** Where lazy-pages.socket is created. */
+  workDir: string;
+  /** Hand-overs to expect: the pstree.img records, zombies included. */
+  nrTasks: number;
+  tasks: LazyPagesTask[];
+  source: 'local' | 'remote';
+  /** remote: the page server. */
+  address: string | undefined;
+  port: number | undefined;
+  format: 24 | 32;
+  /** undefined: plain TCP. */
+  tls: NativeTlsOptions | undefined;
+  onEvent: (event: LazyPagesEvent) => void;
+  // Not flags (the engine's own values unless a test sets them): drain on/off and the handshake's timeouts.
+  background?: boolean;
+  acceptTimeoutMs?: number;
+  handoverTimeoutMs?: number;
+  connectTimeoutMs?: number;
+  closeTimeoutMs?: number;
+}
+
+export type LazyPagesEventType =
+  | 'listening'
+  | 'restore-connected'
+  | 'task'
+  | 'zombie'
+  | 'restore-finished'
+  | 'source-connected'
+  | 'fork'
+  | 'task-exited'
+  | 'task-done'
+  | 'warning'
+  | 'done'
+  | 'failed';
+
+/** Totals of the engine (done) or of one task (task-done, task-exited). */
+export interface EngineSummary {
+  faults: number;
+  pagesFault: number;
+  pagesAround: number;
+  pagesBackground: number;
+  pagesZero: number;
+  pagesExist: number;
+  pagesDropped: number;
+  pagesTotal: number;
+  bytesReceived: number;
+  seconds: number;
+}
+
+export interface LazyPagesEvent {
+  type: LazyPagesEventType;
+  pid: number;
+  task: number;
+  parentTask: number;
+  /** task: "host pid N" (the task's pid here); listening: the socket path; warning, failed: the text. */
+  message: string;
+  summary: EngineSummary;
+}
+
+export type EngineState = 'idle' | 'waiting-restore' | 'handshake' | 'running' | 'closing' | 'done' | 'failed';
+
+export interface LazyPagesStats {
+  state: EngineState;
+  summary: EngineSummary;
+  tasksTotal: number;
+  tasksActive: number;
+  pagesRemaining: number;
+  pagesInFlight: number;
+  faultsWaiting: number;
+  requests: number;
+  requestsInFlight: number;
+  pagesDiscarded: number;
+  tlsFailures: number;
+  /** Fault service time histogram: bucket upper bounds (the last is Infinity) and counts. */
+  latencyBoundsUs: number[];
+  latencyCounts: number[];
+  latencySumUs: number;
+  latencyCount: number;
+  /** By how each fault ended: copied, zeropage, exists, dropped, retried, gone. */
+  faultsByResult: Record<string, number>;
+  bytesSent: number;
+}
+
+export interface LazyPages {
+  /** Creates lazy-pages.socket and starts the engine thread. */
+  start(): void;
+  stop(): void;
+  stats(): LazyPagesStats;
+  socketPath(): string;
+  /** Why it failed ("" while it has not). */
+  error(): string;
+}
+
+// ---- host facts and helpers ----
+
+/** errno 0: it worked. */
+export interface HostProbe {
+  uffd: { syscallErrno: number; deviceErrno: number; apiErrno: number; features: number; noncoopErrno: number; noncoopFeatures: number };
+  memfdErrno: number;
+}
+
+export interface NativeAddon {
+  PageServer: new (options: PageServerOptions) => PageServer;
+  LazyPages: new (options: LazyPagesOptions) => LazyPages;
+  /** native/core/wire.h's constants by name. */
+  constants: Record<string, number | bigint>;
+  /** One sd_notify datagram to the socket (systemd Type=notify). */
+  notify(socket: string, text: string): void;
+  /** What `lazyd check` asks of the kernel. */
+  probeHost(): HostProbe;
+  /** Loads the TLS credentials as the daemons will; returns the notes for the log ("" if none). Throws on a bad file. */
+  tlsCheck(options: NativeTlsOptions): string;
+  /** wire.cc detect(): 24, 32, or 0 (undecided). */
+  detectFormat(bytes: Uint8Array, pageSize: number): WireFormatCode;
+  pageSize: number;
+}
+
+/** The declared surface, for the test that checks it against the loaded binding. */
+export const NATIVE_CLASSES = {
+  PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release'],
+  LazyPages: ['start', 'stop', 'stats', 'socketPath', 'error'],
+} as const satisfies { [C in 'PageServer' | 'LazyPages']: readonly (keyof InstanceType<NativeAddon[C]>)[] };
+export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tlsCheck', 'detectFormat'] as const satisfies readonly (keyof NativeAddon)[];
+export const NATIVE_VALUES = ['constants', 'pageSize'] as const satisfies readonly (keyof NativeAddon)[];
+
+// Compile-time: the lists above name every member of the interfaces (a member added to one and not the other
+// fails to compile here).
+type Missing<All, Listed> = Exclude<All, Listed>;
+const everyExport: Missing<keyof NativeAddon, keyof typeof NATIVE_CLASSES | (typeof NATIVE_FUNCTIONS)[number] | (typeof NATIVE_VALUES)[number]> extends never
+  ? true
+  : false = true;
+const everyPageServerMethod: Missing<keyof PageServer, (typeof NATIVE_CLASSES.PageServer)[number]> extends never ? true : false = true;
+const everyLazyPagesMethod: Missing<keyof LazyPages, (typeof NATIVE_CLASSES.LazyPages)[number]> extends never ? true : false = true;
+void [everyExport, everyPageServerMethod, everyLazyPagesMethod];
+
 const require = createRequire(import.meta.url);
-
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type NativeAddon = any;
-
 let cached: NativeAddon | undefined;
 
+function addonPath(): string {
+  return path.join(repoRoot(), 'build', 'Release', 'lazyd_native.node');
+}
+
+/** The addon, loaded once. Throws one line when it is not built. */
 export function loadNative(): NativeAddon {
   if (cached) return cached;
-  const candidate = path.join(repoRoot(), 'build', 'Release', 'lazyd_native.node');
+  const candidate = addonPath();
   if (!existsSync(candidate)) {
     throw new Error(`native addon not built: ${candidate} is missing — run \`npm install\` (or \`npm run build:native\`)`);
   }
-  cached = require(candidate);
+  cached = require(candidate) as NativeAddon;
   return cached;
 }

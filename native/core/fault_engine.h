@@ -56,22 +56,23 @@ struct FaultEngineConfig {
 
   uint64_t page_size = 0;  // 0: sysconf(_SC_PAGESIZE)
 
-  // Scheduling limits (bytes).
-  uint64_t fault_around_bytes = 64 * 1024;  // window starting at the faulting page; <= page_size: off
-  uint64_t bg_min_bytes = 256 * 1024;       // first background request, reset by every fault
-  uint64_t bg_max_bytes = 1024 * 1024;      // the background request size doubles up to this
-  uint64_t bg_in_flight_bytes = 2 * 1024 * 1024;           // drain bytes in flight, normally
-  uint64_t bg_in_flight_bytes_faulting = 256 * 1024;       // ... while faults wait or were seen lately
+  // Scheduling limits (bytes). The flag-backed ones have no default here: `lazyd lazy-pages`'s flags set them
+  // (defaults in src/config/flags.ts), and a caller (the binding, a test) sets every one.
+  uint64_t fault_around_bytes = 0;          // --fault-around-bytes: window starting at the faulting page; <= page_size: off
+  uint64_t bg_min_bytes = 0;                // --drain-min-bytes: first background request, reset by every fault
+  uint64_t bg_max_bytes = 0;                // --drain-max-bytes: the background request size doubles up to this
+  uint64_t bg_in_flight_bytes = 0;          // --drain-inflight-bytes: drain bytes in flight, normally
+  uint64_t bg_in_flight_bytes_faulting = 0; // --drain-inflight-bytes-faulting: ... while faults wait or were seen lately
   int fault_quiet_ms = 5;                   // "lately"
-  size_t max_requests_in_flight = 64;       // fault requests are never held back by this
+  size_t max_requests_in_flight = 0;        // --max-requests-inflight; fault requests are never held back by this
   bool background = true;                   // drain everything after RSTF (off: serve faults only)
 
   // Timeouts in ms; <= 0 means no limit.
   int accept_timeout_ms = 0;         // restore must connect within this
   int handover_timeout_ms = 60000;   // all nr_tasks hand-overs within this after the connection
-  int rstf_timeout_ms = 60000;       // RSTF within this after the last hand-over
+  int rstf_timeout_ms = 0;           // --rstf-timeout: RSTF within this after the last hand-over
   int connect_timeout_ms = 10000;    // TCP connect to the page server
-  int stall_timeout_ms = 30000;      // no reply byte for this long with requests outstanding: fatal
+  int stall_timeout_ms = 0;          // --stall-timeout: no reply byte for this long with requests outstanding: fatal
   int close_timeout_ms = 10000;      // CLOSE answer
 };
 

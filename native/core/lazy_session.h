@@ -17,13 +17,15 @@
 
 namespace lazyd {
 
+// Set from lazyd's flags (their defaults live in src/config/flags.ts, never here): a caller sets every one.
 struct SessionLimits {
-  wire::Format format = wire::Format::Unknown;  // Unknown: detect from the first header
-  uint64_t max_request_pages = 65536;           // a GET for more pages is refused
-  size_t max_queued_replies = 64;               // stop reading requests while this many replies are unsent
-  // Stop reading requests while the replies accepted but not yet sent hold this many bytes (headers + pages).
-  // Backpressure, not a kill: at least one reply is always accepted, so a GET up to max_request_pages works.
-  uint64_t max_queued_bytes = 64ull << 20;
+  wire::Format format = wire::Format::Unknown;  // --criu-abi; Unknown: detect from the first header
+  uint64_t max_request_pages = 0;               // --max-request-pages: a GET for more pages is refused
+  size_t max_queued_replies = 0;                // --max-inflight: stop reading requests while this many replies are unsent
+  // --max-session-bytes: stop reading requests while the replies accepted but not yet sent hold this many bytes
+  // (headers + pages). Backpressure, not a kill: at least one reply is always accepted, so a GET up to
+  // max_request_pages works.
+  uint64_t max_queued_bytes = 0;
 };
 
 struct SessionStats {

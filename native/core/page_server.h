@@ -28,22 +28,25 @@
 
 namespace lazyd {
 
+// The flag-backed fields have no default here: lazyd's flags set them (defaults in src/config/flags.ts), and a
+// caller (the binding, a test) sets every one.
 struct PageServerConfig {
   SessionLimits session;
   bool single_session = false;  // criu's behaviour: accept one connection, stop when it ends
-  size_t max_sessions = 1024;   // connections beyond this are closed at once, with a warning
-  int stall_timeout_ms = 30000; // a peer that reads (almost) nothing of a pending reply for this long is dropped
-  // A session that sends nothing and has no reply pending for this long is dropped (0: never). Covers idle
-  // connections that never send a request and uploads that stop mid-entry while holding staging memory.
-  int idle_timeout_ms = 300000;
-  bool accept_uploads = false;   // staging: route upload connections to UploadSession
-  uint64_t staging_max_bytes = 1ull << 30;  // the daemon-wide cap on staged + uploading page bytes
-  uint64_t staging_restores = 0;  // release a staged checkpoint after this many completed restores (0: never)
+  size_t max_sessions = 0;      // --max-sessions: connections beyond this are closed at once, with a warning
+  int stall_timeout_ms = 0;     // --stall-timeout: a peer that reads (almost) nothing of a pending reply for this long is dropped
+  // --idle-timeout: a session that sends nothing and has no reply pending for this long is dropped (0: never).
+  // Covers idle connections that never send a request and uploads that stop mid-entry while holding staging memory.
+  int idle_timeout_ms = 0;
+  bool accept_uploads = false;    // --staging: route upload connections to UploadSession
+  uint64_t staging_max_bytes = 0; // --staging-max-bytes: the daemon-wide cap on staged + uploading page bytes
+  uint64_t staging_restores = 0;  // --staging-restores: release a staged checkpoint after this many completed restores (0: never)
   UploadLimits upload;            // format / max_entry_pages (hold_close_reply and admit_key are set by the server)
   // --tls (docs/protocol.md §1.9): every connection starts with a TLS handshake, driven by the epoll thread without blocking;
-  // a peer that has not finished it within tls_handshake_timeout_ms is dropped. null: plain TCP.
+  // a peer that has not finished it within tls_handshake_timeout_ms (--tls-handshake-timeout) is dropped.
+  // null: plain TCP.
   std::shared_ptr<const TlsContext> tls;
-  int tls_handshake_timeout_ms = 10000;
+  int tls_handshake_timeout_ms = 0;
 };
 
 struct ServerEvent {

@@ -41,6 +41,34 @@ using namespace lazyd;
 
 static const uint64_t P = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 
+// The engine's flag-backed settings have no default in the core (src/config/flags.ts holds lazyd's): these tests
+// run with these.
+static FaultEngineConfig engine_config() {
+  FaultEngineConfig cfg;
+  cfg.fault_around_bytes = 64 * 1024;
+  cfg.bg_min_bytes = 256 * 1024;
+  cfg.bg_max_bytes = 1024 * 1024;
+  cfg.bg_in_flight_bytes = 2 * 1024 * 1024;
+  cfg.bg_in_flight_bytes_faulting = 256 * 1024;
+  cfg.max_requests_in_flight = 64;
+  cfg.stall_timeout_ms = 30000;
+  cfg.rstf_timeout_ms = 60000;
+  return cfg;
+}
+
+// The same for the page server the remote tests fetch from.
+static PageServerConfig server_config() {
+  PageServerConfig cfg;
+  cfg.session.max_request_pages = 65536;
+  cfg.session.max_queued_replies = 64;
+  cfg.session.max_queued_bytes = 64ull << 20;
+  cfg.max_sessions = 16;
+  cfg.stall_timeout_ms = 30000;
+  cfg.idle_timeout_ms = 300000;
+  cfg.tls_handshake_timeout_ms = 10000;
+  return cfg;
+}
+
 // The dumped content: every 8-byte word names its image page and position; never zero.
 static uint64_t word_of(uint64_t img_addr, size_t word) {
   return (img_addr * 0x9E3779B97F4A7C15ull) ^ (word * 0xC2B2AE3D27D4EB4Full) ^ 0x8000000000000001ull;
@@ -194,7 +222,7 @@ static void test_local_full() {
   const size_t hole = N / 2;
   std::vector<PageRunIdx> runs = {{0, 1000}, {1000, hole}, {hole + 48, N}};
   int pages_fd = -1;
-  FaultEngineConfig cfg;
+  FaultEngineConfig cfg = engine_config();
   cfg.work_dir = dir;
   cfg.nr_tasks = 2;
   cfg.tasks.push_back({4242, write_pages(r, runs, dir + "/pages-1.img", &pages_fd)});
@@ -328,7 +356,7 @@ static void test_local_faults_only() {
   const std::string dir = make_dir();
   Region r = make_region(N);
   int pages_fd = -1;
-  FaultEngineConfig cfg;
+  FaultEngineConfig cfg = engine_config();
   cfg.work_dir = dir;
   cfg.nr_tasks = 1;
   cfg.tasks.push_back({10, write_pages(r, {{0, N / 3}, {N / 3, N}}, dir + "/pages-1.img", &pages_fd)});
@@ -382,7 +410,7 @@ static void test_remote(wire::Format format) {
     server_runs.push_back(pr);
   }
   CHECK(index->add_task(555, server_runs) == 0);
-  PageServerConfig scfg;
+  PageServerConfig scfg = server_config();
   scfg.session.format = format;
   scfg.single_session = true;
   std::mutex smu;
@@ -395,7 +423,7 @@ static void test_remote(wire::Format format) {
   CHECK(server.listen("127.0.0.1", 0, &port) == 0);
   CHECK(server.start() == 0);
 
-  FaultEngineConfig cfg;
+  FaultEngineConfig cfg = engine_config();
   cfg.work_dir = dir;
   cfg.nr_tasks = 1;
   for (auto& er : engine_runs) er.fd = -1;  // remote: no local data
@@ -469,7 +497,7 @@ static void test_fork() {
   const std::string dir = make_dir();
   Region r = make_region(N);
   int pages_fd = -1;
-  FaultEngineConfig cfg;
+  FaultEngineConfig cfg = engine_config();
   cfg.work_dir = dir;
   cfg.nr_tasks = 1;
   cfg.tasks.push_back({31, write_pages(r, {{0, N}}, dir + "/pages-1.img", &pages_fd)});
@@ -551,7 +579,7 @@ static void expect_engine_failure(const char* what, bool hang_up, int stall_ms, 
   Region r = make_region(N);
   FakeServer fake;
   fake.start(hang_up);
-  FaultEngineConfig cfg;
+  FaultEngineConfig cfg = engine_config();
   cfg.work_dir = dir;
   cfg.nr_tasks = 1;
   FaultEngineConfig::Run run;
@@ -589,7 +617,7 @@ static void test_handshake_failures() {
   {
     const std::string dir = make_dir();
     Region r = make_region(16);
-    FaultEngineConfig cfg;
+    FaultEngineConfig cfg = engine_config();
     cfg.work_dir = dir;
     cfg.nr_tasks = 1;
     FaultEngine engine(cfg);
@@ -609,7 +637,7 @@ static void test_handshake_failures() {
   for (const Region& r : regions_to_unmap) munmap(r.base, r.pages * P);
   // Nobody connects in time.
   {
-    FaultEngineConfig cfg;
+    FaultEngineConfig cfg = engine_config();
     cfg.work_dir = make_dir();
     cfg.nr_tasks = 1;
     cfg.accept_timeout_ms = 100;
@@ -619,13 +647,12 @@ static void test_handshake_failures() {
     engine.join();
     CHECK(engine.error().find("did not connect") != std::string::npos);
   }
-  // Every hand-over, then no RSTF: bounded by default (60 s after the last hand-over), here 150 ms.
+  // Every hand-over, then no RSTF: bounded (lazyd's default, 60 s after the last hand-over, is checked with the
+  // flags in test/unit/config.test.ts), here 150 ms.
   {
-    FaultEngineConfig defaults;
-    CHECK(defaults.rstf_timeout_ms > 0 && defaults.rstf_timeout_ms <= 60000);
     const std::string dir = make_dir();
     Region r = make_region(16);
-    FaultEngineConfig cfg;
+    FaultEngineConfig cfg = engine_config();
     cfg.work_dir = dir;
     cfg.nr_tasks = 1;
     cfg.rstf_timeout_ms = 150;
@@ -645,7 +672,7 @@ static void test_handshake_failures() {
   }
   // Too few hand-overs in time.
   {
-    FaultEngineConfig cfg;
+    FaultEngineConfig cfg = engine_config();
     cfg.work_dir = make_dir();
     cfg.nr_tasks = 2;
     cfg.handover_timeout_ms = 100;
@@ -660,13 +687,13 @@ static void test_handshake_failures() {
   }
   // Invalid configs are refused by start().
   {
-    FaultEngineConfig cfg;
+    FaultEngineConfig cfg = engine_config();
     cfg.work_dir = make_dir();
     cfg.source = FaultEngineConfig::Source::kRemote;
     FaultEngine engine(cfg);
     CHECK(engine.start() == -EINVAL);
     CHECK(engine.state() == EngineState::kFailed);
-    FaultEngineConfig cfg2;
+    FaultEngineConfig cfg2 = engine_config();
     cfg2.work_dir = make_dir();
     FaultEngineConfig::Run a, b;
     a.img_start = 0x10000;
@@ -677,7 +704,7 @@ static void test_handshake_failures() {
     FaultEngine engine2(cfg2);
     CHECK(engine2.start() == -EINVAL);
     // stop() on an engine waiting for restore.
-    FaultEngineConfig cfg3;
+    FaultEngineConfig cfg3 = engine_config();
     cfg3.work_dir = make_dir();
     cfg3.nr_tasks = 1;
     FaultEngine engine3(cfg3);

@@ -194,7 +194,13 @@ void test_server() {
   run.file = 0;
   CHECK(index->add_task(PID, {run}) == 0);
 
-  PageServerConfig config;
+  PageServerConfig config;  // every flag-backed limit set here: the core has no defaults for them
+  config.session.max_request_pages = 65536;
+  config.session.max_queued_replies = 64;
+  config.session.max_queued_bytes = 64ull << 20;
+  config.max_sessions = 16;
+  config.stall_timeout_ms = 30000;
+  config.idle_timeout_ms = 300000;
   config.tls = context("good");
   CHECK(config.tls != nullptr);
   config.tls_handshake_timeout_ms = 500;

@@ -15,8 +15,10 @@
 // options of several commands: each command takes those it accepts; a name no command knows is an error naming
 // the file and line.
 import fs from 'node:fs';
+import { flagName } from '../config/flag.js';
+import { DEFAULT_CONFIG_FILE, type Role } from '../config/flags.js';
 
-export const DEFAULT_CONFIG_FILE = '/etc/lazyd/lazyd.conf';
+export { DEFAULT_CONFIG_FILE };
 
 export interface ConfigEntry {
   name: string;
@@ -64,6 +66,25 @@ export interface OptionTable {
   booleans: Set<string>;
   /** Every spelling of an option (long name, aliases) → its long name. */
   canonical: Map<string, string>;
+}
+
+/** A role's options as the config files see them (src/config/flags.ts); --config itself is not one. */
+export function optionTable(role: Role): OptionTable {
+  const keys = new Set<string>();
+  const booleans = new Set<string>();
+  const canonical = new Map<string, string>();
+  for (const [key, f] of Object.entries(role.flags)) {
+    const name = flagName(key);
+    if (name === 'config') continue;
+    keys.add(name);
+    canonical.set(name, name);
+    if (f.alias) {
+      keys.add(f.alias);
+      canonical.set(f.alias, name);
+    }
+    if (f.type === 'boolean') booleans.add(name);
+  }
+  return { keys, booleans, canonical };
 }
 
 /** Where the config file options come from for this run, and the --config value found on the command line. */

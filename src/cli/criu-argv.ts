@@ -2,9 +2,12 @@
 //   -v, -vv, -vvv  raise the verbosity by one each; -vN and --verbosity=N set it; --verbosity alone raises it
 //   -Dpath, -Wpath, -opath (value glued to a short option) become "-D path" etc.
 // The verbosity is returned apart, because it is an accumulator, not a plain option.
-import { DEFAULT_VERBOSITY } from '../log.js';
+import { DEFAULT_VERBOSITY, ROLES } from '../config/flags.js';
 
-const SHORT_WITH_VALUE = new Set(['D', 'W', 'o', 't']);
+/** The one-letter flags that take a value (-D, -W, -o), as the tables define them. */
+const SHORT_WITH_VALUE = new Set(
+  ROLES.flatMap((r) => Object.values(r.flags)).flatMap((f) => (f.alias && f.type !== 'boolean' && !f.criuArgv ? [f.alias] : [])),
+);
 
 export interface CriuArgv {
   args: string[];
@@ -15,7 +18,7 @@ export interface CriuArgv {
 
 export function normalizeCriuArgv(argv: readonly string[]): CriuArgv {
   const args: string[] = [];
-  let verbosity = DEFAULT_VERBOSITY;
+  let verbosity: number = DEFAULT_VERBOSITY;
   let verbosityGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];

@@ -1,22 +1,15 @@
-// criu's TLS flags (docs/protocol.md §1.9), shared by `lazyd --page-server`, `lazyd page-server` and
-// `lazyd lazy-pages`: --tls, --tls-cacert, --tls-cacrl, --tls-cert, --tls-key, --tls-no-cn-verify. Defaults are
-// criu's and live in the native core (native/core/tls_context.h): /etc/pki/CA/cacert.pem (plus the system trust
+// criu's TLS flags (docs/protocol.md §1.9, defined in src/config/flags.ts), shared by `lazyd --page-server`,
+// `lazyd page-server` and `lazyd lazy-pages`: --tls, --tls-cacert, --tls-cacrl, --tls-cert, --tls-key,
+// --tls-no-cn-verify, turned into the native `tls` option here. The files' defaults are criu's and live in the
+// native core (native/core/tls_context.h): /etc/pki/CA/cacert.pem (plus the system trust
 // store when --tls-cacert is not given), /etc/pki/CA/cacrl.pem (if readable), /etc/pki/criu/cert.pem,
 // /etc/pki/criu/private/key.pem.
 import path from 'node:path';
-import type { Argv } from 'yargs';
+import type { NativeTlsOptions } from '../native.js';
 
-/** What the native PageServer / LazyPages take as `tls` ("" : criu's default for that file). */
-export interface NativeTlsOptions {
-  cacert: string;
-  cacrl: string;
-  cert: string;
-  key: string;
-  noCnVerify: boolean;
-  /** The name the peer's certificate must carry: --address, on both ends, as criu ("" : not checked). */
-  peerName: string;
-}
+export type { NativeTlsOptions };
 
+/** The TLS flags' values (src/config/flags.ts). */
 export interface TlsArgs {
   tls?: boolean;
   tlsCacert?: string;
@@ -24,17 +17,6 @@ export interface TlsArgs {
   tlsCert?: string;
   tlsKey?: string;
   tlsNoCnVerify?: boolean;
-}
-
-export function tlsFlags<T>(y: Argv<T>) {
-  return y
-    .option('tls', { type: 'boolean', default: false, describe: 'TLS on the page-server connection (mutual X.509, as criu --tls)' })
-    .option('tls-cacert', { type: 'string', describe: 'CA certificate(s) to trust (default /etc/pki/CA/cacert.pem plus the system store)' })
-    .option('tls-cacrl', { type: 'string', describe: 'certificate revocation list (default /etc/pki/CA/cacrl.pem if readable)' })
-    .option('tls-cert', { type: 'string', describe: 'own certificate (default /etc/pki/criu/cert.pem)' })
-    .option('tls-key', { type: 'string', describe: 'own private key (default /etc/pki/criu/private/key.pem)' })
-    .option('tls-no-cn-verify', { type: 'boolean', default: false, describe: "do not check that the peer's certificate names --address" })
-    .option('tls-handshake-timeout', { type: 'number', default: 10, describe: 'page server: seconds a client may take to finish the TLS handshake (lazyd only)' });
 }
 
 /**

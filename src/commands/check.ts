@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { loadNative } from '../native.js';
+import { loadNative, type HostProbe } from '../native.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 
@@ -87,11 +87,6 @@ function checkPrivileges(): CheckItem {
     detail,
     fix: 'run lazyd and criu as root with CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) and CAP_SYS_PTRACE — in a container, grant them',
   };
-}
-
-interface HostProbe {
-  uffd: { syscallErrno: number; deviceErrno: number; apiErrno: number; features: number; noncoopErrno: number; noncoopFeatures: number };
-  memfdErrno: number;
 }
 
 function checkUserfaultfd(probe: HostProbe): CheckItem {
@@ -270,7 +265,7 @@ export function evaluateRoles(items: readonly CheckItem[]): RoleResult[] {
 }
 
 export function runChecks(): CheckReport {
-  const probe = loadNative().probeHost() as HostProbe;
+  const probe = loadNative().probeHost();
   const items: CheckItem[] = [
     checkPrivileges(),
     checkUserfaultfd(probe),

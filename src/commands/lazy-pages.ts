@@ -10,10 +10,9 @@
 // does: every page never installed then reads as zeros (see src/lazy-pages/restored-tasks.ts).
 import fs from 'node:fs';
 import path from 'node:path';
-import { createLogger, type LogFormatOption, type Logger } from '../log.js';
-import { loadNative } from '../native.js';
+import { createLogger, type Logger } from '../log.js';
+import { loadNative, type EngineSummary, type LazyPages, type LazyPagesEvent, type NativeTlsOptions } from '../native.js';
 import { SystemdNotifier } from '../cli/systemd.js';
-import type { EngineCounters } from '../metrics/registry.js';
 import { parseMetricsAddress, serveMetrics, type MetricsServer } from '../metrics/server.js';
 import { RestoreProgress } from '../lazy-pages/progress.js';
 import { stderrLine } from '../terminal-line.js';
@@ -21,69 +20,19 @@ import { loadCheckpoint } from '../images/index.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { engineTasks, formatFromImages } from '../lazy-pages/engine-config.js';
 import { latencyLine } from '../lazy-pages/latency.js';
-import { wireFormatFromAbi } from '../protocol/criu-abi.js';
-import type { NativeTlsOptions } from '../cli/tls-options.js';
-import { FAILURE_POLICIES, hostPidOf, RestoredTasks, type FailurePolicy } from '../lazy-pages/restored-tasks.js';
+import { hostPidOf, RestoredTasks } from '../lazy-pages/restored-tasks.js';
+import type { Values } from '../config/flag.js';
+import { LAZY_PAGES } from '../config/flags.js';
+import { lazyPagesOptions } from '../config/resolve.js';
 
-/**
- * The background drain under TLS: every byte in flight is encrypted by the server and decrypted here before the
- * reply behind it can start, so a fault queued behind 2 MiB of drain waits for all of that work. Smaller drain
- * requests and less drain in flight (the engine's defaults are 1 MiB requests, 2 MiB / 256 KiB in flight) kept
- * faults shorter without slowing the transfer (512 MiB, 3 runs each: fault p50 <= 500-1000 us instead of
- * <= 1000-5000 us, all pages present 1.4-2.4 s instead of 2.2-4.2 s; bench/tls.ts measures the result).
- */
-const TLS_DRAIN = { bgMaxBytes: 512 * 1024, bgInFlightBytes: 1024 * 1024, bgInFlightBytesFaulting: 128 * 1024 };
-
-/** RSTF must follow the last hand-over within this (criu waits forever). */
-export const DEFAULT_RSTF_TIMEOUT_SECONDS = 60;
+/** The flags' values (src/config/resolve.ts): --on-failure and --rstf-timeout fall back to LAZYD_ON_FAILURE and
+ * LAZYD_RSTF_TIMEOUT; with --tls to a page server the drain's flags default to their TLS values. */
+export type LazyPagesValues = Values<typeof LAZY_PAGES.flags>;
 
 export interface LazyPagesCommandOptions {
-  imagesDir: string;
-  workDir?: string;
-  pageServer: boolean;
-  address?: string;
-  port?: number;
-  statusFd?: number;
-  pidfile?: string;
-  logFile?: string;
-  logFormat?: LogFormatOption;
-  verbosity: number;
-  /** --metrics-address HOST:PORT (off when undefined). */
-  metricsAddress?: string;
-  /** Keep serving /metrics this long after the restore ended, so a scrape sees the final totals. */
-  metricsLingerSeconds?: number;
-  criuAbi?: string;
-  stallTimeoutSeconds?: number;
-  /** What happens to the restored tasks when the engine fails: kill (default) or keep. Env LAZYD_ON_FAILURE. */
-  onFailure?: FailurePolicy;
-  /** Seconds allowed between the last task hand-over and RSTF (default 60; 0: no limit). Env LAZYD_RSTF_TIMEOUT. */
-  rstfTimeoutSeconds?: number;
-  /** --tls: the connection to the page server runs TLS (src/cli/tls-options.ts). */
-  tls?: NativeTlsOptions;
-}
-
-/** Options not given on the command line fall back to the environment (LAZYD_ON_FAILURE, LAZYD_RSTF_TIMEOUT). */
-function resolvePolicy(options: LazyPagesCommandOptions): { onFailure: FailurePolicy; rstfTimeoutSeconds: number } {
-  const policy = options.onFailure ?? process.env.LAZYD_ON_FAILURE ?? 'kill';
-  if (!(FAILURE_POLICIES as readonly string[]).includes(policy)) {
-    throw new Error(`--on-failure must be one of ${FAILURE_POLICIES.join(', ')}, not ${JSON.stringify(policy)}`);
-  }
-  const envRstf = process.env.LAZYD_RSTF_TIMEOUT;
-  const rstf = options.rstfTimeoutSeconds ?? (envRstf !== undefined && envRstf !== '' ? Number(envRstf) : DEFAULT_RSTF_TIMEOUT_SECONDS);
-  if (!Number.isFinite(rstf) || rstf < 0) throw new Error(`--rstf-timeout must be a number of seconds >= 0, not ${envRstf}`);
-  return { onFailure: policy as FailurePolicy, rstfTimeoutSeconds: rstf };
-}
-
-type EngineSummary = EngineCounters['summary'];
-
-interface EngineEvent {
-  type: string;
-  pid: number;
-  hostPid?: number;
-  task: number;
-  parentTask: number;
-  message: string;
-  summary: EngineSummary;
+  values: LazyPagesValues;
+  /** --tls: the connection to the page server runs TLS (src/cli/tls-options.ts); undefined: plain. */
+  tls: NativeTlsOptions | undefined;
 }
 
 /** The fields of the restore's end line (JSON logs carry them as they are). */
@@ -114,7 +63,7 @@ export function summaryLine(s: EngineSummary): string {
   );
 }
 
-function logEvent(logger: Logger, event: EngineEvent): void {
+function logEvent(logger: Logger, event: LazyPagesEvent): void {
   switch (event.type) {
     case 'listening':
       logger.info(`Listening on ${event.message}`);
@@ -160,13 +109,14 @@ function logEvent(logger: Logger, event: EngineEvent): void {
 }
 
 export async function runLazyPages(options: LazyPagesCommandOptions): Promise<number> {
-  const imagesDir = path.resolve(options.imagesDir);
-  const workDir = path.resolve(options.workDir ?? imagesDir);
+  const { values } = options;
+  const imagesDir = path.resolve(values.imagesDir);
+  const workDir = path.resolve(values.workDir ?? imagesDir);
   const { logger, reopen } = createLogger({
-    verbosity: options.verbosity,
-    logFile: options.logFile,
+    verbosity: values.verbosity,
+    logFile: values.logFile,
     workDir,
-    format: options.logFormat,
+    format: values.logFormat,
     autoFormat: 'text',
   });
   let openFds: number[] = [];
@@ -175,57 +125,51 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     progress?.stop();
     if (fields) logger.error(fields, message);
     else logger.error(message);
-    if (options.logFile) process.stderr.write(`lazyd: ${message}\n`);
+    if (values.logFile) process.stderr.write(`lazyd: ${message}\n`);
     return 1;
   };
   let metricsAddress;
   try {
-    metricsAddress = options.metricsAddress !== undefined ? parseMetricsAddress(options.metricsAddress) : undefined;
+    metricsAddress = values.metricsAddress !== undefined ? parseMetricsAddress(values.metricsAddress) : undefined;
   } catch (error) {
     return fail((error as Error).message);
   }
 
-  let engine: any;
-  let finished!: Promise<EngineEvent>;
+  let engine: LazyPages;
+  let finished!: Promise<LazyPagesEvent>;
   const restored = new RestoredTasks();
-  let policy: ReturnType<typeof resolvePolicy>;
   try {
-    policy = resolvePolicy(options);
-  } catch (error) {
-    return fail((error as Error).message);
-  }
-  try {
-    if (options.pageServer && (!options.address || !options.port)) {
+    if (values.pageServer && (!values.address || !values.port)) {
       return fail('--page-server needs --address and --port of the page server (the source host)');
     }
     const checkpoint = await loadCheckpoint(imagesDir);
-    const config = engineTasks(checkpoint, !options.pageServer);
+    const config = engineTasks(checkpoint, !values.pageServer);
     openFds = config.openFds;
-    const format = wireFormatFromAbi(options.criuAbi) ?? formatFromImages(checkpoint) ?? 24;
+    const flagOptions = lazyPagesOptions(LAZY_PAGES, values);
+    const format = flagOptions.format || formatFromImages(checkpoint) || 24;
     logger.info(
       `Loaded ${imagesDir}: ${config.nrTasks} tasks, ${config.lazyPages} lazy pages` +
-        (options.pageServer ? `, page server ${options.address}:${options.port} (${format}-byte headers)` : ', local'),
+        (values.pageServer ? `, page server ${values.address}:${values.port} (${format}-byte headers)` : ', local'),
     );
     const addon = loadNative();
-    if (options.tls && options.pageServer) {
-      const notes: string = addon.tlsCheck(options.tls);
+    const tls = values.pageServer ? options.tls : undefined;
+    if (tls) {
+      const notes = addon.tlsCheck(tls);
       if (notes) logger.info(`TLS: ${notes}`);
     }
-    let resolveFinished!: (event: EngineEvent) => void;
+    let resolveFinished!: (event: LazyPagesEvent) => void;
     finished = new Promise((resolve) => (resolveFinished = resolve));
     engine = new addon.LazyPages({
+      ...flagOptions,
       workDir,
       nrTasks: config.nrTasks,
       tasks: config.tasks,
-      source: options.pageServer ? 'remote' : 'local',
-      address: options.address,
-      port: options.port,
+      source: values.pageServer ? 'remote' : 'local',
+      address: values.address,
+      port: values.port,
       format,
-      tls: options.pageServer ? options.tls : undefined,
-      ...(options.pageServer && options.tls ? TLS_DRAIN : {}),
-      stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
-      rstfTimeoutMs: policy.rstfTimeoutSeconds * 1000,
-      onEvent: (event: EngineEvent) => {
+      tls,
+      onEvent: (event) => {
         if (event.type === 'task') restored.add(event.pid, hostPidOf(event));
         logEvent(logger, event);
         // The drain starts at RSTF: show the line now, whatever the poll's phase (a small restore is quick).
@@ -244,7 +188,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     try {
       metrics = await serveMetrics(
         metricsAddress,
-        { role: 'lazy-pages', criuAbi: options.criuAbi ?? 'auto', lazyPages: () => engine.stats() as EngineCounters },
+        { role: 'lazy-pages', criuAbi: values.criuAbi, lazyPages: () => engine.stats() },
         logger,
       );
     } catch (error) {
@@ -254,7 +198,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   }
   const systemd = new SystemdNotifier(logger);
   const statusText = () => {
-    const s = engine.stats() as EngineCounters;
+    const s = engine.stats();
     if (s.state === 'waiting-restore') return 'waiting for criu restore --lazy-pages';
     if (s.state === 'handshake') return `restore connected: ${s.tasksTotal} tasks handed over`;
     const present = s.summary.pagesTotal - s.pagesRemaining - s.pagesInFlight;
@@ -266,7 +210,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   progress = new RestoreProgress(
     stderrLine,
     () => {
-      const s = engine.stats() as EngineCounters;
+      const s = engine.stats();
       if (s.state === 'waiting-restore' || s.state === 'handshake' || s.state === 'failed') return undefined;
       return { present: s.summary.pagesTotal - s.pagesRemaining - s.pagesInFlight, total: s.summary.pagesTotal, atMs: performance.now() };
     },
@@ -274,22 +218,22 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   );
   progress.start();
 
-  if (options.pidfile) writePidfile(path.resolve(workDir, options.pidfile));
-  signalStatusFd(options.statusFd);
+  if (values.pidfile) writePidfile(path.resolve(workDir, values.pidfile));
+  signalStatusFd(values.statusFd);
   systemd.ready(statusText());
   process.on('SIGHUP', () => reopen());
   // Applies the failure policy to the restored tasks and returns the words for the one error line.
   const applyPolicy = (): string => {
     if (restored.size === 0 && restored.unknown.length === 0) return 'no task had been handed over';
     const unknown = restored.unknown.length ? ` (tasks ${restored.unknown.join(', ')} came without credentials: not killed)` : '';
-    if (policy.onFailure === 'keep') {
+    if (values.onFailure === 'keep') {
       return `restored tasks left running with their missing pages reading as zeros (--on-failure keep): ${restored.describe()}`;
     }
     const killed = restored.killAll();
     return (killed.length ? `killed the restored tasks (SIGKILL): pids ${killed.join(', ')}` : 'the restored tasks were already gone') + unknown;
   };
   const onSignal = (signal: string) => {
-    const state = engine.stats?.().state;
+    const state = engine.stats().state;
     if (state === 'done') process.exit(0);
     const what = applyPolicy();
     progress?.stop();
@@ -306,8 +250,8 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   if (statusTimer) clearInterval(statusTimer);
   const linger = async () => {
     // A scraper polling every few seconds still sees the final totals.
-    if (metrics && (options.metricsLingerSeconds ?? 0) > 0) {
-      await new Promise((resolve) => setTimeout(resolve, options.metricsLingerSeconds! * 1000));
+    if (metrics && values.metricsLinger > 0) {
+      await new Promise((resolve) => setTimeout(resolve, values.metricsLinger * 1000));
     }
     await metrics?.close();
   };

@@ -1,124 +1,91 @@
 // `lazyd --page-server` (a daemon: many sessions until SIGTERM) and `lazyd page-server --lazy-pages` (criu's
 // drop-in: one session, exit 0 when it ends cleanly).
 import path from 'node:path';
-import { createLogger, type LogFormatOption } from '../log.js';
+import { createLogger } from '../log.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { SystemdNotifier } from '../cli/systemd.js';
 import { parseMetricsAddress, refuseSamePort, serveMetrics, type MetricsServer } from '../metrics/server.js';
-import { PageServerService, type WireFormatOption } from '../page-server/service.js';
+import { PageServerService } from '../page-server/service.js';
 import { startStagingControl, type StagingControlServer } from '../staging/control.js';
-import type { NativeTlsOptions } from '../cli/tls-options.js';
+import type { Values } from '../config/flag.js';
+import { PAGE_SERVER, PAGE_SERVER_DROPIN } from '../config/flags.js';
+import { pageServerOptions, valuesProblem } from '../config/resolve.js';
+import type { NativeTlsOptions } from '../native.js';
 
-export interface PageServerCommandOptions {
-  mode: 'serve' | 'criu';
-  imagesDir: string;
-  workDir?: string;
-  address?: string;
-  port?: number;
-  statusFd?: number;
-  pidfile?: string;
-  logFile?: string;
-  logFormat?: LogFormatOption;
-  verbosity: number;
-  /** --metrics-address HOST:PORT: Prometheus metrics on their own listener (off when undefined). */
-  metricsAddress?: string;
-  criuAbi?: string;
+export type PageServerValues = Values<typeof PAGE_SERVER.flags>;
+export type PageServerDropinValues = Values<typeof PAGE_SERVER_DROPIN.flags>;
+
+/** The flags' values (src/config/resolve.ts) of the daemon (serve) or of criu's drop-in (criu). */
+export type PageServerCommandOptions = ({ mode: 'serve'; values: PageServerValues } | { mode: 'criu'; values: PageServerDropinValues }) & {
+  /** --tls: every connection runs TLS (src/cli/tls-options.ts); undefined: plain TCP. */
+  tls: NativeTlsOptions | undefined;
+};
+
+/** The session limits by the names a caller setting them by hand uses (the CLI checks every flag as it parses). */
+export interface SessionLimitValues {
   maxSessions?: number;
+  maxInflight?: number;
+  maxSessionBytes?: number;
   maxRequestPages?: number;
   stallTimeoutSeconds?: number;
   idleTimeoutSeconds?: number;
-  maxInflight?: number;
-  maxSessionBytes?: number;
-  drainSeconds?: number;
-  /** Serve mode: accept `criu dump --page-server` uploads (default true). */
-  staging?: boolean;
-  /** Where staged uploads' pagemap/pages images are written (default: the images dir). */
-  stagingDir?: string;
-  stagingMaxBytes?: number;
-  stagingRestores?: number;
-  stagingTtlSeconds?: number;
-  persist?: boolean;
-  /** Serve mode with staging: accept `list` / `release` commands on this unix socket (src/staging/control.ts). */
-  controlSocket?: string;
-  /** --tls: every connection runs TLS (src/cli/tls-options.ts). */
-  tls?: NativeTlsOptions;
-  /** --tls-handshake-timeout: a client that has not finished its handshake by then is dropped (default 10 s). */
-  tlsHandshakeTimeoutSeconds?: number;
 }
 
-export { wireFormatFromAbi } from '../protocol/criu-abi.js';
-import { wireFormatFromAbi } from '../protocol/criu-abi.js';
-
-/** The session limits' flags: one line naming the bad flag, or undefined. */
-export function limitsError(options: PageServerCommandOptions): string | undefined {
-  const checks: Array<[string, number | undefined, number]> = [
-    ['--max-sessions', options.maxSessions, 1],
-    ['--max-inflight', options.maxInflight, 1],
-    ['--max-session-bytes', options.maxSessionBytes, 1],
-    ['--max-request-pages', options.maxRequestPages, 1],
-    ['--stall-timeout', options.stallTimeoutSeconds, 1],
-    ['--idle-timeout', options.idleTimeoutSeconds, 0],
-  ];
-  for (const [flag, value, min] of checks) {
-    if (value !== undefined && !(Number.isInteger(value) && value >= min)) {
-      return `${flag} ${value}: expected a whole number >= ${min}`;
-    }
-  }
-  return undefined;
+/** The session limits' flags: one line naming the bad flag (as the flags' table checks it), or undefined. */
+export function limitsError(limits: SessionLimitValues): string | undefined {
+  const { stallTimeoutSeconds, idleTimeoutSeconds, maxSessions, maxInflight, maxSessionBytes, maxRequestPages } = limits;
+  return valuesProblem(PAGE_SERVER.flags, {
+    maxSessions,
+    maxInflight,
+    maxSessionBytes,
+    maxRequestPages,
+    stallTimeout: stallTimeoutSeconds,
+    idleTimeout: idleTimeoutSeconds,
+  });
 }
 
 export async function runPageServer(options: PageServerCommandOptions): Promise<number> {
-  const imagesDir = path.resolve(options.imagesDir);
-  const workDir = path.resolve(options.workDir ?? imagesDir);
+  const { values } = options;
+  const imagesDir = path.resolve(values.imagesDir);
+  const workDir = path.resolve(values.workDir ?? imagesDir);
   const single = options.mode === 'criu';
+  const staging = options.mode === 'serve' && options.values.staging ? options.values : undefined;
   const { logger, reopen } = createLogger({
-    verbosity: options.verbosity,
-    logFile: options.logFile,
+    verbosity: values.verbosity,
+    logFile: values.logFile,
     workDir,
-    format: options.logFormat,
+    format: values.logFormat,
     autoFormat: single ? 'text' : 'tty',
   });
   const fail = (message: string) => {
     logger.error(message);
-    if (options.logFile) process.stderr.write(`lazyd: ${message}\n`);
+    if (values.logFile) process.stderr.write(`lazyd: ${message}\n`);
     return 1;
   };
   let metricsAddress;
   try {
-    metricsAddress = options.metricsAddress !== undefined ? parseMetricsAddress(options.metricsAddress) : undefined;
-    if (metricsAddress) refuseSamePort(metricsAddress, options.port);
+    metricsAddress = values.metricsAddress !== undefined ? parseMetricsAddress(values.metricsAddress) : undefined;
+    if (metricsAddress) refuseSamePort(metricsAddress, values.port);
   } catch (error) {
     return fail((error as Error).message);
   }
-  const badLimit = limitsError(options);
-  if (badLimit) return fail(badLimit);
 
   let service: PageServerService;
   try {
+    const { staging: _on, stagingMaxBytes, stagingRestores, ...limits } = pageServerOptions(single ? PAGE_SERVER_DROPIN : PAGE_SERVER, values);
     service = await PageServerService.start({
+      ...limits,
       imagesDir,
-      address: options.address ?? '',
-      port: options.port ?? (single ? 0 : 9876),
-      format: wireFormatFromAbi(options.criuAbi),
-      singleSession: single,
-      maxSessions: options.maxSessions,
-      maxRequestPages: options.maxRequestPages,
-      stallTimeoutMs: (options.stallTimeoutSeconds ?? 30) * 1000,
+      address: values.address ?? '',
+      port: values.port,
       tls: options.tls,
-      tlsHandshakeTimeoutMs: (options.tlsHandshakeTimeoutSeconds ?? 10) * 1000,
-      idleTimeoutMs: (options.idleTimeoutSeconds ?? 300) * 1000,
-      maxInflight: options.maxInflight,
-      maxSessionBytes: options.maxSessionBytes,
-      staging:
-        single || options.staging === false
-          ? undefined
-          : {
-              dir: path.resolve(options.stagingDir ?? imagesDir),
-              persist: options.persist ?? false,
-              maxBytes: options.stagingMaxBytes,
-              restores: options.stagingRestores,
-              ttlSeconds: options.stagingTtlSeconds,
-            },
+      staging: staging && {
+        dir: path.resolve(staging.stagingDir ?? imagesDir),
+        persist: staging.persist,
+        maxBytes: stagingMaxBytes,
+        restores: stagingRestores,
+        ttlSeconds: staging.stagingTtl,
+      },
       logger,
     });
   } catch (error) {
@@ -130,7 +97,7 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     try {
       const sources = {
         role: 'page-server' as const,
-        criuAbi: options.criuAbi ?? 'auto',
+        criuAbi: values.criuAbi,
         pageServer: () => service.stats(),
         stagedCheckpoints: service.stager ? () => service.stagedCheckpoints().length : undefined,
       };
@@ -143,12 +110,13 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
   }
 
   let control: StagingControlServer | undefined;
-  if (options.controlSocket) {
+  const controlSocket = options.mode === 'serve' ? options.values.controlSocket : undefined;
+  if (controlSocket) {
     try {
       if (!service.stager) throw new Error('--control-socket controls staging: it needs the daemon form with staging on');
-      control = await startStagingControl(path.resolve(options.controlSocket), service, logger);
+      control = await startStagingControl(path.resolve(controlSocket), service, logger);
     } catch (error) {
-      const message = `--control-socket ${options.controlSocket}: ${(error as Error).message}`;
+      const message = `--control-socket ${controlSocket}: ${(error as Error).message}`;
       service.stop(0);
       await service.stopped;
       await metrics?.close();
@@ -156,21 +124,21 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     }
   }
 
-  const shown = options.address ? (options.address.includes(':') ? `[${options.address}]` : options.address) : '[::]';
+  const shown = values.address ? (values.address.includes(':') ? `[${values.address}]` : values.address) : '[::]';
   logger.info(`Using ${service.port} port`);
   if (!single) {
     process.stdout.write(
       `lazyd: page server listening on ${shown}:${service.port} — ${imagesDir}: ${service.summary.tasks} tasks, ` +
         `${service.summary.lazyPages} lazy pages` +
         (options.tls ? ' (TLS)' : '') +
-        (service.stager ? `; staging uploads into ${path.resolve(options.stagingDir ?? imagesDir)}` : '') +
+        (service.stager ? `; staging uploads into ${path.resolve(staging?.stagingDir ?? imagesDir)}` : '') +
         (metrics ? `; metrics on ${metrics.url}` : '') +
         '\n',
     );
   }
   // Relative names live in the work dir, where criu chdir()s before writing them.
-  if (options.pidfile) writePidfile(path.resolve(workDir, options.pidfile));
-  signalStatusFd(options.statusFd);
+  if (values.pidfile) writePidfile(path.resolve(workDir, values.pidfile));
+  signalStatusFd(values.statusFd);
   // systemd Type=notify: ready now; the status line follows the sessions.
   const systemd = new SystemdNotifier(logger);
   const statusText = () => {
@@ -182,7 +150,7 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
   const statusTimer = systemd.enabled ? setInterval(() => systemd.status(statusText()), 1000) : undefined;
   statusTimer?.unref();
 
-  const drainMs = (options.drainSeconds ?? 10) * 1000;
+  const drainMs = values.drainTimeout * 1000;
   let draining = false;
   const onSignal = (signal: string) => {
     if (draining) return;

@@ -1,9 +1,9 @@
 // Fault service time (PAGEFAULT read → page installed) from the engine's histogram: bucket upper bounds in µs.
 
-export interface LatencyHistogram {
-  latencyBoundsUs: number[];
-  latencyCounts: number[];
-}
+import type { LazyPagesStats } from '../native.js';
+
+/** The histogram part of the engine's stats (src/native.ts). */
+export type LatencyHistogram = Pick<LazyPagesStats, 'latencyBoundsUs' | 'latencyCounts'>;
 
 /** The upper bound of the bucket holding the q-quantile (0 < q <= 1), or undefined without samples. */
 export function quantileUpperBoundUs(h: LatencyHistogram, q: number): number | undefined {

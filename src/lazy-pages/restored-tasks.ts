@@ -10,9 +10,6 @@
 // (criu's behaviour: missing pages then read as zeros); only for salvaging what is there.
 import fs from 'node:fs';
 
-export type FailurePolicy = 'kill' | 'keep';
-export const FAILURE_POLICIES: readonly FailurePolicy[] = ['kill', 'keep'];
-
 interface Tracked {
   vpid: number;
   hostPid: number;

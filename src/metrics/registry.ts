@@ -5,41 +5,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import client from 'prom-client';
 import { repoRoot } from '../paths.js';
-import type { PageServerStats } from '../page-server/service.js';
+import type { LazyPagesStats, PageServerStats } from '../native.js';
 
 /** What `PageServer.stats()` (native) returns. */
 export type PageServerCounters = PageServerStats;
 
 /** What `LazyPages.stats()` (native) returns. */
-export interface EngineCounters {
-  state: string;
-  summary: {
-    faults: number;
-    pagesFault: number;
-    pagesAround: number;
-    pagesBackground: number;
-    pagesZero: number;
-    pagesExist: number;
-    pagesDropped: number;
-    pagesTotal: number;
-    bytesReceived: number;
-    seconds: number;
-  };
-  tasksTotal: number;
-  tasksActive: number;
-  pagesRemaining: number;
-  pagesInFlight: number;
-  faultsWaiting: number;
-  requests: number;
-  requestsInFlight: number;
-  latencyBoundsUs: number[];
-  latencyCounts: number[];
-  latencySumUs: number;
-  latencyCount: number;
-  faultsByResult: Record<string, number>;
-  bytesSent: number;
-  tlsFailures?: number;
-}
+export type EngineCounters = LazyPagesStats;
 
 export interface MetricsSources {
   role: 'page-server' | 'lazy-pages';

@@ -2,6 +2,7 @@
 // and offset of its bytes. Only PE_LAZY|PE_PRESENT entries are served; the others are passed too, so that a
 // request for them is refused with the precise reason.
 import type { Logger } from '../log.js';
+import type { PageServer } from '../native.js';
 import { loadCheckpoint } from '../images/index.js';
 import { PE_LAZY, PE_PRESENT } from '../protocol/constants.js';
 
@@ -13,10 +14,8 @@ export interface PageIndexSummary {
   lazyPagesWithoutData: number;
 }
 
-export interface NativeIndexSink {
-  addFile(path: string): number;
-  addTask(pid: number, runs: BigUint64Array): void;
-}
+/** What the index is handed to: the native page server before it listens. */
+export type NativeIndexSink = Pick<PageServer, 'addFile' | 'addTask'>;
 
 export async function buildPageIndex(imagesDir: string, sink: NativeIndexSink, logger: Logger): Promise<PageIndexSummary> {
   const checkpoint = await loadCheckpoint(imagesDir);

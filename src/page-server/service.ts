@@ -1,64 +1,44 @@
 // Supervises the native page server: loads the checkpoint's page index into it, starts it, turns its events
 // into log lines, and reports how it ended. The page bytes never pass through here.
 import type { Logger } from '../log.js';
-import { loadNative } from '../native.js';
+import { loadNative, type NativeTlsOptions, type PageServer, type PageServerEvent, type PageServerFlagOptions, type PageServerStats } from '../native.js';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Stager, type StagedCheckpointInfo, type StagingEvent, type StagingOptions } from '../staging/stager.js';
+import { Stager, type StagedCheckpointInfo, type StagingOptions } from '../staging/stager.js';
 import { buildPageIndex, type PageIndexSummary } from './page-index.js';
-import type { NativeTlsOptions } from '../cli/tls-options.js';
+import { PAGE_SERVER } from '../config/flags.js';
+import { defaultValues, pageServerOptions } from '../config/resolve.js';
 
-export type WireFormatOption = 24 | 32 | undefined;
+export type { PageServerStats };
+/** The native page server's events (declared in src/native.ts). */
+export type NativeSessionEvent = PageServerEvent;
 
-export interface PageServerOptions {
+/** The native limits and timeouts: from the flags (src/config/flags.ts); those not given take the flags' defaults. */
+export type PageServerLimits = Omit<PageServerFlagOptions, 'staging' | 'stagingMaxBytes' | 'stagingRestores'>;
+
+export interface PageServerOptions extends Partial<PageServerLimits> {
   imagesDir: string;
   address: string;
   port: number;
-  format?: WireFormatOption;
-  singleSession?: boolean;
-  maxSessions?: number;
-  maxRequestPages?: number;
-  stallTimeoutMs?: number;
-  /** A session that sends nothing with no reply pending for this long is dropped (0: never). */
-  idleTimeoutMs?: number;
-  /** Per session: stop reading requests while this many replies are unsent (backpressure). */
-  maxInflight?: number;
-  /** Per session: stop reading requests while unsent replies hold this many bytes (backpressure). */
-  maxSessionBytes?: number;
   /** Accept `criu dump --page-server` uploads on the same port and serve them lazily (see src/staging/). */
   staging?: StagingOptions;
   /** --tls: every connection starts with a TLS handshake; credentials are loaded (and checked) at start. */
   tls?: NativeTlsOptions;
-  tlsHandshakeTimeoutMs?: number;
   logger: Logger;
 }
 
-export interface NativeSessionEvent extends Omit<StagingEvent, 'type' | 'uploadStats'> {
-  type: 'session-start' | 'session-end' | 'refused' | 'stopped' | 'upload-sealed' | 'staged' | 'restore-done' | 'released';
-  session: number;
-  peer: string;
-  ok: boolean;
-  message: string;
-  format: number;
-  seconds: number;
-  stats: { gets: number; pages: number; bytesOut: number; closedByRequest: boolean };
-  uploadStats?: StagingEvent['uploadStats'];
-}
-
-export interface PageServerStats {
-  sessionsTotal: number;
-  sessionsActive: number;
-  sessionsFailed: number;
-  getsTotal: number;
-  pagesTotal: number;
-  bytesTotal: number;
-  bytesReceived: number;
-  /** TLS handshakes that failed or timed out (peer refused, not TLS, ...). */
-  tlsFailures: number;
-  /** GET requests read and not yet answered in full, over all sessions. */
-  requestsInFlight: number;
-  stagingBytes?: number;
-  stagingMaxBytes?: number;
+/** The native flag options: those given, the others at the flags' defaults. */
+function flagOptionsOf(options: PageServerOptions): PageServerFlagOptions {
+  const { staging: _on, stagingMaxBytes, stagingRestores, ...limits } = pageServerOptions(PAGE_SERVER, defaultValues(PAGE_SERVER));
+  for (const key of Object.keys(limits) as (keyof PageServerLimits)[]) {
+    if (options[key] !== undefined) Object.assign(limits, { [key]: options[key] });
+  }
+  return {
+    ...limits,
+    staging: options.staging !== undefined,
+    stagingMaxBytes: options.staging?.maxBytes ?? stagingMaxBytes,
+    stagingRestores: options.staging?.restores ?? stagingRestores,
+  };
 }
 
 export class PageServerService {
@@ -66,11 +46,11 @@ export class PageServerService {
   readonly summary: PageIndexSummary;
   /** Resolves when the native thread has ended: true when no session failed. */
   readonly stopped: Promise<boolean>;
-  private readonly native: any;
+  private readonly native: PageServer;
   /** Staging only: the staged checkpoints and their policy. */
   readonly stager?: Stager;
 
-  private constructor(native: any, port: number, summary: PageIndexSummary, stopped: Promise<boolean>, stager?: Stager) {
+  private constructor(native: PageServer, port: number, summary: PageIndexSummary, stopped: Promise<boolean>, stager?: Stager) {
     this.native = native;
     this.stager = stager;
     this.port = port;
@@ -86,25 +66,14 @@ export class PageServerService {
     let stager: Stager | undefined;
     if (options.tls) {
       // Loads the credentials once here for its notes (the native server loads them again; a bad file throws).
-      const notes: string = addon.tlsCheck(options.tls);
+      const notes = addon.tlsCheck(options.tls);
       if (notes) logger.info(`TLS: ${notes}`);
     }
     const native = new addon.PageServer({
+      ...flagOptionsOf(options),
       tls: options.tls,
-      tlsHandshakeTimeoutMs: options.tlsHandshakeTimeoutMs ?? 10000,
-      format: options.format ?? 0,
-      singleSession: options.singleSession ?? false,
-      maxSessions: options.maxSessions ?? 1024,
-      maxRequestPages: options.maxRequestPages ?? 65536,
-      stallTimeoutMs: options.stallTimeoutMs ?? 30000,
-      idleTimeoutMs: options.idleTimeoutMs ?? 300000,
-      maxQueuedReplies: options.maxInflight ?? 64,
-      maxQueuedBytes: options.maxSessionBytes ?? 64 * 1024 * 1024,
-      acceptUploads: options.staging !== undefined,
-      stagingMaxBytes: options.staging?.maxBytes ?? 1024 * 1024 * 1024,
-      stagingRestores: options.staging?.restores ?? 0,
-      onEvent: (event: NativeSessionEvent) => {
-        if (stager?.handle(event as StagingEvent)) return;
+      onEvent: (event) => {
+        if (stager?.handle(event)) return;
         logSessionEvent(logger, event);
         if (event.type === 'stopped') {
           stager?.close();
@@ -143,8 +112,8 @@ export class PageServerService {
     return this.stager?.releaseAndWait(checkpoint, reason) ?? Promise.resolve();
   }
 
-  /** Stop accepting; finish replies already queued (at most drainMs), then end. */
-  stop(drainMs = 10000): void {
+  /** Stop accepting; finish replies already queued (at most drainMs: --drain-timeout), then end. */
+  stop(drainMs: number): void {
     this.native.stop(drainMs);
   }
 
@@ -178,7 +147,7 @@ function formatName(format: number): string {
   return format === 24 ? '24-byte (CRIU <= 4.1)' : format === 32 ? '32-byte (CRIU >= 4.2)' : 'undetected';
 }
 
-function logSessionEvent(logger: Logger, event: NativeSessionEvent): void {
+function logSessionEvent(logger: Logger, event: PageServerEvent): void {
   switch (event.type) {
     case 'session-start':
       logger.info({ session: event.session, peer: event.peer }, 'Accepted page-server session');

@@ -21,6 +21,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../log.js';
+import type { PageServer, PageServerEvent, StagedPagemap } from '../native.js';
 import { encodePagemap, writeFileAtomic, PE_LAZY, PE_PRESENT, type PagemapEntryInput } from '../images/index.js';
 
 /** The first pages_id lazyd uses: that of a receiving criu page-server (docs/protocol.md §1.5), above the dump's own ids. */
@@ -31,42 +32,19 @@ export interface StagingOptions {
   dir: string;
   /** Also write the lazy pages to pages-N.img (PE_LAZY|PE_PRESENT), like criu page-server. */
   persist?: boolean;
-  /** Daemon-wide cap on staged and uploading page bytes. */
+  /** Daemon-wide cap on staged and uploading page bytes (--staging-max-bytes; default: the flag's). */
   maxBytes?: number;
-  /** Release a checkpoint after this many completed restores (0 or undefined: never). */
+  /** Release a checkpoint after this many completed restores (--staging-restores; default: the flag's, never). */
   restores?: number;
   /** Release a checkpoint this many seconds after it was staged (0 or undefined: never). */
   ttlSeconds?: number;
 }
 
-export interface StagedPagemap {
-  type: 'pid' | 'shmem';
-  id: number;
-  /** [vaddr, nrPages, flags] * n */
-  entries: BigUint64Array;
-}
-
 /** The native page server's staging events (see PageServer in native/core/page_server.h). */
-export interface StagingEvent {
-  type: string;
-  session: number;
-  checkpoint: number;
-  ok: boolean;
-  message: string;
-  format: number;
-  upload: boolean;
-  restores: number;
-  memoryUsed: number;
-  bytesHeld?: number;
-  pagemaps?: StagedPagemap[];
-  uploadStats?: { entries: number; pagesWithData: number; pagesWithoutData: number; bytesIn: number };
-}
+export type StagingEvent = PageServerEvent;
 
-export interface NativeStagingSink {
-  writePages(session: number, type: 'pid' | 'shmem', id: number, file: string, includeLazy: boolean): number;
-  ackUpload(session: number, ok: boolean, message?: string): void;
-  release(checkpoint: number, reason: string): void;
-}
+/** What the stager asks of the native page server. */
+export type NativeStagingSink = Pick<PageServer, 'writePages' | 'ackUpload' | 'release'>;
 
 export interface StagedCheckpointInfo {
   id: number;

@@ -141,6 +141,8 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
     faultsWaiting: 1,
     requests: 9,
     requestsInFlight: 2,
+    pagesDiscarded: 0,
+    tlsFailures: 0,
     latencyBoundsUs: [10, 250, Infinity],
     latencyCounts: [2, 3, 1],
     latencySumUs: 1_500_000,

@@ -1,0 +1,504 @@
+// lazyd's configuration: every flag of every command, defined once (type, default, unit, validation, help text,
+// the native option it sets), grouped as the commands share them, and one table per command (a role).
+//
+// Everything else comes from here: the yargs options and --help (src/cli/yargs-options.ts), the options a config
+// file may set (src/cli/config-file.ts), the checks on the command line (src/cli/role-argv.ts), the values and
+// native options objects the commands get (./resolve.ts), and the flag tables of README.md
+// (scripts/write-flag-tables.mjs, ./markdown.ts). test/unit/config.test.ts fails when any of them disagree.
+// Data only: loading it adds nothing to start-up.
+import { CRIU_ABI_VALUES, wireFormatFromAbi } from '../protocol/criu-abi.js';
+import { flag, type Flags } from './flag.js';
+
+/** The daemon reads it unless --no-default-config (as criu reads /etc/criu/default.conf). */
+export const DEFAULT_CONFIG_FILE = '/etc/lazyd/lazyd.conf';
+export const LOG_FORMATS = ['auto', 'json', 'text'] as const;
+export const FAILURE_POLICIES = ['kill', 'keep'] as const;
+
+const IMAGES = {
+  imagesDir: flag({ type: 'string', alias: 'D', arg: 'DIR', default: '.', describe: 'the checkpoint: CRIU images directory (criu -D)' }),
+  workDir: flag({
+    type: 'string',
+    alias: 'W',
+    arg: 'DIR',
+    defaultText: 'the images dir',
+    describe: 'work directory: relative --log-file and --pidfile names, lazy-pages.socket (criu -W)',
+  }),
+};
+
+const verbosity = flag({
+  type: 'number',
+  alias: 'v',
+  arg: 'N',
+  default: 2,
+  min: 0,
+  criuArgv: true,
+  describe: "log level as criu's -v0..-v4: fatal only, errors, warnings, info (a line per session), debug; -v, -vv: one more each",
+  doc: "log level as criu's `-v0`..`-v4`: fatal only, errors, warnings, info (one line per session start and end), debug; `-v`, `-vv`: one more each",
+});
+
+/** criu's default log level (-v2), which -v and -vv raise; the daemon's own default is 3 (PAGE_SERVER below). */
+export const DEFAULT_VERBOSITY = verbosity.default;
+
+const LOGGING = {
+  logFile: flag({
+    type: 'string',
+    alias: 'o',
+    arg: 'F',
+    defaultText: 'stderr',
+    describe: 'log file, relative to the work dir (criu -o); SIGHUP reopens it',
+  }),
+  logFormat: flag({
+    type: 'string',
+    choices: LOG_FORMATS,
+    default: 'auto',
+    describe: "json or text (criu's lines); auto: text for the criu drop-ins, for the daemon text on a terminal and json otherwise",
+    doc: "`json` or `text` (criu's lines); `auto`: `text` for the criu drop-ins, for the daemon `text` on a terminal and `json` otherwise",
+  }),
+  verbosity,
+};
+
+const PROCESS = {
+  statusFd: flag({ type: 'number', arg: 'N', min: 0, describe: 'write one `\\0` byte to fd N once ready, then close it (as criu)' }),
+  pidfile: flag({ type: 'string', arg: 'F', describe: 'write the pid to this file (relative: in the work dir)' }),
+  daemon: flag({ type: 'boolean', alias: 'd', default: false, describe: 'run in the background once ready (as criu -d)' }),
+};
+
+const config = flag({ type: 'string', arg: 'F', describe: 'read options from this file (criu style: one long option per line)' });
+const CONFIG = {
+  config,
+  defaultConfig: flag({
+    type: 'boolean',
+    default: true,
+    describe: `read ${DEFAULT_CONFIG_FILE} (the daemon only; --no-default-config: do not)`,
+  }),
+};
+
+const address = flag({ type: 'string', arg: 'ADDR', describe: 'numeric IPv4 or IPv6 address' });
+const listenAddress = { ...address, defaultText: 'all addresses (IPv6 and IPv4)', describe: 'numeric IPv4 or IPv6 address to listen on' };
+const port = flag({ type: 'number', arg: 'N', min: 0, max: 65535, describe: 'TCP port' });
+
+const METRICS = {
+  metricsAddress: flag({
+    type: 'string',
+    arg: 'HOST:PORT',
+    defaultText: 'off',
+    describe: 'serve Prometheus metrics on HOST:PORT at `/metrics` (a port of their own)',
+  }),
+};
+
+const ABI = {
+  criuAbi: flag({
+    type: 'string',
+    default: 'auto',
+    describe: 'page-server header layout: auto, 4.1 (24-byte headers) or 4.2 (32-byte)',
+    doc: 'page-server header layout: `4.1` (24-byte headers) or `4.2` (32-byte); `auto`: the page server detects it per session, lazy-pages takes it from the images',
+    check: (value) => {
+      try {
+        wireFormatFromAbi(value);
+        return undefined;
+      } catch {
+        return CRIU_ABI_VALUES;
+      }
+    },
+    native: { key: 'format', convert: (value) => wireFormatFromAbi(value) ?? 0 },
+  }),
+};
+
+const stallTimeout = flag({
+  type: 'number',
+  unit: 'seconds',
+  arg: 'S',
+  default: 30,
+  min: 1,
+  describe: 'seconds a peer may leave a pending reply (almost) unread',
+  native: { key: 'stallTimeoutMs', scale: 1000 },
+});
+
+/** The page server's limits (README "Limits"): every resource a peer can make it hold is bounded by one. */
+const SERVER_LIMITS = {
+  maxRequestPages: flag({
+    type: 'number',
+    unit: 'pages',
+    default: 65536,
+    min: 1,
+    describe: 'a GET for more pages is refused',
+    native: { key: 'maxRequestPages' },
+  }),
+  maxSessions: flag({
+    type: 'number',
+    default: 1024,
+    min: 1,
+    describe: 'concurrent sessions; more are refused with a warning',
+    native: { key: 'maxSessions' },
+  }),
+  maxInflight: flag({
+    type: 'number',
+    default: 64,
+    min: 1,
+    describe: 'unanswered requests per session before its socket is no longer read (backpressure)',
+    native: { key: 'maxInflight' },
+  }),
+  maxSessionBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 64 * 1024 * 1024,
+    min: 1,
+    describe: 'unsent reply bytes per session before its socket is no longer read (backpressure)',
+    native: { key: 'maxSessionBytes' },
+  }),
+  stallTimeout: {
+    ...stallTimeout,
+    describe: 'seconds a peer may read less than 64 KiB of a pending reply before its session is dropped',
+  },
+  idleTimeout: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 300,
+    min: 0,
+    zero: 'never',
+    describe: 'seconds a session may send nothing with no reply pending before it is dropped',
+    native: { key: 'idleTimeoutMs', scale: 1000 },
+  }),
+  drainTimeout: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 10,
+    min: 0,
+    fraction: true,
+    describe: 'on SIGTERM/SIGINT, seconds to finish the replies in flight; then exit 0',
+  }),
+};
+
+/** criu's TLS flags (criu's defaults for the files live in native/core/tls_context.h: "" here means them). */
+const TLS = {
+  tls: flag({
+    type: 'boolean',
+    default: false,
+    describe: 'TLS on the page-server connection (mutual X.509, as criu --tls)',
+    doc: 'TLS on the page-server connection (GnuTLS, its default priorities, as criu)',
+  }),
+  tlsCacert: flag({
+    type: 'string',
+    arg: 'F',
+    defaultText: '`/etc/pki/CA/cacert.pem` **and** the system trust store',
+    describe: 'CA certificate(s) to trust',
+    doc: 'CAs to trust; when the flag is given, only F (which must hold a certificate); when not, a missing default file is only noted in the log',
+  }),
+  tlsCacrl: flag({
+    type: 'string',
+    arg: 'F',
+    defaultText: '`/etc/pki/CA/cacrl.pem` if readable',
+    describe: 'certificate revocation list',
+    doc: 'revocation list; a given file that cannot be read stops lazyd at start',
+  }),
+  tlsCert: flag({
+    type: 'string',
+    arg: 'F',
+    defaultText: '`/etc/pki/criu/cert.pem`',
+    describe: 'own certificate',
+    doc: 'own certificate; missing or not matching the key: one line naming the file and the flag, exit 1 at start',
+  }),
+  tlsKey: flag({
+    type: 'string',
+    arg: 'F',
+    defaultText: '`/etc/pki/criu/private/key.pem`',
+    describe: 'own private key',
+    doc: 'own private key; missing or not matching the certificate: one line naming the file and the flag, exit 1 at start',
+  }),
+  tlsNoCnVerify: flag({
+    type: 'boolean',
+    default: false,
+    describe: "do not check that the peer's certificate names --address",
+  }),
+};
+
+const TLS_SERVER = {
+  tlsHandshakeTimeout: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 10,
+    min: 1,
+    describe: "seconds a client may take to finish the TLS handshake (lazyd's page server only)",
+    native: { key: 'tlsHandshakeTimeoutMs', scale: 1000 },
+  }),
+};
+
+/** Diskless staging (README "Diskless staging"): uploads from `criu dump --page-server`, served from memory. */
+const STAGING = {
+  staging: flag({
+    type: 'boolean',
+    default: true,
+    describe: 'accept `criu dump --page-server` uploads on the page-server port and serve them lazily',
+    native: { key: 'staging' },
+  }),
+  stagingDir: flag({
+    type: 'string',
+    arg: 'DIR',
+    defaultText: '`-D`',
+    describe: 'where the images of an upload are written (give `criu dump` the same `-D`)',
+  }),
+  stagingMaxBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 1024 * 1024 * 1024,
+    min: 1,
+    describe: 'cap on staged and uploading page bytes; an upload over it is refused: the dump fails and CRIU resumes the tasks, so nothing is lost',
+    native: { key: 'stagingMaxBytes' },
+  }),
+  stagingRestores: flag({
+    type: 'number',
+    arg: 'N',
+    default: 0,
+    min: 0,
+    zero: 'never',
+    describe: 'release a staged checkpoint after N completed restores (a client that closed cleanly; one that dies mid-transfer does not count)',
+    native: { key: 'stagingRestores' },
+  }),
+  stagingTtl: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 0,
+    min: 0,
+    fraction: true,
+    zero: 'never',
+    describe: 'release a staged checkpoint S seconds after it was staged',
+  }),
+  persist: flag({
+    type: 'boolean',
+    default: false,
+    describe: 'also write the lazy pages to `pages-N.img` (`PE_LAZY|PE_PRESENT`), like `criu page-server`',
+  }),
+  controlSocket: flag({
+    type: 'string',
+    arg: 'PATH',
+    defaultText: 'none',
+    describe: 'a unix socket (mode 0600) on which `lazyd staging list|release` reach the daemon',
+  }),
+};
+
+const lazyPages = flag({
+  type: 'boolean',
+  default: false,
+  describe: "criu's `--lazy-pages`: the drop-in needs it; the daemon accepts it and serves lazily anyway",
+});
+
+// The lazy-pages scheduler (README "Restoring lazily"): demand faults first, then fault-around, then the
+// background drain in growing requests. The TLS defaults: under TLS every byte in flight is encrypted by the
+// server and decrypted here before the reply behind it can start, so a fault queued behind 2 MiB of drain waits
+// for all of that work. Smaller drain requests and less drain in flight kept faults shorter without slowing the
+// transfer (512 MiB, 3 runs each: fault p50 <= 500-1000 us instead of <= 1000-5000 us, all pages present
+// 1.4-2.4 s instead of 2.2-4.2 s; bench/tls.ts measures the result).
+const DRAIN = {
+  faultAroundBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 64 * 1024,
+    min: 0,
+    describe: 'bytes fetched from each faulting page onwards, with it (a page or less: none)',
+    native: { key: 'faultAroundBytes' },
+  }),
+  drainMinBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 256 * 1024,
+    min: 1,
+    describe: "the background drain's first request size, and its size again after every fault",
+    native: { key: 'drainMinBytes' },
+  }),
+  drainMaxBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 1024 * 1024,
+    tlsDefault: 512 * 1024,
+    min: 1,
+    describe: "the drain's request size doubles up to this",
+    native: { key: 'drainMaxBytes' },
+  }),
+  drainInflightBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 2 * 1024 * 1024,
+    tlsDefault: 1024 * 1024,
+    min: 1,
+    describe: 'drain bytes in flight while no fault waits',
+    native: { key: 'drainInflightBytes' },
+  }),
+  drainInflightBytesFaulting: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 256 * 1024,
+    tlsDefault: 128 * 1024,
+    min: 1,
+    describe: 'drain bytes in flight while faults wait (or were seen in the last few ms): a fault never queues behind more',
+    native: { key: 'drainInflightBytesFaulting' },
+  }),
+  maxRequestsInflight: flag({
+    type: 'number',
+    default: 64,
+    min: 1,
+    describe: "fault-around and drain requests in flight to the page source (a faulting page's own request never waits)",
+    native: { key: 'maxRequestsInflight' },
+  }),
+};
+
+const LAZY_PAGES_OWN = {
+  pageServer: flag({
+    type: 'boolean',
+    default: false,
+    describe: 'fetch the lazy pages from the page server at `--address`:`--port` (without it: from the local images)',
+  }),
+  onFailure: flag({
+    type: 'string',
+    choices: FAILURE_POLICIES,
+    default: 'kill',
+    env: 'LAZYD_ON_FAILURE',
+    describe: 'restored tasks whose pages can never be completed: kill (SIGKILL) or keep (missing pages read as zeros)',
+  }),
+  rstfTimeout: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 60,
+    min: 0,
+    fraction: true,
+    zero: 'no limit',
+    env: 'LAZYD_RSTF_TIMEOUT',
+    describe: 'seconds from the last task hand-over to RSTF; criu waits forever',
+    native: { key: 'rstfTimeoutMs', scale: 1000 },
+  }),
+  metricsLinger: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 0,
+    min: 0,
+    fraction: true,
+    describe: 'seconds to keep serving /metrics after the restore ended',
+  }),
+};
+
+export type RoleId = 'page-server' | 'page-server-dropin' | 'lazy-pages' | 'staging' | 'check';
+
+export interface Role<F extends Flags = Flags> {
+  id: RoleId;
+  /** The yargs command: '$0' for the daemon form (`lazyd --page-server`). */
+  command: string;
+  /** How errors and the README name the command. */
+  title: string;
+  flags: F;
+  /** Positional arguments it takes (`lazyd staging list`), beyond which any is an error. */
+  positionals?: number;
+  /** Whether TLS is on, for the flags' TLS defaults (default: --tls). */
+  tlsOn?: (given: Readonly<Record<string, unknown>>) => boolean;
+  /** Native options the command sets itself, whatever the flags say. */
+  fixedNative?: Readonly<Record<string, number | boolean>>;
+}
+
+function role<const F extends Flags>(spec: Role<F>): Role<F> {
+  return spec;
+}
+
+export const PAGE_SERVER = role({
+  id: 'page-server',
+  command: '$0',
+  title: '`lazyd --page-server`',
+  flags: {
+    pageServer: flag({ type: 'boolean', default: false, describe: 'serve the checkpoint of `-D` over TCP, to any number of restores' }),
+    lazyPages,
+    ...IMAGES,
+    address: listenAddress,
+    port: { ...port, default: 9876, describe: 'TCP port; `0` picks a free one; the chosen port is printed on stdout' },
+    ...PROCESS,
+    ...LOGGING,
+    verbosity: { ...verbosity, default: 3 },
+    ...METRICS,
+    ...CONFIG,
+    ...ABI,
+    ...SERVER_LIMITS,
+    ...STAGING,
+    ...TLS,
+    ...TLS_SERVER,
+  },
+  fixedNative: { singleSession: false },
+});
+
+export const PAGE_SERVER_DROPIN = role({
+  id: 'page-server-dropin',
+  command: 'page-server',
+  title: '`lazyd page-server --lazy-pages`',
+  flags: {
+    lazyPages,
+    ...IMAGES,
+    address: listenAddress,
+    port: { ...port, default: 0, describe: "TCP port; `0` picks a free one, logged as criu's `Using N port`" },
+    ...PROCESS,
+    ...LOGGING,
+    ...METRICS,
+    ...CONFIG,
+    ...ABI,
+    ...SERVER_LIMITS,
+    ...TLS,
+    ...TLS_SERVER,
+  },
+  // criu's page server: one session, no uploads (the staging budget is the daemon's, unused here).
+  fixedNative: {
+    singleSession: true,
+    staging: false,
+    stagingMaxBytes: STAGING.stagingMaxBytes.default,
+    stagingRestores: STAGING.stagingRestores.default,
+  },
+});
+
+export const LAZY_PAGES = role({
+  id: 'lazy-pages',
+  command: 'lazy-pages',
+  title: '`lazyd lazy-pages`',
+  flags: {
+    ...LAZY_PAGES_OWN,
+    ...IMAGES,
+    address: { ...address, describe: "the page server's numeric IPv4 or IPv6 address (with --page-server)" },
+    port: { ...port, describe: "the page server's TCP port (with --page-server)" },
+    ...PROCESS,
+    ...LOGGING,
+    ...METRICS,
+    ...CONFIG,
+    ...ABI,
+    stallTimeout: { ...stallTimeout, describe: 'seconds the page server may send nothing while requests are outstanding; then the restore fails' },
+    ...DRAIN,
+    ...TLS,
+  },
+  // The TLS defaults of the drain apply to a TLS connection to a page server (a local restore has none).
+  tlsOn: (given) => given.tls === true && given.pageServer === true,
+});
+
+export const STAGING_COMMAND = role({
+  id: 'staging',
+  command: 'staging',
+  title: '`lazyd staging`',
+  positionals: 2,
+  flags: {
+    controlSocket: flag({ type: 'string', arg: 'PATH', required: true, describe: "the daemon's --control-socket" }),
+    pid: flag({ type: 'number', arg: 'PID', min: 1, describe: 'release: the checkpoint that holds this pid' }),
+    json: flag({ type: 'boolean', default: false, describe: 'list: print the JSON answer as it is' }),
+    config,
+  },
+});
+
+export const CHECK = role({
+  id: 'check',
+  command: 'check',
+  title: '`lazyd check`',
+  flags: {
+    json: flag({ type: 'boolean', default: false, describe: 'print the report as JSON' }),
+    ...CONFIG,
+  },
+});
+
+export const ROLES: readonly Role[] = [PAGE_SERVER, PAGE_SERVER_DROPIN, LAZY_PAGES, STAGING_COMMAND, CHECK];
+
+/** The groups the README shows in tables of their own (README "Diskless staging", "TLS"). */
+export const FLAG_GROUPS = { STAGING, TLS, TLS_SERVER, DRAIN } as const;
