@@ -19,11 +19,11 @@
 #include <thread>
 #include <vector>
 
-#include "page_index.h"
-#include "page_server.h"
-#include "tls_context.h"
-#include "tls_session.h"
-#include "wire.h"
+#include "server/page_index.h"
+#include "server/page_server.h"
+#include "net/tls_context.h"
+#include "net/tls_session.h"
+#include "wire/wire.h"
 
 #include "check.h"
 
