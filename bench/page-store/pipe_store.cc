@@ -58,7 +58,7 @@ int PipeStore::tail_pipe(uint64_t at, Pipe** out) {
 
 ssize_t PipeStore::put_from_fd(int fd, uint64_t len) {
   for (;;) {
-    Pipe* pipe;
+    Pipe* pipe = nullptr;
     int err = tail_pipe(data_end(), &pipe);
     if (err) return err;
     const uint64_t room = pipe_bytes_ - pipe->bytes;
@@ -81,7 +81,7 @@ ssize_t PipeStore::put_from_fd(int fd, uint64_t len) {
 ssize_t PipeStore::put_bytes(const void* data, size_t len) {
   size_t done = 0;
   while (done < len) {
-    Pipe* pipe;
+    Pipe* pipe = nullptr;
     int err = tail_pipe(data_end() + done, &pipe);
     if (err) return done ? static_cast<ssize_t>(done) : err;
     const uint64_t room = pipe_bytes_ - pipe->bytes;
