@@ -154,18 +154,18 @@ Napi::Value PageServerWrap::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object object = Napi::Object::New(env);
   if (!server_) return object;
-  const lazyd::ServerCounters& c = server_->counters();
-  object.Set("sessionsTotal", uint64_value(env, c.sessions_total));
-  object.Set("sessionsActive", uint64_value(env, c.sessions_active));
-  object.Set("sessionsFailed", uint64_value(env, c.sessions_failed));
-  object.Set("getsTotal", uint64_value(env, c.gets_total));
-  object.Set("pagesTotal", uint64_value(env, c.pages_total));
-  object.Set("bytesTotal", uint64_value(env, c.bytes_total));
-  object.Set("bytesReceived", uint64_value(env, c.bytes_received));
-  object.Set("tlsFailures", uint64_value(env, c.tls_failures));
-  object.Set("requestsInFlight", uint64_value(env, c.requests_in_flight));
-  object.Set("stagingBytes", uint64_value(env, server_->budget().used()));
-  object.Set("stagingMaxBytes", uint64_value(env, server_->budget().limit()));
+  const lazyd::ServerStats s = server_->stats();
+  object.Set("sessionsTotal", uint64_value(env, s.sessions_total));
+  object.Set("sessionsActive", uint64_value(env, s.sessions_active));
+  object.Set("sessionsFailed", uint64_value(env, s.sessions_failed));
+  object.Set("getsTotal", uint64_value(env, s.gets_total));
+  object.Set("pagesTotal", uint64_value(env, s.pages_total));
+  object.Set("bytesTotal", uint64_value(env, s.bytes_total));
+  object.Set("bytesReceived", uint64_value(env, s.bytes_received));
+  object.Set("tlsFailures", uint64_value(env, s.tls_failures));
+  object.Set("requestsInFlight", uint64_value(env, s.requests_in_flight));
+  object.Set("stagingBytes", uint64_value(env, s.staging_bytes));
+  object.Set("stagingMaxBytes", uint64_value(env, s.staging_max_bytes));
   return object;
 }
 
@@ -191,9 +191,6 @@ void PageServerWrap::post(const lazyd::ServerEvent& event) {
     if (owned->store) {
       object.Set("pagemaps", store_pagemaps(env, *owned->store));
       object.Set("bytesHeld", uint64_value(env, owned->store->bytes_held()));
-    }
-    if (owned->kind == lazyd::ServerEvent::Kind::kUploadSealed && owned->store) {
-      stores_[owned->session] = owned->store;  // until ackUpload
     }
     callback.Call({object});
   });

@@ -5,7 +5,6 @@
 
 #include <napi.h>
 
-#include <map>
 #include <memory>
 
 #include "server/page_index.h"
@@ -42,7 +41,6 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
   std::unique_ptr<lazyd::PageServer> server_;
   Napi::ThreadSafeFunction events_;
   bool released_ = false;
-  std::map<uint64_t, std::shared_ptr<const lazyd::PageStore>> stores_;  // sealed uploads awaiting ackUpload (JS thread)
 };
 
 // staging.cc: the upload fields of events.

@@ -1,14 +1,12 @@
 // The staging half of the PageServer class: the images of a sealed upload (writePages), the CLOSE status
 // (ackUpload), releasing a staged checkpoint (release), and what events say about uploads.
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "binding/convert.h"
 #include "binding/page_server.h"
+#include "staging/page_files.h"
 
 namespace lazyd::binding {
 
@@ -46,9 +44,49 @@ Napi::Array store_pagemaps(Napi::Env env, const lazyd::PageStore& store) {
 }
 
 
+namespace {
+
+// Writes one page file on a libuv worker thread (page_files.h), then settles writePages()'s promise on the
+// JavaScript thread. Holds the store, so a release or a session end meanwhile cannot free it.
+class WritePagesWorker final : public Napi::AsyncWorker {
+ public:
+  WritePagesWorker(Napi::Env env, std::shared_ptr<const lazyd::PageStore> store, lazyd::PageKey key, std::string path,
+                   bool include_lazy)
+      : Napi::AsyncWorker(env, "lazyd-write-pages"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        store_(std::move(store)),
+        key_(key),
+        path_(std::move(path)),
+        include_lazy_(include_lazy) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { result_ = lazyd::write_page_file(*store_, key_, path_, include_lazy_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (result_.err) {
+      deferred_.Reject(errno_error(env, result_.err, result_.what).Value());
+    } else {
+      deferred_.Resolve(uint64_value(env, static_cast<uint64_t>(result_.bytes)));
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<const lazyd::PageStore> store_;
+  lazyd::PageKey key_;
+  std::string path_;
+  bool include_lazy_;
+  lazyd::PageFileResult result_;
+};
+
+}  // namespace
+
 // writePages(session, type 'pid'|'shmem', id, path, includeLazy): writes the pages-N.img of one pagemap of
-// an upload that is waiting for ackUpload (or of a staged checkpoint), atomically (temp file + rename).
-// Returns the bytes written. Runs on the JavaScript thread; the store is sealed and read-only.
+// an upload that is waiting for ackUpload, atomically (temp file, fsync, rename), off the JavaScript thread.
+// Returns a promise of the bytes written (rejected with the errno error of a failed write); throws at once
+// when there is no such sealed upload.
 Napi::Value PageServerWrap::WritePages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint64_t session = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
@@ -56,24 +94,14 @@ Napi::Value PageServerWrap::WritePages(const Napi::CallbackInfo& info) {
   const uint64_t id = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
   const std::string path = info[3].As<Napi::String>();
   const bool include_lazy = info[4].ToBoolean();
-  auto found = stores_.find(session);
-  if (found == stores_.end()) throw Napi::Error::New(env, "writePages: no sealed upload #" + std::to_string(session));
+  std::shared_ptr<const lazyd::PageStore> store = server_ ? server_->staging().sealed(session) : nullptr;
+  if (!store) throw Napi::Error::New(env, "writePages: no sealed upload #" + std::to_string(session));
   const lazyd::PageKey key = type == "pid" ? lazyd::pid_key(id) : lazyd::shmem_key(id);
-  const std::string temp = path + ".tmp";
-  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) throw errno_error(env, -errno, "cannot create " + temp);
-  int64_t written = found->second->write_pages(key, fd, include_lazy);
-  int err = written < 0 ? static_cast<int>(written) : 0;
-  if (!err && fsync(fd) < 0) err = -errno;
-  if (close(fd) < 0 && !err) err = -errno;
-  if (!err && rename(temp.c_str(), path.c_str()) < 0) err = -errno;
-  if (err) {
-    unlink(temp.c_str());
-    throw errno_error(env, err, "cannot write " + path);
-  }
-  return uint64_value(env, static_cast<uint64_t>(written));
+  auto* worker = new WritePagesWorker(env, std::move(store), key, path, include_lazy);  // deletes itself
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
 }
-
 
 // ackUpload(session, ok, message): the images of a sealed upload are written (ok) or could not be (the
 // dump then fails and CRIU resumes the tasks).
@@ -81,8 +109,7 @@ Napi::Value PageServerWrap::AckUpload(const Napi::CallbackInfo& info) {
   const uint64_t session = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
   const bool ok = info[1].ToBoolean();
   const std::string message = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
-  stores_.erase(session);
-  if (server_) server_->ack_upload(session, ok, message);
+  if (server_) server_->ack_upload(session, ok, message);  // also ends writePages' access to the store
   return info.Env().Undefined();
 }
 

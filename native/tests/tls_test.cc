@@ -249,7 +249,7 @@ void test_server() {
   }
   // Served while the staller still sits in its handshake.
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
-  CHECK(server.counters().tls_failures.load() == 0);
+  CHECK(server.stats().tls_failures == 0);
 
   uint8_t close_cmd[wire::HEADER_SIZE_MAX] = {};
   wire::Header c;
@@ -260,10 +260,10 @@ void test_server() {
   CHECK(status.size() == 4 && status[0] == 0 && status[1] == 0 && status[2] == 0 && status[3] == 0);
 
   // The staller is dropped after the handshake timeout.
-  for (int i = 0; i < 100 && server.counters().tls_failures.load() < 1; i++) {
+  for (int i = 0; i < 100 && server.stats().tls_failures < 1; i++) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  CHECK(server.counters().tls_failures.load() == 1);
+  CHECK(server.stats().tls_failures == 1);
   char byte;
   CHECK(recv(staller, &byte, 1, 0) == 0);  // closed by the server
   close(staller);
@@ -277,10 +277,10 @@ void test_server() {
     CHECK(revoked.record().empty());
   }
   CHECK(revoked.tls->error().find("revoked") != std::string::npos);
-  for (int i = 0; i < 100 && server.counters().tls_failures.load() < 2; i++) {
+  for (int i = 0; i < 100 && server.stats().tls_failures < 2; i++) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  CHECK(server.counters().tls_failures.load() == 2);
+  CHECK(server.stats().tls_failures == 2);
   server.request_stop(0);
   server.join();
   std::lock_guard<std::mutex> lock(events.mutex);

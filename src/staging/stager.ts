@@ -63,7 +63,8 @@ export interface StagingEvent {
 }
 
 export interface NativeStagingSink {
-  writePages(session: number, type: 'pid' | 'shmem', id: number, file: string, includeLazy: boolean): number;
+  /** Writes the page file on a native worker thread; resolves to the bytes written. */
+  writePages(session: number, type: 'pid' | 'shmem', id: number, file: string, includeLazy: boolean): Promise<number>;
   ackUpload(session: number, ok: boolean, message?: string): void;
   release(checkpoint: number, reason: string): void;
 }
@@ -186,7 +187,7 @@ export class Stager {
         const pagesId = this.nextPagesId++;
         const pagesFile = path.join(dir, `pages-${pagesId}.img`);
         files.push(pagesFile);
-        this.native.writePages(event.session, pagemap.type, pagemap.id, pagesFile, persist);
+        await this.native.writePages(event.session, pagemap.type, pagemap.id, pagesFile, persist);
         const pagemapFile = path.join(dir, pagemapFileName(pagemap));
         files.push(pagemapFile);
         await writeFileAtomic(pagemapFile, encodePagemap({ pagesId }, imageEntries(pagemap.entries, persist), { encoding }));

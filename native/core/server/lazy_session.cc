@@ -31,7 +31,7 @@ LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& li
 
 LazySession::LazySession(std::unique_ptr<Transport> transport, const PageIndex& index, const SessionLimits& limits,
                          const StagedLookup* staged)
-    : transport_(std::move(transport)), index_(index), staged_(staged), limits_(limits), format_(limits.format) {}
+    : Session(std::move(transport), limits.format), index_(index), staged_(staged), limits_(limits) {}
 
 LazySession::~LazySession() = default;
 
@@ -57,9 +57,19 @@ LazySession::Status LazySession::settle() {
   return Status::kOpen;
 }
 
-LazySession::Status LazySession::stop_reading() {
+LazySession::Status LazySession::drain() {
   stop_reading_ = true;
   return settle();
+}
+
+SessionTotals LazySession::totals() const {
+  SessionTotals totals;
+  totals.gets = stats_.gets;
+  totals.pages = stats_.pages;
+  totals.bytes_out = stats_.bytes_out;
+  totals.bytes_in = stats_.bytes_in;
+  totals.in_flight = replies_.size();
+  return totals;
 }
 
 // Parses the requests waiting in in_ and sends; again while sending made room and requests still wait (they

@@ -1,7 +1,6 @@
 // One lazy-fetch connection of the page server (protocol doc §1.6): reads GET/CLOSE headers, answers each GET
 // with an ADD_F|PE_PRESENT header and the page bytes sent straight from the pages image (sendfile: no
-// user-space copy), strictly in request order. Knows nothing of epoll: the server calls on_readable() and
-// on_writable() and asks wants_read()/wants_write().
+// user-space copy), strictly in request order. A Session (server/session.h): the server's epoll loop drives it.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +11,8 @@
 
 #include "server/page_index.h"
 #include "staging/page_store.h"
-#include "net/transport.h"
+#include "staging/staged_checkpoint.h"
+#include "server/session.h"
 #include "wire/wire.h"
 
 namespace lazyd {
@@ -34,55 +34,30 @@ struct SessionStats {
   bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
 };
 
-// A checkpoint staged by an upload (`criu dump --page-server` into lazyd): its sealed store, served until a
-// policy releases it. Sessions that fetch from it hold a reference, so a release never cuts a restore short.
-struct StagedCheckpoint {
-  uint64_t id = 0;  // the upload session's id
-  std::shared_ptr<const PageStore> store;
-};
-
-// Which staged checkpoint serves a GET's pid. GETs carry nothing but the pid (§1.4), so the page server keeps
-// every pid unique across the staged checkpoints (an upload whose pid is already staged is refused), and a
-// staged pid wins over the same pid in the -D images (the images were there first; the upload is newer).
-class StagedLookup {
+class LazySession final : public Session {
  public:
-  virtual ~StagedLookup() = default;
-  virtual std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const = 0;
-};
-
-class LazySession {
- public:
-  enum class Status { kOpen, kDone, kFailed };
-
   // staged may be null (serve the images only). A session binds to the staged checkpoint of its first staged
   // GET; every later GET of a staged pid must belong to that same checkpoint (one restore = one checkpoint).
   LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged = nullptr);
   // The same over a transport (a plain socket or an established TLS session, §1.9).
   LazySession(std::unique_ptr<Transport> transport, const PageIndex& index, const SessionLimits& limits,
               const StagedLookup* staged = nullptr);
-  ~LazySession();
-  LazySession(const LazySession&) = delete;
-  LazySession& operator=(const LazySession&) = delete;
+  ~LazySession() override;
 
-  Status on_readable();
-  Status on_writable();
+  Status on_readable() override;
+  Status on_writable() override;
   // Draining: no new request is read; the session ends once its queued replies are sent.
-  Status stop_reading();
+  Status drain() override;
 
-  bool wants_read() const { return !stop_reading_ && !eof_ && has_room(); }
-  bool wants_write() const { return !replies_.empty(); }
-  bool has_unsent_replies() const { return !replies_.empty(); }
+  bool wants_read() const override { return !stop_reading_ && !eof_ && has_room(); }
+  bool wants_write() const override { return !replies_.empty(); }
+  SessionTotals totals() const override;
+  bool peer_waits() const override { return !replies_.empty(); }
+  bool reply_pending() const override { return !replies_.empty(); }
   // Bytes of the replies accepted but not yet sent (bounded by max_queued_bytes plus one reply).
   uint64_t queued_bytes() const { return queued_bytes_; }
-  // Requests read and not yet answered in full (their replies are queued or being sent).
-  size_t queued_replies() const { return replies_.size(); }
 
-  int fd() const { return transport_->fd(); }
-  // Input already taken off the socket (TLS): the server must not wait on epoll for it.
-  bool has_buffered_input() const { return transport_->buffered(); }
-  wire::Format format() const { return format_; }
   const SessionStats& stats() const { return stats_; }
-  const std::string& error() const { return error_; }
   // The staged checkpoint this session fetched from, if any.
   const std::shared_ptr<const StagedCheckpoint>& bound() const { return bound_; }
 
@@ -114,13 +89,11 @@ class LazySession {
   }
   void queue(Reply reply);
 
-  std::unique_ptr<Transport> transport_;
   const PageIndex& index_;
   const StagedLookup* staged_;
   std::shared_ptr<const StagedCheckpoint> bound_;
   ServeScratch scratch_;
   SessionLimits limits_;
-  wire::Format format_;
   uint8_t in_[4096];
   size_t in_len_ = 0;
   std::deque<Reply> replies_;
@@ -133,7 +106,6 @@ class LazySession {
   size_t copy_off_ = 0;
   size_t copy_len_ = 0;
   SessionStats stats_;
-  std::string error_;
 };
 
 }  // namespace lazyd

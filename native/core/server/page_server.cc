@@ -1,7 +1,6 @@
 #include "server/page_server.h"
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -10,13 +9,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include "staging/memfd_store.h"
 #include "net/net.h"
+#include "staging/memfd_store.h"
+#include "util/clock.h"
 
 namespace lazyd {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kListenToken = 0;
 constexpr uint64_t kWakeToken = 1;
@@ -25,10 +23,6 @@ constexpr uint64_t kFirstSessionToken = 2;
 // A stalled reply must move at least this many bytes per --stall-timeout to count as progress, so a peer that
 // reads a byte now and then (slow-loris) is dropped like one that reads nothing.
 constexpr uint64_t kStallProgressBytes = 64 * 1024;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 }  // namespace
 
@@ -39,54 +33,47 @@ struct PageServer::Entry {
   std::unique_ptr<Transport> link;        // until routed (staging: the first command decides)
   uint8_t head[4];                        // --tls routing: the first command's bytes read so far
   size_t head_len = 0;
-  std::unique_ptr<LazySession> session;   // lazy fetch
-  std::unique_ptr<UploadSession> upload;  // image upload
+  std::unique_ptr<Session> session;       // once routed: the lazy fetch or the upload
+  LazySession* lazy = nullptr;            // session, when it is a lazy fetch
+  UploadSession* upload = nullptr;        // session, when it is an image upload
   bool ack_posted = false;
   std::string peer;
-  Clock::time_point started;
+  uint64_t started_ns = 0;
   uint32_t interest = 0;
   uint64_t bytes_at_last_check = 0;
-  Clock::time_point last_progress;
+  uint64_t last_progress_ns = 0;
   uint64_t input_at_last_check = 0;  // request/upload bytes received, for the idle timeout
-  Clock::time_point last_input;
-  uint64_t gets_reported = 0;
-  uint64_t pages_reported = 0;
-  uint64_t bytes_reported = 0;
-  uint64_t bytes_in_reported = 0;
-  uint64_t in_flight_reported = 0;
+  uint64_t last_input_ns = 0;
+  SessionTotals reported;            // what account() has added to the daemon-wide counters
   ~Entry() {
     tls.reset();
     net::close_gently(fd);  // a refused TLS peer still gets our alert
   }
-  int socket() const { return session ? session->fd() : upload ? upload->fd() : link ? link->fd() : fd; }
+  int socket() const { return session ? session->fd() : link ? link->fd() : fd; }
   bool handshaking() const { return tls != nullptr; }
+  void start_lazy(std::unique_ptr<LazySession> fetch) {
+    lazy = fetch.get();
+    session = std::move(fetch);
+  }
+  void start_upload(std::unique_ptr<UploadSession> incoming) {
+    upload = incoming.get();
+    session = std::move(incoming);
+  }
 };
 
-struct PageServer::State : StagedLookup {
+struct PageServer::State {
   std::unordered_map<uint64_t, std::unique_ptr<Entry>> sessions;
-  // Staged checkpoints by id, and who owns each task pid: a staged checkpoint or an upload in progress
-  // (both are named by the upload's session id).
-  std::unordered_map<uint64_t, std::shared_ptr<StagedCheckpoint>> staged;
-  std::unordered_map<uint64_t, uint64_t> pid_owner;
-  std::unordered_map<uint64_t, uint64_t> restores;  // completed restores per staged checkpoint
-
-  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override {
-    auto owner = pid_owner.find(pid);
-    if (owner == pid_owner.end()) return nullptr;
-    auto found = staged.find(owner->second);
-    return found == staged.end() ? nullptr : found->second;
-  }
   uint64_t next_id = kFirstSessionToken;
   bool accepted_once = false;
   bool draining = false;
-  Clock::time_point drain_deadline;
+  uint64_t drain_deadline_ns = 0;
 };
 
 PageServer::PageServer(PageServerConfig config, std::shared_ptr<const PageIndex> index, ServerEventSink sink)
     : config_(config),
       index_(std::move(index)),
       sink_(std::move(sink)),
-      budget_(std::make_shared<MemoryBudget>(config.staging_max_bytes)),
+      staging_(config.staging_max_bytes, config.staging_restores),
       state_(std::make_unique<State>()) {}
 
 PageServer::~PageServer() {
@@ -121,19 +108,23 @@ int PageServer::start() {
   return 0;
 }
 
-void PageServer::request_stop(int drain_ms) {
-  drain_ms_.store(drain_ms < 0 ? 0 : drain_ms);
+void PageServer::wake() {
   uint64_t one = 1;
   if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
 }
 
+void PageServer::request_stop(int drain_ms) {
+  drain_ms_.store(drain_ms < 0 ? 0 : drain_ms);
+  wake();
+}
+
 void PageServer::ack_upload(uint64_t session, bool ok, const std::string& message) {
+  staging_.drop_sealed(session);  // answered: the control plane is done with the store
   {
     std::lock_guard<std::mutex> lock(commands_mutex_);
     commands_.push_back(Command{true, session, ok, message});
   }
-  uint64_t one = 1;
-  if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
+  wake();
 }
 
 void PageServer::release(uint64_t checkpoint, const std::string& reason) {
@@ -141,8 +132,23 @@ void PageServer::release(uint64_t checkpoint, const std::string& reason) {
     std::lock_guard<std::mutex> lock(commands_mutex_);
     commands_.push_back(Command{false, checkpoint, false, reason});
   }
-  uint64_t one = 1;
-  if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
+  wake();
+}
+
+ServerStats PageServer::stats() const {
+  ServerStats s;
+  s.sessions_total = counters_.sessions_total.get();
+  s.sessions_active = counters_.sessions_active.get();
+  s.sessions_failed = counters_.sessions_failed.get();
+  s.gets_total = counters_.gets_total.get();
+  s.pages_total = counters_.pages_total.get();
+  s.bytes_total = counters_.bytes_total.get();
+  s.bytes_received = counters_.bytes_received.get();
+  s.requests_in_flight = counters_.requests_in_flight.get();
+  s.tls_failures = counters_.tls_failures.get();
+  s.staging_bytes = staging_.budget()->used();
+  s.staging_max_bytes = staging_.budget()->limit();
+  return s;
 }
 
 void PageServer::run_commands() {
@@ -169,36 +175,13 @@ void PageServer::run_commands() {
 }
 
 void PageServer::retire(uint64_t checkpoint, const std::string& reason) {
-  auto found = state_->staged.find(checkpoint);
-  if (found == state_->staged.end()) return;
-  for (PageKey key : found->second->store->keys()) {
-    if (key_type(key) != wire::PS_TYPE_PID) continue;
-    auto owner = state_->pid_owner.find(key_id(key));
-    if (owner != state_->pid_owner.end() && owner->second == checkpoint) state_->pid_owner.erase(owner);
-  }
-  state_->staged.erase(found);  // sessions still bound to it hold the store until they end
-  state_->restores.erase(checkpoint);
+  if (!staging_.retire(checkpoint)) return;
   ServerEvent event;
   event.kind = ServerEvent::Kind::kReleased;
   event.checkpoint = checkpoint;
   event.message = reason;
-  event.memory_used = budget_->used();
+  event.memory_used = staging_.budget()->used();
   sink_(event);
-}
-
-std::string PageServer::admit(uint64_t session, PageKey key) {
-  if (key_type(key) != wire::PS_TYPE_PID) return "";  // shmem ids are never fetched lazily
-  const uint64_t pid = key_id(key);
-  auto owner = state_->pid_owner.find(pid);
-  if (owner != state_->pid_owner.end() && owner->second != session) {
-    const bool staged = state_->staged.count(owner->second) != 0;
-    return "pid " + std::to_string(pid) + " is already " +
-           (staged ? "staged by checkpoint #" : "being uploaded by session #") + std::to_string(owner->second) +
-           ": a lazy GET names only the pid, so two staged checkpoints cannot share one — release checkpoint #" +
-           std::to_string(owner->second) + " first";
-  }
-  state_->pid_owner[pid] = session;
-  return "";
 }
 
 // --tls: one step of the connection's handshake. Once it is done (peer verified) the connection gets its
@@ -215,14 +198,14 @@ void PageServer::handshake(Entry& entry) {
     return;
   }
   if (rc < 0) {
-    counters_.tls_failures++;
+    counters_.tls_failures.add();
     end_session(entry.id, false, "TLS: " + entry.tls->error() + "; session dropped");
     return;
   }
   entry.link = std::make_unique<Transport>(entry.fd, std::move(entry.tls));
   entry.fd = -1;
   if (!config_.accept_uploads) {
-    entry.session = std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session);
+    entry.start_lazy(std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session));
   }
 }
 
@@ -272,7 +255,7 @@ void PageServer::route(Entry& entry, uint32_t events) {
     case wire::PS_IOV_ADD_F:
     case wire::PS_IOV_HOLE: {
       MemfdStoreOptions options;
-      options.limits.budget = budget_;
+      options.limits.budget = staging_.budget();
       options.limits.max_entry_pages = config_.upload.max_entry_pages;
       options.page_size = index_->page_size();
       auto store = std::make_unique<MemfdStore>(options);
@@ -283,12 +266,12 @@ void PageServer::route(Entry& entry, uint32_t events) {
       UploadLimits limits = config_.upload;
       limits.hold_close_reply = true;
       const uint64_t id = entry.id;
-      limits.admit_key = [this, id](PageKey key) { return admit(id, key); };
-      entry.upload = std::make_unique<UploadSession>(std::move(entry.link), std::move(store), limits);
+      limits.admit_key = [this, id](PageKey key) { return staging_.admit(id, key); };
+      entry.start_upload(std::make_unique<UploadSession>(std::move(entry.link), std::move(store), limits));
       break;
     }
     default:
-      entry.session = std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session, state_.get());
+      entry.start_lazy(std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session, &staging_));
       break;
   }
 }
@@ -321,7 +304,7 @@ void PageServer::accept_all() {
       entry->tls = TlsSession::create(config_.tls, fd, TlsSession::Role::kServer, &error);
       if (!entry->tls) {
         close(fd);
-        counters_.tls_failures++;
+        counters_.tls_failures.add();
         event.kind = ServerEvent::Kind::kRefused;
         event.message = error;
         sink_(event);
@@ -331,10 +314,10 @@ void PageServer::accept_all() {
     } else if (config_.accept_uploads) {
       entry->link = std::make_unique<Transport>(fd);  // routed by its first command
     } else {
-      entry->session = std::make_unique<LazySession>(fd, *index_, config_.session);
+      entry->start_lazy(std::make_unique<LazySession>(fd, *index_, config_.session));
     }
     entry->peer = event.peer;
-    entry->started = entry->last_progress = entry->last_input = Clock::now();
+    entry->started_ns = entry->last_progress_ns = entry->last_input_ns = now_ns();
     entry->interest = EPOLLIN;
     // Unrouted plain (staging) sockets have their first bytes only peeked: edge-triggered, or fewer than 4 bytes
     // would wake the thread in a loop until the rest arrives. (TLS reads them, so it stays level-triggered.)
@@ -342,8 +325,8 @@ void PageServer::accept_all() {
     const uint32_t first = peeked ? uint32_t{EPOLLIN | EPOLLRDHUP | EPOLLET} : uint32_t{EPOLLIN};
     epoll_event session_event{first, {.u64 = entry->id}};
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &session_event);
-    counters_.sessions_total++;
-    counters_.sessions_active++;
+    counters_.sessions_total.add();
+    counters_.sessions_active.add();
     state_->accepted_once = true;
     event.kind = ServerEvent::Kind::kSessionStart;
     event.session = entry->id;
@@ -364,9 +347,6 @@ void PageServer::update_interest(Entry& entry) {
   if (entry.session) {
     want_read = entry.session->wants_read();
     want_write = entry.session->wants_write();
-  } else if (entry.upload) {
-    want_read = entry.upload->wants_read();
-    want_write = entry.upload->wants_write();
   }
   const uint32_t interest = (want_read ? uint32_t{EPOLLIN} : 0u) | (want_write ? uint32_t{EPOLLOUT} : 0u);
   if (interest == entry.interest) return;
@@ -386,7 +366,7 @@ void PageServer::service(Entry& entry, uint32_t events) {
     if (state_->sessions.count(id) == 0 || entry.handshaking()) return;  // failed, or waiting for the peer
     events |= EPOLLIN;  // the first request may have come with the handshake's last flight
   }
-  if (!entry.session && !entry.upload) {
+  if (!entry.session) {
     if (state_->draining) {
       end_session(id, true, "");
       return;
@@ -394,7 +374,7 @@ void PageServer::service(Entry& entry, uint32_t events) {
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) return;
     route(entry, events);
     if (state_->sessions.count(id) == 0) return;  // ended
-    if (!entry.session && !entry.upload) {        // not routed yet
+    if (!entry.session) {                          // not routed yet
       if (entry.interest != EPOLLIN) {
         epoll_event event{EPOLLIN | EPOLLRDHUP, {.u64 = id}};
         epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.socket(), &event);
@@ -404,87 +384,58 @@ void PageServer::service(Entry& entry, uint32_t events) {
     }
     entry.interest = 0;  // routed: update_interest() below re-arms the socket level-triggered
   }
-  if (entry.upload) {
-    UploadSession& upload = *entry.upload;
-    UploadSession::Status status = UploadSession::Status::kOpen;
-    if (events & EPOLLOUT) status = upload.on_writable();
-    if (status == UploadSession::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
-      status = upload.on_readable();
-    }
-    // TLS: bytes decrypted earlier wait inside the session, where epoll cannot see them.
-    for (int round = 0; round < 64 && status == UploadSession::Status::kOpen && upload.wants_read() &&
-                        upload.has_buffered_input();
-         round++) {
-      status = upload.on_readable();
-    }
-    account(entry);
-    if (status == UploadSession::Status::kOpen && state_->draining) {
-      end_session(entry.id, false, "lazyd is shutting down: the upload is dropped; the dump fails and CRIU resumes the tasks");
-      return;
-    }
-    if (status == UploadSession::Status::kOpen) {
-      if (upload.awaiting_ack() && !entry.ack_posted) {
-        entry.ack_posted = true;
-        ServerEvent event;
-        event.kind = ServerEvent::Kind::kUploadSealed;
-        event.session = entry.id;
-        event.peer = entry.peer;
-        event.upload = true;
-        event.upload_stats = upload.stats();
-        event.format = static_cast<int>(upload.format());
-        event.store = upload.shared_store();
-        event.memory_used = budget_->used();
-        sink_(event);
-      }
-      update_interest(entry);
-    } else {
-      end_session(entry.id, status == UploadSession::Status::kDone, upload.error());
-    }
-    return;
-  }
-  LazySession& session = *entry.session;
-  LazySession::Status status = LazySession::Status::kOpen;
+  Session& session = *entry.session;
+  Session::Status status = Session::Status::kOpen;
   if (events & EPOLLOUT) status = session.on_writable();
-  if (status == LazySession::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
+  if (status == Session::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
     status = session.wants_read() ? session.on_readable() : session.on_writable();
   }
-  // TLS: requests decrypted earlier wait inside the session, where epoll cannot see them.
-  for (int round = 0; round < 64 && status == LazySession::Status::kOpen && session.wants_read() &&
+  // TLS: bytes decrypted earlier wait inside the session, where epoll cannot see them.
+  for (int round = 0; round < 64 && status == Session::Status::kOpen && session.wants_read() &&
                       session.has_buffered_input();
        round++) {
     status = session.on_readable();
   }
-  if (status == LazySession::Status::kOpen && state_->draining) status = session.stop_reading();
+  if (status == Session::Status::kOpen && state_->draining) status = session.drain();
 
   account(entry);
 
-  if (status == LazySession::Status::kOpen) {
-    update_interest(entry);
-  } else {
-    end_session(entry.id, status == LazySession::Status::kDone, session.error());
+  if (status != Session::Status::kOpen) {
+    end_session(id, status == Session::Status::kDone, session.error());
+    return;
   }
+  if (entry.upload && entry.upload->awaiting_ack() && !entry.ack_posted) post_sealed(entry);
+  update_interest(entry);
+}
+
+// An upload's CLOSE arrived and its store is sealed: the control plane writes the images, then ack_upload().
+void PageServer::post_sealed(Entry& entry) {
+  UploadSession& upload = *entry.upload;
+  entry.ack_posted = true;
+  staging_.hold_sealed(entry.id, upload.shared_store());
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::kUploadSealed;
+  event.session = entry.id;
+  event.peer = entry.peer;
+  event.upload = true;
+  event.upload_stats = upload.stats();
+  event.format = static_cast<int>(upload.format());
+  event.store = upload.shared_store();
+  event.memory_used = staging_.budget()->used();
+  sink_(event);
 }
 
 // Adds what a session moved since the last call to the daemon-wide counters.
 void PageServer::account(Entry& entry) {
-  if (entry.upload) {
-    const uint64_t in = entry.upload->stats().bytes_in;
-    counters_.bytes_received += in - entry.bytes_in_reported;
-    entry.bytes_in_reported = in;
-  }
   if (!entry.session) return;
-  const SessionStats& stats = entry.session->stats();
-  counters_.gets_total += stats.gets - entry.gets_reported;
-  counters_.pages_total += stats.pages - entry.pages_reported;
-  counters_.bytes_total += stats.bytes_out - entry.bytes_reported;
-  counters_.bytes_received += stats.bytes_in - entry.bytes_in_reported;
-  entry.gets_reported = stats.gets;
-  entry.pages_reported = stats.pages;
-  entry.bytes_reported = stats.bytes_out;
-  entry.bytes_in_reported = stats.bytes_in;
-  const uint64_t in_flight = entry.session->queued_replies();
-  counters_.requests_in_flight += in_flight - entry.in_flight_reported;  // modular: may go down
-  entry.in_flight_reported = in_flight;
+  const SessionTotals now = entry.session->totals();
+  SessionTotals& reported = entry.reported;
+  counters_.gets_total.add(now.gets - reported.gets);
+  counters_.pages_total.add(now.pages - reported.pages);
+  counters_.bytes_total.add(now.bytes_out - reported.bytes_out);
+  counters_.bytes_received.add(now.bytes_in - reported.bytes_in);
+  counters_.requests_in_flight.add(now.in_flight - reported.in_flight);  // modular: may go down
+  reported = now;
 }
 
 void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
@@ -492,8 +443,8 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
   if (found == state_->sessions.end()) return;
   Entry& entry = *found->second;
   account(entry);
-  counters_.requests_in_flight -= entry.in_flight_reported;  // an ended session answers nothing more
-  entry.in_flight_reported = 0;
+  counters_.requests_in_flight.sub(entry.reported.in_flight);  // an ended session answers nothing more
+  entry.reported.in_flight = 0;
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, entry.socket(), nullptr);
   ServerEvent event;
   event.kind = ServerEvent::Kind::kSessionEnd;
@@ -501,61 +452,54 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
   event.peer = entry.peer;
   event.ok = ok;
   event.message = message;
-  event.seconds = seconds_since(entry.started);
-  std::shared_ptr<StagedCheckpoint> published;
+  event.seconds = seconds_since(entry.started_ns);
+  std::shared_ptr<const PageStore> committed;
   std::shared_ptr<const StagedCheckpoint> bound;
-  if (entry.session) {
-    event.stats = entry.session->stats();
-    event.format = static_cast<int>(entry.session->format());
-    bound = entry.session->bound();
+  if (entry.lazy) {
+    event.stats = entry.lazy->stats();
+    event.format = static_cast<int>(entry.lazy->format());
+    bound = entry.lazy->bound();
   } else if (entry.upload) {
     event.upload = true;
     event.upload_stats = entry.upload->stats();
     event.format = static_cast<int>(entry.upload->format());
     if (ok && entry.upload->committed()) {
       event.message = entry.upload->note();
-      published = std::make_shared<StagedCheckpoint>();
-      published->id = id;
-      published->store = entry.upload->take_store();
+      committed = entry.upload->take_store();
     } else {
-      // Nothing of a failed upload is served: give back its pids (its store goes with the session).
-      for (auto it = state_->pid_owner.begin(); it != state_->pid_owner.end();) {
-        if (it->second == id) it = state_->pid_owner.erase(it);
-        else ++it;
-      }
+      staging_.abandon(id);  // nothing of a failed upload is served (its store goes with the session)
     }
   }
-  counters_.sessions_active--;
-  if (!ok) counters_.sessions_failed++;
+  counters_.sessions_active.sub();
+  if (!ok) counters_.sessions_failed.add();
   state_->sessions.erase(found);  // closes the socket
-  event.memory_used = budget_->used();
+  event.memory_used = staging_.budget()->used();
   if (bound) event.checkpoint = bound->id;
   sink_(event);
-  if (published) {
-    state_->staged[id] = published;  // its pids are already owned by this id (admit)
-    state_->restores[id] = 0;
+  if (committed) {
+    std::shared_ptr<const StagedCheckpoint> published = staging_.publish(id, std::move(committed));
     ServerEvent staged;
     staged.kind = ServerEvent::Kind::kStaged;
     staged.session = id;
     staged.checkpoint = id;
     staged.peer = event.peer;
     staged.store = published->store;
-    staged.memory_used = budget_->used();
+    staged.memory_used = staging_.budget()->used();
     sink_(staged);
   }
   if (bound && ok && event.stats.closed_by_request) {
     // A completed restore: the client sent CLOSE and hung up cleanly. A client that died mid-transfer (EOF
     // without CLOSE, or an error) does not use the checkpoint up.
-    auto counted = state_->restores.find(bound->id);
-    if (counted != state_->restores.end()) {
-      const uint64_t restores = ++counted->second;
+    bool retire_now = false;
+    const uint64_t restores = staging_.restore_completed(bound->id, &retire_now);
+    if (restores != 0) {
       ServerEvent done;
       done.kind = ServerEvent::Kind::kRestoreDone;
       done.session = id;
       done.checkpoint = bound->id;
       done.restores = restores;
       sink_(done);
-      if (config_.staging_restores != 0 && restores >= config_.staging_restores) {
+      if (retire_now) {
         retire(bound->id, "after " + std::to_string(restores) + " completed restores (--staging-restores)");
       }
     }
@@ -563,48 +507,43 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
 }
 
 void PageServer::check_stalls() {
-  const auto now = Clock::now();
-  const auto stall_limit = std::chrono::milliseconds(config_.stall_timeout_ms);
-  const auto idle_limit = std::chrono::milliseconds(config_.idle_timeout_ms);
+  const uint64_t now = now_ns();
+  const uint64_t stall_limit = ms_to_ns(config_.stall_timeout_ms);
+  const uint64_t idle_limit = ms_to_ns(config_.idle_timeout_ms);
+  const uint64_t handshake_limit = ms_to_ns(config_.tls_handshake_timeout_ms);
   std::vector<uint64_t> slow_handshakes;
   std::vector<std::pair<uint64_t, std::string>> dropped;
   for (auto& [id, entry] : state_->sessions) {
     if (entry->handshaking()) {
-      if (now - entry->started > std::chrono::milliseconds(config_.tls_handshake_timeout_ms)) slow_handshakes.push_back(id);
+      if (now - entry->started_ns > handshake_limit) slow_handshakes.push_back(id);
       continue;
     }
     // Idle: nothing received and nothing of ours pending. An upload waiting for our CLOSE ack is our wait.
-    uint64_t input = 0;
-    bool waiting_on_us = false;
-    if (entry->session) {
-      input = entry->session->stats().bytes_in;
-      waiting_on_us = entry->session->has_unsent_replies();
-    } else if (entry->upload) {
-      input = entry->upload->stats().bytes_in;
-      waiting_on_us = entry->upload->awaiting_ack() || entry->upload->wants_write();
-    }
+    const Session* session = entry->session.get();
+    const uint64_t input = session ? session->totals().bytes_in : 0;
+    const bool waiting_on_us = session && session->peer_waits();
     if (input != entry->input_at_last_check || waiting_on_us) {
       entry->input_at_last_check = input;
-      entry->last_input = now;
-    } else if (config_.idle_timeout_ms > 0 && now - entry->last_input > idle_limit) {
+      entry->last_input_ns = now;
+    } else if (config_.idle_timeout_ms > 0 && now - entry->last_input_ns > idle_limit) {
       dropped.emplace_back(id, "idle for " + std::to_string(config_.idle_timeout_ms / 1000) + " s: the peer sent " +
                                    (input ? "nothing more" : "no request") + " and no reply was pending; session dropped (--idle-timeout)");
       continue;
     }
-    if (!entry->session) continue;  // uploads wait on the dump, which pushes; routing waits for one header
+    if (!entry->lazy) continue;  // uploads wait on the dump, which pushes; routing waits for one header
     // Stall: a reply is pending and the peer reads (almost) nothing of it.
-    const uint64_t bytes = entry->session->stats().bytes_out;
-    if (!entry->session->has_unsent_replies() || bytes - entry->bytes_at_last_check >= kStallProgressBytes) {
+    const uint64_t bytes = session->totals().bytes_out;
+    if (!session->reply_pending() || bytes - entry->bytes_at_last_check >= kStallProgressBytes) {
       entry->bytes_at_last_check = bytes;
-      entry->last_progress = now;
-    } else if (now - entry->last_progress > stall_limit) {
+      entry->last_progress_ns = now;
+    } else if (now - entry->last_progress_ns > stall_limit) {
       dropped.emplace_back(id, "the peer read only " + std::to_string(bytes - entry->bytes_at_last_check) + " bytes in " +
                                    std::to_string(config_.stall_timeout_ms / 1000) +
                                    " s while a reply was pending; session dropped (--stall-timeout)");
     }
   }
   for (uint64_t id : slow_handshakes) {
-    counters_.tls_failures++;
+    counters_.tls_failures.add();
     end_session(id, false,
                 "TLS: the peer did not complete the handshake within " +
                     std::to_string(config_.tls_handshake_timeout_ms / 1000) + " s; session dropped");
@@ -628,7 +567,7 @@ void PageServer::run() {
         run_commands();
         if (!state_->draining && drain_ms_.load() >= 0) {
           state_->draining = true;
-          state_->drain_deadline = Clock::now() + std::chrono::milliseconds(drain_ms_.load());
+          state_->drain_deadline_ns = now_ns() + ms_to_ns(drain_ms_.load());
           if (listen_fd_ >= 0) {
             epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
             close(listen_fd_);
@@ -649,7 +588,7 @@ void PageServer::run() {
     check_stalls();
     if (state_->draining) {
       if (state_->sessions.empty()) running = false;
-      else if (Clock::now() >= state_->drain_deadline) {
+      else if (now_ns() >= state_->drain_deadline_ns) {
         std::vector<uint64_t> ids;
         for (auto& item : state_->sessions) ids.push_back(item.first);
         for (uint64_t id : ids) end_session(id, false, "cut by shutdown: replies still unsent after the drain time");
@@ -660,7 +599,7 @@ void PageServer::run() {
   }
   ServerEvent stopped;
   stopped.kind = ServerEvent::Kind::kStopped;
-  stopped.ok = counters_.sessions_failed.load() == 0;
+  stopped.ok = counters_.sessions_failed.get() == 0;
   sink_(stopped);
 }
 

@@ -6,25 +6,29 @@
 // MemfdStore charged to the daemon-wide MemoryBudget; GET/CLOSE (and anything else) start a LazySession.
 // An upload's CLOSE status is held back until the control plane has written the images (kUploadSealed ->
 // ack_upload()); once the dump has read the status and hung up, the store is published as a staged
-// checkpoint (kStaged) and GETs for its pids are served from it. Pids are unique across staged checkpoints
-// and uploads in progress (see StagedLookup). A checkpoint goes when release() is called or after
-// staging_restores completed restores; sessions already bound to it keep it alive until they end.
+// checkpoint (kStaged) and GETs for its pids are served from it. A checkpoint goes when release() is called
+// or after staging_restores completed restores; sessions already bound to it keep it alive until they end.
+// Who owns what (pids, stores, the memory budget) is the StagingRegistry's (staging/staging_registry.h); this
+// thread tells it what happened and reports the events.
+//
+// Both kinds of session are a Session (server/session.h): one read/write/TLS loop (service()) drives either.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
-
-#include <mutex>
 #include <vector>
 
+#include "net/tls_context.h"
 #include "server/lazy_session.h"
 #include "server/page_index.h"
-#include "net/tls_context.h"
 #include "server/upload_session.h"
+#include "staging/staging_registry.h"
+#include "util/counter.h"
 
 namespace lazyd {
 
@@ -75,16 +79,19 @@ struct ServerEvent {
 
 using ServerEventSink = std::function<void(const ServerEvent&)>;
 
-struct ServerCounters {
-  std::atomic<uint64_t> sessions_total{0};
-  std::atomic<uint64_t> sessions_active{0};
-  std::atomic<uint64_t> sessions_failed{0};
-  std::atomic<uint64_t> gets_total{0};
-  std::atomic<uint64_t> pages_total{0};
-  std::atomic<uint64_t> bytes_total{0};     // sent: lazy replies and CLOSE answers
-  std::atomic<uint64_t> bytes_received{0};  // read: lazy requests and uploads (headers + page data)
-  std::atomic<uint64_t> requests_in_flight{0};  // GETs read, replies not yet sent in full, over all sessions
-  std::atomic<uint64_t> tls_failures{0};    // TLS handshakes that failed or timed out: peers refused, not TLS (--tls)
+// A snapshot of the server's counters (stats(); the binding's PageServer.stats()).
+struct ServerStats {
+  uint64_t sessions_total = 0;
+  uint64_t sessions_active = 0;
+  uint64_t sessions_failed = 0;
+  uint64_t gets_total = 0;
+  uint64_t pages_total = 0;
+  uint64_t bytes_total = 0;         // sent: lazy replies and CLOSE answers
+  uint64_t bytes_received = 0;      // read: lazy requests and uploads (headers + page data)
+  uint64_t requests_in_flight = 0;  // GETs read, replies not yet sent in full, over all sessions
+  uint64_t tls_failures = 0;        // TLS handshakes that failed or timed out: peers refused, not TLS (--tls)
+  uint64_t staging_bytes = 0;       // staged + uploading page bytes (the staging budget in use)
+  uint64_t staging_max_bytes = 0;   // --staging-max-bytes
 };
 
 class PageServer {
@@ -103,15 +110,21 @@ class PageServer {
   void request_stop(int drain_ms);
   void join();
 
-  const ServerCounters& counters() const { return counters_; }
+  // Thread-safe.
+  ServerStats stats() const;
   // Thread-safe: answer a kUploadSealed (ok: send the CLOSE status; otherwise fail the upload with message).
   void ack_upload(uint64_t session, bool ok, const std::string& message);
   // Thread-safe: stop offering a staged checkpoint to new sessions.
   void release(uint64_t checkpoint, const std::string& reason);
-  const MemoryBudget& budget() const { return *budget_; }
+  // The staging registry; from other threads only its thread-safe parts (sealed(), the budget).
+  const StagingRegistry& staging() const { return staging_; }
 
  private:
   struct Entry;
+  struct Counters {
+    Counter sessions_total, sessions_active, sessions_failed, gets_total, pages_total, bytes_total, bytes_received,
+        requests_in_flight, tls_failures;
+  };
   void run();
   void accept_all();
   void service(Entry& entry, uint32_t events);
@@ -121,19 +134,20 @@ class PageServer {
   void check_stalls();
   void route(Entry& entry, uint32_t events);
   void handshake(Entry& entry);
+  void post_sealed(Entry& entry);
   void run_commands();
   void retire(uint64_t checkpoint, const std::string& reason);
-  std::string admit(uint64_t session, PageKey key);
+  void wake();
 
   PageServerConfig config_;
   std::shared_ptr<const PageIndex> index_;
   ServerEventSink sink_;
-  ServerCounters counters_;
+  Counters counters_;
+  StagingRegistry staging_;
   int listen_fd_ = -1;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::atomic<int> drain_ms_{-1};
-  std::shared_ptr<MemoryBudget> budget_;
   struct Command {
     bool ack = false;  // else release
     uint64_t id = 0;

@@ -52,9 +52,19 @@ UploadSession::UploadSession(int fd, std::unique_ptr<PageStore> store, const Upl
 
 UploadSession::UploadSession(std::unique_ptr<Transport> transport, std::unique_ptr<PageStore> store,
                              const UploadLimits& limits)
-    : transport_(std::move(transport)), store_(std::move(store)), limits_(limits), format_(limits.format) {}
+    : Session(std::move(transport), limits.format), store_(std::move(store)), limits_(limits) {}
 
 UploadSession::~UploadSession() = default;
+
+UploadSession::Status UploadSession::drain() {
+  return fail("lazyd is shutting down: the upload is dropped; the dump fails and CRIU resumes the tasks");
+}
+
+SessionTotals UploadSession::totals() const {
+  SessionTotals totals;
+  totals.bytes_in = stats_.bytes_in;
+  return totals;
+}
 
 
 std::shared_ptr<PageStore> UploadSession::take_store() {

@@ -9,8 +9,7 @@
 // lazyd keeps no parent images in staging: OPEN2 answers has_parent = 0 and PARENT answers 0, so a pre-dump
 // client sends every page (no PE_PARENT holes). Holes that arrive anyway are recorded as metadata only.
 //
-// Same shape as LazySession: knows nothing of epoll; the server calls on_readable()/on_writable() and asks
-// wants_read()/wants_write().
+// A Session (server/session.h), as LazySession: the server's epoll loop drives it.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +19,7 @@
 #include <vector>
 
 #include "staging/page_store.h"
-#include "net/transport.h"
+#include "server/session.h"
 #include "wire/wire.h"
 
 namespace lazyd {
@@ -46,24 +45,29 @@ struct UploadStats {
   bool close_seen = false;
 };
 
-class UploadSession {
+class UploadSession final : public Session {
  public:
-  enum class Status { kOpen, kDone, kFailed };
-
   // Takes the socket (closed by the destructor) and a fresh, empty store.
   UploadSession(int fd, std::unique_ptr<PageStore> store, const UploadLimits& limits);
   // The same over a transport (a plain socket, or an established TLS session: payloads are then decrypted in
   // user space and copied into the store, §1.9).
   UploadSession(std::unique_ptr<Transport> transport, std::unique_ptr<PageStore> store, const UploadLimits& limits);
-  ~UploadSession();
-  UploadSession(const UploadSession&) = delete;
-  UploadSession& operator=(const UploadSession&) = delete;
+  ~UploadSession() override;
 
-  Status on_readable();
-  Status on_writable();
+  Status on_readable() override;
+  Status on_writable() override;
+  // lazyd is shutting down: the upload fails (the dump gets no CLOSE status, fails, and CRIU resumes the tasks).
+  Status drain() override;
 
-  bool wants_read() const { return !failed_ && !committed_ && !eof_ && out_len_ + sizeof(int32_t) <= sizeof out_; }
-  bool wants_write() const { return out_sent_ < out_len_; }
+  bool wants_read() const override {
+    return !failed_ && !committed_ && !eof_ && out_len_ + sizeof(int32_t) <= sizeof out_;
+  }
+  bool wants_write() const override { return out_sent_ < out_len_; }
+  SessionTotals totals() const override;
+  // Waiting for the control plane to write the images (awaiting_ack), or for the socket to take a reply.
+  bool peer_waits() const override { return awaiting_ack() || wants_write(); }
+  // Its replies are a few bytes: the dump is never stalled on them (it pushes; the idle timeout covers it).
+  bool reply_pending() const override { return false; }
 
   // True once the upload ended cleanly (CLOSE answered, EOF from the client): the store is complete and sealed.
   bool committed() const { return committed_; }
@@ -79,12 +83,7 @@ class UploadSession {
   // Progress while filling (memory held, entries).
   const PageStore* store() const { return store_.get(); }
 
-  int fd() const { return transport_->fd(); }
-  // Input already taken off the socket (TLS): the server must not wait on epoll for it.
-  bool has_buffered_input() const { return transport_->buffered(); }
-  wire::Format format() const { return format_; }
   const UploadStats& stats() const { return stats_; }
-  const std::string& error() const { return error_; }
   // Set on a committed upload whose connection broke after the CLOSE status had left (see above).
   const std::string& note() const { return note_; }
 
@@ -104,11 +103,9 @@ class UploadSession {
   Status fail_socket(const char* what, int err);
   Status settle();
 
-  std::unique_ptr<Transport> transport_;
   std::vector<uint8_t> copy_;  // TLS only: decrypted payload bytes on their way into the store
   std::shared_ptr<PageStore> store_;
   UploadLimits limits_;
-  wire::Format format_;
   Phase phase_ = Phase::kHeader;
   uint8_t in_[wire::HEADER_SIZE_MAX];
   size_t in_len_ = 0;
@@ -127,7 +124,6 @@ class UploadSession {
   bool awaiting_ack_ = false;
   bool status_queued_ = false;  // the CLOSE status is in out_ (sent once out_sent_ == out_len_)
   UploadStats stats_;
-  std::string error_;
   std::string note_;
 };
 
