@@ -53,22 +53,25 @@ PageClient::~PageClient() {
   else if (fd_ >= 0) ::close(fd_);
 }
 
-int PageClient::start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer, int timeout_ms) {
+int PageClient::start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer) {
   if (fd_ < 0) return fail(-ENOTCONN, "page server not connected");
   std::string error;
   tls_ = TlsSession::create(std::move(context), fd_, TlsSession::Role::kClient, &error);
   if (!tls_) return fail(-EPROTO, error);
-  int left = timeout_ms;
-  for (;;) {
-    int rc = tls_->handshake();
-    if (rc == 0) return 0;
-    if (rc != -EAGAIN) return fail(-EPROTO, "TLS handshake with the page server " + peer + " failed: " + tls_->error());
-    rc = wait_fd(fd_, tls_->handshake_wants_write() ? POLLOUT : POLLIN, &left);
-    if (rc < 0) {
-      return fail(rc, "TLS handshake with the page server " + peer + " did not complete within " +
-                          std::to_string(timeout_ms) + " ms: does it run with --tls?");
-    }
-  }
+  tls_peer_ = peer;
+  return 0;
+}
+
+int PageClient::tls_handshake() {
+  if (!tls_) return fail(-ENOTCONN, "TLS not started");
+  const int rc = tls_->handshake();
+  if (rc == 0 || rc == -EAGAIN) return rc;
+  return fail(-EPROTO, "TLS handshake with the page server " + tls_peer_ + " failed: " + tls_->error());
+}
+
+int PageClient::tls_timed_out(int timeout_ms) {
+  return fail(-ETIMEDOUT, "TLS handshake with the page server " + tls_peer_ + " did not complete within " +
+                              std::to_string(timeout_ms) + " ms: does it run with --tls?");
 }
 
 ssize_t PageClient::io_recv(void* buf, size_t len) {

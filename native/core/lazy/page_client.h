@@ -69,10 +69,17 @@ class PageClient : public PageSource {
   int connect(const std::string& host, uint16_t port, int timeout_ms);
   // Uses an already-connected socket (criu's --ps-socket). Takes ownership.
   int adopt(int fd);
-  // --tls (§1.9): the TLS handshake over the connected socket, the server's certificate checked, within
-  // timeout_ms. From then on every byte goes through TLS, each GET header in a record of its own. 0 or -errno.
-  int start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer, int timeout_ms);
-  // "TLS1.3-..." once start_tls() succeeded, else "".
+  // --tls (§1.9): begins the TLS handshake over the connected socket (the server's certificate is checked inside
+  // it); peer ("host:port") names the server in messages. Then call tls_handshake() each time the socket is ready
+  // for what tls_wants_write() says, until it returns 0: the caller's event loop drives it, nothing here waits.
+  // From then on every byte goes through TLS, each GET header in a record of its own. 0 or -errno.
+  int start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer);
+  // One step: 0 once established, -EAGAIN (wait for the socket), or -EPROTO (error() says why).
+  int tls_handshake();
+  bool tls_wants_write() const { return tls_ && tls_->handshake_wants_write(); }
+  // The caller's deadline for the handshake passed: the client fails with the message saying what to check.
+  int tls_timed_out(int timeout_ms);
+  // "TLS1.3-..." once the handshake is done, else "".
   std::string tls_description() const { return tls_ ? tls_->description() : std::string(); }
 
   int fd() const override { return fd_; }
@@ -103,6 +110,7 @@ class PageClient : public PageSource {
   uint64_t page_size_;
   int fd_ = -1;
   std::unique_ptr<TlsSession> tls_;
+  std::string tls_peer_;  // "host:port", for messages
   std::vector<uint8_t> out_;
   size_t out_off_ = 0;
   std::deque<PageRequest> fifo_;
