@@ -1,6 +1,6 @@
 // criu's TLS flags (protocol doc §1.9), shared by `lazyd --page-server`, `lazyd page-server` and
 // `lazyd lazy-pages`: --tls, --tls-cacert, --tls-cacrl, --tls-cert, --tls-key, --tls-no-cn-verify. Defaults are
-// criu's and live in the native core (native/core/tls_context.h): /etc/pki/CA/cacert.pem (plus the system trust
+// criu's and live in the native core (native/core/net/tls_context.h): /etc/pki/CA/cacert.pem (plus the system trust
 // store when --tls-cacert is not given), /etc/pki/CA/cacrl.pem (if readable), /etc/pki/criu/cert.pem,
 // /etc/pki/criu/private/key.pem.
 import path from 'node:path';

@@ -46,7 +46,7 @@ export interface StagedPagemap {
   entries: BigUint64Array;
 }
 
-/** The native page server's staging events (see PageServer in native/core/page_server.h). */
+/** The native page server's staging events (see PageServer in native/core/server/page_server.h). */
 export interface StagingEvent {
   type: string;
   session: number;

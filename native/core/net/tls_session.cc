@@ -5,6 +5,10 @@
 #include <cstring>
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include "util/text.h"
+#include "wire/wire.h"
 
 namespace lazyd {
 namespace {
@@ -42,6 +46,38 @@ std::string alert_hint(gnutls_alert_description_t alert) {
     default:
       return "";
   }
+}
+
+// Bytes shown of a peer that did not start a TLS handshake.
+constexpr size_t kShownBytes = 16;
+
+// The command of the page-server header (either layout) that bytes start with, or null when they do not parse
+// as one: a known command, and a header that fits (detect()), or the all-zero fields of a CLOSE.
+const char* page_server_header(const uint8_t* bytes, size_t len) {
+  if (len < wire::HEADER_SIZE_V24) return nullptr;
+  const wire::Header header = wire::decode(wire::Format::V24, bytes);
+  const uint32_t command = header.command();
+  if (command == wire::PS_IOV_CLOSE || command == wire::PS_IOV_FORCE_CLOSE) {
+    // Both layouts: nr_pages, vaddr and dst_id zero from byte 8 on (the 32-byte padding at 4..7 is never read).
+    for (size_t i = 8; i < wire::HEADER_SIZE_V24; i++)
+      if (bytes[i] != 0) return nullptr;
+    return header.flags() == 0 ? wire::command_name(command) : nullptr;
+  }
+  const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return wire::detect(bytes, len, page_size) == wire::Format::Unknown ? nullptr : wire::command_name(command);
+}
+
+// Why a server's peer is not a TLS client, from the first bytes it sent (not a ClientHello).
+std::string not_tls(const uint8_t* bytes, size_t len) {
+  if (const char* command = page_server_header(bytes, len)) {
+    return std::string("the peer speaks the plain page-server protocol, not TLS (its first bytes are a page-server ") +
+           command + " header, not a TLS ClientHello): run it with --tls, or this server without";
+  }
+  const size_t shown = std::min(len, kShownBytes);
+  return "the peer did not start a TLS handshake: its first " + std::to_string(shown) + " bytes are " +
+         quoted_bytes(bytes, shown) + " (" + hex_bytes(bytes, shown) +
+         "), neither a TLS ClientHello nor a page-server header; this port takes CRIU page-server clients run with "
+         "--tls";
 }
 
 }  // namespace
@@ -104,19 +140,16 @@ int TlsSession::handshake() {
   if (established_) return 0;
   if (!error_.empty()) return -EPROTO;
   if (role_ == Role::kServer && !hello_seen_) {
-    // A plain client's first bytes are a page-server header, not a ClientHello: say so rather than report a
-    // TLS parse error.
-    uint8_t first[2];
+    // A peer whose first byte does not start a TLS handshake record is not a TLS client: say what it sent (a plain
+    // page-server header, or other bytes: an HTTP request...) rather than report a TLS parse error.
+    uint8_t first[wire::HEADER_SIZE_MAX];
     const ssize_t n = ::recv(fd_, first, sizeof first, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return -EAGAIN;
       return fail(std::string("receive failed before the TLS handshake: ") + strerror(errno));
     }
     if (n == 0) return fail("the peer closed the connection before the TLS handshake");
-    if (first[0] != 22) {
-      return fail("the peer speaks the plain page-server protocol, not TLS (its first bytes are not a TLS "
-                  "ClientHello): run it with --tls, or this server without");
-    }
+    if (first[0] != 22) return fail(not_tls(first, static_cast<size_t>(n)));
     hello_seen_ = true;
   }
   for (;;) {
