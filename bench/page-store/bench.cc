@@ -29,8 +29,8 @@
 #include <unistd.h>
 #include <vector>
 
-#include "staging/memfd_store.h"
 #include "pipe_store.h"
+#include "staging/memfd_store.h"
 
 using namespace lazyd;
 using Clock = std::chrono::steady_clock;

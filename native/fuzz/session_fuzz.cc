@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "server/lazy_session.h"
-#include "staging/memfd_store.h"
 #include "server/page_index.h"
 #include "server/upload_session.h"
+#include "staging/memfd_store.h"
 #include "wire/wire.h"
 
 using namespace lazyd;

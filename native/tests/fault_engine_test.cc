@@ -28,10 +28,10 @@
 #include <thread>
 #include <vector>
 
+#include "kernel/uffd.h"
+#include "lazy/restore_handshake.h"
 #include "server/page_index.h"
 #include "server/page_server.h"
-#include "lazy/restore_handshake.h"
-#include "kernel/uffd.h"
 #include "wire/wire.h"
 
 #include "check.h"

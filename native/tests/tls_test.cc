@@ -27,10 +27,10 @@
 #include "kernel/uffd.h"
 #include "lazy/fault_engine.h"
 #include "lazy/restore_handshake.h"
-#include "server/page_index.h"
-#include "server/page_server.h"
 #include "net/tls_context.h"
 #include "net/tls_session.h"
+#include "server/page_index.h"
+#include "server/page_server.h"
 #include "wire/wire.h"
 
 #include "check.h"

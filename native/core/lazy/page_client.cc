@@ -1,7 +1,7 @@
 #include "lazy/page_client.h"
 
-#include "util/clock.h"
 #include "net/net.h"
+#include "util/clock.h"
 #include "util/text.h"
 
 #include <algorithm>

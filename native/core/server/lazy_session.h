@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "server/page_index.h"
+#include "server/session.h"
 #include "staging/page_store.h"
 #include "staging/staged_checkpoint.h"
-#include "server/session.h"
 #include "wire/wire.h"
 
 namespace lazyd {

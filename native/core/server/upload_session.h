@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "staging/page_store.h"
 #include "server/session.h"
+#include "staging/page_store.h"
 #include "wire/wire.h"
 
 namespace lazyd {
