@@ -54,15 +54,4 @@ LookupResult PageIndex::lookup(uint64_t pid, uint64_t vaddr, uint64_t nr_pages, 
   return LookupResult::kFound;
 }
 
-const char* lookup_result_text(LookupResult result) {
-  switch (result) {
-    case LookupResult::kFound: return "found";
-    case LookupResult::kUnknownPid: return "no task with this pid in the checkpoint";
-    case LookupResult::kNotDumped: return "no pagemap entry covers this address";
-    case LookupResult::kNoData: return "the images hold no data for this page (PE_LAZY without PE_PRESENT, or PE_PARENT)";
-    case LookupResult::kNotLazy: return "the page is not lazy (restore installs it eagerly)";
-  }
-  return "?";
-}
-
 }  // namespace lazyd

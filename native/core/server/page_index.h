@@ -8,6 +8,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "wire/lookup_result.h"
+
 namespace lazyd {
 
 struct PageRun {
@@ -16,14 +18,6 @@ struct PageRun {
   uint32_t flags = 0;     // PE_* (wire.h)
   int32_t file = -1;      // index into PageIndex files, -1 when the entry has no data
   uint64_t file_offset = 0;
-};
-
-enum class LookupResult {
-  kFound,
-  kUnknownPid,   // no task with this pid in the checkpoint
-  kNotDumped,    // no pagemap entry covers the address
-  kNoData,       // covered, but the images hold no bytes for it (PE_LAZY without PE_PRESENT, or PE_PARENT)
-  kNotLazy,      // covered by an eager entry: restore already has it, CRIU clients never ask for it
 };
 
 struct PageSpan {
@@ -55,7 +49,5 @@ class PageIndex {
   std::vector<int> fds_;
   std::unordered_map<uint64_t, std::vector<PageRun>> tasks_;
 };
-
-const char* lookup_result_text(LookupResult result);
 
 }  // namespace lazyd

@@ -21,7 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "server/page_index.h"  // LookupResult
+#include "wire/lookup_result.h"
 #include "wire/wire.h"
 
 namespace lazyd {
