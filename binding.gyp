@@ -3,12 +3,12 @@
     {
       "target_name": "lazyd_native",
       "sources": [
-        "native/binding.cc",
-        "<!@(ls -1 native/core/*.cc)"
+        "<!@(find native/binding native/core -name '*.cc' | sort)"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
-        "native/core"
+        "native/core",
+        "native"
       ],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],

@@ -30,7 +30,8 @@ fi
 build_native() {
   local target="$1"
   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -Inative/core $(pkg-config --cflags gnutls) native/core/*.cc "native/fuzz/$target.cc" -o "$OUT/$target.bin" \
+    -Inative/core $(pkg-config --cflags gnutls) $(find native/core -name '*.cc' | sort) "native/fuzz/$target.cc" \
+    -o "$OUT/$target.bin" \
     $(pkg-config --libs gnutls) -lpthread
 }
 

@@ -134,8 +134,9 @@ export interface PageServer {
   stop(drainMs: number): void;
   /** The counters (an empty object before listen). */
   stats(): PageServerStats;
-  /** Writes the pages image of one pagemap of a sealed upload, atomically; returns the bytes written. */
-  writePages(session: number, type: 'pid' | 'shmem', id: number, file: string, includeLazy: boolean): number;
+  /** Writes the pages image of one pagemap of a sealed upload, atomically, on a native worker thread; resolves
+   * to the bytes written. */
+  writePages(session: number, type: 'pid' | 'shmem', id: number, file: string, includeLazy: boolean): Promise<number>;
   /** The images of a sealed upload are written (ok) or could not be (the dump then fails). */
   ackUpload(session: number, ok: boolean, message?: string): void;
   /** New sessions no longer fetch from the staged checkpoint. */

@@ -1,6 +1,6 @@
-// Micro-benchmark of the staging page stores (native/core/pipe_store, memfd_store): the cost of serving one GET
-// (4 KiB, 64 KiB, 1 MiB) from various positions of a 6 MiB stored run, to three sinks, and the append
-// throughput from a socket. Build and run with bench/page-store/run.sh.
+// Micro-benchmark of the staging page stores (pipe_store here, native/core/staging/memfd_store): the cost of
+// serving one GET (4 KiB, 64 KiB, 1 MiB) from various positions of a 6 MiB stored run, to three sinks, and the
+// append throughput from a socket. Build and run with bench/page-store/run.sh.
 //
 // GET cost = wall time of a loop of store.send() calls over the whole reply, divided by the number of GETs,
 // while the sink is drained:
@@ -29,8 +29,8 @@
 #include <unistd.h>
 #include <vector>
 
-#include "memfd_store.h"
 #include "pipe_store.h"
+#include "staging/memfd_store.h"
 
 using namespace lazyd;
 using Clock = std::chrono::steady_clock;

@@ -8,6 +8,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${TMPDIR:-/tmp}/lazyd-page-store-bench"
 core="$root/native/core"
-g++ -std=c++17 -O2 -Wall -Wextra -Wno-unused-parameter -pthread -I"$core" -o "$out" \
-  "$root/bench/page-store/bench.cc" "$core/page_store.cc" "$core/pipe_store.cc" "$core/memfd_store.cc" "$core/wire.cc"
+here="$root/bench/page-store"
+# The stores and what they need of the core; the pipe store lives here, next to the benchmark (not in the addon).
+g++ -std=c++17 -O2 -Wall -Wextra -Wno-unused-parameter -pthread -I"$core" -I"$here" -o "$out" \
+  "$here/bench.cc" "$here/pipe_store.cc" "$core/staging/page_store.cc" "$core/staging/memfd_store.cc" "$core/wire/wire.cc"
 exec "$out" "$@"

@@ -21,11 +21,11 @@
 #include <unistd.h>
 #include <vector>
 
-#include "lazy_session.h"
-#include "memfd_store.h"
-#include "page_index.h"
-#include "upload_session.h"
-#include "wire.h"
+#include "server/lazy_session.h"
+#include "server/page_index.h"
+#include "server/upload_session.h"
+#include "staging/memfd_store.h"
+#include "wire/wire.h"
 
 using namespace lazyd;
 

@@ -13,7 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "wire.h"
+#include "wire/wire.h"
 
 using namespace lazyd::wire;
 

@@ -2,7 +2,7 @@
 // an anonymous region registered MISSING, handed over through lazy-pages.socket, then RSTF) and the restored
 // program (threads touching pages in random order, madvise(DONTNEED), mremap); the engine serves the faults from
 // a local pages file or from lazyd's own page server over TCP. Every byte is checked.
-#include "fault_engine.h"
+#include "lazy/fault_engine.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -28,11 +28,11 @@
 #include <thread>
 #include <vector>
 
-#include "page_index.h"
-#include "page_server.h"
-#include "restore_handshake.h"
-#include "uffd.h"
-#include "wire.h"
+#include "kernel/uffd.h"
+#include "lazy/restore_handshake.h"
+#include "server/page_index.h"
+#include "server/page_server.h"
+#include "wire/wire.h"
 
 #include "check.h"
 

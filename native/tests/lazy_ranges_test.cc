@@ -1,5 +1,5 @@
 // Unit tests of LazyRanges: takes, claims, splits at edges, remaps of partly in-flight ranges, drops, fork.
-#include "lazy_ranges.h"
+#include "lazy/lazy_ranges.h"
 
 #include <cerrno>
 #include <cstdio>

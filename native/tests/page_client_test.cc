@@ -1,7 +1,7 @@
 // PageClient on the wire against a tiny page server thread: both header formats, pipelined GETs, short
 // replies (N' < N), replies dribbled out a few bytes at a time, CLOSE, and every fatal mismatch.
 // LocalPageSource against a pages file.
-#include "page_client.h"
+#include "lazy/page_client.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "wire.h"
+#include "wire/wire.h"
 
 #include "check.h"
 

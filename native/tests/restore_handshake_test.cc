@@ -1,6 +1,6 @@
 // The lazy-pages.socket hand-over: stale socket files, long work dirs, tasks + zombies + RSTF in any split,
 // and every way the restore side can get it wrong.
-#include "restore_handshake.h"
+#include "lazy/restore_handshake.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "wire.h"
+#include "wire/wire.h"
 
 #include "check.h"
 

@@ -1,5 +1,5 @@
 // sd_notify_send() against real AF_UNIX datagram sockets: a path name and an abstract ('@') name.
-#include "sd_notify.h"
+#include "kernel/sd_notify.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>

@@ -3,8 +3,13 @@
 //   - the page server over TLS: a reply's header arrives as a record of its own, its pages in records that end
 //     exactly where the payload ends (CRIU's receivers depend on it), pipelined replies never share a record;
 //   - a client that connects and never starts its handshake does not hold up another client, and is dropped
-//     after tls_handshake_timeout_ms; a revoked client certificate is refused; both count as TLS failures.
+//     after tls_handshake_timeout_ms; a revoked client certificate is refused; both count as TLS failures;
+//   - a peer that is not a TLS client is named by what it sent: a plain page-server header, or other bytes (an
+//     HTTP request) shown as text and hex;
+//   - the fault engine's client side: its handshake runs from the engine's loop, so a page server that never
+//     answers it does not stop the engine from reading the restore (RSTF arrives meanwhile) until the timeout.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -19,11 +24,14 @@
 #include <thread>
 #include <vector>
 
-#include "page_index.h"
-#include "page_server.h"
-#include "tls_context.h"
-#include "tls_session.h"
-#include "wire.h"
+#include "kernel/uffd.h"
+#include "lazy/fault_engine.h"
+#include "lazy/restore_handshake.h"
+#include "net/tls_context.h"
+#include "net/tls_session.h"
+#include "server/page_index.h"
+#include "server/page_server.h"
+#include "wire/wire.h"
 
 #include "check.h"
 
@@ -255,7 +263,7 @@ void test_server() {
   }
   // Served while the staller still sits in its handshake.
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
-  CHECK(server.counters().tls_failures.load() == 0);
+  CHECK(server.stats().tls_failures == 0);
 
   uint8_t close_cmd[wire::HEADER_SIZE_MAX] = {};
   wire::Header c;
@@ -266,10 +274,10 @@ void test_server() {
   CHECK(status.size() == 4 && status[0] == 0 && status[1] == 0 && status[2] == 0 && status[3] == 0);
 
   // The staller is dropped after the handshake timeout.
-  for (int i = 0; i < 100 && server.counters().tls_failures.load() < 1; i++) {
+  for (int i = 0; i < 100 && server.stats().tls_failures < 1; i++) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  CHECK(server.counters().tls_failures.load() == 1);
+  CHECK(server.stats().tls_failures == 1);
   char byte;
   CHECK(recv(staller, &byte, 1, 0) == 0);  // closed by the server
   close(staller);
@@ -283,20 +291,111 @@ void test_server() {
     CHECK(revoked.record().empty());
   }
   CHECK(revoked.tls->error().find("revoked") != std::string::npos);
-  for (int i = 0; i < 100 && server.counters().tls_failures.load() < 2; i++) {
+  for (int i = 0; i < 100 && server.stats().tls_failures < 2; i++) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  CHECK(server.counters().tls_failures.load() == 2);
+  CHECK(server.stats().tls_failures == 2);
+
+  // Not TLS at all, and the log says what the peer sent: an HTTP request (its first bytes as text and hex), and a
+  // plain page-server client (its header named).
+  const char http_request[] = "GET / HTTP/1.1\r\nHost: lazyd\r\n\r\n";
+  for (const void* bytes : {static_cast<const void*>(http_request), static_cast<const void*>(close_cmd)}) {
+    const size_t len = bytes == http_request ? sizeof http_request - 1 : wire::HEADER_SIZE_V24;
+    const int plain = connect_tcp(port);
+    CHECK(send(plain, bytes, len, MSG_NOSIGNAL) == static_cast<ssize_t>(len));
+    char reply;
+    CHECK(recv(plain, &reply, 1, 0) <= 0);  // refused without an answer
+    close(plain);
+  }
+  for (int i = 0; i < 100 && server.stats().tls_failures < 4; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(server.stats().tls_failures == 4);
+
   server.request_stop(0);
   server.join();
   std::lock_guard<std::mutex> lock(events.mutex);
-  bool timeout_seen = false, revoked_seen = false;
+  bool timeout_seen = false, revoked_seen = false, http_seen = false, plain_seen = false;
+  int plain_protocol_lines = 0;
   for (const std::string& m : events.ended) {
     timeout_seen |= m.find("did not complete the handshake") != std::string::npos;
     revoked_seen |= m.find("certificate is revoked (CRL ") != std::string::npos;
+    http_seen |= m.find("failed: TLS: the peer did not start a TLS handshake: its first 16 bytes are "
+                        "\"GET / HTTP/1.1\\r\\n\" (47 45 54 20 2f 20 48 54 54 50 2f 31 2e 31 0d 0a), neither a TLS "
+                        "ClientHello nor a page-server header") != std::string::npos;
+    plain_seen |= m.find("failed: TLS: the peer speaks the plain page-server protocol, not TLS (its first bytes are a "
+                         "page-server CLOSE header, not a TLS ClientHello): run it with --tls") != std::string::npos;
+    plain_protocol_lines += m.find("plain page-server protocol") != std::string::npos;
   }
   CHECK(timeout_seen);
   CHECK(revoked_seen);
+  CHECK(http_seen);
+  CHECK(plain_seen);
+  CHECK(plain_protocol_lines == 1);  // the HTTP request is not called a page-server client
+}
+
+// The fault engine as a TLS client of a page server that accepts the connection and never answers the handshake:
+// the restore's RSTF is still read (the handshake does not block the engine's thread), then the handshake times
+// out with one line naming what to check, counted as a TLS failure.
+void test_engine_handshake_does_not_block() {
+  const int silent = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);  // listens; the kernel accepts, nobody reads
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(silent, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  CHECK(listen(silent, 4) == 0);
+  socklen_t alen = sizeof a;
+  CHECK(getsockname(silent, reinterpret_cast<sockaddr*>(&a), &alen) == 0);
+  const uint16_t port = ntohs(a.sin_port);
+
+  FaultEngineConfig cfg;
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 1;  // a task without lazy memory: nothing to fetch, only the hand-over and RSTF
+  cfg.source = FaultEngineConfig::Source::kRemote;
+  cfg.address = "127.0.0.1";
+  cfg.port = port;
+  cfg.format = wire::Format::V24;
+  cfg.tls = context("good");
+  cfg.connect_timeout_ms = 1500;
+  std::mutex mutex;
+  std::vector<EngineEvent> seen;
+  FaultEngine engine(cfg, [&](const EngineEvent& e) {
+    std::lock_guard<std::mutex> lock(mutex);
+    seen.push_back(e);
+  });
+  CHECK(engine.start() == 0);
+  const int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(sock >= 0);
+  const int uffd = uffd::open_fd(O_CLOEXEC | O_NONBLOCK);
+  CHECK(uffd >= 0);
+  CHECK(handshake::send_task(sock, 77, uffd) == 0);
+  close(uffd);
+  CHECK(handshake::send_finished(sock) == 0);
+  // RSTF is read while the handshake waits (a blocking handshake would hold the thread until the timeout and
+  // fail first); then the timeout ends the engine.
+  auto first_of = [&](EngineEvent::Kind a, EngineEvent::Kind b) {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const EngineEvent& e : seen)
+      if (e.kind == a || e.kind == b) return static_cast<int>(e.kind);
+    return -1;
+  };
+  int first = -1;
+  for (int i = 0; i < 500 && first < 0; i++) {
+    first = first_of(EngineEvent::Kind::kRestoreFinished, EngineEvent::Kind::kFailed);
+    if (first < 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(first == static_cast<int>(EngineEvent::Kind::kRestoreFinished));
+  for (int i = 0; i < 500 && engine.state() != EngineState::kFailed; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(engine.state() == EngineState::kFailed);
+  engine.join();
+  CHECK(engine.error() == "TLS handshake with the page server 127.0.0.1:" + std::to_string(port) +
+                              " did not complete within 1500 ms: does it run with --tls?");
+  CHECK(engine.stats().tls_failures == 1);
+  CHECK(first_of(EngineEvent::Kind::kSourceConnected, EngineEvent::Kind::kSourceConnected) < 0);
+  close(sock);
+  close(silent);
 }
 
 }  // namespace
@@ -305,6 +404,7 @@ int main() {
   make_pki();
   test_context_errors();
   test_server();
+  test_engine_handshake_does_not_block();
   std::system(("rm -rf " + dir).c_str());
   return check_report();
 }

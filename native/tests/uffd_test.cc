@@ -1,6 +1,6 @@
 // The uffd wrappers against a real userfaultfd in this process: API, COPY (partial counts, EEXIST), ZEROPAGE,
 // WAKE with DONTWAKE, PAGEFAULT / REMOVE / UNMAP / REMAP events, UNREGISTER.
-#include "uffd.h"
+#include "kernel/uffd.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "check.h"
-#include "memfd_store.h"
+#include "staging/memfd_store.h"
 #include "pipe_store.h"
-#include "upload_session.h"
+#include "server/upload_session.h"
 
 using namespace lazyd;
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "wire.h"
+#include "wire/wire.h"
 
 namespace {
 

@@ -1,7 +1,7 @@
 // criu's TLS flags (docs/protocol.md §1.9, defined in src/config/flags.ts), shared by `lazyd --page-server`,
 // `lazyd page-server` and `lazyd lazy-pages`: --tls, --tls-cacert, --tls-cacrl, --tls-cert, --tls-key,
 // --tls-no-cn-verify, turned into the native `tls` option here. The files' defaults are criu's and live in the
-// native core (native/core/tls_context.h): /etc/pki/CA/cacert.pem (plus the system trust
+// native core (native/core/net/tls_context.h): /etc/pki/CA/cacert.pem (plus the system trust
 // store when --tls-cacert is not given), /etc/pki/CA/cacrl.pem (if readable), /etc/pki/criu/cert.pem,
 // /etc/pki/criu/private/key.pem.
 import path from 'node:path';

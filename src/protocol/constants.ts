@@ -1,4 +1,4 @@
-// Protocol constants: the TypeScript twin of native/core/wire.h (docs/protocol.md §1.2–§1.4, §3.2, §4.1).
+// Protocol constants: the TypeScript twin of native/core/wire/wire.h (docs/protocol.md §1.2–§1.4, §3.2, §4.1).
 //
 // The "shared" constants below carry exactly the names and values of wire.h's kConstants list (wire.cc);
 // test/unit/constants.test.ts checks them against the addon's `constants` export and against wire.h's text.

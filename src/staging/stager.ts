@@ -40,7 +40,7 @@ export interface StagingOptions {
   ttlSeconds?: number;
 }
 
-/** The native page server's staging events (see PageServer in native/core/page_server.h). */
+/** The native page server's staging events (see PageServer in native/core/server/page_server.h). */
 export type StagingEvent = PageServerEvent;
 
 /** What the stager asks of the native page server. */
@@ -164,7 +164,7 @@ export class Stager {
         const pagesId = this.nextPagesId++;
         const pagesFile = path.join(dir, `pages-${pagesId}.img`);
         files.push(pagesFile);
-        this.native.writePages(event.session, pagemap.type, pagemap.id, pagesFile, persist);
+        await this.native.writePages(event.session, pagemap.type, pagemap.id, pagesFile, persist);
         const pagemapFile = path.join(dir, pagemapFileName(pagemap));
         files.push(pagemapFile);
         await writeFileAtomic(pagemapFile, encodePagemap({ pagesId }, imageEntries(pagemap.entries, persist), { encoding }));

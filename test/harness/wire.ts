@@ -1,5 +1,5 @@
 // The page_server_iov wire header in both layouts, header autodetection, dst_id encoding, and parsers for whole
-// recorded sessions (docs/protocol.md §1.2–§1.6). The TypeScript twin of native/core/wire.{h,cc}.
+// recorded sessions (docs/protocol.md §1.2–§1.6). The TypeScript twin of native/core/wire/wire.{h,cc}.
 //
 // Headers are native-endian unpacked C structs; lazyd (like its C++ codec) supports little-endian hosts only, so
 // everything here is little-endian.

@@ -1,6 +1,6 @@
 // The C++ and TypeScript protocol constants agree: src/protocol/constants.ts against the addon's `constants`
 // export (wire.cc kConstants) and, so the check means something before the addon is built, against the text of
-// native/core/wire.h (its constexpr lines) and native/core/wire.cc (the kConstants list).
+// native/core/wire/wire.h (its constexpr lines) and native/core/wire/wire.cc (the kConstants list).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -21,8 +21,8 @@ function findRepoRoot(): string {
 }
 
 const ROOT = findRepoRoot();
-const WIRE_H = path.join(ROOT, 'native', 'core', 'wire.h');
-const WIRE_CC = path.join(ROOT, 'native', 'core', 'wire.cc');
+const WIRE_H = path.join(ROOT, 'native', 'core', 'wire', 'wire.h');
+const WIRE_CC = path.join(ROOT, 'native', 'core', 'wire', 'wire.cc');
 const TS_EXPORTS = TS as unknown as Record<string, unknown>;
 
 // ---- a tiny evaluator for the integer constant expressions in wire.h ----

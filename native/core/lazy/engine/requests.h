@@ -1,0 +1,50 @@
+// The fault engine's requests in flight: one per range asked of the page source, each with its reply buffer
+// (buffer_pool.h), tagged by a cookie the reply hands back.
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+
+#include "lazy/engine/buffer_pool.h"
+#include "lazy/engine/core.h"
+#include "lazy/engine/source_link.h"
+#include "lazy/engine/tasks.h"
+
+namespace lazyd::engine {
+
+struct Request {
+  uint64_t task = 0;
+  uint64_t img_start = 0;
+  uint64_t len = 0;
+  ReqKind kind = ReqKind::kFault;
+  uint8_t* buf = nullptr;
+};
+
+class RequestTable {
+ public:
+  RequestTable(EngineCore& core, TaskTable& tasks, SourceLink& link) : core_(core), tasks_(tasks), link_(link) {}
+  RequestTable(const RequestTable&) = delete;
+  RequestTable& operator=(const RequestTable&) = delete;
+
+  // Asks the source for req (already taken out of t's remaining ranges). False when the engine failed (no
+  // buffer, or the source refused it).
+  bool submit(Task& t, const LazyRequest& req, ReqKind kind);
+  // The request a reply answers, out of the table (false: no such cookie). Its task owes one reply less.
+  bool take(uint64_t cookie, Request* request);
+  // A reply buffer the installer is done with.
+  void recycle(uint8_t* buf) { pool_.put(buf); }
+
+  size_t size() const { return requests_.size(); }
+  uint64_t bg_bytes() const { return bg_bytes_; }  // bytes of background requests in flight
+
+ private:
+  EngineCore& core_;
+  TaskTable& tasks_;
+  SourceLink& link_;
+  std::unordered_map<uint64_t, Request> requests_;
+  uint64_t next_cookie_ = 1;
+  uint64_t bg_bytes_ = 0;
+  BufferPool pool_;
+};
+
+}  // namespace lazyd::engine

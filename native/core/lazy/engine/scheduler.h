@@ -1,0 +1,57 @@
+// What the fault engine asks the page source for next, in priority order (lazy/fault_engine.h):
+//   1. demand faults: the faulting page alone, never held back;
+//   2. fault-around: the rest of a window after each faulting page;
+//   3. the background drain, after RSTF only (before it the restorer may not have registered the VMAs yet), in
+//      requests that double from bg_min_bytes to bg_max_bytes, its bytes in flight capped low while faults wait
+//      or were seen in the last fault_quiet_ms, so no fault queues behind megabytes of drain.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <utility>
+
+#include "lazy/engine/core.h"
+#include "lazy/engine/requests.h"
+#include "lazy/engine/source_link.h"
+#include "lazy/engine/tasks.h"
+
+namespace lazyd::engine {
+
+class Scheduler {
+ public:
+  Scheduler(EngineCore& core, TaskTable& tasks, RequestTable& requests, SourceLink& link)
+      : core_(core), tasks_(tasks), requests_(requests), link_(link) {}
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // After the configuration is settled (page-aligned sizes).
+  void start() { bg_len_ = core_.cfg.bg_min_bytes; }
+  // A fault on a page still to fetch: request it, and the window after it.
+  void queue_fault(const Task& t, uint64_t page, uint64_t now);
+  // A fault on a page already in flight: it only counts as a recent fault.
+  void fault_seen(uint64_t now) { last_fault_ = now; }
+  // Submits what is due, in priority order.
+  void schedule();
+  // The drain of a synchronous (local) source has work left: the loop must not sleep.
+  bool drain_pending() const;
+
+ private:
+  struct Around {
+    uint64_t task;
+    uint64_t addr;
+    uint64_t bytes;
+  };
+  Task* next_bg_task();
+
+  EngineCore& core_;
+  TaskTable& tasks_;
+  RequestTable& requests_;
+  SourceLink& link_;
+  std::deque<std::pair<uint64_t, uint64_t>> fault_queue_;  // (task, page) to request
+  std::deque<Around> around_queue_;
+  uint64_t bg_len_ = 0;     // the drain's next request size
+  uint64_t bg_cursor_ = 0;  // the task the drain served last (round robin)
+  uint64_t last_fault_ = 0;
+};
+
+}  // namespace lazyd::engine

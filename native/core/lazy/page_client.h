@@ -1,0 +1,162 @@
+// Where the lazy daemon gets page contents from, behind one small interface (PageSource):
+//   PageClient       a TCP client of a page server (lazyd's, `criu page-server --lazy-pages` or
+//                    `criu dump --lazy-pages --port`): pipelined GETs, replies strictly FIFO (docs/protocol.md §1.6);
+//   LocalPageSource  pread from the local pages-*.img (local lazy restore, §4.5).
+// Neither knows about epoll: the engine watches fd() and calls pump().
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "net/tls_session.h"
+#include "wire/wire.h"
+
+namespace lazyd {
+
+struct PageRequest {
+  uint64_t cookie = 0;     // the caller's tag, handed back with the reply
+  uint64_t pid = 0;        // the image (dump-time) pid: GET's dst_id (§1.4: the bare pid, no type byte)
+  uint64_t img_vaddr = 0;  // page-aligned address at dump time
+  uint64_t nr_pages = 0;
+  uint8_t* buf = nullptr;  // nr_pages * page_size bytes; must stay valid until the reply is returned
+};
+
+struct PageReply {
+  uint64_t cookie = 0;
+  uint64_t img_vaddr = 0;
+  uint64_t nr_pages = 0;       // N' <= requested: the server clamps at the end of its run (§1.6)
+  uint64_t requested_pages = 0;
+  uint8_t* buf = nullptr;      // the request's buffer, holding N' pages
+};
+
+class PageSource {
+ public:
+  virtual ~PageSource() = default;
+  // The fd to watch (EPOLLIN, plus EPOLLOUT while wants_write()); -1 when replies are ready right after submit().
+  virtual int fd() const = 0;
+  virtual bool wants_write() const { return false; }
+  // Queues (and starts sending) one request. 0 or -errno (error() says why; the source is then unusable).
+  virtual int submit(const PageRequest& request) = 0;
+  // Sends pending output, reads what has arrived, appends completed replies in request order. 0 or -errno.
+  virtual int pump(std::vector<PageReply>* done) = 0;
+  virtual size_t in_flight() const = 0;
+  // While requests are outstanding: ms since the last byte arrived (or since the first request was sent). Else 0.
+  virtual int64_t stalled_ms() const { return 0; }
+  // Ends the session (a page server gets CLOSE and answers with an int32 status, §1.6). Only with nothing in
+  // flight (-EBUSY otherwise). Returns 0 or -errno; *status gets the server's status. After an error it sends
+  // nothing and just drops the connection (-EPIPE): a CLOSE would tell a criu source that all went well (§6.18).
+  virtual int close(int timeout_ms, int32_t* status) = 0;
+  virtual uint64_t bytes_received() const = 0;
+  virtual uint64_t bytes_sent() const { return 0; }
+  virtual const std::string& error() const = 0;
+  virtual const char* kind() const = 0;
+};
+
+class PageClient : public PageSource {
+ public:
+  PageClient(wire::Format format, uint64_t page_size);
+  ~PageClient() override;
+  PageClient(const PageClient&) = delete;
+  PageClient& operator=(const PageClient&) = delete;
+
+  // Resolves host with getaddrinfo (IPv4/IPv6, names allowed, like criu's client §1.1) and tries each address
+  // until one connects within timeout_ms in total. Sets TCP_NODELAY and O_NONBLOCK. 0 or -errno.
+  int connect(const std::string& host, uint16_t port, int timeout_ms);
+  // Uses an already-connected socket (criu's --ps-socket). Takes ownership.
+  int adopt(int fd);
+  // --tls (§1.9): begins the TLS handshake over the connected socket (the server's certificate is checked inside
+  // it); peer ("host:port") names the server in messages. Then call tls_handshake() each time the socket is ready
+  // for what tls_wants_write() says, until it returns 0: the caller's event loop drives it, nothing here waits.
+  // From then on every byte goes through TLS, each GET header in a record of its own. 0 or -errno.
+  int start_tls(std::shared_ptr<const TlsContext> context, const std::string& peer);
+  // One step: 0 once established, -EAGAIN (wait for the socket), or -EPROTO (error() says why).
+  int tls_handshake();
+  bool tls_wants_write() const { return tls_ && tls_->handshake_wants_write(); }
+  // The caller's deadline for the handshake passed: the client fails with the message saying what to check.
+  int tls_timed_out(int timeout_ms);
+  // "TLS1.3-..." once the handshake is done, else "".
+  std::string tls_description() const { return tls_ ? tls_->description() : std::string(); }
+
+  int fd() const override { return fd_; }
+  bool wants_write() const override { return out_off_ < out_.size(); }
+  int submit(const PageRequest& request) override;
+  int pump(std::vector<PageReply>* done) override;
+  size_t in_flight() const override { return fifo_.size(); }
+  int64_t stalled_ms() const override;
+  int close(int timeout_ms, int32_t* status) override;
+  uint64_t bytes_received() const override { return bytes_received_; }
+  uint64_t bytes_sent() const override { return bytes_sent_; }
+  const std::string& error() const override { return error_; }
+  const char* kind() const override { return "page-server"; }
+
+  wire::Format format() const { return format_; }
+
+ private:
+  int fail(int err, std::string message);
+  // Through TLS when started, else the socket: bytes, 0 at EOF, -EAGAIN or -errno.
+  ssize_t io_recv(void* buf, size_t len);
+  ssize_t io_send(const void* buf, size_t len);
+  // Why the server closed the connection: the words after "the page server closed the connection".
+  std::string closed_hint() const;
+  int flush();
+  int read_replies(std::vector<PageReply>* done);
+
+  wire::Format format_;
+  uint64_t page_size_;
+  int fd_ = -1;
+  std::unique_ptr<TlsSession> tls_;
+  std::string tls_peer_;  // "host:port", for messages
+  std::vector<uint8_t> out_;
+  size_t out_off_ = 0;
+  std::deque<PageRequest> fifo_;
+  uint8_t head_[wire::HEADER_SIZE_MAX];
+  size_t head_len_ = 0;
+  bool in_payload_ = false;
+  uint64_t payload_len_ = 0;
+  uint64_t payload_got_ = 0;
+  uint64_t reply_pages_ = 0;
+  uint64_t last_progress_ns_ = 0;
+  uint64_t bytes_received_ = 0;
+  uint64_t bytes_sent_ = 0;
+  std::string error_;
+};
+
+class LocalPageSource : public PageSource {
+ public:
+  explicit LocalPageSource(uint64_t page_size) : page_size_(page_size) {}
+
+  // Pages [img_start, img_start + nr_pages*page_size) of pid are at file_offset in fd (a pages-*.img; not
+  // owned: keep it open while the source is used). Returns 0, or -EINVAL (unaligned, overlapping).
+  int add_run(uint64_t pid, uint64_t img_start, uint64_t nr_pages, int fd, uint64_t file_offset);
+
+  int fd() const override { return -1; }
+  int submit(const PageRequest& request) override;
+  int pump(std::vector<PageReply>* done) override;
+  size_t in_flight() const override { return ready_.size(); }
+  int close(int, int32_t* status) override {
+    if (status) *status = 0;
+    return 0;
+  }
+  uint64_t bytes_received() const override { return bytes_read_; }
+  const std::string& error() const override { return error_; }
+  const char* kind() const override { return "local"; }
+
+ private:
+  struct Run {
+    uint64_t nr_pages;
+    int fd;
+    uint64_t file_offset;
+  };
+  uint64_t page_size_;
+  std::map<uint64_t, std::map<uint64_t, Run>> runs_;  // pid -> img_start -> run
+  std::vector<PageReply> ready_;
+  uint64_t bytes_read_ = 0;
+  std::string error_;
+};
+
+}  // namespace lazyd

@@ -1,0 +1,378 @@
+#include "server/lazy_session.h"
+
+#include "util/text.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace lazyd {
+
+namespace {
+
+// Page bytes read per step under TLS: 16 records of the largest size.
+constexpr size_t kCopyChunk = 256 * 1024;
+
+// A TLS ClientHello reached a plain server: say so instead of "unknown command".
+std::string tls_hint(const uint8_t* head, size_t len, bool tls) {
+  if (tls || !looks_like_tls(head, len)) return "";
+  return " (the bytes are a TLS ClientHello: the peer runs with --tls; start lazyd with --tls too)";
+}
+
+}  // namespace
+
+LazySession::LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged)
+    : LazySession(std::make_unique<Transport>(fd), index, limits, staged) {}
+
+LazySession::LazySession(std::unique_ptr<Transport> transport, const PageIndex& index, const SessionLimits& limits,
+                         const StagedLookup* staged)
+    : Session(std::move(transport), limits.format), index_(index), staged_(staged), limits_(limits) {}
+
+LazySession::~LazySession() = default;
+
+LazySession::Status LazySession::fail_io(const char* what, ssize_t err) {
+  const std::string tls_error = transport_->error();
+  if (!tls_error.empty()) return fail(tls_error);
+  return fail(std::string(what) + ": " + strerror(static_cast<int>(-err)));
+}
+
+LazySession::Status LazySession::fail(std::string message) {
+  error_ = std::move(message);
+  return Status::kFailed;
+}
+
+// Done once the peer has hung up (after CLOSE, or at a header boundary) and every reply has left. Bytes left
+// in in_ at EOF while the queue has room are a partial header: pump() has parsed every complete one.
+LazySession::Status LazySession::settle() {
+  if (eof_ && in_len_ != 0 && has_room() && !(close_seen_ && in_len_ <= close_slack_)) {
+    return fail("truncated header: the peer closed the connection after " + std::to_string(in_len_) +
+                " bytes of a header");
+  }
+  if (replies_.empty() && (eof_ || stop_reading_)) return Status::kDone;
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::drain() {
+  stop_reading_ = true;
+  return settle();
+}
+
+SessionTotals LazySession::totals() const {
+  SessionTotals totals;
+  totals.gets = stats_.gets;
+  totals.pages = stats_.pages;
+  totals.bytes_out = stats_.bytes_out;
+  totals.bytes_in = stats_.bytes_in;
+  totals.in_flight = replies_.size();
+  return totals;
+}
+
+// Parses the requests waiting in in_ and sends; again while sending made room and requests still wait (they
+// may have waited for room: --max-inflight / --max-session-bytes), so none is left behind with no event to come.
+LazySession::Status LazySession::pump() {
+  for (;;) {
+    Status status = handle_requests();
+    if (status != Status::kOpen) return status;
+    const size_t queued = replies_.size();
+    status = flush();
+    if (status != Status::kOpen) return status;
+    if (replies_.size() == queued || in_len_ == 0 || !has_room()) return Status::kOpen;
+  }
+}
+
+LazySession::Status LazySession::on_readable() {
+  Status status = pump();
+  while (status == Status::kOpen && wants_read()) {
+    ssize_t n = transport_->recv(in_ + in_len_, sizeof in_ - in_len_);
+    if (n < 0) {
+      if (n == -EAGAIN) break;
+      return fail_io("receive failed", n);
+    }
+    if (n == 0) {
+      eof_ = true;
+      break;
+    }
+    in_len_ += static_cast<size_t>(n);
+    stats_.bytes_in += static_cast<uint64_t>(n);
+    status = pump();
+  }
+  return status == Status::kOpen ? settle() : status;
+}
+
+LazySession::Status LazySession::on_writable() {
+  Status status = pump();
+  return status == Status::kOpen ? settle() : status;
+}
+
+LazySession::Status LazySession::handle_requests() {
+  size_t used = 0;
+  Status status = Status::kOpen;
+  while (status == Status::kOpen && has_room()) {
+    const uint8_t* head = in_ + used;
+    const size_t available = in_len_ - used;
+    if (close_seen_) {
+      // After CLOSE only EOF may follow — except the 8 trailing zero bytes of a 32-byte CLOSE that was
+      // answered before its format was known.
+      size_t i = 0;
+      while (i < available && i < close_slack_ && head[i] == 0) i++;
+      if (i != available) {
+        status = fail("data after CLOSE: the peer must close the connection after the CLOSE reply");
+        break;
+      }
+      close_slack_ -= i;
+      used += i;
+      break;
+    }
+    if (available < wire::HEADER_SIZE_V24) break;
+    wire::Format format = format_;
+    if (format == wire::Format::Unknown) {
+      format = wire::detect(head, available, index_.page_size());
+      const uint32_t command = wire::decode(wire::Format::V24, head).command();
+      if (format == wire::Format::Unknown) {
+        if (command == wire::PS_IOV_CLOSE || command == wire::PS_IOV_FORCE_CLOSE) {
+          // Both layouts get the same 4-byte reply; the 32-byte form has 8 more bytes still to come.
+          used += wire::HEADER_SIZE_V24;
+          close_slack_ = wire::HEADER_SIZE_V32 - wire::HEADER_SIZE_V24;
+          status = queue_close_status();
+          continue;
+        }
+        status = fail(std::string("malformed first header (command ") + wire::command_name(command) +
+                      " " + hex(command) + "): neither the 24-byte (CRIU <= 4.1) nor the 32-byte (CRIU >= 4.2) " +
+                      "layout fits; pass --criu-abi if the peer is a CRIU page-server client" +
+                      tls_hint(head, available, transport_->tls()));
+        break;
+      }
+      format_ = format;
+    }
+    const size_t head_size = wire::header_size(format);
+    if (available < head_size) break;
+    const wire::Header header = wire::decode(format, head);
+    used += head_size;
+    switch (header.command()) {
+      case wire::PS_IOV_GET:
+        status = handle_get(header);
+        break;
+      case wire::PS_IOV_CLOSE:
+      case wire::PS_IOV_FORCE_CLOSE:
+        status = queue_close_status();
+        break;
+      case wire::PS_IOV_OPEN:
+      case wire::PS_IOV_OPEN2:
+      case wire::PS_IOV_PARENT:
+      case wire::PS_IOV_ADD:
+      case wire::PS_IOV_ADD_F:
+      case wire::PS_IOV_HOLE:
+        status = fail(std::string("upload command ") + wire::command_name(header.command()) +
+                      (stats_.gets || close_seen_ || staged_ == nullptr
+                           ? " on a lazy page server: this lazyd serves the images of -D; it does not accept uploads"
+                           : " in a lazy-fetch session: a connection either uploads or fetches"));
+        break;
+      default:
+        status = fail("unknown command " + hex(header.cmd) + ": not a CRIU page-server request" +
+                      tls_hint(head, head_size, transport_->tls()));
+        break;
+    }
+  }
+  memmove(in_, in_ + used, in_len_ - used);
+  in_len_ -= used;
+  return status;
+}
+
+LazySession::Status LazySession::handle_get(const wire::Header& header) {
+  const uint64_t page_size = index_.page_size();
+  const std::string what = "GET pid " + std::to_string(header.dst_id) + " vaddr " + hex(header.vaddr) + " nr_pages " +
+                           std::to_string(header.nr_pages);
+  if (header.nr_pages == 0) return fail(what + ": nr_pages is 0");
+  if (header.nr_pages > limits_.max_request_pages) {
+    return fail(what + ": more than the limit of " + std::to_string(limits_.max_request_pages) +
+                " pages per request (--max-request-pages)");
+  }
+  if (header.vaddr % page_size != 0) return fail(what + ": vaddr is not page-aligned");
+
+  // Staged checkpoints first (see StagedLookup), then the images of -D.
+  std::shared_ptr<const StagedCheckpoint> staged;
+  PageKey key = 0;
+  if (staged_ != nullptr && key_from_get_pid(header.dst_id, &key)) {
+    if (bound_ && bound_->store->entries(key) != nullptr) {
+      staged = bound_;  // still served after a release: the restore in progress keeps its checkpoint
+    } else {
+      staged = staged_->find_pid(header.dst_id);
+      if (staged && bound_ && staged != bound_) {
+        return fail(what + ": the pid belongs to staged checkpoint #" + std::to_string(staged->id) +
+                    ", but this session fetches from checkpoint #" + std::to_string(bound_->id) +
+                    " (one restore, one checkpoint)");
+      }
+    }
+  }
+  if (staged) {
+    if (staged->store->page_size() != page_size) return fail(what + ": staged with another page size");
+    StoreSpan store_span;
+    LookupResult found = staged->store->lookup(key, header.vaddr, header.nr_pages, &store_span, /*lazy_only=*/true);
+    if (found != LookupResult::kFound) {
+      return fail(what + " (staged checkpoint #" + std::to_string(staged->id) + "): " + lookup_result_text(found));
+    }
+    bound_ = staged;
+    Reply reply;
+    wire::Header answer;
+    answer.cmd = wire::GET_REPLY_CMD;
+    answer.pad = header.pad;
+    answer.nr_pages = store_span.nr_pages;
+    answer.vaddr = header.vaddr;
+    answer.dst_id = header.dst_id;
+    wire::encode(format_, answer, reply.head);
+    reply.head_len = wire::header_size(format_);
+    reply.store = staged->store;
+    reply.span = store_span;
+    queue(std::move(reply));
+    stats_.gets++;
+    stats_.pages += store_span.nr_pages;
+    return Status::kOpen;
+  }
+
+  PageSpan span;
+  LookupResult found = index_.lookup(header.dst_id, header.vaddr, header.nr_pages, &span);
+  if (found != LookupResult::kFound) return fail(what + ": " + lookup_result_text(found));
+
+  Reply reply;
+  wire::Header answer;
+  answer.cmd = wire::GET_REPLY_CMD;
+  answer.pad = header.pad;  // CRIU's server answers in the request's own struct, so 4.2 replies echo the padding
+  answer.nr_pages = span.nr_pages;
+  answer.vaddr = header.vaddr;
+  answer.dst_id = header.dst_id;
+  wire::encode(format_, answer, reply.head);
+  reply.head_len = wire::header_size(format_);
+  reply.file_fd = span.fd;
+  reply.file_offset = span.file_offset;
+  reply.file_left = span.nr_pages * page_size;
+  queue(std::move(reply));
+  stats_.gets++;
+  stats_.pages += span.nr_pages;
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::queue_close_status() {
+  Reply reply;
+  const int32_t status = 0;  // CRIU always answers CLOSE with 0 (docs/protocol.md §1.3)
+  memcpy(reply.head, &status, sizeof status);
+  reply.head_len = sizeof status;
+  queue(std::move(reply));
+  close_seen_ = true;
+  stats_.closed_by_request = true;
+  return Status::kOpen;
+}
+
+void LazySession::queue(Reply reply) {
+  queued_bytes_ += reply.head_len + reply.file_left + (reply.store ? reply.span.bytes : 0);
+  replies_.push_back(std::move(reply));
+}
+
+LazySession::Status LazySession::flush() {
+  while (!replies_.empty()) {
+    Reply& reply = replies_.front();
+    if (reply.head_sent < reply.head_len) {
+      // MSG_MORE keeps the header with the page bytes that follow; the last sendfile segment goes out without
+      // it, so with TCP_NODELAY a reply leaves as soon as it is complete (no cork timer, unlike CRIU's 0.2 s).
+      const int more = (reply.file_left || (reply.store && reply.span.bytes)) ? MSG_MORE : 0;
+      // Under TLS the header is one record and the page bytes follow in records of their own (§1.9).
+      ssize_t n = transport_->send(reply.head + reply.head_sent, reply.head_len - reply.head_sent, more);
+      if (n < 0) {
+        if (n == -EAGAIN) return Status::kOpen;
+        return fail_io("send failed", n);
+      }
+      reply.head_sent += static_cast<size_t>(n);
+      stats_.bytes_out += static_cast<uint64_t>(n);
+      queued_bytes_ -= static_cast<uint64_t>(n);
+      continue;
+    }
+    if (!transport_->zero_copy()) {
+      if (copy_off_ < copy_len_ || reply.file_left || (reply.store && reply.store_done < reply.span.bytes)) {
+        Status status = flush_copied(reply);
+        if (status != Status::kOpen || copy_off_ < copy_len_) return status;  // failed, or the socket is full
+        continue;
+      }
+      replies_.pop_front();
+      continue;
+    }
+    if (reply.store && reply.store_done < reply.span.bytes) {
+      ssize_t n = reply.store->send(reply.span, reply.store_done, fd(), scratch_);
+      if (n == -EAGAIN || n == -EWOULDBLOCK) return Status::kOpen;
+      if (n == -EINTR) continue;
+      if (n < 0) return fail(std::string("sending staged page data failed: ") + strerror(static_cast<int>(-n)));
+      if (n == 0) return fail("the staged store sent nothing: no page is sent short");
+      reply.store_done += static_cast<uint64_t>(n);
+      stats_.bytes_out += static_cast<uint64_t>(n);
+      queued_bytes_ -= static_cast<uint64_t>(n);
+      continue;
+    }
+    if (reply.file_left) {
+      off_t offset = static_cast<off_t>(reply.file_offset);
+      ssize_t n = sendfile(fd(), reply.file_fd, &offset, reply.file_left);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+        return fail(std::string("sending page data failed: ") + strerror(errno));
+      }
+      if (n == 0) {
+        return fail("the pages image ended " + std::to_string(reply.file_left) +
+                    " bytes early (truncated or changed since start): no page is sent short");
+      }
+      reply.file_offset += static_cast<uint64_t>(n);
+      reply.file_left -= static_cast<uint64_t>(n);
+      stats_.bytes_out += static_cast<uint64_t>(n);
+      queued_bytes_ -= static_cast<uint64_t>(n);
+      continue;
+    }
+    replies_.pop_front();
+  }
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::flush_copied(Reply& reply) {
+  if (copy_.empty()) copy_.resize(kCopyChunk);
+  for (;;) {
+    if (copy_off_ == copy_len_) {
+      copy_off_ = copy_len_ = 0;
+      if (reply.store && reply.store_done < reply.span.bytes) {
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(copy_.size(), reply.span.bytes - reply.store_done));
+        ssize_t n = reply.store->copy_out(reply.span, reply.store_done, copy_.data(), want, scratch_);
+        if (n == -EINTR) continue;
+        if (n < 0) return fail(std::string("reading staged page data failed: ") + strerror(static_cast<int>(-n)));
+        if (n == 0) return fail("the staged store returned nothing: no page is sent short");
+        reply.store_done += static_cast<uint64_t>(n);
+        copy_len_ = static_cast<size_t>(n);
+      } else if (reply.file_left) {
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(copy_.size(), reply.file_left));
+        ssize_t n = pread(reply.file_fd, copy_.data(), want, static_cast<off_t>(reply.file_offset));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return fail(std::string("reading page data failed: ") + strerror(errno));
+        }
+        if (n == 0) {
+          return fail("the pages image ended " + std::to_string(reply.file_left) +
+                      " bytes early (truncated or changed since start): no page is sent short");
+        }
+        reply.file_offset += static_cast<uint64_t>(n);
+        reply.file_left -= static_cast<uint64_t>(n);
+        copy_len_ = static_cast<size_t>(n);
+      } else {
+        return Status::kOpen;  // all of this reply's bytes are sent
+      }
+    }
+    ssize_t n = transport_->send(copy_.data() + copy_off_, copy_len_ - copy_off_);
+    if (n < 0) {
+      if (n == -EAGAIN) return Status::kOpen;
+      return fail_io("sending page data failed", n);
+    }
+    copy_off_ += static_cast<size_t>(n);
+    stats_.bytes_out += static_cast<uint64_t>(n);
+    queued_bytes_ -= static_cast<uint64_t>(n);  // else --max-session-bytes would fill up and stop the session
+  }
+}
+
+}  // namespace lazyd

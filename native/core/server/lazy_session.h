@@ -1,0 +1,113 @@
+// One lazy-fetch connection of the page server (docs/protocol.md §1.6): reads GET/CLOSE headers, answers each GET
+// with an ADD_F|PE_PRESENT header and the page bytes sent straight from the pages image (sendfile: no
+// user-space copy), strictly in request order. A Session (server/session.h): the server's epoll loop drives it.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "server/page_index.h"
+#include "server/session.h"
+#include "staging/page_store.h"
+#include "staging/staged_checkpoint.h"
+#include "wire/wire.h"
+
+namespace lazyd {
+
+// Set from lazyd's flags (their defaults live in src/config/flags.ts, never here): a caller sets every one.
+struct SessionLimits {
+  wire::Format format = wire::Format::Unknown;  // --criu-abi; Unknown: detect from the first header
+  uint64_t max_request_pages = 0;               // --max-request-pages: a GET for more pages is refused
+  size_t max_queued_replies = 0;                // --max-inflight: stop reading requests while this many replies are unsent
+  // --max-session-bytes: stop reading requests while the replies accepted but not yet sent hold this many bytes
+  // (headers + pages). Backpressure, not a kill: at least one reply is always accepted, so a GET up to
+  // max_request_pages works.
+  uint64_t max_queued_bytes = 0;
+};
+
+struct SessionStats {
+  uint64_t gets = 0;
+  uint64_t pages = 0;
+  uint64_t bytes_out = 0;
+  uint64_t bytes_in = 0;  // request headers read
+  bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
+};
+
+class LazySession final : public Session {
+ public:
+  // staged may be null (serve the images only). A session binds to the staged checkpoint of its first staged
+  // GET; every later GET of a staged pid must belong to that same checkpoint (one restore = one checkpoint).
+  LazySession(int fd, const PageIndex& index, const SessionLimits& limits, const StagedLookup* staged = nullptr);
+  // The same over a transport (a plain socket or an established TLS session, §1.9).
+  LazySession(std::unique_ptr<Transport> transport, const PageIndex& index, const SessionLimits& limits,
+              const StagedLookup* staged = nullptr);
+  ~LazySession() override;
+
+  Status on_readable() override;
+  Status on_writable() override;
+  // Draining: no new request is read; the session ends once its queued replies are sent.
+  Status drain() override;
+
+  bool wants_read() const override { return !stop_reading_ && !eof_ && has_room(); }
+  bool wants_write() const override { return !replies_.empty(); }
+  SessionTotals totals() const override;
+  bool peer_waits() const override { return !replies_.empty(); }
+  bool reply_pending() const override { return !replies_.empty(); }
+  // Bytes of the replies accepted but not yet sent (bounded by max_queued_bytes plus one reply).
+  uint64_t queued_bytes() const { return queued_bytes_; }
+
+  const SessionStats& stats() const { return stats_; }
+  // The staged checkpoint this session fetched from, if any.
+  const std::shared_ptr<const StagedCheckpoint>& bound() const { return bound_; }
+
+ private:
+  struct Reply {
+    uint8_t head[wire::HEADER_SIZE_MAX];
+    size_t head_len = 0;
+    size_t head_sent = 0;
+    int file_fd = -1;
+    uint64_t file_offset = 0;
+    uint64_t file_left = 0;
+    std::shared_ptr<const PageStore> store;  // a staged reply: span's bytes come from the store
+    StoreSpan span;
+    uint64_t store_done = 0;
+  };
+
+  Status handle_requests();
+  Status handle_get(const wire::Header& header);
+  Status queue_close_status();
+  Status flush();
+  // TLS: the page bytes of the front reply, read into copy_ and sent in records of their own (§1.9).
+  Status flush_copied(Reply& reply);
+  Status fail(std::string message);
+  Status fail_io(const char* what, ssize_t err);
+  Status settle();
+  Status pump();
+  bool has_room() const {
+    return replies_.size() < limits_.max_queued_replies && queued_bytes_ < limits_.max_queued_bytes;
+  }
+  void queue(Reply reply);
+
+  const PageIndex& index_;
+  const StagedLookup* staged_;
+  std::shared_ptr<const StagedCheckpoint> bound_;
+  ServeScratch scratch_;
+  SessionLimits limits_;
+  uint8_t in_[4096];
+  size_t in_len_ = 0;
+  std::deque<Reply> replies_;
+  uint64_t queued_bytes_ = 0;
+  bool eof_ = false;
+  bool stop_reading_ = false;
+  bool close_seen_ = false;
+  size_t close_slack_ = 0;  // a CLOSE read before the format was known may be followed by 8 zero bytes (§1.2)
+  std::vector<uint8_t> copy_;  // TLS only: page bytes read, [copy_off_, copy_len_) not yet sent
+  size_t copy_off_ = 0;
+  size_t copy_len_ = 0;
+  SessionStats stats_;
+};
+
+}  // namespace lazyd

@@ -1,0 +1,606 @@
+#include "server/page_server.h"
+
+#include <cerrno>
+#include <cstring>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <unordered_map>
+#include <vector>
+
+#include "net/net.h"
+#include "staging/memfd_store.h"
+#include "util/clock.h"
+
+namespace lazyd {
+namespace {
+
+constexpr uint64_t kListenToken = 0;
+constexpr uint64_t kWakeToken = 1;
+constexpr uint64_t kFirstSessionToken = 2;
+
+// A stalled reply must move at least this many bytes per --stall-timeout to count as progress, so a peer that
+// reads a byte now and then (slow-loris) is dropped like one that reads nothing.
+constexpr uint64_t kStallProgressBytes = 64 * 1024;
+
+}  // namespace
+
+struct PageServer::Entry {
+  uint64_t id;
+  int fd = -1;                            // --tls: the socket while the handshake runs
+  std::unique_ptr<TlsSession> tls;        // --tls: the handshake in progress
+  std::unique_ptr<Transport> link;        // until routed (staging: the first command decides)
+  uint8_t head[4];                        // --tls routing: the first command's bytes read so far
+  size_t head_len = 0;
+  std::unique_ptr<Session> session;       // once routed: the lazy fetch or the upload
+  LazySession* lazy = nullptr;            // session, when it is a lazy fetch
+  UploadSession* upload = nullptr;        // session, when it is an image upload
+  bool ack_posted = false;
+  std::string peer;
+  uint64_t started_ns = 0;
+  uint32_t interest = 0;
+  uint64_t bytes_at_last_check = 0;
+  uint64_t last_progress_ns = 0;
+  uint64_t input_at_last_check = 0;  // request/upload bytes received, for the idle timeout
+  uint64_t last_input_ns = 0;
+  SessionTotals reported;            // what account() has added to the daemon-wide counters
+  ~Entry() {
+    tls.reset();
+    net::close_gently(fd);  // a refused TLS peer still gets our alert
+  }
+  int socket() const { return session ? session->fd() : link ? link->fd() : fd; }
+  bool handshaking() const { return tls != nullptr; }
+  void start_lazy(std::unique_ptr<LazySession> fetch) {
+    lazy = fetch.get();
+    session = std::move(fetch);
+  }
+  void start_upload(std::unique_ptr<UploadSession> incoming) {
+    upload = incoming.get();
+    session = std::move(incoming);
+  }
+};
+
+struct PageServer::State {
+  std::unordered_map<uint64_t, std::unique_ptr<Entry>> sessions;
+  uint64_t next_id = kFirstSessionToken;
+  bool accepted_once = false;
+  bool draining = false;
+  uint64_t drain_deadline_ns = 0;
+};
+
+PageServer::PageServer(PageServerConfig config, std::shared_ptr<const PageIndex> index, ServerEventSink sink)
+    : config_(config),
+      index_(std::move(index)),
+      sink_(std::move(sink)),
+      staging_(config.staging_max_bytes, config.staging_restores),
+      state_(std::make_unique<State>()) {}
+
+PageServer::~PageServer() {
+  if (thread_.joinable()) {
+    request_stop(0);
+    thread_.join();
+  }
+  if (listen_fd_ >= 0) close(listen_fd_);
+  if (epoll_fd_ >= 0) close(epoll_fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+int PageServer::listen(const std::string& address, uint16_t port, uint16_t* bound_port) {
+  int fd = net::listen_tcp(address, port, 128, bound_port);
+  if (fd < 0) return fd;
+  listen_fd_ = fd;
+  return 0;
+}
+
+int PageServer::start() {
+  if (listen_fd_ < 0) return -ENOTCONN;
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (epoll_fd_ < 0 || wake_fd_ < 0) return -errno;
+  epoll_event listen_event{EPOLLIN, {.u64 = kListenToken}};
+  epoll_event wake_event{EPOLLIN, {.u64 = kWakeToken}};
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &listen_event) < 0 ||
+      epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &wake_event) < 0) {
+    return -errno;
+  }
+  thread_ = std::thread([this] { run(); });
+  return 0;
+}
+
+void PageServer::wake() {
+  uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
+}
+
+void PageServer::request_stop(int drain_ms) {
+  drain_ms_.store(drain_ms < 0 ? 0 : drain_ms);
+  wake();
+}
+
+void PageServer::ack_upload(uint64_t session, bool ok, const std::string& message) {
+  staging_.drop_sealed(session);  // answered: the control plane is done with the store
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    commands_.push_back(Command{true, session, ok, message});
+  }
+  wake();
+}
+
+void PageServer::release(uint64_t checkpoint, const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    commands_.push_back(Command{false, checkpoint, false, reason});
+  }
+  wake();
+}
+
+ServerStats PageServer::stats() const {
+  ServerStats s;
+  s.sessions_total = counters_.sessions_total.get();
+  s.sessions_active = counters_.sessions_active.get();
+  s.sessions_failed = counters_.sessions_failed.get();
+  s.gets_total = counters_.gets_total.get();
+  s.pages_total = counters_.pages_total.get();
+  s.bytes_total = counters_.bytes_total.get();
+  s.bytes_received = counters_.bytes_received.get();
+  s.requests_in_flight = counters_.requests_in_flight.get();
+  s.tls_failures = counters_.tls_failures.get();
+  s.staging_bytes = staging_.budget()->used();
+  s.staging_max_bytes = staging_.budget()->limit();
+  return s;
+}
+
+void PageServer::run_commands() {
+  std::vector<Command> commands;
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    commands.swap(commands_);
+  }
+  for (const Command& command : commands) {
+    if (!command.ack) {
+      retire(command.id, command.message);
+      continue;
+    }
+    auto found = state_->sessions.find(command.id);
+    if (found == state_->sessions.end() || !found->second->upload) continue;  // the dump is gone already
+    Entry& entry = *found->second;
+    UploadSession::Status status = entry.upload->ack_close(command.ok, command.message);
+    if (status == UploadSession::Status::kOpen) {
+      update_interest(entry);
+    } else {
+      end_session(entry.id, status == UploadSession::Status::kDone, entry.upload->error());
+    }
+  }
+}
+
+void PageServer::retire(uint64_t checkpoint, const std::string& reason) {
+  if (!staging_.retire(checkpoint)) return;
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::kReleased;
+  event.checkpoint = checkpoint;
+  event.message = reason;
+  event.memory_used = staging_.budget()->used();
+  sink_(event);
+}
+
+// --tls: one step of the connection's handshake. Once it is done (peer verified) the connection gets its
+// transport and is routed (staging) or becomes a lazy session.
+void PageServer::handshake(Entry& entry) {
+  const int rc = entry.tls->handshake();
+  if (rc == -EAGAIN) {
+    const uint32_t interest = entry.tls->handshake_wants_write() ? uint32_t{EPOLLOUT} : uint32_t{EPOLLIN};
+    if (interest != entry.interest) {
+      epoll_event event{interest | EPOLLRDHUP, {.u64 = entry.id}};
+      epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.fd, &event);
+      entry.interest = interest;
+    }
+    return;
+  }
+  if (rc < 0) {
+    counters_.tls_failures.add();
+    end_session(entry.id, false, "TLS: " + entry.tls->error() + "; session dropped");
+    return;
+  }
+  entry.link = std::make_unique<Transport>(entry.fd, std::move(entry.tls));
+  entry.fd = -1;
+  if (!config_.accept_uploads) {
+    entry.start_lazy(std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session));
+  }
+}
+
+void PageServer::route(Entry& entry, uint32_t events) {
+  uint8_t head[4];
+  ssize_t n;
+  if (entry.link->tls()) {
+    // TLS cannot peek: read the first command's bytes, then put them back for the session.
+    n = entry.link->recv(entry.head + entry.head_len, sizeof entry.head - entry.head_len);
+    if (n > 0) {
+      entry.head_len += static_cast<size_t>(n);
+      n = static_cast<ssize_t>(entry.head_len);
+      memcpy(head, entry.head, entry.head_len);
+    } else if (n == 0 && entry.head_len > 0) {
+      n = -ECONNRESET;
+    }
+  } else {
+    n = recv(entry.link->fd(), head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0) n = -errno;
+  }
+  if (n < 0) {
+    if (n == -EAGAIN || n == -EWOULDBLOCK || n == -EINTR) return;
+    const std::string tls_error = entry.link->error();
+    end_session(entry.id, false, tls_error.empty() ? std::string("receive failed: ") + strerror(static_cast<int>(-n))
+                                                   : "TLS: " + tls_error);
+    return;
+  }
+  if (n == 0) {
+    end_session(entry.id, true, "");  // connected and hung up without a request
+    return;
+  }
+  uint32_t cmd = 0;
+  if (n < static_cast<ssize_t>(sizeof head)) {
+    // The rest of cmd is still on its way. A plain unrouted socket is edge-triggered (its first bytes are only
+    // peeked, so they would wake us in a loop), so a hangup is routed now: a lazy session reads the bytes and
+    // reports the truncation. Under TLS the bytes were read, and a hangup is an error above.
+    if (entry.link->tls() || !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
+  } else {
+    memcpy(&cmd, head, sizeof cmd);
+  }
+  if (entry.link->tls()) entry.link->unread(entry.head, entry.head_len);
+  switch (cmd & wire::PS_CMD_MASK) {
+    case wire::PS_IOV_OPEN:
+    case wire::PS_IOV_OPEN2:
+    case wire::PS_IOV_PARENT:
+    case wire::PS_IOV_ADD:
+    case wire::PS_IOV_ADD_F:
+    case wire::PS_IOV_HOLE: {
+      MemfdStoreOptions options;
+      options.limits.budget = staging_.budget();
+      options.limits.max_entry_pages = config_.upload.max_entry_pages;
+      options.page_size = index_->page_size();
+      auto store = std::make_unique<MemfdStore>(options);
+      if (store->init_error()) {
+        end_session(entry.id, false, std::string("cannot create the staging memfd: ") + strerror(-store->init_error()));
+        return;
+      }
+      UploadLimits limits = config_.upload;
+      limits.hold_close_reply = true;
+      const uint64_t id = entry.id;
+      limits.admit_key = [this, id](PageKey key) { return staging_.admit(id, key); };
+      entry.start_upload(std::make_unique<UploadSession>(std::move(entry.link), std::move(store), limits));
+      break;
+    }
+    default:
+      entry.start_lazy(std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session, &staging_));
+      break;
+  }
+}
+void PageServer::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void PageServer::accept_all() {
+  for (;;) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;  // EAGAIN, or EMFILE & co: the listener stays armed and we retry on the next wake-up
+    }
+    ServerEvent event;
+    event.peer = net::peer_name(fd);
+    if (state_->sessions.size() >= config_.max_sessions || (config_.single_session && state_->accepted_once)) {
+      close(fd);
+      event.kind = ServerEvent::Kind::kRefused;
+      event.message = "connection refused: " + std::to_string(state_->sessions.size()) +
+                      " sessions already open (--max-sessions)";
+      sink_(event);
+      continue;
+    }
+    net::set_nodelay(fd);
+    auto entry = std::make_unique<Entry>();
+    entry->id = state_->next_id++;
+    if (config_.tls) {
+      std::string error;
+      entry->tls = TlsSession::create(config_.tls, fd, TlsSession::Role::kServer, &error);
+      if (!entry->tls) {
+        close(fd);
+        counters_.tls_failures.add();
+        event.kind = ServerEvent::Kind::kRefused;
+        event.message = error;
+        sink_(event);
+        continue;
+      }
+      entry->fd = fd;  // handshake first
+    } else if (config_.accept_uploads) {
+      entry->link = std::make_unique<Transport>(fd);  // routed by its first command
+    } else {
+      entry->start_lazy(std::make_unique<LazySession>(fd, *index_, config_.session));
+    }
+    entry->peer = event.peer;
+    entry->started_ns = entry->last_progress_ns = entry->last_input_ns = now_ns();
+    entry->interest = EPOLLIN;
+    // Unrouted plain (staging) sockets have their first bytes only peeked: edge-triggered, or fewer than 4 bytes
+    // would wake the thread in a loop until the rest arrives. (TLS reads them, so it stays level-triggered.)
+    const bool peeked = config_.accept_uploads && !config_.tls;
+    const uint32_t first = peeked ? uint32_t{EPOLLIN | EPOLLRDHUP | EPOLLET} : uint32_t{EPOLLIN};
+    epoll_event session_event{first, {.u64 = entry->id}};
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &session_event);
+    counters_.sessions_total.add();
+    counters_.sessions_active.add();
+    state_->accepted_once = true;
+    event.kind = ServerEvent::Kind::kSessionStart;
+    event.session = entry->id;
+    sink_(event);
+    state_->sessions.emplace(entry->id, std::move(entry));
+    if (config_.single_session) {
+      // criu closes its listener after the one accept (docs/protocol.md §1.1); so do we, so a second client is refused by TCP.
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+      close(listen_fd_);
+      listen_fd_ = -1;
+      return;
+    }
+  }
+}
+
+void PageServer::update_interest(Entry& entry) {
+  bool want_read = true, want_write = false;
+  if (entry.session) {
+    want_read = entry.session->wants_read();
+    want_write = entry.session->wants_write();
+  }
+  const uint32_t interest = (want_read ? uint32_t{EPOLLIN} : 0u) | (want_write ? uint32_t{EPOLLOUT} : 0u);
+  if (interest == entry.interest) return;
+  epoll_event event{interest | EPOLLRDHUP, {.u64 = entry.id}};
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.socket(), &event);
+  entry.interest = interest;
+}
+
+void PageServer::service(Entry& entry, uint32_t events) {
+  const uint64_t id = entry.id;
+  if (entry.handshaking()) {
+    if (state_->draining) {
+      end_session(id, true, "");
+      return;
+    }
+    handshake(entry);
+    if (state_->sessions.count(id) == 0 || entry.handshaking()) return;  // failed, or waiting for the peer
+    events |= EPOLLIN;  // the first request may have come with the handshake's last flight
+  }
+  if (!entry.session) {
+    if (state_->draining) {
+      end_session(id, true, "");
+      return;
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) return;
+    route(entry, events);
+    if (state_->sessions.count(id) == 0) return;  // ended
+    if (!entry.session) {                          // not routed yet
+      if (entry.interest != EPOLLIN) {
+        epoll_event event{EPOLLIN | EPOLLRDHUP, {.u64 = id}};
+        epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.socket(), &event);
+        entry.interest = EPOLLIN;
+      }
+      return;
+    }
+    entry.interest = 0;  // routed: update_interest() below re-arms the socket level-triggered
+  }
+  Session& session = *entry.session;
+  Session::Status status = Session::Status::kOpen;
+  if (events & EPOLLOUT) status = session.on_writable();
+  if (status == Session::Status::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
+    status = session.wants_read() ? session.on_readable() : session.on_writable();
+  }
+  // TLS: bytes decrypted earlier wait inside the session, where epoll cannot see them.
+  for (int round = 0; round < 64 && status == Session::Status::kOpen && session.wants_read() &&
+                      session.has_buffered_input();
+       round++) {
+    status = session.on_readable();
+  }
+  if (status == Session::Status::kOpen && state_->draining) status = session.drain();
+
+  account(entry);
+
+  if (status != Session::Status::kOpen) {
+    end_session(id, status == Session::Status::kDone, session.error());
+    return;
+  }
+  if (entry.upload && entry.upload->awaiting_ack() && !entry.ack_posted) post_sealed(entry);
+  update_interest(entry);
+}
+
+// An upload's CLOSE arrived and its store is sealed: the control plane writes the images, then ack_upload().
+void PageServer::post_sealed(Entry& entry) {
+  UploadSession& upload = *entry.upload;
+  entry.ack_posted = true;
+  staging_.hold_sealed(entry.id, upload.shared_store());
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::kUploadSealed;
+  event.session = entry.id;
+  event.peer = entry.peer;
+  event.upload = true;
+  event.upload_stats = upload.stats();
+  event.format = static_cast<int>(upload.format());
+  event.store = upload.shared_store();
+  event.memory_used = staging_.budget()->used();
+  sink_(event);
+}
+
+// Adds what a session moved since the last call to the daemon-wide counters.
+void PageServer::account(Entry& entry) {
+  if (!entry.session) return;
+  const SessionTotals now = entry.session->totals();
+  SessionTotals& reported = entry.reported;
+  counters_.gets_total.add(now.gets - reported.gets);
+  counters_.pages_total.add(now.pages - reported.pages);
+  counters_.bytes_total.add(now.bytes_out - reported.bytes_out);
+  counters_.bytes_received.add(now.bytes_in - reported.bytes_in);
+  counters_.requests_in_flight.add(now.in_flight - reported.in_flight);  // modular: may go down
+  reported = now;
+}
+
+void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
+  auto found = state_->sessions.find(id);
+  if (found == state_->sessions.end()) return;
+  Entry& entry = *found->second;
+  account(entry);
+  counters_.requests_in_flight.sub(entry.reported.in_flight);  // an ended session answers nothing more
+  entry.reported.in_flight = 0;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, entry.socket(), nullptr);
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::kSessionEnd;
+  event.session = id;
+  event.peer = entry.peer;
+  event.ok = ok;
+  event.message = message;
+  event.seconds = seconds_since(entry.started_ns);
+  std::shared_ptr<const PageStore> committed;
+  std::shared_ptr<const StagedCheckpoint> bound;
+  if (entry.lazy) {
+    event.stats = entry.lazy->stats();
+    event.format = static_cast<int>(entry.lazy->format());
+    bound = entry.lazy->bound();
+  } else if (entry.upload) {
+    event.upload = true;
+    event.upload_stats = entry.upload->stats();
+    event.format = static_cast<int>(entry.upload->format());
+    if (ok && entry.upload->committed()) {
+      event.message = entry.upload->note();
+      committed = entry.upload->take_store();
+    } else {
+      staging_.abandon(id);  // nothing of a failed upload is served (its store goes with the session)
+    }
+  }
+  counters_.sessions_active.sub();
+  if (!ok) counters_.sessions_failed.add();
+  state_->sessions.erase(found);  // closes the socket
+  event.memory_used = staging_.budget()->used();
+  if (bound) event.checkpoint = bound->id;
+  sink_(event);
+  if (committed) {
+    std::shared_ptr<const StagedCheckpoint> published = staging_.publish(id, std::move(committed));
+    ServerEvent staged;
+    staged.kind = ServerEvent::Kind::kStaged;
+    staged.session = id;
+    staged.checkpoint = id;
+    staged.peer = event.peer;
+    staged.store = published->store;
+    staged.memory_used = staging_.budget()->used();
+    sink_(staged);
+  }
+  if (bound && ok && event.stats.closed_by_request) {
+    // A completed restore: the client sent CLOSE and hung up cleanly. A client that died mid-transfer (EOF
+    // without CLOSE, or an error) does not use the checkpoint up.
+    bool retire_now = false;
+    const uint64_t restores = staging_.restore_completed(bound->id, &retire_now);
+    if (restores != 0) {
+      ServerEvent done;
+      done.kind = ServerEvent::Kind::kRestoreDone;
+      done.session = id;
+      done.checkpoint = bound->id;
+      done.restores = restores;
+      sink_(done);
+      if (retire_now) {
+        retire(bound->id, "after " + std::to_string(restores) + " completed restores (--staging-restores)");
+      }
+    }
+  }
+}
+
+void PageServer::check_stalls() {
+  const uint64_t now = now_ns();
+  const uint64_t stall_limit = ms_to_ns(config_.stall_timeout_ms);
+  const uint64_t idle_limit = ms_to_ns(config_.idle_timeout_ms);
+  const uint64_t handshake_limit = ms_to_ns(config_.tls_handshake_timeout_ms);
+  std::vector<uint64_t> slow_handshakes;
+  std::vector<std::pair<uint64_t, std::string>> dropped;
+  for (auto& [id, entry] : state_->sessions) {
+    if (entry->handshaking()) {
+      if (now - entry->started_ns > handshake_limit) slow_handshakes.push_back(id);
+      continue;
+    }
+    // Idle: nothing received and nothing of ours pending. An upload waiting for our CLOSE ack is our wait.
+    const Session* session = entry->session.get();
+    const uint64_t input = session ? session->totals().bytes_in : 0;
+    const bool waiting_on_us = session && session->peer_waits();
+    if (input != entry->input_at_last_check || waiting_on_us) {
+      entry->input_at_last_check = input;
+      entry->last_input_ns = now;
+    } else if (config_.idle_timeout_ms > 0 && now - entry->last_input_ns > idle_limit) {
+      dropped.emplace_back(id, "idle for " + std::to_string(config_.idle_timeout_ms / 1000) + " s: the peer sent " +
+                                   (input ? "nothing more" : "no request") + " and no reply was pending; session dropped (--idle-timeout)");
+      continue;
+    }
+    if (!entry->lazy) continue;  // uploads wait on the dump, which pushes; routing waits for one header
+    // Stall: a reply is pending and the peer reads (almost) nothing of it.
+    const uint64_t bytes = session->totals().bytes_out;
+    if (!session->reply_pending() || bytes - entry->bytes_at_last_check >= kStallProgressBytes) {
+      entry->bytes_at_last_check = bytes;
+      entry->last_progress_ns = now;
+    } else if (now - entry->last_progress_ns > stall_limit) {
+      dropped.emplace_back(id, "the peer read only " + std::to_string(bytes - entry->bytes_at_last_check) + " bytes in " +
+                                   std::to_string(config_.stall_timeout_ms / 1000) +
+                                   " s while a reply was pending; session dropped (--stall-timeout)");
+    }
+  }
+  for (uint64_t id : slow_handshakes) {
+    counters_.tls_failures.add();
+    end_session(id, false,
+                "TLS: the peer did not complete the handshake within " +
+                    std::to_string(config_.tls_handshake_timeout_ms / 1000) + " s; session dropped");
+  }
+  for (const auto& [id, message] : dropped) end_session(id, false, message);
+}
+
+void PageServer::run() {
+  epoll_event events[64];
+  bool running = true;
+  while (running) {
+    int n = epoll_wait(epoll_fd_, events, 64, 250);
+    if (n < 0 && errno != EINTR) break;
+    for (int i = 0; i < n; i++) {
+      const uint64_t token = events[i].data.u64;
+      if (token == kListenToken) {
+        if (listen_fd_ >= 0 && !state_->draining) accept_all();
+      } else if (token == kWakeToken) {
+        uint64_t count;
+        (void)!read(wake_fd_, &count, sizeof count);
+        run_commands();
+        if (!state_->draining && drain_ms_.load() >= 0) {
+          state_->draining = true;
+          state_->drain_deadline_ns = now_ns() + ms_to_ns(drain_ms_.load());
+          if (listen_fd_ >= 0) {
+            epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+            close(listen_fd_);
+            listen_fd_ = -1;
+          }
+          std::vector<uint64_t> ids;
+          for (auto& item : state_->sessions) ids.push_back(item.first);
+          for (uint64_t id : ids) {
+            auto found = state_->sessions.find(id);
+            if (found != state_->sessions.end()) service(*found->second, 0);
+          }
+        }
+      } else {
+        auto found = state_->sessions.find(token);
+        if (found != state_->sessions.end()) service(*found->second, events[i].events);
+      }
+    }
+    check_stalls();
+    if (state_->draining) {
+      if (state_->sessions.empty()) running = false;
+      else if (now_ns() >= state_->drain_deadline_ns) {
+        std::vector<uint64_t> ids;
+        for (auto& item : state_->sessions) ids.push_back(item.first);
+        for (uint64_t id : ids) end_session(id, false, "cut by shutdown: replies still unsent after the drain time");
+        running = false;
+      }
+    }
+    if (config_.single_session && state_->accepted_once && state_->sessions.empty()) running = false;
+  }
+  ServerEvent stopped;
+  stopped.kind = ServerEvent::Kind::kStopped;
+  stopped.ok = counters_.sessions_failed.get() == 0;
+  sink_(stopped);
+}
+
+}  // namespace lazyd

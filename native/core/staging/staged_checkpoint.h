@@ -1,0 +1,28 @@
+// What a lazy session sees of staging: a staged checkpoint, and the lookup from a GET's pid to the checkpoint
+// that serves it (implemented by the StagingRegistry, staging_registry.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "staging/page_store.h"
+
+namespace lazyd {
+
+// A checkpoint staged by an upload (`criu dump --page-server` into lazyd): its sealed store, served until a
+// policy releases it. Sessions that fetch from it hold a reference, so a release never cuts a restore short.
+struct StagedCheckpoint {
+  uint64_t id = 0;  // the upload session's id
+  std::shared_ptr<const PageStore> store;
+};
+
+// Which staged checkpoint serves a GET's pid. GETs carry nothing but the pid (docs/protocol.md §1.4), so the page server keeps
+// every pid unique across the staged checkpoints (an upload whose pid is already staged is refused), and a
+// staged pid wins over the same pid in the -D images (the images were there first; the upload is newer).
+class StagedLookup {
+ public:
+  virtual ~StagedLookup() = default;
+  virtual std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const = 0;
+};
+
+}  // namespace lazyd

@@ -1,0 +1,85 @@
+#include "staging/staging_registry.h"
+
+#include "wire/wire.h"
+
+namespace lazyd {
+
+StagingRegistry::StagingRegistry(uint64_t max_bytes, uint64_t release_after_restores)
+    : budget_(std::make_shared<MemoryBudget>(max_bytes)), release_after_restores_(release_after_restores) {}
+
+std::string StagingRegistry::admit(uint64_t upload, PageKey key) {
+  if (key_type(key) != wire::PS_TYPE_PID) return "";  // shmem ids are never fetched lazily
+  const uint64_t pid = key_id(key);
+  auto owner = pid_owner_.find(pid);
+  if (owner != pid_owner_.end() && owner->second != upload) {
+    const bool staged = staged_.count(owner->second) != 0;
+    return "pid " + std::to_string(pid) + " is already " +
+           (staged ? "staged by checkpoint #" : "being uploaded by session #") + std::to_string(owner->second) +
+           ": a lazy GET names only the pid, so two staged checkpoints cannot share one — release checkpoint #" +
+           std::to_string(owner->second) + " first";
+  }
+  pid_owner_[pid] = upload;
+  return "";
+}
+
+void StagingRegistry::abandon(uint64_t upload) {
+  for (auto it = pid_owner_.begin(); it != pid_owner_.end();) {
+    if (it->second == upload) it = pid_owner_.erase(it);
+    else ++it;
+  }
+}
+
+void StagingRegistry::hold_sealed(uint64_t upload, std::shared_ptr<const PageStore> store) {
+  std::lock_guard<std::mutex> lock(sealed_mutex_);
+  sealed_[upload] = std::move(store);
+}
+
+std::shared_ptr<const PageStore> StagingRegistry::sealed(uint64_t upload) const {
+  std::lock_guard<std::mutex> lock(sealed_mutex_);
+  auto found = sealed_.find(upload);
+  return found == sealed_.end() ? nullptr : found->second;
+}
+
+void StagingRegistry::drop_sealed(uint64_t upload) {
+  std::lock_guard<std::mutex> lock(sealed_mutex_);
+  sealed_.erase(upload);
+}
+
+std::shared_ptr<const StagedCheckpoint> StagingRegistry::publish(uint64_t upload,
+                                                                 std::shared_ptr<const PageStore> store) {
+  auto checkpoint = std::make_shared<StagedCheckpoint>();
+  checkpoint->id = upload;
+  checkpoint->store = std::move(store);
+  staged_[upload] = Staged{checkpoint, 0};
+  return checkpoint;
+}
+
+uint64_t StagingRegistry::restore_completed(uint64_t checkpoint, bool* retire_now) {
+  *retire_now = false;
+  auto found = staged_.find(checkpoint);
+  if (found == staged_.end()) return 0;
+  const uint64_t restores = ++found->second.restores;
+  *retire_now = release_after_restores_ != 0 && restores >= release_after_restores_;
+  return restores;
+}
+
+bool StagingRegistry::retire(uint64_t checkpoint) {
+  auto found = staged_.find(checkpoint);
+  if (found == staged_.end()) return false;
+  for (PageKey key : found->second.checkpoint->store->keys()) {
+    if (key_type(key) != wire::PS_TYPE_PID) continue;
+    auto owner = pid_owner_.find(key_id(key));
+    if (owner != pid_owner_.end() && owner->second == checkpoint) pid_owner_.erase(owner);
+  }
+  staged_.erase(found);  // sessions still bound to it hold the store until they end
+  return true;
+}
+
+std::shared_ptr<const StagedCheckpoint> StagingRegistry::find_pid(uint64_t pid) const {
+  auto owner = pid_owner_.find(pid);
+  if (owner == pid_owner_.end()) return nullptr;
+  auto found = staged_.find(owner->second);
+  return found == staged_.end() ? nullptr : found->second.checkpoint;
+}
+
+}  // namespace lazyd
