@@ -5,7 +5,7 @@
 #   images        test/fuzz/images.fuzz.ts      the TypeScript CRIU image parsers (mutation fuzzing, run-images.ts;
 #                                               Jazzer.js cannot run on bookworm's glibc — see run-images.ts)
 # The native targets run under ASan + UBSan. Seeds come from the real recorded CRIU streams and images in
-# ../shared/testdata. Usage: scripts/fuzz.sh [seconds per target, default 300] [target ...]
+# test/fixtures. Usage: scripts/fuzz.sh [seconds per target, default 300] [target ...]
 # Prints each target's executions and coverage; exits non-zero if any target finds a crash, a hang or a
 # broken invariant (the reproducer is left in fuzz-out/<target>/).
 set -uo pipefail
@@ -14,7 +14,9 @@ SECONDS_PER_TARGET="${1:-300}"
 shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(wire_fuzz session_fuzz images)
-TESTDATA="$(cd ../shared/testdata 2>/dev/null && pwd)" || { echo "fuzz.sh: ../shared/testdata is missing" >&2; exit 2; }
+FIXTURES="$PWD/test/fixtures"
+[ -d "$FIXTURES/criu-4.1.1" ] && [ -d "$FIXTURES/criu-4.2.1" ] ||
+  { echo "fuzz.sh: $FIXTURES/criu-4.1.1 or criu-4.2.1 is missing (regenerate with scripts/record-fixtures.sh)" >&2; exit 2; }
 OUT="$PWD/fuzz-out"
 mkdir -p "$OUT"
 
@@ -39,9 +41,9 @@ seed_native() {
   local target="$1" corpus="$OUT/$target/corpus"
   mkdir -p "$corpus"
   for v in 4.1.1 4.2.1; do
-    cp -f "$TESTDATA/criu-$v/remote-lazy/client-to-server.bin" "$corpus/seed-lazy-$v" 2>/dev/null
+    cp -f "$FIXTURES/criu-$v/remote-lazy/client-to-server.bin" "$corpus/seed-lazy-$v"
     # The upload streams are 1.1 MiB; their first 64 KiB hold OPEN2, the first ADD_Fs and payload.
-    head -c 65536 "$TESTDATA/criu-$v/upload/client-to-server.bin" >"$corpus/seed-upload-$v"
+    head -c 65536 "$FIXTURES/criu-$v/upload/client-to-server.bin" >"$corpus/seed-upload-$v"
   done
   if [ "$target" = session_fuzz ]; then
     # Requests that reach the fuzz checkpoint's own pages (session_fuzz.cc): GETs in both layouts, then CLOSE.
@@ -65,13 +67,13 @@ seed_images() {
   mkdir -p "$corpus"
   # The first byte picks the parser (test/fuzz/images.fuzz.ts): 0 pagemap, 1 pstree, 2 mm, 3 core, 4 inventory.
   for v in 4.1.1 4.2.1; do
-    local dir="$TESTDATA/criu-$v/plain-dump/images"
+    local dir="$FIXTURES/criu-$v/plain-dump/images"
     { printf '\x00'; cat "$dir/pagemap-1.img"; } >"$corpus/pagemap-$v"
     { printf '\x01'; cat "$dir/pstree.img"; } >"$corpus/pstree-$v"
     { printf '\x02'; cat "$dir/mm-1.img"; } >"$corpus/mm-$v"
     { printf '\x03'; cat "$dir/core-1.img"; } >"$corpus/core-$v"
     { printf '\x04'; cat "$dir/inventory.img"; } >"$corpus/inventory-$v"
-    { printf '\x00'; cat "$TESTDATA/criu-$v/upload/page-server-images/pagemap-1.img"; } >"$corpus/pagemap-upload-$v"
+    { printf '\x00'; cat "$FIXTURES/criu-$v/upload/page-server-images/pagemap-1.img"; } >"$corpus/pagemap-upload-$v"
   done
 }
 

@@ -26,6 +26,12 @@
 # A second run finds working binaries and only prints the summary, ending with
 # one line per version: "criu 4.1.1: /opt/lazyd-criu/4.1.1/criu".
 #
+# --with-crit also installs crit, CRIU's image decoder, of the same Debian
+# version (python3-pycriu, unpacked into $PREFIX/<version>/crit-root and run
+# by $PREFIX/<version>/crit with the system python3 and python3-protobuf).
+# Only scripts/record-fixtures.sh needs it (to cross-check the pagemaps it
+# records); the tests do not.
+#
 # Environment:
 #   LAZYD_CRIU_PREFIX     install prefix (default /opt/lazyd-criu)
 #   LAZYD_DEBIAN_MIRROR   Debian mirror (default http://deb.debian.org/debian)
@@ -37,6 +43,7 @@ set -euo pipefail
 PREFIX=${LAZYD_CRIU_PREFIX:-/opt/lazyd-criu}
 MIRROR=${LAZYD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 FORCE=${LAZYD_CRIU_FORCE:-0}
+WITH_CRIT=0
 ARCH=amd64
 MULTIARCH=x86_64-linux-gnu
 SYSTEM_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -57,6 +64,9 @@ ensure_host_tools() {
   [[ $(dpkg --print-architecture) == "$ARCH" ]] || die "only $ARCH hosts are supported"
   local missing=()
   command -v patchelf >/dev/null || missing+=(patchelf)
+  if [[ $WITH_CRIT == 1 ]] && ! /usr/bin/python3 -c 'import google.protobuf' 2>/dev/null; then
+    missing+=(python3 python3-protobuf)
+  fi
   if [[ $MIRROR == https:* && ! -e /etc/ssl/certs/ca-certificates.crt ]]; then
     missing+=(ca-certificates)
   fi
@@ -293,6 +303,40 @@ install_slot() {
   log "slot $slot: installed criu $version in $vdir"
 }
 
+# ---------------------------------------------------------------- crit
+
+# crit is pure Python: the slot's python3-pycriu, unpacked, runs with the
+# system interpreter (/usr/bin/python3, not whatever python3 comes first on
+# PATH) and the system's python3-protobuf.
+crit_works() { [[ -x $1/crit ]] && "$1/crit" --help >/dev/null 2>&1 </dev/null; }
+
+install_crit() {
+  local slot=$1 suites=$2 vdir=$3 want suite version=""
+  want=$(cat "$vdir/VERSION")
+  for suite in $suites; do
+    update_suite "$suite" || continue
+    version=$(candidate_version python3-pycriu)
+    [[ $version == "$want" ]] && break
+    version=""
+  done
+  [[ -n $version ]] || die "slot $slot: no python3-pycriu $want (the version of its criu) in the suites $suites"
+  rm -rf "$vdir/crit-debs" "$vdir/crit-root"
+  mkdir -p "$vdir/crit-debs"
+  id _apt >/dev/null 2>&1 && chown _apt "$vdir/crit-debs"
+  (cd "$vdir/crit-debs" && papt apt-get download -q "python3-pycriu=$version" >&2)
+  chown -R 0:0 "$vdir/crit-debs"
+  dpkg -x "$vdir"/crit-debs/python3-pycriu_*.deb "$vdir/crit-root"
+  [[ -f $vdir/crit-root/usr/bin/crit ]] || die "python3-pycriu $version has no usr/bin/crit"
+  printf '%s\n' '#!/bin/sh' \
+    "# crit of CRIU $version (python3-pycriu, unpacked by scripts/install-criu.sh --with-crit)." \
+    "PYTHONPATH=$vdir/crit-root/usr/lib/python3/dist-packages exec /usr/bin/python3 $vdir/crit-root/usr/bin/crit \"\$@\"" \
+    >"$vdir/crit.new"
+  chmod 0755 "$vdir/crit.new"
+  mv -f "$vdir/crit.new" "$vdir/crit"
+  crit_works "$vdir" || die "$vdir/crit does not run: $("$vdir/crit" --help 2>&1 </dev/null | tail -1)"
+  log "slot $slot: installed crit $version in $vdir"
+}
+
 # ---------------------------------------------------------------- main
 
 runtime_notes() {
@@ -305,6 +349,13 @@ runtime_notes() {
 }
 
 main() {
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --with-crit) WITH_CRIT=1 ;;
+      *) die "unknown argument '$arg' (the only one is --with-crit)" ;;
+    esac
+  done
   mkdir -p "$PREFIX"
   exec 9>"$PREFIX/.lock"
   flock 9
@@ -320,6 +371,13 @@ main() {
       vdir=$(installed_slot "$slot") || die "slot $slot: install did not produce a working criu"
     fi
     summary+=("criu ${vdir##*/}: $PREFIX/${vdir##*/}/criu")
+    if [[ $WITH_CRIT == 1 ]]; then
+      if ! crit_works "$vdir"; then
+        ensure_host_tools
+        install_crit "$slot" "${entry#*:}" "$vdir"
+      fi
+      summary+=("crit ${vdir##*/}: $vdir/crit")
+    fi
   done
   rm -rf "$PREFIX/.apt"  # package lists are large and only needed to install
   runtime_notes

@@ -14,7 +14,7 @@ Napi::Object wire_constants(Napi::Env env) {
 }
 
 // detectFormat(bytes: Uint8Array, pageSize) -> 24 | 32 | 0: wire.cc detect(), for the property test that
-// checks the TypeScript twin (src/protocol/wire.ts detectFormat) agrees with it.
+// checks the TypeScript twin (test/harness/wire.ts detectFormat) agrees with it.
 Napi::Value detect_format(const Napi::CallbackInfo& info) {
   Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
   const size_t page_size = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());

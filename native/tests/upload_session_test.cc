@@ -1,14 +1,14 @@
-// UploadSession: replays the real CRIU 4.1.1 and 4.2.1 upload streams (../shared/testdata/criu-*/upload) over
+// UploadSession: replays the real CRIU 4.1.1 and 4.2.1 upload streams (test/fixtures/criu-*/upload) over
 // socketpairs and loopback TCP into both stores and checks the replies, the stored entries and every served
-// page against what `criu page-server` wrote; then crafted streams: legacy commands, implicit opens, empty
+// page against what `criu page-server` wrote (its pages image, rebuilt from the stream and checked against the
+// size and sha256 recorded in session.json); then crafted streams: legacy commands, implicit opens, empty
 // uploads, and every way an upload must fail without leaving anything behind.
 #include <arpa/inet.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
-#include <fstream>
-#include <iterator>
+#include <gnutls/crypto.h>
 #include <memory>
 #include <netinet/in.h>
 #include <poll.h>
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "check.h"
+#include "fixtures.h"
 #include "staging/memfd_store.h"
 #include "pipe_store.h"
 #include "server/upload_session.h"
@@ -31,17 +32,59 @@ using namespace lazyd;
 namespace {
 
 constexpr uint64_t kPage = 4096;
-const char* const kTestdata = "../shared/testdata";
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in.good()) fprintf(stderr, "cannot open %s (shared testdata must be at ../shared/testdata)\n", path.c_str());
-  CHECK(in.good());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+std::string upload_file(const char* version, const char* file) { return fixtures::read(version, "upload", file); }
+
+const fixtures::Json& upload_facts(const char* version) { return fixtures::session(version, "upload"); }
+
+// The dumped task's pid (its pid namespace's init) and the pages of its pagemap without PE_LAZY (the eager ones).
+uint64_t upload_pid(const char* version) { return static_cast<uint64_t>(upload_facts(version)["workload"]["ns_pid"].num()); }
+uint64_t eager_pages(const char* version) {
+  const fixtures::Json& entries = upload_facts(version)["pagemap"]["entries"];
+  uint64_t n = 0;
+  for (size_t i = 0; i < entries.size(); i++) {
+    if (!(entries[i]["flags"].num() & wire::PE_LAZY)) n += static_cast<uint64_t>(entries[i]["nr_pages"].num());
+  }
+  return n;
 }
 
-std::string upload_file(const char* version, const char* file) {
-  return read_file(std::string(kTestdata) + "/criu-" + version + "/upload/" + file);
+std::string sha256_hex(const std::string& data) {
+  unsigned char digest[32];
+  CHECK(gnutls_hash_fast(GNUTLS_DIG_SHA256, data.data(), data.size(), digest) == 0);
+  static const char* const digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : digest) out += {digits[b >> 4], digits[b & 15]};
+  return out;
+}
+
+// The pages image criu page-server wrote (not stored twice in the repository): the data of the stream's
+// ADD_F messages in order, checked against the size and sha256 the recorder took of criu's own file.
+std::string page_server_pages_image(const char* version) {
+  const std::string stream = upload_file(version, "client-to-server.bin");
+  const size_t header = std::string(version) == "4.1.1" ? 24 : 32;
+  std::string image;
+  for (size_t off = 0; off + header <= stream.size();) {
+    uint32_t cmd;
+    memcpy(&cmd, &stream[off], 4);
+    uint64_t nr = 0;
+    if (header == 24) {
+      uint32_t nr32;
+      memcpy(&nr32, &stream[off + 4], 4);
+      nr = nr32;
+    } else {
+      memcpy(&nr, &stream[off + 8], 8);
+    }
+    const bool data = (cmd & 0xffff) == wire::PS_IOV_ADD_F && ((cmd >> wire::PS_CMD_BITS) & wire::PE_PRESENT);
+    const size_t bytes = data ? nr * kPage : 0;
+    image.append(stream, off + header, bytes);
+    off += header + bytes;
+  }
+  const fixtures::Json& derived = upload_facts(version)["derived"];
+  const std::string name = "page-server-images/pages-" + std::to_string(upload_facts(version)["pagemap"]["head"]["pages_id"].num()) + ".img";
+  CHECK(derived.has(name));
+  CHECK(image.size() == static_cast<size_t>(derived[name]["bytes"].num()));
+  CHECK(sha256_hex(image) == derived[name]["sha256"].str());
+  return image;
 }
 
 struct Row {
@@ -224,7 +267,7 @@ bool contains(const std::string& text, const char* part) {
 }
 
 // ---- the real streams ----
-void check_served_pages(const PageStore& store, const std::vector<Row>& rows, const std::string& image) {
+void check_served_pages(const PageStore& store, const std::vector<Row>& rows, const std::string& image, uint64_t pid) {
   uint64_t offset = 0;
   int sv[2];
   CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
@@ -233,7 +276,7 @@ void check_served_pages(const PageStore& store, const std::vector<Row>& rows, co
     // Page by page, twice (nothing consumed).
     for (int round = 0; round < 2; round++) {
       for (uint64_t p = 0; p < row.nr_pages; p++) {
-        CHECK(store.serve(pid_key(1), row.vaddr + p * kPage, 1, sv[0]) == 1);
+        CHECK(store.serve(pid_key(pid), row.vaddr + p * kPage, 1, sv[0]) == 1);
         std::string got(kPage, '\0');
         CHECK(recv(sv[1], &got[0], kPage, MSG_WAITALL) == static_cast<ssize_t>(kPage));
         CHECK(memcmp(got.data(), image.data() + offset + p * kPage, kPage) == 0);
@@ -245,7 +288,7 @@ void check_served_pages(const PageStore& store, const std::vector<Row>& rows, co
       got.resize(row.nr_pages * kPage);
       CHECK(recv(sv[1], &got[0], got.size(), MSG_WAITALL) == static_cast<ssize_t>(got.size()));
     });
-    CHECK(store.serve(pid_key(1), row.vaddr, row.nr_pages + 100, sv[0]) == static_cast<int64_t>(row.nr_pages));
+    CHECK(store.serve(pid_key(pid), row.vaddr, row.nr_pages + 100, sv[0]) == static_cast<int64_t>(row.nr_pages));
     reader.join();
     CHECK(memcmp(got.data(), image.data() + offset, got.size()) == 0);
     offset += row.nr_pages * kPage;
@@ -258,8 +301,12 @@ void check_served_pages(const PageStore& store, const std::vector<Row>& rows, co
 void test_replay(const char* version, StoreKind kind, SocketKind transport, bool detect) {
   const std::string stream = upload_file(version, "client-to-server.bin");
   const std::string expected = upload_file(version, "server-to-client.bin");
-  const std::string image = upload_file(version, "page-server-images/pages-65537.img");
+  const std::string image = page_server_pages_image(version);
   const std::vector<Row> rows = read_transcript(version);
+  const fixtures::Json& facts = upload_facts(version);
+  const uint64_t pid = upload_pid(version);
+  const size_t pagemap_entries = facts["pagemap"]["entries"].size();
+  const uint64_t pages_with_data = static_cast<uint64_t>(facts["stream"]["pages_with_data"].num());
   const wire::Format format = std::string(version) == "4.1.1" ? wire::Format::V24 : wire::Format::V32;
   UploadLimits limits;
   if (!detect) limits.format = format;
@@ -273,29 +320,29 @@ void test_replay(const char* version, StoreKind kind, SocketKind transport, bool
   CHECK(out.stats.bytes_in == stream.size());
   const PageStore& store = *out.store;
   CHECK(store.sealed());
-  CHECK(store.keys().size() == 1 && store.keys()[0] == pid_key(1));
+  CHECK(store.keys().size() == 1 && store.keys()[0] == pid_key(pid));
   // The stored entries are the transcript's ADD_F headers, in order.
-  const std::vector<StoreEntry>& entries = *store.entries(pid_key(1));
+  const std::vector<StoreEntry>& entries = *store.entries(pid_key(pid));
   size_t i = 0;
   uint64_t data_pages = 0;
   for (const Row& row : rows) {
     if (row.op != "ADD_F") continue;
     CHECK(i < entries.size());
-    CHECK(row.dst_id == 0x101);
+    CHECK(row.dst_id == ((pid << wire::PS_TYPE_BITS) | wire::PS_TYPE_PID));
     CHECK(entries[i].vaddr == row.vaddr);
     CHECK(entries[i].nr_pages == row.nr_pages);
     CHECK(entries[i].flags == row.cmd >> 16);
     data_pages += row.nr_pages;
     i++;
   }
-  CHECK(i == entries.size() && i == 14);
-  CHECK(out.stats.entries == 14 && out.stats.pages_with_data == 289 && data_pages == 289);
+  CHECK(i == entries.size() && i == pagemap_entries);
+  CHECK(out.stats.entries == pagemap_entries && out.stats.pages_with_data == pages_with_data && data_pages == pages_with_data);
   CHECK(store.bytes_held() == image.size());
-  check_served_pages(store, rows, image);
+  check_served_pages(store, rows, image, pid);
   // The pages image of the pagemap, as `criu page-server` wrote it; and the eager part alone.
   FILE* all = tmpfile();
   FILE* eager = tmpfile();
-  CHECK(store.write_pages(pid_key(1), fileno(all), true) == static_cast<int64_t>(image.size()));
+  CHECK(store.write_pages(pid_key(pid), fileno(all), true) == static_cast<int64_t>(image.size()));
   std::string written(image.size(), '\0');
   CHECK(pread(fileno(all), &written[0], written.size(), 0) == static_cast<ssize_t>(written.size()));
   CHECK(written == image);
@@ -305,17 +352,17 @@ void test_replay(const char* version, StoreKind kind, SocketKind transport, bool
     if (!(e.flags & wire::PE_LAZY)) expected_eager += image.substr(offset, e.nr_pages * kPage);
     offset += e.nr_pages * kPage;
   }
-  CHECK(expected_eager.size() == 14 * kPage);  // the 14 eager pages of the workload
-  CHECK(store.write_pages(pid_key(1), fileno(eager), false) == static_cast<int64_t>(expected_eager.size()));
+  CHECK(expected_eager.size() == eager_pages(version) * kPage);  // the workload's eager pages
+  CHECK(store.write_pages(pid_key(pid), fileno(eager), false) == static_cast<int64_t>(expected_eager.size()));
   written.assign(expected_eager.size(), '\0');
   CHECK(pread(fileno(eager), &written[0], written.size(), 0) == static_cast<ssize_t>(written.size()));
   CHECK(written == expected_eager);
   fclose(all);
   fclose(eager);
-  CHECK(store.write_pages(pid_key(2), 1, true) == -ENOENT);
+  CHECK(store.write_pages(pid_key(pid + 1), 1, true) == -ENOENT);
   PageKey key;
-  CHECK(key_from_get_pid(1, &key) && key == pid_key(1));
-  CHECK(!key_from_get_pid((1ull << 56) | 1, &key));  // would alias pid 1 through pid_key()
+  CHECK(key_from_get_pid(pid, &key) && key == pid_key(pid));
+  CHECK(!key_from_get_pid((1ull << 56) | pid, &key));  // would alias the pid through pid_key()
   printf("  replay %s %-5s %-4s %s: committed, replies and %zu served bytes exact (%llu fds)\n", version,
          kind == StoreKind::kPipe ? "pipe" : "memfd", transport == SocketKind::kTcp ? "tcp" : "unix",
          detect ? "detected" : "given", image.size(), static_cast<unsigned long long>(store.resources().fds));
@@ -325,12 +372,24 @@ void test_replay(const char* version, StoreKind kind, SocketKind transport, bool
 void test_failures(const char* version, StoreKind kind) {
   const std::string stream = upload_file(version, "client-to-server.bin");
   const std::vector<Row> rows = read_transcript(version);
+  const fixtures::Json& facts = upload_facts(version);
+  const size_t pagemap_entries = facts["pagemap"]["entries"].size();
+  // The big entry: the one holding the workload's data area (over 1 MiB), and the entries before it.
+  const size_t big_index = static_cast<size_t>(facts["workload"]["data_area"]["entry_index"].num());
+  const uint64_t big_pages = static_cast<uint64_t>(facts["pagemap"]["entries"][big_index]["nr_pages"].num());
+  const std::string big_bytes = std::to_string(big_pages * kPage);
+  const std::string big_nr = "nr_pages " + std::to_string(big_pages);
   uint64_t big_entry = 0, close_off = 0;
+  size_t adds = 0;
   for (const Row& row : rows) {
-    if (row.op == "ADD_F" && row.nr_pages == 260) big_entry = row.off;
+    if (row.op == "ADD_F" && adds++ == big_index) {
+      CHECK(row.nr_pages == big_pages);
+      big_entry = row.off;
+    }
     if (row.op == "CLOSE") close_off = row.off;
   }
   CHECK(big_entry && close_off);
+  CHECK(big_pages * kPage > (1u << 20));  // the memory cap case below needs it over 1 MiB
   const size_t header = std::string(version) == "4.1.1" ? 24 : 32;
   StoreLimits shared;
   shared.budget = std::make_shared<MemoryBudget>(64 << 20);
@@ -338,7 +397,7 @@ void test_failures(const char* version, StoreKind kind) {
   // EOF in the middle of a payload.
   Outcome cut = run(stream.substr(0, big_entry + header + 5000), 1, kind, SocketKind::kTcp, UploadLimits(), shared);
   CHECK(!cut.committed && cut.store == nullptr);
-  CHECK(contains(cut.error, "disconnected after 5000 of 1064960 payload bytes"));
+  CHECK(contains(cut.error, ("disconnected after 5000 of " + big_bytes + " payload bytes").c_str()));
   CHECK(contains(cut.error, "nothing of this upload is kept"));
   CHECK(shared.budget->used() == 0);  // the private store is gone, its bytes released
 
@@ -346,7 +405,8 @@ void test_failures(const char* version, StoreKind kind) {
   // error; the bytes that arrived before the reset are still read.
   Outcome reset = run(stream.substr(0, big_entry + header + 5000), 1, kind, SocketKind::kTcp, UploadLimits(), shared, true);
   CHECK(!reset.committed && reset.store == nullptr);
-  CHECK(contains(reset.error, "nr_pages 260 flags PE_LAZY|PE_PRESENT: the dump's connection broke after 5000 of 1064960 payload bytes (Connection reset by peer): nothing of this upload is kept"));
+  CHECK(contains(reset.error, (big_nr + " flags PE_LAZY|PE_PRESENT: the dump's connection broke after 5000 of " + big_bytes +
+                               " payload bytes (Connection reset by peer): nothing of this upload is kept").c_str()));
   CHECK(shared.budget->used() == 0);
 
   // A reset after CLOSE while lazyd still holds its status back (writing the images): the dump never got it.
@@ -363,7 +423,7 @@ void test_failures(const char* version, StoreKind kind) {
   CHECK(late.replies.size() == 5);
   CHECK(late.committed && late.store != nullptr && late.status == UploadSession::Status::kDone);
   CHECK(contains(late.note, "the dump's connection broke after lazyd had sent its CLOSE status (Connection reset by peer)"));
-  CHECK(late.stats.entries == 14);
+  CHECK(late.stats.entries == pagemap_entries);
   late.store.reset();
   CHECK(shared.budget->used() == 0);
 
@@ -371,7 +431,7 @@ void test_failures(const char* version, StoreKind kind) {
   Outcome noclose = run(stream.substr(0, close_off), 1, kind, SocketKind::kUnix, UploadLimits(), shared);
   CHECK(!noclose.committed && noclose.store == nullptr);
   CHECK(contains(noclose.error, "the dump disconnected before CLOSE: nothing of this upload is kept"));
-  CHECK(noclose.stats.entries == 14);  // everything else had arrived
+  CHECK(noclose.stats.entries == pagemap_entries);  // everything else had arrived
   CHECK(shared.budget->used() == 0);
 
   // EOF inside the CLOSE header.
@@ -389,9 +449,9 @@ void test_failures(const char* version, StoreKind kind) {
   small.budget = std::make_shared<MemoryBudget>(1 << 20);
   Outcome capped = run(stream, 5, kind, SocketKind::kTcp, UploadLimits(), small);
   CHECK(!capped.committed && capped.store == nullptr);
-  CHECK(contains(capped.error, "nr_pages 260"));
+  CHECK(contains(capped.error, big_nr.c_str()));
   CHECK(contains(capped.error, "staging memory cap of 1048576 bytes"));
-  CHECK(capped.stats.entries == 4);
+  CHECK(capped.stats.entries == big_index);  // the entries before it fit
   CHECK(capped.replies.size() == 1);  // only the OPEN2 answer; no CLOSE status ever
   CHECK(small.budget->used() == 0);
 

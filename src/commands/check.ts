@@ -48,7 +48,7 @@ const CAP_SYS_PTRACE = 19n;
 const CAP_CHECKPOINT_RESTORE = 40n;
 /** The kernel's default fs.pipe-max-size; criu's page pipes grow up to it. */
 const PIPE_MAX_MIN = 1024 * 1024;
-/** What `criu page-server --lazy-pages` needs to serve a lazy restore (see src/harness/criu.ts). */
+/** What `criu page-server --lazy-pages` needs to serve a lazy restore (see test/harness/criu.ts). */
 const PIPE_MAX_CRIU_LAZY = 4 * 1024 * 1024;
 
 function errnoName(errno: number): string {

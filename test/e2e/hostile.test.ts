@@ -1,5 +1,5 @@
 // Hostile and malformed sessions against a real `lazyd --page-server` process serving real CRIU images (the
-// recorded 4.1.1 plain dump). In every case a well-behaved client — the recorded `criu lazy-pages` stream,
+// recorded 4.1.1 plain dump of test/fixtures). In every case a well-behaved client — the recorded `criu lazy-pages` stream,
 // replayed — runs at the same time as the hostile peer, and the case then checks: the daemon is still running
 // and answering, the good client got exactly the bytes of a quiet run (its data area checked against the
 // workload's formula too), the daemon's RSS stayed bounded, its fd count came back to the baseline, and its log
@@ -9,16 +9,14 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { repoRoot } from '../../src/paths.js';
 import { startPageServer, type PageServer } from '../harness/page-server.js';
 import {
-  ATTACKS,
-  TESTDATA_SERVED,
-  DATA_SHA256,
   daemonUsage,
+  dataAreaServed,
   dataAreaSha256,
   fdsBackTo,
   idleConnections,
+  makeAttacks,
   rawSession,
   replayRecorded,
   slowReader,
@@ -27,8 +25,15 @@ import {
   type DaemonUsage,
   type Target,
 } from '../harness/hostile.js';
+import { dataArea, fixturePath, readFixture, sessionFacts } from '../fixtures/fixtures.js';
 
-const TESTDATA = path.resolve(repoRoot(), '../shared/testdata/criu-4.1.1');
+const VERSION = '4.1.1';
+const PLAIN = sessionFacts(VERSION, 'plain-dump');
+const AREA = dataArea(VERSION);
+/** What the attacks check served bytes against: the data area, to the end of its lazy pagemap entry. */
+const DATA_ENTRY = PLAIN.pagemap.entries[PLAIN.workload.data_area.entry_index]!;
+const SERVED = dataAreaServed(BigInt(PLAIN.workload.ns_pid), AREA, BigInt(DATA_ENTRY.vaddr) + BigInt(DATA_ENTRY.nr_pages * 4096));
+const ATTACKS = makeAttacks(SERVED);
 const STALL_S = 2;
 const IDLE_S = 5;
 const MAX_SESSIONS = 1010;
@@ -50,12 +55,9 @@ function logSize(): number {
 }
 
 before(async () => {
-  for (const sub of ['plain-dump/images', 'remote-lazy/client-to-server.bin']) {
-    assert.ok(fs.existsSync(path.join(TESTDATA, sub)), `missing test vector ${sub}: the shared testdata must sit beside the checkout`);
-  }
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-hostile-'));
-  fs.cpSync(path.join(TESTDATA, 'plain-dump/images'), dir, { recursive: true });
-  clientStream = fs.readFileSync(path.join(TESTDATA, 'remote-lazy/client-to-server.bin'));
+  fs.cpSync(fixturePath(VERSION, 'plain-dump', 'images'), dir, { recursive: true });
+  clientStream = readFixture(VERSION, 'remote-lazy', 'client-to-server.bin');
   server = await startPageServer({
     kind: 'lazyd',
     imagesDir: dir,
@@ -72,7 +74,7 @@ before(async () => {
   const { replies, rest } = splitReplies(quietAnswer, 24);
   assert.ok(replies.length >= 5, `the recorded stream got ${replies.length} replies`);
   assert.deepEqual(rest, Buffer.alloc(4), 'CLOSE status 0');
-  assert.equal(dataAreaSha256(replies), DATA_SHA256);
+  assert.equal(dataAreaSha256(replies, AREA), AREA.sha256);
   await fdsBackTo(server.pid, daemonUsage(server.pid).fds, 2000);
   baseline = daemonUsage(server.pid);
 });
@@ -156,7 +158,7 @@ test('hostile: a peer reading one byte per second is dropped after --stall-timeo
   const offset = logSize();
   const stop = new AbortController();
   const started = performance.now();
-  const slow = slowReader(TESTDATA_SERVED, target, (STALL_S + 20) * 1000, stop.signal);
+  const slow = slowReader(SERVED, target, (STALL_S + 20) * 1000, stop.signal);
   await goodClient();
   await goodClient();
   await waitForLog(offset, new RegExp(`the peer read only \\d+ bytes in ${STALL_S} s while a reply was pending; session dropped \\(--stall-timeout\\)`), (STALL_S + 15) * 1000);

@@ -32,10 +32,11 @@ import {
 import { PS_IOV_CLOSE } from '../../src/protocol/constants.js';
 import { repoRoot } from '../../src/paths.js';
 import { totalServedSessions, type ServedSessions } from '../harness/session-log.js';
+import { fixturePath } from '../fixtures/fixtures.js';
 
 const TEST_TIMEOUT_MS = 120_000;
 const timeouts = E2E_TIMEOUTS;
-const TESTDATA_IMAGES = path.resolve(repoRoot(), '../shared/testdata/criu-4.2.1/plain-dump/images');
+const FIXTURE_IMAGES = fixturePath('4.2.1', 'plain-dump', 'images');
 
 const diag = testProgress;
 
@@ -267,7 +268,7 @@ test('metrics: never on the page-server port; a port in use is one clear error l
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-ops-'));
   const blocker = net.createServer();
   try {
-    for (const name of fs.readdirSync(TESTDATA_IMAGES)) fs.copyFileSync(path.join(TESTDATA_IMAGES, name), path.join(dir, name));
+    for (const name of fs.readdirSync(FIXTURE_IMAGES)) fs.copyFileSync(path.join(FIXTURE_IMAGES, name), path.join(dir, name));
     const port = await freePort();
     const same = spawnSync(process.execPath, [lazydBin(), '--page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '--metrics-address', `127.0.0.1:${port}`], {
       encoding: 'utf8',
@@ -349,7 +350,7 @@ test('service: config file, systemd READY/STATUS/STOPPING, JSON log file reopene
   try {
     const images = path.join(dir, 'images');
     fs.mkdirSync(images);
-    for (const name of fs.readdirSync(TESTDATA_IMAGES)) fs.copyFileSync(path.join(TESTDATA_IMAGES, name), path.join(images, name));
+    for (const name of fs.readdirSync(FIXTURE_IMAGES)) fs.copyFileSync(path.join(FIXTURE_IMAGES, name), path.join(images, name));
     const log = path.join(dir, 'lazyd.log');
     const config = path.join(dir, 'lazyd.conf');
     // port 1 would need CAP_NET_BIND_SERVICE and is taken by nobody: the command line's --port must win.

@@ -48,7 +48,7 @@ import { PageServerService } from '../../src/page-server/service.js';
 import type { StagingOptions } from '../../src/staging/stager.js';
 import { startStagingControl } from '../../src/staging/control.js';
 import { readPagemap, PE_LAZY, PE_PRESENT } from '../../src/images/index.js';
-import { repoRoot } from '../../src/paths.js';
+import { readFixture, sessionFacts } from '../fixtures/fixtures.js';
 
 const TEST_TIMEOUT_MS = 120_000;
 
@@ -309,10 +309,11 @@ for (const version of CRIU_VERSIONS) {
       fs.mkdirSync(stagingDir, { recursive: true });
       const lazyd = await startStaging(stagingDir);
       onCleanup(() => lazyd.stop());
-      // CRIU's own upload stream (recorded from criu dump --page-server), cut off in the middle of the pages.
-      const recorded = path.resolve(repoRoot(), `../shared/testdata/criu-${version}/upload`);
-      const stream = fs.readFileSync(path.join(recorded, 'client-to-server.bin'));
-      const replies = fs.readFileSync(path.join(recorded, 'server-to-client.bin'));
+      // CRIU's own upload stream (recorded from criu dump --page-server, test/fixtures), cut off in the middle of
+      // the pages.
+      const stream = readFixture(version, 'upload', 'client-to-server.bin');
+      const replies = readFixture(version, 'upload', 'server-to-client.bin');
+      const recorded = sessionFacts(version, 'upload');
       await new Promise<void>((resolve, reject) => {
         const socket = net.connect(lazyd.port, '127.0.0.1', () => {
           socket.write(stream.subarray(0, Math.floor(stream.length / 2)), () => {
@@ -326,10 +327,11 @@ for (const version of CRIU_VERSIONS) {
       assert.equal(lazyd.service.stagedCheckpoints().length, 0);
       assert.equal(lazyd.service.stats().stagingBytes, 0);
       assert.deepEqual(stagedImages(stagingDir), []);
-      // A GET for a lazy page of the upload (pid 1, its data area: see the recording's pagemap) finds nothing:
-      // the session is refused, nothing half-served.
-      const lazyPage = 0x7ffff7cbb000n;
-      assert.equal((await lazyGet(lazyd.port, version, 1, lazyPage)).length, 0, 'no page served for the cut upload');
+      // A GET for a lazy page of the upload (the dumped pid, the first page of the entry holding its data area:
+      // see the recording's session.json) finds nothing: the session is refused, nothing half-served.
+      const pid = recorded.workload.ns_pid;
+      const lazyPage = BigInt(recorded.pagemap.entries[recorded.workload.data_area.entry_index]!.vaddr);
+      assert.equal((await lazyGet(lazyd.port, version, pid, lazyPage)).length, 0, 'no page served for the cut upload');
       // And the full stream, uploaded cleanly, is staged and serves that page.
       await new Promise<void>((resolve, reject) => {
         const socket = net.connect(lazyd.port, '127.0.0.1', () => socket.write(stream));
@@ -343,7 +345,7 @@ for (const version of CRIU_VERSIONS) {
       });
       await waitFor('the staged upload', () => lazyd.service.stagedCheckpoints().length === 1);
       assert.ok(fs.existsSync(path.join(stagingDir, 'pagemap-1.img')));
-      assert.equal((await lazyGet(lazyd.port, version, 1, lazyPage)).length, HEADER_SIZE[version] + PAGE_SIZE, 'the staged page is served');
+      assert.equal((await lazyGet(lazyd.port, version, pid, lazyPage)).length, HEADER_SIZE[version] + PAGE_SIZE, 'the staged page is served');
       lazyd.service.stop(1000);
       await lazyd.service.stopped;
     });

@@ -26,9 +26,12 @@ import {
   type SlowRead,
   type Workload,
 } from '../harness/index.js';
+import { sessionFacts } from '../fixtures/fixtures.js';
 
-// From shared/testdata/README.md: `workload 1 MiB, seed 1` sums to this, and page 0 starts with mix(1,0,0).
-const TESTDATA_SUM_1MIB_SEED1 = '0x28e67e1252d1f17d';
+// The recorded test vectors' workload (test/fixtures, session.json): 1 MiB, seed 1, what the tests below start, and
+// the checksum it reported; page 0 starts with mix(1,0,0).
+const RECORDED = sessionFacts('4.2.1', 'plain-dump').workload;
+const RECORDED_SUM_1MIB_SEED1 = RECORDED.data_area.checksum;
 const MIX_1_0_0 = 0x910a2dec89025cc1n;
 
 function requireRoot(): void {
@@ -48,14 +51,14 @@ async function withWorkload(tag: string, body: (w: Workload) => Promise<void>, o
 test('parseLog reads pass, BAD, ERROR, fork and op lines, and only complete lines', () => {
   const text =
     'start pid 1 pages 256 seed 1 order seq threads 0\n' +
-    'pass 1 pid 1 ok 256 bad 0 sum 0x28e67e1252d1f17d t 200 start 100 us 1\n' +
+    `pass 1 pid 1 ok 256 bad 0 sum ${RECORDED_SUM_1MIB_SEED1} t 200 start 100 us 1\n` +
     'BAD page 5 word 3 got 0x0 want 0x1\n' +
     'ERROR op mremap: Invalid argument\n' +
     'op fork child 3\nfork-ok pid 3 pages 256 sum 0x1\nreaped pid 3 status 0\n' +
     'pass 2 pid 1 ok 2';
   const scan = parseLog(text, 10);
   assert.equal(scan.passes.length, 1);
-  assert.deepEqual(scan.passes[0], { pass: 1, pid: 1, ok: 256, bad: 0, sum: TESTDATA_SUM_1MIB_SEED1, t: 200n, start: 100n, us: 1 });
+  assert.deepEqual(scan.passes[0], { pass: 1, pid: 1, ok: 256, bad: 0, sum: RECORDED_SUM_1MIB_SEED1, t: 200n, start: 100n, us: 1 });
   assert.equal(scan.bad.length, 1);
   assert.equal(scan.errors.length, 1);
   assert.equal(scan.ops.length, 1);
@@ -78,10 +81,11 @@ test('workload: pid 1 of its namespace, the recorded test-vector pattern, heartb
   await withWorkload(
     'vector',
     async (w) => {
+      assert.deepEqual([RECORDED.data_area.pages, RECORDED.seed], [256, 1], 'the recording ran the workload started here');
       assert.equal(w.ready.nsPid, 1);
       assert.equal(w.ready.hostPid, w.pid);
       assert.equal(w.ready.pages, 256);
-      const passes = await waitForPasses(w.dir, 8, 10_000, { expectSum: TESTDATA_SUM_1MIB_SEED1, pid: w.pid });
+      const passes = await waitForPasses(w.dir, 8, 10_000, { expectSum: RECORDED_SUM_1MIB_SEED1, pid: w.pid });
       assert.ok(passes.every((p) => p.ok === 256 && p.bad === 0));
       // The first word of the data area, read from outside.
       const fd = fs.openSync(`/proc/${w.pid}/mem`, 'r');

@@ -2,9 +2,9 @@
 // (test/e2e/hostile.test.ts) and the soak (test/soak/soak.ts). Each attack connects to a page server, does one
 // wrong thing, checks whatever the server answered before it hung up, and ends by itself within a bound.
 //
-// The checkpoint under attack is the recorded plain dump in shared/testdata: pid 1's pagemap entry
-// 0x7ffff7cbb000 +260 pages holds the workload's data area 0x7ffff7cbd000..0x7ffff7dbd000, whose page p is
-// known word for word (mix(1, p, w), testdata README), so a served page can be checked without the image.
+// The checkpoint under attack is a recorded plain dump of test/fixtures: one lazy pagemap entry of its pid holds
+// the workload's data area (where, its session.json says), whose page p is known word for word (mix(seed, p, w),
+// test/workload/workload.c), so a served page can be checked without the image (dataAreaServed).
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -13,10 +13,6 @@ import { encodeHeader } from './clients.js';
 import { dataPage } from './page-pattern.js';
 
 export const PAGE = 4096;
-export const DATA_START = 0x7ffff7cbd000n;
-export const DATA_END = 0x7ffff7dbd000n;
-/** sha256 of the 1 MiB data area (testdata README). */
-export const DATA_SHA256 = 'a9ba08c753fb570ca33f968bb24d468bf78df69ab2e824ba1029c4c735d2adb3';
 
 const GET = 7;
 const CLOSE = 0x1023;
@@ -49,16 +45,25 @@ export interface Served {
   page(i: number): Buffer;
 }
 
+/** A workload's data area: where it starts, its pages, and the seed of its pattern. */
+export interface DataAreaSpec {
+  start: bigint;
+  pages: number;
+  seed: bigint;
+}
+
 /**
- * The recorded plain dump in shared/testdata: pid 1's data area and the 2 pages after it, to the end of its
- * pagemap entry (those 2 pages differ between runs: only the 256 data pages are known).
+ * A checkpoint's data area and the pages after it to the end of its lazy pagemap entry (`entryEnd`); those pages
+ * differ between runs, so only the data pages are known.
  */
-export const TESTDATA_SERVED: Served = {
-  pid: 1n,
-  start: DATA_START,
-  pages: 256 + 2,
-  page: (i) => (i < 256 ? dataPage(i) : Buffer.alloc(0)),
-};
+export function dataAreaServed(pid: bigint, area: DataAreaSpec, entryEnd: bigint): Served {
+  return {
+    pid,
+    start: area.start,
+    pages: Number((entryEnd - area.start) / BigInt(PAGE)),
+    page: (i) => (i < area.pages ? dataPage(i, area.seed) : Buffer.alloc(0)),
+  };
+}
 
 /**
  * Checks every page of the served entry inside [vaddr, vaddr + payload) whose bytes are known: returns the
@@ -103,17 +108,18 @@ export function splitReplies(stream: Buffer, headerSize: 24 | 32): { replies: Re
   return { replies, rest: stream.subarray(off) };
 }
 
-/** The data area's sha256 from a set of replies (every one of its 256 pages must be there). */
-export function dataAreaSha256(replies: Reply[]): string {
+/** The data area's sha256 from a set of replies (every one of its pages must be there). */
+export function dataAreaSha256(replies: Reply[], area: Pick<DataAreaSpec, 'start' | 'pages'>): string {
+  const end = area.start + BigInt(area.pages * PAGE);
   const pages = new Map<bigint, Buffer>();
   for (const reply of replies) {
     for (let i = 0; i < reply.nrPages; i++) {
       const address = reply.vaddr + BigInt(i * PAGE);
-      if (address >= DATA_START && address < DATA_END) pages.set(address, reply.payload.subarray(i * PAGE, (i + 1) * PAGE));
+      if (address >= area.start && address < end) pages.set(address, reply.payload.subarray(i * PAGE, (i + 1) * PAGE));
     }
   }
   const hash = createHash('sha256');
-  for (let a = DATA_START; a < DATA_END; a += BigInt(PAGE)) {
+  for (let a = area.start; a < end; a += BigInt(PAGE)) {
     const page = pages.get(a);
     if (!page) throw new Error(`data page 0x${a.toString(16)} was never served`);
     hash.update(page);
@@ -437,6 +443,3 @@ export async function fdsBackTo(pid: number, fds: number, timeoutMs: number): Pr
     await sleep(100);
   }
 }
-
-/** The attacks against a server of the recorded testdata plain dump. */
-export const ATTACKS: Attack[] = makeAttacks(TESTDATA_SERVED);

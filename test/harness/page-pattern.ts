@@ -1,5 +1,6 @@
-// The page pattern of the recorded workload in ../shared/testdata (its README defines it): word w of page p of the
-// 1 MiB data area is a splitmix-style mix of (seed 1, p, w). Tests recompute it to check served bytes.
+// The page pattern of the workload (test/workload/workload.c), which the recorded fixtures of test/fixtures hold
+// (their session.json gives the seed): word w of page p of the data area is a splitmix-style mix of (seed, p, w).
+// Tests recompute it to check served bytes.
 const M64 = (1n << 64n) - 1n;
 const PAGE = 4096;
 
@@ -11,14 +12,15 @@ export function patternWord(seed: bigint, p: bigint, w: bigint): bigint {
   return z ^ (z >> 31n);
 }
 
-const pageCache = new Map<number, Buffer>();
-/** Page p (0..255) of the workload's data area. */
-export function dataPage(p: number): Buffer {
-  let page = pageCache.get(p);
+const pageCache = new Map<string, Buffer>();
+/** Page p of the data area of a workload started with `seed`. */
+export function dataPage(p: number, seed: bigint): Buffer {
+  const key = `${seed}:${p}`;
+  let page = pageCache.get(key);
   if (!page) {
     page = Buffer.alloc(PAGE);
-    for (let w = 0; w < PAGE / 8; w++) page.writeBigUInt64LE(patternWord(1n, BigInt(p), BigInt(w)), w * 8);
-    pageCache.set(p, page);
+    for (let w = 0; w < PAGE / 8; w++) page.writeBigUInt64LE(patternWord(seed, BigInt(p), BigInt(w)), w * 8);
+    pageCache.set(key, page);
   }
   return page;
 }

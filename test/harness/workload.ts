@@ -34,7 +34,8 @@ export const PAGE_SIZE = 4096;
 export const PAGES_PER_MIB = 256;
 export type ControlFile = 'do-fork' | 'do-munmap' | 'do-mremap' | 'do-dontneed' | 'do-verify-all';
 
-const CFLAGS = ['-O2', '-Wall', '-pthread'];
+/** How buildWorkload() compiles the workload (scripts/record-fixtures.sh records them too). */
+export const WORKLOAD_CFLAGS = ['-O2', '-Wall', '-pthread'];
 
 /** Realtime clock in ns, comparable with the workload's CLOCK_REALTIME stamps. */
 export function nowNs(): bigint {
@@ -51,13 +52,13 @@ export function workloadSource(): string {
 export async function buildWorkload(): Promise<string> {
   const source = workloadSource();
   const text = fs.readFileSync(source);
-  const hash = createHash('sha256').update(text).update(CFLAGS.join(' ')).digest('hex').slice(0, 12);
+  const hash = createHash('sha256').update(text).update(WORKLOAD_CFLAGS.join(' ')).digest('hex').slice(0, 12);
   const outDir = path.join(repoRoot(), 'build', 'workload');
   const binary = path.join(outDir, `workload-${hash}`);
   if (fs.existsSync(binary)) return binary;
   fs.mkdirSync(outDir, { recursive: true });
   const tmp = `${binary}.tmp-${process.pid}`;
-  await runCommand({ name: 'gcc (workload)', file: 'gcc', args: [...CFLAGS, '-o', tmp, source] }, 120_000);
+  await runCommand({ name: 'gcc (workload)', file: 'gcc', args: [...WORKLOAD_CFLAGS, '-o', tmp, source] }, 120_000);
   fs.renameSync(tmp, binary);
   return binary;
 }

@@ -1,6 +1,7 @@
 /**
- * src/images against the real CRIU 4.1.1 and 4.2.1 images in ../shared/testdata (see its README.md), plus
- * round trips, error cases and a parent chain built in a temp dir.
+ * src/images against the real CRIU 4.1.1 and 4.2.1 images recorded in test/fixtures (see its README.md): each
+ * against the recorder's own decoding and crit's in session.json, plus round trips, error cases and a parent
+ * chain built in a temp dir.
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +10,6 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   IMAGE_KINDS, ImageError, PE_LAZY, PE_PARENT, PE_PRESENT, VMA_AREA_GUARD, encodeImage, encodeMessage, encodePagemap,
   findEntry, lazyRanges, loadCheckpoint, loadParentChain, parseMm, parsePagemap, parsePstree, readCore,
@@ -17,47 +17,31 @@ import {
   type Pagemap, type PagemapEntryInput,
 } from '../../src/images/index.js';
 import { MmEntryType, PagemapEntryType, PagemapHeadType, InventoryEntryType } from '../../src/images/schema.js';
+import { dataArea as recordedDataArea, fixturePath, fixturesRoot, sessionFacts, uploadPageServerImages, type SessionFacts } from '../fixtures/fixtures.js';
 
 // ---------------------------------------------------------------------------------------------------------------
-// Locating the testdata
-
-function findRepoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
-}
-
-const REPO_ROOT = findRepoRoot();
-const TESTDATA = process.env.LAZYD_TESTDATA ?? path.resolve(REPO_ROOT, '../shared/testdata');
-
-/** Path inside the testdata; fails (never skips) with a clear message when the testdata is missing. */
-function td(...parts: string[]): string {
-  const p = path.join(TESTDATA, ...parts);
-  if (!fs.existsSync(p)) {
-    assert.fail(`CRIU testdata missing: ${p} does not exist. The tests need the shared testdata at ${TESTDATA} ` +
-      '(repo/../shared/testdata, or set LAZYD_TESTDATA)');
-  }
-  return p;
-}
+// The recorded images (test/fixtures) and what the recorder measured of them (session.json)
 
 const VERSIONS = ['4.1.1', '4.2.1'] as const;
 const PAGE = 4096;
-const DATA_START = 0x7ffff7cbd000n;
-const DATA_END = 0x7ffff7dbd000n;
-const DATA_SHA256 = 'a9ba08c753fb570ca33f968bb24d468bf78df69ab2e824ba1029c4c735d2adb3';
 
-/** The pagemaps with their two decoded JSONs. */
-function pagemapCases(v: string): Array<{ name: string; img: string; json: string; crit: string }> {
-  const base = `criu-${v}`;
+/** The pagemaps with the recorder's decoding and crit's (the upload's beside its rebuilt pages image). */
+function pagemapCases(v: string): Array<{ name: string; img: string; facts: SessionFacts }> {
   return [
-    { name: 'plain-dump', img: td(base, 'plain-dump/images/pagemap-1.img'), json: td(base, 'plain-dump/pagemap-1.json'), crit: td(base, 'plain-dump/pagemap-1.crit.json') },
-    { name: 'remote-lazy', img: td(base, 'remote-lazy/images/pagemap-1.img'), json: td(base, 'remote-lazy/pagemap-1.json'), crit: td(base, 'remote-lazy/pagemap-1.crit.json') },
-    { name: 'upload', img: td(base, 'upload/page-server-images/pagemap-1.img'), json: td(base, 'upload/page-server-pagemap-1.json'), crit: td(base, 'upload/page-server-pagemap-1.crit.json') },
+    { name: 'plain-dump', img: fixturePath(v, 'plain-dump', 'images/pagemap-1.img'), facts: sessionFacts(v, 'plain-dump') },
+    { name: 'remote-lazy', img: fixturePath(v, 'remote-lazy', 'images/pagemap-1.img'), facts: sessionFacts(v, 'remote-lazy') },
+    { name: 'upload', img: path.join(uploadPageServerImages(v), 'pagemap-1.img'), facts: sessionFacts(v, 'upload') },
   ];
+}
+
+/** The VMAs of the session's mm-1.img, as crit decoded them when they were recorded. */
+function critVmas(facts: SessionFacts): Array<[bigint, bigint]> {
+  return facts.mm_vmas_crit.map((v) => [BigInt(v.start), BigInt(v.end)]);
+}
+
+/** The pagemap entry holding the data area, as the recorder decoded it. */
+function dataEntry(facts: SessionFacts) {
+  return facts.pagemap.entries[facts.workload.data_area.entry_index]!;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -71,16 +55,19 @@ function mix(seed: bigint, p: bigint, w: bigint): bigint {
   return z ^ (z >> 31n);
 }
 
-let expectedArea: Buffer | undefined;
-function dataArea(): Buffer {
-  if (!expectedArea) {
-    const buf = Buffer.alloc(256 * PAGE);
-    for (let p = 0; p < 256; p++) {
-      for (let w = 0; w < 512; w++) buf.writeBigUInt64LE(mix(1n, BigInt(p), BigInt(w)), p * PAGE + 8 * w);
+const expectedAreas = new Map<string, Buffer>();
+/** The data area of version v's workload: page p holds mix(seed, p, w) in word w. */
+function dataArea(v: string): Buffer {
+  let buf = expectedAreas.get(v);
+  if (!buf) {
+    const { pages, seed } = recordedDataArea(v);
+    buf = Buffer.alloc(pages * PAGE);
+    for (let p = 0; p < pages; p++) {
+      for (let w = 0; w < 512; w++) buf.writeBigUInt64LE(mix(seed, BigInt(p), BigInt(w)), p * PAGE + 8 * w);
     }
-    expectedArea = buf;
+    expectedAreas.set(v, buf);
   }
-  return expectedArea;
+  return buf;
 }
 
 function readAt(file: string, offset: bigint, length: number): Buffer {
@@ -151,19 +138,25 @@ async function tmpDir(name: string): Promise<string> {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-describe('testdata is present', () => {
-  test(`shared testdata at ${TESTDATA}`, () => {
-    td('README.md');
-    for (const v of VERSIONS) td(`criu-${v}`, 'plain-dump/images/pagemap-1.img');
+describe('the recorded images are present', () => {
+  test('test/fixtures', () => {
+    assert.ok(fs.existsSync(path.join(fixturesRoot(), 'README.md')), `no README.md in ${fixturesRoot()}`);
+    for (const v of VERSIONS) fixturePath(v, 'plain-dump', 'images/pagemap-1.img');
   });
 });
 
 for (const v of VERSIONS) {
   describe(`CRIU ${v} pagemaps`, () => {
+    const plain = sessionFacts(v, 'plain-dump');
+    const area = recordedDataArea(v);
+    const DATA_START = area.start;
+    const DATA_END = area.end;
+    const DATA_PAGES = area.pages;
+
     for (const c of pagemapCases(v)) {
-      test(`${c.name}: equals pagemap-1.json and agrees with crit`, async () => {
-        const j = JSON.parse(fs.readFileSync(c.json, 'utf8'));
-        const crit = JSON.parse(fs.readFileSync(c.crit, 'utf8'));
+      test(`${c.name}: equals the recorder's decoding and agrees with crit`, async () => {
+        const j = c.facts.pagemap;
+        const crit = c.facts.pagemap_crit as { magic: string; entries: Array<Record<string, any>> }; // eslint-disable-line @typescript-eslint/no-explicit-any
         const pm = await readPagemap(c.img);
 
         assert.deepEqual(j.magic, ['0x54564319', '0x56084025']);
@@ -171,21 +164,22 @@ for (const v of VERSIONS) {
         assert.equal(pm.pagesPath, path.join(path.dirname(c.img), `pages-${j.head.pages_id}.img`));
         assert.equal(pm.entries.length, j.entries.length);
         assert.equal(pm.encoding, v === '4.1.1' ? '4.1' : '4.2');
-        j.entries.forEach((je: Record<string, unknown>, i: number) => {
+        assert.equal(pm.encoding, c.facts.criu.pagemap_encoding);
+        j.entries.forEach((je, i) => {
           const e = pm.entries[i]!;
           const at = `${c.name} entry ${i}`;
           assert.equal(e.index, i);
-          assert.equal(e.vaddr, BigInt(je.vaddr as string), at);
+          assert.equal(e.vaddr, BigInt(je.vaddr), at);
           assert.equal(e.nrPages, je.nr_pages, at);
           assert.equal(e.flags, je.flags, at);
           assert.equal(e.recordOffset, je.record_offset, at);
           if (je.pages_img_offset === undefined || je.pages_img_offset === null) {
             assert.equal(e.pagesOffset, undefined, at);
           } else {
-            assert.equal(e.pagesOffset, BigInt(je.pages_img_offset as number), at);
+            assert.equal(e.pagesOffset, BigInt(je.pages_img_offset), at);
           }
           assert.equal(e.wire.compatNrPages, je.field2_nr_pages, at);
-          assert.equal(e.wire.nrPages, je.field5_nr_pages === null ? undefined : BigInt(je.field5_nr_pages as number), at);
+          assert.equal(e.wire.nrPages, je.field5_nr_pages === null ? undefined : BigInt(je.field5_nr_pages), at);
           assert.equal(e.wire.flags, je.field4_flags, at);
           assert.equal(e.wire.inParent, je.field3_in_parent === null ? undefined : je.field3_in_parent, at);
         });
@@ -210,59 +204,68 @@ for (const v of VERSIONS) {
       });
     }
 
-    test('plain-dump: the 256 data pages read through the offsets match the workload pattern', async () => {
-      const pm = await readPagemap(td(`criu-${v}`, 'plain-dump/images/pagemap-1.img'));
-      const segs = resolveRange(pm, DATA_START, 256);
+    test(`plain-dump: the ${DATA_PAGES} data pages read through the offsets match the workload pattern`, async () => {
+      const pm = await readPagemap(fixturePath(v, 'plain-dump', 'images/pagemap-1.img'));
+      const segs = resolveRange(pm, DATA_START, DATA_PAGES);
       assert.equal(segs.length, 1);
       const seg = segs[0]!;
       assert.equal(seg.kind, 'data');
       if (seg.kind !== 'data') return;
-      // entry 0x7ffff7cbb000 +260 starts at byte 24576; the data area is 2 pages into it
-      assert.equal(seg.offset, 24576n + 2n * 4096n);
-      const bytes = readAt(seg.pagesPath, seg.offset, 256 * PAGE);
-      assert.equal(createHash('sha256').update(bytes).digest('hex'), DATA_SHA256);
-      assert.ok(bytes.equals(dataArea()), 'data area differs from mix(1, p, w)');
+      // The data area lies inside one pagemap entry (with a thread stack's top before it): its data starts that
+      // entry's offset in pages-1.img plus the pages before the area.
+      const entry = dataEntry(plain);
+      assert.equal(seg.offset, BigInt(entry.pages_img_offset!) + (DATA_START - BigInt(entry.vaddr)));
+      const bytes = readAt(seg.pagesPath, seg.offset, DATA_PAGES * PAGE);
+      assert.equal(createHash('sha256').update(bytes).digest('hex'), area.sha256);
+      assert.ok(bytes.equals(dataArea(v)), `data area differs from mix(${area.seed}, p, w)`);
+      assert.equal(area.seed, 1n, 'the check bytes below are those of seed 1');
       assert.deepEqual([...bytes.subarray(0, 16)], [0xc1, 0x5c, 0x02, 0x89, 0xec, 0x2d, 0x0a, 0x91, 0x9a, 0x66, 0x43, 0x7d, 0xa1, 0x0d, 0xc2, 0x0c]);
       let sum = 0n;
       for (let i = 0; i < bytes.length; i += 8) sum = (sum + bytes.readBigUInt64LE(i)) & M64;
-      assert.equal(sum, 0x28e67e1252d1f17dn);
+      assert.equal(sum, area.checksum);
 
       // page by page through resolvePage, including unaligned addresses
-      for (const p of [0, 1, 127, 255]) {
+      for (const p of [0, 1, DATA_PAGES / 2 - 1, DATA_PAGES - 1]) {
         const r = resolvePage(pm, DATA_START + BigInt(p * PAGE) + 123n);
         assert.ok(r);
         assert.equal(r.vaddr, DATA_START + BigInt(p * PAGE));
         assert.equal(r.offset, seg.offset + BigInt(p * PAGE));
         assert.equal(r.depth, 0);
-        assert.ok(readAt(r.pagesPath, r.offset, PAGE).equals(dataArea().subarray(p * PAGE, (p + 1) * PAGE)));
+        assert.ok(readAt(r.pagesPath, r.offset, PAGE).equals(dataArea(v).subarray(p * PAGE, (p + 1) * PAGE)));
       }
       assert.equal(resolvePage(pm, 0x1000n), undefined, 'an address outside the pagemap has no data');
     });
 
-    test('upload: pages-65537.img holds the same data area', async () => {
-      const pm = await readPagemap(td(`criu-${v}`, 'upload/page-server-images/pagemap-1.img'));
-      assert.equal(pm.pagesId, 65537);
-      const [seg, ...rest] = resolveRange(pm, DATA_START, 256);
+    test('upload: the pages image criu page-server wrote holds the same data area', async () => {
+      const upload = sessionFacts(v, 'upload');
+      const pm = await readPagemap(path.join(uploadPageServerImages(v), 'pagemap-1.img'));
+      assert.equal(pm.pagesId, upload.pagemap.head.pages_id);
+      const [seg, ...rest] = resolveRange(pm, DATA_START, DATA_PAGES);
       assert.equal(rest.length, 0);
       assert.ok(seg && seg.kind === 'data');
-      assert.equal(path.basename(seg.pagesPath), 'pages-65537.img');
-      assert.ok(readAt(seg.pagesPath, seg.offset, 256 * PAGE).equals(dataArea()));
+      assert.equal(path.basename(seg.pagesPath), upload.pagemap.pages_img);
+      assert.ok(readAt(seg.pagesPath, seg.offset, DATA_PAGES * PAGE).equals(dataArea(v)));
     });
 
     test('remote-lazy: lazy pages have no local data; eager pages do', async () => {
-      const pm = await readPagemap(td(`criu-${v}`, 'remote-lazy/images/pagemap-1.img'));
-      assert.deepEqual(resolveRange(pm, DATA_START, 256), [{ kind: 'remote', start: DATA_START, nrPages: 256 }]);
+      const lazy = sessionFacts(v, 'remote-lazy');
+      const pm = await readPagemap(fixturePath(v, 'remote-lazy', 'images/pagemap-1.img'));
+      assert.deepEqual(resolveRange(pm, DATA_START, DATA_PAGES), [{ kind: 'remote', start: DATA_START, nrPages: DATA_PAGES }]);
       assert.equal(resolvePage(pm, DATA_START), undefined);
       assert.equal(findEntry(pm, DATA_START)?.flags, PE_LAZY);
-      // the first entry (exe text COW page) is eager and is the first page of pages-1.img
-      const r = resolvePage(pm, 0x555555555000n);
-      assert.deepEqual(r, { vaddr: 0x555555555000n, pagesPath: pm.pagesPath, offset: 0n, depth: 0 });
-      assert.equal(pm.pagesFileSize, 14 * PAGE);
+      // the first entry (the exe's text page, a private copy since CRIU's parasite wrote into it) is eager and is
+      // the first page of pages-1.img
+      const first = lazy.pagemap.entries[0]!;
+      assert.equal(first.flags, PE_PRESENT, 'the recorded first entry is eager');
+      const r = resolvePage(pm, BigInt(first.vaddr));
+      assert.deepEqual(r, { vaddr: BigInt(first.vaddr), pagesPath: pm.pagesPath, offset: 0n, depth: 0 });
+      assert.equal(pm.pagesFileSize, lazy.pagemap.totals.present_pages * PAGE);
     });
 
     test('pstree, mm, inventory and core of the plain dump', async () => {
-      const dir = td(`criu-${v}`, 'plain-dump/images');
-      assert.deepEqual(await readPstree(path.join(dir, 'pstree.img')), [{ pid: 1, ppid: 0, pgid: 1, sid: 1, threads: [1, 2] }]);
+      const dir = fixturePath(v, 'plain-dump', 'images');
+      const w = plain.workload;
+      assert.deepEqual(await readPstree(path.join(dir, 'pstree.img')), [{ pid: w.ns_pid, ppid: 0, pgid: w.ns_pid, sid: w.ns_pid, threads: w.ns_tids }]);
 
       const inv = await readInventory(path.join(dir, 'inventory.img'));
       assert.equal(inv.imgVersion, 2);
@@ -280,13 +283,14 @@ for (const v of VERSIONS) {
       assert.equal(thread.state, undefined);
 
       const mm = await readMm(path.join(dir, 'mm-1.img'));
-      assert.equal(mm.vmas.length, 27);
+      assert.equal(mm.vmas.length, plain.mm_vmas_crit.length);
+      assert.deepEqual(mm.vmas.map((vma) => [vma.start, vma.end]), critVmas(plain), 'the VMAs crit decoded');
       assert.equal(mm.guards.length, 0);
       const containing = mm.vmas.filter((x) => x.start <= DATA_START && DATA_END <= x.end);
       assert.equal(containing.length, 1);
       const data = containing[0]!;
-      assert.equal(data.start, 0x7ffff74bd000n);
-      assert.equal(data.end, 0x7ffff7dbd000n);
+      assert.equal(data.start, BigInt(w.data_area.vma.start));
+      assert.equal(data.end, BigInt(w.data_area.vma.end));
       assert.equal(data.prot, 3); // rw-
       assert.equal(data.flags, 0x22); // MAP_PRIVATE|MAP_ANONYMOUS
       assert.equal(data.fd, -1n);
@@ -295,73 +299,89 @@ for (const v of VERSIONS) {
     });
 
     test('pstree/mm/core of the other sessions are the same', async () => {
-      for (const sub of ['remote-lazy/images', 'upload/dump-images']) {
-        const dir = td(`criu-${v}`, sub);
-        assert.deepEqual((await readPstree(path.join(dir, 'pstree.img')))[0]?.threads, [1, 2]);
+      for (const [session, sub] of [['remote-lazy', 'images'], ['upload', 'dump-images']] as const) {
+        const facts = sessionFacts(v, session);
+        const dir = fixturePath(v, session, sub);
+        assert.deepEqual((await readPstree(path.join(dir, 'pstree.img')))[0]?.threads, facts.workload.ns_tids);
         assert.equal((await readCore(path.join(dir, 'core-1.img'))).state, 'alive');
-        assert.equal((await readMm(path.join(dir, 'mm-1.img'))).vmas.length, 27);
+        assert.equal((await readMm(path.join(dir, 'mm-1.img'))).vmas.length, facts.mm_vmas_crit.length);
         assert.equal((await readInventory(path.join(dir, 'inventory.img'))).imgVersion, 2);
       }
     });
 
     test('loadCheckpoint(plain-dump) and its lazy ranges', async () => {
-      const dir = td(`criu-${v}`, 'plain-dump/images');
+      const dir = fixturePath(v, 'plain-dump', 'images');
       const cp = await loadCheckpoint(dir);
       assert.equal(cp.inventory.imgVersion, 2);
       assert.equal(cp.tasks.length, 1);
       const t = cp.tasks[0]!;
-      assert.equal(t.pid, 1);
+      assert.equal(t.pid, plain.workload.ns_pid);
       assert.equal(t.ppid, 0);
-      assert.deepEqual(t.threads, [1, 2]);
+      assert.deepEqual(t.threads, plain.workload.ns_tids);
       assert.equal(t.state, 'alive');
-      assert.equal(t.vmas.length, 27);
+      assert.equal(t.vmas.length, plain.mm_vmas_crit.length);
       assert.ok(t.pagemap);
       assert.equal(t.pagemap.pagesPath, path.join(dir, 'pages-1.img'));
       assert.equal(cp.parentDir, undefined);
 
       const ranges = lazyRanges(t);
-      assert.equal(ranges.reduce((s, r) => s + r.nrPages, 0), 275);
+      assert.equal(ranges.reduce((s, r) => s + r.nrPages, 0), plain.pagemap.totals.lazy_pages);
       assert.ok(ranges.every((r) => r.hasData && r.pagesPath === t.pagemap!.pagesPath));
-      // the 260-page entry is split at the VMA end 0x7ffff7dbd000
-      const big = ranges.filter((r) => r.entryIndex === 4);
+      // the data area's entry (a thread stack's top, the data area, and 2 pages of the next VMA) is split at the
+      // end of the data area's VMA
+      const index = plain.workload.data_area.entry_index;
+      const vmaEnd = BigInt(plain.workload.data_area.vma.end);
+      const entry = dataEntry(plain);
+      const big = ranges.filter((r) => r.entryIndex === index);
+      const before = Number((vmaEnd - BigInt(entry.vaddr)) / BigInt(PAGE));
       assert.deepEqual(big.map((r) => [r.start, r.nrPages, r.pagesOffset]), [
-        [0x7ffff7cbb000n, 258, 24576n],
-        [0x7ffff7dbd000n, 2, 24576n + 258n * 4096n],
+        [BigInt(entry.vaddr), before, BigInt(entry.pages_img_offset!)],
+        [vmaEnd, entry.nr_pages - before, BigInt(entry.pages_img_offset!) + BigInt(before * PAGE)],
       ]);
-      assert.equal(big[0]!.vma?.end, 0x7ffff7dbd000n);
-      assert.equal(big[1]!.vma?.start, 0x7ffff7dbd000n);
+      assert.equal(big[0]!.vma?.end, vmaEnd);
+      assert.equal(big[1]!.vma?.start, vmaEnd);
       // no range crosses a VMA end, and each lies inside its VMA
       for (const r of ranges) {
         assert.ok(r.vma, `range ${r.start.toString(16)} has no VMA`);
         assert.ok(r.vma.start <= r.start && r.start + BigInt(r.nrPages * PAGE) <= r.vma.end);
       }
-      assert.equal(ranges.length, 10);
+      // every range, as the recorder split the PE_LAZY entries at the ends of the VMAs crit decoded
+      assert.deepEqual(
+        ranges.map((r) => [r.start, r.nrPages, r.entryIndex, r.pagesOffset, r.vma?.start, r.vma?.end]),
+        plain.lazy_ranges.map((r) => [BigInt(r.start), r.nr_pages, r.entry_index, BigInt(r.pages_img_offset!), BigInt(r.vma.start), BigInt(r.vma.end)]),
+      );
     });
 
     test('loadCheckpoint(remote-lazy): lazy ranges without data', async () => {
-      const cp = await loadCheckpoint(td(`criu-${v}`, 'remote-lazy/images'));
+      const lazy = sessionFacts(v, 'remote-lazy');
+      const cp = await loadCheckpoint(fixturePath(v, 'remote-lazy', 'images'));
       const ranges = lazyRanges(cp.tasks[0]!);
-      assert.equal(ranges.reduce((s, r) => s + r.nrPages, 0), 275);
+      assert.equal(ranges.reduce((s, r) => s + r.nrPages, 0), lazy.pagemap.totals.lazy_pages);
       assert.ok(ranges.every((r) => !r.hasData && r.pagesOffset === undefined && r.pagesPath === undefined));
+      assert.deepEqual(
+        ranges.map((r) => [r.start, r.nrPages, r.entryIndex]),
+        lazy.lazy_ranges.map((r) => [BigInt(r.start), r.nr_pages, r.entry_index]),
+      );
     });
 
-    test('loadCheckpoint(upload: dump-images + page-server-images merged) reads the data area from pages-65537.img', async () => {
+    test('loadCheckpoint(upload: dump-images + page-server-images merged) reads the data area from the page server\'s pages image', async () => {
+      const upload = sessionFacts(v, 'upload');
       const dir = await tmpDir(`merged-${v}`);
-      for (const sub of ['upload/dump-images', 'upload/page-server-images']) {
-        for (const f of fs.readdirSync(td(`criu-${v}`, sub))) fs.copyFileSync(td(`criu-${v}`, sub, f), path.join(dir, f));
+      for (const from of [fixturePath(v, 'upload', 'dump-images'), uploadPageServerImages(v)]) {
+        for (const f of fs.readdirSync(from)) fs.copyFileSync(path.join(from, f), path.join(dir, f));
       }
       const cp = await loadCheckpoint(dir);
       const t = cp.tasks[0]!;
-      assert.equal(path.basename(t.pagemap!.pagesPath), 'pages-65537.img');
+      assert.equal(path.basename(t.pagemap!.pagesPath), upload.pagemap.pages_img);
       const ranges = lazyRanges(t).filter((r) => r.start <= DATA_START && DATA_START < r.start + BigInt(r.nrPages * PAGE));
       assert.equal(ranges.length, 1);
       const r = ranges[0]!;
       const off = r.pagesOffset! + (DATA_START - r.start);
-      assert.ok(readAt(r.pagesPath!, off, 256 * PAGE).equals(dataArea()));
+      assert.ok(readAt(r.pagesPath!, off, DATA_PAGES * PAGE).equals(dataArea(v)));
     });
 
     test('loadCheckpoint(upload/dump-images): missing pagemap of an alive task is an error with a fix', async () => {
-      const dir = td(`criu-${v}`, 'upload/dump-images');
+      const dir = fixturePath(v, 'upload', 'dump-images');
       const err = await assertImageErrorAsync(loadCheckpoint(dir), { file: path.join(dir, 'pagemap-1.img'), reason: /not found.*alive/ });
       assert.match(err.message, /page.server/);
     });
@@ -461,7 +481,7 @@ describe('other images', () => {
   });
 
   test('inventory: unknown fields are tolerated', async () => {
-    const orig = fs.readFileSync(td('criu-4.2.1/plain-dump/images/inventory.img'));
+    const orig = fs.readFileSync(fixturePath('4.2.1', 'plain-dump', 'images/inventory.img'));
     // append field 99 (varint) and field 100 (bytes) to the record
     const extra = Buffer.from([0x98, 0x06, 0x2a, 0xa2, 0x06, 0x03, 0x61, 0x62, 0x63]);
     const len = orig.readUInt32LE(4);
@@ -499,15 +519,15 @@ describe('other images', () => {
 // ---------------------------------------------------------------------------------------------------------------
 
 describe('errors name file, entry and offset', () => {
-  const src = (): string => td('criu-4.2.1/plain-dump/images/pagemap-1.img');
-  const json = (): { entries: Array<{ record_offset: number; record_len: number }> } =>
-    JSON.parse(fs.readFileSync(td('criu-4.2.1/plain-dump/pagemap-1.json'), 'utf8'));
+  const src = (): string => fixturePath('4.2.1', 'plain-dump', 'images/pagemap-1.img');
+  const facts = (): SessionFacts => sessionFacts('4.2.1', 'plain-dump');
+  const json = () => facts().pagemap;
 
   test('wrong magic', () => {
     const file = '/x/pagemap-1.img';
-    const pstree = fs.readFileSync(td('criu-4.2.1/plain-dump/images/pstree.img'));
+    const pstree = fs.readFileSync(fixturePath('4.2.1', 'plain-dump', 'images/pstree.img'));
     assertImageError(() => parsePagemap(pstree, { file }), { file, entry: 'magic', offset: 4, reason: /wrong magic 0x50273030 \(pstree\), expected 0x56084025 \(pagemap\).*pstree image/ });
-    const inv = fs.readFileSync(td('criu-4.2.1/plain-dump/images/inventory.img'));
+    const inv = fs.readFileSync(fixturePath('4.2.1', 'plain-dump', 'images/inventory.img'));
     assertImageError(() => parsePagemap(inv, { file }), { file, entry: 'magic', offset: 0, reason: /wrong magic 0x58313116/ });
     const swapped = Buffer.from(fs.readFileSync(src()));
     swapped.writeUInt32BE(0x54564319, 0);
@@ -517,8 +537,10 @@ describe('errors name file, entry and offset', () => {
 
   test('truncated record length', () => {
     const file = '/x/pagemap-1.img';
-    const buf = Buffer.concat([fs.readFileSync(src()), Buffer.from([1, 0])]);
-    assertImageError(() => parsePagemap(buf, { file }), { file, entry: 14, offset: 267, reason: /truncated record length \(needs 4 bytes, 2 left\).*copy it again/ });
+    // 2 bytes after the last entry: the record after it, at the old end of the file
+    const orig = fs.readFileSync(src());
+    const buf = Buffer.concat([orig, Buffer.from([1, 0])]);
+    assertImageError(() => parsePagemap(buf, { file }), { file, entry: json().entries.length, offset: orig.length, reason: /truncated record length \(needs 4 bytes, 2 left\).*copy it again/ });
   });
 
   test('truncated record', () => {
@@ -543,16 +565,20 @@ describe('errors name file, entry and offset', () => {
     const dir = await tmpDir('short-pages');
     const pmFile = path.join(dir, 'pagemap-1.img');
     fs.copyFileSync(src(), pmFile);
-    const pages = fs.readFileSync(td('criu-4.2.1/plain-dump/images/pages-1.img'));
-    fs.writeFileSync(path.join(dir, 'pages-1.img'), pages.subarray(0, 24576 + 4096)); // ends inside entry 4
-    const e4 = json().entries[4]!;
-    const err = await assertImageErrorAsync(readPagemap(pmFile), { file: pmFile, entry: 4, offset: e4.record_offset, reason: /pages-1\.img.*only 28672 bytes/ });
+    const pages = fs.readFileSync(fixturePath('4.2.1', 'plain-dump', 'images/pages-1.img'));
+    // ends one page into the data area's entry
+    const index = facts().workload.data_area.entry_index;
+    const big = json().entries[index]!;
+    const cut = big.pages_img_offset! + PAGE;
+    fs.writeFileSync(path.join(dir, 'pages-1.img'), pages.subarray(0, cut));
+    const err = await assertImageErrorAsync(readPagemap(pmFile), { file: pmFile, entry: index, offset: big.record_offset, reason: new RegExp(`pages-1\\.img.*only ${cut} bytes`) });
     assert.match(err.message, /truncated/);
-    // without the pages file at all
+    // without the pages file at all: the first entry with data names it
     fs.unlinkSync(path.join(dir, 'pages-1.img'));
-    await assertImageErrorAsync(readPagemap(pmFile), { file: pmFile, entry: 0, offset: 14, reason: /pages-1\.img cannot be opened/ });
+    const first = json().entries.findIndex((e) => e.pages_img_offset !== null);
+    await assertImageErrorAsync(readPagemap(pmFile), { file: pmFile, entry: first, offset: json().entries[first]!.record_offset, reason: /pages-1\.img cannot be opened/ });
     // the check can be switched off
-    assert.equal((await readPagemap(pmFile, { checkPages: false })).entries.length, 14);
+    assert.equal((await readPagemap(pmFile, { checkPages: false })).entries.length, json().entries.length);
   });
 
   test('unsorted, overlapping and unaligned entries', () => {
@@ -613,7 +639,7 @@ describe('parent chains', () => {
     fs.symlinkSync('../1', path.join(child, 'parent'));
     // make 2 a full images dir: the other images of the 4.2.1 plain dump
     for (const f of ['inventory.img', 'pstree.img', 'core-1.img', 'mm-1.img']) {
-      fs.copyFileSync(td('criu-4.2.1/plain-dump/images', f), path.join(child, f));
+      fs.copyFileSync(fixturePath('4.2.1', 'plain-dump', 'images', f), path.join(child, f));
     }
   });
 

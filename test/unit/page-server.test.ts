@@ -1,4 +1,4 @@
-// The native page server against real CRIU client streams and against bad input.
+// The native page server against real CRIU client streams (recorded in test/fixtures) and against bad input.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -7,19 +7,28 @@ import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { PageServerService, type NativeSessionEvent } from '../../src/page-server/service.js';
-import { repoRoot } from '../../src/paths.js';
+import { dataArea, fixturePath, sessionFacts, uploadPagesImage, type SessionName } from '../fixtures/fixtures.js';
 
-const TESTDATA = path.resolve(repoRoot(), '../shared/testdata');
 const VERSIONS = ['4.1.1', '4.2.1'] as const;
-const DATA_START = 0x7ffff7cbd000n;
-const DATA_END = 0x7ffff7dbd000n;
 const PAGE = 4096;
 
-function testdata(version: string, ...parts: string[]): string {
-  const file = path.join(TESTDATA, `criu-${version}`, ...parts);
-  assert.ok(fs.existsSync(file), `missing test vector ${file}: the shared testdata must sit beside the checkout`);
-  return file;
+function testdata(version: string, session: SessionName, ...parts: string[]): string {
+  return fixturePath(version, session, ...parts);
 }
+
+// The recorded 4.1.1 plain dump, which most tests below serve: its pid, its data area, the pagemap entry that
+// holds the data area (lazy, and it ends 2 pages after the area), an eager page, and an address no entry covers.
+const PLAIN = sessionFacts('4.1.1', 'plain-dump');
+const PID = PLAIN.workload.ns_pid;
+const { start: DATA_START, pages: DATA_PAGES } = dataArea('4.1.1');
+const DATA_ENTRY = PLAIN.pagemap.entries[PLAIN.workload.data_area.entry_index]!;
+const ENTRY_START = BigInt(DATA_ENTRY.vaddr);
+const ENTRY_PAGES = DATA_ENTRY.nr_pages;
+const EAGER_PAGE = BigInt(PLAIN.pagemap.entries.find((e) => e.flags === 4)!.vaddr);
+const UNCOVERED = (() => {
+  const ends = PLAIN.pagemap.entries.map((e) => BigInt(e.vaddr) + BigInt(e.nr_pages * PAGE));
+  return ends.find((end) => !PLAIN.pagemap.entries.some((e) => BigInt(e.vaddr) <= end && end < BigInt(e.vaddr) + BigInt(e.nr_pages * PAGE)))!;
+})();
 
 /** A logger that keeps records, so tests can assert on what the server said. */
 function memoryLogger() {
@@ -88,12 +97,13 @@ function splitReplies(stream: Buffer, headerSize: number) {
   return { replies, status: stream.subarray(off) };
 }
 
-function dataPages(replies: ReturnType<typeof splitReplies>['replies']): Map<bigint, Buffer> {
+function dataPages(replies: ReturnType<typeof splitReplies>['replies'], version: string): Map<bigint, Buffer> {
+  const { start, end } = dataArea(version);
   const pages = new Map<bigint, Buffer>();
   for (const reply of replies) {
     for (let i = 0; i < reply.nrPages; i++) {
       const address = reply.vaddr + BigInt(i * PAGE);
-      if (address >= DATA_START && address < DATA_END) pages.set(address, reply.payload.subarray(i * PAGE, (i + 1) * PAGE));
+      if (address >= start && address < end) pages.set(address, reply.payload.subarray(i * PAGE, (i + 1) * PAGE));
     }
   }
   return pages;
@@ -114,11 +124,11 @@ for (const version of VERSIONS) {
       assert.equal(ours.replies.length, theirs.replies.length);
       ours.replies.forEach((reply, i) => assert.deepEqual(reply.header, theirs.replies[i].header, `reply ${i} header`));
       assert.deepEqual(ours.status, Buffer.from([0, 0, 0, 0]), 'CLOSE status 0');
-      // The 256 pages of the workload's data area are the same in every run (the rest, stacks and heap, differ
+      // The pages of the workload's data area are the same in every run (the rest, stacks and heap, differ
       // between the recorded runs).
-      const ourData = dataPages(ours.replies);
-      const theirData = dataPages(theirs.replies);
-      assert.equal(ourData.size, 256);
+      const ourData = dataPages(ours.replies, version);
+      const theirData = dataPages(theirs.replies, version);
+      assert.equal(ourData.size, dataArea(version).pages);
       for (const [address, page] of theirData) assert.ok(page.equals(ourData.get(address)!), `page 0x${address.toString(16)}`);
     } finally {
       service.stop(0);
@@ -130,7 +140,7 @@ for (const version of VERSIONS) {
 test('CRIU 4.1.1 stream with --criu-abi 4.2 is refused, not misread', async () => {
   const { service, records } = await startServer('4.1.1', { format: 32 });
   try {
-    const answer = await exchange(service.port, get24(1, DATA_START, 1));
+    const answer = await exchange(service.port, get24(PID, DATA_START, 1));
     assert.equal(answer.length, 0, 'nothing is served');
   } finally {
     service.stop(0);
@@ -146,14 +156,14 @@ interface BadCase {
 }
 
 const badCases: BadCase[] = [
-  { name: 'unknown command', request: Buffer.from(get24(1, DATA_START, 1).fill(0x99, 0, 2)), error: /unknown command|malformed first header/ },
-  { name: 'unknown pid', request: Buffer.concat([get24(1, DATA_START, 1), get24(7, DATA_START, 1)]), error: /no task with this pid/ },
-  { name: 'a page it does not hold', request: Buffer.concat([get24(1, DATA_START, 1), get24(1, 0x7ffff0000000n, 1)]), error: /no pagemap entry covers/ },
-  { name: 'an eager page', request: Buffer.concat([get24(1, DATA_START, 1), get24(1, 0x555555555000n, 1)]), error: /not lazy/ },
-  { name: 'nr_pages 0', request: Buffer.concat([get24(1, DATA_START, 1), get24(1, DATA_START, 0)]), error: /nr_pages is 0/ },
-  { name: 'nr_pages beyond the cap', request: Buffer.concat([get24(1, DATA_START, 1), get24(1, DATA_START, 70000)]), error: /more than the limit/ },
-  { name: 'an unaligned address', request: Buffer.concat([get24(1, DATA_START, 1), get24(1, DATA_START + 8n, 1)]), error: /not page-aligned/ },
-  { name: 'a truncated header', request: Buffer.concat([get24(1, DATA_START, 1), get24(1, DATA_START, 1).subarray(0, 10)]), error: /truncated header/ },
+  { name: 'unknown command', request: Buffer.from(get24(PID, DATA_START, 1).fill(0x99, 0, 2)), error: /unknown command|malformed first header/ },
+  { name: 'unknown pid', request: Buffer.concat([get24(PID, DATA_START, 1), get24(PID + 6, DATA_START, 1)]), error: /no task with this pid/ },
+  { name: 'a page it does not hold', request: Buffer.concat([get24(PID, DATA_START, 1), get24(PID, UNCOVERED, 1)]), error: /no pagemap entry covers/ },
+  { name: 'an eager page', request: Buffer.concat([get24(PID, DATA_START, 1), get24(PID, EAGER_PAGE, 1)]), error: /not lazy/ },
+  { name: 'nr_pages 0', request: Buffer.concat([get24(PID, DATA_START, 1), get24(PID, DATA_START, 0)]), error: /nr_pages is 0/ },
+  { name: 'nr_pages beyond the cap', request: Buffer.concat([get24(PID, DATA_START, 1), get24(PID, DATA_START, 70000)]), error: /more than the limit/ },
+  { name: 'an unaligned address', request: Buffer.concat([get24(PID, DATA_START, 1), get24(PID, DATA_START + 8n, 1)]), error: /not page-aligned/ },
+  { name: 'a truncated header', request: Buffer.concat([get24(PID, DATA_START, 1), get24(PID, DATA_START, 1).subarray(0, 10)]), error: /truncated header/ },
   { name: 'an upload command', request: Buffer.from('0400000000000000000000000000000001010000000000000000000000000000', 'hex').subarray(0, 24), error: /upload command OPEN2/ },
 ];
 
@@ -175,7 +185,7 @@ test('bad requests end only their own session, with one clear error line; the se
       assert.ok(answer.length === 0 || answer.length === 24 + PAGE, `${bad.name}: ${answer.length} bytes`);
     }
     // Still serving: a clean session after all that.
-    const answer = await exchange(service.port, Buffer.concat([get24(1, DATA_START, 2), close24()]));
+    const answer = await exchange(service.port, Buffer.concat([get24(PID, DATA_START, 2), close24()]));
     assert.equal(answer.length, 24 + 2 * PAGE + 4);
     assert.equal(service.stats().sessionsFailed, badCases.length);
   } finally {
@@ -187,9 +197,9 @@ test('bad requests end only their own session, with one clear error line; the se
 test('requests are clamped to the end of the pagemap entry, as CRIU clamps them', async () => {
   const { service } = await startServer('4.1.1');
   try {
-    // The entry 0x7ffff7cbb000 has 260 pages; ask for 10 starting 3 pages before its end.
-    const start = 0x7ffff7cbb000n + BigInt((260 - 3) * PAGE);
-    const answer = await exchange(service.port, Buffer.concat([get24(1, start, 10), close24()]));
+    // The data area's entry has ENTRY_PAGES pages; ask for 10 starting 3 pages before its end.
+    const start = ENTRY_START + BigInt((ENTRY_PAGES - 3) * PAGE);
+    const answer = await exchange(service.port, Buffer.concat([get24(PID, start, 10), close24()]));
     assert.equal(answer.readUInt32LE(4), 3);
     assert.equal(answer.length, 24 + 3 * PAGE + 4);
   } finally {
@@ -205,11 +215,11 @@ test('sessions run at the same time; a peer that stops reading is dropped after 
     const staller = net.connect(service.port, '127.0.0.1');
     await new Promise((resolve) => staller.on('connect', resolve));
     staller.pause();
-    const many = Buffer.concat(Array.from({ length: 64 }, () => get24(1, 0x7ffff7cbb000n, 260)));
+    const many = Buffer.concat(Array.from({ length: 64 }, () => get24(PID, ENTRY_START, ENTRY_PAGES)));
     staller.write(many);
     // Meanwhile a well-behaved session is served in full.
-    const answer = await exchange(service.port, Buffer.concat([get24(1, DATA_START, 256), close24()]));
-    assert.equal(answer.length, 24 + 256 * PAGE + 4);
+    const answer = await exchange(service.port, Buffer.concat([get24(PID, DATA_START, DATA_PAGES), close24()]));
+    assert.equal(answer.length, 24 + DATA_PAGES * PAGE + 4);
     const dropped = await new Promise<boolean>((resolve) => {
       const deadline = Date.now() + 5000;
       const poll = () => {
@@ -247,7 +257,7 @@ test('stop() drains: replies already queued are finished, then the server ends c
   const chunks: Buffer[] = [];
   socket.on('data', (d) => chunks.push(d));
   const closed = new Promise((resolve) => socket.on('close', resolve));
-  socket.write(Buffer.concat(Array.from({ length: 8 }, () => get24(1, 0x7ffff7cbb000n, 260))));
+  socket.write(Buffer.concat(Array.from({ length: 8 }, () => get24(PID, ENTRY_START, ENTRY_PAGES))));
   // Stop once the server has read the requests (its first reply bytes arrived), not after a fixed sleep: on a
   // loaded machine 100 ms was not always enough, and requests still unread in the kernel's buffer are not
   // "queued" — closing over them resets the connection.
@@ -255,7 +265,7 @@ test('stop() drains: replies already queued are finished, then the server ends c
   service.stop(5000);
   assert.equal(await service.stopped, true);
   await closed;
-  assert.equal(Buffer.concat(chunks).length, 8 * (24 + 260 * PAGE));
+  assert.equal(Buffer.concat(chunks).length, 8 * (24 + ENTRY_PAGES * PAGE));
 });
 
 test('stats().requestsInFlight counts GETs read and not answered in full, and drops to 0 as replies go out or sessions end', async () => {
@@ -264,9 +274,9 @@ test('stats().requestsInFlight counts GETs read and not answered in full, and dr
     const socket = net.connect(service.port, '127.0.0.1');
     await new Promise((resolve) => socket.on('connect', resolve));
     socket.on('error', () => undefined);
-    socket.pause(); // read nothing: 8 replies of 260 pages do not fit the socket buffers
-    const replyBytes = 8 * (24 + 260 * PAGE);
-    socket.write(Buffer.concat(Array.from({ length: 8 }, () => get24(1, 0x7ffff7cbb000n, 260))));
+    socket.pause(); // read nothing: 8 replies of the whole entry (over 1 MiB each) do not fit the socket buffers
+    const replyBytes = 8 * (24 + ENTRY_PAGES * PAGE);
+    socket.write(Buffer.concat(Array.from({ length: 8 }, () => get24(PID, ENTRY_START, ENTRY_PAGES))));
     await until('requests in flight', () => service.stats().requestsInFlight >= 1);
     assert.ok(service.stats().requestsInFlight <= 8, `at most the 8 GETs sent (${service.stats().requestsInFlight})`);
     let got = 0;
@@ -284,7 +294,7 @@ test('stats().requestsInFlight counts GETs read and not answered in full, and dr
     second.on('error', () => undefined);
     await new Promise((resolve) => second.on('connect', resolve));
     second.pause();
-    second.write(Buffer.concat(Array.from({ length: 8 }, () => get24(1, 0x7ffff7cbb000n, 260))));
+    second.write(Buffer.concat(Array.from({ length: 8 }, () => get24(PID, ENTRY_START, ENTRY_PAGES))));
     await until('requests in flight again', () => service.stats().requestsInFlight >= 1);
     second.resetAndDestroy();
     await until('no request in flight once the session ended', () => service.stats().requestsInFlight === 0);
@@ -346,7 +356,7 @@ for (const version of VERSIONS) {
 
         const theirs = await readPagemap(testdata(version, 'upload', 'page-server-images', 'pagemap-1.img'), { checkPages: false });
         const ours = await readPagemap(path.join(dir, 'pagemap-1.img'), { checkPages: false });
-        assert.equal(ours.pagesId, 0x10001);
+        assert.equal(ours.pagesId, theirs.pagesId, "criu page-server's pages id");
         assert.equal(ours.entries.length, theirs.entries.length);
         ours.entries.forEach((e, i) => {
           const want = !persist && theirs.entries[i].flags & PE_LAZY ? theirs.entries[i].flags & ~PE_PRESENT : theirs.entries[i].flags;
@@ -354,8 +364,8 @@ for (const version of VERSIONS) {
           assert.equal(e.nrPages, theirs.entries[i].nrPages);
           assert.equal(e.flags, want, `entry ${i} flags`);
         });
-        const theirPages = fs.readFileSync(testdata(version, 'upload', 'page-server-images', 'pages-65537.img'));
-        const ourPages = fs.readFileSync(path.join(dir, 'pages-65537.img'));
+        const { name: pagesName, data: theirPages } = uploadPagesImage(version);
+        const ourPages = fs.readFileSync(path.join(dir, pagesName));
         if (persist) assert.deepEqual(ourPages, theirPages, 'pages image identical to criu page-server');
         else assert.ok(ourPages.length < theirPages.length, 'only eager pages on disk');
 
@@ -363,12 +373,13 @@ for (const version of VERSIONS) {
         const lazy = theirs.entries.find((e) => e.flags & PE_LAZY)!;
         const index = theirs.entries.indexOf(lazy);
         const offset = theirs.entries.slice(0, index).filter((e) => e.flags & PE_PRESENT).reduce((s, e) => s + Number(e.nrPages) * PAGE, 0);
-        const head = headerSize === 24 ? get24(1, lazy.vaddr, 1) : (() => {
+        const pid = sessionFacts(version, 'upload').workload.ns_pid;
+        const head = headerSize === 24 ? get24(pid, lazy.vaddr, 1) : (() => {
           const b = Buffer.alloc(32);
           b.writeUInt32LE(7, 0);
           b.writeBigUInt64LE(1n, 8);
           b.writeBigUInt64LE(lazy.vaddr, 16);
-          b.writeBigUInt64LE(1n, 24);
+          b.writeBigUInt64LE(BigInt(pid), 24);
           return b;
         })();
         const close = Buffer.alloc(headerSize);
@@ -380,7 +391,7 @@ for (const version of VERSIONS) {
         // The same pid again while staged: refused at OPEN2 (no reply), nothing staged twice.
         const again = await upload(service.port, stream, expected.length);
         assert.equal(again.length, 0);
-        await until('the refusal logged', () => records.some((r) => /pid 1 is already staged by checkpoint/.test(r.msg)));
+        await until('the refusal logged', () => records.some((r) => new RegExp(`pid ${pid} is already staged by checkpoint`).test(r.msg)));
         assert.equal(service.stagedCheckpoints().length, 1);
 
         // --staging-ttl 1: released after a second; its memory freed.
@@ -400,7 +411,7 @@ test('IPv6: listens on ::1 and serves', async () => {
   try {
     const answer = await new Promise<Buffer>((resolve, reject) => {
       const chunks: Buffer[] = [];
-      const socket = net.connect(service.port, '::1', () => socket.end(Buffer.concat([get24(1, DATA_START, 1), close24()])));
+      const socket = net.connect(service.port, '::1', () => socket.end(Buffer.concat([get24(PID, DATA_START, 1), close24()])));
       socket.on('data', (d) => chunks.push(d));
       socket.on('error', reject);
       socket.on('close', () => resolve(Buffer.concat(chunks)));

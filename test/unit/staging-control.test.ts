@@ -10,10 +10,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { repoRoot } from '../../src/paths.js';
 import { sendStagingCommand } from '../../src/staging/control.js';
+import { readFixture, sessionFacts } from '../fixtures/fixtures.js';
 
 const run = promisify(execFile);
 const LAZYD = path.join(repoRoot(), 'bin', 'lazyd.js');
-const TESTDATA = path.resolve(repoRoot(), '../shared/testdata');
 
 async function lazyd(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
@@ -74,8 +74,10 @@ for (const version of ['4.1.1', '4.2.1']) {
       assert.equal(listed.code, 0, listed.stderr);
       assert.equal(listed.stdout, 'no staged checkpoint\n');
 
-      const stream = fs.readFileSync(path.join(TESTDATA, `criu-${version}`, 'upload', 'client-to-server.bin'));
-      const replies = fs.statSync(path.join(TESTDATA, `criu-${version}`, 'upload', 'server-to-client.bin')).size;
+      const stream = readFixture(version, 'upload', 'client-to-server.bin');
+      const replies = readFixture(version, 'upload', 'server-to-client.bin').length;
+      // the pid the recorded dump uploaded
+      const pid = sessionFacts(version, 'upload').workload.ns_pid;
       await upload(port, stream, replies);
       const staged = await until('the staged checkpoint', async () => {
         const answer = await sendStagingCommand(socketPath, 'list');
@@ -83,12 +85,12 @@ for (const version of ['4.1.1', '4.2.1']) {
         return list.length ? list : undefined;
       });
       assert.equal(staged.length, 1);
-      assert.deepEqual(staged[0].pids, [1]);
+      assert.deepEqual(staged[0].pids, [pid]);
       assert.ok(staged[0].bytes > 0);
       const id = staged[0].id;
 
       listed = await lazyd('staging', 'list', '--control-socket', socketPath);
-      assert.match(listed.stdout, new RegExp(`^#${id}  pids 1  [\\d.]+ MiB  0 restores  staged \\d{4}-`));
+      assert.match(listed.stdout, new RegExp(`^#${id}  pids ${pid}  [\\d.]+ MiB  0 restores  staged \\d{4}-`));
 
       // Protocol errors are answered, not fatal.
       assert.match(await sendStagingCommand(socketPath, 'frobnicate'), /^error unknown command/);
@@ -100,9 +102,9 @@ for (const version of ['4.1.1', '4.2.1']) {
       assert.equal(noTarget.code, 1);
 
       // Release by pid: answered once lazyd has released it.
-      const released = await lazyd('staging', 'release', '--pid', '1', '--control-socket', socketPath);
+      const released = await lazyd('staging', 'release', '--pid', String(pid), '--control-socket', socketPath);
       assert.equal(released.code, 0, released.stderr);
-      assert.equal(released.stdout, `released checkpoint #${id} (pids 1)\n`);
+      assert.equal(released.stdout, `released checkpoint #${id} (pids ${pid})\n`);
       assert.equal(await sendStagingCommand(socketPath, 'list'), 'ok []');
       assert.match(output, new RegExp(`checkpoint #${id} released: released on request \\(control socket\\)`));
       // The same pid can be staged again, and released by id.

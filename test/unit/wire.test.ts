@@ -1,11 +1,9 @@
-// The TypeScript wire codec (test/harness/wire.ts) against the real CRIU 4.1.1 and 4.2.1 sessions in
-// ../shared/testdata, and against crafted edge cases (the same table as native/tests/wire_test.cc).
+// The TypeScript wire codec (test/harness/wire.ts) against the real CRIU 4.1.1 and 4.2.1 sessions recorded in
+// test/fixtures (their transcripts and session.json), and against crafted edge cases (the same table as
+// native/tests/wire_test.cc).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { dataPage, patternWord } from '../harness/page-pattern.js';
 import {
   GET_REPLY_CMD,
@@ -43,59 +41,34 @@ import {
   type PsHeader,
   type WireFormat,
 } from '../harness/wire.js';
+import { dataArea as recordedDataArea, fixturePath, readFixture, sessionFacts, type DataArea, type SessionName } from '../fixtures/fixtures.js';
 
-// ---- locating the shared testdata: fail loudly, never skip ----
+// ---- the recorded sessions (test/fixtures): fail loudly, never skip ----
 
-function findRepoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (fs.existsSync(path.join(dir, 'package.json')) && fs.existsSync(path.join(dir, 'native'))) return dir;
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`wire.test: no directory with package.json and native/ above ${dir}`);
-    dir = parent;
-  }
-}
-
-const TESTDATA = path.resolve(findRepoRoot(), '..', 'shared', 'testdata');
 const VERSIONS = [
   { version: '4.1.1', format: 24 as WireFormat },
   { version: '4.2.1', format: 32 as WireFormat },
 ] as const;
 const SESSIONS = ['remote-lazy', 'upload'] as const;
 const PAGE = 4096;
-const DATA_START = 0x7ffff7cbd000n;
-const DATA_END = 0x7ffff7dbd000n;
-const DATA_PAGES = 256;
 
-function testdataPath(...parts: string[]): string {
-  const file = path.join(TESTDATA, ...parts);
-  if (!fs.existsSync(file)) {
-    assert.fail(`missing shared test vector ${file}: the shared testdata must be at ${TESTDATA} (beside the checkout)`);
-  }
-  return file;
+/** One session's file (the version dir is criu-<version>). */
+function readBin(version: string, session: SessionName, ...parts: string[]): Buffer {
+  return readFixture(version, session, ...parts);
 }
 
-const fileCache = new Map<string, Buffer>();
-function readBin(...parts: string[]): Buffer {
-  const file = testdataPath(...parts);
-  let data = fileCache.get(file);
-  if (!data) {
-    data = fs.readFileSync(file);
-    fileCache.set(file, data);
-  }
-  return data;
+/** What the recorder measured of a session's stream. */
+function streamFacts(version: string, session: SessionName) {
+  const stream = sessionFacts(version, session).stream;
+  assert.ok(stream, `criu-${version}/${session}/session.json has no stream`);
+  return stream;
 }
 
-function readJson(...parts: string[]): any { // eslint-disable-line @typescript-eslint/no-explicit-any
-  return JSON.parse(fs.readFileSync(testdataPath(...parts), 'utf8'));
-}
-
-test('the shared testdata is present', () => {
-  assert.ok(fs.existsSync(TESTDATA), `shared testdata directory ${TESTDATA} is missing`);
+test('the recorded sessions are present', () => {
   for (const { version } of VERSIONS) {
     for (const session of SESSIONS) {
       for (const f of ['client-to-server.bin', 'server-to-client.bin', 'transcript.tsv', 'session.json']) {
-        testdataPath(`criu-${version}`, session, f);
+        fixturePath(version, session, f);
       }
     }
   }
@@ -118,9 +91,9 @@ interface Row {
   note: string;
 }
 
-function readTranscript(version: string, session: string): Row[] {
-  const lines = fs
-    .readFileSync(testdataPath(`criu-${version}`, session, 'transcript.tsv'), 'utf8')
+function readTranscript(version: string, session: SessionName): Row[] {
+  const lines = readBin(version, session, 'transcript.tsv')
+    .toString('utf8')
     .split('\n')
     .filter((l) => l.trim() !== '' && !l.startsWith('#'));
   const columns = lines.shift()!.split('\t');
@@ -191,30 +164,25 @@ function assertHeaderRow(row: Row, format: WireFormat, offset: number, h: PsHead
   else assert.equal(pad, undefined, `${where}: a 24-byte header has no pad`);
 }
 
-// ---- the page pattern (testdata README) ----
+// ---- the page pattern (test/workload/workload.c) ----
 
 const mix = patternWord;
 const M64 = (1n << 64n) - 1n;
 
-let dataArea: Buffer | undefined;
-/** The workload's 1 MiB data area, page p at p*4096. */
-function expectedDataArea(): Buffer {
-  if (!dataArea) {
-    dataArea = Buffer.alloc(DATA_PAGES * PAGE);
-    for (let p = 0; p < DATA_PAGES; p++) {
-      dataPage(p).copy(dataArea, p * PAGE);
-    }
-  }
-  return dataArea;
+/** The workload's data area (1 MiB in these recordings), page p at p*4096. */
+function expectedDataArea(area: Pick<DataArea, 'pages' | 'seed'>): Buffer {
+  const buf = Buffer.alloc(area.pages * PAGE);
+  for (let p = 0; p < area.pages; p++) dataPage(p, area.seed).copy(buf, p * PAGE);
+  return buf;
 }
 
-test('page pattern: mix() and the data area match the README check values', () => {
+test('page pattern: mix() and the seed-1 data area match their check values', () => {
   assert.equal(mix(1n, 0n, 0n), 0x910a2dec89025cc1n);
   assert.equal(mix(1n, 0n, 1n), 0x0cc20da17d43669an);
   assert.equal(mix(1n, 0n, 2n), 0x6511b2aff6b7edccn);
   assert.equal(mix(1n, 0n, 3n), 0xeb2da24d7b2ca974n);
   assert.equal(mix(1n, 255n, 511n), 0x042cea06438e4aacn);
-  const area = expectedDataArea();
+  const area = expectedDataArea({ pages: 256, seed: 1n });
   assert.deepEqual([...area.subarray(0, 16)], [
     0xc1, 0x5c, 0x02, 0x89, 0xec, 0x2d, 0x0a, 0x91, 0x9a, 0x66, 0x43, 0x7d, 0xa1, 0x0d, 0xc2, 0x0c,
   ]);
@@ -225,6 +193,12 @@ test('page pattern: mix() and the data area match the README check values', () =
   let sum = 0n;
   for (let off = 0; off < area.length; off += 8) sum = (sum + area.readBigUInt64LE(off)) & M64;
   assert.equal(sum, 0x28e67e1252d1f17dn);
+  // and the recorded workloads ran with this pattern: their checksum and sha256 are these
+  for (const { version } of VERSIONS) {
+    const recorded = recordedDataArea(version);
+    assert.equal(recorded.checksum, sum, `criu-${version}: the workload's checksum`);
+    assert.equal(recorded.sha256, createHash('sha256').update(expectedDataArea(recorded)).digest('hex'), `criu-${version}: the data area's sha256`);
+  }
 });
 
 interface DataMessage {
@@ -234,16 +208,16 @@ interface DataMessage {
 }
 
 /** Checks every data-area page carried by the messages; returns [seen, bad] and asserts each page came once. */
-function checkDataPages(messages: DataMessage[]): { seen: number; bad: number } {
-  const area = expectedDataArea();
-  const count = new Array<number>(DATA_PAGES).fill(0);
+function checkDataPages(messages: DataMessage[], recorded: DataArea): { seen: number; bad: number } {
+  const area = expectedDataArea(recorded);
+  const count = new Array<number>(recorded.pages).fill(0);
   let bad = 0;
   for (const m of messages) {
     assert.equal(m.payload.length, Number(m.nrPages) * PAGE);
     for (let i = 0; i < Number(m.nrPages); i++) {
       const va = m.vaddr + BigInt(i * PAGE);
-      if (va < DATA_START || va >= DATA_END) continue;
-      const p = Number((va - DATA_START) / BigInt(PAGE));
+      if (va < recorded.start || va >= recorded.end) continue;
+      const p = Number((va - recorded.start) / BigInt(PAGE));
       count[p]!++;
       if (!m.payload.subarray(i * PAGE, (i + 1) * PAGE).equals(area.subarray(p * PAGE, (p + 1) * PAGE))) bad++;
     }
@@ -264,23 +238,27 @@ interface Parsed {
   messages: ClientMessage[];
 }
 
-function parseSession(version: string, format: WireFormat, session: string): Parsed {
-  const c2s = readBin(`criu-${version}`, session, 'client-to-server.bin');
-  const s2c = readBin(`criu-${version}`, session, 'server-to-client.bin');
+function parseSession(version: string, format: WireFormat, session: SessionName): Parsed {
+  const c2s = readBin(version, session, 'client-to-server.bin');
+  const s2c = readBin(version, session, 'server-to-client.bin');
   return { format, c2s, s2c, messages: parseClientStream(c2s, format) };
 }
 
 for (const { version, format } of VERSIONS) {
-  test(`criu ${version}: environment.json and session.json say ${format}-byte headers`, () => {
-    assert.equal(readJson(`criu-${version}`, 'environment.json').page_server_iov_header_bytes, format);
-    for (const session of SESSIONS) assert.equal(readJson(`criu-${version}`, session, 'session.json').header_bytes, format);
+  test(`criu ${version}: every session.json says CRIU ${version} and ${format}-byte headers`, () => {
+    for (const session of ['plain-dump', ...SESSIONS] as const) {
+      const facts = sessionFacts(version, session);
+      assert.equal(facts.criu.version, version, session);
+      assert.equal(facts.criu.header_bytes, format, session);
+    }
   });
 
   test(`criu ${version} remote-lazy: both streams parse completely and match transcript.tsv and session.json`, () => {
     const { c2s, s2c, messages } = parseSession(version, format, 'remote-lazy');
     const { replies, close } = parseLazyReplies(s2c, format, messages);
     const rows = readTranscript(version, 'remote-lazy');
-    const json = readJson(`criu-${version}`, 'remote-lazy', 'session.json');
+    const json = streamFacts(version, 'remote-lazy');
+    const lazyPages = sessionFacts(version, 'remote-lazy').pagemap.totals.lazy_pages;
 
     // The client stream: GETs, then one CLOSE at the very end.
     assert.ok(messages.length > 1);
@@ -326,7 +304,7 @@ for (const { version, format } of VERSIONS) {
     assert.deepEqual(histogram, json.commands);
     const pages = replies.reduce((n, r) => n + Number(r.header.nrPages), 0);
     assert.equal(pages, json.pages_with_data);
-    assert.equal(pages, 275);
+    assert.equal(pages, lazyPages, 'the replies carry as many pages as the pagemap has PE_LAZY pages');
     assert.deepEqual(
       replies.map((r) => [hex(r.header.vaddr), Number(r.header.nrPages)]),
       json.page_payload_order,
@@ -339,25 +317,27 @@ for (const { version, format } of VERSIONS) {
       assert.deepEqual([...pads].filter((p) => p !== 0).sort((a, b) => a - b).map(hex8), json.nonzero_pad ?? []);
     }
 
-    // The README's per-version facts.
-    const expected = version === '4.1.1' ? { gets: 40, bytes: 41 * 24 } : { gets: 16, bytes: 17 * 32 };
-    assert.equal(replies.length, expected.gets);
-    assert.equal(c2s.length, expected.bytes);
-    assert.equal(s2c.length, expected.gets * format + 275 * PAGE + 4);
+    // The recording's counts: GETs, then CLOSE, all headers; the replies: a header each, the lazy pages, the status.
+    assert.equal(replies.length, json.gets);
+    assert.equal(c2s.length, (json.gets + 1) * format);
+    assert.equal(s2c.length, json.gets * format + lazyPages * PAGE + 4);
   });
 
   test(`criu ${version} remote-lazy: every reply echoes its GET (vaddr, dst_id, pad, nr_pages) as ADD_F|PE_PRESENT`, () => {
     const { s2c, messages } = parseSession(version, format, 'remote-lazy');
     const { replies } = parseLazyReplies(s2c, format, messages);
+    const pid = BigInt(sessionFacts(version, 'remote-lazy').workload.ns_pid);
+    const getPad = streamFacts(version, 'remote-lazy').get_pad;
+    if (format === 32) assert.ok(getPad !== null, '4.2.1: every GET of the recording carries the same padding');
     for (const r of replies) {
       const what = `reply #${r.index} to GET #${r.requestIndex}`;
-      assert.equal(r.request.dstId, 1n, `${what}: GET dst_id is the bare vpid`);
+      assert.equal(r.request.dstId, pid, `${what}: GET dst_id is the bare vpid`);
       assert.equal(r.header.cmd, GET_REPLY_CMD, `${what}: cmd`);
       assert.equal(r.header.vaddr, r.request.vaddr, `${what}: vaddr`);
       assert.equal(r.header.dstId, r.request.dstId, `${what}: dst_id`);
       assert.equal(r.header.pad, r.request.pad, `${what}: pad`);
       assert.equal(r.header.nrPages, r.request.nrPages, `${what}: nr_pages (never clamped in these sessions)`);
-      if (format === 32) assert.equal(r.header.pad, 0x5555, `${what}: 4.2.1 sends uninitialised padding`);
+      if (format === 32) assert.equal(r.header.pad, Number(getPad), `${what}: 4.2.1 sends uninitialised padding`);
     }
     const closeHeader = messages.at(-1)!.header;
     assert.deepEqual(closeHeader, { cmd: PS_IOV_CLOSE, pad: 0, nrPages: 0n, vaddr: 0n, dstId: 0n });
@@ -366,22 +346,23 @@ for (const { version, format } of VERSIONS) {
   test(`criu ${version} remote-lazy: the served pages are the PE_LAZY pages, data pages match the pattern`, () => {
     const { s2c, messages } = parseSession(version, format, 'remote-lazy');
     const { replies } = parseLazyReplies(s2c, format, messages);
-    const json = readJson(`criu-${version}`, 'remote-lazy', 'session.json');
+    const json = streamFacts(version, 'remote-lazy');
     const { seen, bad } = checkDataPages(
       replies.map((r) => ({
         vaddr: r.header.vaddr,
         nrPages: r.header.nrPages,
         payload: s2c.subarray(r.payloadOffset, r.payloadOffset + r.payloadLength),
       })),
+      recordedDataArea(version, 'remote-lazy'),
     );
     assert.equal(seen, json.data_pages_seen);
     assert.equal(bad, json.data_pages_bad);
     assert.equal(bad, 0);
 
     // Cross-check: served set == the PE_LAZY pages of the destination's pagemap, each once.
-    const pagemap = readJson(`criu-${version}`, 'remote-lazy', 'pagemap-1.json');
+    const pagemap = sessionFacts(version, 'remote-lazy').pagemap;
     const lazy = new Set<bigint>();
-    for (const e of pagemap.entries as Array<{ vaddr: string; nr_pages: number; flags: number }>) {
+    for (const e of pagemap.entries) {
       if (!(e.flags & PE_LAZY)) continue;
       for (let i = 0; i < e.nr_pages; i++) lazy.add(BigInt(e.vaddr) + BigInt(i * PAGE));
     }
@@ -395,15 +376,18 @@ for (const { version, format } of VERSIONS) {
     const { c2s, s2c, messages } = parseSession(version, format, 'upload');
     const replies = parseUploadReplies(s2c, messages);
     const rows = readTranscript(version, 'upload');
-    const json = readJson(`criu-${version}`, 'upload', 'session.json');
+    const facts = sessionFacts(version, 'upload');
+    const json = streamFacts(version, 'upload');
+    const pid = BigInt(facts.workload.ns_pid);
 
+    // OPEN2, one ADD_F per entry of the pagemap criu page-server wrote, CLOSE
     assert.deepEqual(
       messages.map((m) => commandName(m.command)),
-      ['OPEN2', ...new Array(14).fill('ADD_F'), 'CLOSE'],
+      ['OPEN2', ...new Array(facts.pagemap.entries.length).fill('ADD_F'), 'CLOSE'],
     );
     for (const m of messages.slice(0, -1)) {
-      assert.equal(m.header.dstId, 0x101n);
-      assert.deepEqual(decodeDstId(m.header.dstId), { id: 1n, type: PS_TYPE_PID, rawType: PS_TYPE_PID });
+      assert.equal(m.header.dstId, (pid << 8n) | BigInt(PS_TYPE_PID));
+      assert.deepEqual(decodeDstId(m.header.dstId), { id: pid, type: PS_TYPE_PID, rawType: PS_TYPE_PID });
       assert.equal(m.header.pad, 0, '4.2 upload padding is 0');
     }
     assert.deepEqual(
@@ -446,23 +430,28 @@ for (const { version, format } of VERSIONS) {
     const withData = messages.filter((m) => m.payloadLength > 0);
     assert.equal(withData.reduce((n, m) => n + Number(m.header.nrPages), 0), json.pages_with_data);
     assert.deepEqual(withData.map((m) => [hex(m.header.vaddr), Number(m.header.nrPages)]), json.page_payload_order);
-    assert.equal(c2s.length, 16 * format + 289 * PAGE);
+    assert.equal(c2s.length, messages.length * format + facts.pagemap.totals.pages * PAGE);
     assert.equal(createHash('sha256').update(c2s).digest('hex'), json.client_to_server_sha256);
     assert.equal(createHash('sha256').update(s2c).digest('hex'), json.server_to_client_sha256);
     if (format === 32) assert.deepEqual(json.pad_values, ['0x00000000']);
 
-    // Data pages, and pages-65537.img == the concatenated ADD_F payloads.
+    // Data pages, and criu page-server's pages image (its size and sha256, recorded) == the concatenated ADD_F
+    // payloads.
     const { seen, bad } = checkDataPages(
       withData.map((m) => ({
         vaddr: m.header.vaddr,
         nrPages: m.header.nrPages,
         payload: c2s.subarray(m.payloadOffset, m.payloadOffset + m.payloadLength),
       })),
+      recordedDataArea(version, 'upload'),
     );
     assert.equal(seen, json.data_pages_seen);
     assert.equal(bad, json.data_pages_bad);
-    const pagesImg = readBin(`criu-${version}`, 'upload', 'page-server-images', 'pages-65537.img');
-    assert.ok(pagesImg.equals(Buffer.concat(withData.map((m) => c2s.subarray(m.payloadOffset, m.payloadOffset + m.payloadLength)))));
+    const pagesImg = facts.derived?.[`page-server-images/${facts.pagemap.pages_img}`];
+    assert.ok(pagesImg, 'session.json records the pages image criu page-server wrote');
+    const payloads = Buffer.concat(withData.map((m) => c2s.subarray(m.payloadOffset, m.payloadOffset + m.payloadLength)));
+    assert.equal(payloads.length, pagesImg.bytes);
+    assert.equal(createHash('sha256').update(payloads).digest('hex'), pagesImg.sha256);
   });
 
   test(`criu ${version}: encodeHeader(decodeHeader(x)) == x for every header, and the streams rebuild byte-exactly`, () => {
@@ -497,12 +486,12 @@ for (const { version, format } of VERSIONS) {
   test(`criu ${version}: detectFormat on every real header`, () => {
     // The first header of every stream that has one.
     for (const session of SESSIONS) {
-      const c2s = readBin(`criu-${version}`, session, 'client-to-server.bin');
+      const c2s = readBin(version, session, 'client-to-server.bin');
       assert.equal(detectFormat(c2s), format, `${session} client-to-server.bin`);
     }
-    const lazyS2c = readBin(`criu-${version}`, 'remote-lazy', 'server-to-client.bin');
+    const lazyS2c = readBin(version, 'remote-lazy', 'server-to-client.bin');
     assert.equal(detectFormat(lazyS2c), format, 'remote-lazy server-to-client.bin');
-    assert.equal(detectFormat(readBin(`criu-${version}`, 'upload', 'server-to-client.bin')), undefined, 'upload s2c: 5 bytes');
+    assert.equal(detectFormat(readBin(version, 'upload', 'server-to-client.bin')), undefined, 'upload s2c: 5 bytes');
     // Every other header too: the rule must hold for each one, CLOSE excepted.
     for (const session of SESSIONS) {
       const { c2s, s2c, messages } = parseSession(version, format, session);
@@ -704,7 +693,7 @@ test('parseClientStream: truncation, unknown commands and bytes after CLOSE are 
     [0, 0, 4096],
   );
   // The real upload stream cut inside a payload.
-  const real = readBin('criu-4.2.1', 'upload', 'client-to-server.bin');
+  const real = readBin('4.2.1', 'upload', 'client-to-server.bin');
   assert.throws(() => parseClientStream(real.subarray(0, 5000), 32), WireError);
   // And read with the wrong layout.
   assert.throws(() => parseClientStream(real, 24), WireError);

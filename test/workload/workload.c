@@ -24,8 +24,8 @@
  *                    The rest is checked by do-verify-all.
  *
  * Memory: <MiB> of mmap(MAP_PRIVATE|MAP_ANONYMOUS) with madvise(MADV_NOHUGEPAGE). Page p (0-based, 4 KiB) holds
- * 512 u64 words; word w is mix(seed, p, w), the splitmix64-style function below (the formula of
- * shared/testdata/README.md, so `workload <dir> 1 seq 1` fills the same bytes as the recorded test vectors).
+ * 512 u64 words; word w is mix(seed, p, w), the splitmix64-style function below (`workload w 1 seq 1` is what
+ * scripts/record-fixtures.sh records, so the test vectors of test/fixtures hold these bytes).
  *
  * Files (every line is written with open(O_APPEND) + one write() + close(), so no fd stays open on them and a
  * checkpoint never sees open files there):
