@@ -156,6 +156,7 @@ int PageClient::connect(const std::string& host, uint16_t port, int timeout_ms) 
   }
   int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  net::set_reset_on_close(fd_, true);
   return 0;
 }
 
@@ -165,6 +166,7 @@ int PageClient::adopt(int fd) {
   if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on a non-TCP socket
+  net::set_reset_on_close(fd, true);
   fd_ = fd;
   return 0;
 }
@@ -335,6 +337,8 @@ int PageClient::close(int timeout_ms, int32_t* status) {
       }
     }
     if (rc == 0 && status) std::memcpy(status, answer, sizeof *status);
+    // The CLOSE was answered: from here on our end may be a FIN (the server waits for it, §1.6).
+    if (rc == 0) net::set_reset_on_close(fd_, false);
     if (rc == 0 && tls_) {
       // criu's server answers CLOSE, sends its close_notify, and then waits for our EOF with a plain read (§1.5
       // step 6). Send ours and our FIN, then read until its EOF: closing with its close_notify unread would make

@@ -67,6 +67,13 @@ int listen_tcp(const std::string& address, uint16_t port, int backlog, uint16_t*
   return fd;
 }
 
+int set_reset_on_close(int fd, bool on) {
+  linger value{};
+  value.l_onoff = on ? 1 : 0;
+  value.l_linger = 0;
+  return setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, sizeof value) < 0 ? -errno : 0;
+}
+
 void close_gently(int fd) {
   if (fd < 0) return;
   char sink[4096];
