@@ -156,7 +156,8 @@ function stagedImages(dir: string): string[] {
   return fs.readdirSync(dir).filter((f) => /^(pagemap|pages)-/.test(f));
 }
 
-async function waitFor(what: string, fn: () => boolean, ms = 10_000): Promise<void> {
+/** Waits for fn(), with a deadline that only a failure reaches (a loaded machine is slow, not wrong). */
+async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!fn()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -165,7 +166,7 @@ async function waitFor(what: string, fn: () => boolean, ms = 10_000): Promise<vo
 }
 
 /** Waits for a log line that matches, and returns it. */
-async function pollLine(lines: LogLine[], match: (line: LogLine) => boolean, ms = 10_000): Promise<LogLine> {
+async function pollLine(lines: LogLine[], match: (line: LogLine) => boolean, ms = 20_000): Promise<LogLine> {
   let found: LogLine | undefined;
   await waitFor('a log line', () => (found = lines.find(match)) !== undefined, ms);
   return found!;
@@ -291,7 +292,9 @@ for (const version of CRIU_VERSIONS) {
       const { workload, workloadDir } = await startAndWarm(runDir, 'w', 16, onCleanup);
       const before = logOffset(workloadDir);
       await assert.rejects(runCriu(criu, 'dump', dumpArgs(workload.pid, stagingDir, lazyd.port), timeouts.dumpMs, { imagesDir: stagingDir }));
-      const refusal = lazyd.lines.find((l) => l.msg.includes('staging memory cap'));
+      // The refusal ends the session, and its line comes through the server thread's event queue: it may trail
+      // the dump's exit.
+      const refusal = await pollLine(lazyd.lines, (l) => l.msg.includes('staging memory cap'));
       assert.ok(refusal, 'lazyd logged the cap refusal');
       t.diagnostic(refusal.msg);
       assert.ok(workload.unshare.running, 'the original workload is still there');
@@ -394,6 +397,8 @@ for (const version of CRIU_VERSIONS) {
 
       // The daemon serves on: the retried dump of the same workload is staged, serves the page, and restores.
       const { checkpoint } = await dumpInto(criu, runDir, workload, workloadDir, stagingDir, lazyd.port, 16);
+      // The staged event trails the dump's exit (the upload is kept when the dump hangs up after CLOSE).
+      await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
       const listed = await stagingList(control);
       assert.equal(listed.length, 1);
       assert.deepEqual(listed[0].pids, [nsPid]);

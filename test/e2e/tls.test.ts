@@ -180,6 +180,9 @@ for (const version of CRIU_VERSIONS) {
       );
       await workload.unshare.wait(10_000);
       assert.match(readText(path.join(stagingDir, 'dump.log')), /tls: TLS handshake completed/);
+      // lazyd stages the upload when the dump hangs up after its CLOSE status, which may trail the dump's exit:
+      // the restore's GETs find the pages once it has.
+      await logShows(server, /Staged checkpoint #\d+: pids \d+/);
       const checkpoint: Checkpoint = {
         criu, runDir, workloadDir, imagesDir: stagingDir, workload: { mib: MIB }, dataPages: MIB * PAGES_PER_MIB,
         lazyPages: 0, attempts: 1, sums, dumpStartNs, dumpMs: dump.ms,
@@ -247,8 +250,9 @@ function plainClient(port: number): Promise<Buffer> {
   });
 }
 
+/** Waits for a line of the server's log (a deadline only a failure reaches: a loaded machine is slow). */
 async function logShows(server: PageServer, what: RegExp): Promise<string> {
-  return pollFor(`${what} in ${server.logFile}`, 5000, () => {
+  return pollFor(`${what} in ${server.logFile}`, 20_000, () => {
     const line = readText(server.logFile).split('\n').find((l) => what.test(l));
     return line;
   }, 20);
