@@ -156,8 +156,8 @@ async function startPageServerOnce(options: PageServerOptions): Promise<PageServ
   const spec = { name, file, args: [...args, '--status-fd', '3'], cwd: options.imagesDir, logFile: absLog, netns: options.netns };
   const proc = await startWithStatusFd(spec, readyTimeoutMs, onStdout);
   if (options.kind === 'lazyd') {
-    // The line may trail the status byte by a moment.
-    const deadline = performance.now() + 5000;
+    // The line may trail the status byte by a moment (the deadline is one only a failure reaches).
+    const deadline = performance.now() + 15_000;
     while (announced === undefined && proc.running && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     if (announced === undefined) {
       proc.kill('SIGKILL');
