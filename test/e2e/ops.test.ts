@@ -152,6 +152,7 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
   let serverScrapes: ReturnType<typeof scraper> | undefined;
   let daemonScrapes: ReturnType<typeof scraper> | undefined;
   let released: Promise<void> | undefined;
+  let releaseError: Error | undefined;
   let taskLines: string[] = [];
   let served: ServedSessions | undefined;
   const pids: number[] = [];
@@ -192,7 +193,9 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
       // the page server has logged the session's end, wait for a scrape of each sent after that, then end the
       // daemon's linger (SIGTERM after a completed restore: exit 0).
       released = (async () => {
-        await notify.waitFor(/^STOPPING=1/, timeouts.allPagesMs);
+        const done = notify.waitFor(/^STOPPING=1\nSTATUS=done: /, timeouts.allPagesMs);
+        done.catch(() => undefined); // once the daemon has exited, nobody waits for it any more
+        if ((await Promise.race([done, daemon.exited.then(() => 'exited' as const)])) === 'exited') return; // failed: the restore says why
         await pollFor("the page server's session end in its log", WAIT_MS, () =>
           fs.readFileSync(serverLog, 'utf8').includes('Page-server session finished') ? true : undefined,
         );
@@ -204,7 +207,10 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
         await daemonScrapes!.stop();
         daemon.kill('SIGTERM');
       })();
-      released.catch(() => daemon.kill('SIGKILL')); // the restore then fails; the test reports this error
+      released.catch((error: Error) => {
+        releaseError = error;
+        daemon.kill('SIGKILL'); // the restore then fails, and the test reports this error as the cause
+      });
     },
     afterFinish: (server) => {
       // The serve-mode log is JSON (a file); the demo and the benchmarks total its session lines.
@@ -219,9 +225,8 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
         .split('\n')
         .filter((l) => /UFFD transferred pages: .* task \d+:/.test(l));
     },
-  }).catch(async (error) => {
-    await released; // its failure is the cause
-    throw error;
+  }).catch((error: Error) => {
+    throw releaseError ?? error;
   });
   await serverScrapes!.stop();
   const daemon = daemonScrapes!.scrapes;
