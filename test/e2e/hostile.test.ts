@@ -47,8 +47,9 @@ let clientStream: Buffer;
 let quietAnswer: Buffer;
 let baseline: DaemonUsage;
 
+/** The log from a byte offset (logSize()): a byte offset, not a character one. */
 function logSince(offset: number): string {
-  return fs.readFileSync(server.logFile, 'utf8').slice(offset);
+  return fs.readFileSync(server.logFile).subarray(offset).toString('utf8');
 }
 function logSize(): number {
   return fs.statSync(server.logFile).size;
@@ -159,13 +160,26 @@ test(`hostile: 1000 idle connections; the good client still works; --max-session
     // 1000 idle + at most a few sessions in flight: 20 more connections exceed the limit. Each is judged by the
     // daemon's own record of it (a session, or refused with its address), not by how soon it happens to close.
     const extraOffset = logSize();
-    for (let i = 0; i < 20; i++) extra.push(await connectRogueClient(target.host, target.port, 'silent', 24));
-    const ports = extra.map((client) => client.socket.localPort!);
+    // Each one's port is read as soon as it is connected: once the daemon has closed it, the socket has none.
+    const ports: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      extra.push(await connectRogueClient(target.host, target.port, 'silent', 24));
+      ports.push(extra[i].socket.localPort!);
+    }
     const verdicts = await pollFor('the daemon to accept or refuse each of the 20', WAIT_MS, () => {
       const log = logSince(extraOffset);
       const all = ports.map((port) => judgement(log, port));
       return all.every((v) => v !== undefined) ? all : undefined;
-    }, 50);
+    }, 50).catch((error: Error) => {
+      const log = logSince(extraOffset);
+      const missing = ports.filter((port) => judgement(log, port) === undefined);
+      const lines = log.split('\n');
+      throw new Error(
+        `${error.message}: no verdict for ports ${missing.join(', ')} of ${ports.join(', ')}; ${lines.length} log lines since, ` +
+          `${lines.filter((l) => l.includes('Accepted page-server session')).length} accepted, ` +
+          `${lines.filter((l) => l.includes('connection refused:')).length} refused; first lines:\n${lines.slice(0, 5).join('\n')}`,
+      );
+    });
     const refusedOnes = extra.filter((_, i) => verdicts[i] === 'refused');
     // A refused connection is closed by the daemon.
     await Promise.race([
