@@ -266,19 +266,20 @@ static void test_stall() {
 }
 
 static void test_connect_errors() {
-  // A port nobody listens on.
+  // A port nobody listens on: bound here but not listening (a connect to it is refused), and kept bound until the
+  // connect is done, so no other process can take it meanwhile.
   int s = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  CHECK(bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   socklen_t len = sizeof a;
   getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
   const uint16_t port = ntohs(a.sin_port);
-  close(s);
   PageClient client(wire::Format::V24, P);
   CHECK(client.connect("127.0.0.1", port, 1000) == -ECONNREFUSED);
   CHECK(client.error().find("cannot connect") != std::string::npos);
+  close(s);
   PageClient bad(wire::Format::V24, P);
   CHECK(bad.connect("no-such-host.invalid", 1234, 1000) < 0);
   CHECK(bad.error().find("cannot resolve") != std::string::npos);

@@ -211,7 +211,9 @@ void test_server() {
   config.idle_timeout_ms = 300000;
   config.tls = context("good");
   CHECK(config.tls != nullptr);
-  config.tls_handshake_timeout_ms = 500;
+  // The good client below must be served within the staller's handshake timeout: long enough for a loaded machine.
+  constexpr int kHandshakeTimeoutMs = 2000;
+  config.tls_handshake_timeout_ms = kHandshakeTimeoutMs;
   config.session.format = wire::Format::V24;
   Events events;
   PageServer server(config, index, [&](const ServerEvent& e) {
@@ -262,7 +264,7 @@ void test_server() {
     CHECK(std::memcmp(payload.data(), bytes.data() + from, want) == 0);
   }
   // Served while the staller still sits in its handshake.
-  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(kHandshakeTimeoutMs));
   CHECK(server.stats().tls_failures == 0);
 
   uint8_t close_cmd[wire::HEADER_SIZE_MAX] = {};
@@ -273,10 +275,14 @@ void test_server() {
   std::vector<uint8_t> status = good.record();
   CHECK(status.size() == 4 && status[0] == 0 && status[1] == 0 && status[2] == 0 && status[3] == 0);
 
-  // The staller is dropped after the handshake timeout.
-  for (int i = 0; i < 100 && server.stats().tls_failures < 1; i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  // The staller is dropped after the handshake timeout (waited for with a deadline only a failure reaches).
+  const auto until = [&](uint64_t failures) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHandshakeTimeoutMs) + std::chrono::seconds(20);
+    while (server.stats().tls_failures < failures && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  };
+  until(1);
   CHECK(server.stats().tls_failures == 1);
   char byte;
   CHECK(recv(staller, &byte, 1, 0) == 0);  // closed by the server
@@ -291,9 +297,7 @@ void test_server() {
     CHECK(revoked.record().empty());
   }
   CHECK(revoked.tls->error().find("revoked") != std::string::npos);
-  for (int i = 0; i < 100 && server.stats().tls_failures < 2; i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  until(2);
   CHECK(server.stats().tls_failures == 2);
 
   // Not TLS at all, and the log says what the peer sent: an HTTP request (its first bytes as text and hex), and a
@@ -307,9 +311,7 @@ void test_server() {
     CHECK(recv(plain, &reply, 1, 0) <= 0);  // refused without an answer
     close(plain);
   }
-  for (int i = 0; i < 100 && server.stats().tls_failures < 4; i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  until(4);
   CHECK(server.stats().tls_failures == 4);
 
   server.request_stop(0);

@@ -214,8 +214,8 @@ Outcome run(const std::string& stream, size_t expect_replies, StoreKind kind, So
     }
     if (reset) {
       // Reset only once the session has read every byte sent: a reset discards what is still queued (unsent
-      // here, held back by Nagle, or unread there).
-      for (int i = 0; i < 2000; i++) {
+      // here, held back by Nagle, or unread there). The deadline is one only a failure reaches.
+      for (int waited_ms = 0; waited_ms < 30000; waited_ms++) {
         int unsent = 0, unread = 0;
         if (ioctl(sv[1], TIOCOUTQ, &unsent) != 0 || ioctl(sv[0], FIONREAD, &unread) != 0) break;
         if (unsent == 0 && unread == 0) break;

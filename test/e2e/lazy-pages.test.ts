@@ -19,7 +19,6 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { test, type TestContext } from 'node:test';
 import {
   assertCleanLog,
@@ -43,6 +42,7 @@ import {
   startFakeRestore,
   startLazyPagesDaemon,
   startPageServer,
+  startRelay,
   testProgress,
   waitForPasses,
   withRunDir,
@@ -76,6 +76,15 @@ function childStates(pid: number): { pid: number; state: string }[] {
     }
   }
   return out;
+}
+
+/** Whether a thread of pid sleeps in the kernel waiting for a userfaultfd page (its wchan is handle_userfault). */
+function waitsForPage(pid: number): boolean {
+  try {
+    return fs.readdirSync(`/proc/${pid}/task`).some((tid) => fs.readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim() === 'handle_userfault');
+  } catch {
+    return false; // gone
+  }
 }
 
 function migrationTest(
@@ -193,7 +202,12 @@ for (const version of CRIU_VERSIONS) {
           throttleBytesPerSecond: 16 * 1024 * 1024,
           progress: testProgress(t),
           timeouts,
-          onRestored: (r, checkpoint) => {
+          onRestored: async (r, checkpoint) => {
+            // The forked child reports (fork-ok) once it has verified its memory, on its own time.
+            await pollFor("the forked child's report", 20_000, () => {
+              const { forkOk, bad } = readLog(checkpoint.workloadDir, r.logOffsets[0]);
+              return forkOk.length + bad.length > 0 ? true : undefined;
+            });
             const log = readLog(checkpoint.workloadDir, r.logOffsets[0]);
             ops = log.ops;
             forkOk = log.forkOk.length;
@@ -219,9 +233,9 @@ for (const version of CRIU_VERSIONS) {
     );
   }
 
-  // (5) The page server dies (SIGKILL) while the restored workload waits for its pages. The server is throttled
-  // during the restore and stopped (SIGSTOP) once the restore returned, so the workload is certainly mid-restore:
-  // resumed, blocked on faults (a random-order pass needs every page). lazyd
+  // (5) The page server dies (SIGKILL) while the restored workload waits for its pages. The pages pass a throttled
+  // relay during the restore and the server is stopped (SIGSTOP) once the restore returned, so the workload is
+  // certainly mid-restore: resumed, blocked on faults (a random-order pass needs every page). lazyd
   // must exit 1 within a bound, with one error line naming the cause and the pids it killed, and the restored
   // tree must be gone (its memory can never be completed; leaving it would zero-fill the missing pages).
   const serverKind: ServerKind = version === '4.1.1' ? 'criu' : 'lazyd';
@@ -233,23 +247,15 @@ for (const version of CRIU_VERSIONS) {
       const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 64, order: 'random', children: 1 }, progress, onCleanup, timeouts });
       const ps = await startPageServer({ kind: serverKind, criuVersion: version, imagesDir: checkpoint.imagesDir });
       onCleanup(() => ps.kill());
-      // Throttle the server (SIGSTOP, with a SIGCONT of 2 ms every 50 ms) so the drain cannot finish before the
-      // kill: stopping it outright would stall the restore itself, which faults on lazy memory before RSTF.
-      let throttling = true;
-      const throttle = (async () => {
-        while (throttling) {
-          process.kill(ps.pid, 'SIGSTOP');
-          await sleep(48);
-          if (!throttling) break;
-          process.kill(ps.pid, 'SIGCONT');
-          await sleep(2);
-        }
-      })();
-      onCleanup(() => (throttling = false));
+      // The pages pass at 4 MiB/s (the 128 MiB would take 32 s), whatever the scheduling of this process, so the
+      // drain cannot finish before the kill; stopping the server outright would stall the restore itself, which
+      // faults on lazy memory before RSTF.
+      const relay = await startRelay(ps, { throttle: { direction: 'to-client', bytesPerSecond: 4 * 1024 * 1024 } });
+      onCleanup(() => relay.close());
 
       const dstDir = path.join(runDir, 'dst');
       copyCheckpointImages(checkpoint.imagesDir, dstDir);
-      const daemon = await startLazyPagesDaemon({ daemon: 'lazyd', criu, dstDir, server: ps, readyTimeoutMs: timeouts.readyMs });
+      const daemon = await startLazyPagesDaemon({ daemon: 'lazyd', criu, dstDir, server: relay, readyTimeoutMs: timeouts.readyMs });
       onCleanup(() => daemon.kill('SIGKILL'));
       const offsets = instanceDirs(checkpoint.workloadDir, 1).map((dir) => logOffset(dir));
       const pidfile = path.join(dstDir, 'restored.pid');
@@ -259,11 +265,10 @@ for (const version of CRIU_VERSIONS) {
       const restoredPid = readPidfile(pidfile);
       assert.ok(restoredPid, 'criu restore wrote no pid');
       onCleanup(() => killPidNamespace(restoredPid).catch(() => undefined));
-      throttling = false;
-      await throttle;
       process.kill(ps.pid, 'SIGSTOP');
       const tree = [restoredPid, ...childStates(restoredPid).map((c) => c.pid)];
-      await sleep(300);
+      // Mid-restore: the workload and its child each have a thread blocked in the kernel on a missing page.
+      await pollFor('each restored process to wait for a page', 10_000, () => (tree.every(waitsForPage) ? true : undefined), 20);
       assert.ok(daemon.running, `lazyd exited before the page server died: ${daemon.outputText}`);
       assert.ok(processAlive(restoredPid), 'the restored workload died before the page server did');
       const passesBefore = offsets.map((offset, i) => readLog(instanceDirs(checkpoint.workloadDir, 1)[i], offset).passes.length);

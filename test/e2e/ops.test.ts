@@ -21,8 +21,8 @@ import {
   runCriu,
   withRunDir,
   encodeHeader,
-  freePort,
   lazydBin,
+  onFreePort,
   pollFor,
   runLazyMigration,
   startWithStatusFd,
@@ -39,6 +39,8 @@ const timeouts = E2E_TIMEOUTS;
 const FIXTURE_IMAGES = fixturePath('4.2.1', 'plain-dump', 'images');
 
 const diag = testProgress;
+/** How long a wait for something the daemon does may take before the test fails (a loaded machine is slow). */
+const WAIT_MS = 15_000;
 
 // ---------------------------------------------------------------- Prometheus text format
 
@@ -48,6 +50,7 @@ interface Sample {
   value: number;
 }
 interface Scrape {
+  /** When the request was sent: the answer shows the state at this moment or later. */
   atMs: number;
   types: Map<string, string>;
   samples: Sample[];
@@ -83,18 +86,19 @@ function sum(scrape: Scrape, name: string): number {
 }
 
 async function scrape(url: string): Promise<Scrape | undefined> {
+  const sentAt = performance.now();
   try {
     const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
     if (response.status !== 200) return undefined;
-    return parseExposition(await response.text(), performance.now());
+    return parseExposition(await response.text(), sentAt);
   } catch {
     return undefined; // not listening (yet, or any more)
   }
 }
 
-/** Scrapes every intervalMs until stop(); keeps every answer. */
-function scraper(url: string, intervalMs = 50) {
-  const scrapes: Scrape[] = [];
+/** Scrapes every intervalMs until stop(); keeps every answer (after `first`, a scrape taken before). */
+function scraper(url: string, first: Scrape[] = [], intervalMs = 50) {
+  const scrapes: Scrape[] = [...first];
   let running = true;
   const loop = (async () => {
     while (running) {
@@ -111,6 +115,16 @@ function scraper(url: string, intervalMs = 50) {
     },
   };
 }
+
+/** The URL a lazyd process logged for its metrics ("Metrics on http://…/metrics", before it signals readiness). */
+function metricsUrl(logFile: string): string {
+  const m = /Metrics on (http:\/\/\S+\/metrics)/.exec(fs.readFileSync(logFile, 'utf8'));
+  assert.ok(m, `no "Metrics on <url>" line in ${logFile}`);
+  return m[1];
+}
+
+/** How long lazyd lazy-pages serves its final totals; the test ends the linger with SIGTERM once it has them. */
+const METRICS_LINGER_S = 60;
 
 const ALLOWED_LABELS = new Set(['version', 'node_version', 'criu_abi', 'role', 'result', 'path', 'le']);
 
@@ -133,12 +147,13 @@ function assertNaming(s: Scrape, pids: number[]): void {
 
 test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd on both ends)', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   requireHost();
-  const serverMetricsPort = await freePort();
-  const daemonMetricsPort = await freePort();
-  const serverUrl = `http://127.0.0.1:${serverMetricsPort}/metrics`;
-  const daemonUrl = `http://127.0.0.1:${daemonMetricsPort}/metrics`;
+  // Port 0: each lazyd picks a free port for its metrics and logs the URL (a port picked here could be taken).
+  let serverUrl = '';
+  let serverLog = '';
   let serverScrapes: ReturnType<typeof scraper> | undefined;
   let daemonScrapes: ReturnType<typeof scraper> | undefined;
+  let released: Promise<void> | undefined;
+  let releaseError: Error | undefined;
   let taskLines: string[] = [];
   let served: ServedSessions | undefined;
   const pids: number[] = [];
@@ -154,18 +169,49 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
     server: 'lazyd',
     daemon: 'lazyd',
     workload: { mib: 32, order: 'random', seed: 3 },
-    serverOptions: { extraArgs: ['--metrics-address', `127.0.0.1:${serverMetricsPort}`] },
-    daemonArgs: ['--metrics-address', `127.0.0.1:${daemonMetricsPort}`, '--metrics-linger', '2'],
+    serverOptions: { extraArgs: ['--metrics-address', '127.0.0.1:0'] },
+    daemonArgs: ['--metrics-address', '127.0.0.1:0', '--metrics-linger', String(METRICS_LINGER_S)],
     daemonEnv: { NOTIFY_SOCKET: path.join(notifyDir, 'notify.sock') },
     progress: diag(t),
     timeouts,
     beforeRestore: async (server) => {
       pids.push(server.pid);
+      serverLog = server.logFile;
+      serverUrl = metricsUrl(server.logFile);
       const first = await scrape(serverUrl);
       assert.ok(first, 'the page server serves /metrics once ready');
       assert.equal(value(first, 'lazyd_page_server_sessions_total'), 0);
-      serverScrapes = scraper(serverUrl);
-      daemonScrapes = scraper(daemonUrl);
+      serverScrapes = scraper(serverUrl, [first]);
+    },
+    onDaemonReady: async (daemon, dstDir) => {
+      // The daemon is ready and criu restore has not started: this first scrape is taken before any page can be
+      // installed.
+      const daemonUrl = metricsUrl(path.join(dstDir, 'lazy-pages.log'));
+      const first = await scrape(daemonUrl);
+      assert.ok(first, 'the lazy-pages daemon serves /metrics once ready');
+      daemonScrapes = scraper(daemonUrl, [first]);
+      // The last scrapes must show the final totals of both ends: once the daemon says it is done (STOPPING=1) and
+      // the page server has logged the session's end, wait for a scrape of each sent after that, then end the
+      // daemon's linger (SIGTERM after a completed restore: exit 0).
+      released = (async () => {
+        const done = notify.waitFor(/^STOPPING=1\nSTATUS=done: /, timeouts.allPagesMs);
+        done.catch(() => undefined); // once the daemon has exited, nobody waits for it any more
+        if ((await Promise.race([done, daemon.exited.then(() => 'exited' as const)])) === 'exited') return; // failed: the restore says why
+        await pollFor("the page server's session end in its log", WAIT_MS, () =>
+          fs.readFileSync(serverLog, 'utf8').includes('Page-server session finished') ? true : undefined,
+        );
+        const ended = performance.now();
+        const scrapedAfter = (s: ReturnType<typeof scraper>) => s.scrapes.length >= 3 && s.scrapes.at(-1)!.atMs > ended;
+        await pollFor('a scrape of each end after the restore ended', WAIT_MS, () =>
+          scrapedAfter(daemonScrapes!) && scrapedAfter(serverScrapes!) ? true : undefined,
+        );
+        await daemonScrapes!.stop();
+        daemon.kill('SIGTERM');
+      })();
+      released.catch((error: Error) => {
+        releaseError = error;
+        daemon.kill('SIGKILL'); // the restore then fails, and the test reports this error as the cause
+      });
     },
     afterFinish: (server) => {
       // The serve-mode log is JSON (a file); the demo and the benchmarks total its session lines.
@@ -173,13 +219,15 @@ test('metrics: scraped during and after a real lazy restore (CRIU 4.2.1, lazyd o
     },
     onRestored: async (restored) => {
       pids.push(restored.restoredPid);
-      // The lazy-pages daemon has exited by now; its linger let the scraper read the final totals.
-      await daemonScrapes!.stop();
+      // The lazy-pages daemon has exited by now: it lingered until the scrapes had its final totals.
+      await released;
       taskLines = fs
         .readFileSync(path.join(restored.dstDir, 'lazy-pages.log'), 'utf8')
         .split('\n')
         .filter((l) => /UFFD transferred pages: .* task \d+:/.test(l));
     },
+  }).catch((error: Error) => {
+    throw releaseError ?? error;
   });
   await serverScrapes!.stop();
   const daemon = daemonScrapes!.scrapes;
@@ -269,16 +317,17 @@ test('metrics: never on the page-server port; a port in use is one clear error l
   const blocker = net.createServer();
   try {
     for (const name of fs.readdirSync(FIXTURE_IMAGES)) fs.copyFileSync(path.join(FIXTURE_IMAGES, name), path.join(dir, name));
-    const port = await freePort();
-    const same = spawnSync(process.execPath, [lazydBin(), '--page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(port), '--metrics-address', `127.0.0.1:${port}`], {
+    // A port held here (the blocker's): the same port for both is refused before lazyd listens on either, and were
+    // it not, lazyd would fail on the port in use, not pass.
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const busy = (blocker.address() as net.AddressInfo).port;
+    const same = spawnSync(process.execPath, [lazydBin(), '--page-server', '-D', dir, '--address', '127.0.0.1', '--port', String(busy), '--metrics-address', `127.0.0.1:${busy}`], {
       encoding: 'utf8',
       timeout: 20_000,
     });
     assert.equal(same.status, 1);
     assert.match(same.stderr, /--metrics-address 127\.0\.0\.1:\d+: port \d+ is the page server's — metrics need a port of their own, pick another/);
 
-    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
-    const busy = (blocker.address() as net.AddressInfo).port;
     const inUse = spawnSync(process.execPath, [lazydBin(), '--page-server', '-D', dir, '--address', '127.0.0.1', '--port', '0', '--metrics-address', `127.0.0.1:${busy}`, '--log-format', 'text'], {
       encoding: 'utf8',
       timeout: 20_000,
@@ -318,17 +367,19 @@ async function notifySocket(file: string) {
       else messages.push(JSON.parse(line));
     }
   });
-  await pollFor('the notify socket to be bound', 5000, () => (bound ? true : undefined));
+  await pollFor('the notify socket to be bound', WAIT_MS, () => (bound ? true : undefined));
   return {
     messages,
-    waitFor: (re: RegExp, ms = 5000) => pollFor(`a notify message matching ${re}`, ms, () => messages.find((m) => re.test(m))),
+    waitFor: (re: RegExp, ms = WAIT_MS) => pollFor(`a notify message matching ${re}`, ms, () => messages.find((m) => re.test(m))),
     close: () => child.kill('SIGKILL'),
   };
 }
 
+/** The complete lines of a JSON log (the daemon may be writing the next one). */
 function jsonLines(file: string): Record<string, unknown>[] {
-  return fs
-    .readFileSync(file, 'utf8')
+  const text = fs.readFileSync(file, 'utf8');
+  return text
+    .slice(0, text.lastIndexOf('\n') + 1)
     .split('\n')
     .filter(Boolean)
     .map((line) => JSON.parse(line));
@@ -358,25 +409,29 @@ test('service: config file, systemd READY/STATUS/STOPPING, JSON log file reopene
       config,
       `# lazyd test service\npage-server\nimages-dir ${images}\naddress 127.0.0.1\nport 1\nlog-file ${log}\nno-staging\nrstf-timeout 5   # lazy-pages only: ignored here\n`,
     );
-    const port = await freePort();
     notify = await notifySocket(path.join(dir, 'notify.sock'));
-    proc = await startWithStatusFd(
-      {
-        name: 'lazyd (service)',
-        file: process.execPath,
-        args: [lazydBin(), '--config', config, '--port', String(port), '--status-fd', '3'],
-        env: { ...process.env, NOTIFY_SOCKET: path.join(dir, 'notify.sock') },
-        logFile: log,
-      },
-      15_000,
-    );
+    let port = 0;
+    proc = await onFreePort((picked) => {
+      port = picked;
+      fs.rmSync(log, { force: true }); // a start that found the port taken leaves its error line there
+      return startWithStatusFd(
+        {
+          name: 'lazyd (service)',
+          file: process.execPath,
+          args: [lazydBin(), '--config', config, '--port', String(port), '--status-fd', '3'],
+          env: { ...process.env, NOTIFY_SOCKET: path.join(dir, 'notify.sock') },
+          logFile: log,
+        },
+        15_000,
+      );
+    });
     const ready = await notify.waitFor(/^READY=1/);
     assert.match(ready, new RegExp(`^READY=1\nMAINPID=${proc.pid}\nSTATUS=serving on port ${port}: 0 sessions active, 0 served$`));
 
     await closeSession(port);
-    await notify.waitFor(/^STATUS=serving on port \d+: 0 sessions active, 1 served$/, 5000);
+    await notify.waitFor(/^STATUS=serving on port \d+: 0 sessions active, 1 served$/);
     // The log is JSON (not a terminal), at the daemon's default level info: one line per session start and end.
-    await pollFor('the session end line', 5000, () => jsonLines(log).find((r) => r.msg === 'Page-server session finished'));
+    await pollFor('the session end line', WAIT_MS, () => jsonLines(log).find((r) => r.msg === 'Page-server session finished'));
     const first = jsonLines(log);
     assert.ok(first.every((r) => typeof r.level === 'string' && typeof r.time === 'number' && typeof r.msg === 'string'));
     assert.ok(first.some((r) => r.msg === 'Accepted page-server session'));
@@ -388,16 +443,17 @@ test('service: config file, systemd READY/STATUS/STOPPING, JSON log file reopene
     // Log rotation: rename, SIGHUP, the next lines go to a new file of the same name.
     fs.renameSync(log, `${log}.1`);
     proc.kill('SIGHUP');
-    await sleep(200);
+    // The reopen creates the file: from then on the lines go there.
+    await pollFor('the log file reopened on SIGHUP', WAIT_MS, () => (fs.existsSync(log) ? true : undefined));
     await closeSession(port);
-    await pollFor('a line in the reopened log', 5000, () => (fs.existsSync(log) && jsonLines(log).some((r) => r.msg === 'Page-server session finished') ? true : undefined));
+    await pollFor('a line in the reopened log', WAIT_MS, () => (fs.existsSync(log) && jsonLines(log).some((r) => r.msg === 'Page-server session finished') ? true : undefined));
     assert.equal(jsonLines(`${log}.1`).filter((r) => r.msg === 'Page-server session finished').length, 1);
 
     // A reopen that fails (a directory where the file should be) keeps the old file, says why, and serves on.
     fs.renameSync(log, `${log}.2`);
     fs.mkdirSync(log);
     proc.kill('SIGHUP');
-    const warning = await pollFor('the reopen warning', 5000, () => jsonLines(`${log}.2`).find((r) => String(r.msg).startsWith('SIGHUP:')));
+    const warning = await pollFor('the reopen warning', WAIT_MS, () => jsonLines(`${log}.2`).find((r) => String(r.msg).startsWith('SIGHUP:')));
     assert.equal(warning.level, 'warn');
     assert.match(String(warning.msg), /^SIGHUP: cannot open the log file .*lazyd\.log: .*EISDIR.*; still writing to the file opened before$/);
     assert.ok(proc.running, 'a failed reopen must not stop the daemon');

@@ -19,6 +19,7 @@ import {
   formatMigration,
   HEADER_SIZE,
   lazyRestore,
+  pollFor,
   readLog,
   requireHost,
   runLazyMigration,
@@ -235,8 +236,14 @@ for (const version of CRIU_VERSIONS) {
           timeouts,
           checkSums: false, // the operations change what the passes add up to
           afterResume: (pid) => wakeWorkload(pid),
+          keepRunning: true, // until its forked child has reported (below)
         });
         t.diagnostic(describeRestore(restored));
+        // The forked child reports (fork-ok) once it has verified its memory, on its own time.
+        await pollFor("the forked child's report", 20_000, () => {
+          const { forkOk, bad } = readLog(checkpoint.workloadDir, restored.logOffsets[0]);
+          return forkOk.length + bad.length > 0 ? true : undefined;
+        });
         const log = readLog(checkpoint.workloadDir, restored.logOffsets[0]);
         t.diagnostic(`${log.ops.join('; ')}; lazy-pages tasks ${JSON.stringify(restored.lazyPages.tasks)}`);
         assert.equal(log.ops.filter((op) => / (munmap|mremap|dontneed) pages /.test(op)).length, 3, `operations missing: ${log.ops.join('; ')}`);
@@ -247,6 +254,7 @@ for (const version of CRIU_VERSIONS) {
         );
         const q = checkpoint.dataPages / 4;
         assert.equal(restored.passes[0].at(-1)!.ok, checkpoint.dataPages - q + q, 'pages verified after munmap (-q) and the grown mremap (+q)');
+        await restored.kill();
         const exit = await ps.finish();
         assert.equal(exit.code, 0);
       });

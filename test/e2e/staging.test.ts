@@ -17,6 +17,7 @@ import {
   buildWorkload,
   checkpointOf,
   CRIU_VERSIONS,
+  dumpPageCounts,
   E2E_TIMEOUTS as timeouts,
   findCriu,
   HEADER_SIZE,
@@ -112,10 +113,35 @@ async function dumpInto(criu: Criu, runDir: string, workload: Workload, workload
   return { checkpoint, workload };
 }
 
+type Staging = Awaited<ReturnType<typeof startStaging>>;
+
+/**
+ * A staged dump whose every task has lazy pages. criu's is_stack() quirk (see checkpointWorkload in the harness)
+ * applies to uploads too: with a thread's stack pointer page-aligned at the dump, criu marks no page of that task
+ * lazy (about one dump in a hundred of this two-thread workload; seen here once). Such a checkpoint cannot test a
+ * lazy restore: it is released and `dump(attempt)` runs again, at most 3 times, each later attempt with a fresh
+ * workload.
+ */
+async function withLazyPages(lazyd: Staging, stagingDir: string, dump: (attempt: number) => Promise<StagedDump>): Promise<StagedDump> {
+  for (let attempt = 1; ; attempt++) {
+    const dumped = await dump(attempt);
+    const counts = await dumpPageCounts(stagingDir);
+    const eager = counts.filter((c) => c.lazyPages === 0).map((c) => c.file);
+    if (counts.length > 0 && eager.length === 0) return dumped;
+    if (attempt >= 3) throw new Error(`criu dump into lazyd: ${eager.join(', ') || 'no pagemap'} without a lazy page, 3 times in a row`);
+    await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
+    await lazyd.service.releaseAndWait(lazyd.service.stagedCheckpoints()[0].id, 'no lazy page in the dump (criu is_stack() quirk)');
+    for (const name of stagedImages(stagingDir)) fs.rmSync(path.join(stagingDir, name));
+    fs.rmSync(dumped.checkpoint.workloadDir, { recursive: true, force: true });
+  }
+}
+
 /** Starts a workload, waits for a clean pass, and dumps it with `criu dump --page-server` into lazyd. */
-async function stagedDump(criu: Criu, runDir: string, stagingDir: string, port: number, onCleanup: (fn: () => unknown) => void, mib = 16): Promise<StagedDump> {
-  const { workload, workloadDir } = await startAndWarm(runDir, 'w', mib, onCleanup);
-  return dumpInto(criu, runDir, workload, workloadDir, stagingDir, port, mib);
+async function stagedDump(criu: Criu, runDir: string, stagingDir: string, lazyd: Staging, onCleanup: (fn: () => unknown) => void, mib = 16): Promise<StagedDump> {
+  return withLazyPages(lazyd, stagingDir, async () => {
+    const { workload, workloadDir } = await startAndWarm(runDir, 'w', mib, onCleanup);
+    return dumpInto(criu, runDir, workload, workloadDir, stagingDir, lazyd.port, mib);
+  });
 }
 
 /** The reply bytes to a GET of the page at vaddr of `pid` (CRIU's header layout of `version`); empty when refused. */
@@ -156,7 +182,8 @@ function stagedImages(dir: string): string[] {
   return fs.readdirSync(dir).filter((f) => /^(pagemap|pages)-/.test(f));
 }
 
-async function waitFor(what: string, fn: () => boolean, ms = 10_000): Promise<void> {
+/** Waits for fn(), with a deadline that only a failure reaches (a loaded machine is slow, not wrong). */
+async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!fn()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -165,7 +192,7 @@ async function waitFor(what: string, fn: () => boolean, ms = 10_000): Promise<vo
 }
 
 /** Waits for a log line that matches, and returns it. */
-async function pollLine(lines: LogLine[], match: (line: LogLine) => boolean, ms = 10_000): Promise<LogLine> {
+async function pollLine(lines: LogLine[], match: (line: LogLine) => boolean, ms = 20_000): Promise<LogLine> {
   let found: LogLine | undefined;
   await waitFor('a log line', () => (found = lines.find(match)) !== undefined, ms);
   return found!;
@@ -187,7 +214,7 @@ for (const version of CRIU_VERSIONS) {
       fs.mkdirSync(stagingDir, { recursive: true });
       const lazyd = await startStaging(stagingDir, { restores: 2 });
       onCleanup(() => lazyd.stop());
-      const { checkpoint, workload } = await stagedDump(criu, runDir, stagingDir, lazyd.port, onCleanup);
+      const { checkpoint, workload } = await stagedDump(criu, runDir, stagingDir, lazyd, onCleanup);
       t.diagnostic(`dump into lazyd took ${checkpoint.dumpMs.toFixed(0)} ms; original pid ${workload.pid} gone`);
 
       // The dump's directory is complete when the dump exits: lazyd's pagemap (PE_LAZY only) and pages images.
@@ -226,7 +253,7 @@ for (const version of CRIU_VERSIONS) {
       fs.mkdirSync(stagingDir, { recursive: true });
       const lazyd = await startStaging(stagingDir, { restores: 2 });
       onCleanup(() => lazyd.stop());
-      const { checkpoint } = await stagedDump(criu, runDir, stagingDir, lazyd.port, onCleanup);
+      const { checkpoint } = await stagedDump(criu, runDir, stagingDir, lazyd, onCleanup);
       await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
       const id = lazyd.service.stagedCheckpoints()[0].id;
       // Both restored trees would write into the dump's workload dir. Each restore runs in a mount namespace of
@@ -291,7 +318,9 @@ for (const version of CRIU_VERSIONS) {
       const { workload, workloadDir } = await startAndWarm(runDir, 'w', 16, onCleanup);
       const before = logOffset(workloadDir);
       await assert.rejects(runCriu(criu, 'dump', dumpArgs(workload.pid, stagingDir, lazyd.port), timeouts.dumpMs, { imagesDir: stagingDir }));
-      const refusal = lazyd.lines.find((l) => l.msg.includes('staging memory cap'));
+      // The refusal ends the session, and its line comes through the server thread's event queue: it may trail
+      // the dump's exit.
+      const refusal = await pollLine(lazyd.lines, (l) => l.msg.includes('staging memory cap'));
       assert.ok(refusal, 'lazyd logged the cap refusal');
       t.diagnostic(refusal.msg);
       assert.ok(workload.unshare.running, 'the original workload is still there');
@@ -394,12 +423,20 @@ for (const version of CRIU_VERSIONS) {
       assert.deepEqual(stagedImages(stagingDir), [], 'no pagemap or pages image left behind');
       assert.equal(lazyd.service.stats().stagingBytes, 0, 'the cut upload holds no memory');
 
-      // The daemon serves on: the retried dump of the same workload is staged, serves the page, and restores.
-      const { checkpoint } = await dumpInto(criu, runDir, workload, workloadDir, stagingDir, lazyd.port, 16);
+      // The daemon serves on: the retried dump of the same workload is staged, serves the page, and restores (should
+      // criu mark none of its pages lazy, a fresh workload is dumped: see withLazyPages).
+      const { checkpoint, workload: dumped } = await withLazyPages(lazyd, stagingDir, async (attempt) => {
+        if (attempt === 1) return dumpInto(criu, runDir, workload, workloadDir, stagingDir, lazyd.port, 16);
+        const fresh = await startAndWarm(runDir, 'w', 16, onCleanup);
+        return dumpInto(criu, runDir, fresh.workload, fresh.workloadDir, stagingDir, lazyd.port, 16);
+      });
+      // The staged event trails the dump's exit (the upload is kept when the dump hangs up after CLOSE).
+      await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
       const listed = await stagingList(control);
       assert.equal(listed.length, 1);
-      assert.deepEqual(listed[0].pids, [nsPid]);
-      assert.equal((await lazyGet(lazyd.port, version, nsPid, dataArea)).length, HEADER_SIZE[version] + PAGE_SIZE, 'the retried dump serves the page');
+      assert.deepEqual(listed[0].pids, [dumped.ready.nsPid]);
+      const dumpedArea = BigInt(dumped.ready.base);
+      assert.equal((await lazyGet(lazyd.port, version, dumped.ready.nsPid, dumpedArea)).length, HEADER_SIZE[version] + PAGE_SIZE, 'the retried dump serves the page');
       const daemon: DaemonKind = version === '4.1.1' ? 'lazyd' : 'criu';
       const restored = await lazyRestore({ checkpoint, server: lazyd, daemon, name: 'dst', progress: testProgress(t), onCleanup, timeouts });
       assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
@@ -423,14 +460,19 @@ for (const version of CRIU_VERSIONS) {
       const replyBytes = 1 + 4; // OPEN2's has_parent, CLOSE's status (one task, one pagemap)
       const relay = await startRelay(lazyd, { cut: { direction: 'to-client', bytes: replyBytes } });
       onCleanup(() => relay.close());
-      const { workload, workloadDir } = await startAndWarm(runDir, 'w', 16, onCleanup);
-      const { checkpoint } = await dumpInto(criu, runDir, workload, workloadDir, stagingDir, relay.port, 16);
+      // The lines of the dump that counts (see withLazyPages: a dump without lazy pages is done again).
+      let since = 0;
+      const { checkpoint, workload } = await withLazyPages(lazyd, stagingDir, async () => {
+        since = lazyd.lines.length;
+        const { workload, workloadDir } = await startAndWarm(runDir, 'w', 16, onCleanup);
+        return dumpInto(criu, runDir, workload, workloadDir, stagingDir, relay.port, 16);
+      });
       await relay.cut;
       assert.ok(!workload.unshare.running, 'the successful dump ended the original');
 
       await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
       const [staged] = lazyd.service.stagedCheckpoints();
-      const complaints = lazyd.lines.filter((l) => l.level >= 40);
+      const complaints = lazyd.lines.slice(since).filter((l) => l.level >= 40);
       assert.equal(complaints.length, 1, `one warning: ${JSON.stringify(complaints.map((l) => l.msg))}`);
       t.diagnostic(`lazyd: ${complaints[0].msg}`);
       assert.match(complaints[0].msg, /^Upload finished, but the dump's connection broke after lazyd had sent its CLOSE status \(Connection reset by peer\): .*so the upload is kept: staged as checkpoint #\d+; .*lazyd staging release \d+\)$/);
@@ -457,7 +499,7 @@ for (const version of CRIU_VERSIONS) {
         const control = path.join(runDir, 'lazyd.sock');
         const lazyd = await startStaging(stagingDir, { restores: 1 }, control);
         onCleanup(() => lazyd.stop());
-        const { checkpoint } = await stagedDump(criu, runDir, stagingDir, lazyd.port, onCleanup);
+        const { checkpoint } = await stagedDump(criu, runDir, stagingDir, lazyd, onCleanup);
         // The staged event trails the dump's exit (the upload is kept when the dump hangs up after CLOSE).
         await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
         const [staged] = lazyd.service.stagedCheckpoints();

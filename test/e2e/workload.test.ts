@@ -14,6 +14,7 @@ import {
   logOffset,
   parseLog,
   pidNamespaceMembers,
+  pollFor,
   readHeartbeats,
   readLog,
   readTouches,
@@ -129,7 +130,19 @@ test('workload: control files (fork, munmap, mremap, dontneed) with --threads an
         for (const name of ['do-fork', 'do-munmap', 'do-mremap', 'do-dontneed'] as const) touchControl(dir, name);
       }
       wakeWorkload(w.pid);
-      const passes = await waitForAllPasses(w.dir, 2, 2, 10_000, { pid: w.pid, fromOffsets: offsets });
+      await waitForAllPasses(w.dir, 2, 2, 10_000, { pid: w.pid, fromOffsets: offsets });
+      // Each instance takes the files one by one at the top of a round, so it may take some in one round and the
+      // rest in the next; its forked child reports on its own time. Once every instance has logged all four
+      // operations and its child's report, the passes that follow are those of the changed memory.
+      await pollFor('each instance to act on the four control files', 10_000, () =>
+        dirs.every((dir, i) => {
+          const log = readLog(dir, offsets[i]);
+          return log.ops.length >= 4 && log.forkOk.length >= 1;
+        })
+          ? true
+          : undefined,
+      );
+      const passes = await waitForAllPasses(w.dir, 2, 1, 10_000, { pid: w.pid, fromOffsets: dirs.map((d) => logOffset(d)) });
       for (const [i, dir] of dirs.entries()) {
         const log = readLog(dir, offsets[i]);
         assert.equal(log.ops.length, 4, `${dir}: ${log.ops.join('; ')}`);

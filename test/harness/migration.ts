@@ -19,7 +19,7 @@ import path from 'node:path';
 import { findCriu, readLazyPagesSummary, runCriu, startCriu, type Criu, type CriuVersion, type LazyPagesSummary } from './criu.js';
 import { readPagemap } from '../../src/images/pagemap.js';
 import { freePort, lazydBin, startPageServer, type PageServer, type PageServerOptions, type ServerKind } from './page-server.js';
-import { startWithStatusFd, type ExitInfo, type Proc } from './process.js';
+import { pollFor, processAlive, startWithStatusFd, type ExitInfo, type Proc } from './process.js';
 import { startRelay } from './relay.js';
 import {
   buildWorkload,
@@ -277,19 +277,34 @@ async function startLazyDump(
   netns?: string,
 ): Promise<{ dumpMs: number; dumpServer: DumpServer }> {
   const address = where.address ?? '127.0.0.1';
-  const port = where.port || (await freePort(address));
-  progress(`criu ${criu.version} dump -t ${workload.pid} --lazy-pages --address ${address} --port ${port} (background)`);
-  const started = performance.now();
-  const proc = await startCriu(
-    criu,
-    'dump',
-    [
-      ...['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', '--lazy-pages', '--address', address, '--port', String(port)],
-      ...(where.extraArgs ?? []),
-    ],
-    timeouts.dumpMs,
-    { imagesDir, netns },
-  );
+  let port: number;
+  let proc: Proc;
+  let started: number;
+  for (let attempt = 1; ; attempt++) {
+    port = where.port || (await freePort(address));
+    progress(`criu ${criu.version} dump -t ${workload.pid} --lazy-pages --address ${address} --port ${port} (background)`);
+    started = performance.now();
+    try {
+      proc = await startCriu(
+        criu,
+        'dump',
+        [
+          ...['-t', String(workload.pid), '-D', imagesDir, '-v4', '-o', 'dump.log', '--lazy-pages', '--address', address, '--port', String(port)],
+          ...(where.extraArgs ?? []),
+        ],
+        timeouts.dumpMs,
+        { imagesDir, netns },
+      );
+      break;
+    } catch (error) {
+      // A port picked here is free only until someone else binds it; then criu cannot bind it, fails the dump and
+      // resumes the tasks: dump them again on another port (at most 3 times).
+      const taken = !where.port && attempt < 3 && /Address already in use/.test((error as Error).message);
+      if (!taken || !processAlive(workload.pid)) throw error;
+      progress(`criu dump --lazy-pages: port ${port} was taken before criu bound it; dumping again on another port`);
+      for (const name of fs.readdirSync(imagesDir)) if (name.endsWith('.img')) fs.rmSync(path.join(imagesDir, name));
+    }
+  }
   const dumpMs = performance.now() - started;
   const dumpServer: DumpServer = {
     address,
@@ -339,6 +354,11 @@ export interface RestoreOptions {
   keepRunning?: boolean;
   /** Called as soon as `criu restore` has returned, while pages are still arriving (e.g. to touch control files). */
   afterResume?: (restoredPid: number) => Promise<void> | void;
+  /**
+   * Called once the lazy-pages daemon is ready (listening for the restore) and before `criu restore` starts: what
+   * runs here sees the daemon before any page is installed.
+   */
+  onDaemonReady?: (daemon: Proc, dstDir: string) => Promise<void> | void;
   criu?: Criu;
   timeouts?: Partial<Timeouts>;
   progress?: Progress;
@@ -523,6 +543,7 @@ export async function startLazyRestore(options: RestoreOptions): Promise<Started
   });
   const daemonStartMs = performance.now() - daemonStart;
   options.onCleanup?.(() => lazyPages.kill('SIGKILL'));
+  await options.onDaemonReady?.(lazyPages, dstDir);
 
   const offsets = instanceDirs(workloadDir, children).map((dir) => logOffset(dir));
   const restoreStartNs = nowNs();
@@ -662,9 +683,10 @@ export interface MigrationOptions {
   server: SourceKind;
   /** The destination daemon (default 'criu'). */
   daemon?: DaemonKind;
-  /** Extra daemon arguments / environment (see RestoreOptions). */
+  /** Extra daemon arguments / environment, and the hook between the daemon's start and the restore's (see RestoreOptions). */
   daemonArgs?: string[];
   daemonEnv?: NodeJS.ProcessEnv;
+  onDaemonReady?: RestoreOptions['onDaemonReady'];
   /** The workload acts on these control files right after the restore (then sums are not checked). */
   controlFiles?: ControlFile[];
   workload: WorkloadOptions;
@@ -806,6 +828,9 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
       } else if (staging || options.server === 'lazyd-staging') {
         server = staging!;
         source = staging!;
+        // lazyd stages the upload when the dump hangs up after its CLOSE status, which may trail the dump's exit.
+        const log = staging!.logFile;
+        await pollFor(`lazyd to stage the upload (${log})`, 20_000, () => (/Staged checkpoint #\d+/.test(fs.readFileSync(log, 'utf8')) ? true : undefined));
         await options.beforeRestore?.(server, checkpoint);
       } else {
         progress?.(`starting the page server (${options.server}) on ${checkpoint.imagesDir}`);
@@ -837,6 +862,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         daemon,
         daemonArgs: options.daemonArgs,
         daemonEnv: options.daemonEnv,
+        onDaemonReady: options.onDaemonReady,
         passes: options.passes,
         checkSums: controls.length === 0,
         afterResume: controls.length ? (pid) => wakeWorkload(pid) : undefined,

@@ -70,6 +70,24 @@ export async function freePort(address = '127.0.0.1'): Promise<number> {
   });
 }
 
+/** How a server that could not bind its port says so (criu, lazyd, node). */
+const PORT_IN_USE_RE = /address already in use|EADDRINUSE|port is in use/i;
+
+/**
+ * Runs `start` with a port freePort() picked: the port is free only until another process binds it, so when
+ * `start` fails because it is in use, it runs again with another one (3 times in all).
+ */
+export async function onFreePort<T>(start: (port: number) => Promise<T>, address = '127.0.0.1'): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort(address);
+    try {
+      return await start(port);
+    } catch (error) {
+      if (attempt >= 3 || !PORT_IN_USE_RE.test((error as Error).message)) throw error;
+    }
+  }
+}
+
 /**
  * Starts a page server of the given kind and resolves once it listens (status byte, and the port for lazyd).
  * Without a port, criu and the drop-in get a free one picked here; should another process take it first, the
@@ -81,7 +99,7 @@ export async function startPageServer(options: PageServerOptions): Promise<PageS
     try {
       return await startPageServerOnce(options);
     } catch (error) {
-      if (!pickPort || attempt >= 3 || !/address already in use|EADDRINUSE|port is in use/i.test((error as Error).message)) throw error;
+      if (!pickPort || attempt >= 3 || !PORT_IN_USE_RE.test((error as Error).message)) throw error;
     }
   }
 }
@@ -138,8 +156,8 @@ async function startPageServerOnce(options: PageServerOptions): Promise<PageServ
   const spec = { name, file, args: [...args, '--status-fd', '3'], cwd: options.imagesDir, logFile: absLog, netns: options.netns };
   const proc = await startWithStatusFd(spec, readyTimeoutMs, onStdout);
   if (options.kind === 'lazyd') {
-    // The line may trail the status byte by a moment.
-    const deadline = performance.now() + 5000;
+    // The line may trail the status byte by a moment (the deadline is one only a failure reaches).
+    const deadline = performance.now() + 15_000;
     while (announced === undefined && proc.running && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     if (announced === undefined) {
       proc.kill('SIGKILL');

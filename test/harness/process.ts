@@ -36,6 +36,11 @@ export function spawnArgs(spec: CommandSpec): { file: string; args: string[] } {
 }
 
 const OUTPUT_LIMIT = 64 * 1024;
+/**
+ * After a process exits, how long to wait for its stdout/stderr pipes to reach end-of-file. They normally do at
+ * once (every byte it wrote is already in the pipe); only a descendant that inherited them keeps them open.
+ */
+const OUTPUT_DRAIN_MS = 5000;
 
 /** The last lines of a log that look like errors ("Error" / "ERROR"), or the last lines at all. */
 export function logTail(file: string | undefined, maxLines = 6): string {
@@ -89,6 +94,10 @@ export class Proc {
     };
     this.child.stdout?.on('data', collect);
     this.child.stderr?.on('data', collect);
+    // 'exit' can come before the last 'data' of stdout/stderr: `exited` waits for both pipes to end too, so what
+    // the process wrote just before it exited (a summary, its error line) is in outputText once it resolves.
+    const pipes = [this.child.stdout, this.child.stderr].filter((pipe) => pipe !== null);
+    const drained = Promise.all(pipes.map((pipe) => new Promise<void>((resolve) => pipe.once('close', () => resolve()))));
     this.exited = new Promise<ExitInfo>((resolve) => {
       let settled = false;
       const done = (info: ExitInfo) => {
@@ -102,7 +111,11 @@ export class Proc {
         this.output += `\nspawn error: ${error.message}`;
         if (this.child.pid === undefined) done({ code: 127, signal: null, ms: performance.now() - this.startedAt });
       });
-      this.child.on('exit', (code, signal) => done({ code, signal, ms: performance.now() - this.startedAt }));
+      this.child.on('exit', (code, signal) => {
+        const info = { code, signal, ms: performance.now() - this.startedAt };
+        this.exitInfo = info; // not running any more, whatever its pipes do
+        void Promise.race([drained, sleep(OUTPUT_DRAIN_MS, undefined, { ref: false })]).then(() => done(info));
+      });
     });
   }
 

@@ -52,7 +52,10 @@ export async function startRelay(target: { address: string; port: number }, opti
     const forward = (from: net.Socket, to: net.Socket, direction: RelayDirection) => {
       const cutAt = options.cut?.direction === direction ? options.cut.bytes : Infinity;
       const rate = options.throttle?.direction === direction ? options.throttle.bytesPerSecond : Infinity;
-      const started = performance.now();
+      // When the link is free again (performance.now() ms). A link that sat idle does not pass a burst afterwards:
+      // measured from the connection's start, the time a restore spends before it asks for its pages would let
+      // that many seconds' worth of bytes through at once, and the transfer would not be in progress any more.
+      let freeAt = 0;
       let count = 0;
       from.on('data', (chunk: Buffer) => {
         if (count >= cutAt) return;
@@ -64,8 +67,10 @@ export async function startRelay(target: { address: string; port: number }, opti
           if (last) reset();
         });
         if (last) return;
-        // Throttled: wait until the bytes so far fit the rate; always wait for the peer to drain.
-        const aheadMs = (count / rate) * 1000 - (performance.now() - started);
+        // Throttled: the chunk occupies the link for part.length / rate; always wait for the peer to drain.
+        const now = performance.now();
+        freeAt = Math.max(freeAt, now) + (part.length / rate) * 1000;
+        const aheadMs = freeAt - now;
         if (flushed && aheadMs <= 0) return;
         from.pause();
         const drained = flushed ? Promise.resolve() : new Promise((resolve) => to.once('drain', resolve));

@@ -103,10 +103,23 @@ test('terminal line: drawn in place, taken down around log lines, never when dis
     const file = path.join(dir, 'tty');
     const fd = fs.openSync(file, 'w');
     const line = new TerminalLine(fd, true);
+    // 0.7 s of the restore on the samples' own clock: one sample per 50 ms poll, 14 of them, then no more (the
+    // restore is over). The line is drawn after the polls whatever the machine's load did to their timing.
+    const SAMPLES = 14;
     let present = 0;
-    const progress = new RestoreProgress(line, () => ({ present: (present += 100), total: 1000, atMs: performance.now() }), 4096, 200);
+    let samples = 0;
+    const progress = new RestoreProgress(
+      line,
+      () => (samples < SAMPLES ? { present: (present += 100), total: 1000, atMs: 50 * samples++ } : undefined),
+      4096,
+      200,
+    );
     progress.start();
-    await new Promise((resolve) => setTimeout(resolve, 700));
+    const deadline = performance.now() + 10_000;
+    while (samples < SAMPLES) {
+      assert.ok(performance.now() < deadline, `the progress line took ${samples} of ${SAMPLES} samples in 10 s`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
     line.around(() => fs.writeSync(fd, 'a log line\n'));
     progress.stop();
     fs.closeSync(fd);

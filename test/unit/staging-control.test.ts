@@ -38,7 +38,8 @@ async function upload(port: number, stream: Buffer, expectReplies: number): Prom
   });
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 5000): Promise<T> {
+/** Waits for fn() to give a value, with a deadline that only a failure reaches (a loaded machine is slow). */
+async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 20_000): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
     const value = await fn();
@@ -106,7 +107,10 @@ for (const version of ['4.1.1', '4.2.1']) {
       assert.equal(released.code, 0, released.stderr);
       assert.equal(released.stdout, `released checkpoint #${id} (pids ${pid})\n`);
       assert.equal(await sendStagingCommand(socketPath, 'list'), 'ok []');
-      assert.match(output, new RegExp(`checkpoint #${id} released: released on request \\(control socket\\)`));
+      // The daemon logged the release before it answered, but its stderr reaches us through a pipe of our own.
+      const releasedLine = new RegExp(`checkpoint #${id} released: released on request \\(control socket\\)`);
+      await until('the release in the daemon\'s log', () => (releasedLine.test(output) ? true : undefined));
+      assert.match(output, releasedLine);
       // The same pid can be staged again, and released by id.
       await upload(port, stream, replies);
       const again = await until('the second staged checkpoint', async () => {
