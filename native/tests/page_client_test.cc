@@ -44,6 +44,8 @@ struct Server {
   std::thread thread;
   std::atomic<int> gets{0};
   std::atomic<bool> closed_ok{false};
+  // How the client's end arrived where a header was due (not after CLOSE): -1 not yet, 0 an EOF, else the errno.
+  std::atomic<int> ended{-1};
 
   void start(wire::Format format, Misbehave misbehave, bool ipv6 = false) {
     listen_fd = socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -97,6 +99,11 @@ struct Server {
     const size_t hs = wire::header_size(format);
     for (;;) {
       uint8_t head[wire::HEADER_SIZE_MAX];
+      ssize_t peeked = recv(fd, head, 1, MSG_PEEK);
+      if (peeked <= 0) {
+        ended = peeked == 0 ? 0 : errno;
+        break;
+      }
       if (!read_all(fd, head, hs)) break;
       wire::Header h = wire::decode(format, head);
       if (h.command() == wire::PS_IOV_CLOSE) {
@@ -216,6 +223,7 @@ static void test_pipelined(wire::Format format, bool ipv6, const char* host) {
   CHECK(client.fd() == -1);
   server.finish();
   CHECK(server.closed_ok.load());
+  CHECK(server.ended.load() == -1);  // the clean end came after CLOSE, as a FIN
   CHECK(server.gets.load() == static_cast<int>(asks.size()));
 }
 
@@ -347,6 +355,53 @@ static void test_local_source() {
   close(fd);
 }
 
+// A client that goes away without an answered CLOSE ends with a reset, never an EOF: `criu dump --lazy-pages`
+// would take an EOF at a header boundary for a finished transfer and kill the original tasks (docs/protocol.md
+// §1.7). Both with a request outstanding (destroyed) and after an error (close() refused to send CLOSE).
+static void test_reset_unless_closed() {
+  {
+    Server server;
+    server.start(wire::Format::V24, Misbehave::kSilent);
+    {
+      PageClient client(wire::Format::V24, P);
+      CHECK(client.connect("127.0.0.1", server.port, 2000) == 0);
+      std::vector<uint8_t> buf(P);
+      PageRequest req;
+      req.pid = 1;
+      req.img_vaddr = 0x10000;
+      req.nr_pages = 1;
+      req.buf = buf.data();
+      CHECK(client.submit(req) == 0);
+      std::vector<PageReply> done;
+      for (int i = 0; i < 100 && server.gets.load() < 1; i++) {
+        CHECK(client.pump(&done) == 0);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      CHECK(server.gets.load() == 1);
+    }  // destroyed with the GET unanswered and nothing unread
+    server.finish();
+    CHECK(server.ended.load() == ECONNRESET);
+  }
+  {
+    // An error of the client's own (a request it cannot encode: no wire format chosen) while the server waits at
+    // a header boundary; close() then sends no CLOSE.
+    Server server;
+    server.start(wire::Format::V32, Misbehave::kSilent);
+    PageClient client(wire::Format::Unknown, P);
+    CHECK(client.connect("127.0.0.1", server.port, 2000) == 0);
+    std::vector<uint8_t> buf(P);
+    PageRequest req;
+    req.pid = 1;
+    req.img_vaddr = 0x10000;
+    req.nr_pages = 1;
+    req.buf = buf.data();
+    CHECK(client.submit(req) == -EINVAL);
+    CHECK(client.close(100, nullptr) == -EPIPE);
+    server.finish();
+    CHECK(server.ended.load() == ECONNRESET);
+  }
+}
+
 int main() {
   alarm(60);  // never hang a test run
   test_pipelined(wire::Format::V24, false, "127.0.0.1");
@@ -359,6 +414,7 @@ int main() {
   expect_failure(wire::Format::V32, Misbehave::kTooMany, -EPROTO, "replied with 5 pages for a GET of 4");
   expect_failure(wire::Format::V24, Misbehave::kHangUp, -ECONNRESET, "3 request(s) unanswered");
   test_stall();
+  test_reset_unless_closed();
   test_connect_errors();
   test_local_source();
   check_report();

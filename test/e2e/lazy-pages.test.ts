@@ -14,11 +14,14 @@
 //   (5) the page server SIGKILLed mid-restore: lazyd exits 1 with a clear error and kills the restored tree
 //   (6) a restore that hands over its tasks but never sends RSTF: lazyd times out, kills the sender, exits 1
 //   (7) criu's daemon form: `lazyd lazy-pages -d --pidfile` returns once ready, the daemon serves and exits
+//   (8) lazyd stopped (SIGTERM) mid-transfer from `criu dump --lazy-pages`: the dump fails and resumes the original,
+//       which verifies (an EOF instead of a reset would make the dump kill it: both copies lost)
 // Prerequisites (root, both CRIU versions, fs.pipe-max-size) are checked by every test: a missing one FAILS it.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { test, type TestContext } from 'node:test';
 import {
   assertCleanLog,
@@ -356,6 +359,66 @@ for (const version of CRIU_VERSIONS) {
       assert.match(log, /Lazy pages done: \d+ pages installed/);
       assert.doesNotMatch(log, /Error|Warn/);
       await waitForPasses(checkpoint.workloadDir, 2, timeouts.passesMs, { fromOffset: offsets[0], pid: restored });
+    });
+  });
+
+  // (8) lazyd gives up mid-transfer (SIGTERM; the same path as any failure of its own) while the pages come from
+  // `criu dump --lazy-pages` itself. lazyd kills the restored tree (its memory can never be completed), so the
+  // original must live on: CRIU resumes it only when its lazy client's connection ends with a reset, and kills it
+  // after an EOF at a header boundary (docs/protocol.md §1.7). The relay passes a reset on as a reset, a FIN as a
+  // FIN.
+  test(`CRIU ${version}: (8) lazyd stopped mid-transfer from criu dump --lazy-pages: the dump resumes the original`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    const criu = findCriu(version);
+    await withRunDir(`${version}-lp-giveup`, async (runDir, onCleanup) => {
+      const progress = testProgress(t);
+      const checkpoint = await checkpointWorkload({
+        criu,
+        runDir,
+        workload: { mib: 64, order: 'random' },
+        progress,
+        onCleanup,
+        timeouts,
+        lazyDump: { address: '127.0.0.1' },
+      });
+      const dump = checkpoint.dumpServer!;
+      onCleanup(() => dump.kill());
+      let dumpEnded = false;
+      void dump.proc.exited.then(() => (dumpEnded = true));
+      // 4 MiB/s: the 64 MiB take 16 s, so the transfer is surely in progress when lazyd stops.
+      const relay = await startRelay(dump, { throttle: { direction: 'to-client', bytesPerSecond: 4 * 1024 * 1024 } });
+      onCleanup(() => relay.close());
+      const dstDir = path.join(runDir, 'dst');
+      copyCheckpointImages(checkpoint.imagesDir, dstDir);
+      const daemon = await startLazyPagesDaemon({ daemon: 'lazyd', criu, dstDir, server: relay, readyTimeoutMs: timeouts.readyMs });
+      onCleanup(() => daemon.kill('SIGKILL'));
+      const pidfile = path.join(dstDir, 'restored.pid');
+      await runCriu(criu, 'restore', ['--lazy-pages', '-D', dstDir, '-d', '-v4', '-o', 'restore.log', '--pidfile', pidfile], timeouts.restoreMs, {
+        imagesDir: dstDir,
+      });
+      const restoredPid = readPidfile(pidfile);
+      assert.ok(restoredPid, 'criu restore wrote no pid');
+      onCleanup(() => killPidNamespace(restoredPid).catch(() => undefined));
+      // lazyd's requests stop reaching the dump: it answers what it got and then waits at a header boundary, while
+      // lazyd has requests outstanding and nothing unread. Closing then with a FIN would read as a clean end.
+      await relay.hold();
+      await pollFor('the restored workload to wait for a page', 10_000, () => (waitsForPage(restoredPid) ? true : undefined), 20);
+      assert.ok(!dumpEnded, 'the dump ended before lazyd stopped');
+
+      daemon.kill('SIGTERM');
+      const exit = await daemon.wait(FAILURE_EXIT_MS);
+      assert.equal(exit.code, 1, `lazyd must exit 1: ${daemon.outputText}`);
+      await pollFor('the restored workload to be gone', 5000, () => (processAlive(restoredPid) ? undefined : true), 20);
+      const offset = logOffset(checkpoint.workloadDir);
+
+      const dumpExit = await Promise.race([dump.proc.exited, sleep(30_000).then(() => undefined)]);
+      assert.ok(dumpExit, 'criu dump did not end within 30 s of lazyd stopping');
+      t.diagnostic(`criu dump exited ${JSON.stringify(dumpExit)}`);
+      assert.notEqual(dumpExit.code, 0, 'criu dump must count the lazy transfer as failed');
+      const dumpLog = fs.readFileSync(path.join(checkpoint.imagesDir, 'dump.log'), 'utf8');
+      assert.match(dumpLog, /Lazy pages transfer FAILED/, 'criu dump must report the failed lazy transfer');
+      // The original runs on, with the memory it had: two clean passes with its own sum, after the restored copy died.
+      await waitForPasses(checkpoint.workloadDir, 2, timeouts.passesMs, { fromOffset: offset, expectSum: checkpoint.sums[0] });
     });
   });
 }

@@ -3,9 +3,12 @@
 //   cut       after N bytes one way on a connection, both sides are closed with a reset (SO_LINGER 0): each
 //             peer sees ECONNRESET/EPIPE mid-stream, as when the link or the other host dies;
 //   throttle  at most R bytes per second one way (a slow link), so a transfer is surely still in progress
-//             when the test interferes.
-// Once one side of a connection goes away the other is closed too, so a killed client shows up at the server
-// as a connection closed mid-transfer.
+//             when the test interferes;
+//   hold      (on demand) from now on the requests are swallowed: the server answers what it already got and then
+//             waits at a header boundary, while the client waits for replies that never come.
+// Once one side of a connection goes away the other is closed too, the way it went: a reset passes on as a reset
+// (CRIU tells them apart: `criu dump --lazy-pages` takes an EOF for a finished transfer and a reset for a failed
+// one), a close as a close.
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -25,6 +28,11 @@ export interface Relay {
   forwarded: Record<RelayDirection, number>;
   /** Connections accepted so far. */
   connections(): number;
+  /**
+   * Drops every byte to the server from now on; resolves once nothing has come back from the server for quietMs
+   * (its answers to what it had got are through).
+   */
+  hold(quietMs?: number): Promise<void>;
   /** Stops listening and destroys every connection. */
   close(): Promise<void>;
 }
@@ -33,6 +41,8 @@ export async function startRelay(target: { address: string; port: number }, opti
   const forwarded: Record<RelayDirection, number> = { 'to-server': 0, 'to-client': 0 };
   const sockets = new Set<net.Socket>();
   let accepted = 0;
+  let holding = false;
+  let lastToClientAt = performance.now();
   let resolveCut!: () => void;
   const cut = new Promise<void>((resolve) => (resolveCut = resolve));
 
@@ -58,7 +68,8 @@ export async function startRelay(target: { address: string; port: number }, opti
       let freeAt = 0;
       let count = 0;
       from.on('data', (chunk: Buffer) => {
-        if (count >= cutAt) return;
+        if (direction === 'to-client') lastToClientAt = performance.now();
+        if (count >= cutAt || (holding && direction === 'to-server')) return;
         const part = count + chunk.length >= cutAt ? chunk.subarray(0, cutAt - count) : chunk;
         count += part.length;
         forwarded[direction] += part.length;
@@ -80,8 +91,12 @@ export async function startRelay(target: { address: string; port: number }, opti
     };
     forward(client, upstream, 'to-server');
     forward(upstream, client, 'to-client');
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
+    const passOn = (to: net.Socket) => (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ECONNRESET') to.resetAndDestroy();
+      else to.destroy();
+    };
+    client.on('error', passOn(upstream));
+    upstream.on('error', passOn(client));
     client.on('close', () => upstream.destroy());
     upstream.on('close', () => client.destroy());
   });
@@ -96,6 +111,11 @@ export async function startRelay(target: { address: string; port: number }, opti
     cut,
     forwarded,
     connections: () => accepted,
+    async hold(quietMs = 500) {
+      holding = true;
+      lastToClientAt = performance.now();
+      while (performance.now() - lastToClientAt < quietMs) await sleep(50);
+    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();
