@@ -10,7 +10,7 @@ import { configArguments, DEFAULT_CONFIG_FILE, extractConfigFlag, optionTable, r
 import { argvProblem, roleOf } from './role-argv.js';
 import { addFlags } from './yargs-options.js';
 import { tlsOptionsFrom } from './tls-options.js';
-import { CHECK, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_COMMAND } from '../config/flags.js';
+import { CHECK, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
 import { resolveValues } from '../config/resolve.js';
 
 /** Each command's options, for the config files: what a command accepts, its switches, and its aliases. */
@@ -90,15 +90,15 @@ export async function main(argv: readonly string[]): Promise<number> {
     )
     .command(
       'staging <action> [id]',
-      'list or release the checkpoints a running `lazyd --page-server --control-socket PATH` holds',
+      'list or release the checkpoints a running `lazyd --page-server --control-socket PATH` holds, or relay one from `criu dump --lazy-pages`',
       (y) =>
         addFlags(y, STAGING_COMMAND.flags)
-          .positional('action', { choices: ['list', 'release'] as const, describe: 'list the staged checkpoints, or release one' })
+          .positional('action', { choices: STAGING_ACTIONS, describe: 'list the staged checkpoints, release one, or relay a lazy dump into the daemon' })
           .positional('id', { type: 'number', describe: 'release: the checkpoint id (as list shows it)' }),
       async (a) => {
         const values = resolveValues(STAGING_COMMAND, given(a));
         const { runStaging } = await import('../commands/staging.js');
-        exitCode = await runStaging({ action: a.action!, controlSocket: values.controlSocket!, id: a.id, pid: values.pid, json: values.json });
+        exitCode = await runStaging({ action: a.action!, controlSocket: values.controlSocket!, id: a.id, pid: values.pid, json: values.json, relay: values });
       },
     )
     .command(

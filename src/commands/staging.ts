@@ -1,28 +1,69 @@
-// `lazyd staging list|release` — talks to a running `lazyd --page-server --control-socket PATH`.
-import { sendStagingCommand } from '../staging/control.js';
+// `lazyd staging list|release|relay` — talks to a running `lazyd --page-server --control-socket PATH`.
+import path from 'node:path';
+import { sendStagingCommand, type ListedCheckpoint } from '../staging/control.js';
+import type { Values } from '../config/flag.js';
+import { parseHostPort, type STAGING_COMMAND, type STAGING_ACTIONS } from '../config/flags.js';
+import { wireFormatFromAbi } from '../protocol/criu-abi.js';
+
+/** The daemon's connect to the dump: on loopback it is answered at once or refused. */
+const RELAY_CONNECT_TIMEOUT_MS = 10_000;
 
 export interface StagingCommandOptions {
-  action: 'list' | 'release';
+  action: (typeof STAGING_ACTIONS)[number];
   controlSocket: string;
   /** release: the checkpoint id (as `list` shows it)... */
   id?: number;
   /** ...or a pid it holds. */
   pid?: number;
   json?: boolean;
+  /** relay: the flags' values (src/config/flags.ts, RELAY). */
+  relay?: Values<typeof STAGING_COMMAND.flags>;
 }
 
-interface ListedCheckpoint {
-  id: number;
-  pids: number[];
-  bytes: number;
-  restores: number;
-  stagedAt: string;
+/** The control socket's relay line from the flags; throws one line when --from is missing. */
+export function relayCommandLine(values: Values<typeof STAGING_COMMAND.flags>, cwd = process.cwd()): string {
+  if (values.from === undefined) throw new Error("relay: give the dump's address with --from HOST:PORT (its --address and --port)");
+  const { host, port } = parseHostPort(values.from)!;
+  const format = wireFormatFromAbi(values.criuAbi);
+  const request = {
+    dir: path.resolve(cwd, values.imagesDir),
+    host,
+    port,
+    wait: values.wait,
+    listenTimeoutMs: Math.round(values.listenTimeout * 1000),
+    tls: values.relayTls,
+    ...(format ? { format } : {}),
+    requestBytes: values.relayRequestBytes,
+    inflightBytes: values.relayInflightBytes,
+    stallTimeoutMs: values.relayStallTimeout * 1000,
+    connectTimeoutMs: RELAY_CONNECT_TIMEOUT_MS,
+  };
+  return `relay ${JSON.stringify(request)}`;
+}
+
+function listLine(c: ListedCheckpoint): string {
+  const mib = (c.bytes / (1024 * 1024)).toFixed(1);
+  const relay = c.relay
+    ? `  relay ${c.relay.state} ${c.relay.pagesHeld}/${c.relay.pagesTotal} pages from ${c.relay.from}${c.relay.message ? ` (${c.relay.message})` : ''}`
+    : '';
+  return `#${c.id}  pids ${c.pids.join(',')}  ${mib} MiB  ${c.restores} restores  staged ${c.stagedAt}${relay}\n`;
 }
 
 export async function runStaging(options: StagingCommandOptions): Promise<number> {
   let command: string;
   if (options.action === 'list') {
     command = 'list';
+  } else if (options.action === 'relay') {
+    if (options.id !== undefined) {
+      process.stderr.write(`lazyd staging relay: unexpected argument "${options.id}": the checkpoint id comes from the daemon\n`);
+      return 1;
+    }
+    try {
+      command = relayCommandLine(options.relay!);
+    } catch (error) {
+      process.stderr.write(`lazyd staging ${(error as Error).message}\n`);
+      return 1;
+    }
   } else if ((options.id === undefined) === (options.pid === undefined)) {
     process.stderr.write('lazyd staging release: give a checkpoint id or --pid (one of them)\n');
     return 1;
@@ -31,7 +72,8 @@ export async function runStaging(options: StagingCommandOptions): Promise<number
   }
   let answer: string;
   try {
-    answer = await sendStagingCommand(options.controlSocket, command);
+    // A relay answers when the pull is complete: as long as that takes (the daemon's stall timeout bounds it).
+    answer = await sendStagingCommand(options.controlSocket, command, options.action === 'relay' ? 0 : undefined);
   } catch (error) {
     process.stderr.write(`lazyd staging: ${(error as Error).message}\n`);
     return 1;
@@ -44,10 +86,7 @@ export async function runStaging(options: StagingCommandOptions): Promise<number
   if (options.action === 'list' && !options.json) {
     const list = JSON.parse(body) as ListedCheckpoint[];
     if (!list.length) process.stdout.write('no staged checkpoint\n');
-    for (const c of list) {
-      const mib = (c.bytes / (1024 * 1024)).toFixed(1);
-      process.stdout.write(`#${c.id}  pids ${c.pids.join(',')}  ${mib} MiB  ${c.restores} restores  staged ${c.stagedAt}\n`);
-    }
+    for (const c of list) process.stdout.write(listLine(c));
   } else {
     process.stdout.write(body + '\n');
   }

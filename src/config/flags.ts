@@ -475,6 +475,82 @@ export const LAZY_PAGES = role({
   tlsOn: (given) => given.tls === true && given.pageServer === true,
 });
 
+/** The actions of `lazyd staging` (its first positional). */
+export const STAGING_ACTIONS = ['list', 'release', 'relay'] as const;
+
+/**
+ * Relay staging (README "Relay staging"): `lazyd staging relay -D DIR --from HOST:PORT` has the daemon pull the
+ * lazy pages of a `criu dump --lazy-pages` on this host. Bulk requests: on loopback a dump's page-pipe buffer
+ * clamps each reply anyway, so larger requests gain nothing; the bytes in flight bound how long a demand fetch
+ * for a restore waits behind the bulk pull.
+ */
+const RELAY = {
+  imagesDir: { ...IMAGES.imagesDir, describe: "relay: the dump's -D (its images, written before it serves)" },
+  from: flag({
+    type: 'string',
+    arg: 'HOST:PORT',
+    describe: "relay: the dump's --address and --port (`127.0.0.1:9877`, `[::1]:9877`)",
+    check: (value) => (parseHostPort(value) ? undefined : 'HOST:PORT (a numeric address and a port 1-65535)'),
+  }),
+  wait: flag({
+    type: 'boolean',
+    default: true,
+    describe: 'relay: answer once every lazy page is held and the dump has its CLOSE (--no-wait: once the pull runs)',
+  }),
+  listenTimeout: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 60,
+    min: 0,
+    fraction: true,
+    zero: 'no limit',
+    describe: "relay: seconds to wait for the dump's page server to listen on --from",
+  }),
+  relayRequestBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 1024 * 1024,
+    min: 4096,
+    describe: 'relay: the size of each bulk request to the dump',
+  }),
+  relayInflightBytes: flag({
+    type: 'number',
+    unit: 'bytes',
+    default: 4 * 1024 * 1024,
+    min: 4096,
+    describe: 'relay: bulk bytes in flight to the dump (a demand page for a restore waits behind at most these)',
+  }),
+  relayStallTimeout: {
+    ...stallTimeout,
+    native: undefined,
+    describe: "relay: seconds the dump's server may send nothing while requests are outstanding; then the relay fails",
+  },
+  relayTls: flag({
+    type: 'boolean',
+    default: false,
+    describe: "relay: the dump runs with --tls: talk TLS to it with the daemon's own --tls-* certificate",
+  }),
+  criuAbi: {
+    ...ABI.criuAbi,
+    native: undefined,
+    describe: "relay: the dump's header layout: auto (from its pagemaps), 4.1 (24-byte headers) or 4.2 (32-byte)",
+    doc: "relay: the dump's header layout: `4.1` (24-byte headers) or `4.2` (32-byte); `auto`: from its pagemaps' encoding",
+  },
+};
+
+/** HOST:PORT (`[v6]:PORT` for IPv6), a numeric address and a port 1-65535; undefined when it is not one. */
+export function parseHostPort(value: string): { host: string; port: number } | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(value);
+  if (!match) return undefined;
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) return undefined;
+  const host = match[1] ?? match[2]!;
+  if (match[2] !== undefined && !/^(\d{1,3})(\.\d{1,3}){3}$/.test(host)) return undefined;
+  if (match[2] !== undefined && host.split('.').some((octet) => Number(octet) > 255)) return undefined;
+  return { host, port };
+}
+
 export const STAGING_COMMAND = role({
   id: 'staging',
   command: 'staging',
@@ -484,6 +560,7 @@ export const STAGING_COMMAND = role({
     controlSocket: flag({ type: 'string', arg: 'PATH', required: true, describe: "the daemon's --control-socket" }),
     pid: flag({ type: 'number', arg: 'PID', min: 1, describe: 'release: the checkpoint that holds this pid' }),
     json: flag({ type: 'boolean', default: false, describe: 'list: print the JSON answer as it is' }),
+    ...RELAY,
     config,
   },
 });

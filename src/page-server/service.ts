@@ -5,6 +5,7 @@ import { loadNative, type NativeTlsOptions, type PageServer, type PageServerEven
 import fs from 'node:fs';
 import path from 'node:path';
 import { Stager, type StagedCheckpointInfo, type StagingOptions } from '../staging/stager.js';
+import { Relayer, type NativeRelaySink } from '../staging/relay.js';
 import { buildPageIndex, type PageIndexSummary } from './page-index.js';
 import { PAGE_SERVER } from '../config/flags.js';
 import { defaultValues, pageServerOptions } from '../config/resolve.js';
@@ -49,10 +50,15 @@ export class PageServerService {
   private readonly native: PageServer;
   /** Staging only: the staged checkpoints and their policy. */
   readonly stager?: Stager;
+  /** Staging only: relay staging from `criu dump --lazy-pages` (src/staging/relay.ts). */
+  readonly relays?: Relayer;
 
-  private constructor(native: PageServer, port: number, summary: PageIndexSummary, stopped: Promise<boolean>, stager?: Stager) {
+  private constructor(
+    native: PageServer, port: number, summary: PageIndexSummary, stopped: Promise<boolean>, stager?: Stager, relays?: Relayer,
+  ) {
     this.native = native;
     this.stager = stager;
+    this.relays = relays;
     this.port = port;
     this.summary = summary;
     this.stopped = stopped;
@@ -64,6 +70,7 @@ export class PageServerService {
     let resolveStopped!: (ok: boolean) => void;
     const stopped = new Promise<boolean>((resolve) => (resolveStopped = resolve));
     let stager: Stager | undefined;
+    let relays: Relayer | undefined;
     if (options.tls) {
       // Loads the credentials once here for its notes (the native server loads them again; a bad file throws).
       const notes = addon.tlsCheck(options.tls);
@@ -73,15 +80,21 @@ export class PageServerService {
       ...flagOptionsOf(options),
       tls: options.tls,
       onEvent: (event) => {
+        if (relays?.handle(event)) return;
         if (stager?.handle(event)) return;
         logSessionEvent(logger, event);
         if (event.type === 'stopped') {
           stager?.close();
+          relays?.close();
           resolveStopped(event.ok);
         }
       },
     });
-    if (options.staging) stager = new Stager(options.staging, native, logger);
+    if (options.staging) {
+      stager = new Stager(options.staging, native, logger);
+      // TODO(i11-relay-native): PageServer.startRelay is R1's; until its binding is merged this is its declared shape.
+      relays = new Relayer(native as unknown as NativeRelaySink, options.tls, logger);
+    }
     // A staging daemon may start on an empty directory: the dumps bring the checkpoints.
     const summary =
       options.staging && !fs.existsSync(path.join(options.imagesDir, 'pstree.img'))
@@ -94,7 +107,7 @@ export class PageServerService {
       throw new Error(listenErrorText(error as NodeJS.ErrnoException, options.address, options.port));
     }
     native.start();
-    return new PageServerService(native, port, summary, stopped, stager);
+    return new PageServerService(native, port, summary, stopped, stager, relays);
   }
 
   /** Staging: the checkpoints served from memory now. */

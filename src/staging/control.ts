@@ -4,21 +4,47 @@
 //   list                 ok [{"id":1,"pids":[1],"bytes":16777216,"restores":0,"stagedAt":"2026-…"}, …]
 //   release <id>         ok released checkpoint #<id> (pids …)      once the native side has released it
 //   release pid <pid>    the same, for the checkpoint that holds <pid>
+//   relay <json>         relay staging (./relay.ts): {"dir","host","port","wait",...} as RelayRequest; the answer
+//                        comes once the pull is complete (wait) or once it runs (no wait):
+//                        ok relayed checkpoint #<id> (pids …): <n> pages, <m> MiB in <t> ms; the dump has its CLOSE
+//                        ok relaying checkpoint #<id> (pids …): <n> lazy pages from <host:port>
 //   anything else        error <why>
+// `list` shows relayed checkpoints too, with their state (pulling, complete, failed) and pages held.
 // A released checkpoint is offered to no new restore; those in progress finish (as --staging-restores/--staging-ttl).
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from '../log.js';
 import type { StagedCheckpointInfo } from './stager.js';
+import { relayDoneLine, type RelayInfo, type RelayOutcome, type RelayRequest } from './relay.js';
+
+/** What the control socket needs of the daemon's relays (Relayer has it). */
+export interface RelayControl {
+  start(request: RelayRequest): Promise<RelayInfo>;
+  wait(checkpoint: number): Promise<RelayOutcome>;
+  list(): RelayInfo[];
+}
 
 /** What the control socket needs of the daemon (PageServerService has it). */
 export interface StagingControlTarget {
   stagedCheckpoints(): StagedCheckpointInfo[];
   /** Resolves once the checkpoint is released (its 'released' event). */
   releaseAndWait(checkpoint: number, reason: string): Promise<void>;
+  /** Relay staging (undefined: this daemon cannot relay). */
+  relays?: RelayControl;
 }
 
-const MAX_LINE = 1024;
+/** One checkpoint as `list` answers it. */
+export interface ListedCheckpoint {
+  id: number;
+  pids: number[];
+  bytes: number;
+  restores: number;
+  stagedAt: string;
+  /** Relayed checkpoints only. */
+  relay?: { state: RelayInfo['state']; pagesHeld: number; pagesTotal: number; from: string; message?: string };
+}
+
+const MAX_LINE = 8192; // a relay line carries a path (PATH_MAX 4096) and a few numbers
 const RELEASE_WAIT_MS = 5000;
 
 export interface StagingControlServer {
@@ -83,16 +109,8 @@ function removeStaleSocket(socketPath: string): void {
 
 export async function runCommand(line: string, target: StagingControlTarget, logger: Logger): Promise<string> {
   const words = line.split(/\s+/).filter(Boolean);
-  if (words[0] === 'list' && words.length === 1) {
-    const list = target.stagedCheckpoints().map((c) => ({
-      id: c.id,
-      pids: c.pids,
-      bytes: c.bytes,
-      restores: c.restores,
-      stagedAt: new Date(c.stagedAt).toISOString(),
-    }));
-    return `ok ${JSON.stringify(list)}`;
-  }
+  if (words[0] === 'list' && words.length === 1) return `ok ${JSON.stringify(listCheckpoints(target))}`;
+  if (words[0] === 'relay') return relayCommand(line.slice(line.indexOf('relay') + 5).trim(), target);
   if (words[0] === 'release' && (words.length === 2 || (words.length === 3 && words[1] === 'pid'))) {
     const byPid = words.length === 3;
     const number = words[words.length - 1];
@@ -113,16 +131,95 @@ export async function runCommand(line: string, target: StagingControlTarget, log
     }
     return `ok released checkpoint #${found.id} (pids ${found.pids.join(', ')})`;
   }
-  return `error unknown command ${JSON.stringify(line.slice(0, 80))}: expected list, release <id> or release pid <pid>`;
+  return `error unknown command ${JSON.stringify(line.slice(0, 80))}: expected list, release <id>, release pid <pid> or relay {…}`;
 }
 
-/** The client side: sends one command line, resolves with the answer line. */
+function relayOf(info: RelayInfo): ListedCheckpoint['relay'] {
+  return { state: info.state, pagesHeld: info.pagesHeld, pagesTotal: info.pagesTotal, from: info.from, ...(info.message ? { message: info.message } : {}) };
+}
+
+/** The staged checkpoints, with the state of those a relay brings, and the relays not staged (yet, or any more). */
+export function listCheckpoints(target: StagingControlTarget): ListedCheckpoint[] {
+  const relays = new Map((target.relays?.list() ?? []).map((r) => [r.id, r]));
+  const list: ListedCheckpoint[] = target.stagedCheckpoints().map((c) => {
+    const relay = relays.get(c.id);
+    relays.delete(c.id);
+    return {
+      id: c.id,
+      pids: c.pids,
+      bytes: c.bytes,
+      restores: c.restores,
+      stagedAt: new Date(c.stagedAt).toISOString(),
+      ...(relay ? { relay: relayOf(relay) } : {}),
+    };
+  });
+  for (const r of relays.values()) {
+    // A complete relay that is no longer staged was released: not listed, as released uploads are not.
+    if (r.state === 'complete') continue;
+    list.push({ id: r.id, pids: r.pids, bytes: r.bytes, restores: 0, stagedAt: new Date(r.startedAt).toISOString(), relay: relayOf(r) });
+  }
+  return list.sort((a, b) => a.id - b.id);
+}
+
+/** The fields of a relay request and what each must be (the command checks its flags; this checks the line). */
+export function parseRelayRequest(json: string): { request: RelayRequest; wait: boolean } {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    throw new Error('relay: expected a JSON object after relay');
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('relay: expected a JSON object after relay');
+  const text = (key: string) => {
+    const v = raw[key];
+    if (typeof v !== 'string' || !v) throw new Error(`relay: "${key}" must be a non-empty string`);
+    return v;
+  };
+  const whole = (key: string, min: number, max = Number.MAX_SAFE_INTEGER) => {
+    const v = raw[key];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`relay: "${key}" must be a whole number from ${min} to ${max}`);
+    return v;
+  };
+  const dir = text('dir');
+  if (!dir.startsWith('/')) throw new Error('relay: "dir" must be an absolute path (the daemon has its own working directory)');
+  const format = raw.format === undefined ? undefined : whole('format', 24, 32);
+  if (format !== undefined && format !== 24 && format !== 32) throw new Error('relay: "format" must be 24 or 32');
+  return {
+    wait: raw.wait !== false,
+    request: {
+      dir,
+      host: text('host'),
+      port: whole('port', 1, 65535),
+      listenTimeoutMs: whole('listenTimeoutMs', 0),
+      tls: raw.tls === true,
+      format,
+      requestBytes: whole('requestBytes', 4096),
+      inflightBytes: whole('inflightBytes', 4096),
+      stallTimeoutMs: whole('stallTimeoutMs', 1),
+      connectTimeoutMs: whole('connectTimeoutMs', 1),
+    },
+  };
+}
+
+async function relayCommand(json: string, target: StagingControlTarget): Promise<string> {
+  if (!target.relays) return 'error relay: this daemon does not relay (it needs staging on)';
+  const { request, wait } = parseRelayRequest(json);
+  const started = await target.relays.start(request);
+  if (!wait) {
+    return `ok relaying checkpoint #${started.id} (pids ${started.pids.join(', ')}): ${started.pagesTotal} lazy pages from ${started.from}`;
+  }
+  const outcome = await target.relays.wait(started.id);
+  if (outcome.ok) return `ok ${relayDoneLine(outcome.info)}`;
+  return `error relay of checkpoint #${outcome.info.id} failed: ${outcome.message} (${outcome.info.pagesHeld} of ${outcome.info.pagesTotal} pages held; the checkpoint is incomplete; the dump had a reset and resumes its tasks)`;
+}
+
+/** The client side: sends one command line, resolves with the answer line (timeoutMs 0: wait as long as it takes). */
 export function sendStagingCommand(socketPath: string, command: string, timeoutMs = 10_000): Promise<string> {
   return new Promise((resolve, reject) => {
     let reply = '';
     const socket = net.connect(socketPath, () => socket.write(command + '\n'));
     socket.setEncoding('utf8');
-    socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`no answer on ${socketPath} within ${timeoutMs} ms`)));
+    if (timeoutMs > 0) socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`no answer on ${socketPath} within ${timeoutMs} ms`)));
     socket.on('data', (d: string) => (reply += d));
     socket.on('error', (error: NodeJS.ErrnoException) => {
       const hint = error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? ' (is lazyd running with --control-socket?)' : '';
