@@ -4,6 +4,7 @@ import { sendStagingCommand, type ListedCheckpoint } from '../staging/control.js
 import type { Values } from '../config/flag.js';
 import { parseHostPort, type STAGING_COMMAND, type STAGING_ACTIONS } from '../config/flags.js';
 import { wireFormatFromAbi } from '../protocol/criu-abi.js';
+import { signalStatusFd } from '../cli/process-control.js';
 
 /** The daemon's connect to the dump: on loopback it is answered at once or refused. */
 const RELAY_CONNECT_TIMEOUT_MS = 10_000;
@@ -73,7 +74,11 @@ export async function runStaging(options: StagingCommandOptions): Promise<number
   let answer: string;
   try {
     // A relay answers when the pull is complete: as long as that takes (the daemon's stall timeout bounds it).
-    answer = await sendStagingCommand(options.controlSocket, command, options.action === 'relay' ? 0 : undefined);
+    // Its first line says that the pull runs: from then on restores of the checkpoint are served (--status-fd).
+    const onLine = (line: string) => {
+      if (line.startsWith('relaying ')) signalStatusFd(options.relay?.statusFd);
+    };
+    answer = await sendStagingCommand(options.controlSocket, command, options.action === 'relay' ? 0 : undefined, onLine);
   } catch (error) {
     process.stderr.write(`lazyd staging: ${(error as Error).message}\n`);
     return 1;
@@ -88,6 +93,7 @@ export async function runStaging(options: StagingCommandOptions): Promise<number
     if (!list.length) process.stdout.write('no staged checkpoint\n');
     for (const c of list) process.stdout.write(listLine(c));
   } else {
+    if (options.action === 'relay' && !options.relay?.wait) signalStatusFd(options.relay?.statusFd);
     process.stdout.write(body + '\n');
   }
   return 0;

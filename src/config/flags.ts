@@ -526,6 +526,7 @@ const RELAY = {
     native: undefined,
     describe: "relay: seconds the dump's server may send nothing while requests are outstanding; then the relay fails",
   },
+  statusFd: { ...PROCESS.statusFd, describe: 'relay: write one `\\0` byte to fd N once the pull runs (restores may start), then close it (as criu)' },
   relayTls: flag({
     type: 'boolean',
     default: false,

@@ -74,7 +74,11 @@ export async function startStagingControl(socketPath: string, target: StagingCon
       }
       const line = buffered.slice(0, end).trim();
       socket.pause();
-      runCommand(line, target, logger).then(answer, (error) => answer(`error ${(error as Error).message}`));
+      // A relay that waits says first that its pull runs (restores may start), then how it ended.
+      const notify = (early: string) => {
+        if (!answered) socket.write(early.replace(/\n/g, ' ') + '\n');
+      };
+      runCommand(line, target, logger, notify).then(answer, (error) => answer(`error ${(error as Error).message}`));
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -107,10 +111,13 @@ function removeStaleSocket(socketPath: string): void {
   fs.rmSync(socketPath);
 }
 
-export async function runCommand(line: string, target: StagingControlTarget, logger: Logger): Promise<string> {
+/** The answer line of one command; `notify` gets the lines that come before it (a waiting relay's first one). */
+export async function runCommand(
+  line: string, target: StagingControlTarget, logger: Logger, notify: (line: string) => void = () => undefined,
+): Promise<string> {
   const words = line.split(/\s+/).filter(Boolean);
   if (words[0] === 'list' && words.length === 1) return `ok ${JSON.stringify(listCheckpoints(target))}`;
-  if (words[0] === 'relay') return relayCommand(line.slice(line.indexOf('relay') + 5).trim(), target);
+  if (words[0] === 'relay') return relayCommand(line.slice(line.indexOf('relay') + 5).trim(), target, notify);
   if (words[0] === 'release' && (words.length === 2 || (words.length === 3 && words[1] === 'pid'))) {
     const byPid = words.length === 3;
     const number = words[words.length - 1];
@@ -201,32 +208,48 @@ export function parseRelayRequest(json: string): { request: RelayRequest; wait: 
   };
 }
 
-async function relayCommand(json: string, target: StagingControlTarget): Promise<string> {
+async function relayCommand(json: string, target: StagingControlTarget, notify: (line: string) => void): Promise<string> {
   if (!target.relays) return 'error relay: this daemon does not relay (it needs staging on)';
   const { request, wait } = parseRelayRequest(json);
   const started = await target.relays.start(request);
-  if (!wait) {
-    return `ok relaying checkpoint #${started.id} (pids ${started.pids.join(', ')}): ${started.pagesTotal} lazy pages from ${started.from}`;
-  }
+  const running = `relaying checkpoint #${started.id} (pids ${started.pids.join(', ')}): ${started.pagesTotal} lazy pages from ${started.from}`;
+  if (!wait) return `ok ${running}`;
+  notify(running);
   const outcome = await target.relays.wait(started.id);
   if (outcome.ok) return `ok ${relayDoneLine(outcome.info)}`;
   return `error relay of checkpoint #${outcome.info.id} failed: ${outcome.message} (${outcome.info.pagesHeld} of ${outcome.info.pagesTotal} pages held; the checkpoint is incomplete; the dump had a reset and resumes its tasks)`;
 }
 
-/** The client side: sends one command line, resolves with the answer line (timeoutMs 0: wait as long as it takes). */
-export function sendStagingCommand(socketPath: string, command: string, timeoutMs = 10_000): Promise<string> {
+/**
+ * The client side: sends one command line, resolves with the answer (the last line; timeoutMs 0: wait as long as
+ * it takes). Lines before it (a waiting relay's "relaying checkpoint #N") go to onLine as they arrive.
+ */
+export function sendStagingCommand(socketPath: string, command: string, timeoutMs = 10_000, onLine?: (line: string) => void): Promise<string> {
   return new Promise((resolve, reject) => {
     let reply = '';
     const socket = net.connect(socketPath, () => socket.write(command + '\n'));
     socket.setEncoding('utf8');
     if (timeoutMs > 0) socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`no answer on ${socketPath} within ${timeoutMs} ms`)));
-    socket.on('data', (d: string) => (reply += d));
+    let seen = 0;
+    socket.on('data', (d: string) => {
+      reply += d;
+      // Every complete line but the answer is an early one; the answer is the one the daemon ends with.
+      for (let end = reply.indexOf('\n', seen); end >= 0; end = reply.indexOf('\n', seen)) {
+        const line = reply.slice(seen, end);
+        seen = end + 1;
+        try {
+          if (!/^(ok|error)\b/.test(line)) onLine?.(line);
+        } catch (error) {
+          socket.destroy(error as Error);
+        }
+      }
+    });
     socket.on('error', (error: NodeJS.ErrnoException) => {
       const hint = error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? ' (is lazyd running with --control-socket?)' : '';
       reject(new Error(`${socketPath}: ${error.message}${hint}`));
     });
     socket.on('close', () => {
-      const line = reply.split('\n')[0];
+      const line = reply.split('\n').find((l) => /^(ok|error)\b/.test(l));
       if (line) resolve(line);
       else reject(new Error(`${socketPath}: the daemon hung up without an answer`));
     });
