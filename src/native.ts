@@ -1,4 +1,4 @@
-// The native addon (native/binding.cc, built by cmake-js into build/Release) and the one declaration of what it
+// The native addon (native/binding/, built by cmake-js into build/Release) and the one declaration of what it
 // exports: this is the only module that loads it, and nothing untyped leaves it. test/unit/native-surface.test.ts
 // checks the declared surface against the loaded binding (every declared class, method and function exists;
 // nothing exported is undeclared).
@@ -12,7 +12,7 @@ import { repoRoot } from './paths.js';
 /** 24: CRIU <= 4.1 headers; 32: CRIU >= 4.2; 0: detect from the first header (page server only). */
 export type WireFormatCode = 0 | 24 | 32;
 
-/** The `tls` option of PageServer and LazyPages ("" : criu's default for that file, native/core/tls_context.h). */
+/** The `tls` option of PageServer and LazyPages ("" : criu's default for that file, native/core/net/tls_context.h). */
 export interface NativeTlsOptions {
   cacert: string;
   cacrl: string;
@@ -23,7 +23,7 @@ export interface NativeTlsOptions {
   peerName: string;
 }
 
-// ---- PageServer (native/core/page_server.h) ----
+// ---- PageServer (native/core/server/page_server.h) ----
 
 /** The PageServer options that flags set (src/config/flags.ts); the binding requires every one. */
 export interface PageServerFlagOptions {
@@ -143,7 +143,7 @@ export interface PageServer {
   release(checkpoint: number, reason?: string): void;
 }
 
-// ---- LazyPages (native/core/fault_engine.h) ----
+// ---- LazyPages (native/core/lazy/fault_engine.h) ----
 
 /** The LazyPages options that flags set (src/config/flags.ts); the binding requires every one. */
 export interface LazyPagesFlagOptions {
@@ -269,7 +269,7 @@ export interface HostProbe {
 export interface NativeAddon {
   PageServer: new (options: PageServerOptions) => PageServer;
   LazyPages: new (options: LazyPagesOptions) => LazyPages;
-  /** native/core/wire.h's constants by name. */
+  /** native/core/wire/wire.h's constants by name. */
   constants: Record<string, number | bigint>;
   /** One sd_notify datagram to the socket (systemd Type=notify). */
   notify(socket: string, text: string): void;

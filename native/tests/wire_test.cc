@@ -1,4 +1,4 @@
-// The C++ wire codec (native/core/wire.{h,cc}) against the real CRIU 4.1.1 and 4.2.1 sessions recorded in
+// The C++ wire codec (native/core/wire/wire.{h,cc}) against the real CRIU 4.1.1 and 4.2.1 sessions recorded in
 // test/fixtures (relative to the working directory, the repo root under ctest; the counts to expect come from
 // each session's session.json), and against crafted edge cases (the same table as test/unit/wire.test.ts).
 // No framework: CHECK prints file:line and exits 1.

@@ -171,7 +171,7 @@ const SERVER_LIMITS = {
   }),
 };
 
-/** criu's TLS flags (criu's defaults for the files live in native/core/tls_context.h: "" here means them). */
+/** criu's TLS flags (criu's defaults for the files live in native/core/net/tls_context.h: "" here means them). */
 const TLS = {
   tls: flag({
     type: 'boolean',
