@@ -12,7 +12,10 @@
 //                       --lazy-pages, lazyd serve mode, lazyd's drop-in), 'criu-dump' (`criu dump --lazy-pages
 //                       --port P`: the frozen tasks serve their own memory; the dump exits, killing them, after the
 //                       daemon's CLOSE; its images hold PE_LAZY entries without data), or 'local' (no page
-//                       server: the daemon reads the lazy pages from the plain dump's pages-*.img).
+//                       server: the daemon reads the lazy pages from the plain dump's pages-*.img);
+//                       'lazyd-staging' (`criu dump --page-server` uploads into lazyd) and 'lazyd-relay' (lazyd
+//                       pulls the pages of `criu dump --lazy-pages` on 127.0.0.1 into its memory and serves them:
+//                       test/harness/relay-staging.ts).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +24,7 @@ import { readPagemap } from '../../src/images/pagemap.js';
 import { freePort, lazydBin, startPageServer, type PageServer, type PageServerOptions, type ServerKind } from './page-server.js';
 import { pollFor, processAlive, startWithStatusFd, type ExitInfo, type Proc } from './process.js';
 import { startRelay } from './relay.js';
+import { RELAYED_RE, startRelayCommand, startRelayDaemon, type RelayCommand, type RelayDaemon } from './relay-staging.js';
 import {
   buildWorkload,
   heartbeatStats,
@@ -67,7 +71,7 @@ export const DAEMON_KINDS: readonly DaemonKind[] = ['criu', 'lazyd'];
  * 'lazyd-staging' (`lazyd --page-server` started first; `criu dump --page-server` uploads into its memory, and it
  * serves the pages from there), or the local images.
  */
-export type SourceKind = ServerKind | 'criu-dump' | 'lazyd-staging' | 'local';
+export type SourceKind = ServerKind | 'criu-dump' | 'lazyd-staging' | 'lazyd-relay' | 'local';
 
 // ---------------------------------------------------------------- run directories and cleanup
 
@@ -720,8 +724,10 @@ export interface MigrationOptions {
    * listen on `sourceAddress`; the lazy-pages daemon and criu restore run in `destination` (see netns.ts).
    */
   network?: { source: string; destination: string; sourceAddress: string };
-  /** 'lazyd-staging': lazyd's --staging-max-bytes (default: twice the workload's data, at least 1 GiB). */
+  /** 'lazyd-staging', 'lazyd-relay': lazyd's --staging-max-bytes (default: twice the workload's data, at least 1 GiB). */
   stagingMaxBytes?: number;
+  /** 'lazyd-relay': extra arguments of `lazyd staging relay` (--relay-inflight-bytes ...). */
+  relayArgs?: string[];
 }
 
 export interface MigrationResult {
@@ -763,6 +769,8 @@ export interface MigrationResult {
    * after the daemon's CLOSE (the frozen tasks serve their own memory until then).
    */
   sourceFrozenMs: number;
+  /** 'lazyd-relay': the line `lazyd staging relay` printed, and from its start until it exited (the pull's whole time). */
+  relay?: { line: string; ms: number; pages: number; bytes: number };
 }
 
 /** Runs a whole lazy migration on loopback and returns its timings; cleans up (and removes the run dir) on success. */
@@ -783,11 +791,26 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
 
       // Staging: lazyd listens before the dump, which uploads the pages into it instead of writing pages-*.img.
       let staging: PageServer | undefined;
+      const mib = options.workload.mib * ((options.workload.children ?? 0) + 1);
+      const maxBytes = options.stagingMaxBytes ?? Math.max(1 << 30, 2 * mib * 1048576);
+      // Relay: an empty staging daemon first, as the README's flow starts it before the dump.
+      let relayDaemon: RelayDaemon | undefined;
+      if (options.server === 'lazyd-relay') {
+        progress?.(`starting lazyd --page-server (relay staging, --staging-max-bytes ${maxBytes})`);
+        relayDaemon = await startRelayDaemon({
+          dir: path.join(runDir, 'relay'),
+          address,
+          netns: net?.source,
+          stagingMaxBytes: maxBytes,
+          extraArgs: [...(options.serverOptions?.extraArgs ?? []), '--staging-restores', '1'],
+        });
+        const started = relayDaemon.server;
+        onCleanup(() => started.kill());
+        await options.onSource?.({ pid: started.pid, logFile: started.logFile });
+      }
       if (options.server === 'lazyd-staging') {
         const imagesDir = path.join(runDir, 'src');
         fs.mkdirSync(imagesDir, { recursive: true });
-        const mib = options.workload.mib * ((options.workload.children ?? 0) + 1);
-        const maxBytes = options.stagingMaxBytes ?? Math.max(1 << 30, 2 * mib * 1048576);
         progress?.(`starting lazyd --page-server (staging, --staging-max-bytes ${maxBytes}) on ${imagesDir}`);
         staging = await startPageServer({
           ...options.serverOptions,
@@ -809,7 +832,13 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         progress,
         onCleanup,
         netns: net?.source,
-        lazyDump: options.server === 'criu-dump' ? { address, port, extraArgs: options.dumpArgs } : undefined,
+        lazyDump:
+          options.server === 'criu-dump'
+            ? { address, port, extraArgs: options.dumpArgs }
+            : // Relay: the dump serves on the source host's loopback only, where lazyd is its one client.
+              relayDaemon
+              ? { address: '127.0.0.1', port, extraArgs: options.dumpArgs }
+              : undefined,
         upload: staging ? { address, port: staging.port } : undefined,
         // A staged pagemap is lazyd's own: the is_stack() quirk of plain dumps does not apply.
         requireLazy: staging ? false : undefined,
@@ -820,7 +849,18 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
       const serverStart = performance.now();
       let server: PageServer | undefined;
       let source: { address: string; port: number } | 'local';
-      if (options.server === 'criu-dump') {
+      let relayCommand: RelayCommand | undefined;
+      let relayReady: Promise<RelayCommand> | undefined;
+      if (options.server === 'lazyd-relay') {
+        // The relay starts while the images are copied and the daemon starts; the restore waits for its status
+        // byte (onDaemonReady below): from then on the daemon serves the checkpoint.
+        progress?.(`lazyd staging relay -D ${checkpoint.imagesDir} --from 127.0.0.1:${checkpoint.dumpServer!.port}`);
+        relayReady = startRelayCommand(relayDaemon!, checkpoint.imagesDir, checkpoint.dumpServer!, options.relayArgs);
+        relayReady.catch(() => undefined);
+        server = relayDaemon!.server;
+        source = relayDaemon!.server;
+        await options.beforeRestore?.(server, checkpoint);
+      } else if (options.server === 'criu-dump') {
         source = checkpoint.dumpServer!;
         await options.onSource?.({ pid: checkpoint.dumpServer!.proc.pid, logFile: path.join(checkpoint.imagesDir, 'dump.log') });
       } else if (options.server === 'local') {
@@ -862,7 +902,10 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         daemon,
         daemonArgs: options.daemonArgs,
         daemonEnv: options.daemonEnv,
-        onDaemonReady: options.onDaemonReady,
+        onDaemonReady: async (daemonProc, dstDir) => {
+          if (relayReady) relayCommand = await relayReady;
+          await options.onDaemonReady?.(daemonProc, dstDir);
+        },
         passes: options.passes,
         checkSums: controls.length === 0,
         afterResume: controls.length ? (pid) => wakeWorkload(pid) : undefined,
@@ -874,7 +917,18 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
       });
       let serverExit: ExitInfo;
       let sourceFrozenMs = checkpoint.dumpMs;
-      if (server) {
+      let relay: MigrationResult['relay'];
+      if (relayDaemon && checkpoint.dumpServer) {
+        // The relay ends when lazyd holds every page: the dump has its CLOSE, exits 0 and kills the originals.
+        const done = await (relayCommand ?? (await relayReady!)).done();
+        const m = RELAYED_RE.exec(done.line)!;
+        relay = { line: done.line, ms: done.exit.ms, pages: Number(m[3]), bytes: Number(m[3]) * 4096 };
+        const dumpExit = await checkpoint.dumpServer.finish();
+        const dumpStart = performance.now() - Number(nowNs() - checkpoint.dumpStartNs) / 1e6;
+        sourceFrozenMs = checkpoint.dumpServer.proc.startedAt + dumpExit.ms - dumpStart;
+        serverExit = await relayDaemon.server.finish();
+        await options.afterFinish?.(relayDaemon.server, checkpoint, restored);
+      } else if (server) {
         serverExit = await server.finish();
         await options.afterFinish?.(server, checkpoint, restored);
       } else if (checkpoint.dumpServer) {
@@ -915,6 +969,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         heartbeat: restored.heartbeat,
         serverExit,
         sourceFrozenMs,
+        relay,
       };
     },
     options.keep,
