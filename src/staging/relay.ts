@@ -239,7 +239,10 @@ export class Relayer {
   }
 
   /** Handles one native event; returns true when it was a relay event. */
-  handle(event: { type: string; checkpoint?: number; pagesHeld?: number; pagesTotal?: number; bytes?: number; ms?: number; message?: string }): boolean {
+  handle(event: {
+    type: string; checkpoint?: number; pagesHeld?: number; pagesTotal?: number; bytes?: number; ms?: number; message?: string;
+    demandRequests?: number; bulkRequests?: number; shortReplies?: number;
+  }): boolean {
     if (event.type !== 'relay-progress' && event.type !== 'relay-done' && event.type !== 'relay-failed') return false;
     const info = this.relays.get(event.checkpoint ?? -1);
     if (!info) return true;
@@ -251,14 +254,14 @@ export class Relayer {
     if (event.type === 'relay-done') {
       info.state = 'complete';
       this.logger.info(
-        { checkpoint: info.id, pages: info.pagesHeld, bytes: info.bytes, ms: info.ms },
+        { checkpoint: info.id, pages: info.pagesHeld, bytes: info.bytes, ms: info.ms, ...requestCounts(event) },
         `Relay checkpoint #${info.id} complete: ${info.pagesHeld} pages held, the dump has its CLOSE and ends (its tasks are freed)`,
       );
     } else {
       info.state = 'failed';
       info.message = event.message || 'the relay failed';
       this.logger.error(
-        { checkpoint: info.id, pagesHeld: info.pagesHeld, pagesTotal: info.pagesTotal },
+        { checkpoint: info.id, pagesHeld: info.pagesHeld, pagesTotal: info.pagesTotal, ...requestCounts(event) },
         `Relay checkpoint #${info.id} failed: ${info.message}; the checkpoint is incomplete (${info.pagesHeld} of ` +
           `${info.pagesTotal} pages) and is never served as complete; the dump had a reset and resumes its tasks`,
       );
@@ -267,6 +270,15 @@ export class Relayer {
     this.waiters.delete(info.id);
     return true;
   }
+}
+
+/** The native relay's request counters, for the log: demand GETs (for restores), bulk GETs, clamped replies. */
+function requestCounts(event: { demandRequests?: number; bulkRequests?: number; shortReplies?: number }): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (event.demandRequests !== undefined) out.demandRequests = event.demandRequests;
+  if (event.bulkRequests !== undefined) out.bulkRequests = event.bulkRequests;
+  if (event.shortReplies !== undefined) out.shortReplies = event.shortReplies;
+  return out;
 }
 
 function outcomeOf(info: RelayInfo): RelayOutcome {

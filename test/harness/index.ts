@@ -10,3 +10,4 @@ export * from './fake-restore.js';
 export * from './relay.js';
 export * from './e2e.js';
 export * from './pki.js';
+export * from './relay-staging.js';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { lazydBin, startPageServer, type PageServer } from './page-server.js';
 import { Proc, startWithStatusFd, type ExitInfo } from './process.js';
 
-export interface RelayDaemon {
+export interface RelayDaemon extends RelayTarget {
   server: PageServer;
   /** The daemon's --control-socket. */
   controlSocket: string;
@@ -46,7 +46,14 @@ export async function startRelayDaemon(options: RelayDaemonOptions): Promise<Rel
       ...(options.extraArgs ?? []),
     ],
   });
-  return { server, controlSocket, dir: options.dir };
+  return { server, controlSocket, dir: options.dir, logFile: server.logFile };
+}
+
+/** What `lazyd staging` needs of a daemon: its control socket, a directory to run in, its log (for messages). */
+export interface RelayTarget {
+  controlSocket: string;
+  dir: string;
+  logFile?: string;
 }
 
 export interface RelayCommand {
@@ -66,7 +73,7 @@ export const RELAYED_RE = /relayed checkpoint #(\d+) \(pids ([\d, ]+)\): (\d+) p
  * exits first: the relay could not start.
  */
 export async function startRelayCommand(
-  daemon: RelayDaemon,
+  daemon: RelayTarget,
   dumpDir: string,
   from: { address: string; port: number },
   extraArgs: string[] = [],
@@ -78,7 +85,7 @@ export async function startRelayCommand(
     file: process.execPath,
     args: [lazydBin(), 'staging', 'relay', '-D', dumpDir, '--from', fromText, '--control-socket', daemon.controlSocket, ...extraArgs, '--status-fd', '3'],
     cwd: daemon.dir,
-    logFile: daemon.server.logFile,
+    logFile: daemon.logFile,
   };
   const proc = await startWithStatusFd(spec, readyTimeoutMs);
   return {
@@ -97,7 +104,7 @@ export async function startRelayCommand(
 }
 
 /** `lazyd staging <args> --control-socket S` to completion: its exit code and output (stdout and stderr). */
-export async function stagingCommand(daemon: RelayDaemon, args: string[], timeoutMs = 30_000): Promise<{ code: number | null; output: string }> {
+export async function stagingCommand(daemon: RelayTarget, args: string[], timeoutMs = 30_000): Promise<{ code: number | null; output: string }> {
   const spec = { name: `lazyd staging ${args[0]}`, file: process.execPath, args: [lazydBin(), 'staging', ...args, '--control-socket', daemon.controlSocket] };
   const proc = new Proc(spec, ['ignore', 'pipe', 'pipe']);
   const exit = await proc.wait(timeoutMs);
