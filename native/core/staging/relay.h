@@ -64,6 +64,8 @@ class Relay {
   Status abort(const std::string& message);
 
   Status status() const { return status_; }
+  // "host:port" of the dump's page server, for messages.
+  std::string peer() const { return options_.host + ":" + std::to_string(options_.port); }
   const std::string& error() const { return error_; }
   const std::shared_ptr<RelayStore>& store() const { return store_; }
   uint64_t pages_held() const { return store_->pages_held(); }
