@@ -58,7 +58,10 @@ export type PageServerEventType =
   | 'upload-sealed'
   | 'staged'
   | 'restore-done'
-  | 'released';
+  | 'released'
+  | 'relay-progress'
+  | 'relay-done'
+  | 'relay-failed';
 
 export interface SessionStats {
   gets: number;
@@ -104,6 +107,36 @@ export interface PageServerEvent {
   /** upload-sealed / staged: the store's pagemaps and the page bytes it holds. */
   pagemaps?: StagedPagemap[];
   bytesHeld?: number;
+  /** relay-*: lazy pages pulled so far, of pagesTotal (0 for other events). */
+  pagesHeld: number;
+  pagesTotal: number;
+  /** relay-*: page bytes held. */
+  bytes: number;
+  /** relay-*: ms since startRelay (relay-done: to the dump's CLOSE answered). */
+  ms: number;
+}
+
+/** One task of a relayed dump: its PE_LAZY pagemap entries (dump-time addresses). */
+export interface RelayTaskOptions {
+  pid: number;
+  ranges: { vaddr: bigint; nrPages: number }[];
+}
+
+/** startRelay: the lazy page server of a `criu dump --lazy-pages` on this host, and how to pull from it. */
+export interface RelayOptions {
+  host: string;
+  port: number;
+  connectTimeoutMs: number;
+  /** The dump's header layout (24: CRIU <= 4.1, 32: CRIU >= 4.2). */
+  format: 24 | 32;
+  /** undefined: plain TCP. */
+  tls?: NativeTlsOptions;
+  tasks: RelayTaskOptions[];
+  /** Pages per bulk GET. */
+  requestPages: number;
+  /** Bulk bytes requested and not yet received. */
+  inflightBytes: number;
+  stallTimeoutMs: number;
 }
 
 export interface PageServerStats {
@@ -139,8 +172,13 @@ export interface PageServer {
   writePages(session: number, type: 'pid' | 'shmem', id: number, file: string, includeLazy: boolean): Promise<number>;
   /** The images of a sealed upload are written (ok) or could not be (the dump then fails). */
   ackUpload(session: number, ok: boolean, message?: string): void;
-  /** New sessions no longer fetch from the staged checkpoint. */
+  /** New sessions no longer fetch from the staged checkpoint (a relay still pulling is reset: the dump resumes
+   * the tasks). */
   release(checkpoint: number, reason?: string): void;
+  /** Relay staging (needs staging: true, after start): connects to the dump's lazy page server and pulls every
+   * lazy page on the server's thread; the checkpoint is served from now on. Returns its id; throws one line
+   * (code ECONNREFUSED / ETIMEDOUT / ECAP / ERELAY) when it cannot start, after resetting a connection it made. */
+  startRelay(options: RelayOptions): number;
 }
 
 // ---- LazyPages (native/core/lazy/fault_engine.h) ----
@@ -284,7 +322,7 @@ export interface NativeAddon {
 
 /** The declared surface, for the test that checks it against the loaded binding. */
 export const NATIVE_CLASSES = {
-  PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release'],
+  PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release', 'startRelay'],
   LazyPages: ['start', 'stop', 'stats', 'socketPath', 'error'],
 } as const satisfies { [C in 'PageServer' | 'LazyPages']: readonly (keyof InstanceType<NativeAddon[C]>)[] };
 export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tlsCheck', 'detectFormat'] as const satisfies readonly (keyof NativeAddon)[];

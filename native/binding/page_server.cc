@@ -31,6 +31,9 @@ const char* event_kind_name(lazyd::ServerEvent::Kind kind) {
     case lazyd::ServerEvent::Kind::kStaged: return "staged";
     case lazyd::ServerEvent::Kind::kRestoreDone: return "restore-done";
     case lazyd::ServerEvent::Kind::kReleased: return "released";
+    case lazyd::ServerEvent::Kind::kRelayProgress: return "relay-progress";
+    case lazyd::ServerEvent::Kind::kRelayDone: return "relay-done";
+    case lazyd::ServerEvent::Kind::kRelayFailed: return "relay-failed";
   }
   return "?";
 }
@@ -47,7 +50,8 @@ Napi::Function PageServerWrap::Define(Napi::Env env) {
                       InstanceMethod("stats", &PageServerWrap::Stats),
                       InstanceMethod("writePages", &PageServerWrap::WritePages),
                       InstanceMethod("ackUpload", &PageServerWrap::AckUpload),
-                      InstanceMethod("release", &PageServerWrap::Release)});
+                      InstanceMethod("release", &PageServerWrap::Release),
+                      InstanceMethod("startRelay", &PageServerWrap::StartRelay)});
 }
 
 Napi::Function define_page_server(Napi::Env env) { return PageServerWrap::Define(env); }
@@ -189,6 +193,10 @@ void PageServerWrap::post(const lazyd::ServerEvent& event) {
     object.Set("checkpoint", uint64_value(env, owned->checkpoint));
     object.Set("restores", uint64_value(env, owned->restores));
     object.Set("memoryUsed", uint64_value(env, owned->memory_used));
+    object.Set("pagesHeld", uint64_value(env, owned->pages_held));
+    object.Set("pagesTotal", uint64_value(env, owned->pages_total));
+    object.Set("bytes", uint64_value(env, owned->bytes));
+    object.Set("ms", uint64_value(env, owned->ms));
     if (owned->store) {
       object.Set("pagemaps", store_pagemaps(env, *owned->store));
       object.Set("bytesHeld", uint64_value(env, owned->store->bytes_held()));

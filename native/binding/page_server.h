@@ -1,6 +1,6 @@
 // The PageServer class of the addon: the page server (native/core/server/page_server.h) for the control plane.
 // page_server.cc holds the options, the index, the life cycle, stats and events; staging.cc the staging methods
-// (writePages, ackUpload, release) and the staging fields of events.
+// (writePages, ackUpload, release) and the staging fields of events; relay.cc relay staging (startRelay).
 #pragma once
 
 #include <napi.h>
@@ -35,6 +35,8 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
   Napi::Value WritePages(const Napi::CallbackInfo& info);
   Napi::Value AckUpload(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);
+  // relay.cc
+  Napi::Value StartRelay(const Napi::CallbackInfo& info);
 
   lazyd::PageServerConfig config_;
   std::shared_ptr<lazyd::PageIndex> index_;

@@ -53,7 +53,7 @@ LazySession::Status LazySession::settle() {
     return fail("truncated header: the peer closed the connection after " + std::to_string(in_len_) +
                 " bytes of a header");
   }
-  if (replies_.empty() && (eof_ || stop_reading_)) return Status::kDone;
+  if (replies_.empty() && !waiting_ && (eof_ || stop_reading_)) return Status::kDone;
   return Status::kOpen;
 }
 
@@ -112,6 +112,15 @@ LazySession::Status LazySession::on_writable() {
 LazySession::Status LazySession::handle_requests() {
   size_t used = 0;
   Status status = Status::kOpen;
+  if (waiting_) {
+    // Try the waiting GET again: served, waiting still, or refused (the relay failed).
+    waiting_ = false;
+    wait_seen_ = false;
+    retrying_ = true;
+    status = handle_get(waiting_get_);
+    retrying_ = false;
+    if (status != Status::kOpen || waiting_) return status;
+  }
   while (status == Status::kOpen && has_room()) {
     const uint8_t* head = in_ + used;
     const size_t available = in_len_ - used;
@@ -217,6 +226,20 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
       return fail(what + " (staged checkpoint #" + std::to_string(staged->id) + "): " + lookup_result_text(found));
     }
     bound_ = staged;
+    // A relayed checkpoint being pulled: serve the pages held from the first on (a short reply, as CRIU clamps
+    // at its iovec end, §1.6), or wait for the first one; never answer a page it does not hold.
+    const uint64_t ready = staged->store->pages_ready(store_span);
+    if (ready == 0) {
+      const std::string missing = staged->store->missing_reason();
+      if (!missing.empty()) return fail(what + " (staged checkpoint #" + std::to_string(staged->id) + "): " + missing);
+      if (!retrying_) stats_.waits++;
+      waiting_ = true;
+      waiting_get_ = header;
+      waiting_span_ = store_span;
+      return Status::kOpen;
+    }
+    store_span.nr_pages = ready;
+    store_span.bytes = ready * page_size;
     Reply reply;
     wire::Header answer;
     answer.cmd = wire::GET_REPLY_CMD;

@@ -34,6 +34,7 @@ struct SessionStats {
   uint64_t bytes_out = 0;
   uint64_t bytes_in = 0;  // request headers read
   bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
+  uint64_t waits = 0;              // GETs that waited for a relay to pull their pages
 };
 
 class LazySession final : public Session {
@@ -54,7 +55,7 @@ class LazySession final : public Session {
   bool wants_read() const override { return !stop_reading_ && !eof_ && has_room(); }
   bool wants_write() const override { return !replies_.empty(); }
   SessionTotals totals() const override;
-  bool peer_waits() const override { return !replies_.empty(); }
+  bool peer_waits() const override { return !replies_.empty() || waiting_; }
   bool reply_pending() const override { return !replies_.empty(); }
   // Bytes of the replies accepted but not yet sent (bounded by max_queued_bytes plus one reply).
   uint64_t queued_bytes() const { return queued_bytes_; }
@@ -62,6 +63,19 @@ class LazySession final : public Session {
   const SessionStats& stats() const { return stats_; }
   // The staged checkpoint this session fetched from, if any.
   const std::shared_ptr<const StagedCheckpoint>& bound() const { return bound_; }
+
+  // Relay staging: a GET whose first page the (bound) staged store does not hold yet waits, and every request
+  // behind it (replies stay in order); the thread is not blocked. The server asks the relay for the pages and
+  // calls on_writable() once pages_ready() of waiting_span() is not 0 (or the store says they never come).
+  bool waiting() const { return waiting_; }
+  const StoreSpan& waiting_span() const { return waiting_span_; }
+  const wire::Header& waiting_get() const { return waiting_get_; }
+  // True once per wait: the server then asks the relay for the pages.
+  bool take_new_wait() {
+    const bool fresh = waiting_ && !wait_seen_;
+    wait_seen_ = waiting_;
+    return fresh;
+  }
 
  private:
   struct Reply {
@@ -87,7 +101,7 @@ class LazySession final : public Session {
   Status settle();
   Status pump();
   bool has_room() const {
-    return replies_.size() < limits_.max_queued_replies && queued_bytes_ < limits_.max_queued_bytes;
+    return !waiting_ && replies_.size() < limits_.max_queued_replies && queued_bytes_ < limits_.max_queued_bytes;
   }
   void queue(Reply reply);
 
@@ -108,6 +122,11 @@ class LazySession final : public Session {
   size_t copy_off_ = 0;
   size_t copy_len_ = 0;
   SessionStats stats_;
+  bool waiting_ = false;      // waiting_get_ waits for its pages (relay staging)
+  bool wait_seen_ = false;
+  bool retrying_ = false;     // handle_get() runs the waiting GET again
+  wire::Header waiting_get_;
+  StoreSpan waiting_span_;
 };
 
 }  // namespace lazyd

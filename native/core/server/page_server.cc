@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -23,6 +24,9 @@ constexpr uint64_t kFirstSessionToken = 2;
 // A stalled reply must move at least this many bytes per --stall-timeout to count as progress, so a peer that
 // reads a byte now and then (slow-loris) is dropped like one that reads nothing.
 constexpr uint64_t kStallProgressBytes = 64 * 1024;
+
+// Relay staging: progress events at most this often.
+constexpr uint64_t kRelayProgressIntervalNs = 100ull * 1000 * 1000;
 
 }  // namespace
 
@@ -61,8 +65,23 @@ struct PageServer::Entry {
   }
 };
 
+// A relay in progress (relay staging): its engine, its socket's epoll interest, the sessions waiting for its pages.
+struct PageServer::RelayEntry {
+  std::unique_ptr<Relay> relay;
+  uint32_t interest = 0;
+  std::vector<uint64_t> waiters;  // session ids (some may have ended)
+  uint64_t last_progress_ns = 0;
+  uint64_t last_progress_pages = UINT64_MAX;
+};
+
+struct PageServer::PendingRelay {
+  std::unique_ptr<Relay> relay;
+  std::promise<std::pair<uint64_t, std::string>> result;  // checkpoint id, or 0 and why not
+};
+
 struct PageServer::State {
   std::unordered_map<uint64_t, std::unique_ptr<Entry>> sessions;
+  std::unordered_map<uint64_t, RelayEntry> relays;  // by checkpoint id
   uint64_t next_id = kFirstSessionToken;
   bool accepted_once = false;
   bool draining = false;
@@ -159,6 +178,7 @@ void PageServer::run_commands() {
   }
   for (const Command& command : commands) {
     if (!command.ack) {
+      abort_relay(command.id, "released while pulling (" + command.message + ")");
       retire(command.id, command.message);
       continue;
     }
@@ -405,6 +425,10 @@ void PageServer::service(Entry& entry, uint32_t events) {
     return;
   }
   if (entry.upload && entry.upload->awaiting_ack() && !entry.ack_posted) post_sealed(entry);
+  if (entry.lazy && entry.lazy->waiting()) {
+    relay_wait(entry);
+    if (state_->sessions.count(id) == 0) return;
+  }
   update_interest(entry);
 }
 
@@ -565,8 +589,10 @@ void PageServer::run() {
         uint64_t count;
         (void)!read(wake_fd_, &count, sizeof count);
         run_commands();
+        adopt_relays();
         if (!state_->draining && drain_ms_.load() >= 0) {
           state_->draining = true;
+          stop_relays("lazyd is shutting down");
           state_->drain_deadline_ns = now_ns() + ms_to_ns(drain_ms_.load());
           if (listen_fd_ >= 0) {
             epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
@@ -583,9 +609,11 @@ void PageServer::run() {
       } else {
         auto found = state_->sessions.find(token);
         if (found != state_->sessions.end()) service(*found->second, events[i].events);
+        else if (state_->relays.count(token) != 0) service_relay(token);
       }
     }
     check_stalls();
+    check_relays();
     if (state_->draining) {
       if (state_->sessions.empty()) running = false;
       else if (now_ns() >= state_->drain_deadline_ns) {
@@ -597,10 +625,199 @@ void PageServer::run() {
     }
     if (config_.single_session && state_->accepted_once && state_->sessions.empty()) running = false;
   }
+  stop_relays("the page server stopped");
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    thread_done_ = true;
+  }
+  adopt_relays();  // refuses what came in meanwhile
   ServerEvent stopped;
   stopped.kind = ServerEvent::Kind::kStopped;
   stopped.ok = counters_.sessions_failed.get() == 0;
   sink_(stopped);
+}
+
+// ---- Relay staging (staging/relay.h) ----
+
+uint64_t PageServer::start_relay(std::unique_ptr<Relay> relay, std::string* error) {
+  const std::string peer = relay->peer();
+  auto refuse = [&](const std::string& why) -> uint64_t {
+    *error = "cannot relay the dump at " + peer + ": " + why + "; its connection was reset, so criu dump fails and resumes the tasks";
+    return 0;  // the relay goes with its client: a reset
+  };
+  if (!config_.accept_uploads) return refuse("relay staging needs lazyd --page-server --staging");
+  auto pending = std::make_shared<PendingRelay>();
+  pending->relay = std::move(relay);
+  std::future<std::pair<uint64_t, std::string>> result = pending->result.get_future();
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    if (!thread_.joinable() || thread_done_) return refuse("the page server is not running");
+    relay_commands_.push_back(pending);
+  }
+  wake();
+  const auto [id, why] = result.get();
+  if (id == 0) return refuse(why);
+  return id;
+}
+
+// Takes the relays start_relay() handed over: each becomes staged checkpoint #id from the start of its pull.
+void PageServer::adopt_relays() {
+  std::vector<std::shared_ptr<PendingRelay>> pending;
+  bool done;
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    pending.swap(relay_commands_);
+    done = thread_done_;
+  }
+  for (const std::shared_ptr<PendingRelay>& command : pending) {
+    if (done || state_->draining) {
+      command->relay.reset();
+      command->result.set_value({0, "the page server is shutting down"});
+      continue;
+    }
+    const uint64_t id = state_->next_id++;
+    std::string refused;
+    for (PageKey key : command->relay->store()->keys()) {
+      refused = staging_.admit(id, key);
+      if (!refused.empty()) break;
+    }
+    if (!refused.empty()) {
+      staging_.abandon(id);
+      command->relay.reset();
+      command->result.set_value({0, refused});
+      continue;
+    }
+    staging_.publish(id, command->relay->store());
+    RelayEntry& entry = state_->relays[id];
+    entry.relay = std::move(command->relay);
+    epoll_event event{EPOLLIN, {.u64 = id}};
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, entry.relay->fd(), &event);
+    entry.interest = EPOLLIN;
+    command->result.set_value({id, ""});
+    relay_progress(id, entry, true);
+    service_relay(id);  // the first GETs go out now (a dump with no lazy page ends here)
+  }
+}
+
+void PageServer::service_relay(uint64_t id) {
+  auto found = state_->relays.find(id);
+  if (found == state_->relays.end()) return;
+  RelayEntry& entry = found->second;
+  if (entry.relay->on_ready() != Relay::Status::kPulling) {
+    end_relay(id);
+    return;
+  }
+  relay_interest(id, entry);
+  relay_progress(id, entry, false);
+  wake_waiters(entry, false);
+}
+
+void PageServer::relay_interest(uint64_t id, RelayEntry& entry) {
+  const uint32_t interest = EPOLLIN | (entry.relay->wants_write() ? uint32_t{EPOLLOUT} : 0u);
+  if (interest == entry.interest) return;
+  epoll_event event{interest, {.u64 = id}};
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.relay->fd(), &event);
+  entry.interest = interest;
+}
+
+void PageServer::relay_progress(uint64_t id, RelayEntry& entry, bool force) {
+  const uint64_t now = now_ns();
+  const Relay& relay = *entry.relay;
+  if (!force && (now - entry.last_progress_ns < kRelayProgressIntervalNs || relay.pages_held() == entry.last_progress_pages)) {
+    return;
+  }
+  entry.last_progress_ns = now;
+  entry.last_progress_pages = relay.pages_held();
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::kRelayProgress;
+  event.checkpoint = id;
+  event.peer = relay.peer();
+  event.pages_held = relay.pages_held();
+  event.pages_total = relay.pages_total();
+  event.bytes = relay.bytes_held();
+  event.ms = relay.elapsed_ms();
+  event.memory_used = staging_.budget()->used();
+  sink_(event);
+}
+
+// A lazy session's GET waits for pages its relayed checkpoint does not hold yet: ask the relay for them, ahead
+// of its bulk pull, and wake the session when they are in.
+void PageServer::relay_wait(Entry& entry) {
+  if (!entry.lazy->take_new_wait()) return;  // waiting already, and known
+  const std::shared_ptr<const StagedCheckpoint>& bound = entry.lazy->bound();
+  auto found = bound ? state_->relays.find(bound->id) : state_->relays.end();
+  if (found == state_->relays.end()) {
+    end_session(entry.id, false, "waits for pages of checkpoint #" + std::to_string(bound ? bound->id : 0) +
+                                     " that no relay pulls");
+    return;
+  }
+  found->second.waiters.push_back(entry.id);
+  const wire::Header& get = entry.lazy->waiting_get();
+  found->second.relay->demand(get.dst_id, get.vaddr, get.nr_pages);  // a failure is seen by check_relays()
+  relay_interest(found->first, found->second);
+}
+
+// Runs again the sessions whose waiting GET can go on (its first page arrived; all: the relay ended).
+void PageServer::wake_waiters(RelayEntry& entry, bool all) {
+  if (entry.waiters.empty()) return;
+  std::vector<uint64_t> waiters;
+  waiters.swap(entry.waiters);
+  std::vector<uint64_t> ready;
+  for (uint64_t session : waiters) {
+    auto found = state_->sessions.find(session);
+    if (found == state_->sessions.end() || !found->second->lazy || !found->second->lazy->waiting()) continue;
+    const LazySession& lazy = *found->second->lazy;
+    if (all || lazy.bound()->store->pages_ready(lazy.waiting_span()) > 0) ready.push_back(session);
+    else entry.waiters.push_back(session);
+  }
+  for (uint64_t session : ready) {
+    auto found = state_->sessions.find(session);
+    if (found != state_->sessions.end()) service(*found->second, EPOLLOUT);  // may wait again, for its next pages
+  }
+}
+
+void PageServer::end_relay(uint64_t id) {
+  auto found = state_->relays.find(id);
+  if (found == state_->relays.end()) return;
+  RelayEntry entry = std::move(found->second);
+  state_->relays.erase(found);
+  const Relay& relay = *entry.relay;
+  if (relay.fd() >= 0) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, relay.fd(), nullptr);
+  ServerEvent event;
+  event.kind = relay.status() == Relay::Status::kDone ? ServerEvent::Kind::kRelayDone : ServerEvent::Kind::kRelayFailed;
+  event.ok = relay.status() == Relay::Status::kDone;
+  event.checkpoint = id;
+  event.peer = relay.peer();
+  event.message = relay.error();
+  event.pages_held = relay.pages_held();
+  event.pages_total = relay.pages_total();
+  event.bytes = relay.bytes_held();
+  event.ms = relay.elapsed_ms();
+  event.memory_used = staging_.budget()->used();
+  sink_(event);
+  wake_waiters(entry, true);  // served, or refused with the store's reason
+}
+
+void PageServer::check_relays() {
+  std::vector<uint64_t> ended;
+  for (auto& [id, entry] : state_->relays) {
+    if (entry.relay->check_timeouts() != Relay::Status::kPulling) ended.push_back(id);
+    else relay_progress(id, entry, false);
+  }
+  for (uint64_t id : ended) end_relay(id);
+}
+
+void PageServer::abort_relay(uint64_t id, const std::string& why) {
+  auto found = state_->relays.find(id);
+  if (found == state_->relays.end()) return;
+  found->second.relay->abort(why);
+  end_relay(id);
+}
+
+void PageServer::stop_relays(const std::string& why) {
+  std::vector<uint64_t> ids;
+  for (auto& item : state_->relays) ids.push_back(item.first);
+  for (uint64_t id : ids) abort_relay(id, why);
 }
 
 }  // namespace lazyd

@@ -27,6 +27,7 @@
 #include "server/lazy_session.h"
 #include "server/page_index.h"
 #include "server/upload_session.h"
+#include "staging/relay.h"
 #include "staging/staging_registry.h"
 #include "util/counter.h"
 
@@ -63,6 +64,9 @@ struct ServerEvent {
     kStaged,        // the upload committed: checkpoint `session` is served
     kRestoreDone,   // a lazy session of checkpoint `checkpoint` completed (restores = count so far)
     kReleased,      // checkpoint `checkpoint` is no longer offered to new sessions (message: why)
+    kRelayProgress, // relay staging: checkpoint `checkpoint` holds pages_held of pages_total
+    kRelayDone,     // every lazy page held, the dump's CLOSE answered (ms: from start_relay to then)
+    kRelayFailed,   // the pull ended early (message: why); the checkpoint is incomplete
   };
   Kind kind = Kind::kStopped;
   uint64_t session = 0;
@@ -78,6 +82,10 @@ struct ServerEvent {
   uint64_t restores = 0;
   uint64_t memory_used = 0;         // budget in use after the event
   std::shared_ptr<const PageStore> store;  // kUploadSealed / kStaged
+  uint64_t pages_held = 0;          // kRelay*: pages pulled so far, of pages_total
+  uint64_t pages_total = 0;
+  uint64_t bytes = 0;               // kRelay*: page bytes held
+  uint64_t ms = 0;                  // kRelay*: since start_relay (kRelayDone: to the CLOSE answered)
 };
 
 using ServerEventSink = std::function<void(const ServerEvent&)>;
@@ -119,6 +127,11 @@ class PageServer {
   void ack_upload(uint64_t session, bool ok, const std::string& message);
   // Thread-safe: stop offering a staged checkpoint to new sessions.
   void release(uint64_t checkpoint, const std::string& reason);
+  // Thread-safe, waits for the server's thread: relay staging (staging/relay.h). The thread registers the relay's
+  // checkpoint as a staged checkpoint from the start of the pull (its pids unique across staged checkpoints) and
+  // drives its socket; sessions that need a page not pulled yet wait for it. Returns the checkpoint id (>= 2),
+  // or 0 with *error one line (the relay is dropped: its connection is reset, the dump resumes the tasks).
+  uint64_t start_relay(std::unique_ptr<Relay> relay, std::string* error);
   // The staging registry; from other threads only its thread-safe parts (sealed(), the budget).
   const StagingRegistry& staging() const { return staging_; }
 
@@ -141,6 +154,19 @@ class PageServer {
   void run_commands();
   void retire(uint64_t checkpoint, const std::string& reason);
   void wake();
+  // Relay staging (start_relay), on the server's thread.
+  struct RelayEntry;
+  struct PendingRelay;
+  void adopt_relays();
+  void service_relay(uint64_t id);
+  void relay_interest(uint64_t id, RelayEntry& entry);
+  void relay_progress(uint64_t id, RelayEntry& entry, bool force);
+  void relay_wait(Entry& entry);
+  void wake_waiters(RelayEntry& entry, bool all);
+  void end_relay(uint64_t id);
+  void check_relays();
+  void abort_relay(uint64_t id, const std::string& why);
+  void stop_relays(const std::string& why);
 
   PageServerConfig config_;
   std::shared_ptr<const PageIndex> index_;
@@ -159,6 +185,8 @@ class PageServer {
   };
   std::mutex commands_mutex_;
   std::vector<Command> commands_;
+  std::vector<std::shared_ptr<PendingRelay>> relay_commands_;  // under commands_mutex_
+  bool thread_done_ = false;                                   // under commands_mutex_
   std::thread thread_;
   struct State;
   std::unique_ptr<State> state_;

@@ -153,6 +153,34 @@ int PageStore::begin_entry(PageKey key, uint64_t vaddr, uint64_t nr_pages, uint3
   return 0;
 }
 
+int PageStore::preset_layout(const std::vector<LayoutEntry>& layout) {
+  if (sealed_) return kStoreSealed;
+  if (has_pending_ || entry_count_ != 0 || data_end_ != 0) return kStoreBusy;
+  uint64_t total = 0;
+  std::unordered_map<PageKey, uint64_t> key_end;  // end address of each key's last entry so far
+  for (const LayoutEntry& e : layout) {
+    if (e.flags == 0 || (e.flags & ~(wire::PE_LAZY | wire::PE_PRESENT))) return kStoreBadEntry;
+    if (e.nr_pages == 0 || e.vaddr % page_size_ != 0) return kStoreBadEntry;
+    if (e.nr_pages > (UINT64_MAX - e.vaddr) / page_size_) return kStoreBadEntry;
+    auto end = key_end.find(e.key);
+    if (end != key_end.end() && e.vaddr < end->second) return kStoreOutOfOrder;
+    key_end[e.key] = e.vaddr + e.nr_pages * page_size_;
+    if (e.flags & wire::PE_PRESENT) {
+      if (e.nr_pages > (UINT64_MAX - total) / page_size_) return kStoreCapExceeded;
+      total += e.nr_pages * page_size_;
+    }
+  }
+  if (!budget_->try_reserve(total)) return kStoreCapExceeded;
+  reserved_ += total;
+  for (const LayoutEntry& e : layout) {
+    open_key(e.key);
+    entries_[e.key].push_back(StoreEntry{e.vaddr, e.nr_pages, e.flags, data_end_});
+    if (e.flags & wire::PE_PRESENT) data_end_ += e.nr_pages * page_size_;
+    entry_count_++;
+  }
+  return 0;
+}
+
 void PageStore::finish_entry() {
   entries_[pending_key_].push_back(pending_);
   has_pending_ = false;

@@ -185,6 +185,13 @@ class PageStore {
   // written, or a negative code as serve().
   int64_t write_pages(PageKey key, int out_fd, bool include_lazy) const;
 
+  // ---- Stores filled out of order (staging/relay_store.h) ----
+
+  // How many pages of span, from its first, can be sent now: all of them in a store filled in upload order.
+  virtual uint64_t pages_ready(const StoreSpan& span) const { return span.nr_pages; }
+  // Why pages that are not ready never will be ("" while they still may arrive).
+  virtual std::string missing_reason() const { return ""; }
+
   // ---- Accounting ----
   uint64_t bytes_held() const { return data_end_; }          // payload bytes received
   uint64_t bytes_reserved() const { return reserved_; }      // held + promised to the entry in progress
@@ -194,6 +201,17 @@ class PageStore {
 
  protected:
   PageStore(uint64_t page_size, const StoreLimits& limits);
+  // A store whose layout is known before any byte arrives: records every entry at once, their bytes at
+  // consecutive positions of the byte stream in the order given, and reserves the bytes of the PE_PRESENT ones
+  // against the budget in one go (all or nothing). Entries of a key must come in vaddr order without overlap.
+  // Only on an empty store. Returns 0 or a kStore* code (kStoreCapExceeded: nothing was reserved).
+  struct LayoutEntry {
+    PageKey key = 0;
+    uint64_t vaddr = 0;
+    uint64_t nr_pages = 0;
+    uint32_t flags = 0;
+  };
+  int preset_layout(const std::vector<LayoutEntry>& layout);
   // Append up to len bytes at the end of the byte stream (data_end()).
   virtual ssize_t put_from_fd(int fd, uint64_t len) = 0;
   virtual ssize_t put_bytes(const void* data, size_t len) = 0;

@@ -1,0 +1,575 @@
+// Relay staging (staging/relay.h, server/page_server.h) against a dump-side peer in the test: a loopback server
+// speaking the server side of the lazy-fetch session (docs/protocol.md §1.6) in both header layouts, clamping
+// each reply at the end of an 8-page "page-pipe buffer" like CRIU, answering only as fast as the test lets it.
+// Restores are PageClients of the page server. Cases: a complete pull then CLOSE (and a FIN only after the
+// answer), GETs served while pulling, a demand fetched ahead of the bulk, the peer dying or stalling mid-pull
+// (lazyd's end is a reset, never an EOF), a GET for a never-pulled page refused, the memory cap and a pid already
+// staged refused before any GET (reset), a release while pulling (reset); and the demand latency measured.
+#include "staging/relay.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/page_index.h"
+#include "server/page_server.h"
+#include "util/clock.h"
+#include "wire/wire.h"
+
+#include "check.h"
+
+using namespace lazyd;
+
+namespace {
+
+const uint64_t P = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+constexpr uint64_t RUN = 8;  // the peer clamps replies at multiples of 8 pages, like CRIU at its iovec end
+
+uint8_t pattern(uint64_t pid, uint64_t page_addr, size_t i) {
+  return static_cast<uint8_t>((pid * 131) ^ (page_addr >> 12) ^ (i * 7) ^ (i >> 9));
+}
+
+bool page_ok(const uint8_t* page, uint64_t pid, uint64_t addr) {
+  for (size_t i = 0; i < P; i++) {
+    if (page[i] != pattern(pid, addr, i)) return false;
+  }
+  return true;
+}
+
+// Waits (without sleeping as synchronisation: a condition checked every millisecond) until cond() or timeout.
+template <typename F>
+bool eventually(F cond, int timeout_ms = 10000) {
+  const uint64_t deadline = now_ns() + ms_to_ns(timeout_ms);
+  while (!cond()) {
+    if (now_ns() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// The dump's lazy page server: one client, GETs answered in order, each clamped at the next RUN boundary.
+struct Dump {
+  enum class End { kNone, kCloseThenEof, kReset, kEof, kCut };
+  wire::Format format;
+  int listen_fd = -1;
+  uint16_t port = 0;
+  std::thread thread;
+  std::atomic<int64_t> credits{-1};   // replies it may send (-1: any number)
+  std::atomic<int> die_after{-1};     // after this many replies: half a reply, then shutdown(SHUT_WR)
+  std::atomic<int> gets{0};
+  std::atomic<int> replies{0};
+  std::atomic<int> end{static_cast<int>(End::kNone)};  // how the client's end arrived
+  std::mutex mutex;
+  std::vector<uint64_t> get_vaddrs;  // in arrival order
+
+  explicit Dump(wire::Format f) : format(f) {
+    listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(listen_fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(bind(listen_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    CHECK(listen(listen_fd, 1) == 0);
+    socklen_t len = sizeof a;
+    getsockname(listen_fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    thread = std::thread([this] { serve(); });
+  }
+  ~Dump() {
+    credits = -1;
+    if (thread.joinable()) thread.join();
+    close(listen_fd);
+  }
+  End ended() const { return static_cast<End>(end.load()); }
+  std::vector<uint64_t> log() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return get_vaddrs;
+  }
+
+  static bool send_all(int fd, const uint8_t* p, size_t len) {
+    while (len > 0) {
+      ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      p += n;
+      len -= static_cast<size_t>(n);
+    }
+    return true;
+  }
+  // After our end of the session: how the client's end arrives (EOF, or a reset).
+  void watch_end(int fd, End on_eof) {
+    char c;
+    ssize_t n = recv(fd, &c, 1, 0);
+    end = static_cast<int>(n == 0 ? on_eof : End::kReset);
+  }
+
+  void serve() {
+    int fd = accept(listen_fd, nullptr, nullptr);
+    if (fd < 0) return;
+    const size_t hs = wire::header_size(format);
+    std::deque<wire::Header> queue;
+    std::vector<uint8_t> in;
+    for (;;) {
+      pollfd p{fd, POLLIN, 0};
+      poll(&p, 1, queue.empty() || credits == 0 ? 5 : 0);
+      uint8_t buf[4096];
+      ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+      if (n == 0) {
+        end = static_cast<int>(End::kEof);
+        break;
+      }
+      if (n < 0 && errno != EAGAIN) {
+        end = static_cast<int>(End::kReset);
+        break;
+      }
+      if (n > 0) in.insert(in.end(), buf, buf + n);
+      bool closed = false;
+      while (in.size() >= hs) {
+        wire::Header h = wire::decode(format, in.data());
+        in.erase(in.begin(), in.begin() + static_cast<ptrdiff_t>(hs));
+        if (h.command() == wire::PS_IOV_CLOSE) {
+          closed = true;
+          break;
+        }
+        CHECK(h.command() == wire::PS_IOV_GET);
+        gets++;
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          get_vaddrs.push_back(h.vaddr);
+        }
+        queue.push_back(h);
+      }
+      while (!queue.empty() && credits != 0) {
+        const wire::Header h = queue.front();
+        queue.pop_front();
+        if (credits > 0) credits--;
+        wire::Header r;
+        r.cmd = wire::GET_REPLY_CMD;
+        r.pad = h.pad;
+        r.nr_pages = std::min<uint64_t>(h.nr_pages, RUN - (h.vaddr / P) % RUN);
+        r.vaddr = h.vaddr;
+        r.dst_id = h.dst_id;
+        std::vector<uint8_t> out(hs + r.nr_pages * P);
+        wire::encode(format, r, out.data());
+        for (uint64_t pg = 0; pg < r.nr_pages; pg++) {
+          for (size_t i = 0; i < P; i++) out[hs + pg * P + i] = pattern(h.dst_id, h.vaddr + pg * P, i);
+        }
+        if (die_after >= 0 && replies == die_after) {
+          send_all(fd, out.data(), hs + P / 2);  // half a reply, then our side is gone
+          shutdown(fd, SHUT_WR);
+          watch_end(fd, End::kEof);
+          close(fd);
+          return;
+        }
+        if (!send_all(fd, out.data(), out.size())) break;
+        replies++;
+      }
+      if (closed) {
+        int32_t status = 0;
+        send_all(fd, reinterpret_cast<uint8_t*>(&status), sizeof status);
+        watch_end(fd, End::kCloseThenEof);  // CRIU waits for the client's EOF after answering (§1.6)
+        break;
+      }
+    }
+    close(fd);
+  }
+};
+
+// The page server with staging on, and its events.
+struct Server {
+  std::unique_ptr<PageServer> server;
+  uint16_t port = 0;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<ServerEvent> events;
+
+  explicit Server(uint64_t staging_max_bytes) {
+    PageServerConfig c;
+    c.session.format = wire::Format::Unknown;
+    c.session.max_request_pages = 1024;
+    c.session.max_queued_replies = 64;
+    c.session.max_queued_bytes = 16 << 20;
+    c.max_sessions = 64;
+    c.stall_timeout_ms = 5000;
+    c.idle_timeout_ms = 0;
+    c.accept_uploads = true;
+    c.staging_max_bytes = staging_max_bytes;
+    c.staging_restores = 0;
+    c.upload.format = wire::Format::Unknown;
+    c.upload.max_entry_pages = 1 << 18;
+    c.tls_handshake_timeout_ms = 5000;
+    server = std::make_unique<PageServer>(c, std::make_shared<PageIndex>(P), [this](const ServerEvent& e) {
+      std::lock_guard<std::mutex> lock(mutex);
+      events.push_back(e);
+      cv.notify_all();
+    });
+    CHECK(server->listen("127.0.0.1", 0, &port) == 0);
+    CHECK(server->start() == 0);
+  }
+  ~Server() {
+    server->request_stop(0);
+    server->join();
+  }
+  // The first event of this kind for checkpoint (waits up to 10 s).
+  bool wait_event(ServerEvent::Kind kind, uint64_t checkpoint, ServerEvent* out) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return cv.wait_for(lock, std::chrono::seconds(10), [&] {
+      for (const ServerEvent& e : events) {
+        if (e.kind == kind && e.checkpoint == checkpoint) {
+          if (out) *out = e;
+          return true;
+        }
+      }
+      return false;
+    });
+  }
+  bool has_event(ServerEvent::Kind kind, uint64_t checkpoint) {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const ServerEvent& e : events) {
+      if (e.kind == kind && e.checkpoint == checkpoint) return true;
+    }
+    return false;
+  }
+};
+
+RelayOptions options_for(const Dump& dump, std::vector<RelayTask> tasks, const Server& server) {
+  RelayOptions o;
+  o.host = "127.0.0.1";
+  o.port = dump.port;
+  o.connect_timeout_ms = 2000;
+  o.format = dump.format;
+  o.tasks = std::move(tasks);
+  o.request_pages = 64;
+  o.inflight_bytes = 4 * 64 * P;
+  o.stall_timeout_ms = 5000;
+  o.page_size = P;
+  o.budget = server.server->staging().budget();
+  return o;
+}
+
+// Two tasks: ranges not multiples of RUN, not aligned to it, one of 1 page.
+std::vector<RelayTask> two_tasks(uint64_t scale = 1) {
+  const uint64_t base = 0x7f0000000000ull;
+  return {RelayTask{101, {{base, 37 * scale}, {base + 0x100000 * scale, 5}, {base + 0x400000 * scale, 1}}},
+          RelayTask{202, {{base + 0x3000, 70 * scale}, {base + 0x800000 * scale, 12}}}};
+}
+
+uint64_t start_relay(Server& server, RelayOptions options, std::string* error = nullptr) {
+  std::string why;
+  int err = 0;
+  std::unique_ptr<Relay> relay = Relay::start(std::move(options), &why, &err);
+  if (!relay) {
+    if (error) *error = why;
+    return 0;
+  }
+  const uint64_t id = server.server->start_relay(std::move(relay), &why);
+  if (error) *error = why;
+  return id;
+}
+
+// A restore: one GET at a time through a PageClient to the page server. Returns 0 and the pages in *pages, or
+// the client's error.
+struct Restore {
+  PageClient client;
+  explicit Restore(const Server& server, wire::Format format) : client(format, P) {
+    CHECK(client.connect("127.0.0.1", server.port, 2000) == 0);
+  }
+  int get(uint64_t pid, uint64_t vaddr, uint64_t nr, std::vector<uint8_t>* out, uint64_t* got, int timeout_ms = 10000) {
+    out->assign(nr * P, 0);
+    PageRequest r{1, pid, vaddr, nr, out->data()};
+    int rc = client.submit(r);
+    if (rc < 0) return rc;
+    const uint64_t deadline = now_ns() + ms_to_ns(timeout_ms);
+    std::vector<PageReply> done;
+    while (done.empty()) {
+      pollfd p{client.fd(), static_cast<short>(POLLIN | (client.wants_write() ? POLLOUT : 0)), 0};
+      poll(&p, 1, 10);
+      rc = client.pump(&done);
+      if (rc < 0) return rc;
+      if (now_ns() > deadline) return -ETIMEDOUT;
+    }
+    *got = done[0].nr_pages;
+    return 0;
+  }
+  // Every page of every task, each GET as large as the server answers.
+  bool verify_all(const std::vector<RelayTask>& tasks) {
+    for (const RelayTask& t : tasks) {
+      for (const RelayRange& range : t.ranges) {
+        uint64_t at = 0;
+        while (at < range.nr_pages) {
+          std::vector<uint8_t> buf;
+          uint64_t got = 0;
+          if (get(t.pid, range.vaddr + at * P, range.nr_pages - at, &buf, &got) != 0) return false;
+          for (uint64_t pg = 0; pg < got; pg++) {
+            if (!page_ok(buf.data() + pg * P, t.pid, range.vaddr + (at + pg) * P)) return false;
+          }
+          at += got;
+        }
+      }
+    }
+    return true;
+  }
+};
+
+uint64_t total_pages(const std::vector<RelayTask>& tasks) {
+  uint64_t n = 0;
+  for (const RelayTask& t : tasks)
+    for (const RelayRange& r : t.ranges) n += r.nr_pages;
+  return n;
+}
+
+// A complete pull: every page held, CLOSE sent only then, the dump sees its EOF only after answering; restores
+// are served every page, right.
+void test_complete_pull(wire::Format format) {
+  Server server(1ull << 30);
+  Dump dump(format);
+  const std::vector<RelayTask> tasks = two_tasks();
+  const uint64_t id = start_relay(server, options_for(dump, tasks, server));
+  CHECK(id >= 2);
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.ok);
+  CHECK(done.pages_held == total_pages(tasks));
+  CHECK(done.pages_total == total_pages(tasks));
+  CHECK(done.bytes == total_pages(tasks) * P);
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kCloseThenEof);
+  // Each page asked for exactly once (short replies re-ask only the rest), so the dump's replies cover the layout.
+  CHECK(dump.replies >= dump.gets);
+  Restore restore(server, format);
+  CHECK(restore.verify_all(tasks));
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayFailed, id));
+}
+
+// A restore's GET for a page the bulk has not reached is fetched ahead of it: the dump, holding its replies, sees
+// the demand GET right behind the bulk GETs in flight, not after the bulk has got there.
+void test_demand_ahead_of_bulk(wire::Format format) {
+  Server server(1ull << 30);
+  Dump dump(format);
+  dump.credits = 0;
+  const std::vector<RelayTask> tasks = two_tasks(8);
+  RelayOptions o = options_for(dump, tasks, server);
+  o.request_pages = 16;
+  o.inflight_bytes = 2 * 16 * P;  // two bulk GETs in flight
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.gets == 2; }));
+  const RelayRange last = tasks[1].ranges[1];
+  const uint64_t want = last.vaddr + 5 * P;
+  std::vector<uint8_t> buf;
+  uint64_t got = 0;
+  int rc = -1;
+  std::thread restore_thread([&] {
+    Restore restore(server, format);
+    rc = restore.get(tasks[1].pid, want, 2, &buf, &got);
+  });
+  CHECK(eventually([&] { return dump.gets == 3; }));
+  CHECK(dump.log()[2] == want);  // the demand, third: behind the two bulk GETs only
+  dump.credits = -1;
+  restore_thread.join();
+  CHECK(rc == 0);
+  CHECK(got >= 1 && got <= 2);
+  for (uint64_t pg = 0; pg < got; pg++) CHECK(page_ok(buf.data() + pg * P, tasks[1].pid, want + pg * P));
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, nullptr));
+  CHECK(eventually([&] { return dump.ended() == Dump::End::kCloseThenEof; }));
+  Restore after(server, format);
+  CHECK(after.verify_all(tasks));
+}
+
+// The dump's server dies mid-pull (half a reply, then its EOF): the relay fails with one line, lazyd's end is a
+// reset (the dump would count an EOF as success and kill the tasks), pages held are served, a page never pulled is
+// refused (never zeros), and a restore waiting for one is refused too.
+void test_peer_dies(wire::Format format) {
+  Server server(1ull << 30);
+  Dump dump(format);
+  dump.credits = 3;
+  const std::vector<RelayTask> tasks = two_tasks(8);
+  RelayOptions o = options_for(dump, tasks, server);
+  o.request_pages = 16;
+  o.inflight_bytes = 2 * 16 * P;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.replies == 3; }));
+  // A restore waits for a page far ahead of the bulk.
+  const RelayRange last = tasks[1].ranges[1];
+  std::vector<uint8_t> buf;
+  uint64_t got = 0;
+  int waiting_rc = 0;
+  std::thread waiter([&] {
+    Restore restore(server, format);
+    waiting_rc = restore.get(tasks[1].pid, last.vaddr, 1, &buf, &got);
+  });
+  CHECK(eventually([&] { return dump.gets >= 4; }));  // its demand reached the dump
+  dump.die_after = 3;
+  dump.credits = -1;
+  ServerEvent failed;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
+  CHECK(!failed.ok);
+  CHECK(failed.message.find("closed the connection") != std::string::npos);
+  CHECK(failed.message.find("resumes the tasks") != std::string::npos);
+  CHECK(failed.message.find('\n') == std::string::npos);
+  CHECK(failed.pages_held < failed.pages_total);
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kReset);
+  waiter.join();
+  CHECK(waiting_rc < 0);  // the session was refused: no reply, no zeros
+  // Pages held (the first replies, from the start of task 101's first range) are still served.
+  Restore restore(server, format);
+  std::vector<uint8_t> first;
+  CHECK(restore.get(tasks[0].pid, tasks[0].ranges[0].vaddr, 1, &first, &got) == 0);
+  CHECK(got == 1 && page_ok(first.data(), tasks[0].pid, tasks[0].ranges[0].vaddr));
+  Restore refused(server, format);
+  CHECK(refused.get(tasks[1].pid, last.vaddr + 3 * P, 1, &first, &got) < 0);
+  CHECK(refused.client.error().find("closed the connection") != std::string::npos);
+}
+
+// The dump stops answering: past the stall timeout the relay fails and resets the connection.
+void test_peer_stalls() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  dump.credits = 2;
+  RelayOptions o = options_for(dump, two_tasks(8), server);
+  o.stall_timeout_ms = 300;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  ServerEvent failed;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
+  CHECK(failed.message.find("--stall-timeout") != std::string::npos);
+  dump.credits = -1;  // too late: the connection is gone
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kReset);
+}
+
+// The memory cap: refused before any GET, the connection reset.
+void test_cap_exceeded() {
+  Server server(64 * P);
+  Dump dump(wire::Format::V24);
+  std::string error;
+  CHECK(start_relay(server, options_for(dump, two_tasks(), server), &error) == 0);
+  CHECK(error.find("--staging-max-bytes") != std::string::npos);
+  CHECK(error.find("resumes the tasks") != std::string::npos);
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kReset);
+  CHECK(dump.gets == 0);
+  CHECK(server.server->stats().staging_bytes == 0);
+}
+
+// A pid already staged (by a relay in progress): the second relay is refused, its dump reset with no GET.
+void test_pid_already_staged() {
+  Server server(1ull << 30);
+  Dump first(wire::Format::V32);
+  first.credits = 0;
+  const uint64_t id = start_relay(server, options_for(first, two_tasks(), server));
+  CHECK(id >= 2);
+  Dump second(wire::Format::V32);
+  std::string error;
+  CHECK(start_relay(server, options_for(second, {RelayTask{202, {{0x500000000000ull, 4}}}}, server), &error) == 0);
+  CHECK(error.find("pid 202 is already staged by checkpoint #" + std::to_string(id)) != std::string::npos);
+  CHECK(eventually([&] { return second.ended() != Dump::End::kNone; }));
+  CHECK(second.ended() == Dump::End::kReset);
+  CHECK(second.gets == 0);
+  first.credits = -1;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, nullptr));
+}
+
+// `lazyd staging release` while the pull runs: the dump is reset (it resumes the tasks), not closed.
+void test_release_while_pulling() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V24);
+  dump.credits = 1;
+  const uint64_t id = start_relay(server, options_for(dump, two_tasks(), server));
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.replies == 1; }));
+  server.server->release(id, "released by the operator");
+  ServerEvent failed;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
+  CHECK(failed.message.find("released while pulling") != std::string::npos);
+  CHECK(server.wait_event(ServerEvent::Kind::kReleased, id, nullptr));
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kReset);
+  CHECK(eventually([&] { return server.server->stats().staging_bytes == 0; }));
+}
+
+// A dump with no lazy page: nothing to pull, CLOSE at once.
+void test_nothing_to_pull() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  const uint64_t id = start_relay(server, options_for(dump, {RelayTask{303, {}}}, server));
+  CHECK(id >= 2);
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.pages_total == 0);
+  CHECK(eventually([&] { return dump.ended() == Dump::End::kCloseThenEof; }));
+}
+
+// Measurement (printed, not asserted beyond correctness): how long a restore's GET for a page the bulk has not
+// reached waits while a large pull runs on loopback, with the default request size and bytes in flight.
+void measure_demand_latency(uint64_t request_pages, uint64_t inflight_bytes) {
+  Server server(1ull << 32);
+  Dump dump(wire::Format::V32);
+  const uint64_t pages = (256ull << 20) / P;
+  const std::vector<RelayTask> tasks = {RelayTask{404, {{0x7e0000000000ull, pages}}}};
+  RelayOptions o = options_for(dump, tasks, server);
+  o.request_pages = request_pages;
+  o.inflight_bytes = inflight_bytes;
+  const uint64_t t0 = now_ns();
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  Restore restore(server, wire::Format::V32);
+  std::vector<double> waits;
+  for (int i = 0; i < 40 && !server.has_event(ServerEvent::Kind::kRelayDone, id); i++) {
+    const uint64_t page = pages - 1 - static_cast<uint64_t>(i) * 97;
+    std::vector<uint8_t> buf;
+    uint64_t got = 0;
+    const uint64_t s = now_ns();
+    CHECK(restore.get(404, 0x7e0000000000ull + page * P, 1, &buf, &got) == 0);
+    waits.push_back(static_cast<double>(now_ns() - s) / 1e6);
+    CHECK(page_ok(buf.data(), 404, 0x7e0000000000ull + page * P));
+  }
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  const double pull_ms = static_cast<double>(now_ns() - t0) / 1e6;
+  std::sort(waits.begin(), waits.end());
+  std::printf("measure: 256 MiB relay, requestPages %llu, inflightBytes %llu: pull %.0f ms (%.0f MiB/s, event ms %llu); "
+              "demand GETs during the pull: %zu, median %.2f ms, max %.2f ms\n",
+              static_cast<unsigned long long>(request_pages), static_cast<unsigned long long>(inflight_bytes), pull_ms,
+              256.0 / (pull_ms / 1000.0), static_cast<unsigned long long>(done.ms), waits.size(),
+              waits.empty() ? 0.0 : waits[waits.size() / 2], waits.empty() ? 0.0 : waits.back());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  test_complete_pull(wire::Format::V24);
+  test_complete_pull(wire::Format::V32);
+  test_demand_ahead_of_bulk(wire::Format::V24);
+  test_demand_ahead_of_bulk(wire::Format::V32);
+  test_peer_dies(wire::Format::V24);
+  test_peer_dies(wire::Format::V32);
+  test_peer_stalls();
+  test_cap_exceeded();
+  test_pid_already_staged();
+  test_release_while_pulling();
+  test_nothing_to_pull();
+  if (argc > 1 && std::strcmp(argv[1], "--measure") == 0) {
+    measure_demand_latency(256, 4ull << 20);
+    measure_demand_latency(256, 1ull << 20);
+    measure_demand_latency(1024, 16ull << 20);
+    measure_demand_latency(64, 1ull << 20);
+  }
+  return check_report();
+}
