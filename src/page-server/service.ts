@@ -5,7 +5,7 @@ import { loadNative, type NativeTlsOptions, type PageServer, type PageServerEven
 import fs from 'node:fs';
 import path from 'node:path';
 import { Stager, type StagedCheckpointInfo, type StagingOptions } from '../staging/stager.js';
-import { Relayer, type NativeRelaySink } from '../staging/relay.js';
+import { Relayer } from '../staging/relay.js';
 import { buildPageIndex, type PageIndexSummary } from './page-index.js';
 import { PAGE_SERVER } from '../config/flags.js';
 import { defaultValues, pageServerOptions } from '../config/resolve.js';
@@ -92,8 +92,8 @@ export class PageServerService {
     });
     if (options.staging) {
       stager = new Stager(options.staging, native, logger);
-      // TODO(i11-relay-native): PageServer.startRelay is R1's; until its binding is merged this is its declared shape.
-      relays = new Relayer(native as unknown as NativeRelaySink, options.tls, logger);
+      const adopt = stager;
+      relays = new Relayer(native, options.tls, logger, (info) => adopt.adopt({ id: info.id, pids: info.pids, bytes: info.pagesTotal * 4096, stagedAt: info.startedAt }));
     }
     // A staging daemon may start on an empty directory: the dumps bring the checkpoints.
     const summary =

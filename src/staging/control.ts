@@ -154,15 +154,14 @@ export function listCheckpoints(target: StagingControlTarget): ListedCheckpoint[
     return {
       id: c.id,
       pids: c.pids,
-      bytes: c.bytes,
+      bytes: relay ? relay.bytes : c.bytes,
       restores: c.restores,
       stagedAt: new Date(c.stagedAt).toISOString(),
       ...(relay ? { relay: relayOf(relay) } : {}),
     };
   });
   for (const r of relays.values()) {
-    // A complete relay that is no longer staged was released: not listed, as released uploads are not.
-    if (r.state === 'complete') continue;
+    // Not staged (the daemon forgets a relay once its checkpoint is released): listed from the relay alone.
     list.push({ id: r.id, pids: r.pids, bytes: r.bytes, restores: 0, stagedAt: new Date(r.startedAt).toISOString(), relay: relayOf(r) });
   }
   return list.sort((a, b) => a.id - b.id);

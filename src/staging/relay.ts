@@ -166,6 +166,8 @@ export class Relayer {
     /** The daemon's TLS credentials (undefined: it runs without --tls). */
     private readonly tls: NativeTlsOptions | undefined,
     private readonly logger: Logger,
+    /** Called once a pull runs: the checkpoint is staged from then on (Stager.adopt). */
+    private readonly onStarted: (info: RelayInfo) => void = () => undefined,
   ) {}
 
   list(): RelayInfo[] {
@@ -219,6 +221,7 @@ export class Relayer {
       startedAt: started,
     };
     this.relays.set(id, info);
+    this.onStarted({ ...info });
     this.logger.info(
       { checkpoint: id, pids: info.pids, pages: plan.pages, headers: plan.format, from, waitedMs: Math.round(waitedMs) },
       `Relay checkpoint #${id}: pulling ${plan.pages} lazy pages of pids ${info.pids.join(', ')} from the dump on ${from}`,
@@ -243,6 +246,10 @@ export class Relayer {
     type: string; checkpoint?: number; pagesHeld?: number; pagesTotal?: number; bytes?: number; ms?: number; message?: string;
     demandRequests?: number; bulkRequests?: number; shortReplies?: number;
   }): boolean {
+    if (event.type === 'released') {
+      this.relays.delete(event.checkpoint ?? -1); // and on to the stager
+      return false;
+    }
     if (event.type !== 'relay-progress' && event.type !== 'relay-done' && event.type !== 'relay-failed') return false;
     const info = this.relays.get(event.checkpoint ?? -1);
     if (!info) return true;

@@ -162,7 +162,8 @@ for (const version of CRIU_VERSIONS) {
         assert.ok(restored.lazyPages.total >= checkpoint.dataPages);
         assert.ok(restored.passes[0].every((p) => p.ok === checkpoint.dataPages && p.bad === 0), 'the restored workload verifies clean');
       }
-      await waitFor('the release after 2 restores', () => lazyd.service.stagedCheckpoints().length === 0 || undefined);
+      await waitFor('the release after 2 restores', () => lazyd.lines.find((l) => l.msg.startsWith(`Staged checkpoint #${listed!.id} released: after 2 completed restores`)));
+      assert.deepEqual(await list(lazyd), [], 'released: no longer listed');
       assert.deepEqual(errors(lazyd.lines), []);
     });
   });
