@@ -216,7 +216,8 @@ async function relayCommand(json: string, target: StagingControlTarget, notify: 
   notify(running);
   const outcome = await target.relays.wait(started.id);
   if (outcome.ok) return `ok ${relayDoneLine(outcome.info)}`;
-  return `error relay of checkpoint #${outcome.info.id} failed: ${outcome.message} (${outcome.info.pagesHeld} of ${outcome.info.pagesTotal} pages held; the checkpoint is incomplete; the dump had a reset and resumes its tasks)`;
+  // The native message says what happened, how many pages were held and what the dump does (it had a reset).
+  return `error checkpoint #${outcome.info.id}: ${outcome.message}; the checkpoint is incomplete and never served as complete`;
 }
 
 /**

@@ -269,8 +269,7 @@ export class Relayer {
       info.message = event.message || 'the relay failed';
       this.logger.error(
         { checkpoint: info.id, pagesHeld: info.pagesHeld, pagesTotal: info.pagesTotal, ...requestCounts(event) },
-        `Relay checkpoint #${info.id} failed: ${info.message}; the checkpoint is incomplete (${info.pagesHeld} of ` +
-          `${info.pagesTotal} pages) and is never served as complete; the dump had a reset and resumes its tasks`,
+        `Relay checkpoint #${info.id} failed: ${info.message}; the checkpoint is incomplete and never served as complete`,
       );
     }
     for (const resolve of this.waiters.get(info.id) ?? []) resolve(outcomeOf(info));

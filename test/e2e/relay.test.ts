@@ -220,7 +220,7 @@ for (const version of CRIU_VERSIONS) {
       assert.notEqual(exit.code, 0, 'the relay command fails');
       const complaint = output.trim().split('\n');
       assert.equal(complaint.length, 1, 'one line');
-      assert.match(complaint[0]!, /^lazyd staging: relay of checkpoint #\d+ failed: .+ \(\d+ of \d+ pages held; the checkpoint is incomplete; the dump had a reset and resumes its tasks\)$/);
+      assert.match(complaint[0]!, /^lazyd staging: checkpoint #\d+: relay from the dump at 127\.0\.0\.1:\d+ failed after \d+ of \d+ pages: .+; the checkpoint is incomplete and never served as complete$/);
       const [listed] = await list(lazyd);
       assert.equal(listed?.relay?.state, 'failed');
       assert.ok(listed!.relay!.pagesHeld < listed!.relay!.pagesTotal, 'incomplete');
