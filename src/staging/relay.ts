@@ -8,6 +8,7 @@
 //      serving restores of the checkpoint on the daemon's own port, and ends the dump's session with CLOSE only
 //      once it holds every page (otherwise with a reset: the dump fails and resumes the tasks, §1.7 step 4),
 //   4. follows the native relay's events: progress, done, failed.
+import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import type { NativeTlsOptions } from '../native.js';
@@ -142,6 +143,31 @@ export async function relayPlan(dir: string, format?: 24 | 32): Promise<RelayPla
   return { dir: checkpoint.dir, format: chosen, tasks, pages, bytes: pages * checkpoint.pageSize };
 }
 
+/**
+ * Connects to the dump's lazy page server and resets the connection at once (SO_LINGER 0): `criu dump
+ * --lazy-pages` takes a reset for a failed transfer and resumes the tasks; a clean close would be an EOF at a
+ * header boundary, a finished transfer, and the tasks would be killed (docs/protocol.md §1.7). Resolves with what
+ * became of the dump, for the error line.
+ */
+export function resetDump(host: string, port: number, timeoutMs = 5000): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(`the dump at ${host}:${port} did not take a connection within ${timeoutMs} ms: check that it still runs (its tasks may still be frozen)`);
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.resetAndDestroy();
+      resolve("the dump's connection was reset, so criu dump fails and resumes the tasks");
+    });
+    socket.once('error', (error) => {
+      clearTimeout(timer);
+      resolve(`the dump at ${host}:${port} could not be reached to reset it (${error.message}): check that it still runs (its tasks may still be frozen)`);
+    });
+  });
+}
+
 /** The one line `lazyd staging relay` prints when a relay completes. */
 export function relayDoneLine(info: RelayInfo): string {
   const mib = (info.bytes / (1024 * 1024)).toFixed(1);
@@ -190,12 +216,19 @@ export class Relayer {
    */
   async start(request: RelayRequest): Promise<RelayInfo> {
     const from = `${request.host.includes(':') ? `[${request.host}]` : request.host}:${request.port}`;
-    if (request.tls && this.tls === undefined) {
-      throw new Error('relay --tls: this daemon runs without --tls, so it has no certificate to show the dump: start it with --tls and its --tls-* flags');
-    }
     this.logger.info({ dir: request.dir, from }, `Relay: waiting for the dump's page server on ${from}`);
     const waitedMs = await waitForListen(request.host, request.port, request.listenTimeoutMs, this.abort.signal);
-    const plan = await relayPlan(path.resolve(request.dir), request.format);
+    let plan: RelayPlan;
+    try {
+      if (request.tls && this.tls === undefined) {
+        throw new Error('--relay-tls: this daemon runs without --tls, so it has no certificate to show the dump: start it with --tls and its --tls-* flags');
+      }
+      plan = await relayPlan(path.resolve(request.dir), request.format);
+    } catch (error) {
+      // The dump waits for its one client with the tasks frozen, forever: a reset makes it fail and resume them.
+      const reset = await resetDump(request.host, request.port);
+      throw new Error(`${(error as Error).message}; ${reset}`);
+    }
     const started = Date.now();
     const id = this.native.startRelay({
       host: request.host,

@@ -213,6 +213,7 @@ for (const version of CRIU_VERSIONS) {
       // Stop the pull at a known point (requests swallowed, the answers in flight through), then kill the dump.
       await waitFor('some pages pulled', () => (slow.forwarded['to-client'] > 1024 * 1024 ? true : undefined));
       await slow.hold();
+      const beforeKill = logOffset(checkpoint.workloadDir);
       dump.proc.kill('SIGKILL');
       await dump.proc.exited;
       const { exit, output } = await relay.ended();
@@ -230,6 +231,9 @@ for (const version of CRIU_VERSIONS) {
       const range = task.ranges.at(-1)!;
       const lastPage = range.vaddr + BigInt((range.nrPages - 1) * PAGE_SIZE);
       assert.equal((await lazyGet(lazyd.port, version, task.pid, lastPage)).length, 0, 'a GET for a page never pulled is refused');
+      // The original: its tracer gone, the kernel detached it and it runs on, its memory intact.
+      const passes = await waitForPasses(checkpoint.workloadDir, 2, timeouts.passesMs, { fromOffset: beforeKill });
+      assert.ok(passes.every((p) => p.ok === checkpoint.dataPages && p.bad === 0), 'the original verifies clean');
       const failed = lazyd.lines.filter((l) => l.level >= 50);
       assert.ok(failed.some((l) => /^Relay checkpoint #\d+ failed: /.test(l.msg)), JSON.stringify(failed.map((l) => l.msg)));
     });
@@ -244,8 +248,12 @@ for (const version of CRIU_VERSIONS) {
       const dump = checkpoint.dumpServer!;
       const before = logOffset(checkpoint.workloadDir);
       await assert.rejects(startRelayCommand(lazyd.target, checkpoint.imagesDir, dump), (error: Error) => {
-        t.diagnostic(error.message.split('\n')[0]!);
-        assert.match(error.message, /cap|--staging-max-bytes/);
+        const line = error.message.split('\n').find((l) => l.includes('lazyd staging: '))?.trim() ?? error.message;
+        t.diagnostic(line);
+        assert.match(
+          line,
+          /lazyd staging: cannot relay the dump at 127\.0\.0\.1:\d+: the relayed checkpoint needs 16 MiB of staging memory, but only 4 MiB of the 4 MiB cap are free \(--staging-max-bytes\): raise the cap or release a staged checkpoint; its connection was reset, so criu dump fails and resumes the tasks$/,
+        );
         return true;
       });
       // The dump had a reset: it fails and resumes the tasks, which verify their memory on.

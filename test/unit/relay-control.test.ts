@@ -185,10 +185,20 @@ test('a relay request waits for the dump to listen, reads its images, starts the
   // --no-wait answers once the pull runs; --relay-tls needs a daemon with TLS credentials.
   const noWait = await runCommand(`relay ${JSON.stringify({ ...request, wait: false })}`, target, logger);
   assert.equal(noWait, `ok relaying checkpoint #7 (pids 1): ${total} lazy pages from 127.0.0.1:${port}`);
-  assert.equal(
-    await runCommand(`relay ${JSON.stringify({ ...request, tls: true })}`, target, logger).catch((e: Error) => `error ${e.message}`),
-    'error relay --tls: this daemon runs without --tls, so it has no certificate to show the dump: start it with --tls and its --tls-* flags',
+  // A relay that cannot start once the dump listens resets the dump's connection (so it resumes its tasks).
+  let resets = 0;
+  server.on('connection', (socket) => socket.on('error', (error: NodeJS.ErrnoException) => error.code === 'ECONNRESET' && resets++));
+  await assert.rejects(
+    runCommand(`relay ${JSON.stringify({ ...request, tls: true })}`, target, logger),
+    new Error("--relay-tls: this daemon runs without --tls, so it has no certificate to show the dump: start it with --tls and its --tls-* flags; the dump's connection was reset, so criu dump fails and resumes the tasks"),
   );
+  const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-relay-empty-'));
+  t.after(() => fs.rmSync(empty, { recursive: true, force: true }));
+  await assert.rejects(
+    runCommand(`relay ${JSON.stringify({ ...request, dir: empty })}`, target, logger),
+    /^Error: the dump's images in .* cannot be read: .*; the dump's connection was reset, so criu dump fails and resumes the tasks$/,
+  );
+  await waitUntil(() => resets === 2);
   assert.equal(await runCommand(`relay ${JSON.stringify(request)}`, { ...target, relays: undefined }, logger), 'error relay: this daemon does not relay (it needs staging on)');
 });
 
