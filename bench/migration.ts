@@ -7,9 +7,12 @@
 //                lazyd          `lazyd --page-server` on a plain dump (serve mode)
 //                lazyd-staging  `lazyd --page-server` started first; `criu dump --page-server` uploads the pages
 //                               into its memory (the tasks are then gone), and it serves them lazily
+//                lazyd-relay    `lazyd --page-server` started first; `criu dump --lazy-pages --address 127.0.0.1`
+//                               on the source, `lazyd staging relay` pulls its lazy pages into lazyd's memory (the
+//                               dump then ends, the tasks are gone), and lazyd serves them lazily meanwhile and after
 //   destination  criu           `criu lazy-pages`        lazyd   `lazyd lazy-pages`
 // The workload, criu dump and the page server run in the source namespace; the daemon and criu restore in the
-// destination one. The headline pair is criu-dump+criu (stock CRIU) vs lazyd-staging+lazyd.
+// destination one. The headline compares criu-dump+criu (stock CRIU), lazyd-staging+lazyd and lazyd-relay+lazyd.
 //
 // Workloads (test/workload/workload.c; pid-namespaced, heartbeat every 5 ms, verifying what it reads against its
 // pattern; after all pages are present every page is checked once more with do-verify-all):
@@ -21,11 +24,11 @@
 // LAZYD_BENCH_RTTS=0.5 narrow them; LAZYD_BENCH_BOUND_S is the bound, default 60 s):
 // run in the order A, D, C, B (most telling first); each finished comparison is also kept in
 // bench/results/migration-partial-<pid>.json until the benchmark ends.
-//   A  headline pair, CRIU 4.2.1, 512 MiB, every workload × RTT 0 / 0.5 / 5 ms
-//   B  headline pair, CRIU 4.1.1, 512 MiB, every workload at 0.5 ms
-//   C  headline pair, CRIU 4.2.1, 64 MiB and 2 GiB, seq and hot at 0.5 ms
-//   D  all 8 source × destination pairings, CRIU 4.2.1, 512 MiB, seq and random at 0.5 ms, alternated together
-// --quick: the headline pair, 64 MiB, seq and hot, at 0 and 5 ms, one round.
+//   A  headline three, CRIU 4.2.1, 512 MiB, every workload × RTT 0 / 0.5 / 5 ms
+//   B  headline three, CRIU 4.1.1, 512 MiB, every workload at 0.5 ms
+//   C  headline three, CRIU 4.2.1, 64 MiB and 2 GiB, seq and hot at 0.5 ms
+//   D  all 10 source × destination pairings, CRIU 4.2.1, 512 MiB, seq and random at 0.5 ms, alternated together
+// --quick: the headline three, 64 MiB, seq and hot, at 0 and 5 ms, one round.
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -59,11 +62,14 @@ import type { BenchContext, Benchmark } from './lib/types.js';
 
 const BOUND_MS = Number(process.env.LAZYD_BENCH_BOUND_S ?? 60) * 1000;
 
-type Source = Extract<SourceKind, 'criu-dump' | 'criu' | 'lazyd' | 'lazyd-staging'>;
-const SOURCES: Source[] = ['criu-dump', 'criu', 'lazyd', 'lazyd-staging'];
+type Source = Extract<SourceKind, 'criu-dump' | 'criu' | 'lazyd' | 'lazyd-staging' | 'lazyd-relay'>;
+const SOURCES: Source[] = ['criu-dump', 'criu', 'lazyd', 'lazyd-staging', 'lazyd-relay'];
 const DESTS: DaemonKind[] = ['criu', 'lazyd'];
 const STOCK = 'criu-dump+criu';
 const LAZYD = 'lazyd-staging+lazyd';
+const RELAY = 'lazyd-relay+lazyd';
+/** What the headline compares, alternated in one run: stock CRIU, lazyd's staging flow, lazyd's relay flow. */
+const HEADLINE = [STOCK, LAZYD, RELAY];
 
 type WorkloadName = 'idle' | 'seq' | 'random' | 'hot' | 'multi';
 const WORKLOADS: WorkloadName[] = ['idle', 'seq', 'random', 'hot', 'multi'];
@@ -279,6 +285,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
   let requests: number | null = null;
   let verified = false;
   let staged: number | null = null;
+  let relayHeld: number | null = null;
   let touch: { p50: number | null; p99: number | null; max: number | null; slow: number } = { p50: null, p99: null, max: null, slow: 0 };
   const wireBefore = hosts.wireBytes();
   let result: MigrationResult;
@@ -301,6 +308,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
         dst.stop();
         // Read while the run dir exists (it is removed once the migration succeeds).
         if (source === 'lazyd-staging' && srcLog) staged = stagedBytes(srcLog);
+        if (source === 'lazyd-relay') relayHeld = null; // read from the relay's line once the migration returns
         const log = path.join(restored.dstDir, 'lazy-pages.log');
         if (dest === 'criu') {
           const us = criuFaultServiceUs(log);
@@ -318,7 +326,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
         verified = true;
       },
       afterFinish: (server) => {
-        if (dest === 'lazyd' || source === 'lazyd' || source === 'lazyd-staging') {
+        if (dest === 'lazyd' || source === 'lazyd' || source === 'lazyd-staging' || source === 'lazyd-relay') {
           const s = readServedSessions(server.logFile);
           if (s && dest === 'lazyd') requests = s.gets;
         }
@@ -335,8 +343,15 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
   const lazyMiB = (r.lazyPages.copied * 4096) / 1048576;
   const rate = r.pagesInstalledMs > 0 ? lazyMiB / (r.pagesInstalledMs / 1000) : NaN;
   const tcp = limits.tcp.find((t) => t.where === 'veth' && t.rttMs === cell.rttMs);
+  if (source === 'lazyd-relay') relayHeld = r.relay?.bytes ?? null;
   const held =
-    source === 'lazyd-staging' ? (staged ?? NaN) / 1048576 : source === 'criu-dump' ? (r.dataPages * 4096) / 1048576 : NaN;
+    source === 'lazyd-staging'
+      ? (staged ?? NaN) / 1048576
+      : source === 'lazyd-relay'
+        ? (relayHeld ?? NaN) / 1048576
+        : source === 'criu-dump'
+          ? (r.dataPages * 4096) / 1048576
+          : NaN;
   const dstW = dst.get();
   return {
     figures: {
@@ -383,6 +398,8 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       serverStartMs: r.serverStartMs,
       totalMs: r.totalMs,
       lazydTotals: r.lazydTotals?.line,
+      relay: r.relay?.line,
+      relayMs: r.relay?.ms,
     },
   };
 }
@@ -435,7 +452,7 @@ interface Plan {
 export function plans(ctx: BenchContext): Plan[] {
   const newest = [...ctx.criuVersions].sort().at(-1)!;
   const oldest = [...ctx.criuVersions].sort()[0];
-  const headline = [STOCK, LAZYD];
+  const headline = HEADLINE;
   if (ctx.quick) {
     return (['seq', 'hot'] as WorkloadName[]).flatMap((workload) =>
       [0, 5].map((rttMs) => ({ slice: 'quick', cell: { criuVersion: newest, mib: 64, workload, rttMs }, configs: headline, rounds: 1 })),
@@ -456,7 +473,7 @@ export function plans(ctx: BenchContext): Plan[] {
         for (const workload of ['seq', 'hot'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib, workload, rttMs: 0.5 }, configs: headline, rounds });
       }
     } else if (slice === 'D') {
-      const all = [STOCK, LAZYD, ...SOURCES.flatMap((s) => DESTS.map((d) => `${s}+${d}`)).filter((c) => c !== STOCK && c !== LAZYD)];
+      const all = [...HEADLINE, ...SOURCES.flatMap((s) => DESTS.map((d) => `${s}+${d}`)).filter((c) => !HEADLINE.includes(c))];
       for (const workload of ['seq', 'random'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib: 512, workload, rttMs: 0.5 }, configs: all, rounds });
     }
   }
@@ -478,6 +495,7 @@ const HEADLINE_FIGURES: { key: string; label: string }[] = [
   { key: 'stallMaxMs', label: 'max stall' },
   { key: 'touchP99Us', label: 'fault p99 (workload)' },
   { key: 'sourceFrozenMs', label: 'source frozen' },
+  { key: 'sourceHeldMiB', label: 'source memory held' },
   { key: 'dstCpuMs', label: 'dest CPU' },
   { key: 'srcCpuMs', label: 'source CPU' },
 ];
@@ -500,17 +518,46 @@ function ratioText(c: Comparison, key: string, a: string, b: string): string {
   return (key === 'pagesInstalledMs' && bound && bound.max > 0 ? '<' : '') + r.toFixed(2);
 }
 
+function unitOf(key: string): string {
+  return key.endsWith('Us') ? ' µs' : key.endsWith('MiB') ? ' MiB' : ' ms';
+}
+
+/**
+ * Per case and figure: stock CRIU → lazyd staging → lazyd relay (medians), with each lazyd flow's ratio to stock
+ * CRIU (staging ÷ stock, relay ÷ stock). Comparisons from before the relay existed show the pair only.
+ */
 export function headlineTable(comparisons: Comparison[]): string {
   const rows = comparisons
     .filter((c) => c.configs.includes(STOCK) && c.configs.includes(LAZYD))
-    .map((c) => [
-      c.title.replace(/^\w+: /, ''),
-      ...HEADLINE_FIGURES.map((f) => `${cellText(c, f.key, STOCK, f.key === 'stallMaxMs' ? 1 : 0)} → ${cellText(c, f.key, LAZYD, f.key === 'stallMaxMs' ? 1 : 0)} (${ratioText(c, f.key, STOCK, LAZYD)})`),
-    ]);
-  return markdownTable(
-    ['case', ...HEADLINE_FIGURES.map((f) => `${f.label}${f.key.endsWith('Us') ? ' µs' : ' ms'}`)],
-    rows,
-  );
+    .map((c) => {
+      const relay = c.configs.includes(RELAY);
+      return [
+        c.title.replace(/^\w+: /, ''),
+        ...HEADLINE_FIGURES.map((f) => {
+          const digits = f.key === 'stallMaxMs' ? 1 : 0;
+          const values = [STOCK, LAZYD, ...(relay ? [RELAY] : [])].map((config) => cellText(c, f.key, config, digits)).join(' → ');
+          const ratios = [ratioText(c, f.key, STOCK, LAZYD), ...(relay ? [ratioText(c, f.key, STOCK, RELAY)] : [])].join(', ');
+          return `${values} (${ratios})`;
+        }),
+      ];
+    });
+  return markdownTable(['case', ...HEADLINE_FIGURES.map((f) => `${f.label}${unitOf(f.key)}`)], rows);
+}
+
+/** The issue's bar for relay staging, case by case: downtime ≤ 1.0× stock, all present no later than staging. */
+export function relayBarTable(comparisons: Comparison[]): string {
+  const med = (c: Comparison, key: string, config: string) => c.summary.find((x) => x.key === key)?.perConfig[config];
+  const rows = comparisons
+    .filter((c) => c.configs.includes(STOCK) && c.configs.includes(LAZYD) && c.configs.includes(RELAY))
+    .map((c) => {
+      const down = ratioText(c, 'downtimeMs', STOCK, RELAY);
+      const frozen = ratioText(c, 'sourceFrozenMs', STOCK, RELAY);
+      const present = ratioText(c, 'pagesInstalledMs', LAZYD, RELAY);
+      const downOk = (med(c, 'downtimeMs', RELAY)?.median ?? Infinity) <= (med(c, 'downtimeMs', STOCK)?.median ?? -Infinity);
+      const presentOk = (med(c, 'pagesInstalledMs', RELAY)?.median ?? Infinity) <= (med(c, 'pagesInstalledMs', LAZYD)?.median ?? -Infinity);
+      return [c.title.replace(/^\w+: /, ''), `${down}${downOk ? '' : ' ✗'}`, frozen, `${present}${presentOk ? '' : ' ✗'}`];
+    });
+  return markdownTable(['case', 'downtime relay ÷ stock (bar ≤ 1.0)', 'source frozen relay ÷ stock (bar ≤ 0.3 at 512 MiB, 0.5 ms)', 'all present relay ÷ staging (bar ≤ 1.0)'], rows);
 }
 
 function pairingTable(c: Comparison): string {
@@ -522,14 +569,18 @@ function pairingTable(c: Comparison): string {
 function svgOf(comparisons: Comparison[], subtitle: string): string {
   const head = comparisons.filter((c) => c.configs.includes(STOCK) && c.configs.includes(LAZYD));
   return barChartSvg({
-    title: 'lazyd (staging + lazyd lazy-pages) / stock CRIU (dump --lazy-pages + criu lazy-pages), medians',
+    title: 'lazyd (relay staging + lazyd lazy-pages) / stock CRIU (dump --lazy-pages + criu lazy-pages), medians',
     subtitle,
     series: HEADLINE_FIGURES.map((f) => f.label),
     groups: head.map((c) => ({
       label: c.title.replace(/^\w+: CRIU /, ''),
       values: HEADLINE_FIGURES.map((f) => {
         const s = c.summary.find((x) => x.key === f.key);
-        return s ? s.ratioOfMedians : NaN;
+        if (!s) return NaN;
+        // The relay flow against stock CRIU (ratioOfMedians is the second config's, staging's).
+        const relay = s.perConfig[RELAY];
+        const stock = s.perConfig[STOCK];
+        return relay?.n && stock?.n ? relay.median / stock.median : s.ratioOfMedians;
       }),
     })),
     min: 0.001,
@@ -596,11 +647,15 @@ export const migrationBenchmark: Benchmark = {
         '',
         limitsMarkdown(limits),
         '',
-        '### Headline: stock CRIU → lazyd, medians (lazyd/CRIU)',
+        '### Headline: stock CRIU → lazyd staging → lazyd relay, medians (staging ÷ stock, relay ÷ stock)',
         '',
-        `stock CRIU = \`criu dump --lazy-pages --port\` + \`criu lazy-pages\`; lazyd = \`criu dump --page-server\` into \`lazyd --page-server\` (staging) + \`lazyd lazy-pages\`. "all present" of a run over the ${BOUND_MS / 1000} s bound counts as the bound (">", the ratio then "<").`,
+        `stock CRIU = \`criu dump --lazy-pages --port\` + \`criu lazy-pages\`; lazyd staging = \`criu dump --page-server\` into \`lazyd --page-server\` + \`lazyd lazy-pages\`; lazyd relay = \`criu dump --lazy-pages --address 127.0.0.1\` relayed into \`lazyd --page-server\` by \`lazyd staging relay\` + \`lazyd lazy-pages\`. "all present" of a run over the ${BOUND_MS / 1000} s bound counts as the bound (">", the ratio then "<").`,
         '',
         headlineTable(comparisons),
+        '',
+        '### Relay staging against the bar of issue 11',
+        '',
+        relayBarTable(comparisons),
         '',
         ...comparisons
           .filter((c) => c.configs.length > 2)
@@ -621,7 +676,8 @@ export const migrationBenchmark: Benchmark = {
           'Fault service time, daemon-reported: criu lazy-pages — from its -v4 log, "#PF at X" to the uffd_copy covering X (µs stamps, the logging is in the path); lazyd lazy-pages — its own histogram (PAGEFAULT read → page installed), bucket upper bounds.',
           'Requests: criu lazy-pages — "Read" lines of its log; lazyd lazy-pages — GETs the lazyd page server counted (lazyd sources), else not measured.',
           'CPU and peak RSS: utime+stime (own threads and reaped children) and VmHWM from /proc every 20 ms; the source daemon is the page server, or the `criu dump` process for criu-dump; lazyd figures include starting node.',
-          'Source memory held: criu-dump — the frozen tasks keep all their data pages until CLOSE; lazyd-staging — the bytes lazyd reports staged (memfd, released after the restore completes); image-based sources hold the pages on disk (not counted).',
+          'Source memory held: criu-dump — the frozen tasks keep all their data pages until CLOSE; lazyd-staging — the bytes lazyd reports staged (memfd, released after the restore completes); lazyd-relay — the lazy pages lazyd pulled (its memfd; the frozen tasks hold theirs only until the pull ends); image-based sources hold the pages on disk (not counted).',
+          '"source tasks frozen" for lazyd-relay: dump start → dump exit, which follows lazyd\'s CLOSE once it holds every lazy page (the restore need not have fetched anything yet).',
           'After all pages are present, the workload checks every page once more (do-verify-all); a run counts only if it found every page right.',
           'The machine is a 2-vCPU VM shared with other jobs while this ran: absolute times drift, the alternation (A B A B …) keeps ratios fair.',
         ],
