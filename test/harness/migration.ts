@@ -793,8 +793,12 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
       let staging: PageServer | undefined;
       const mib = options.workload.mib * ((options.workload.children ?? 0) + 1);
       const maxBytes = options.stagingMaxBytes ?? Math.max(1 << 30, 2 * mib * 1048576);
-      // Relay: an empty staging daemon first, as the README's flow starts it before the dump.
+      // Relay: an empty staging daemon first, as the README's flow starts it before the dump; and `lazyd staging
+      // relay` before the dump too (it waits for the dump's server to listen), so that its own start is not in the
+      // time the tasks stay frozen.
       let relayDaemon: RelayDaemon | undefined;
+      let relayReady: Promise<RelayCommand> | undefined;
+      let relayPort: number | undefined;
       if (options.server === 'lazyd-relay') {
         progress?.(`starting lazyd --page-server (relay staging, --staging-max-bytes ${maxBytes})`);
         relayDaemon = await startRelayDaemon({
@@ -807,6 +811,13 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         const started = relayDaemon.server;
         onCleanup(() => started.kill());
         await options.onSource?.({ pid: started.pid, logFile: started.logFile });
+        relayPort = port ?? (await freePort('127.0.0.1'));
+        const dumpDir = path.join(runDir, 'src');
+        progress?.(`lazyd staging relay -D ${dumpDir} --from 127.0.0.1:${relayPort} (waits for the dump)`);
+        relayReady = startRelayCommand(relayDaemon, dumpDir, { address: '127.0.0.1', port: relayPort }, options.relayArgs, DEFAULT_TIMEOUTS.dumpMs + DEFAULT_TIMEOUTS.passesMs);
+        relayReady.catch(() => undefined);
+        const pending = relayReady;
+        onCleanup(() => pending.then((command) => command.proc.kill('SIGKILL'), () => undefined));
       }
       if (options.server === 'lazyd-staging') {
         const imagesDir = path.join(runDir, 'src');
@@ -837,11 +848,12 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
             ? { address, port, extraArgs: options.dumpArgs }
             : // Relay: the dump serves on the source host's loopback only, where lazyd is its one client.
               relayDaemon
-              ? { address: '127.0.0.1', port, extraArgs: options.dumpArgs }
+              ? { address: '127.0.0.1', port: relayPort, extraArgs: options.dumpArgs }
               : undefined,
         upload: staging ? { address, port: staging.port } : undefined,
-        // A staged pagemap is lazyd's own: the is_stack() quirk of plain dumps does not apply.
-        requireLazy: staging ? false : undefined,
+        // A staged pagemap is lazyd's own: the is_stack() quirk of plain dumps does not apply. A relayed dump is
+        // not dumped again for it either: its relay has started (a task without lazy pages is restored eagerly).
+        requireLazy: staging || relayDaemon ? false : undefined,
         dumpAtPassBoundary: controls.length > 0,
         beforeDump: controls.length ? (w) => controls.forEach((name) => touchControl(w.dir, name)) : undefined,
       });
@@ -850,13 +862,9 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
       let server: PageServer | undefined;
       let source: { address: string; port: number } | 'local';
       let relayCommand: RelayCommand | undefined;
-      let relayReady: Promise<RelayCommand> | undefined;
       if (options.server === 'lazyd-relay') {
-        // The relay starts while the images are copied and the daemon starts; the restore waits for its status
-        // byte (onDaemonReady below): from then on the daemon serves the checkpoint.
-        progress?.(`lazyd staging relay -D ${checkpoint.imagesDir} --from 127.0.0.1:${checkpoint.dumpServer!.port}`);
-        relayReady = startRelayCommand(relayDaemon!, checkpoint.imagesDir, checkpoint.dumpServer!, options.relayArgs);
-        relayReady.catch(() => undefined);
+        // The relay's pull runs while the images are copied and the daemon starts; the restore waits for its
+        // status byte (onDaemonReady below): from then on the daemon serves the checkpoint.
         server = relayDaemon!.server;
         source = relayDaemon!.server;
         await options.beforeRestore?.(server, checkpoint);
