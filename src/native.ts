@@ -114,6 +114,11 @@ export interface PageServerEvent {
   bytes: number;
   /** relay-*: ms since startRelay (relay-done: to the dump's CLOSE answered). */
   ms: number;
+  /** relay-*: GETs sent for pages a restore waited for (ahead of the bulk), bulk GETs, and replies the dump
+   * clamped at its page-pipe buffer end (the rest asked again). 0 for other events. */
+  demandRequests: number;
+  bulkRequests: number;
+  shortReplies: number;
 }
 
 /** One task of a relayed dump: its PE_LAZY pagemap entries (dump-time addresses). */

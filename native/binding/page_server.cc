@@ -197,6 +197,9 @@ void PageServerWrap::post(const lazyd::ServerEvent& event) {
     object.Set("pagesTotal", uint64_value(env, owned->pages_total));
     object.Set("bytes", uint64_value(env, owned->bytes));
     object.Set("ms", uint64_value(env, owned->ms));
+    object.Set("demandRequests", uint64_value(env, owned->demand_requests));
+    object.Set("bulkRequests", uint64_value(env, owned->bulk_requests));
+    object.Set("shortReplies", uint64_value(env, owned->short_replies));
     if (owned->store) {
       object.Set("pagemaps", store_pagemaps(env, *owned->store));
       object.Set("bytesHeld", uint64_value(env, owned->store->bytes_held()));

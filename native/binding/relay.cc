@@ -88,7 +88,11 @@ Napi::Value PageServerWrap::StartRelay(const Napi::CallbackInfo& info) {
     throw e;
   }
   const uint64_t id = server_->start_relay(std::move(relay), &error);
-  if (id == 0) throw Napi::Error::New(env, error);
+  if (id == 0) {
+    Napi::Error e = Napi::Error::New(env, error);
+    e.Set("code", "ERELAY");
+    throw e;
+  }
   return uint64_value(env, id);
 }
 

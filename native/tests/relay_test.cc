@@ -1,6 +1,6 @@
 // Relay staging (staging/relay.h, server/page_server.h) against a dump-side peer in the test: a loopback server
 // speaking the server side of the lazy-fetch session (docs/protocol.md §1.6) in both header layouts, clamping
-// each reply at the end of an 8-page "page-pipe buffer" like CRIU, answering only as fast as the test lets it.
+// each reply at the end of an 8-page (measurements: 256-page) "page-pipe buffer" like CRIU, answering only as fast as the test lets it.
 // Restores are PageClients of the page server. Cases: a complete pull then CLOSE (and a FIN only after the
 // answer), GETs served while pulling, a demand fetched ahead of the bulk, the peer dying or stalling mid-pull
 // (lazyd's end is a reset, never an EOF), a GET for a never-pulled page refused, the memory cap and a pid already
@@ -38,15 +38,21 @@ using namespace lazyd;
 namespace {
 
 const uint64_t P = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-constexpr uint64_t RUN = 8;  // the peer clamps replies at multiples of 8 pages, like CRIU at its iovec end
+// Every 8-byte word of a page names its pid, its page and its place.
+uint64_t pattern(uint64_t pid, uint64_t page_addr, size_t word) { return (pid << 48) ^ page_addr ^ (word * 0x9e3779b9ull); }
 
-uint8_t pattern(uint64_t pid, uint64_t page_addr, size_t i) {
-  return static_cast<uint8_t>((pid * 131) ^ (page_addr >> 12) ^ (i * 7) ^ (i >> 9));
+void fill_page(uint8_t* page, uint64_t pid, uint64_t addr) {
+  for (size_t w = 0; w < P / 8; w++) {
+    const uint64_t v = pattern(pid, addr, w);
+    std::memcpy(page + w * 8, &v, 8);
+  }
 }
 
 bool page_ok(const uint8_t* page, uint64_t pid, uint64_t addr) {
-  for (size_t i = 0; i < P; i++) {
-    if (page[i] != pattern(pid, addr, i)) return false;
+  for (size_t w = 0; w < P / 8; w++) {
+    uint64_t v;
+    std::memcpy(&v, page + w * 8, 8);
+    if (v != pattern(pid, addr, w)) return false;
   }
   return true;
 }
@@ -66,6 +72,7 @@ bool eventually(F cond, int timeout_ms = 10000) {
 struct Dump {
   enum class End { kNone, kCloseThenEof, kReset, kEof, kCut };
   wire::Format format;
+  uint64_t run;  // replies are clamped at multiples of this many pages, as CRIU clamps at its iovec end
   int listen_fd = -1;
   uint16_t port = 0;
   std::thread thread;
@@ -77,7 +84,7 @@ struct Dump {
   std::mutex mutex;
   std::vector<uint64_t> get_vaddrs;  // in arrival order
 
-  explicit Dump(wire::Format f) : format(f) {
+  explicit Dump(wire::Format f, uint64_t run_pages = 8) : format(f), run(run_pages) {
     listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     CHECK(listen_fd >= 0);
     sockaddr_in a{};
@@ -160,14 +167,12 @@ struct Dump {
         wire::Header r;
         r.cmd = wire::GET_REPLY_CMD;
         r.pad = h.pad;
-        r.nr_pages = std::min<uint64_t>(h.nr_pages, RUN - (h.vaddr / P) % RUN);
+        r.nr_pages = std::min<uint64_t>(h.nr_pages, run - (h.vaddr / P) % run);
         r.vaddr = h.vaddr;
         r.dst_id = h.dst_id;
         std::vector<uint8_t> out(hs + r.nr_pages * P);
         wire::encode(format, r, out.data());
-        for (uint64_t pg = 0; pg < r.nr_pages; pg++) {
-          for (size_t i = 0; i < P; i++) out[hs + pg * P + i] = pattern(h.dst_id, h.vaddr + pg * P, i);
-        }
+        for (uint64_t pg = 0; pg < r.nr_pages; pg++) fill_page(out.data() + hs + pg * P, h.dst_id, h.vaddr + pg * P);
         if (die_after >= 0 && replies == die_after) {
           send_all(fd, out.data(), hs + P / 2);  // half a reply, then our side is gone
           shutdown(fd, SHUT_WR);
@@ -215,6 +220,7 @@ struct Server {
     server = std::make_unique<PageServer>(c, std::make_shared<PageIndex>(P), [this](const ServerEvent& e) {
       std::lock_guard<std::mutex> lock(mutex);
       events.push_back(e);
+      events.back().store = nullptr;  // a kept event must not keep a store (and its memory) alive
       cv.notify_all();
     });
     CHECK(server->listen("127.0.0.1", 0, &port) == 0);
@@ -340,9 +346,12 @@ void test_complete_pull(wire::Format format) {
   const std::vector<RelayTask> tasks = two_tasks();
   const uint64_t id = start_relay(server, options_for(dump, tasks, server));
   CHECK(id >= 2);
+  ServerEvent staged;
+  CHECK(server.wait_event(ServerEvent::Kind::kStaged, id, &staged));  // served from the start of the pull
   ServerEvent done;
   CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
   CHECK(done.ok);
+  CHECK(done.bulk_requests > 0 && done.short_replies > 0 && done.demand_requests == 0);
   CHECK(done.pages_held == total_pages(tasks));
   CHECK(done.pages_total == total_pages(tasks));
   CHECK(done.bytes == total_pages(tasks) * P);
@@ -384,7 +393,9 @@ void test_demand_ahead_of_bulk(wire::Format format) {
   CHECK(rc == 0);
   CHECK(got >= 1 && got <= 2);
   for (uint64_t pg = 0; pg < got; pg++) CHECK(page_ok(buf.data() + pg * P, tasks[1].pid, want + pg * P));
-  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, nullptr));
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.demand_requests == 1);
   CHECK(eventually([&] { return dump.ended() == Dump::End::kCloseThenEof; }));
   Restore after(server, format);
   CHECK(after.verify_all(tasks));
@@ -520,7 +531,7 @@ void test_nothing_to_pull() {
 // reached waits while a large pull runs on loopback, with the default request size and bytes in flight.
 void measure_demand_latency(uint64_t request_pages, uint64_t inflight_bytes) {
   Server server(1ull << 32);
-  Dump dump(wire::Format::V32);
+  Dump dump(wire::Format::V32, 256);  // 1 MiB page-pipe buffers (pipe-max-size)
   const uint64_t pages = (256ull << 20) / P;
   const std::vector<RelayTask> tasks = {RelayTask{404, {{0x7e0000000000ull, pages}}}};
   RelayOptions o = options_for(dump, tasks, server);

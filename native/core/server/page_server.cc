@@ -639,6 +639,26 @@ void PageServer::run() {
 
 // ---- Relay staging (staging/relay.h) ----
 
+namespace {
+
+ServerEvent relay_event(ServerEvent::Kind kind, uint64_t id, const Relay& relay) {
+  ServerEvent event;
+  event.kind = kind;
+  event.checkpoint = id;
+  event.session = id;
+  event.peer = relay.peer();
+  event.pages_held = relay.pages_held();
+  event.pages_total = relay.pages_total();
+  event.bytes = relay.bytes_held();
+  event.ms = relay.elapsed_ms();
+  event.demand_requests = relay.demand_requests();
+  event.bulk_requests = relay.bulk_requests();
+  event.short_replies = relay.short_replies();
+  return event;
+}
+
+}  // namespace
+
 uint64_t PageServer::start_relay(std::unique_ptr<Relay> relay, std::string* error) {
   const std::string peer = relay->peer();
   auto refuse = [&](const std::string& why) -> uint64_t {
@@ -694,6 +714,11 @@ void PageServer::adopt_relays() {
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, entry.relay->fd(), &event);
     entry.interest = EPOLLIN;
     command->result.set_value({id, ""});
+    // Served from now on, like a committed upload: `staged` (its pagemaps: the lazy entries), then progress.
+    ServerEvent staged = relay_event(ServerEvent::Kind::kStaged, id, *entry.relay);
+    staged.store = entry.relay->store();
+    staged.memory_used = staging_.budget()->used();
+    sink_(staged);
     relay_progress(id, entry, true);
     service_relay(id);  // the first GETs go out now (a dump with no lazy page ends here)
   }
@@ -720,6 +745,7 @@ void PageServer::relay_interest(uint64_t id, RelayEntry& entry) {
   entry.interest = interest;
 }
 
+
 void PageServer::relay_progress(uint64_t id, RelayEntry& entry, bool force) {
   const uint64_t now = now_ns();
   const Relay& relay = *entry.relay;
@@ -728,14 +754,7 @@ void PageServer::relay_progress(uint64_t id, RelayEntry& entry, bool force) {
   }
   entry.last_progress_ns = now;
   entry.last_progress_pages = relay.pages_held();
-  ServerEvent event;
-  event.kind = ServerEvent::Kind::kRelayProgress;
-  event.checkpoint = id;
-  event.peer = relay.peer();
-  event.pages_held = relay.pages_held();
-  event.pages_total = relay.pages_total();
-  event.bytes = relay.bytes_held();
-  event.ms = relay.elapsed_ms();
+  ServerEvent event = relay_event(ServerEvent::Kind::kRelayProgress, id, relay);
   event.memory_used = staging_.budget()->used();
   sink_(event);
 }
@@ -783,16 +802,10 @@ void PageServer::end_relay(uint64_t id) {
   state_->relays.erase(found);
   const Relay& relay = *entry.relay;
   if (relay.fd() >= 0) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, relay.fd(), nullptr);
-  ServerEvent event;
-  event.kind = relay.status() == Relay::Status::kDone ? ServerEvent::Kind::kRelayDone : ServerEvent::Kind::kRelayFailed;
-  event.ok = relay.status() == Relay::Status::kDone;
-  event.checkpoint = id;
-  event.peer = relay.peer();
+  const bool done = relay.status() == Relay::Status::kDone;
+  ServerEvent event = relay_event(done ? ServerEvent::Kind::kRelayDone : ServerEvent::Kind::kRelayFailed, id, relay);
+  event.ok = done;
   event.message = relay.error();
-  event.pages_held = relay.pages_held();
-  event.pages_total = relay.pages_total();
-  event.bytes = relay.bytes_held();
-  event.ms = relay.elapsed_ms();
   event.memory_used = staging_.budget()->used();
   sink_(event);
   wake_waiters(entry, true);  // served, or refused with the store's reason

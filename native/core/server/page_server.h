@@ -61,7 +61,7 @@ struct ServerEvent {
     kRefused,
     kStopped,
     kUploadSealed,  // CLOSE arrived: write the images of `store`, then call ack_upload(session, ...)
-    kStaged,        // the upload committed: checkpoint `session` is served
+    kStaged,        // the upload committed (or a relay's pull started): checkpoint `session` is served
     kRestoreDone,   // a lazy session of checkpoint `checkpoint` completed (restores = count so far)
     kReleased,      // checkpoint `checkpoint` is no longer offered to new sessions (message: why)
     kRelayProgress, // relay staging: checkpoint `checkpoint` holds pages_held of pages_total
@@ -86,6 +86,9 @@ struct ServerEvent {
   uint64_t pages_total = 0;
   uint64_t bytes = 0;               // kRelay*: page bytes held
   uint64_t ms = 0;                  // kRelay*: since start_relay (kRelayDone: to the CLOSE answered)
+  uint64_t demand_requests = 0;     // kRelay*: GETs sent for pages a restore waited for, ahead of the bulk
+  uint64_t bulk_requests = 0;       // kRelay*: GETs of the bulk pull
+  uint64_t short_replies = 0;       // kRelay*: replies the dump clamped at its page-pipe buffer end (re-asked)
 };
 
 using ServerEventSink = std::function<void(const ServerEvent&)>;
