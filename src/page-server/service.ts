@@ -92,8 +92,9 @@ export class PageServerService {
     });
     if (options.staging) {
       stager = new Stager(options.staging, native, logger);
-      const adopt = stager;
-      relays = new Relayer(native, options.tls, logger, (info) => adopt.adopt({ id: info.id, pids: info.pids, bytes: info.pagesTotal * 4096, stagedAt: info.startedAt }));
+      // A relayed checkpoint is staged (its 'staged' event) from the start of its pull: the stager lists,
+      // releases and counts it like an upload's; the relayer follows the pull.
+      relays = new Relayer(native, options.tls, logger);
     }
     // A staging daemon may start on an empty directory: the dumps bring the checkpoints.
     const summary =

@@ -192,8 +192,6 @@ export class Relayer {
     /** The daemon's TLS credentials (undefined: it runs without --tls). */
     private readonly tls: NativeTlsOptions | undefined,
     private readonly logger: Logger,
-    /** Called once a pull runs: the checkpoint is staged from then on (Stager.adopt). */
-    private readonly onStarted: (info: RelayInfo) => void = () => undefined,
   ) {}
 
   list(): RelayInfo[] {
@@ -254,7 +252,6 @@ export class Relayer {
       startedAt: started,
     };
     this.relays.set(id, info);
-    this.onStarted({ ...info });
     this.logger.info(
       { checkpoint: id, pids: info.pids, pages: plan.pages, headers: plan.format, from, waitedMs: Math.round(waitedMs) },
       `Relay checkpoint #${id}: pulling ${plan.pages} lazy pages of pids ${info.pids.join(', ')} from the dump on ${from}`,

@@ -108,22 +108,6 @@ export class Stager {
     return released;
   }
 
-  /**
-   * A checkpoint staged by other means than an upload: a relay (./relay.ts), which the native side registers as
-   * staged from the start of its pull. From here on it is listed, released and counted like an upload's
-   * (--staging-restores, --staging-ttl, `lazyd staging release`).
-   */
-  adopt(info: Omit<StagedCheckpointInfo, 'files' | 'restores'>): void {
-    this.onStaged({
-      type: 'staged',
-      session: info.id,
-      checkpoint: info.id,
-      pagemaps: info.pids.map((pid) => ({ type: 'pid' as const, id: pid, entries: new BigUint64Array(0) })),
-      bytesHeld: info.bytes,
-      memoryUsed: 0,
-    } as StagingEvent, 'relayed');
-  }
-
   /** Stop the TTL timers (shutdown). */
   close(): void {
     for (const timer of this.timers.values()) clearTimeout(timer);
@@ -211,7 +195,7 @@ export class Stager {
     this.logger.warn({ session: event.session, files: files.length }, `Upload #${event.session} failed: removed the images written for it`);
   }
 
-  private onStaged(event: StagingEvent, how: 'uploaded' | 'relayed' = 'uploaded'): void {
+  private onStaged(event: StagingEvent): void {
     const files = this.pending.get(event.session) ?? [];
     this.pending.delete(event.session);
     const pids = (event.pagemaps ?? []).filter((p) => p.type === 'pid').map((p) => p.id);
@@ -230,7 +214,6 @@ export class Stager {
       timer.unref();
       this.timers.set(info.id, timer);
     }
-    if (how === 'relayed') return; // the relay logs its own start
     this.logger.info(
       { checkpoint: info.id, pids, bytes: info.bytes, memoryUsed: event.memoryUsed },
       `Staged checkpoint #${info.id}: pids ${pids.join(', ')} served lazily from memory`,
