@@ -48,6 +48,7 @@ import {
   type WorkloadOptions,
 } from '../test/harness/index.js';
 import { createTwoHosts, type TwoHosts } from '../test/harness/netns.js';
+import { NETNS_CPUS } from '../test/harness/process.js';
 import { repoRoot } from '../src/paths.js';
 import { runAlternating } from './lib/alternate.js';
 import { clockTicks } from './lib/host.js';
@@ -164,7 +165,7 @@ function watchDestinationDaemon(): { get: () => ProcWatch | undefined; stop: () 
         for (const pid of fs.readFileSync(`/proc/${process.pid}/task/${tid}/children`, 'utf8').split(/\s+/).filter(Boolean)) {
           const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
           // nsenter execs the daemon under the same pid: wait for the exec (argv[0] no longer nsenter).
-          if (argv.includes('lazy-pages') && !argv[0].endsWith('nsenter')) watch = new ProcWatch(Number(pid));
+          if (argv.includes('lazy-pages') && !/(nsenter|taskset)$/.test(argv[0])) watch = new ProcWatch(Number(pid));
         }
       }
     } catch {
@@ -601,6 +602,13 @@ export const migrationBenchmark: Benchmark = {
   async run(ctx) {
     checkHost(ctx.criuVersions);
     const hosts = createTwoHosts();
+    // LAZYD_BENCH_CPUS=0:1 — the source host's commands on CPU 0, the destination's on CPU 1 (as two machines:
+    // relay staging's pull on the source then does not take CPU from the restore on the destination).
+    const cpus = process.env.LAZYD_BENCH_CPUS?.split(':');
+    if (cpus?.length === 2) {
+      NETNS_CPUS.set(hosts.source, cpus[0]!);
+      NETNS_CPUS.set(hosts.destination, cpus[1]!);
+    }
     const started = new Date();
     const partialFile = path.join(repoRoot(), 'bench', 'results', `migration-partial-${process.pid}.json`);
     try {
@@ -667,7 +675,7 @@ export const migrationBenchmark: Benchmark = {
         comparisons,
         summary,
         svg: svgOf(comparisons, `${started.toISOString().slice(0, 10)}, ${hosts.delayer ?? 'no'} delay, bound ${BOUND_MS / 1000} s; below 1× = lazyd lower (better)`),
-        data: { limits },
+        data: { limits, cpus: cpus?.length === 2 ? { source: cpus[0], destination: cpus[1] } : 'any' },
         notes: [
           'Two hosts on one machine: workload, criu dump and the page server in one network namespace, the lazy-pages daemon and criu restore in another, joined by a veth (MTU 64000). The RTT is added half on each side (netem where the kernel has it, else bench/netdelay via NFQUEUE on input); the measured RTT is in the limits table.',
           'Downtime: workload heartbeat gap (5 ms beats) from the last beat before the dump to the first after the restore; it includes the dump, the image copy to the destination directory and starting the daemon.',

@@ -814,7 +814,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         relayPort = port ?? (await freePort('127.0.0.1'));
         const dumpDir = path.join(runDir, 'src');
         progress?.(`lazyd staging relay -D ${dumpDir} --from 127.0.0.1:${relayPort} (waits for the dump)`);
-        relayReady = startRelayCommand(relayDaemon, dumpDir, { address: '127.0.0.1', port: relayPort }, options.relayArgs, DEFAULT_TIMEOUTS.dumpMs + DEFAULT_TIMEOUTS.passesMs);
+        relayReady = startRelayCommand(relayDaemon, dumpDir, { address: '127.0.0.1', port: relayPort }, options.relayArgs, DEFAULT_TIMEOUTS.dumpMs + DEFAULT_TIMEOUTS.passesMs, net?.source);
         relayReady.catch(() => undefined);
         const pending = relayReady;
         onCleanup(() => pending.then((command) => command.proc.kill('SIGKILL'), () => undefined));

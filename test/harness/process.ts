@@ -29,10 +29,20 @@ export interface CommandSpec {
   netns?: string;
 }
 
-/** The file and argv that run a spec, in its network namespace if it names one. */
+/**
+ * CPUs a network namespace's commands run on (taskset -c), when set: two "hosts" on one machine then have CPUs of
+ * their own, as two machines have (bench/migration.ts, LAZYD_BENCH_CPUS). Unset: any CPU.
+ */
+export const NETNS_CPUS = new Map<string, string>();
+
+/** The file and argv that run a spec, in its network namespace if it names one (on that namespace's CPUs). */
 export function spawnArgs(spec: CommandSpec): { file: string; args: string[] } {
   if (!spec.netns) return { file: spec.file, args: spec.args };
-  return { file: 'nsenter', args: [`--net=/run/netns/${spec.netns}`, '--', spec.file, ...spec.args] };
+  const nsenter = [`--net=/run/netns/${spec.netns}`, '--', spec.file, ...spec.args];
+  const cpus = NETNS_CPUS.get(spec.netns);
+  // taskset execs nsenter, which execs the command: the pid stays the command's.
+  if (cpus) return { file: 'taskset', args: ['-c', cpus, 'nsenter', ...nsenter] };
+  return { file: 'nsenter', args: nsenter };
 }
 
 const OUTPUT_LIMIT = 64 * 1024;

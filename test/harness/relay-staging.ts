@@ -78,6 +78,8 @@ export async function startRelayCommand(
   from: { address: string; port: number },
   extraArgs: string[] = [],
   readyTimeoutMs = 60_000,
+  /** Run it in the source host's network namespace (and so on its CPUs, see NETNS_CPUS). */
+  netns?: string,
 ): Promise<RelayCommand> {
   const fromText = from.address.includes(':') ? `[${from.address}]:${from.port}` : `${from.address}:${from.port}`;
   const spec = {
@@ -86,6 +88,7 @@ export async function startRelayCommand(
     args: [lazydBin(), 'staging', 'relay', '-D', dumpDir, '--from', fromText, '--control-socket', daemon.controlSocket, ...extraArgs, '--status-fd', '3'],
     cwd: daemon.dir,
     logFile: daemon.logFile,
+    netns,
   };
   const proc = await startWithStatusFd(spec, readyTimeoutMs);
   return {
