@@ -94,7 +94,9 @@ export class PageServerService {
       stager = new Stager(options.staging, native, logger);
       // A relayed checkpoint is staged (its 'staged' event) from the start of its pull: the stager lists,
       // releases and counts it like an upload's; the relayer follows the pull.
-      relays = new Relayer(native, options.tls, logger);
+      // The TTL of a relayed checkpoint runs from the end of its pull (a release while it pulls resets the dump).
+      const ttl = stager;
+      relays = new Relayer(native, options.tls, logger, { started: (id) => ttl.deferTtl(id), ended: (id) => ttl.startTtl(id) });
     }
     // A staging daemon may start on an empty directory: the dumps bring the checkpoints.
     const summary =

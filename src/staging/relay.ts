@@ -192,6 +192,8 @@ export class Relayer {
     /** The daemon's TLS credentials (undefined: it runs without --tls). */
     private readonly tls: NativeTlsOptions | undefined,
     private readonly logger: Logger,
+    /** A relay's pull started (its checkpoint is staged now) / ended, complete or not. */
+    private readonly hooks: { started?: (checkpoint: number) => void; ended?: (checkpoint: number) => void } = {},
   ) {}
 
   list(): RelayInfo[] {
@@ -252,6 +254,7 @@ export class Relayer {
       startedAt: started,
     };
     this.relays.set(id, info);
+    this.hooks.started?.(id);
     this.logger.info(
       { checkpoint: id, pids: info.pids, pages: plan.pages, headers: plan.format, from, waitedMs: Math.round(waitedMs) },
       `Relay checkpoint #${id}: pulling ${plan.pages} lazy pages of pids ${info.pids.join(', ')} from the dump on ${from}`,
@@ -302,6 +305,7 @@ export class Relayer {
         `Relay checkpoint #${info.id} failed: ${info.message}; the checkpoint is incomplete and never served as complete`,
       );
     }
+    this.hooks.ended?.(info.id);
     for (const resolve of this.waiters.get(info.id) ?? []) resolve(outcomeOf(info));
     this.waiters.delete(info.id);
     return true;

@@ -79,6 +79,8 @@ export class Stager {
   private readonly pending = new Map<number, string[]>();
   private readonly staged = new Map<number, StagedCheckpointInfo>();
   private readonly timers = new Map<number, NodeJS.Timeout>();
+  /** Relayed checkpoints still pulling: their --staging-ttl starts when the pull ends (startTtl). */
+  private readonly ttlDeferred = new Set<number>();
   /** Waiting for a checkpoint's 'released' event (releaseAndWait). */
   private readonly releaseWaiters = new Map<number, Array<() => void>>();
 
@@ -106,6 +108,28 @@ export class Stager {
     });
     this.release(checkpoint, reason);
     return released;
+  }
+
+  /**
+   * A relay's checkpoint is staged when its pull starts, but a release while it pulls resets the dump (it then
+   * resumes the tasks): its TTL starts only when the pull has ended (startTtl), not at 'staged'.
+   */
+  deferTtl(checkpoint: number): void {
+    this.ttlDeferred.add(checkpoint);
+  }
+
+  /** The TTL of a checkpoint whose deferTtl() wait is over (its relay ended, complete or not). */
+  startTtl(checkpoint: number): void {
+    if (!this.ttlDeferred.delete(checkpoint)) return;
+    if (this.staged.has(checkpoint)) this.armTtl(checkpoint);
+  }
+
+  private armTtl(checkpoint: number): void {
+    const ttl = this.options.ttlSeconds ?? 0;
+    if (ttl <= 0) return;
+    const timer = setTimeout(() => this.native.release(checkpoint, `after ${ttl} s (--staging-ttl)`), ttl * 1000);
+    timer.unref();
+    this.timers.set(checkpoint, timer);
   }
 
   /** Stop the TTL timers (shutdown). */
@@ -136,6 +160,7 @@ export class Stager {
         const timer = this.timers.get(event.checkpoint);
         if (timer) clearTimeout(timer);
         this.timers.delete(event.checkpoint);
+        this.ttlDeferred.delete(event.checkpoint);
         this.staged.delete(event.checkpoint);
         for (const resolve of this.releaseWaiters.get(event.checkpoint) ?? []) resolve();
         this.releaseWaiters.delete(event.checkpoint);
@@ -208,12 +233,7 @@ export class Stager {
       stagedAt: Date.now(),
     };
     this.staged.set(info.id, info);
-    const ttl = this.options.ttlSeconds ?? 0;
-    if (ttl > 0) {
-      const timer = setTimeout(() => this.native.release(info.id, `after ${ttl} s (--staging-ttl)`), ttl * 1000);
-      timer.unref();
-      this.timers.set(info.id, timer);
-    }
+    if (!this.ttlDeferred.has(info.id)) this.armTtl(info.id);
     this.logger.info(
       { checkpoint: info.id, pids, bytes: info.bytes, memoryUsed: event.memoryUsed },
       `Staged checkpoint #${info.id}: pids ${pids.join(', ')} served lazily from memory`,

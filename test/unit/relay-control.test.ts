@@ -12,6 +12,7 @@ import { listensFor, parseListenTable, waitForListen } from '../../src/staging/l
 import { Relayer, relayPlan, type NativeRelayOptions } from '../../src/staging/relay.js';
 import { listCheckpoints, parseRelayRequest, runCommand, type StagingControlTarget } from '../../src/staging/control.js';
 import { relayCommandLine } from '../../src/commands/staging.js';
+import { Stager, type StagingEvent } from '../../src/staging/stager.js';
 import { parseHostPort, STAGING_COMMAND } from '../../src/config/flags.js';
 import { resolveValues } from '../../src/config/resolve.js';
 import { createLogger } from '../../src/log.js';
@@ -209,3 +210,27 @@ async function waitUntil(condition: () => boolean, ms = 10_000): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }
+
+test("a relayed checkpoint's --staging-ttl runs from the end of its pull, not from its 'staged' event", (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const released: number[] = [];
+  const native = { writePages: async () => 0, ackUpload: () => undefined, release: (id: number) => void released.push(id) };
+  const stager = new Stager({ dir: os.tmpdir(), ttlSeconds: 5 }, native, logger);
+  const staged = (id: number) =>
+    stager.handle({ type: 'staged', session: id, checkpoint: id, pagemaps: [{ type: 'pid', id: 1, entries: new BigUint64Array(0) }], bytesHeld: 4096, memoryUsed: 4096 } as StagingEvent);
+  // An upload: the TTL runs from 'staged'.
+  staged(2);
+  t.mock.timers.tick(5000);
+  assert.deepEqual(released, [2]);
+  // A relay: staged when its pull starts; nothing released however long the pull takes...
+  stager.deferTtl(3);
+  staged(3);
+  t.mock.timers.tick(60_000);
+  assert.deepEqual(released, [2], 'a release while the pull runs would reset the dump');
+  // ...then the TTL from the pull's end.
+  stager.startTtl(3);
+  t.mock.timers.tick(4999);
+  assert.deepEqual(released, [2]);
+  t.mock.timers.tick(1);
+  assert.deepEqual(released, [2, 3]);
+});
