@@ -27,8 +27,10 @@ import {
   requireHost,
   startLazyRestore,
   startRelay,
+  makeTestPki,
   startRelayCommand,
   stagingCommand,
+  tlsArgs,
   testProgress,
   waitForPasses,
   withRunDir,
@@ -40,6 +42,7 @@ import { PageServerService } from '../../src/page-server/service.js';
 import type { StagingOptions } from '../../src/staging/stager.js';
 import { startStagingControl, type ListedCheckpoint } from '../../src/staging/control.js';
 import { relayPlan } from '../../src/staging/relay.js';
+import type { NativeTlsOptions } from '../../src/native.js';
 
 const TEST_TIMEOUT_MS = 150_000;
 /** The pull through the slow relay: 16 MiB take 8 s, so a restore started at once surely runs before it ends. */
@@ -60,11 +63,11 @@ function memoryLogger() {
 }
 
 /** lazyd's page server with staging and its control socket, in this process: the relay daemon. */
-async function startRelayDaemon(runDir: string, staging: Partial<StagingOptions> = {}) {
+async function startRelayDaemon(runDir: string, staging: Partial<StagingOptions> = {}, tls?: NativeTlsOptions) {
   const dir = path.join(runDir, 'lazyd');
   fs.mkdirSync(dir, { recursive: true });
   const { logger, lines } = memoryLogger();
-  const service = await PageServerService.start({ imagesDir: dir, address: '127.0.0.1', port: 0, logger, staging: { dir, ...staging } });
+  const service = await PageServerService.start({ imagesDir: dir, address: '127.0.0.1', port: 0, logger, staging: { dir, ...staging }, tls });
   const controlSocket = path.join(dir, 'control.sock');
   const control = await startStagingControl(controlSocket, service, logger);
   const target: RelayTarget = { controlSocket, dir };
@@ -79,7 +82,7 @@ async function startRelayDaemon(runDir: string, staging: Partial<StagingOptions>
 type RelayDaemon = Awaited<ReturnType<typeof startRelayDaemon>>;
 
 /** `criu dump --lazy-pages --address 127.0.0.1` of a fresh workload, serving (the tasks frozen). */
-async function lazyDump(t: TestContext, version: CriuVersion, runDir: string, onCleanup: (fn: () => unknown) => void, mib = 16): Promise<Checkpoint> {
+async function lazyDump(t: TestContext, version: CriuVersion, runDir: string, onCleanup: (fn: () => unknown) => void, mib = 16, extraArgs?: string[]): Promise<Checkpoint> {
   return checkpointWorkload({
     criu: findCriu(version),
     runDir,
@@ -87,7 +90,7 @@ async function lazyDump(t: TestContext, version: CriuVersion, runDir: string, on
     timeouts,
     progress: testProgress(t),
     onCleanup,
-    lazyDump: { address: '127.0.0.1' },
+    lazyDump: { address: '127.0.0.1', extraArgs },
   });
 }
 
@@ -135,6 +138,27 @@ function errors(lines: LogLine[]): string[] {
 }
 
 for (const version of CRIU_VERSIONS) {
+  test(`CRIU ${version}: TLS on both legs: criu dump --lazy-pages --tls relayed with --relay-tls, restored by criu lazy-pages --tls from lazyd --tls`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    await withRunDir(`${version}-relay-tls`, async (runDir, onCleanup) => {
+      const pki = await makeTestPki(path.join(runDir, 'pki'));
+      // lazyd shows pki.a's certificate to the dump and to restores; the dump and the restore show pki.b's.
+      const lazyd = await startRelayDaemon(runDir, { restores: 1 }, { cacert: pki.ca, cacrl: pki.crl, cert: pki.a.cert, key: pki.a.key, noCnVerify: false, peerName: '127.0.0.1' });
+      onCleanup(() => lazyd.stop());
+      const checkpoint = await lazyDump(t, version, runDir, onCleanup, 16, tlsArgs(pki, { as: pki.b }));
+      const dump = checkpoint.dumpServer!;
+      const relay = await startRelayCommand(lazyd.target, checkpoint.imagesDir, dump, ['--relay-tls']);
+      const { line } = await relay.done();
+      t.diagnostic(line);
+      assert.equal(Number(RELAYED_RE.exec(line)![3]), checkpoint.lazyPages);
+      assert.equal((await dump.finish()).code, 0);
+      const restored = await lazyRestore({ checkpoint, server: lazyd, daemon: 'criu', name: 'dst', daemonArgs: tlsArgs(pki, { as: pki.b }), progress: testProgress(t), onCleanup, timeouts });
+      assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
+      assert.ok(restored.passes[0].every((p) => p.ok === checkpoint.dataPages && p.bad === 0), 'the restored workload verifies clean');
+      assert.deepEqual(errors(lazyd.lines), []);
+    });
+  });
+
   test(`CRIU ${version}: relay from criu dump --lazy-pages: the original is gone once lazyd holds every page; two restores from lazyd's memory (criu lazy-pages, then lazyd lazy-pages), each verified`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
     requireHost();
     await withRunDir(`${version}-relay`, async (runDir, onCleanup) => {
