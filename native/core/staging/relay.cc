@@ -117,7 +117,8 @@ int Relay::submit(uint64_t first, uint64_t count, bool demand) {
   request.pid = s->pid;
   request.img_vaddr = s->vaddr + (first - s->first) * options_.page_size;
   request.nr_pages = count;
-  request.buf = store_->page_buffer(first);
+  request.sink_fd = store_->memfd();  // the reply's pages go straight to their place in the store
+  request.sink_offset = first * options_.page_size;
   std::fill(asked_.begin() + static_cast<ptrdiff_t>(first), asked_.begin() + static_cast<ptrdiff_t>(first + count), 1);
   if (demand) demand_requests_++;
   else {
@@ -244,7 +245,7 @@ Relay::Status Relay::finish() {
     }
   }
   int32_t answer = -1;
-  const int rc = client_->close(options_.stall_timeout_ms, &answer);
+  const int rc = client_->close_complete(options_.stall_timeout_ms, &answer);
   if (rc < 0) {
     // The dump may have read our CLOSE: what it did with the tasks is in its exit status. Every page is held.
     return fail("CLOSE was not answered (" + client_->error() + "); every lazy page is held, check the dump's exit status");
