@@ -94,13 +94,13 @@ const Relay::Segment* Relay::segment_of(uint64_t page) const {
   return page < s.first + s.nr_pages ? &s : nullptr;
 }
 
-Relay::Status Relay::fail(std::string message) {
+Relay::Status Relay::fail(std::string message, bool reset) {
   if (status_ != Status::kPulling) return status_;
   status_ = Status::kFailed;
   ended_ns_.store(now_ns(), std::memory_order_relaxed);
   error_ = "relay from the dump at " + options_.host + ":" + std::to_string(options_.port) + " failed after " +
            std::to_string(store_->pages_held()) + " of " + std::to_string(store_->pages_total()) + " pages: " + message +
-           "; the dump's connection was reset, so criu dump fails and resumes the tasks";
+           (reset ? "; the dump's connection was reset, so criu dump fails and resumes the tasks" : "");
   client_.reset();  // SO_LINGER 0: a reset, never an EOF (docs/protocol.md §1.7)
   store_->finish(false, message);
   return status_;
@@ -247,8 +247,11 @@ Relay::Status Relay::finish() {
   int32_t answer = -1;
   const int rc = client_->close_complete(options_.stall_timeout_ms, &answer);
   if (rc < 0) {
-    // The dump may have read our CLOSE: what it did with the tasks is in its exit status. Every page is held.
-    return fail("CLOSE was not answered (" + client_->error() + "); every lazy page is held, check the dump's exit status");
+    // The dump may have read our CLOSE (and our EOF): what it did with the tasks only its exit status says (0: it
+    // killed them). Every page is held.
+    return fail("CLOSE was not answered (" + client_->error() + "); every lazy page is held, and the dump may have " +
+                    "counted the transfer as done: its exit status says whether the original tasks are gone (0) or resumed",
+                false);
   }
   client_.reset();
   status_ = Status::kDone;

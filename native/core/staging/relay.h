@@ -91,7 +91,8 @@ class Relay {
   struct Demand {
     uint64_t pid, vaddr, nr_pages;
   };
-  Status fail(std::string message);
+  // reset: the connection is (being) reset, so the dump resumes the tasks; false once CLOSE went out.
+  Status fail(std::string message, bool reset = true);
   Status pump();
   int submit(uint64_t first, uint64_t count, bool demand);
   int submit_demands();
