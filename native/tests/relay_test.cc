@@ -85,6 +85,7 @@ struct Dump {
   std::thread thread;
   std::atomic<int64_t> credits{-1};   // replies it may send (-1: any number)
   std::atomic<int> die_after{-1};     // after this many replies: half a reply, then shutdown(SHUT_WR)
+  std::atomic<bool> hold_close{false};  // CLOSE: no answer (the socket stays open) while this is set
   std::atomic<int> gets{0};
   std::atomic<int> replies{0};
   std::atomic<int> end{static_cast<int>(End::kNone)};  // how the client's end arrived
@@ -107,6 +108,7 @@ struct Dump {
   }
   ~Dump() {
     credits = -1;
+    hold_close = false;
     if (thread.joinable()) thread.join();
     close(listen_fd);
   }
@@ -231,6 +233,11 @@ struct Dump {
         }
         if (!send_all(out.data(), hs) || !send_all(out.data() + hs, out.size() - hs)) break;
         replies++;
+      }
+      if (closed && hold_close) {
+        watch_end(End::kCloseThenEof);  // how our client ends while it waits for the answer
+        while (hold_close) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        break;
       }
       if (closed) {
         int32_t status = 0;
@@ -565,6 +572,33 @@ void test_release_while_pulling() {
   CHECK(eventually([&] { return server.server->stats().staging_bytes == 0; }));
 }
 
+// A dump that never answers CLOSE: the page server's thread does not wait for it (restores are served meanwhile),
+// our FIN follows the CLOSE (every page is held), and past the stall timeout the relay ends as failed without
+// claiming a reset (the dump had our CLOSE: its exit status tells what became of the tasks).
+void test_close_unanswered() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  dump.hold_close = true;
+  const std::vector<RelayTask> tasks = two_tasks();
+  RelayOptions o = options_for(dump, tasks, server);
+  o.stall_timeout_ms = 1500;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kCloseThenEof);
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayDone, id) && !server.has_event(ServerEvent::Kind::kRelayFailed, id));
+  Restore restore(server, wire::Format::V32);
+  CHECK(restore.verify_all(tasks));  // served while the relay waits for the answer: the thread does not block
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayFailed, id));
+  ServerEvent failed;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
+  CHECK(failed.message.find("did not answer CLOSE") != std::string::npos);
+  CHECK(failed.message.find("exit status") != std::string::npos);
+  CHECK(failed.message.find("reset") == std::string::npos);
+  CHECK(failed.pages_held == failed.pages_total);
+  dump.hold_close = false;
+}
+
 // A dump with no lazy page: nothing to pull, CLOSE at once.
 void test_nothing_to_pull() {
   Server server(1ull << 30);
@@ -662,6 +696,7 @@ int main(int argc, char** argv) {
   test_pid_already_staged();
   test_release_while_pulling();
   test_nothing_to_pull();
+  test_close_unanswered();
   test_pki::make();
   test_tls();
   test_pki::remove();

@@ -340,6 +340,7 @@ ssize_t PageClient::recv_to_sink(const PageRequest& request, size_t want) {
 }
 
 int64_t PageClient::stalled_ms() const {
+  if (closing_ && fd_ >= 0) return static_cast<int64_t>((now_ns() - last_progress_ns_) / 1000000);  // the answer to CLOSE
   if (fifo_.empty() || last_progress_ns_ == 0) return 0;
   return static_cast<int64_t>((now_ns() - last_progress_ns_) / 1000000);
 }
@@ -347,6 +348,49 @@ int64_t PageClient::stalled_ms() const {
 int PageClient::close(int timeout_ms, int32_t* status) { return close_session(timeout_ms, status, false); }
 
 int PageClient::close_complete(int timeout_ms, int32_t* status) { return close_session(timeout_ms, status, !tls_); }
+
+int PageClient::begin_close() {
+  if (fd_ < 0) return -ENOTCONN;
+  if (tls_) return -EOPNOTSUPP;
+  if (!error_.empty()) return -EPIPE;
+  if (!fifo_.empty()) return -EBUSY;
+  wire::Header h;
+  h.cmd = wire::PS_IOV_CLOSE;
+  uint8_t bytes[wire::HEADER_SIZE_MAX] = {};
+  wire::encode(format_, h, bytes);
+  out_.insert(out_.end(), bytes, bytes + wire::header_size(format_));
+  closing_ = true;
+  last_progress_ns_ = now_ns();
+  const int rc = poll_close(nullptr);
+  return rc == -EAGAIN ? 0 : rc;
+}
+
+int PageClient::poll_close(int32_t* status) {
+  if (!closing_ || fd_ < 0) return -EINVAL;
+  int rc = flush();
+  if (rc < 0) return rc;
+  if (wants_write()) return -EAGAIN;
+  if (!fin_sent_) {
+    // Every page is held (the caller's promise): our EOF may follow the CLOSE, and makes the dump flush its answer.
+    net::set_reset_on_close(fd_, false);
+    shutdown(fd_, SHUT_WR);
+    fin_sent_ = true;
+  }
+  while (close_got_ < sizeof close_answer_) {
+    ssize_t n = io_recv(close_answer_ + close_got_, sizeof close_answer_ - close_got_);
+    if (n == -EAGAIN) return -EAGAIN;
+    if (n == 0) return fail(-ECONNRESET, "the page server closed the connection before answering CLOSE" + closed_hint());
+    if (n < 0) return fail(static_cast<int>(n), std::string("reading the CLOSE answer failed: ") + strerror(static_cast<int>(-n)));
+    close_got_ += static_cast<size_t>(n);
+    bytes_received_ += static_cast<uint64_t>(n);
+    last_progress_ns_ = now_ns();
+  }
+  if (status) std::memcpy(status, close_answer_, sizeof *status);  // a native int32, always 0 from criu (§1.3)
+  if (!status) return -EAGAIN;  // begin_close(): the answer is there already; the caller collects it next time
+  ::close(fd_);
+  fd_ = -1;
+  return 0;
+}
 
 int PageClient::close_session(int timeout_ms, int32_t* status, bool fin_with_close) {
   if (fd_ < 0) return -ENOTCONN;

@@ -103,6 +103,11 @@ class PageClient : public PageSource {
   // dump closes the socket, which it does on our EOF (docs/protocol.md §1.7); the tasks stay frozen meanwhile.
   // Under TLS this is close(): the answer is read first.
   int close_complete(int timeout_ms, int32_t* status);
+  // close_complete() for an event loop, plain TCP only: begin_close() sends CLOSE and our FIN (as far as the
+  // socket takes them: keep watching fd() for wants_write()), poll_close() reads the answer once fd() is ready:
+  // 0 with *status (the socket is then closed), -EAGAIN, or -errno (error() says why). Both 0 or -errno.
+  int begin_close();
+  int poll_close(int32_t* status);
   uint64_t bytes_received() const override { return bytes_received_; }
   uint64_t bytes_sent() const override { return bytes_sent_; }
   const std::string& error() const override { return error_; }
@@ -142,6 +147,10 @@ class PageClient : public PageSource {
   uint64_t bytes_received_ = 0;
   uint64_t bytes_sent_ = 0;
   std::string error_;
+  bool closing_ = false;         // begin_close() was called
+  bool fin_sent_ = false;
+  uint8_t close_answer_[4];
+  size_t close_got_ = 0;
   int sink_pipe_[2] = {-1, -1};  // sink_fd requests over plain TCP
   std::vector<uint8_t> sink_buf_;  // sink_fd requests under TLS
   std::string sink_error_;

@@ -194,6 +194,11 @@ Relay::Status Relay::pump() {
     if (rc < 0) return fail(client_->error());
     handshaking_ = false;
   }
+  if (closing_) {
+    int32_t answer = -1;
+    const int rc = client_->poll_close(&answer);
+    return rc == -EAGAIN ? status_ : closed(rc, answer);
+  }
   std::vector<PageReply> replies;
   for (int round = 0; round < kRoundsPerWakeup; round++) {
     if (submit_demands() < 0 || submit_bulk() < 0) return fail(client_->error());
@@ -220,6 +225,15 @@ Relay::Status Relay::demand(uint64_t pid, uint64_t vaddr, uint64_t nr_pages) {
 
 Relay::Status Relay::check_timeouts() {
   if (status_ != Status::kPulling) return status_;
+  if (closing_) {
+    if (client_->stalled_ms() > options_.stall_timeout_ms) {
+      return fail("the dump did not answer CLOSE within " + std::to_string(options_.stall_timeout_ms) +
+                      " ms (--stall-timeout); every lazy page is held, and the dump may have counted the transfer as "
+                      "done: its exit status says whether the original tasks are gone (0) or resumed",
+                  false);
+    }
+    return status_;
+  }
   if (handshaking_) {
     if (elapsed_ms() > static_cast<uint64_t>(options_.connect_timeout_ms)) {
       client_->tls_timed_out(options_.connect_timeout_ms);
@@ -245,7 +259,19 @@ Relay::Status Relay::finish() {
     }
   }
   int32_t answer = -1;
-  const int rc = client_->close_complete(options_.stall_timeout_ms, &answer);
+  if (!options_.tls) {
+    // Plain TCP: CLOSE and our FIN go out now, the answer is read on the event loop (the thread never waits).
+    const int rc = client_->begin_close();
+    if (rc < 0) return closed(rc, answer);
+    closing_ = true;
+    return pump();
+  }
+  // TLS: the answer, its close_notify and its EOF are waited for here (PageClient::close, at most the stall
+  // timeout; the dump answers at once).
+  return closed(client_->close_complete(options_.stall_timeout_ms, &answer), answer);
+}
+
+Relay::Status Relay::closed(int rc, int32_t answer) {
   if (rc < 0) {
     // The dump may have read our CLOSE (and our EOF): what it did with the tasks only its exit status says (0: it
     // killed them). Every page is held.
