@@ -259,7 +259,7 @@ struct Server {
   std::condition_variable cv;
   std::vector<ServerEvent> events;
 
-  explicit Server(uint64_t staging_max_bytes) {
+  explicit Server(uint64_t staging_max_bytes, uint64_t staging_restores = 0) {
     PageServerConfig c;
     c.session.format = wire::Format::Unknown;
     c.session.max_request_pages = 1024;
@@ -270,7 +270,7 @@ struct Server {
     c.idle_timeout_ms = 0;
     c.accept_uploads = true;
     c.staging_max_bytes = staging_max_bytes;
-    c.staging_restores = 0;
+    c.staging_restores = staging_restores;
     c.upload.format = wire::Format::Unknown;
     c.upload.max_entry_pages = 1 << 18;
     c.tls_handshake_timeout_ms = 5000;
@@ -599,6 +599,37 @@ void test_close_unanswered() {
   dump.hold_close = false;
 }
 
+// --staging-restores reached while the pull runs (a restore completed: CLOSE, clean hang-up): the checkpoint is
+// released for new sessions, but the relay goes on to its CLOSE — a reset now would resume the original while its
+// restored copy runs on.
+void test_restores_retire_while_pulling() {
+  Server server(1ull << 30, 1);
+  Dump dump(wire::Format::V24);
+  dump.credits = 2;
+  const std::vector<RelayTask> tasks = two_tasks(8);
+  const uint64_t id = start_relay(server, options_for(dump, tasks, server));
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.replies == 2; }));
+  {
+    Restore restore(server, wire::Format::V24);
+    std::vector<uint8_t> buf;
+    uint64_t got = 0;
+    CHECK(restore.get(tasks[0].pid, tasks[0].ranges[0].vaddr, 1, &buf, &got) == 0);
+    int32_t status = -1;
+    CHECK(restore.client.close(2000, &status) == 0);
+  }
+  CHECK(server.wait_event(ServerEvent::Kind::kRestoreDone, id, nullptr));
+  CHECK(server.wait_event(ServerEvent::Kind::kReleased, id, nullptr));
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayFailed, id));
+  dump.credits = -1;
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.pages_held == total_pages(tasks));
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kCloseThenEof);
+  CHECK(eventually([&] { return server.server->stats().staging_bytes == 0; }));  // retired, its last user gone
+}
+
 // A dump with no lazy page: nothing to pull, CLOSE at once.
 void test_nothing_to_pull() {
   Server server(1ull << 30);
@@ -697,6 +728,7 @@ int main(int argc, char** argv) {
   test_release_while_pulling();
   test_nothing_to_pull();
   test_close_unanswered();
+  test_restores_retire_while_pulling();
   test_pki::make();
   test_tls();
   test_pki::remove();
