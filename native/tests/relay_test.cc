@@ -8,6 +8,7 @@
 #include "staging/relay.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -26,12 +27,14 @@
 #include <thread>
 #include <vector>
 
+#include "net/tls_session.h"
 #include "server/page_index.h"
 #include "server/page_server.h"
 #include "util/clock.h"
 #include "wire/wire.h"
 
 #include "check.h"
+#include "pki.h"
 
 using namespace lazyd;
 
@@ -73,18 +76,24 @@ struct Dump {
   enum class End { kNone, kCloseThenEof, kReset, kEof, kCut };
   wire::Format format;
   uint64_t run;  // replies are clamped at multiples of this many pages, as CRIU clamps at its iovec end
+  std::shared_ptr<const TlsContext> tls_context;  // --tls: the dump's own credentials
+  std::unique_ptr<TlsSession> tls;
+  std::atomic<bool> tls_refused{false};
+  int fd = -1;
   int listen_fd = -1;
   uint16_t port = 0;
   std::thread thread;
   std::atomic<int64_t> credits{-1};   // replies it may send (-1: any number)
   std::atomic<int> die_after{-1};     // after this many replies: half a reply, then shutdown(SHUT_WR)
+  std::atomic<bool> hold_close{false};  // CLOSE: no answer (the socket stays open) while this is set
   std::atomic<int> gets{0};
   std::atomic<int> replies{0};
   std::atomic<int> end{static_cast<int>(End::kNone)};  // how the client's end arrived
   std::mutex mutex;
   std::vector<uint64_t> get_vaddrs;  // in arrival order
 
-  explicit Dump(wire::Format f, uint64_t run_pages = 8) : format(f), run(run_pages) {
+  explicit Dump(wire::Format f, uint64_t run_pages = 8, std::shared_ptr<const TlsContext> tls_ctx = nullptr)
+      : format(f), run(run_pages), tls_context(std::move(tls_ctx)) {
     listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     CHECK(listen_fd >= 0);
     sockaddr_in a{};
@@ -99,6 +108,7 @@ struct Dump {
   }
   ~Dump() {
     credits = -1;
+    hold_close = false;
     if (thread.joinable()) thread.join();
     close(listen_fd);
   }
@@ -108,25 +118,64 @@ struct Dump {
     return get_vaddrs;
   }
 
-  static bool send_all(int fd, const uint8_t* p, size_t len) {
+  // Plain or TLS (then each call's bytes go in records of their own, like CRIU's header and pages).
+  bool send_all(const uint8_t* p, size_t len) {
     while (len > 0) {
-      ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+      ssize_t n = tls ? tls->send(p, len) : send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n == -EAGAIN || (n < 0 && !tls && errno == EAGAIN)) {
+        pollfd w{fd, POLLOUT, 0};
+        poll(&w, 1, 100);
+        continue;
+      }
       if (n <= 0) return false;
       p += n;
       len -= static_cast<size_t>(n);
     }
     return true;
   }
-  // After our end of the session: how the client's end arrives (EOF, or a reset).
-  void watch_end(int fd, End on_eof) {
-    char c;
-    ssize_t n = recv(fd, &c, 1, 0);
-    end = static_cast<int>(n == 0 ? on_eof : End::kReset);
+  // Bytes, 0 at EOF, -EAGAIN, or -errno.
+  ssize_t recv_some(uint8_t* buf, size_t len) {
+    if (tls) return tls->recv(buf, len);
+    ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+    return n >= 0 ? n : -errno;
+  }
+  // After our end of the session: how the client's end arrives (EOF, or a reset). Under TLS its close_notify
+  // comes first.
+  void watch_end(End on_eof) {
+    if (tls) tls->bye();
+    for (;;) {
+      pollfd p{fd, POLLIN, 0};
+      poll(&p, 1, 100);
+      uint8_t sink[512];
+      ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+      if (n > 0 || (n < 0 && errno == EAGAIN)) continue;
+      end = static_cast<int>(n == 0 ? on_eof : End::kReset);
+      return;
+    }
   }
 
   void serve() {
-    int fd = accept(listen_fd, nullptr, nullptr);
+    fd = accept(listen_fd, nullptr, nullptr);
     if (fd < 0) return;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    if (tls_context) {
+      std::string error;
+      tls = TlsSession::create(tls_context, fd, TlsSession::Role::kServer, &error);
+      CHECK(tls != nullptr);
+      for (;;) {
+        const int rc = tls->handshake();
+        if (rc == 0) break;
+        if (rc != -EAGAIN) {
+          tls_refused = true;
+          watch_end(End::kEof);
+          tls.reset();
+          close(fd);
+          return;
+        }
+        pollfd p{fd, static_cast<short>(tls->handshake_wants_write() ? POLLOUT : POLLIN), 0};
+        poll(&p, 1, 100);
+      }
+    }
     const size_t hs = wire::header_size(format);
     std::deque<wire::Header> queue;
     std::vector<uint8_t> in;
@@ -134,12 +183,12 @@ struct Dump {
       pollfd p{fd, POLLIN, 0};
       poll(&p, 1, queue.empty() || credits == 0 ? 5 : 0);
       uint8_t buf[4096];
-      ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+      ssize_t n = recv_some(buf, sizeof buf);
       if (n == 0) {
         end = static_cast<int>(End::kEof);
         break;
       }
-      if (n < 0 && errno != EAGAIN) {
+      if (n < 0 && n != -EAGAIN) {
         end = static_cast<int>(End::kReset);
         break;
       }
@@ -174,22 +223,30 @@ struct Dump {
         wire::encode(format, r, out.data());
         for (uint64_t pg = 0; pg < r.nr_pages; pg++) fill_page(out.data() + hs + pg * P, h.dst_id, h.vaddr + pg * P);
         if (die_after >= 0 && replies == die_after) {
-          send_all(fd, out.data(), hs + P / 2);  // half a reply, then our side is gone
+          send_all(out.data(), hs);
+          send_all(out.data() + hs, P / 2);  // half a reply, then our side is gone
           shutdown(fd, SHUT_WR);
-          watch_end(fd, End::kEof);
+          watch_end(End::kEof);
+          tls.reset();
           close(fd);
           return;
         }
-        if (!send_all(fd, out.data(), out.size())) break;
+        if (!send_all(out.data(), hs) || !send_all(out.data() + hs, out.size() - hs)) break;
         replies++;
+      }
+      if (closed && hold_close) {
+        watch_end(End::kCloseThenEof);  // how our client ends while it waits for the answer
+        while (hold_close) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        break;
       }
       if (closed) {
         int32_t status = 0;
-        send_all(fd, reinterpret_cast<uint8_t*>(&status), sizeof status);
-        watch_end(fd, End::kCloseThenEof);  // CRIU waits for the client's EOF after answering (§1.6)
+        send_all(reinterpret_cast<uint8_t*>(&status), sizeof status);
+        watch_end(End::kCloseThenEof);  // CRIU waits for the client's EOF after answering (§1.6)
         break;
       }
     }
+    tls.reset();
     close(fd);
   }
 };
@@ -202,7 +259,7 @@ struct Server {
   std::condition_variable cv;
   std::vector<ServerEvent> events;
 
-  explicit Server(uint64_t staging_max_bytes) {
+  explicit Server(uint64_t staging_max_bytes, uint64_t staging_restores = 0) {
     PageServerConfig c;
     c.session.format = wire::Format::Unknown;
     c.session.max_request_pages = 1024;
@@ -213,7 +270,7 @@ struct Server {
     c.idle_timeout_ms = 0;
     c.accept_uploads = true;
     c.staging_max_bytes = staging_max_bytes;
-    c.staging_restores = 0;
+    c.staging_restores = staging_restores;
     c.upload.format = wire::Format::Unknown;
     c.upload.max_entry_pages = 1 << 18;
     c.tls_handshake_timeout_ms = 5000;
@@ -515,6 +572,64 @@ void test_release_while_pulling() {
   CHECK(eventually([&] { return server.server->stats().staging_bytes == 0; }));
 }
 
+// A dump that never answers CLOSE: the page server's thread does not wait for it (restores are served meanwhile),
+// our FIN follows the CLOSE (every page is held), and past the stall timeout the relay ends as failed without
+// claiming a reset (the dump had our CLOSE: its exit status tells what became of the tasks).
+void test_close_unanswered() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  dump.hold_close = true;
+  const std::vector<RelayTask> tasks = two_tasks();
+  RelayOptions o = options_for(dump, tasks, server);
+  o.stall_timeout_ms = 1500;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kCloseThenEof);
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayDone, id) && !server.has_event(ServerEvent::Kind::kRelayFailed, id));
+  Restore restore(server, wire::Format::V32);
+  CHECK(restore.verify_all(tasks));  // served while the relay waits for the answer: the thread does not block
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayFailed, id));
+  ServerEvent failed;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
+  CHECK(failed.message.find("did not answer CLOSE") != std::string::npos);
+  CHECK(failed.message.find("exit status") != std::string::npos);
+  CHECK(failed.message.find("reset") == std::string::npos);
+  CHECK(failed.pages_held == failed.pages_total);
+  dump.hold_close = false;
+}
+
+// --staging-restores reached while the pull runs (a restore completed: CLOSE, clean hang-up): the checkpoint is
+// released for new sessions, but the relay goes on to its CLOSE — a reset now would resume the original while its
+// restored copy runs on.
+void test_restores_retire_while_pulling() {
+  Server server(1ull << 30, 1);
+  Dump dump(wire::Format::V24);
+  dump.credits = 2;
+  const std::vector<RelayTask> tasks = two_tasks(8);
+  const uint64_t id = start_relay(server, options_for(dump, tasks, server));
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.replies == 2; }));
+  {
+    Restore restore(server, wire::Format::V24);
+    std::vector<uint8_t> buf;
+    uint64_t got = 0;
+    CHECK(restore.get(tasks[0].pid, tasks[0].ranges[0].vaddr, 1, &buf, &got) == 0);
+    int32_t status = -1;
+    CHECK(restore.client.close(2000, &status) == 0);
+  }
+  CHECK(server.wait_event(ServerEvent::Kind::kRestoreDone, id, nullptr));
+  CHECK(server.wait_event(ServerEvent::Kind::kReleased, id, nullptr));
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayFailed, id));
+  dump.credits = -1;
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.pages_held == total_pages(tasks));
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kCloseThenEof);
+  CHECK(eventually([&] { return server.server->stats().staging_bytes == 0; }));  // retired, its last user gone
+}
+
 // A dump with no lazy page: nothing to pull, CLOSE at once.
 void test_nothing_to_pull() {
   Server server(1ull << 30);
@@ -525,6 +640,42 @@ void test_nothing_to_pull() {
   CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
   CHECK(done.pages_total == 0);
   CHECK(eventually([&] { return dump.ended() == Dump::End::kCloseThenEof; }));
+}
+
+// --tls: the relay talks TLS to a dump that runs with --tls (its own client credentials, the dump's checked), and
+// a dump that refuses its certificate fails the relay with the TLS reason; nothing is pulled then.
+void test_tls() {
+  Server server(1ull << 30);
+  {
+    Dump dump(wire::Format::V32, 8, test_pki::context("good"));
+    const std::vector<RelayTask> tasks = two_tasks();
+    RelayOptions o = options_for(dump, tasks, server);
+    o.tls = test_pki::context("good");
+    const uint64_t id = start_relay(server, o);
+    CHECK(id >= 2);
+    ServerEvent done;
+    CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+    CHECK(done.pages_held == total_pages(tasks));
+    CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+    CHECK(dump.ended() == Dump::End::kCloseThenEof);
+    Restore restore(server, wire::Format::V32);
+    CHECK(restore.verify_all(tasks));
+    server.server->release(id, "next case");
+    CHECK(server.wait_event(ServerEvent::Kind::kReleased, id, nullptr));
+  }
+  {
+    Dump dump(wire::Format::V24, 8, test_pki::context("good"));
+    RelayOptions o = options_for(dump, two_tasks(), server);
+    o.tls = test_pki::context("revoked");
+    const uint64_t id = start_relay(server, o);
+    CHECK(id >= 2);
+    ServerEvent failed;
+    CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
+    CHECK(failed.message.find("TLS") != std::string::npos);
+    CHECK(failed.pages_held == 0);
+    CHECK(dump.tls_refused);
+    CHECK(dump.gets == 0);
+  }
 }
 
 // Measurement (printed, not asserted beyond correctness): how long a restore's GET for a page the bulk has not
@@ -576,6 +727,11 @@ int main(int argc, char** argv) {
   test_pid_already_staged();
   test_release_while_pulling();
   test_nothing_to_pull();
+  test_close_unanswered();
+  test_restores_retire_while_pulling();
+  test_pki::make();
+  test_tls();
+  test_pki::remove();
   if (argc > 1 && std::strcmp(argv[1], "--measure") == 0) {
     measure_demand_latency(256, 4ull << 20);
     measure_demand_latency(256, 1ull << 20);

@@ -47,6 +47,8 @@ int wait_fd(int fd, short events, int* left_ms) {
 PageClient::PageClient(wire::Format format, uint64_t page_size) : format_(format), page_size_(page_size) {}
 
 PageClient::~PageClient() {
+  if (sink_pipe_[0] >= 0) ::close(sink_pipe_[0]);
+  if (sink_pipe_[1] >= 0) ::close(sink_pipe_[1]);
   const bool tls = tls_ != nullptr;
   tls_.reset();
   if (tls) net::close_gently(fd_);  // a server we refused still gets our alert
@@ -175,7 +177,7 @@ int PageClient::submit(const PageRequest& request) {
   if (!error_.empty()) return -EPIPE;
   if (fd_ < 0) return fail(-ENOTCONN, "page server not connected");
   if (format_ != wire::Format::V24 && format_ != wire::Format::V32) return fail(-EINVAL, "no wire format chosen");
-  if (request.nr_pages == 0 || (request.img_vaddr & (page_size_ - 1)) != 0 || !request.buf) {
+  if (request.nr_pages == 0 || (request.img_vaddr & (page_size_ - 1)) != 0 || (!request.buf && request.sink_fd < 0)) {
     return fail(-EINVAL, "invalid page request at " + hex(request.img_vaddr));
   }
   wire::Header h;
@@ -228,18 +230,17 @@ int PageClient::pump(std::vector<PageReply>* done) {
 int PageClient::read_replies(std::vector<PageReply>* done) {
   const size_t head_size = wire::header_size(format_);
   for (;;) {
-    uint8_t* dst;
-    size_t want;
+    ssize_t n;
     if (!in_payload_) {
-      dst = head_ + head_len_;
-      want = head_size - head_len_;
+      n = io_recv(head_ + head_len_, head_size - head_len_);
+    } else if (fifo_.front().sink_fd >= 0) {
+      n = recv_to_sink(fifo_.front(), static_cast<size_t>(payload_len_ - payload_got_));
     } else {
-      dst = fifo_.front().buf + payload_got_;
-      want = payload_len_ - payload_got_;
+      n = io_recv(fifo_.front().buf + payload_got_, static_cast<size_t>(payload_len_ - payload_got_));
     }
-    ssize_t n = io_recv(dst, want);
     if (n < 0) {
       if (n == -EAGAIN) return 0;
+      if (!sink_error_.empty()) return fail(static_cast<int>(n), sink_error_);
       if (tls_ && !tls_->error().empty()) {
         return fail(static_cast<int>(n), "reading from the page server failed: " + tls_->error());
       }
@@ -295,12 +296,103 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
   }
 }
 
+ssize_t PageClient::recv_to_sink(const PageRequest& request, size_t want) {
+  const uint64_t at = request.sink_offset + payload_got_;
+  auto sink_failed = [&](int err) -> ssize_t {
+    sink_error_ = std::string("writing received pages into their store failed: ") + strerror(err);
+    return -err;
+  };
+  if (tls_) {
+    if (sink_buf_.empty()) sink_buf_.resize(256 * 1024);
+    ssize_t n = io_recv(sink_buf_.data(), std::min(want, sink_buf_.size()));
+    if (n <= 0) return n;
+    size_t written = 0;
+    while (written < static_cast<size_t>(n)) {
+      ssize_t w = pwrite(request.sink_fd, sink_buf_.data() + written, static_cast<size_t>(n) - written,
+                         static_cast<off_t>(at + written));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return sink_failed(w < 0 ? errno : EIO);
+      written += static_cast<size_t>(w);
+    }
+    return n;
+  }
+  if (sink_pipe_[0] < 0) {
+    if (pipe2(sink_pipe_, O_NONBLOCK | O_CLOEXEC) < 0) return sink_failed(errno);
+    fcntl(sink_pipe_[1], F_SETPIPE_SZ, 1 << 20);  // best effort: larger steps, fewer calls
+  }
+  // socket -> pipe moves the received buffers (no copy); pipe -> file copies them into the file's pages. Never
+  // more than want: the next reply's header stays in the socket.
+  ssize_t n;
+  do {
+    n = splice(fd_, nullptr, sink_pipe_[1], nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  if (n == 0) return 0;
+  loff_t off = static_cast<loff_t>(at);
+  size_t left = static_cast<size_t>(n);
+  while (left > 0) {
+    ssize_t m = splice(sink_pipe_[0], nullptr, request.sink_fd, &off, left, SPLICE_F_MOVE);
+    if (m < 0 && errno == EINTR) continue;
+    if (m <= 0) return sink_failed(m < 0 ? errno : EIO);
+    left -= static_cast<size_t>(m);
+  }
+  return n;
+}
+
 int64_t PageClient::stalled_ms() const {
+  if (closing_ && fd_ >= 0) return static_cast<int64_t>((now_ns() - last_progress_ns_) / 1000000);  // the answer to CLOSE
   if (fifo_.empty() || last_progress_ns_ == 0) return 0;
   return static_cast<int64_t>((now_ns() - last_progress_ns_) / 1000000);
 }
 
-int PageClient::close(int timeout_ms, int32_t* status) {
+int PageClient::close(int timeout_ms, int32_t* status) { return close_session(timeout_ms, status, false); }
+
+int PageClient::close_complete(int timeout_ms, int32_t* status) { return close_session(timeout_ms, status, !tls_); }
+
+int PageClient::begin_close() {
+  if (fd_ < 0) return -ENOTCONN;
+  if (tls_) return -EOPNOTSUPP;
+  if (!error_.empty()) return -EPIPE;
+  if (!fifo_.empty()) return -EBUSY;
+  wire::Header h;
+  h.cmd = wire::PS_IOV_CLOSE;
+  uint8_t bytes[wire::HEADER_SIZE_MAX] = {};
+  wire::encode(format_, h, bytes);
+  out_.insert(out_.end(), bytes, bytes + wire::header_size(format_));
+  closing_ = true;
+  last_progress_ns_ = now_ns();
+  const int rc = poll_close(nullptr);
+  return rc == -EAGAIN ? 0 : rc;
+}
+
+int PageClient::poll_close(int32_t* status) {
+  if (!closing_ || fd_ < 0) return -EINVAL;
+  int rc = flush();
+  if (rc < 0) return rc;
+  if (wants_write()) return -EAGAIN;
+  if (!fin_sent_) {
+    // Every page is held (the caller's promise): our EOF may follow the CLOSE, and makes the dump flush its answer.
+    net::set_reset_on_close(fd_, false);
+    shutdown(fd_, SHUT_WR);
+    fin_sent_ = true;
+  }
+  while (close_got_ < sizeof close_answer_) {
+    ssize_t n = io_recv(close_answer_ + close_got_, sizeof close_answer_ - close_got_);
+    if (n == -EAGAIN) return -EAGAIN;
+    if (n == 0) return fail(-ECONNRESET, "the page server closed the connection before answering CLOSE" + closed_hint());
+    if (n < 0) return fail(static_cast<int>(n), std::string("reading the CLOSE answer failed: ") + strerror(static_cast<int>(-n)));
+    close_got_ += static_cast<size_t>(n);
+    bytes_received_ += static_cast<uint64_t>(n);
+    last_progress_ns_ = now_ns();
+  }
+  if (status) std::memcpy(status, close_answer_, sizeof *status);  // a native int32, always 0 from criu (§1.3)
+  if (!status) return -EAGAIN;  // begin_close(): the answer is there already; the caller collects it next time
+  ::close(fd_);
+  fd_ = -1;
+  return 0;
+}
+
+int PageClient::close_session(int timeout_ms, int32_t* status, bool fin_with_close) {
   if (fd_ < 0) return -ENOTCONN;
   if (!fifo_.empty() && error_.empty()) return -EBUSY;
   int rc = 0;
@@ -317,6 +409,11 @@ int PageClient::close(int timeout_ms, int32_t* status) {
         rc = wait_fd(fd_, POLLOUT, &left);
         if (rc < 0) rc = fail(rc, "timed out sending CLOSE to the page server");
       }
+    }
+    if (rc == 0 && fin_with_close) {
+      // Every page is held (close_complete): our EOF may follow the CLOSE, and makes the dump flush its answer.
+      net::set_reset_on_close(fd_, false);
+      shutdown(fd_, SHUT_WR);
     }
     // The answer is a native int32 status (always 0 from criu), §1.3.
     uint8_t answer[4];

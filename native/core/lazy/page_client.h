@@ -24,6 +24,11 @@ struct PageRequest {
   uint64_t img_vaddr = 0;  // page-aligned address at dump time
   uint64_t nr_pages = 0;
   uint8_t* buf = nullptr;  // nr_pages * page_size bytes; must stay valid until the reply is returned
+  // Instead of buf (PageClient only): the page bytes go to this file at sink_offset, as pwrite() would put them;
+  // over plain TCP with splice (socket -> pipe -> file: one copy, in the kernel, and a shmem file gets its pages
+  // without zeroing them first), under TLS through a small buffer. Relay staging's store (staging/relay.h).
+  int sink_fd = -1;
+  uint64_t sink_offset = 0;
 };
 
 struct PageReply {
@@ -31,7 +36,7 @@ struct PageReply {
   uint64_t img_vaddr = 0;
   uint64_t nr_pages = 0;       // N' <= requested: the server clamps at the end of its run (§1.6)
   uint64_t requested_pages = 0;
-  uint8_t* buf = nullptr;      // the request's buffer, holding N' pages
+  uint8_t* buf = nullptr;      // the request's buffer, holding N' pages (null for a sink_fd request)
 };
 
 class PageSource {
@@ -92,6 +97,17 @@ class PageClient : public PageSource {
   size_t in_flight() const override { return fifo_.size(); }
   int64_t stalled_ms() const override;
   int close(int timeout_ms, int32_t* status) override;
+  // close() for a caller that holds every page it will ever ask for (relay staging, staging/relay.h): over plain
+  // TCP the FIN follows the CLOSE at once instead of after its answer. `criu dump --lazy-pages` corks its socket
+  // and writes the answer without a push, so it sits in its send queue until the 200 ms cork timer fires or the
+  // dump closes the socket, which it does on our EOF (docs/protocol.md §1.7); the tasks stay frozen meanwhile.
+  // Under TLS this is close(): the answer is read first.
+  int close_complete(int timeout_ms, int32_t* status);
+  // close_complete() for an event loop, plain TCP only: begin_close() sends CLOSE and our FIN (as far as the
+  // socket takes them: keep watching fd() for wants_write()), poll_close() reads the answer once fd() is ready:
+  // 0 with *status (the socket is then closed), -EAGAIN, or -errno (error() says why). Both 0 or -errno.
+  int begin_close();
+  int poll_close(int32_t* status);
   uint64_t bytes_received() const override { return bytes_received_; }
   uint64_t bytes_sent() const override { return bytes_sent_; }
   const std::string& error() const override { return error_; }
@@ -108,6 +124,10 @@ class PageClient : public PageSource {
   std::string closed_hint() const;
   int flush();
   int read_replies(std::vector<PageReply>* done);
+  int close_session(int timeout_ms, int32_t* status, bool fin_with_close);
+  // The next payload bytes (at most want) of a sink_fd request into its file: bytes moved, 0 at EOF, -EAGAIN, or
+  // -errno (sink_error_ set when the file, not the socket, failed).
+  ssize_t recv_to_sink(const PageRequest& request, size_t want);
 
   wire::Format format_;
   uint64_t page_size_;
@@ -127,6 +147,13 @@ class PageClient : public PageSource {
   uint64_t bytes_received_ = 0;
   uint64_t bytes_sent_ = 0;
   std::string error_;
+  bool closing_ = false;         // begin_close() was called
+  bool fin_sent_ = false;
+  uint8_t close_answer_[4];
+  size_t close_got_ = 0;
+  int sink_pipe_[2] = {-1, -1};  // sink_fd requests over plain TCP
+  std::vector<uint8_t> sink_buf_;  // sink_fd requests under TLS
+  std::string sink_error_;
 };
 
 class LocalPageSource : public PageSource {

@@ -94,13 +94,13 @@ const Relay::Segment* Relay::segment_of(uint64_t page) const {
   return page < s.first + s.nr_pages ? &s : nullptr;
 }
 
-Relay::Status Relay::fail(std::string message) {
+Relay::Status Relay::fail(std::string message, bool reset) {
   if (status_ != Status::kPulling) return status_;
   status_ = Status::kFailed;
   ended_ns_.store(now_ns(), std::memory_order_relaxed);
   error_ = "relay from the dump at " + options_.host + ":" + std::to_string(options_.port) + " failed after " +
            std::to_string(store_->pages_held()) + " of " + std::to_string(store_->pages_total()) + " pages: " + message +
-           "; the dump's connection was reset, so criu dump fails and resumes the tasks";
+           (reset ? "; the dump's connection was reset, so criu dump fails and resumes the tasks" : "");
   client_.reset();  // SO_LINGER 0: a reset, never an EOF (docs/protocol.md §1.7)
   store_->finish(false, message);
   return status_;
@@ -117,7 +117,8 @@ int Relay::submit(uint64_t first, uint64_t count, bool demand) {
   request.pid = s->pid;
   request.img_vaddr = s->vaddr + (first - s->first) * options_.page_size;
   request.nr_pages = count;
-  request.buf = store_->page_buffer(first);
+  request.sink_fd = store_->memfd();  // the reply's pages go straight to their place in the store
+  request.sink_offset = first * options_.page_size;
   std::fill(asked_.begin() + static_cast<ptrdiff_t>(first), asked_.begin() + static_cast<ptrdiff_t>(first + count), 1);
   if (demand) demand_requests_++;
   else {
@@ -193,6 +194,11 @@ Relay::Status Relay::pump() {
     if (rc < 0) return fail(client_->error());
     handshaking_ = false;
   }
+  if (closing_) {
+    int32_t answer = -1;
+    const int rc = client_->poll_close(&answer);
+    return rc == -EAGAIN ? status_ : closed(rc, answer);
+  }
   std::vector<PageReply> replies;
   for (int round = 0; round < kRoundsPerWakeup; round++) {
     if (submit_demands() < 0 || submit_bulk() < 0) return fail(client_->error());
@@ -219,6 +225,15 @@ Relay::Status Relay::demand(uint64_t pid, uint64_t vaddr, uint64_t nr_pages) {
 
 Relay::Status Relay::check_timeouts() {
   if (status_ != Status::kPulling) return status_;
+  if (closing_) {
+    if (client_->stalled_ms() > options_.stall_timeout_ms) {
+      return fail("the dump did not answer CLOSE within " + std::to_string(options_.stall_timeout_ms) +
+                      " ms (--stall-timeout); every lazy page is held, and the dump may have counted the transfer as "
+                      "done: its exit status says whether the original tasks are gone (0) or resumed",
+                  false);
+    }
+    return status_;
+  }
   if (handshaking_) {
     if (elapsed_ms() > static_cast<uint64_t>(options_.connect_timeout_ms)) {
       client_->tls_timed_out(options_.connect_timeout_ms);
@@ -244,10 +259,25 @@ Relay::Status Relay::finish() {
     }
   }
   int32_t answer = -1;
-  const int rc = client_->close(options_.stall_timeout_ms, &answer);
+  if (!options_.tls) {
+    // Plain TCP: CLOSE and our FIN go out now, the answer is read on the event loop (the thread never waits).
+    const int rc = client_->begin_close();
+    if (rc < 0) return closed(rc, answer);
+    closing_ = true;
+    return pump();
+  }
+  // TLS: the answer, its close_notify and its EOF are waited for here (PageClient::close, at most the stall
+  // timeout; the dump answers at once).
+  return closed(client_->close_complete(options_.stall_timeout_ms, &answer), answer);
+}
+
+Relay::Status Relay::closed(int rc, int32_t answer) {
   if (rc < 0) {
-    // The dump may have read our CLOSE: what it did with the tasks is in its exit status. Every page is held.
-    return fail("CLOSE was not answered (" + client_->error() + "); every lazy page is held, check the dump's exit status");
+    // The dump may have read our CLOSE (and our EOF): what it did with the tasks only its exit status says (0: it
+    // killed them). Every page is held.
+    return fail("CLOSE was not answered (" + client_->error() + "); every lazy page is held, and the dump may have " +
+                    "counted the transfer as done: its exit status says whether the original tasks are gone (0) or resumed",
+                false);
   }
   client_.reset();
   status_ = Status::kDone;

@@ -91,7 +91,8 @@ class Relay {
   struct Demand {
     uint64_t pid, vaddr, nr_pages;
   };
-  Status fail(std::string message);
+  // reset: the connection is (being) reset, so the dump resumes the tasks; false once CLOSE went out.
+  Status fail(std::string message, bool reset = true);
   Status pump();
   int submit(uint64_t first, uint64_t count, bool demand);
   int submit_demands();
@@ -99,6 +100,7 @@ class Relay {
   int take_replies(std::vector<PageReply>& replies);
   const Segment* segment_of(uint64_t page) const;
   Status finish();
+  Status closed(int rc, int32_t answer);
 
   RelayOptions options_;
   std::unique_ptr<PageClient> client_;
@@ -109,6 +111,7 @@ class Relay {
   std::vector<uint8_t> asked_;           // per page of the layout: requested already
   std::deque<Demand> demands_;           // waiting for the TLS handshake
   bool handshaking_ = false;
+  bool closing_ = false;                 // CLOSE sent (plain TCP): its answer is awaited on the event loop
   uint64_t bulk_cursor_ = 0;             // first page the bulk pull has not asked for
   uint64_t bulk_in_flight_ = 0;          // bytes
   uint64_t started_ns_ = 0;

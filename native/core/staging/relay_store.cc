@@ -4,7 +4,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
-#include <sys/mman.h>
+#include <sys/mman.h>  // memfd_create
 #include <sys/sendfile.h>
 #include <unistd.h>
 
@@ -16,7 +16,6 @@ RelayStore::RelayStore(uint64_t page_size, std::shared_ptr<MemoryBudget> budget)
     : PageStore(page_size, StoreLimits{std::move(budget)}) {}
 
 RelayStore::~RelayStore() {
-  if (map_) munmap(map_, map_size_);
   if (fd_ >= 0) close(fd_);
 }
 
@@ -55,20 +54,12 @@ int RelayStore::init(const std::vector<RelayTask>& tasks, std::string* error) {
     *error = std::string("cannot create the staging memfd: ") + strerror(errno);
     return -errno;
   }
-  map_size_ = pages_total_ * page_size();
-  if (map_size_ == 0) return 0;
-  // shmem allocates a page only when it is written: the size costs address space, not memory.
-  if (ftruncate(fd_, static_cast<off_t>(map_size_)) < 0) {
+  file_size_ = pages_total_ * page_size();
+  // shmem allocates a page only when it is written: the size costs nothing until the pages arrive.
+  if (ftruncate(fd_, static_cast<off_t>(file_size_)) < 0) {
     *error = std::string("cannot size the staging memfd: ") + strerror(errno);
     return -errno;
   }
-  void* map = mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (map == MAP_FAILED) {
-    map_size_ = 0;
-    *error = std::string("cannot map the staging memfd: ") + strerror(errno);
-    return -errno;
-  }
-  map_ = static_cast<uint8_t*>(map);
   return 0;
 }
 
@@ -86,9 +77,7 @@ int RelayStore::finish(bool complete, const std::string& reason) {
   if (state() != State::kFilling) return 0;
   reason_ = reason;
   state_.store(complete ? State::kComplete : State::kIncomplete, std::memory_order_release);
-  if (map_) munmap(map_, map_size_);
-  map_ = nullptr;
-  // F_SEAL_WRITE needs every writable shared mapping gone: hence the munmap above. No served page changes.
+  // No served page changes from here on.
   if (fd_ >= 0 && fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) return -errno;
   return seal();
 }
@@ -107,7 +96,7 @@ std::string RelayStore::missing_reason() const {
 
 ssize_t RelayStore::send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch&) const {
   if (done >= span.bytes) return 0;
-  if (span.data_offset + span.bytes > map_size_) return -EIO;
+  if (span.data_offset + span.bytes > file_size_) return -EIO;
   for (;;) {
     off_t off = static_cast<off_t>(span.data_offset + done);
     ssize_t n = sendfile(out_fd, fd_, &off, span.bytes - done);
@@ -119,7 +108,7 @@ ssize_t RelayStore::send(const StoreSpan& span, uint64_t done, int out_fd, Serve
 
 ssize_t RelayStore::copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch&) const {
   if (done >= span.bytes || len == 0) return 0;
-  if (span.data_offset + span.bytes > map_size_) return -EIO;
+  if (span.data_offset + span.bytes > file_size_) return -EIO;
   const uint64_t want = std::min<uint64_t>(len, span.bytes - done);
   for (;;) {
     ssize_t n = pread(fd_, buf, static_cast<size_t>(want), static_cast<off_t>(span.data_offset + done));
@@ -132,7 +121,7 @@ ssize_t RelayStore::copy_out(const StoreSpan& span, uint64_t done, void* buf, si
 StoreResources RelayStore::resources() const {
   StoreResources r;
   r.fds = fd_ >= 0;
-  r.file_bytes = map_size_;
+  r.file_bytes = file_size_;
   return r;
 }
 

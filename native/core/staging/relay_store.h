@@ -4,10 +4,11 @@
 // position from the start and pages may arrive in any order (the bulk pull, and pages fetched ahead of it for a
 // restore that waits). A span is served only once its pages are present: pages_ready() says how many are.
 //
-// One memfd holding the whole layout, written through a shared mapping (the relay's page client reads replies
-// straight into it) and served like MemfdStore (sendfile; copy_out for TLS). The whole size is charged to the
-// memory budget when the layout is set, before the pull starts. finish() ends filling: the writable mapping goes
-// and the memfd is sealed, complete or not; an incomplete store says why its missing pages never will come.
+// One memfd holding the whole layout, written at each page's position by the relay's page client (splice from
+// the socket: one copy, and shmem pages written whole are not zeroed first, which a write through a mapping
+// costs) and served like MemfdStore (sendfile; copy_out for TLS). The whole size is charged to the memory budget
+// when the layout is set, before the pull starts. finish() ends filling and seals the memfd, complete or not; an
+// incomplete store says why its missing pages never will come.
 //
 // Filling and serving both run on the page server's thread; the counters are atomics, readable from any thread.
 #pragma once
@@ -40,7 +41,7 @@ class RelayStore final : public PageStore {
   ~RelayStore() override;
 
   // Lays out every task's ranges (sorted by address per task), charges their bytes to the budget, creates and
-  // maps the memfd. 0 or a negative code; *error one line naming the cause (kStoreCapExceeded: the cap).
+  // sizes the memfd. 0 or a negative code; *error one line naming the cause (kStoreCapExceeded: the cap).
   int init(const std::vector<RelayTask>& tasks, std::string* error);
 
   uint64_t pages_total() const { return pages_total_; }
@@ -49,8 +50,8 @@ class RelayStore final : public PageStore {
 
   // ---- Filling (the relay) ----
 
-  // Page number n of the layout (0 .. pages_total()-1) is at byte n * page_size of the store.
-  uint8_t* page_buffer(uint64_t page) const { return map_ + page * page_size(); }
+  // Page number n of the layout (0 .. pages_total()-1) is at byte n * page_size of memfd().
+  int memfd() const { return fd_; }
   bool present(uint64_t page) const { return present_[page] != 0; }
   // The bytes of pages [first, first + count) are in place. -EEXIST if one was present already (nothing marked).
   int mark_present(uint64_t first, uint64_t count);
@@ -75,8 +76,7 @@ class RelayStore final : public PageStore {
 
  private:
   int fd_ = -1;
-  uint8_t* map_ = nullptr;
-  uint64_t map_size_ = 0;
+  uint64_t file_size_ = 0;
   uint64_t pages_total_ = 0;
   std::vector<uint8_t> present_;  // one byte per page of the layout
   std::atomic<uint64_t> pages_held_{0};
