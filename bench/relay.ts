@@ -25,6 +25,7 @@ const MiB = 1024 * KiB;
 
 /** request bytes / bulk bytes in flight; the first is the baseline of the ratios (the flags' defaults). */
 const SETTINGS: [number, number][] = [
+  [1 * MiB, 1 * MiB],
   [1 * MiB, 4 * MiB],
   [256 * KiB, 1 * MiB],
   [1 * MiB, 16 * MiB],

@@ -480,9 +480,10 @@ export const STAGING_ACTIONS = ['list', 'release', 'relay'] as const;
 
 /**
  * Relay staging (README "Relay staging"): `lazyd staging relay -D DIR --from HOST:PORT` has the daemon pull the
- * lazy pages of a `criu dump --lazy-pages` on this host. Bulk requests: on loopback a dump's page-pipe buffer
- * clamps each reply anyway, so larger requests gain nothing; the bytes in flight bound how long a demand fetch
- * for a restore waits behind the bulk pull.
+ * lazy pages of a `criu dump --lazy-pages` on this host. The defaults, measured with real CRIU 4.2.1 on loopback
+ * (`npm run bench -- --only relay`, bench/relay.ts): 1 MiB requests with 1 MiB in flight pulled 512 MiB fastest
+ * (316-344 ms, against 477-569 with 4 MiB in flight), and the bytes in flight bound how long a demand fetch for a
+ * restore waits behind the bulk pull (native/tests/relay_test.cc --measure: 0.5-0.6 ms with 1 MiB, 1.9 with 4 MiB).
  */
 const RELAY = {
   imagesDir: { ...IMAGES.imagesDir, describe: "relay: the dump's -D (its images, written before it serves)" },
@@ -517,7 +518,7 @@ const RELAY = {
   relayInflightBytes: flag({
     type: 'number',
     unit: 'bytes',
-    default: 4 * 1024 * 1024,
+    default: 1024 * 1024,
     min: 4096,
     describe: 'relay: bulk bytes in flight to the dump (a demand page for a restore waits behind at most these)',
   }),

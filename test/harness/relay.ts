@@ -8,7 +8,7 @@
 //             waits at a header boundary, while the client waits for replies that never come.
 // Once one side of a connection goes away the other is closed too, the way it went: a reset passes on as a reset
 // (CRIU tells them apart: `criu dump --lazy-pages` takes an EOF for a finished transfer and a reset for a failed
-// one), a close as a close.
+// one), a close as a close — and a half-close as a half-close: the other direction carries on until its side ends.
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -46,9 +46,11 @@ export async function startRelay(target: { address: string; port: number }, opti
   let resolveCut!: () => void;
   const cut = new Promise<void>((resolve) => (resolveCut = resolve));
 
-  const server = net.createServer((client) => {
+  // Half-open: a peer that sends its FIN and still reads (lazyd's relay after CLOSE, which waits for the dump's
+  // answer: criu corks it until the socket closes) gets what the other side sends until that side ends too.
+  const server = net.createServer({ allowHalfOpen: true }, (client) => {
     accepted++;
-    const upstream = net.connect(target.port, target.address);
+    const upstream = net.connect({ port: target.port, host: target.address, allowHalfOpen: true });
     for (const socket of [client, upstream]) {
       sockets.add(socket);
       socket.setNoDelay(true);
@@ -87,6 +89,7 @@ export async function startRelay(target: { address: string; port: number }, opti
         const drained = flushed ? Promise.resolve() : new Promise((resolve) => to.once('drain', resolve));
         void Promise.all([drained, aheadMs > 0 ? sleep(aheadMs) : undefined]).then(() => from.resume());
       });
+      // A FIN passes on as a FIN; the way back stays open.
       from.on('end', () => to.end());
     };
     forward(client, upstream, 'to-server');
