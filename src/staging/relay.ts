@@ -185,6 +185,8 @@ function bytesToPages(bytes: number): number {
 export class Relayer {
   private readonly relays = new Map<number, RelayInfo>();
   private readonly waiters = new Map<number, Array<(outcome: RelayOutcome) => void>>();
+  /** Relays whose checkpoint was released before the pull ended: forgotten when it ends. */
+  private readonly releasedWhilePulling = new Set<number>();
   private readonly abort = new AbortController();
 
   constructor(
@@ -280,7 +282,11 @@ export class Relayer {
     demandRequests?: number; bulkRequests?: number; shortReplies?: number;
   }): boolean {
     if (event.type === 'released') {
-      this.relays.delete(event.checkpoint ?? -1); // and on to the stager
+      // Released while it pulls (--staging-restores, a TTL): the pull goes on to its CLOSE, and the relay is
+      // forgotten once it ends; one that has ended is forgotten now. Either way the event goes on to the stager.
+      const released = this.relays.get(event.checkpoint ?? -1);
+      if (released && released.state === 'pulling') this.releasedWhilePulling.add(released.id);
+      else if (released) this.relays.delete(released.id);
       return false;
     }
     if (event.type !== 'relay-progress' && event.type !== 'relay-done' && event.type !== 'relay-failed') return false;
@@ -308,6 +314,7 @@ export class Relayer {
     this.hooks.ended?.(info.id);
     for (const resolve of this.waiters.get(info.id) ?? []) resolve(outcomeOf(info));
     this.waiters.delete(info.id);
+    if (this.releasedWhilePulling.delete(info.id)) this.relays.delete(info.id);
     return true;
   }
 }

@@ -173,9 +173,17 @@ test('a relay request waits for the dump to listen, reads its images, starts the
   assert.equal(await answer, `ok relayed checkpoint #7 (pids 1): ${total} pages, ${(total * 4096 / 1048576).toFixed(1)} MiB in 12 ms; the dump has its CLOSE`);
   assert.equal(relays.handle({ type: 'session-end' }), false, 'other events go on to the stager and the log');
 
+  // Released (--staging-restores) while the pull runs: the pull goes on, and whoever waits still gets its end.
+  const released = runCommand(`relay ${JSON.stringify(request)}`, target, logger);
+  await waitUntil(() => started.length === 2);
+  assert.equal(relays.handle({ type: 'released', checkpoint: 7 }), false, 'on to the stager');
+  relays.handle({ type: 'relay-done', checkpoint: 7, pagesHeld: total, pagesTotal: total, bytes: total * 4096, ms: 20, message: '' });
+  assert.match(await released, /^ok relayed checkpoint #7 .* in 20 ms; the dump has its CLOSE$/);
+  assert.deepEqual(listCheckpoints(target), [], 'forgotten once it ended');
+
   // A failure mid-pull: the waiting request gets one line saying what happened and what state things are in.
   const failing = runCommand(`relay ${JSON.stringify({ ...request, wait: true })}`, target, logger);
-  await waitUntil(() => started.length === 2);
+  await waitUntil(() => started.length === 3);
   relays.handle({ type: 'relay-failed', checkpoint: 7, pagesHeld: 3, pagesTotal: total, bytes: 12288, ms: 5, message: "the dump's page server closed the connection" });
   assert.equal(
     await failing,
