@@ -101,7 +101,7 @@ class PageClient : public PageSource {
   // TCP the FIN follows the CLOSE at once instead of after its answer. `criu dump --lazy-pages` corks its socket
   // and writes the answer without a push, so it sits in its send queue until the 200 ms cork timer fires or the
   // dump closes the socket, which it does on our EOF (docs/protocol.md §1.7); the tasks stay frozen meanwhile.
-  // Under TLS this is close(): the answer is read first.
+  // Under TLS our close_notify and FIN follow the CLOSE record the same way.
   int close_complete(int timeout_ms, int32_t* status);
   // close_complete() for an event loop, plain TCP only: begin_close() sends CLOSE and our FIN (as far as the
   // socket takes them: keep watching fd() for wants_write()), poll_close() reads the answer once fd() is ready:

@@ -266,8 +266,8 @@ Relay::Status Relay::finish() {
     closing_ = true;
     return pump();
   }
-  // TLS: the answer, its close_notify and its EOF are waited for here (PageClient::close, at most the stall
-  // timeout; the dump answers at once).
+  // TLS: the answer, its close_notify and its EOF are waited for here (PageClient::close_complete, at most the
+  // stall timeout; the dump answers at once).
   return closed(client_->close_complete(options_.stall_timeout_ms, &answer), answer);
 }
 
