@@ -517,7 +517,7 @@ void test_peer_stalls() {
   CHECK(id >= 2);
   ServerEvent failed;
   CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
-  CHECK(failed.message.find("--stall-timeout") != std::string::npos);
+  CHECK(failed.message.find("(--relay-stall-timeout)") != std::string::npos);
   dump.credits = -1;  // too late: the connection is gone
   CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
   CHECK(dump.ended() == Dump::End::kReset);
