@@ -71,8 +71,9 @@ class PageClient : public PageSource {
 
   // Resolves host with getaddrinfo (IPv4/IPv6, names allowed, like criu's client §1.1) and tries each address
   // until one connects within timeout_ms in total. Sets TCP_NODELAY and O_NONBLOCK. 0 or -errno.
-  // The connection ends with a FIN only after the server answered our CLOSE; every other end (an error, the
-  // destructor, this process dying) is a reset: `criu dump --lazy-pages` takes an EOF at a header boundary for a
+  // The connection ends with a FIN only after the server answered our CLOSE (or, with close_complete(), once
+  // CLOSE is sent by a caller that holds every page); every other end (an error, the destructor, this process
+  // dying) is a reset: `criu dump --lazy-pages` takes an EOF at a header boundary for a
   // finished transfer and kills the original tasks, while a reset fails the dump and resumes them (§1.7).
   int connect(const std::string& host, uint16_t port, int timeout_ms);
   // Uses an already-connected socket (criu's --ps-socket). Takes ownership.
