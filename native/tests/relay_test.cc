@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -516,7 +517,7 @@ void test_peer_stalls() {
   CHECK(id >= 2);
   ServerEvent failed;
   CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
-  CHECK(failed.message.find("--stall-timeout") != std::string::npos);
+  CHECK(failed.message.find("(--relay-stall-timeout)") != std::string::npos);
   dump.credits = -1;  // too late: the connection is gone
   CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
   CHECK(dump.ended() == Dump::End::kReset);
@@ -630,6 +631,60 @@ void test_restores_retire_while_pulling() {
   CHECK(eventually([&] { return server.server->stats().staging_bytes == 0; }));  // retired, its last user gone
 }
 
+// A restore that sends its GET and half-closes (as a one-shot client does) while the page is not pulled yet: the
+// page server does not spin on the hang-up meanwhile, and the reply comes once the page is in, then the end.
+void test_half_closed_waiter() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  dump.credits = 0;
+  const std::vector<RelayTask> tasks = two_tasks(8);
+  const uint64_t id = start_relay(server, options_for(dump, tasks, server));
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.gets >= 1; }));
+  const uint64_t pid = tasks[1].pid;
+  const uint64_t want = tasks[1].ranges[1].vaddr + 3 * P;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server.port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  wire::Header get;
+  get.cmd = wire::PS_IOV_GET;
+  get.nr_pages = 1;
+  get.vaddr = want;
+  get.dst_id = pid;
+  uint8_t head[wire::HEADER_SIZE_V32] = {};
+  wire::encode(wire::Format::V32, get, head);
+  CHECK(send(fd, head, sizeof head, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof head));
+  CHECK(shutdown(fd, SHUT_WR) == 0);
+  CHECK(eventually([&] { std::vector<uint64_t> log = dump.log(); return !log.empty() && log.back() == want; }));
+  // A measurement window, not a synchronisation: a thread woken in a loop by the hang-up would burn it whole.
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  getrusage(RUSAGE_SELF, &after);
+  auto ms = [](const rusage& r) {
+    return (r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1000.0 + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1000.0;
+  };
+  CHECK(ms(after) - ms(before) < 150);
+  dump.credits = -1;
+  std::vector<uint8_t> reply(sizeof head + P);
+  size_t got = 0;
+  while (got < reply.size()) {
+    ssize_t n = recv(fd, reply.data() + got, reply.size() - got, 0);
+    CHECK(n > 0);
+    got += static_cast<size_t>(n);
+  }
+  const wire::Header r = wire::decode(wire::Format::V32, reply.data());
+  CHECK(r.cmd == wire::GET_REPLY_CMD && r.vaddr == want && r.dst_id == pid && r.nr_pages == 1);
+  CHECK(page_ok(reply.data() + sizeof head, pid, want));
+  uint8_t c;
+  CHECK(recv(fd, &c, 1, 0) == 0);  // then the session ends: the client had hung up
+  close(fd);
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, nullptr));
+}
+
 // A dump with no lazy page: nothing to pull, CLOSE at once.
 void test_nothing_to_pull() {
   Server server(1ull << 30);
@@ -729,6 +784,7 @@ int main(int argc, char** argv) {
   test_nothing_to_pull();
   test_close_unanswered();
   test_restores_retire_while_pulling();
+  test_half_closed_waiter();
   test_pki::make();
   test_tls();
   test_pki::remove();

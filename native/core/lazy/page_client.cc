@@ -347,7 +347,7 @@ int64_t PageClient::stalled_ms() const {
 
 int PageClient::close(int timeout_ms, int32_t* status) { return close_session(timeout_ms, status, false); }
 
-int PageClient::close_complete(int timeout_ms, int32_t* status) { return close_session(timeout_ms, status, !tls_); }
+int PageClient::close_complete(int timeout_ms, int32_t* status) { return close_session(timeout_ms, status, true); }
 
 int PageClient::begin_close() {
   if (fd_ < 0) return -ENOTCONN;
@@ -412,6 +412,9 @@ int PageClient::close_session(int timeout_ms, int32_t* status, bool fin_with_clo
     }
     if (rc == 0 && fin_with_close) {
       // Every page is held (close_complete): our EOF may follow the CLOSE, and makes the dump flush its answer.
+      // Under TLS our close_notify goes first: criu's server answers, sends its own close_notify and waits for ours
+      // (gnutls_bye, both ways), then reads our EOF (§1.5 step 6).
+      if (tls_) tls_->bye();
       net::set_reset_on_close(fd_, false);
       shutdown(fd_, SHUT_WR);
     }
@@ -440,8 +443,10 @@ int PageClient::close_session(int timeout_ms, int32_t* status, bool fin_with_clo
       // criu's server answers CLOSE, sends its close_notify, and then waits for our EOF with a plain read (§1.5
       // step 6). Send ours and our FIN, then read until its EOF: closing with its close_notify unread would make
       // the kernel reset the connection, and criu's wait would fail ("Unexpected data").
-      tls_->bye();
-      shutdown(fd_, SHUT_WR);
+      if (!fin_with_close) {
+        tls_->bye();
+        shutdown(fd_, SHUT_WR);
+      }
       int drain_left = std::min(left < 0 ? 2000 : left, 2000);
       uint8_t sink[256];
       for (;;) {

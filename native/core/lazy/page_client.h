@@ -71,8 +71,9 @@ class PageClient : public PageSource {
 
   // Resolves host with getaddrinfo (IPv4/IPv6, names allowed, like criu's client §1.1) and tries each address
   // until one connects within timeout_ms in total. Sets TCP_NODELAY and O_NONBLOCK. 0 or -errno.
-  // The connection ends with a FIN only after the server answered our CLOSE; every other end (an error, the
-  // destructor, this process dying) is a reset: `criu dump --lazy-pages` takes an EOF at a header boundary for a
+  // The connection ends with a FIN only after the server answered our CLOSE (or, with close_complete(), once
+  // CLOSE is sent by a caller that holds every page); every other end (an error, the destructor, this process
+  // dying) is a reset: `criu dump --lazy-pages` takes an EOF at a header boundary for a
   // finished transfer and kills the original tasks, while a reset fails the dump and resumes them (§1.7).
   int connect(const std::string& host, uint16_t port, int timeout_ms);
   // Uses an already-connected socket (criu's --ps-socket). Takes ownership.
@@ -101,7 +102,7 @@ class PageClient : public PageSource {
   // TCP the FIN follows the CLOSE at once instead of after its answer. `criu dump --lazy-pages` corks its socket
   // and writes the answer without a push, so it sits in its send queue until the 200 ms cork timer fires or the
   // dump closes the socket, which it does on our EOF (docs/protocol.md §1.7); the tasks stay frozen meanwhile.
-  // Under TLS this is close(): the answer is read first.
+  // Under TLS our close_notify and FIN follow the CLOSE record the same way.
   int close_complete(int timeout_ms, int32_t* status);
   // close_complete() for an event loop, plain TCP only: begin_close() sends CLOSE and our FIN (as far as the
   // socket takes them: keep watching fd() for wants_write()), poll_close() reads the answer once fd() is ready:

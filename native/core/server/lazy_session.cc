@@ -114,11 +114,12 @@ LazySession::Status LazySession::handle_requests() {
   Status status = Status::kOpen;
   if (waiting_) {
     // Try the waiting GET again: served, waiting still, or refused (the relay failed).
+    const bool seen = wait_seen_;
     waiting_ = false;
-    wait_seen_ = false;
     retrying_ = true;
     status = handle_get(waiting_get_);
     retrying_ = false;
+    wait_seen_ = waiting_ && seen;  // the same wait goes on: the server knows of it already
     if (status != Status::kOpen || waiting_) return status;
   }
   while (status == Status::kOpen && has_room()) {

@@ -52,7 +52,10 @@ class LazySession final : public Session {
   // Draining: no new request is read; the session ends once its queued replies are sent.
   Status drain() override;
 
-  bool wants_read() const override { return !stop_reading_ && !eof_ && has_room(); }
+  // While a GET waits (relay staging), requests behind it are read into in_ but not parsed, so a hang-up is seen.
+  bool wants_read() const override {
+    return !stop_reading_ && !eof_ && (has_room() || (waiting_ && in_len_ < sizeof in_));
+  }
   bool wants_write() const override { return !replies_.empty(); }
   SessionTotals totals() const override;
   bool peer_waits() const override { return !replies_.empty() || waiting_; }

@@ -44,6 +44,7 @@ struct PageServer::Entry {
   std::string peer;
   uint64_t started_ns = 0;
   uint32_t interest = 0;
+  bool hup_masked = false;                // relay staging: a waiting GET's idle socket, EPOLLRDHUP off
   uint64_t bytes_at_last_check = 0;
   uint64_t last_progress_ns = 0;
   uint64_t input_at_last_check = 0;  // request/upload bytes received, for the idle timeout
@@ -369,10 +370,14 @@ void PageServer::update_interest(Entry& entry) {
     want_write = entry.session->wants_write();
   }
   const uint32_t interest = (want_read ? uint32_t{EPOLLIN} : 0u) | (want_write ? uint32_t{EPOLLOUT} : 0u);
-  if (interest == entry.interest) return;
-  epoll_event event{interest | EPOLLRDHUP, {.u64 = entry.id}};
+  // A GET waiting for a relay with nothing to read or write: a peer's half-close (level-triggered) would wake the
+  // thread in a loop until the pages come. A reset still wakes it (EPOLLERR/EPOLLHUP cannot be masked).
+  const bool hup_masked = entry.lazy && entry.lazy->waiting() && interest == 0;
+  if (interest == entry.interest && hup_masked == entry.hup_masked) return;
+  epoll_event event{interest | (hup_masked ? 0u : uint32_t{EPOLLRDHUP}), {.u64 = entry.id}};
   epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.socket(), &event);
   entry.interest = interest;
+  entry.hup_masked = hup_masked;
 }
 
 void PageServer::service(Entry& entry, uint32_t events) {

@@ -228,7 +228,7 @@ Relay::Status Relay::check_timeouts() {
   if (closing_) {
     if (client_->stalled_ms() > options_.stall_timeout_ms) {
       return fail("the dump did not answer CLOSE within " + std::to_string(options_.stall_timeout_ms) +
-                      " ms (--stall-timeout); every lazy page is held, and the dump may have counted the transfer as "
+                      " ms (--relay-stall-timeout); every lazy page is held, and the dump may have counted the transfer as "
                       "done: its exit status says whether the original tasks are gone (0) or resumed",
                   false);
     }
@@ -244,7 +244,7 @@ Relay::Status Relay::check_timeouts() {
   const int64_t stalled = client_->stalled_ms();
   if (stalled > options_.stall_timeout_ms) {
     return fail("the dump's page server sent nothing for " + std::to_string(stalled) + " ms with " +
-                std::to_string(client_->in_flight()) + " request(s) outstanding (--stall-timeout)");
+                std::to_string(client_->in_flight()) + " request(s) outstanding (--relay-stall-timeout)");
   }
   return status_;
 }
@@ -266,8 +266,8 @@ Relay::Status Relay::finish() {
     closing_ = true;
     return pump();
   }
-  // TLS: the answer, its close_notify and its EOF are waited for here (PageClient::close, at most the stall
-  // timeout; the dump answers at once).
+  // TLS: the answer, its close_notify and its EOF are waited for here (PageClient::close_complete, at most the
+  // stall timeout; the dump answers at once).
   return closed(client_->close_complete(options_.stall_timeout_ms, &answer), answer);
 }
 
