@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from '../log.js';
 import type { StagedCheckpointInfo } from './stager.js';
-import { relayDoneLine, type RelayInfo, type RelayOutcome, type RelayRequest } from './relay.js';
+import { relayDoneLine, relayFailureState, type RelayInfo, type RelayOutcome, type RelayRequest } from './relay.js';
 
 /** What the control socket needs of the daemon's relays (Relayer has it). */
 export interface RelayControl {
@@ -217,7 +217,7 @@ async function relayCommand(json: string, target: StagingControlTarget, notify: 
   const outcome = await target.relays.wait(started.id);
   if (outcome.ok) return `ok ${relayDoneLine(outcome.info)}`;
   // The native message says what happened, how many pages were held and what the dump does (it had a reset).
-  return `error checkpoint #${outcome.info.id}: ${outcome.message}; the checkpoint is incomplete and never served as complete`;
+  return `error checkpoint #${outcome.info.id}: ${outcome.message}; ${relayFailureState(outcome.info)}`;
 }
 
 /**

@@ -168,6 +168,16 @@ export function resetDump(host: string, port: number, timeoutMs = 5000): Promise
   });
 }
 
+/**
+ * What a failed relay's checkpoint is: incomplete (never served as complete), or — when the failure came after
+ * every page was held (the dump's CLOSE answer missing) — complete, the dump's exit status saying the rest.
+ */
+export function relayFailureState(info: Pick<RelayInfo, 'pagesHeld' | 'pagesTotal'>): string {
+  return info.pagesTotal > 0 && info.pagesHeld >= info.pagesTotal
+    ? 'every page is held and served; check the dump\'s exit status before restoring (not 0: the original runs on, release the checkpoint)'
+    : 'the checkpoint is incomplete and never served as complete';
+}
+
 /** The one line `lazyd staging relay` prints when a relay completes. */
 export function relayDoneLine(info: RelayInfo): string {
   const mib = (info.bytes / (1024 * 1024)).toFixed(1);
@@ -308,7 +318,7 @@ export class Relayer {
       info.message = event.message || 'the relay failed';
       this.logger.error(
         { checkpoint: info.id, pagesHeld: info.pagesHeld, pagesTotal: info.pagesTotal, ...requestCounts(event) },
-        `Relay checkpoint #${info.id} failed: ${info.message}; the checkpoint is incomplete and never served as complete`,
+        `Relay checkpoint #${info.id} failed: ${info.message}; ${relayFailureState(info)}`,
       );
     }
     this.hooks.ended?.(info.id);

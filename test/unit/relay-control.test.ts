@@ -190,6 +190,14 @@ test('a relay request waits for the dump to listen, reads its images, starts the
     "error checkpoint #7: the dump's page server closed the connection; the checkpoint is incomplete and never served as complete",
   );
   assert.deepEqual(listCheckpoints(target).map((c) => [c.id, c.relay?.state]), [[7, 'failed']]);
+  // A failure after every page was held (the dump's CLOSE answer missing): the checkpoint is complete.
+  const unanswered = runCommand(`relay ${JSON.stringify(request)}`, target, logger);
+  await waitUntil(() => started.length === 4);
+  relays.handle({ type: 'relay-failed', checkpoint: 7, pagesHeld: total, pagesTotal: total, bytes: total * 4096, ms: 5, message: 'the dump did not answer CLOSE' });
+  assert.equal(
+    await unanswered,
+    "error checkpoint #7: the dump did not answer CLOSE; every page is held and served; check the dump's exit status before restoring (not 0: the original runs on, release the checkpoint)",
+  );
 
   // --no-wait answers once the pull runs; --relay-tls needs a daemon with TLS credentials.
   const noWait = await runCommand(`relay ${JSON.stringify({ ...request, wait: false })}`, target, logger);
