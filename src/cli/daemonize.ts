@@ -34,13 +34,19 @@ export function daemonRequest(args: readonly string[]): DaemonRequest | undefine
   return { childArgs, statusFd };
 }
 
+function withoutExtraCaCerts(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { NODE_EXTRA_CA_CERTS: _unused, ...rest } = env;
+  return rest;
+}
+
 // The daemon writes --pidfile itself (its own pid) before it reports ready.
 export function runDaemon(request: DaemonRequest): Promise<number> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [process.argv[1], ...request.childArgs, '--status-fd', '3'], {
       detached: true,
       stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-      env: { ...process.env, [CHILD_MARK]: '1' },
+      // Without NODE_EXTRA_CA_CERTS, as bin/lazyd.js's shebang starts lazyd (node would parse the bundle at start).
+      env: { ...withoutExtraCaCerts(process.env), [CHILD_MARK]: '1' },
     });
     const status = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
     let ready = false;
