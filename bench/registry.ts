@@ -6,6 +6,7 @@ import { limitsBenchmark } from './limits.js';
 import { migrationBenchmark } from './migration.js';
 import { pageServerBenchmark } from './page-server.js';
 import { pageStoreBenchmark } from './page-store.js';
+import { startupBenchmark } from './startup.js';
 import { tlsBenchmark } from './tls.js';
 
 export const BENCHMARKS: readonly Benchmark[] = [
@@ -15,4 +16,5 @@ export const BENCHMARKS: readonly Benchmark[] = [
   pageServerBenchmark,
   lazyPagesBenchmark,
   tlsBenchmark,
+  startupBenchmark,
 ];
