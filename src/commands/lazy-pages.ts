@@ -235,7 +235,8 @@ async function serve(options: LazyPagesCommandOptions, dirs: { imagesDir: string
   if (values.pidfile) writePidfile(path.resolve(workDir, values.pidfile));
   signalStatusFd(values.statusFd);
   systemd.ready(statusText());
-  setImmediate(loadLogger);
+  // Ready: now pino (the lines logged so far are written then). Should it fail to load, they are written at exit.
+  setImmediate(() => loadLogger().catch((error) => process.stderr.write(`lazyd: cannot load the logger: ${(error as Error).message}\n`)));
   process.on('SIGHUP', () => reopen());
   // Applies the failure policy to the restored tasks and returns the words for the one error line.
   const applyPolicy = (): string => {
