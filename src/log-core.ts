@@ -9,9 +9,9 @@
 //
 // pino costs ~15-50 ms to load, so this module does not import it: src/log.ts gives the daemon a logger with pino
 // loaded; `lazyd lazy-pages`, which must be ready quickly (a restore waits for it), takes createDeferredLogger():
-// lines are kept, with their time, until load() (called once the daemon is ready) has imported pino, then written
-// in order; an error line starts the import at once, and lines still kept when the process exits are written in
-// pino's JSON shape (then as text, if that is the format), so nothing is lost or reordered.
+// until load() (called once the daemon is ready) has imported pino, each line is written at once, in the shape
+// pino gives it (pinoShapedLine), through the same destination. So every line logged before the status byte is
+// in the log when the byte is written (a tool may read "Metrics on <url>" then), in order, nothing kept back.
 import fs from 'node:fs';
 import path from 'node:path';
 import type pino from 'pino';
@@ -126,70 +126,67 @@ export interface LogHandle {
   logFile?: string;
   format: LogFormat;
   reopen(): void;
-  /** Loads pino and writes the lines kept so far (a deferred logger); resolves at once otherwise. */
+  /** Loads pino, which writes the lines from then on (a deferred logger); resolves at once otherwise. */
   load(): Promise<void>;
 }
 
-// The time of the line being written: now, or when a kept line was logged.
-let replayTime: number | undefined;
 const now = () => performance.timeOrigin + performance.now();
 
-type KeptLine = { level: LevelName; args: [unknown, unknown?]; time: number };
+/** pino's options for lazyd: criu's level names as labels, no pid/hostname, the time with microseconds. */
+export function pinoOptions(level: LevelName, time: () => number = now): pino.LoggerOptions {
+  return {
+    level,
+    base: undefined,
+    formatters: { level: (label) => ({ level: label }) },
+    // Milliseconds since the epoch with a microsecond fraction (criu's (SS.uuuuuu) stamps need them).
+    timestamp: () => `,"time":${time().toFixed(3)}`,
+  };
+}
 
-/** Keeps lines until load() has pino; an error line starts loading it at once. */
-class DeferredLogger implements Logger {
+/**
+ * One record as pino writes it with pinoOptions(): level, time, the fields in their order, msg last. For the
+ * records lazyd logs (a message, or flat fields and a message) it is byte for byte pino's line
+ * (test/unit/log-core.test.ts).
+ */
+export function pinoShapedLine(level: LevelName, time: number, args: readonly unknown[]): string {
+  const [first, second] = args;
+  const fields = typeof first === 'object' && first !== null ? (first as Record<string, unknown>) : {};
+  const msg = typeof first === 'string' ? first : second;
+  let line = `{"level":"${level}","time":${time.toFixed(3)}`;
+  for (const [key, value] of Object.entries(fields)) {
+    if (value !== undefined) line += `,${JSON.stringify(key)}:${JSON.stringify(value)}`;
+  }
+  if (msg !== undefined) line += `,"msg":${JSON.stringify(String(msg))}`;
+  return line + '}\n';
+}
+
+/** Writes each line at once in pino's shape until load() has pino, then hands every line to pino. */
+class EarlyLogger implements Logger {
   private real: Logger | undefined;
   private loading: Promise<void> | undefined;
-  private kept: KeptLine[] = [];
   private readonly enabled: ReadonlySet<LevelName>;
   constructor(
     private readonly make: () => Promise<Logger>,
     level: LevelName,
-    /** Writes the kept lines without pino (the process exits before pino came). */
-    private readonly fallback: (lines: readonly KeptLine[]) => void,
+    private readonly write: (line: string) => void,
   ) {
     this.enabled = new Set(LEVELS.slice(0, LEVELS.indexOf(level) + 1));
   }
   load(): Promise<void> {
     this.loading ??= this.make().then((real) => {
-      try {
-        for (const line of this.kept) {
-          replayTime = line.time;
-          (real[line.level] as (...args: unknown[]) => void)(...line.args);
-        }
-      } finally {
-        replayTime = undefined;
-        this.kept = [];
-      }
       this.real = real;
     });
     return this.loading;
   }
-  /** process 'exit': whatever is still kept is written now. */
-  exiting(): void {
-    if (this.real || !this.kept.length) return;
-    this.fallback(this.kept);
-    this.kept = [];
-  }
   private log(level: LevelName, args: [unknown, unknown?]): void {
     if (this.real) return (this.real[level] as (...a: unknown[]) => void)(...args);
-    if (!this.enabled.has(level)) return;
-    this.kept.push({ level, args, time: now() });
-    if (level === 'error' || level === 'fatal') void this.load();
+    if (this.enabled.has(level)) this.write(pinoShapedLine(level, now(), args));
   }
   fatal: LogFn = (...args: [unknown, unknown?]) => this.log('fatal', args);
   error: LogFn = (...args: [unknown, unknown?]) => this.log('error', args);
   warn: LogFn = (...args: [unknown, unknown?]) => this.log('warn', args);
   info: LogFn = (...args: [unknown, unknown?]) => this.log('info', args);
   debug: LogFn = (...args: [unknown, unknown?]) => this.log('debug', args);
-}
-
-/** A kept line as pino writes it (level, time, the fields, msg), for the exit fallback. */
-export function recordLine(line: KeptLine): string {
-  const [first, second] = line.args;
-  const fields = typeof first === 'object' && first !== null ? first : {};
-  const msg = typeof first === 'string' ? first : second;
-  return JSON.stringify({ level: line.level, time: Number(line.time.toFixed(3)), ...fields, msg }) + '\n';
 }
 
 export function resolveLogFormat(options: Pick<LogOptions, 'format' | 'autoFormat'>, toTerminal: boolean): LogFormat {
@@ -208,28 +205,13 @@ export function logHandle(options: LogOptions, source: { pino: typeof pino } | {
   const format = resolveLogFormat(options, !logFile && process.stderr.isTTY === true);
   const destination = new LogDestination(logFile, format);
   const level = levelForVerbosity(options.verbosity ?? DEFAULT_VERBOSITY);
-  const make = (pinoFn: typeof pino): Logger =>
-    pinoFn(
-      {
-        level,
-        base: undefined,
-        formatters: { level: (label) => ({ level: label }) },
-        // Milliseconds since the epoch with a microsecond fraction (criu's (SS.uuuuuu) stamps need them).
-        timestamp: () => `,"time":${(replayTime ?? now()).toFixed(3)}`,
-      },
-      destination as unknown as pino.DestinationStream,
-    );
+  const make = (pinoFn: typeof pino): Logger => pinoFn(pinoOptions(level as LevelName), destination as unknown as pino.DestinationStream);
   let load = () => Promise.resolve();
   let logger: Logger;
   if ('deferred' in source) {
-    const deferred = new DeferredLogger(
-      async () => make((await import('pino')).default),
-      level as LevelName,
-      (lines) => destination.write(lines.map(recordLine).join('')),
-    );
-    logger = deferred;
-    load = () => deferred.load();
-    process.once('exit', () => deferred.exiting());
+    const early = new EarlyLogger(async () => make((await import('pino')).default), level as LevelName, (line) => destination.write(line));
+    logger = early;
+    load = () => early.load();
   } else {
     logger = make(source.pino);
   }
@@ -244,7 +226,7 @@ export function logHandle(options: LogOptions, source: { pino: typeof pino } | {
   return { logger, logFile, format, reopen, load };
 }
 
-/** A deferred logger (see the top of this file): pino is imported by load(). */
+/** A deferred logger (see the top of this file): lines in pino's shape until load() has imported pino. */
 export function createDeferredLogger(options: LogOptions = {}): LogHandle {
   return logHandle(options, { deferred: true });
 }

@@ -10,7 +10,7 @@
 // does: every page never installed then reads as zeros (see src/lazy-pages/restored-tasks.ts).
 import fs from 'node:fs';
 import path from 'node:path';
-import { createDeferredLogger, type LogHandle, type Logger } from '../log-core.js';
+import { createDeferredLogger, type Logger } from '../log-core.js';
 import { loadNative, type EngineSummary, type LazyPages, type LazyPagesEvent, type NativeTlsOptions } from '../native.js';
 import { SystemdNotifier } from '../cli/systemd.js';
 import type { MetricsAddress, MetricsServer } from '../metrics/server.js';
@@ -113,24 +113,13 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   const imagesDir = path.resolve(values.imagesDir);
   const workDir = path.resolve(values.workDir ?? imagesDir);
   // Deferred: pino is loaded once the daemon is ready (src/log-core.ts), not before the restore can connect.
-  const log = createDeferredLogger({
+  const { logger, reopen, load: loadLogger } = createDeferredLogger({
     verbosity: values.verbosity,
     logFile: values.logFile,
     workDir,
     format: values.logFormat,
     autoFormat: 'text',
   });
-  try {
-    return await serve(options, { imagesDir, workDir }, log);
-  } finally {
-    await log.load();
-  }
-}
-
-async function serve(options: LazyPagesCommandOptions, dirs: { imagesDir: string; workDir: string }, log: LogHandle): Promise<number> {
-  const { values } = options;
-  const { imagesDir, workDir } = dirs;
-  const { logger, reopen, load: loadLogger } = log;
   let openFds: number[] = [];
   let progress: RestoreProgress | undefined;
   const fail = (message: string, fields?: object) => {
@@ -235,7 +224,7 @@ async function serve(options: LazyPagesCommandOptions, dirs: { imagesDir: string
   if (values.pidfile) writePidfile(path.resolve(workDir, values.pidfile));
   signalStatusFd(values.statusFd);
   systemd.ready(statusText());
-  // Ready: now pino (the lines logged so far are written then). Should it fail to load, they are written at exit.
+  // Ready: now pino can be loaded (until then lines were written in its shape, src/log-core.ts).
   setImmediate(() => loadLogger().catch((error) => process.stderr.write(`lazyd: cannot load the logger: ${(error as Error).message}\n`)));
   process.on('SIGHUP', () => reopen());
   // Applies the failure policy to the restored tasks and returns the words for the one error line.
@@ -250,17 +239,13 @@ async function serve(options: LazyPagesCommandOptions, dirs: { imagesDir: string
   };
   const onSignal = (signal: string) => {
     const state = engine.stats().state;
-    // The log is written out before the exit (src/log-core.ts: pino may still be on its way).
-    if (state === 'done') {
-      void loadLogger().finally(() => process.exit(0));
-      return;
-    }
+    if (state === 'done') process.exit(0);
     const what = applyPolicy();
     progress?.stop();
     systemd.stopping(`stopped by ${signal}`);
     logger.error(`Got ${signal} before every lazy page was installed; ${what}`);
     engine.stop();
-    void loadLogger().finally(() => process.exit(1));
+    process.exit(1);
   };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
