@@ -1,6 +1,6 @@
 // `lazyd lazy-pages` at start-up, on the recorded images of a real CRIU dump: ready means lazy-pages.socket listens
-// before the status byte is written (docs/protocol.md §3.1); the log lines kept while pino loads (src/log-core.ts)
-// are all written, in order, with the times they were logged at; and a directory without images is one line.
+// before the status byte is written (docs/protocol.md §3.1); the lines logged before pino is loaded (src/log-core.ts)
+// and after it are all in the log, in order, with the times they were logged at; a directory without images is one line.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
