@@ -7,6 +7,7 @@ import { migrationBenchmark } from './migration.js';
 import { pageServerBenchmark } from './page-server.js';
 import { pageStoreBenchmark } from './page-store.js';
 import { relayBenchmark } from './relay.js';
+import { startupBenchmark } from './startup.js';
 import { tlsBenchmark } from './tls.js';
 
 export const BENCHMARKS: readonly Benchmark[] = [
@@ -17,4 +18,5 @@ export const BENCHMARKS: readonly Benchmark[] = [
   lazyPagesBenchmark,
   tlsBenchmark,
   relayBenchmark,
+  startupBenchmark,
 ];

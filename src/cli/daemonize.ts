@@ -1,7 +1,7 @@
 // -d/--daemon, as criu does it: the command runs on in the background, detached from the terminal and its
 // session, and the launcher exits 0 once the daemon is ready (listening), or 1 if it died before that.
 // Node cannot fork, so the launcher re-runs lazyd without -d, with a pipe on fd 3 as the daemon's --status-fd.
-import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { signalStatusFd } from './process-control.js';
 
 const CHILD_MARK = 'LAZYD_DAEMON_CHILD';
@@ -34,13 +34,21 @@ export function daemonRequest(args: readonly string[]): DaemonRequest | undefine
   return { childArgs, statusFd };
 }
 
+function withoutExtraCaCerts(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { NODE_EXTRA_CA_CERTS: _unused, ...rest } = env;
+  return rest;
+}
+
 // The daemon writes --pidfile itself (its own pid) before it reports ready.
-export function runDaemon(request: DaemonRequest): Promise<number> {
+// node:child_process is imported here, for -d only: loading it costs start-up time every command would pay.
+export async function runDaemon(request: DaemonRequest): Promise<number> {
+  const { spawn } = await import('node:child_process');
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [process.argv[1], ...request.childArgs, '--status-fd', '3'], {
+    const child: ChildProcess = spawn(process.execPath, [process.argv[1], ...request.childArgs, '--status-fd', '3'], {
       detached: true,
       stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-      env: { ...process.env, [CHILD_MARK]: '1' },
+      // Without NODE_EXTRA_CA_CERTS, as bin/lazyd.js's shebang starts lazyd (node would parse the bundle at start).
+      env: { ...withoutExtraCaCerts(process.env), [CHILD_MARK]: '1' },
     });
     const status = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
     let ready = false;

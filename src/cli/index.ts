@@ -3,12 +3,12 @@
 // style (src/cli/config-file.ts): for the daemon /etc/lazyd/lazyd.conf unless --no-default-config, then for any
 // command --config FILE; the command line wins.
 import fs from 'node:fs';
-import yargs from 'yargs';
 import { normalizeCriuArgv } from './criu-argv.js';
 import { daemonRequest, runDaemon } from './daemonize.js';
 import { configArguments, DEFAULT_CONFIG_FILE, extractConfigFlag, optionTable, readConfigFile, type OptionTable } from './config-file.js';
 import { argvProblem, roleOf } from './role-argv.js';
-import { addFlags } from './yargs-options.js';
+import { fastGiven } from './fast-argv.js';
+import type { CommandHandlers, Parsed } from './yargs-cli.js';
 import { tlsOptionsFrom } from './tls-options.js';
 import { CHECK, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
 import { resolveValues } from '../config/resolve.js';
@@ -43,7 +43,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 1;
   }
   const { args, verbosity, verbosityGiven } = normalizeCriuArgv(merged);
-  const problem = argvProblem(args, roleOf(args));
+  const role = roleOf(args);
+  const problem = argvProblem(args, role);
   if (problem) {
     process.stderr.write(`lazyd: ${problem}\n`);
     return 1;
@@ -57,76 +58,48 @@ export async function main(argv: readonly string[]): Promise<number> {
 
   // Each command's module is loaded when that command runs: a restore waits for `lazyd lazy-pages` to start, so
   // it does not pay for the page server's, staging's or the metrics' modules (README "Benchmarks": start-up).
-  const parser = yargs(args)
-    .scriptName('lazyd')
-    .usage('$0 --page-server -D <images> [--port 9876]   serve a checkpoint lazily to any number of restores')
-    .command(
-      'page-server',
-      "criu's `page-server --lazy-pages`, drop-in: one session, then exit",
-      (y) => addFlags(y, PAGE_SERVER_DROPIN.flags),
-      async (a) => {
-        const values = resolveValues(PAGE_SERVER_DROPIN, given(a));
-        if (!values.lazyPages) {
-          throw new Error(
-            'page-server without --lazy-pages receives uploads from `criu dump --page-server`; ' +
-              'the drop-in does not — run `lazyd --page-server` (staging) for uploads, or add --lazy-pages to serve the images of -D',
-          );
-        }
-        const tls = tlsOptionsFrom(values, values.address, tlsWarn);
-        const { runPageServer } = await import('../commands/page-server.js');
-        exitCode = await runPageServer({ mode: 'criu', values, tls });
-      },
-    )
-    .command(
-      'lazy-pages',
-      "the destination daemon of `criu restore --lazy-pages` (criu's `lazy-pages`, drop-in)",
-      (y) => addFlags(y, LAZY_PAGES.flags),
-      async (a) => {
-        const values = resolveValues(LAZY_PAGES, given(a));
-        const tls = tlsOptionsFrom(values, values.address, tlsWarn);
-        const { runLazyPages } = await import('../commands/lazy-pages.js');
-        exitCode = await runLazyPages({ values, tls });
-      },
-    )
-    .command(
-      'staging <action> [id]',
-      'list or release the checkpoints a running `lazyd --page-server --control-socket PATH` holds, or relay one from `criu dump --lazy-pages`',
-      (y) =>
-        addFlags(y, STAGING_COMMAND.flags)
-          .positional('action', { choices: STAGING_ACTIONS, describe: 'list the staged checkpoints, release one, or relay a lazy dump into the daemon' })
-          .positional('id', { type: 'number', describe: 'release: the checkpoint id (as list shows it)' }),
-      async (a) => {
-        const values = resolveValues(STAGING_COMMAND, given(a));
-        const { runStaging } = await import('../commands/staging.js');
-        exitCode = await runStaging({ action: a.action!, controlSocket: values.controlSocket!, id: a.id, pid: values.pid, json: values.json, relay: values });
-      },
-    )
-    .command(
-      'check',
-      'report whether this host can run each role (page server, staging, lazy-pages) and how to fix it',
-      (y) => addFlags(y, CHECK.flags),
-      async (a) => {
-        const values = resolveValues(CHECK, given(a));
-        const { runCheck } = await import('../commands/check.js');
-        exitCode = runCheck({ json: values.json });
-      },
-    )
-    .command('$0', 'run the lazyd daemon', (y) => addFlags(y, PAGE_SERVER.flags), async (a) => {
+  const handlers: CommandHandlers = {
+    async pageServerDropin(a) {
+      const values = resolveValues(PAGE_SERVER_DROPIN, given(a));
+      if (!values.lazyPages) {
+        throw new Error(
+          'page-server without --lazy-pages receives uploads from `criu dump --page-server`; ' +
+            'the drop-in does not — run `lazyd --page-server` (staging) for uploads, or add --lazy-pages to serve the images of -D',
+        );
+      }
+      const tls = tlsOptionsFrom(values, values.address, tlsWarn);
+      const { runPageServer } = await import('../commands/page-server.js');
+      exitCode = await runPageServer({ mode: 'criu', values, tls });
+    },
+    async lazyPages(a) {
+      const values = resolveValues(LAZY_PAGES, given(a));
+      const tls = tlsOptionsFrom(values, values.address, tlsWarn);
+      const { runLazyPages } = await import('../commands/lazy-pages.js');
+      exitCode = await runLazyPages({ values, tls });
+    },
+    async staging(a: Parsed) {
+      const values = resolveValues(STAGING_COMMAND, given(a));
+      const { runStaging } = await import('../commands/staging.js');
+      exitCode = await runStaging({ action: a.action!, controlSocket: values.controlSocket!, id: a.id, pid: values.pid, json: values.json, relay: values });
+    },
+    async check(a) {
+      const values = resolveValues(CHECK, given(a));
+      const { runCheck } = await import('../commands/check.js');
+      exitCode = runCheck({ json: values.json });
+    },
+    async daemon(a) {
       const values = resolveValues(PAGE_SERVER, given(a));
       if (!values.pageServer) throw new Error('nothing to do: pass --page-server (see --help)');
       const tls = tlsOptionsFrom(values, values.address, tlsWarn);
       const { runPageServer } = await import('../commands/page-server.js');
       exitCode = await runPageServer({ mode: 'serve', values, tls });
-    })
-    .strictOptions()
-    .help()
-    .version(false)
-    .fail((message, error) => {
-      throw error ?? new Error(message);
-    });
+    },
+  };
 
   try {
-    await parser.parseAsync();
+    const fast = role === LAZY_PAGES ? fastGiven(role, args) : undefined;
+    if (fast) await handlers.lazyPages(fast);
+    else await (await import('./yargs-cli.js')).runYargs(args, handlers);
   } catch (error) {
     process.stderr.write(`lazyd: ${(error as Error).message}\n`);
     return 1;

@@ -10,10 +10,10 @@
 // does: every page never installed then reads as zeros (see src/lazy-pages/restored-tasks.ts).
 import fs from 'node:fs';
 import path from 'node:path';
-import { createLogger, type Logger } from '../log.js';
+import { createDeferredLogger, type Logger } from '../log-core.js';
 import { loadNative, type EngineSummary, type LazyPages, type LazyPagesEvent, type NativeTlsOptions } from '../native.js';
 import { SystemdNotifier } from '../cli/systemd.js';
-import { parseMetricsAddress, serveMetrics, type MetricsServer } from '../metrics/server.js';
+import type { MetricsAddress, MetricsServer } from '../metrics/server.js';
 import { RestoreProgress } from '../lazy-pages/progress.js';
 import { stderrLine } from '../terminal-line.js';
 import { loadCheckpoint } from '../images/index.js';
@@ -112,7 +112,8 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   const { values } = options;
   const imagesDir = path.resolve(values.imagesDir);
   const workDir = path.resolve(values.workDir ?? imagesDir);
-  const { logger, reopen } = createLogger({
+  // Deferred: pino is loaded once the daemon is ready (src/log-core.ts), not before the restore can connect.
+  const { logger, reopen, load: loadLogger } = createDeferredLogger({
     verbosity: values.verbosity,
     logFile: values.logFile,
     workDir,
@@ -128,9 +129,11 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     if (values.logFile) process.stderr.write(`lazyd: ${message}\n`);
     return 1;
   };
-  let metricsAddress;
+  // The metrics' modules (node:http, prom-client) are loaded only when metrics are asked for.
+  const metricsModule = values.metricsAddress !== undefined ? await import('../metrics/server.js') : undefined;
+  let metricsAddress: MetricsAddress | undefined;
   try {
-    metricsAddress = values.metricsAddress !== undefined ? parseMetricsAddress(values.metricsAddress) : undefined;
+    metricsAddress = metricsModule?.parseMetricsAddress(values.metricsAddress!);
   } catch (error) {
     return fail((error as Error).message);
   }
@@ -184,9 +187,9 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   }
 
   let metrics: MetricsServer | undefined;
-  if (metricsAddress) {
+  if (metricsModule && metricsAddress) {
     try {
-      metrics = await serveMetrics(
+      metrics = await metricsModule.serveMetrics(
         metricsAddress,
         { role: 'lazy-pages', criuAbi: values.criuAbi, lazyPages: () => engine.stats() },
         logger,
@@ -221,6 +224,8 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   if (values.pidfile) writePidfile(path.resolve(workDir, values.pidfile));
   signalStatusFd(values.statusFd);
   systemd.ready(statusText());
+  // Ready: now pino can be loaded (until then lines were written in its shape, src/log-core.ts).
+  setImmediate(() => loadLogger().catch((error) => process.stderr.write(`lazyd: cannot load the logger: ${(error as Error).message}\n`)));
   process.on('SIGHUP', () => reopen());
   // Applies the failure policy to the restored tasks and returns the words for the one error line.
   const applyPolicy = (): string => {

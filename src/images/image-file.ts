@@ -9,7 +9,7 @@
 import { endianness } from 'node:os';
 import { readFile, writeFile, rename, unlink } from 'node:fs/promises';
 import * as path from 'node:path';
-import type protobuf from 'protobufjs';
+import type { MessageType } from './proto-wire.js';
 import { ImageError, describeCause, type ImageEntryRef } from './errors.js';
 import {
   CORE_MAGIC, IDS_MAGIC, IMG_COMMON_MAGIC, INVENTORY_MAGIC, KNOWN_MAGICS, MM_MAGIC,
@@ -150,7 +150,7 @@ export function splitImage(buf: Buffer, kind: ImageKind, file: string, opts: Spl
 }
 
 /** Decodes one record with `type`; a decode failure becomes an ImageError naming file, entry and offset. */
-export function decodeRecord(type: protobuf.Type, rec: ImageRecord, file: string, entry: ImageEntryRef = rec.index): Decoded {
+export function decodeRecord(type: MessageType, rec: ImageRecord, file: string, entry: ImageEntryRef = rec.index): Decoded {
   try {
     return type.decode(rec.data) as unknown as Decoded;
   } catch (err) {

@@ -1,13 +1,15 @@
 /**
- * protobufjs schema for the few CRIU image messages this project reads and writes.
+ * The schema of the few CRIU image messages this project reads and writes, decoded and encoded by ./proto-wire.ts.
  *
  * Written from the field numbers and types of the CRIU image format (proto2). Only the fields we use are
- * declared; protobufjs skips every other field, so images with more fields (newer CRIU) still decode.
+ * declared; every other field is skipped, so images with more fields (newer CRIU) still decode.
  * Everything is `optional` here even where CRIU says `required`: the readers check presence themselves so
- * that a missing field gives an ImageError naming the file, entry and offset instead of a bare ProtocolError.
+ * that a missing field gives an ImageError naming the file, entry and offset instead of a bare decode error.
  * Field names keep CRIU's snake_case (keepCase).
  */
-import protobuf from 'protobufjs';
+import { parseSchema, type Decoded, type MessageType } from './proto-wire.js';
+
+export type { Decoded };
 
 export const CRIU_PROTO = `
 syntax = "proto2";
@@ -84,10 +86,13 @@ message PagemapEntry {
 }
 `;
 
-export const root: protobuf.Root = protobuf.parse(CRIU_PROTO, { keepCase: true }).root;
+/** Every message type of CRIU_PROTO, by name. */
+export const root: ReadonlyMap<string, MessageType> = parseSchema(CRIU_PROTO);
 
-function type(name: string): protobuf.Type {
-  return root.lookupType(`lazyd.criu.${name}`);
+function type(name: string): MessageType {
+  const t = root.get(name);
+  if (!t) throw new Error(`schema: no message ${name}`);
+  return t;
 }
 
 export const InventoryEntryType = type('InventoryEntry');
@@ -101,7 +106,6 @@ export const PagemapHeadType = type('PagemapHead');
 export const PagemapEntryType = type('PagemapEntry');
 
 /** A decoded message as a plain record of its fields. */
-export type Decoded = Record<string, unknown>;
 
 /** True when the field was present on the wire (proto2 presence; defaults live on the prototype). */
 export function has(msg: Decoded, field: string): boolean {
@@ -109,6 +113,6 @@ export function has(msg: Decoded, field: string): boolean {
 }
 
 /** Encodes a plain object with `type`; keys that are absent are not written (proto2 optional). */
-export function encodeMessage(t: protobuf.Type, fields: Record<string, unknown>): Uint8Array {
-  return t.encode(t.create(fields)).finish();
+export function encodeMessage(t: MessageType, fields: Record<string, unknown>): Uint8Array {
+  return t.encode(fields);
 }
