@@ -2,6 +2,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "binding/convert.h"
 #include "binding/exports.h"
@@ -30,6 +31,34 @@ const char* engine_event_name(lazyd::EngineEvent::Kind kind) {
   return "?";
 }
 
+std::vector<lazyd::FaultEngineConfig::Task> tasks_option(Napi::Env env, Napi::Value value) {
+  if (!value.IsArray()) throw Napi::TypeError::New(env, "LazyPages: option tasks must be an array");
+  Napi::Array tasks = value.As<Napi::Array>();
+  std::vector<lazyd::FaultEngineConfig::Task> out;
+  for (uint32_t i = 0; i < tasks.Length(); i++) {
+    Napi::Object t = tasks.Get(i).As<Napi::Object>();
+    lazyd::FaultEngineConfig::Task task;
+    task.pid = t.Get("pid").As<Napi::Number>().Int32Value();
+    Napi::BigUint64Array runs = t.Get("runs").As<Napi::BigUint64Array>();
+    if (runs.ElementLength() % 4 != 0) throw Napi::Error::New(env, "LazyPages: runs must be 4-tuples");
+    for (size_t r = 0; r < runs.ElementLength(); r += 4) {
+      lazyd::FaultEngineConfig::Run run;
+      run.img_start = runs[r];
+      run.nr_pages = runs[r + 1];
+      run.fd = runs[r + 2] == UINT64_MAX ? -1 : static_cast<int>(runs[r + 2]);
+      run.file_offset = runs[r + 3];
+      task.runs.push_back(run);
+    }
+    out.push_back(std::move(task));
+  }
+  return out;
+}
+
+lazyd::wire::Format format_option(Napi::Env env, double format) {
+  if (format != 24 && format != 32) throw Napi::TypeError::New(env, "LazyPages: option format must be 24 or 32");
+  return format == 32 ? lazyd::wire::Format::V32 : lazyd::wire::Format::V24;
+}
+
 Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("faults", uint64_value(env, s.faults));
@@ -50,11 +79,14 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 //   drainInflightBytes, drainInflightBytesFaulting, maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls,
 //   onEvent }): every key required (tls: undefined for plain TCP); optional, not flags (the engine's own values):
 //   background, acceptTimeoutMs, handoverTimeoutMs, connectTimeoutMs, closeTimeoutMs.
+// deferTasks: true: nrTasks, tasks and format are left out and given later by setTasks({ nrTasks, tasks,
+//   format }) (after start(); the engine emits restore-connected and waits for them).
 class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "LazyPages",
                        {InstanceMethod("start", &LazyPagesWrap::Start), InstanceMethod("stop", &LazyPagesWrap::Stop),
+                        InstanceMethod("setTasks", &LazyPagesWrap::SetTasks),
                         InstanceMethod("stats", &LazyPagesWrap::Stats),
                         InstanceMethod("socketPath", &LazyPagesWrap::SocketPath),
                         InstanceMethod("error", &LazyPagesWrap::Error)});
@@ -71,23 +103,10 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     };
     lazyd::FaultEngineConfig c;
     c.work_dir = o.Get("workDir").As<Napi::String>();
-    c.nr_tasks = static_cast<size_t>(required("nrTasks"));
-    Napi::Array tasks = o.Get("tasks").As<Napi::Array>();
-    for (uint32_t i = 0; i < tasks.Length(); i++) {
-      Napi::Object t = tasks.Get(i).As<Napi::Object>();
-      lazyd::FaultEngineConfig::Task task;
-      task.pid = t.Get("pid").As<Napi::Number>().Int32Value();
-      Napi::BigUint64Array runs = t.Get("runs").As<Napi::BigUint64Array>();
-      if (runs.ElementLength() % 4 != 0) throw Napi::Error::New(env, "LazyPages: runs must be 4-tuples");
-      for (size_t r = 0; r < runs.ElementLength(); r += 4) {
-        lazyd::FaultEngineConfig::Run run;
-        run.img_start = runs[r];
-        run.nr_pages = runs[r + 1];
-        run.fd = runs[r + 2] == UINT64_MAX ? -1 : static_cast<int>(runs[r + 2]);
-        run.file_offset = runs[r + 3];
-        task.runs.push_back(run);
-      }
-      c.tasks.push_back(std::move(task));
+    c.defer_tasks = o.Get("deferTasks").IsBoolean() && o.Get("deferTasks").ToBoolean();
+    if (!c.defer_tasks) {
+      c.nr_tasks = static_cast<size_t>(required("nrTasks"));
+      c.tasks = tasks_option(env, o.Get("tasks"));
     }
     const std::string source = o.Get("source").ToString();
     c.source = source == "remote" ? lazyd::FaultEngineConfig::Source::kRemote : lazyd::FaultEngineConfig::Source::kLocal;
@@ -97,9 +116,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
       c.address = address.As<Napi::String>();
       c.port = static_cast<uint16_t>(required("port"));
     }
-    const int format = static_cast<int>(required("format"));
-    if (format != 24 && format != 32) throw Napi::TypeError::New(env, "LazyPages: option format must be 24 or 32");
-    c.format = format == 32 ? lazyd::wire::Format::V32 : lazyd::wire::Format::V24;
+    if (!c.defer_tasks) c.format = format_option(env, required("format"));
     c.fault_around_bytes = static_cast<uint64_t>(required("faultAroundBytes"));
     c.bg_min_bytes = static_cast<uint64_t>(required("drainMinBytes"));
     c.bg_max_bytes = static_cast<uint64_t>(required("drainMaxBytes"));
@@ -131,6 +148,18 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
       throw error;
     }
     return info.Env().Undefined();
+  }
+
+  Napi::Value SetTasks(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsObject()) throw Napi::TypeError::New(env, "LazyPages.setTasks: expected { nrTasks, tasks, format }");
+    Napi::Object o = info[0].As<Napi::Object>();
+    const size_t nr_tasks = static_cast<size_t>(required_number(env, o, "LazyPages.setTasks", "nrTasks"));
+    auto tasks = tasks_option(env, o.Get("tasks"));
+    const lazyd::wire::Format format = format_option(env, required_number(env, o, "LazyPages.setTasks", "format"));
+    int result = engine_->set_tasks(nr_tasks, std::move(tasks), format);
+    if (result < 0) throw errno_error(env, result, "LazyPages.setTasks: the engine was not started with deferTasks, or tasks were given already");
+    return env.Undefined();
   }
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {

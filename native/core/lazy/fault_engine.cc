@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "lazy/engine/completion.h"
 #include "lazy/engine/core.h"
@@ -45,9 +47,18 @@ struct FaultEngine::Impl {
   int stop_fd = -1;
   bool stop_requested = false;
 
+  // defer_tasks: set_tasks() hands the tasks over here and wakes the thread through tasks_fd.
+  int tasks_fd = -1;
+  std::mutex pending_mu;
+  bool tasks_given = false;
+  size_t pending_nr_tasks = 0;
+  std::vector<FaultEngineConfig::Task> pending_tasks;
+  wire::Format pending_format = wire::Format::V24;
+
   Impl(FaultEngineConfig config, EngineEventSink sink) : core(std::move(config), std::move(sink)) {}
   ~Impl() {
     if (stop_fd >= 0) close(stop_fd);
+    if (tasks_fd >= 0) close(tasks_fd);
   }
 
   // ---- the loop ----
@@ -71,6 +82,7 @@ struct FaultEngine::Impl {
   void dispatch(uint64_t tag, uint32_t events) {
     switch (tag) {
       case kTagStop: stop_requested = true; return;
+      case kTagSetTasks: apply_tasks(); return;         // defer_tasks: the tasks are known now
       case kTagListen: intake.on_listen(); return;       // the restore connects
       case kTagRestore: intake.on_restore(); return;     // hand-overs, RSTF
       case kTagSource:                                   // the page source: its TLS handshake, or replies
@@ -97,6 +109,19 @@ struct FaultEngine::Impl {
     publish_gauges();
   }
 
+  void apply_tasks() {
+    uint64_t count = 0;
+    if (read(tasks_fd, &count, sizeof count) < 0) return;  // EAGAIN: already applied
+    core.epoll_del(tasks_fd);
+    {
+      std::lock_guard<std::mutex> lock(pending_mu);
+      core.cfg.nr_tasks = pending_nr_tasks;
+      core.cfg.tasks = std::move(pending_tasks);
+      core.cfg.format = pending_format;
+    }
+    intake.tasks_set(link.prepare_local());
+  }
+
   int poll_timeout_ms() const {
     if (installer.has_pending() || uffd_events.has_retries()) return 0;
     if (scheduler.drain_pending()) return 0;  // a local source completes requests at once: keep draining
@@ -114,7 +139,7 @@ struct FaultEngine::Impl {
         (cfg.address.empty() || cfg.port == 0)) {
       return core.start_error(-EINVAL, "remote page source needs an address and a port");
     }
-    if (cfg.source == FaultEngineConfig::Source::kRemote && cfg.format != wire::Format::V24 &&
+    if (!cfg.defer_tasks && cfg.source == FaultEngineConfig::Source::kRemote && cfg.format != wire::Format::V24 &&
         cfg.format != wire::Format::V32) {
       return core.start_error(-EINVAL, "remote page source needs a wire format (24 or 32 bytes)");
     }
@@ -126,13 +151,22 @@ struct FaultEngine::Impl {
     if (cfg.max_requests_in_flight == 0) cfg.max_requests_in_flight = 1;
     scheduler.start();
 
-    int rc = intake.load_tasks(link.prepare_local());
-    if (rc < 0) return rc;
+    if (cfg.defer_tasks) {
+      intake.defer();
+    } else {
+      int rc = intake.load_tasks(link.prepare_local());
+      if (rc < 0) return rc;
+    }
     core.epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (core.epoll_fd < 0) return core.start_error(-errno, "epoll_create1 failed");
     stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (stop_fd < 0) return core.start_error(-errno, "eventfd failed");
     core.epoll_add(stop_fd, EPOLLIN, kTagStop);
+    if (cfg.defer_tasks) {
+      tasks_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (tasks_fd < 0) return core.start_error(-errno, "eventfd failed");
+      core.epoll_add(tasks_fd, EPOLLIN, kTagSetTasks);
+    }
     return intake.listen();
   }
 
@@ -189,6 +223,23 @@ int FaultEngine::start() {
   if (rc < 0) return rc;
   impl_->started = true;
   impl_->thread = std::thread([this] { impl_->run(); });
+  return 0;
+}
+
+int FaultEngine::set_tasks(size_t nr_tasks, std::vector<FaultEngineConfig::Task> tasks, wire::Format format) {
+  Impl& impl = *impl_;
+  if (!impl.core.cfg.defer_tasks || impl.tasks_fd < 0) return -EINVAL;
+  if (format != wire::Format::V24 && format != wire::Format::V32) return -EINVAL;
+  {
+    std::lock_guard<std::mutex> lock(impl.pending_mu);
+    if (impl.tasks_given) return -EALREADY;
+    impl.tasks_given = true;
+    impl.pending_nr_tasks = nr_tasks;
+    impl.pending_tasks = std::move(tasks);
+    impl.pending_format = format;
+  }
+  uint64_t one = 1;
+  if (write(impl.tasks_fd, &one, sizeof one) < 0) return -errno;
   return 0;
 }
 

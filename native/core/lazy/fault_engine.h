@@ -46,6 +46,10 @@ struct FaultEngineConfig {
   std::string work_dir = ".";  // where lazy-pages.socket is created (restore's -W/-D, §3.1)
   size_t nr_tasks = 0;         // hand-overs to expect: the number of pstree.img records, zombies included (§3.2)
   std::vector<Task> tasks;     // tasks without lazy memory may be left out
+  // Start before the images exist: start() only listens; when the restore connects the engine emits
+  // kRestoreConnected and leaves the hand-overs waiting in the socket until set_tasks() gives nr_tasks, tasks
+  // and format (those fields are ignored here). The hand-over timeout starts at set_tasks().
+  bool defer_tasks = false;
 
   Source source = Source::kLocal;
   std::string address;                         // page server host (name or literal), kRemote
@@ -172,6 +176,10 @@ class FaultEngine {
 
   // Validates the config, creates <work_dir>/lazy-pages.socket and spawns the thread. 0 or -errno (error()).
   int start();
+  // defer_tasks: thread-safe, once, after start(): the tasks and the header format; the engine thread loads the
+  // ranges and reads the waiting hand-overs (a bad range fails the engine: kFailed). 0, -EINVAL (not deferred,
+  // bad format) or -EALREADY.
+  int set_tasks(size_t nr_tasks, std::vector<FaultEngineConfig::Task> tasks, wire::Format format);
   // Thread-safe: asks the thread to end now and joins it. Does not send CLOSE.
   void stop();
   // Waits for the thread to end by itself (done or failed).

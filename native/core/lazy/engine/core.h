@@ -28,6 +28,7 @@ constexpr uint64_t kTagStop = 1;
 constexpr uint64_t kTagListen = 2;
 constexpr uint64_t kTagRestore = 3;
 constexpr uint64_t kTagSource = 4;
+constexpr uint64_t kTagSetTasks = 5;  // defer_tasks: set_tasks() was called
 constexpr uint64_t kTaskTagBase = 16;
 
 // Why a range was requested (its installed pages are counted by kind).

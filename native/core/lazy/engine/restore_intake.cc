@@ -13,6 +13,7 @@ namespace lazyd::engine {
 RestoreIntake::~RestoreIntake() {
   restore_.reset();
   if (listen_fd_ >= 0) close(listen_fd_);
+  if (waiting_fd_ >= 0) close(waiting_fd_);
 }
 
 int RestoreIntake::load_tasks(LocalPageSource* local) {
@@ -63,13 +64,42 @@ void RestoreIntake::on_listen() {
   core_.epoll_del(listen_fd_);
   close(listen_fd_);
   listen_fd_ = -1;
+  EngineEvent e;
+  e.kind = EngineEvent::Kind::kRestoreConnected;
+  core_.emit(std::move(e));
+  // defer_tasks: the hand-overs wait in the socket buffer (criu restore blocks on nothing until it has sent
+  // them all, §3.2) until set_tasks() says how many to expect.
+  if (!tasks_known_) {
+    waiting_fd_ = fd;
+    return;
+  }
+  read_handovers(fd);
+}
+
+void RestoreIntake::tasks_set(LocalPageSource* local) {
+  if (tasks_known_) return;
+  tasks_known_ = true;
+  if (load_tasks(local) < 0) {
+    std::string message;
+    {
+      std::lock_guard<std::mutex> lock(core_.error_mu);
+      message = core_.error;
+    }
+    core_.fail(std::move(message));
+    return;
+  }
+  if (waiting_fd_ >= 0) {
+    const int fd = waiting_fd_;
+    waiting_fd_ = -1;
+    read_handovers(fd);
+  }
+}
+
+void RestoreIntake::read_handovers(int fd) {
   restore_ = std::make_unique<handshake::HandshakeReader>(fd, core_.cfg.nr_tasks);
   connected_since_ = now_ns();
   core_.state.store(EngineState::kHandshake);
   core_.epoll_add(fd, EPOLLIN | EPOLLRDHUP, kTagRestore);
-  EngineEvent e;
-  e.kind = EngineEvent::Kind::kRestoreConnected;
-  core_.emit(std::move(e));
   if (core_.cfg.nr_tasks == 0) handed_over();
   on_restore();
 }

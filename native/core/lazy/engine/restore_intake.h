@@ -32,6 +32,11 @@ class RestoreIntake {
   // The thread runs: the accept timeout starts.
   void started(uint64_t now) { listen_since_ = now; }
 
+  // start() with defer_tasks: nothing to load until set_tasks().
+  void defer() { tasks_known_ = false; }
+  // defer_tasks: the tasks are in cfg now (engine thread): load them and read the waiting hand-overs.
+  void tasks_set(LocalPageSource* local);
+
   void on_listen();   // the restore connects
   void on_restore();  // hand-overs, RSTF
 
@@ -45,6 +50,7 @@ class RestoreIntake {
 
  private:
   void add_task(int pid, int uffd, int host_pid);
+  void read_handovers(int fd);
   void handed_over();
 
   EngineCore& core_;
@@ -54,6 +60,8 @@ class RestoreIntake {
   int listen_fd_ = -1;
   std::string socket_path_;
   std::unique_ptr<handshake::HandshakeReader> restore_;
+  bool tasks_known_ = true;  // false while defer_tasks waits for set_tasks()
+  int waiting_fd_ = -1;      // defer_tasks: the accepted restore connection, not read until the tasks are known
   uint64_t listen_since_ = 0, connected_since_ = 0, handed_over_since_ = 0;
 };
 
