@@ -715,6 +715,92 @@ static void test_handshake_failures() {
   }
 }
 
+// defer_tasks: the engine listens with no tasks; the restore connects and hands over (task, zombie, RSTF)
+// before the tasks are known: restore-connected is emitted and nothing is read; set_tasks() then loads the
+// ranges and the waiting hand-overs are read, every page served. A bad range given late fails the engine.
+static void test_deferred_tasks() {
+  const size_t N = 2 * 1024 * 1024 / P;
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  FaultEngineConfig cfg = engine_config();
+  cfg.work_dir = dir;
+  cfg.defer_tasks = true;
+  Events events;
+  FaultEngine engine(cfg, [&](const EngineEvent& e) { events.add(e); });
+  CHECK(engine.start() == 0);
+  CHECK(engine.state() == EngineState::kWaitingRestore || engine.state() == EngineState::kIdle);
+  int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(sock >= 0);
+  CHECK(handshake::send_zombie(sock, 9) == 0);
+  CHECK(handshake::send_task(sock, 20, r.uffd) == 0);
+  CHECK(handshake::send_finished(sock) == 0);
+  close(r.uffd);
+  for (int i = 0; i < 3000 && events.count(EngineEvent::Kind::kRestoreConnected) == 0; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(events.count(EngineEvent::Kind::kRestoreConnected) == 1);
+  // The engine thread emitted restore-connected and returned without reading: no hand-over is taken yet.
+  CHECK(events.count(EngineEvent::Kind::kTask) == 0 && events.count(EngineEvent::Kind::kZombie) == 0);
+  CHECK(engine.state() == EngineState::kWaitingRestore);
+  // The images are written only now.
+  int pages_fd = -1;
+  std::vector<FaultEngineConfig::Task> tasks;
+  tasks.push_back({20, write_pages(r, {{0, N / 2}, {N / 2, N}}, dir + "/pages-1.img", &pages_fd)});
+  CHECK(engine.set_tasks(2, tasks, wire::Format::V24) == 0);
+  CHECK(engine.set_tasks(2, tasks, wire::Format::V24) == -EALREADY);
+  std::vector<size_t> pages(N);
+  for (size_t p = 0; p < N; p++) pages[p] = p;
+  std::atomic<int> bad{0};
+  touch_all(r, pages, 2, [&](size_t p, const uint8_t* page) { return page_matches(page, r.addr(p)); }, &bad);
+  CHECK(bad.load() == 0);
+  close(sock);
+  const EngineState end = wait_end(engine, 30);
+  if (end != EngineState::kDone) std::fprintf(stderr, "deferred: %s %s\n", engine_state_name(end), engine.error().c_str());
+  CHECK(end == EngineState::kDone);
+  engine.join();
+  EngineStats s = engine.stats();
+  print_stats("deferred tasks", s);
+  CHECK(s.summary.pages_total == N);
+  CHECK(installed(s) == N);
+  CHECK(events.count(EngineEvent::Kind::kTask) == 1 && events.count(EngineEvent::Kind::kZombie) == 1);
+  CHECK(events.count(EngineEvent::Kind::kRestoreFinished) == 1);
+  munmap(r.base, N * P);
+  close(pages_fd);
+
+  // Not deferred: set_tasks() is refused.
+  FaultEngineConfig plain = engine_config();
+  plain.work_dir = make_dir();
+  plain.nr_tasks = 1;
+  FaultEngine not_deferred(plain);
+  CHECK(not_deferred.start() == 0);
+  CHECK(not_deferred.set_tasks(1, {}, wire::Format::V24) == -EINVAL);
+  not_deferred.stop();
+
+  // Deferred, bad ranges given after the restore connected: the engine fails with the reason.
+  FaultEngineConfig bad_cfg = engine_config();
+  bad_cfg.work_dir = make_dir();
+  bad_cfg.defer_tasks = true;
+  bad_cfg.source = FaultEngineConfig::Source::kRemote;  // never connected: the ranges fail first
+  bad_cfg.address = "127.0.0.1";
+  bad_cfg.port = 9;
+  Events bad_events;
+  FaultEngine bad_engine(bad_cfg, [&](const EngineEvent& e) { bad_events.add(e); });
+  CHECK(bad_engine.start() == 0);
+  int bad_sock = handshake::connect_socket(bad_engine.socket_path());
+  CHECK(bad_sock >= 0);
+  FaultEngineConfig::Run a, b;
+  a.img_start = 0x10000;
+  a.nr_pages = 4;
+  b.img_start = 0x12000;
+  b.nr_pages = 4;
+  CHECK(bad_engine.set_tasks(1, {{1, {a, b}}}, wire::Format::V32) == 0);
+  CHECK(wait_end(bad_engine, 10) == EngineState::kFailed);
+  bad_engine.join();
+  if (bad_engine.error().find("overlap") == std::string::npos) std::fprintf(stderr, "deferred bad: %s\n", bad_engine.error().c_str());
+  CHECK(bad_engine.error().find("overlap") != std::string::npos);
+  CHECK(bad_events.failure().find("overlap") != std::string::npos);
+  close(bad_sock);
+}
+
 int main() {
   alarm(120);  // never hang a test run
   setvbuf(stdout, nullptr, _IONBF, 0);
@@ -726,6 +812,7 @@ int main() {
   expect_engine_failure("page server hang-up", true, 30000, "page server");
   expect_engine_failure("page server stall", false, 300, "stalled");
   test_handshake_failures();
+  test_deferred_tasks();
   check_report();
   return 0;
 }
