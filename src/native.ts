@@ -133,7 +133,7 @@ export interface RelayOptions {
   port: number;
   connectTimeoutMs: number;
   /** The dump's header layout (24: CRIU <= 4.1, 32: CRIU >= 4.2). */
-  format: 24 | 32;
+  format?: 24 | 32;
   /** undefined: plain TCP. */
   tls?: NativeTlsOptions;
   tasks: RelayTaskOptions[];
@@ -207,17 +207,26 @@ export interface LazyPagesTask {
   runs: BigUint64Array;
 }
 
+/** What setTasks() gives a deferTasks engine. */
+export interface LazyPagesTaskSet {
+  nrTasks: number;
+  tasks: LazyPagesTask[];
+  format: 24 | 32;
+}
+
 export interface LazyPagesOptions extends LazyPagesFlagOptions {
   /** Where lazy-pages.socket is created. */
   workDir: string;
-  /** Hand-overs to expect: the pstree.img records, zombies included. */
-  nrTasks: number;
-  tasks: LazyPagesTask[];
+  /** Hand-overs to expect: the pstree.img records, zombies included (left out with deferTasks). */
+  nrTasks?: number;
+  tasks?: LazyPagesTask[];
+  /** true: start() only listens; nrTasks, tasks and format come later through setTasks() (after restore-connected). */
+  deferTasks?: boolean;
   source: 'local' | 'remote';
   /** remote: the page server. */
   address: string | undefined;
   port: number | undefined;
-  format: 24 | 32;
+  format?: 24 | 32;
   /** undefined: plain TCP. */
   tls: NativeTlsOptions | undefined;
   onEvent: (event: LazyPagesEvent) => void;
@@ -294,6 +303,8 @@ export interface LazyPagesStats {
 export interface LazyPages {
   /** Creates lazy-pages.socket and starts the engine thread. */
   start(): void;
+  /** deferTasks: the tasks and header format, once (thread-safe in the engine: its thread reads the waiting hand-overs). */
+  setTasks(tasks: LazyPagesTaskSet): void;
   stop(): void;
   stats(): LazyPagesStats;
   socketPath(): string;
@@ -328,7 +339,7 @@ export interface NativeAddon {
 /** The declared surface, for the test that checks it against the loaded binding. */
 export const NATIVE_CLASSES = {
   PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release', 'startRelay'],
-  LazyPages: ['start', 'stop', 'stats', 'socketPath', 'error'],
+  LazyPages: ['start', 'setTasks', 'stop', 'stats', 'socketPath', 'error'],
 } as const satisfies { [C in 'PageServer' | 'LazyPages']: readonly (keyof InstanceType<NativeAddon[C]>)[] };
 export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tlsCheck', 'detectFormat'] as const satisfies readonly (keyof NativeAddon)[];
 export const NATIVE_VALUES = ['constants', 'pageSize'] as const satisfies readonly (keyof NativeAddon)[];

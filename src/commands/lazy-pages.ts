@@ -1,6 +1,7 @@
 // `lazyd lazy-pages`: the destination daemon that `criu restore --lazy-pages` hands its userfaultfds to (a
-// drop-in for `criu lazy-pages`). The native fault engine does all the work on its own thread; this file loads
-// the images, starts it, logs its events and exits with its result.
+// drop-in for `criu lazy-pages`). The native fault engine does all the work on its own thread; this file starts
+// it (listening before any image is read), loads the images when the restore connects, logs its events and exits
+// with its result.
 //
 // Failure policy (--on-failure, default kill): when the engine fails (page server killed or stalled past
 // --stall-timeout, restore broken or silent past the hand-over / --rstf-timeout limits) the restored tasks' lazy
@@ -138,43 +139,60 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     return fail((error as Error).message);
   }
 
-  let engine: LazyPages;
-  let finished!: Promise<LazyPagesEvent>;
+  let engine!: LazyPages;
+  // The engine's end, or an image error at hand-over (the daemon then exits with that one line).
+  let finished!: Promise<LazyPagesEvent | { imageError: string }>;
+  let resolveFinished!: (end: LazyPagesEvent | { imageError: string }) => void;
+  finished = new Promise((resolve) => (resolveFinished = resolve));
   const restored = new RestoredTasks();
+  // The images are read only when the restore hands over (docs/protocol.md §3.2): the daemon can be started
+  // before the dump has written them. The hand-overs wait in the socket meanwhile; the header format and
+  // --page-server's settings are decided here (--criu-abi still overrides the images).
+  const handOver = async () => {
+    try {
+      const checkpoint = await loadCheckpoint(imagesDir);
+      const config = engineTasks(checkpoint, !values.pageServer);
+      openFds = config.openFds;
+      const format = flagOptions.format || formatFromImages(checkpoint) || 24;
+      logger.info(
+        `Loaded ${imagesDir}: ${config.nrTasks} tasks, ${config.lazyPages} lazy pages` +
+          (values.pageServer ? `, page server ${values.address}:${values.port} (${format}-byte headers)` : ', local'),
+      );
+      engine.setTasks({ nrTasks: config.nrTasks, tasks: config.tasks, format });
+    } catch (error) {
+      // Nothing was handed over to a running task yet: criu restore fails when this daemon goes away.
+      engine.stop();
+      for (const fd of openFds) fs.closeSync(fd);
+      openFds = [];
+      resolveFinished({ imageError: (error as Error).message });
+    }
+  };
+  let flagOptions!: ReturnType<typeof lazyPagesOptions>;
   try {
     if (values.pageServer && (!values.address || !values.port)) {
       return fail('--page-server needs --address and --port of the page server (the source host)');
     }
-    const checkpoint = await loadCheckpoint(imagesDir);
-    const config = engineTasks(checkpoint, !values.pageServer);
-    openFds = config.openFds;
-    const flagOptions = lazyPagesOptions(LAZY_PAGES, values);
-    const format = flagOptions.format || formatFromImages(checkpoint) || 24;
-    logger.info(
-      `Loaded ${imagesDir}: ${config.nrTasks} tasks, ${config.lazyPages} lazy pages` +
-        (values.pageServer ? `, page server ${values.address}:${values.port} (${format}-byte headers)` : ', local'),
-    );
+    flagOptions = lazyPagesOptions(LAZY_PAGES, values);
     const addon = loadNative();
     const tls = values.pageServer ? options.tls : undefined;
     if (tls) {
       const notes = addon.tlsCheck(tls);
       if (notes) logger.info(`TLS: ${notes}`);
     }
-    let resolveFinished!: (event: LazyPagesEvent) => void;
-    finished = new Promise((resolve) => (resolveFinished = resolve));
+    const { format: _format, ...engineFlags } = flagOptions;
+    void _format;
     engine = new addon.LazyPages({
-      ...flagOptions,
+      ...engineFlags,
       workDir,
-      nrTasks: config.nrTasks,
-      tasks: config.tasks,
+      deferTasks: true,
       source: values.pageServer ? 'remote' : 'local',
       address: values.address,
       port: values.port,
-      format,
       tls,
       onEvent: (event) => {
         if (event.type === 'task') restored.add(event.pid, hostPidOf(event));
         logEvent(logger, event);
+        if (event.type === 'restore-connected') void handOver();
         // The drain starts at RSTF: show the line now, whatever the poll's phase (a small restore is quick).
         if (event.type === 'restore-finished') progress?.drawNow();
         if (event.type === 'done' || event.type === 'failed') resolveFinished(event);
@@ -182,7 +200,6 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     });
     engine.start();
   } catch (error) {
-    for (const fd of openFds) fs.closeSync(fd);
     return fail((error as Error).message);
   }
 
@@ -253,6 +270,12 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   const end = await finished;
   progress.stop();
   if (statusTimer) clearInterval(statusTimer);
+  if ('imageError' in end) {
+    systemd.stopping(end.imageError);
+    const code = fail(end.imageError);
+    await metrics?.close();
+    return code;
+  }
   const linger = async () => {
     // A scraper polling every few seconds still sees the final totals.
     if (metrics && values.metricsLinger > 0) {

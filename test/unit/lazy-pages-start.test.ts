@@ -1,8 +1,9 @@
 // `lazyd lazy-pages` at start-up, on the recorded images of a real CRIU dump: ready means lazy-pages.socket listens
 // before the status byte is written (docs/protocol.md §3.1); the lines logged before pino is loaded (src/log-core.ts)
-// and after it are all in the log, in order, with the times they were logged at; a directory without images is one line.
+// and after it are all in the log, in order, with the times they were logged at; the images are read at hand-over
+// (after "Restore connected"), and a directory without images fails there with one line.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -18,16 +19,32 @@ function tmp(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `lazyd-${tag}-`));
 }
 
-test('lazyd lazy-pages on a directory without images: exit 1 and one line naming the image and the fix', () => {
+// The daemon reads no image at start (it can be started before the dump writes them): a directory without
+// images is ready like any other, and fails when the restore hands over, with one line.
+test('lazyd lazy-pages on a directory without images: ready, then at hand-over exit 1 and one line naming the image and the fix', async () => {
   const dir = tmp('no-images');
   try {
     for (const log of [[], ['-o', 'lazy-pages.log']]) {
-      const run = spawnSync(lazyd, ['lazy-pages', '-D', dir, '-v4', ...log, '--status-fd', '1'], { encoding: 'utf8', timeout: 30_000 });
-      assert.equal(run.status, 1, run.stderr);
-      assert.equal(run.stdout, '', 'no status byte: it never became ready');
-      const lines = run.stderr.split('\n').filter(Boolean);
-      assert.equal(lines.length, 1, run.stderr);
-      assert.match(lines[0], /inventory\.img: inventory image not found — .* is not a CRIU images dir \(or is incomplete\); point to the dir given to criu dump -D/);
+      const child = spawn(lazyd, ['lazy-pages', '-D', dir, ...log, '--status-fd', '3'], { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (d) => (stderr += d));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      try {
+        await new Promise((resolve, reject) => {
+          (child.stdio[3] as NodeJS.ReadableStream).once('data', resolve);
+          child.once('exit', () => reject(new Error(`exited before it was ready: ${stderr}`)));
+        });
+        const socket = net.connect(path.join(dir, 'lazy-pages.socket'));
+        await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+        assert.equal(await exited, 1, stderr);
+        socket.destroy();
+        const lines = stderr.split('\n').filter(Boolean);
+        assert.equal(lines.length, 1, stderr);
+        assert.match(lines[0], /inventory\.img: inventory image not found — .* is not a CRIU images dir \(or is incomplete\); point to the dir given to criu dump -D/);
+      } finally {
+        child.kill('SIGKILL');
+      }
+      fs.rmSync(path.join(dir, 'lazy-pages.socket'), { force: true });
     }
     assert.match(fs.readFileSync(path.join(dir, 'lazy-pages.log'), 'utf8'), /^\(\d\d\.\d{6}\) Error: .*inventory image not found/m);
   } finally {
@@ -55,13 +72,14 @@ for (const { version } of FIXTURE_VERSIONS) {
       const socket = net.connect(path.join(dir, 'lazy-pages.socket'));
       await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
       const log = path.join(dir, 'lazy-pages.log');
-      await pollFor('"Restore connected" in the log', 10_000, () => (fs.readFileSync(log, 'utf8').includes('Restore connected') ? true : undefined));
+      // The images are read once the restore connected: wait for that line before stopping it.
+      await pollFor('"Loaded" in the log', 10_000, () => (fs.readFileSync(log, 'utf8').includes(') Loaded ') ? true : undefined));
       child.kill('SIGTERM');
       assert.equal(await exited, 1);
       socket.destroy();
       const lines = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean);
       const messages = lines.map((line) => STAMP.exec(line)?.[3]);
-      const order = [/^Loaded /, /^Listening on /, /^Restore connected$/, /^Error: Got SIGTERM before every lazy page was installed; no task had been handed over$/];
+      const order = [/^Listening on /, /^Restore connected$/, /^Loaded /, /^Error: Got SIGTERM before every lazy page was installed; no task had been handed over$/];
       let at = -1;
       for (const re of order) {
         const next = messages.findIndex((m, i) => i > at && m !== undefined && re.test(m));
