@@ -375,6 +375,46 @@ export interface RestoreOptions {
   privateWorkloadDir?: string;
   /** Run the daemon and criu restore in this network namespace (see CommandSpec.netns). */
   netns?: string;
+  /**
+   * A `lazyd lazy-pages` already started on the destination dir (empty then: startPreStartedDaemon) before the
+   * dump: its start-up is outside the downtime. The images are copied into its dir and the restore hands over to it.
+   */
+  preStarted?: PreStartedDaemon;
+}
+
+/** `lazyd lazy-pages` started on an empty destination dir before the dump (it reads the images at hand-over). */
+export interface PreStartedDaemon {
+  proc: Proc;
+  dstDir: string;
+  /** From spawning it until it was ready. */
+  startMs: number;
+}
+
+/** Starts `lazyd lazy-pages` on <runDir>/<name> (created empty) before there is any image. */
+export async function startPreStartedDaemon(options: {
+  runDir: string;
+  name?: string;
+  server: { address: string; port: number } | 'local';
+  extraArgs?: string[];
+  env?: NodeJS.ProcessEnv;
+  readyTimeoutMs?: number;
+  netns?: string;
+  onCleanup?: (fn: () => unknown) => void;
+}): Promise<PreStartedDaemon> {
+  const dstDir = path.join(options.runDir, options.name ?? 'dst');
+  fs.mkdirSync(dstDir, { recursive: true });
+  const start = performance.now();
+  const proc = await startLazyPagesDaemon({
+    daemon: 'lazyd',
+    dstDir,
+    server: options.server,
+    extraArgs: options.extraArgs,
+    env: options.env,
+    readyTimeoutMs: options.readyTimeoutMs,
+    netns: options.netns,
+  });
+  options.onCleanup?.(() => proc.kill('SIGKILL'));
+  return { proc, dstDir, startMs: performance.now() - start };
 }
 
 export interface RestoreResult {
@@ -436,8 +476,8 @@ export function readLazydTotals(output: string): LazydTotals | undefined {
 
 export interface LazyPagesDaemonOptions {
   daemon: DaemonKind;
-  /** For 'criu': which CRIU. */
-  criu: Criu;
+  /** For 'criu': which CRIU (unused for lazyd). */
+  criu?: Criu;
   /** Images and work dir (lazy-pages.socket, lazy-pages.log). */
   dstDir: string;
   server: { address: string; port: number } | 'local';
@@ -456,6 +496,7 @@ export function startLazyPagesDaemon(options: LazyPagesDaemonOptions): Promise<P
   const readyMs = options.readyTimeoutMs ?? DEFAULT_TIMEOUTS.readyMs;
   if (options.daemon === 'criu') {
     if (options.env) throw new Error('daemon criu: extra environment is not supported');
+    if (!options.criu) throw new Error('daemon criu: which CRIU (options.criu) is not given');
     return startCriu(options.criu, 'lazy-pages', args, readyMs, { imagesDir: dstDir, netns: options.netns });
   }
   return startWithStatusFd(
@@ -523,29 +564,37 @@ export async function startLazyRestore(options: RestoreOptions): Promise<Started
   const children = checkpoint.workload.children ?? 0;
   // Where the restored workload's files are, seen from here.
   const workloadDir = options.privateWorkloadDir ?? checkpoint.workloadDir;
-  const dstDir = path.join(checkpoint.runDir, options.name ?? 'dst');
+  const dstDir = options.preStarted?.dstDir ?? path.join(checkpoint.runDir, options.name ?? 'dst');
   const pidfile = path.join(dstDir, 'restored.pid');
 
   const copyStart = performance.now();
   const copiedBytes = copyImages(checkpoint.imagesDir, dstDir);
   const copyMs = performance.now() - copyStart;
 
-  const daemon = options.daemon ?? 'criu';
+  const daemon = options.preStarted ? 'lazyd' : (options.daemon ?? 'criu');
   const server = options.server === 'local' ? 'local' : { address: options.server.address, port: options.server.port };
   const where = server === 'local' ? 'local images' : `--page-server --address ${server.address} --port ${server.port}`;
-  progress(`${daemon === 'criu' ? `criu ${criu.version}` : 'lazyd'} lazy-pages ${where} -D ${dstDir}`);
-  const daemonStart = performance.now();
-  const lazyPages = await startLazyPagesDaemon({
-    daemon,
-    criu,
-    dstDir,
-    server,
-    extraArgs: options.daemonArgs,
-    env: options.daemonEnv,
-    readyTimeoutMs: timeouts.readyMs,
-    netns: options.netns,
-  });
-  const daemonStartMs = performance.now() - daemonStart;
+  let lazyPages: Proc;
+  let daemonStartMs: number;
+  if (options.preStarted) {
+    progress(`lazyd lazy-pages ${where} -D ${dstDir}: started before the dump`);
+    lazyPages = options.preStarted.proc;
+    daemonStartMs = options.preStarted.startMs;
+  } else {
+    progress(`${daemon === 'criu' ? `criu ${criu.version}` : 'lazyd'} lazy-pages ${where} -D ${dstDir}`);
+    const daemonStart = performance.now();
+    lazyPages = await startLazyPagesDaemon({
+      daemon,
+      criu,
+      dstDir,
+      server,
+      extraArgs: options.daemonArgs,
+      env: options.daemonEnv,
+      readyTimeoutMs: timeouts.readyMs,
+      netns: options.netns,
+    });
+    daemonStartMs = performance.now() - daemonStart;
+  }
   options.onCleanup?.(() => lazyPages.kill('SIGKILL'));
   await options.onDaemonReady?.(lazyPages, dstDir);
 
