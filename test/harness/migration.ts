@@ -502,8 +502,8 @@ export function startLazyPagesDaemon(options: LazyPagesDaemonOptions): Promise<P
   return startWithStatusFd(
     {
       name: 'lazyd lazy-pages',
-      file: process.execPath,
-      args: [lazydBin(), 'lazy-pages', ...args, '--status-fd', '3'],
+      file: lazydBin(),
+      args: ['lazy-pages', ...args, '--status-fd', '3'],
       cwd: dstDir,
       logFile: path.join(dstDir, 'lazy-pages.log'),
       env: options.env ? { ...process.env, ...options.env } : undefined,

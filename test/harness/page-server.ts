@@ -53,7 +53,7 @@ export interface PageServer {
   kill(): void;
 }
 
-/** Node's own `lazyd` entry point: <repo>/bin/lazyd.js. */
+/** The `lazyd` command: <repo>/bin/lazyd.js, exec'd itself (its shebang drops NODE_EXTRA_CA_CERTS, as a user's `lazyd` does). */
 export function lazydBin(): string {
   return path.join(repoRoot(), 'bin', 'lazyd.js');
 }
@@ -132,14 +132,14 @@ async function startPageServerOnce(options: PageServerOptions): Promise<PageServ
     }
     case 'lazyd-dropin':
       if (!port) port = await freePort(address);
-      file = process.execPath;
+      file = lazydBin();
       name = 'lazyd page-server --lazy-pages';
-      args = [lazydBin(), 'page-server', '--lazy-pages', '-D', options.imagesDir, '--address', address, '--port', String(port), verbosity, '-o', logFile, ...pidfile, ...extra];
+      args = ['page-server', '--lazy-pages', '-D', options.imagesDir, '--address', address, '--port', String(port), verbosity, '-o', logFile, ...pidfile, ...extra];
       break;
     case 'lazyd':
-      file = process.execPath;
+      file = lazydBin();
       name = 'lazyd --page-server';
-      args = [lazydBin(), '--page-server', '-D', options.imagesDir, '--address', address, '--port', String(port), verbosity, '-o', logFile, ...pidfile, ...extra];
+      args = ['--page-server', '-D', options.imagesDir, '--address', address, '--port', String(port), verbosity, '-o', logFile, ...pidfile, ...extra];
       break;
     default:
       throw new Error(`unknown page server kind ${String(options.kind)}`);

@@ -84,8 +84,8 @@ export async function startRelayCommand(
   const fromText = from.address.includes(':') ? `[${from.address}]:${from.port}` : `${from.address}:${from.port}`;
   const spec = {
     name: 'lazyd staging relay',
-    file: process.execPath,
-    args: [lazydBin(), 'staging', 'relay', '-D', dumpDir, '--from', fromText, '--control-socket', daemon.controlSocket, ...extraArgs, '--status-fd', '3'],
+    file: lazydBin(),
+    args: ['staging', 'relay', '-D', dumpDir, '--from', fromText, '--control-socket', daemon.controlSocket, ...extraArgs, '--status-fd', '3'],
     cwd: daemon.dir,
     logFile: daemon.logFile,
     netns,
@@ -108,7 +108,7 @@ export async function startRelayCommand(
 
 /** `lazyd staging <args> --control-socket S` to completion: its exit code and output (stdout and stderr). */
 export async function stagingCommand(daemon: RelayTarget, args: string[], timeoutMs = 30_000): Promise<{ code: number | null; output: string }> {
-  const spec = { name: `lazyd staging ${args[0]}`, file: process.execPath, args: [lazydBin(), 'staging', ...args, '--control-socket', daemon.controlSocket] };
+  const spec = { name: `lazyd staging ${args[0]}`, file: lazydBin(), args: ['staging', ...args, '--control-socket', daemon.controlSocket] };
   const proc = new Proc(spec, ['ignore', 'pipe', 'pipe']);
   const exit = await proc.wait(timeoutMs);
   return { code: exit.code, output: proc.outputText };
