@@ -295,6 +295,9 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       criuVersion: cell.criuVersion,
       server: source,
       daemon: dest,
+      // The recommended relay flow starts the destination daemon first (it reads the images at hand-over), so its
+      // start-up is outside the downtime. criu lazy-pages reads the images at start: it cannot be pre-started.
+      preStartDaemon: source === 'lazyd-relay' && dest === 'lazyd',
       workload: wl,
       keep: ctx.keep,
       network: { source: hosts.source, destination: hosts.destination, sourceAddress: hosts.sourceAddress },
@@ -685,6 +688,7 @@ export const migrationBenchmark: Benchmark = {
           'Requests: criu lazy-pages — "Read" lines of its log; lazyd lazy-pages — GETs the lazyd page server counted (lazyd sources), else not measured.',
           'CPU and peak RSS: utime+stime (own threads and reaped children) and VmHWM from /proc every 20 ms; the source daemon is the page server, or the `criu dump` process for criu-dump; lazyd figures include starting node.',
           'Source memory held: criu-dump — the frozen tasks keep all their data pages until CLOSE; lazyd-staging — the bytes lazyd reports staged (memfd, released after the restore completes); lazyd-relay — the lazy pages lazyd pulled (its memfd; the frozen tasks hold theirs only until the pull ends); image-based sources hold the pages on disk (not counted).',
+          'lazyd-relay+lazyd starts `lazyd lazy-pages` on the empty destination dir before the dump (the recommended flow: it reads the images when the restore hands over), so its start-up is outside the downtime; its "destination daemon start" is that pre-start. criu lazy-pages (criu-dump+criu) reads the images at start and cannot be pre-started: it starts after the copy, inside the downtime, as does lazyd-staging+lazyd.',
           '"source tasks frozen" for lazyd-relay: dump start → dump exit, which follows lazyd\'s CLOSE once it holds every lazy page (the restore need not have fetched anything yet).',
           'After all pages are present, the workload checks every page once more (do-verify-all); a run counts only if it found every page right.',
           'The machine is a 2-vCPU VM shared with other jobs while this ran: absolute times drift, the alternation (A B A B …) keeps ratios fair.',

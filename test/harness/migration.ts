@@ -777,6 +777,13 @@ export interface MigrationOptions {
   stagingMaxBytes?: number;
   /** 'lazyd-relay': extra arguments of `lazyd staging relay` (--relay-inflight-bytes ...). */
   relayArgs?: string[];
+  /**
+   * Daemon 'lazyd': start `lazyd lazy-pages` on the empty destination dir before the dump (it reads the images
+   * at hand-over), so its start-up is outside the downtime. Sources whose address is known before the dump only
+   * ('lazyd-relay', 'lazyd-staging', 'local'); not with throttleBytesPerSecond. (`criu lazy-pages` reads the
+   * images at start: it cannot be pre-started.)
+   */
+  preStartDaemon?: boolean;
 }
 
 export interface MigrationResult {
@@ -884,6 +891,22 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         onCleanup(() => started.kill());
         await options.onSource?.({ pid: staging.pid, logFile: staging.logFile });
       }
+      let preStarted: PreStartedDaemon | undefined;
+      if (options.preStartDaemon) {
+        if (daemon !== 'lazyd') throw new Error('preStartDaemon: only lazyd lazy-pages can start before the images exist');
+        if (options.throttleBytesPerSecond) throw new Error('preStartDaemon: not with throttleBytesPerSecond');
+        const early = relayDaemon?.server ?? staging ?? (options.server === 'local' ? 'local' : undefined);
+        if (!early) throw new Error(`preStartDaemon: the ${options.server} source's address is known only after the dump`);
+        progress?.('starting lazyd lazy-pages on the empty destination dir (before the dump)');
+        preStarted = await startPreStartedDaemon({
+          runDir,
+          server: early === 'local' ? 'local' : { address: early.address, port: early.port },
+          extraArgs: options.daemonArgs,
+          env: options.daemonEnv,
+          netns: net?.destination,
+          onCleanup,
+        });
+      }
       const checkpoint = await checkpointWorkload({
         criu,
         runDir,
@@ -959,6 +982,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         daemon,
         daemonArgs: options.daemonArgs,
         daemonEnv: options.daemonEnv,
+        preStarted,
         onDaemonReady: async (daemonProc, dstDir) => {
           if (relayReady) relayCommand = await relayReady;
           await options.onDaemonReady?.(daemonProc, dstDir);
