@@ -10,7 +10,8 @@ import { startStagingControl, type StagingControlServer } from '../staging/contr
 import type { Values } from '../config/flag.js';
 import { PAGE_SERVER, PAGE_SERVER_DROPIN } from '../config/flags.js';
 import { pageServerOptions, valuesProblem } from '../config/resolve.js';
-import type { NativeTlsOptions } from '../native.js';
+import type { NativeAccessOptions, NativeTlsOptions } from '../native.js';
+import { OPEN_ACCESS, accessOptionsFrom, listenPlan } from '../page-server/access.js';
 
 export type PageServerValues = Values<typeof PAGE_SERVER.flags>;
 export type PageServerDropinValues = Values<typeof PAGE_SERVER_DROPIN.flags>;
@@ -70,15 +71,28 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     return fail((error as Error).message);
   }
 
+  // The daemon: loopback unless --address or --tls, and the allow-lists. The drop-in listens where criu does.
+  let access: NativeAccessOptions = OPEN_ACCESS;
+  let address = values.address ?? '';
+  if (options.mode === 'serve') {
+    try {
+      access = accessOptionsFrom(options.values, options.tls !== undefined);
+    } catch (error) {
+      return fail((error as Error).message);
+    }
+    address = listenPlan(values.address, values.port, options.tls !== undefined, access).address;
+  }
+
   let service: PageServerService;
   try {
     const { staging: _on, stagingMaxBytes, stagingRestores, ...limits } = pageServerOptions(single ? PAGE_SERVER_DROPIN : PAGE_SERVER, values);
     service = await PageServerService.start({
       ...limits,
       imagesDir,
-      address: values.address ?? '',
+      address,
       port: values.port,
       tls: options.tls,
+      access,
       staging: staging && {
         dir: path.resolve(staging.stagingDir ?? imagesDir),
         persist: staging.persist,
@@ -124,8 +138,12 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     }
   }
 
-  const shown = values.address ? (values.address.includes(':') ? `[${values.address}]` : values.address) : '[::]';
+  const shown = address ? (address.includes(':') ? `[${address}]` : address) : '[::]';
   logger.info(`Using ${service.port} port`);
+  if (options.mode === 'serve') {
+    const { warning } = listenPlan(values.address, service.port, options.tls !== undefined, access);
+    if (warning) logger.warn(warning);
+  }
   if (!single) {
     process.stdout.write(
       `lazyd: page server listening on ${shown}:${service.port} — ${imagesDir}: ${service.summary.tasks} tasks, ` +

@@ -1,10 +1,11 @@
 // Supervises the native page server: loads the checkpoint's page index into it, starts it, turns its events
 // into log lines, and reports how it ended. The page bytes never pass through here.
 import type { Logger } from '../log.js';
-import { loadNative, type NativeTlsOptions, type PageServer, type PageServerEvent, type PageServerFlagOptions, type PageServerStats } from '../native.js';
+import { loadNative, type NativeAccessOptions, type NativeTlsOptions, type PageServer, type PageServerEvent, type PageServerFlagOptions, type PageServerStats } from '../native.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Stager, type StagedCheckpointInfo, type StagingOptions } from '../staging/stager.js';
+import { OPEN_ACCESS } from './access.js';
 import { buildPageIndex, type PageIndexSummary } from './page-index.js';
 import { PAGE_SERVER } from '../config/flags.js';
 import { defaultValues, pageServerOptions } from '../config/resolve.js';
@@ -24,6 +25,8 @@ export interface PageServerOptions extends Partial<PageServerLimits> {
   staging?: StagingOptions;
   /** --tls: every connection starts with a TLS handshake; credentials are loaded (and checked) at start. */
   tls?: NativeTlsOptions;
+  /** --allow-from & co (src/page-server/access.ts); undefined: every peer may fetch and upload. */
+  access?: NativeAccessOptions;
   logger: Logger;
 }
 
@@ -72,6 +75,7 @@ export class PageServerService {
     const native = new addon.PageServer({
       ...flagOptionsOf(options),
       tls: options.tls,
+      access: options.access ?? OPEN_ACCESS,
       onEvent: (event) => {
         if (stager?.handle(event)) return;
         logSessionEvent(logger, event);
@@ -124,6 +128,11 @@ export class PageServerService {
   /** TLS handshakes that failed or timed out so far (for the metrics). */
   tlsFailures(): number {
     return Number(this.native.stats().tlsFailures ?? 0);
+  }
+
+  /** Connections and sessions refused by --allow-from & co so far (for the metrics). */
+  accessRefused(): number {
+    return Number(this.native.stats().accessRefused ?? 0);
   }
 }
 
