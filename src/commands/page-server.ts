@@ -7,6 +7,7 @@ import { SystemdNotifier } from '../cli/systemd.js';
 import { parseMetricsAddress, refuseSamePort, serveMetrics, type MetricsServer } from '../metrics/server.js';
 import { PageServerService } from '../page-server/service.js';
 import { startStagingControl, type StagingControlServer } from '../staging/control.js';
+import { ensurePrivateDir } from '../staging/private-dir.js';
 import type { Values } from '../config/flag.js';
 import { PAGE_SERVER, PAGE_SERVER_DROPIN } from '../config/flags.js';
 import { pageServerOptions, valuesProblem } from '../config/resolve.js';
@@ -81,6 +82,20 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
       return fail((error as Error).message);
     }
     address = listenPlan(values.address, values.port, options.tls !== undefined, access).address;
+  }
+
+  if (staging) {
+    const dir = path.resolve(staging.stagingDir ?? imagesDir);
+    try {
+      const outcome = ensurePrivateDir(dir, staging.stagingDir ? '--staging-dir' : '--staging-dir (here -D)');
+      if (outcome.action === 'tightened') {
+        logger.warn(
+          `Staging directory ${dir} was mode ${outcome.fromMode.toString(8).padStart(4, '0')}: other users could enter it and read the staged images (process memory); lazyd set it to ${(outcome.fromMode & 0o7700).toString(8).padStart(4, '0')}`,
+        );
+      }
+    } catch (error) {
+      return fail((error as Error).message);
+    }
   }
 
   let service: PageServerService;
