@@ -30,6 +30,10 @@ bool Cidr::contains(const uint8_t address[16]) const {
 }
 
 bool parse_cidr(const std::string& text, Cidr* out, std::string* error) {
+  if (text.find('\0') != std::string::npos) {
+    *error = "an address block holds a NUL byte";
+    return false;
+  }
   const size_t slash = text.find('/');
   const std::string host = text.substr(0, slash);
   in_addr v4{};
