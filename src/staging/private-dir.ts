@@ -1,35 +1,53 @@
 // The staging directory holds process memory at rest (the eager pages of every upload, and with --persist the lazy
 // ones): only lazyd's own user (root) may enter it. Checked once at start, before the first upload can arrive.
+//
+// lazyd changes the mode only of a directory that is plainly a checkpoint's (empty, or holding CRIU images): a
+// shared directory (/tmp, a home, /var/lib, the directory lazyd was started in) is refused, never chmod-ed,
+// since other programs depend on its mode. A missing directory is left alone (an upload then fails naming it).
 import fs from 'node:fs';
+import path from 'node:path';
 
-/** What ensurePrivateDir did, for the log: created it, tightened its mode (from), or nothing. */
-export type PrivateDirOutcome = { action: 'created' } | { action: 'tightened'; fromMode: number } | { action: 'none' };
+/** What ensurePrivateDir did, for the log: tightened its mode (from), or nothing. */
+export type PrivateDirOutcome = { action: 'tightened'; fromMode: number } | { action: 'none' };
+
+const octal = (mode: number) => mode.toString(8).padStart(4, '0');
+
+/** A directory that holds nothing but CRIU images (and lazyd's own files in it), or nothing at all. */
+function holdsOnlyImages(dir: string): boolean {
+  return fs.readdirSync(dir).every((name) => /\.img$/.test(name) || /\.(log|pid|socket|sock)$/.test(name) || name.startsWith('.'));
+}
 
 /**
- * Makes `dir` a directory only this user can enter: creates it 0700 when missing, sets an existing one that
- * others can enter (any group or other bit) to 0700. Throws an Error with one line when it is not a directory,
- * is a symbolic link, or belongs to another user (lazyd will not take over someone else's directory).
+ * Makes `dir` a directory only this user can enter: sets a checkpoint directory that others can enter (group or
+ * other read/search bits) to 0700. Throws an Error with one line when it is a symbolic link, not a directory,
+ * another user's, writable by others (a shared directory), or holds other files than images while others can
+ * enter it.
  */
 export function ensurePrivateDir(dir: string, flag = '--staging-dir'): PrivateDirOutcome {
   let stat: fs.Stats;
   try {
     stat = fs.lstatSync(dir);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`${flag} ${dir}: ${(error as Error).message}`);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    fs.chmodSync(dir, 0o700); // mkdir's mode passes through the umask; and recursive parents keep theirs
-    return { action: 'created' };
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { action: 'none' };
+    throw new Error(`${flag} ${dir}: ${(error as Error).message}`);
   }
-  if (stat.isSymbolicLink()) throw new Error(`${flag} ${dir} is a symbolic link: give the directory itself (staged images hold process memory)`);
+  const fix = `give lazyd a directory of its own (mkdir -m 0700 DIR; ${flag} DIR and criu dump -D DIR)`;
+  if (stat.isSymbolicLink()) throw new Error(`${flag} ${dir} is a symbolic link: name the directory itself (staged images hold process memory)`);
   if (!stat.isDirectory()) throw new Error(`${flag} ${dir} is not a directory`);
   const uid = process.geteuid?.() ?? 0;
   if (stat.uid !== uid) {
-    throw new Error(
-      `${flag} ${dir} belongs to uid ${stat.uid}, not to lazyd's uid ${uid}: staged images hold process memory, so lazyd keeps them only in a directory of its own user — chown ${uid} ${dir} or pick another ${flag}`,
-    );
+    throw new Error(`${flag} ${dir} belongs to uid ${stat.uid}, not to lazyd's uid ${uid}: staged images hold process memory — ${fix}`);
   }
   const mode = stat.mode & 0o7777;
   if ((mode & 0o077) === 0) return { action: 'none' };
+  if ((mode & 0o022) !== 0 || (mode & 0o1000) !== 0) {
+    throw new Error(`${flag} ${dir} is mode ${octal(mode)}: other users can write to it (a shared directory) and read what lazyd stages there (process memory) — ${fix}`);
+  }
+  if (path.resolve(dir) === path.parse(path.resolve(dir)).root || !holdsOnlyImages(dir)) {
+    throw new Error(
+      `${flag} ${dir} is mode ${octal(mode)}: other users can enter it and read what lazyd stages there (process memory), and it holds other files than checkpoint images, so lazyd leaves its mode alone — chmod 0700 it, or ${fix}`,
+    );
+  }
   fs.chmodSync(dir, mode & 0o7700);
   return { action: 'tightened', fromMode: mode };
 }
