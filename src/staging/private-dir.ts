@@ -12,9 +12,12 @@ export type PrivateDirOutcome = { action: 'tightened'; fromMode: number } | { ac
 
 const octal = (mode: number) => mode.toString(8).padStart(4, '0');
 
-/** A directory that holds nothing but CRIU images (and lazyd's own files in it), or nothing at all. */
+/** What a checkpoint directory holds: CRIU's images, statistics and caches, and the logs, pidfiles and sockets of a dump or restore. */
+const CHECKPOINT_FILE = /^(.*\.(img|log|pid|socket|sock|tmp)|stats-(dump|restore)|irmap-cache|\..*)$/;
+
+/** A directory that holds nothing but a checkpoint's files, or nothing at all. */
 function holdsOnlyImages(dir: string): boolean {
-  return fs.readdirSync(dir).every((name) => /\.img$/.test(name) || /\.(log|pid|socket|sock)$/.test(name) || name.startsWith('.'));
+  return fs.readdirSync(dir).every((name) => CHECKPOINT_FILE.test(name));
 }
 
 /**

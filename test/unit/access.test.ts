@@ -63,7 +63,7 @@ test('the staging directory: a checkpoint dir others can enter tightened to 0700
     const empty = dirOf('empty', 0o755);
     assert.deepEqual(ensurePrivateDir(empty), { action: 'tightened', fromMode: 0o755 });
     assert.equal(modeOf(empty), 0o700);
-    const images = dirOf('images', 0o750, ['inventory.img', 'pstree.img', 'pages-1.img', 'dump.log']);
+    const images = dirOf('images', 0o750, ['inventory.img', 'pstree.img', 'pages-1.img', 'stats-dump', 'irmap-cache', 'dump.log', 'restored.pid']);
     assert.deepEqual(ensurePrivateDir(images), { action: 'tightened', fromMode: 0o750 });
     assert.equal(modeOf(images), 0o700);
     const shared = dirOf('shared', 0o1777);
