@@ -21,7 +21,7 @@ export interface FlagTable {
 }
 
 const keysOf = (...groups: object[]) => groups.flatMap((g) => Object.keys(g));
-const shownElsewhere = new Set(keysOf(FLAG_GROUPS.STAGING, FLAG_GROUPS.TLS, FLAG_GROUPS.TLS_SERVER));
+const shownElsewhere = new Set(keysOf(FLAG_GROUPS.STAGING, FLAG_GROUPS.ACCESS, FLAG_GROUPS.TLS, FLAG_GROUPS.TLS_SERVER));
 const tlsKeys = new Set(keysOf(FLAG_GROUPS.TLS));
 
 export const README_TABLES: readonly FlagTable[] = [
@@ -33,6 +33,7 @@ export const README_TABLES: readonly FlagTable[] = [
     keys: Object.keys(PAGE_SERVER_DROPIN.flags).filter((k) => (PAGE_SERVER_DROPIN.flags as Flags)[k] !== (PAGE_SERVER.flags as Flags)[k]),
   },
   { id: 'staging', role: PAGE_SERVER, keys: keysOf(FLAG_GROUPS.STAGING) },
+  { id: 'access', role: PAGE_SERVER, keys: keysOf(FLAG_GROUPS.ACCESS) },
   { id: 'tls', role: PAGE_SERVER, keys: keysOf(FLAG_GROUPS.TLS, FLAG_GROUPS.TLS_SERVER), defaultHeader: "default (criu's)" },
   { id: 'lazy-pages', role: LAZY_PAGES, keys: Object.keys(LAZY_PAGES.flags).filter((k) => !tlsKeys.has(k)) },
   { id: 'staging-command', role: STAGING_COMMAND, keys: Object.keys(STAGING_COMMAND.flags) },
