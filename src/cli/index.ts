@@ -10,7 +10,7 @@ import { configArguments, DEFAULT_CONFIG_FILE, extractConfigFlag, optionTable, r
 import { argvProblem, roleOf } from './role-argv.js';
 import { addFlags } from './yargs-options.js';
 import { tlsOptionsFrom } from './tls-options.js';
-import { CHECK, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_COMMAND } from '../config/flags.js';
+import { AGENT, CHECK, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_COMMAND } from '../config/flags.js';
 import { resolveValues } from '../config/resolve.js';
 
 /** Each command's options, for the config files: what a command accepts, its switches, and its aliases. */
@@ -109,6 +109,26 @@ export async function main(argv: readonly string[]): Promise<number> {
         const values = resolveValues(CHECK, given(a));
         const { runCheck } = await import('../commands/check.js');
         exitCode = runCheck({ json: values.json });
+      },
+    )
+    .command(
+      'migrate',
+      'move a running process tree to the host of a `lazyd agent`, post-copy, in one command',
+      (y) => addFlags(y, MIGRATE.flags),
+      async (a) => {
+        const values = resolveValues(MIGRATE, given(a));
+        const { runMigrate } = await import('../commands/migrate.js');
+        exitCode = await runMigrate(values);
+      },
+    )
+    .command(
+      'agent',
+      'the destination service of `lazyd migrate`: receives migrations and restores them lazily',
+      (y) => addFlags(y, AGENT.flags),
+      async (a) => {
+        const values = resolveValues(AGENT, given(a));
+        const { runAgent } = await import('../commands/agent.js');
+        exitCode = await runAgent(values);
       },
     )
     .command('$0', 'run the lazyd daemon', (y) => addFlags(y, PAGE_SERVER.flags), async (a) => {

@@ -1,0 +1,235 @@
+// The source's page gate: the one way between the destination's lazy-pages daemon and `criu dump --lazy-pages`
+// (which listens on loopback only). It passes GETs and their replies through unchanged and decides how the
+// dump's connection ends, which decides the fate of the original tasks (docs/protocol.md §1.7, §6.18):
+//   - the daemon's CLOSE (every page present) is held until commit() — the destination's restore has
+//     succeeded — and only then passed on: the dump answers it, exits 0 and kills the originals;
+//   - abort() — any failure before that — resets the dump's connection (or, if the daemon never connected,
+//     connects and resets): CRIU logs "Lazy pages transfer FAILED" and resumes the originals.
+// No other end is possible: a clean EOF from this side would count as success (§1.7 step 4).
+// It also counts the pages that cross (for the progress line) by following the replies' headers (§1.2, §1.6).
+import net from 'node:net';
+import tls, { type SecureContextOptions } from 'node:tls';
+import { EventEmitter } from 'node:events';
+import { PS_CMD_MASK, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET } from '../protocol/constants.js';
+
+export interface GateOptions {
+  /** Where the destination connects (the source's address on the control connection's route). */
+  listenAddress: string;
+  listenPort: number;
+  /** The only address a connection is accepted from (the agent's). */
+  peerAddress: string;
+  dumpPort: number;
+  headerSize: 24 | 32;
+  pageSize: number;
+  tls?: SecureContextOptions;
+}
+
+export type GateOutcome = { ok: true } | { ok: false; reason: string };
+
+function bare(address: string | undefined): string {
+  return (address ?? '').replace(/^::ffff:/, '');
+}
+
+/**
+ * Events: 'connected' (the daemon connected), 'refused' (reason: a connection from elsewhere), 'end'
+ * (GateOutcome, once).
+ */
+export class PageGate extends EventEmitter {
+  private server: net.Server | undefined;
+  private raw: net.Socket | undefined;
+  private down: net.Socket | undefined;
+  private up: net.Socket | undefined;
+  private committed = false;
+  private heldClose: Buffer | undefined;
+  private closeSent = false;
+  private ended = false;
+  private requestBuf: Buffer = Buffer.alloc(0);
+  private replyBuf: Buffer = Buffer.alloc(0);
+  private payloadLeft = 0;
+  private getsOutstanding = 0;
+  /** Pages the dump has sent (replies' nr_pages), and the bytes that crossed to and from the destination. */
+  pagesServed = 0;
+  bytesToDestination = 0;
+  bytesFromDestination = 0;
+  port = 0;
+
+  constructor(private readonly options: GateOptions) {
+    super();
+  }
+
+  async listen(): Promise<number> {
+    const server = net.createServer((socket) => this.onConnection(socket));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.options.listenPort, this.options.listenAddress, () => resolve());
+    });
+    this.port = (server.address() as net.AddressInfo).port;
+    return this.port;
+  }
+
+  /** The destination's restore succeeded: the daemon's CLOSE may reach the dump. */
+  commit(): void {
+    this.committed = true;
+    if (this.heldClose) this.forwardClose();
+  }
+
+  /** Any failure before the CLOSE went through: reset the dump's connection, so CRIU resumes the originals. */
+  abort(reason: string): void {
+    if (this.closeSent) return; // too late: the dump has the CLOSE
+    if (!this.up) {
+      // The daemon never connected: connect only to reset (criu accepts one client, then the read fails).
+      this.up = net.connect(this.options.dumpPort, '127.0.0.1');
+      this.up.on('error', () => undefined);
+    }
+    this.up.resetAndDestroy();
+    if (this.raw && !this.raw.destroyed) this.raw.resetAndDestroy();
+    this.finish({ ok: false, reason });
+  }
+
+  close(): void {
+    this.server?.close();
+  }
+
+  private onConnection(raw: net.Socket): void {
+    raw.on('error', () => undefined);
+    if (this.raw || bare(raw.remoteAddress) !== bare(this.options.peerAddress)) {
+      this.emit('refused', `a page connection from ${raw.remoteAddress} (expected one from ${this.options.peerAddress})`);
+      raw.resetAndDestroy();
+      return;
+    }
+    this.raw = raw;
+    this.server?.close(); // one client, as criu's own lazy server
+    raw.setNoDelay(true);
+    // TLS over the raw socket we keep, so that a failure can still reset the TCP connection underneath.
+    const down = this.options.tls
+      ? new tls.TLSSocket(raw, { isServer: true, requestCert: true, rejectUnauthorized: true, secureContext: tls.createSecureContext(this.options.tls) })
+      : raw;
+    this.down = down;
+    down.on('error', (error) => this.failAndAbort(`the destination's page connection failed: ${error.message}`));
+    down.on('end', () => {
+      if (this.closeSent) this.up?.end();
+      else this.failAndAbort("the destination's page connection ended before every page was present");
+    });
+    const start = () => {
+      this.emit('connected');
+      const up = net.connect(this.options.dumpPort, '127.0.0.1');
+      this.up = up;
+      up.setNoDelay(true);
+      up.on('error', (error) => this.upstreamEnded(`criu dump's page connection failed: ${error.message}`));
+      up.on('end', () => this.upstreamEnded(undefined));
+      up.on('close', () => this.upstreamEnded(undefined));
+      up.on('data', (chunk: Buffer) => this.fromDump(chunk));
+      down.on('data', (chunk: Buffer) => this.fromDestination(chunk));
+    };
+    if (this.options.tls) down.once('secure', start);
+    else start();
+  }
+
+  private fromDestination(chunk: Buffer): void {
+    this.bytesFromDestination += chunk.length;
+    if (this.heldClose) return; // nothing follows a CLOSE but the EOF
+    this.requestBuf = this.requestBuf.length ? Buffer.concat([this.requestBuf, chunk]) : chunk;
+    const size = this.options.headerSize;
+    let pass = 0;
+    while (this.requestBuf.length - pass >= size) {
+      const command = this.requestBuf.readUInt32LE(pass) & PS_CMD_MASK;
+      if (command === PS_IOV_CLOSE || command === PS_IOV_FORCE_CLOSE) {
+        this.writeUp(this.requestBuf.subarray(0, pass));
+        this.heldClose = Buffer.from(this.requestBuf.subarray(pass, pass + size));
+        this.requestBuf = Buffer.alloc(0);
+        if (this.committed) this.forwardClose();
+        return;
+      }
+      if (command === PS_IOV_GET) this.getsOutstanding++;
+      pass += size;
+    }
+    this.writeUp(this.requestBuf.subarray(0, pass));
+    this.requestBuf = this.requestBuf.subarray(pass);
+  }
+
+  private forwardClose(): void {
+    if (this.closeSent || this.ended || !this.heldClose) return;
+    this.closeSent = true;
+    this.writeUp(this.heldClose);
+  }
+
+  private writeUp(bytes: Buffer): void {
+    if (!bytes.length || !this.up) return;
+    if (!this.up.write(bytes)) {
+      this.down?.pause();
+      this.up.once('drain', () => this.down?.resume());
+    }
+  }
+
+  private fromDump(chunk: Buffer): void {
+    this.countReplies(chunk);
+    this.bytesToDestination += chunk.length;
+    if (!this.down!.write(chunk)) {
+      this.up!.pause();
+      this.down!.once('drain', () => this.up?.resume());
+    }
+  }
+
+  /** Follows the reply stream: a header, then nr_pages pages for an ADD_F (§1.6); the CLOSE status after that. */
+  private countReplies(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length && this.getsOutstanding > 0) {
+      if (this.payloadLeft > 0) {
+        const take = Math.min(this.payloadLeft, chunk.length - at);
+        this.payloadLeft -= take;
+        at += take;
+        if (this.payloadLeft === 0) this.getsOutstanding--;
+        continue;
+      }
+      const size = this.options.headerSize;
+      const need = size - this.replyBuf.length;
+      const piece = chunk.subarray(at, at + need);
+      this.replyBuf = Buffer.concat([this.replyBuf, piece]);
+      at += piece.length;
+      if (this.replyBuf.length < size) return;
+      const header = this.replyBuf;
+      this.replyBuf = Buffer.alloc(0);
+      const command = header.readUInt32LE(0) & PS_CMD_MASK;
+      const pages = size === 24 ? header.readUInt32LE(4) : Number(header.readBigUInt64LE(8));
+      if (command !== PS_IOV_ADD_F || pages === 0) {
+        this.getsOutstanding--;
+        continue;
+      }
+      this.pagesServed += pages;
+      this.payloadLeft = pages * this.options.pageSize;
+    }
+  }
+
+  private upstreamEnded(error: string | undefined): void {
+    if (this.ended) return;
+    if (this.closeSent && error === undefined) {
+      // The dump answered the CLOSE and hung up: the transfer is complete.
+      this.down?.end();
+      this.finish({ ok: true });
+      return;
+    }
+    if (this.raw && !this.raw.destroyed) this.raw.resetAndDestroy();
+    this.finish({ ok: false, reason: error ?? 'criu dump closed its page connection before the transfer was complete' });
+  }
+
+  private failAndAbort(reason: string): void {
+    if (this.ended || this.closeSent) return;
+    this.abort(reason);
+  }
+
+  private finish(outcome: GateOutcome): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.server?.close();
+    this.emit('end', outcome);
+  }
+
+  get connected(): boolean {
+    return this.up !== undefined && this.raw !== undefined;
+  }
+
+  get closePassed(): boolean {
+    return this.closeSent;
+  }
+}
