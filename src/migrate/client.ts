@@ -63,8 +63,9 @@ async function connectAgent(options: MigrateOptions): Promise<net.Socket> {
         port,
         ...options.tls,
         rejectUnauthorized: true,
-        servername: net.isIP(host) ? undefined : host,
-        checkServerIdentity: options.tlsVerifyName ? undefined : () => undefined,
+        ...(net.isIP(host) ? {} : { servername: host }),
+        // --tls-no-cn-verify: the chain is still checked, the name is not (as criu).
+        ...(options.tlsVerifyName ? {} : { checkServerIdentity: () => undefined }),
       });
       socket.once('secureConnect', () => {
         socket.removeListener('error', fail);

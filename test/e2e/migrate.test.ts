@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
-import { CRIU_VERSIONS, findCriu, processAlive, requireHost, withRunDir, type CriuVersion } from '../harness/index.js';
+import { CRIU_VERSIONS, findCriu, pollFor, processAlive, requireHost, withRunDir, type CriuVersion } from '../harness/index.js';
 import { createTwoHosts, type TwoHosts } from '../harness/netns.js';
 import {
   cutLink,
@@ -125,3 +125,171 @@ for (const version of CRIU_VERSIONS) {
     });
   });
 }
+
+let pki: MigrationPki | undefined;
+async function testPki(): Promise<MigrationPki> {
+  pki ??= await makeMigrationPki(fs.mkdtempSync('/tmp/lazyd-e2e-migrate-pki-'));
+  return pki;
+}
+after(() => {
+  if (pki) fs.rmSync(path.dirname(pki.ca), { recursive: true, force: true });
+});
+
+const HOOK_STARTED = 'hook-started';
+/** A pre-restore hook that says it runs, then waits for a file nobody creates: the restore stays held back. */
+const HOLDING_HOOK = `touch ${HOOK_STARTED}; while [ ! -e go ]; do sleep 0.05; done`;
+
+for (const version of CRIU_VERSIONS) {
+  const criu = () => findCriu(version).path;
+
+  test(`(2) CRIU ${version}: a process tree`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(t, `tree-${version}`, { srcCriu: version, mib: 8, children: 2 }, async (s) => {
+      const run = runMigrate({ netns: hosts.source, pid: s.source.workload.pid, agent: s.agent, criu: criu(), dumpDir: path.join(s.runDir, 'dump') });
+      const { code, report } = await run.finished;
+      await verifyMigrated(t, s, report, code);
+    });
+  });
+
+  test(`(3) CRIU ${version}: mutual TLS on the control and page connections`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const p = await testPki();
+    await scene(t, `tls-${version}`, { srcCriu: version, mib: 16, agentArgs: migrationTlsArgs(p, p.destination) }, async (s) => {
+      const run = runMigrate({
+        netns: hosts.source,
+        pid: s.source.workload.pid,
+        agent: s.agent,
+        criu: criu(),
+        dumpDir: path.join(s.runDir, 'dump'),
+        extraArgs: migrationTlsArgs(p, p.source),
+      });
+      const { code, report } = await run.finished;
+      await verifyMigrated(t, s, report, code);
+    });
+  });
+
+  test(`(5) CRIU ${version}: criu restore fails on the destination; the original resumes`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(t, `restore-fails-${version}`, { srcCriu: version, mib: 16, hideWorkload: true }, async (s) => {
+      const run = runMigrate({ netns: hosts.source, pid: s.source.workload.pid, agent: s.agent, criu: criu(), dumpDir: path.join(s.runDir, 'dump') });
+      const { code, report } = await run.finished;
+      await verifyRolledBack(t, s, report, code, /the destination failed at restore: criu restore failed/);
+      assert.equal(report.restoredPid, undefined);
+    });
+  });
+
+  test(`(6) CRIU ${version}: the link cut before the point of no return`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(t, `cut-before-${version}`, { srcCriu: version, mib: 16, agentArgs: ['--pre-restore-hook', HOLDING_HOOK] }, async (s, onCleanup) => {
+      const run = runMigrate({
+        netns: hosts.source,
+        pid: s.source.workload.pid,
+        agent: s.agent,
+        criu: criu(),
+        dumpDir: path.join(s.runDir, 'dump'),
+        extraArgs: ['--link-timeout', '1'],
+      });
+      // The images are on the destination and the hook holds the restore: cut the link now.
+      const started = await pollFor('the pre-restore hook to run', 30_000, () =>
+        fs.readdirSync(s.agent.stateDir).find((id) => fs.existsSync(path.join(s.agent.stateDir, id, HOOK_STARTED))),
+      );
+      cutLink(hosts);
+      onCleanup(() => healLink(hosts));
+      const { code, report } = await run.finished;
+      await verifyRolledBack(t, s, report, code, /link timeout/);
+      const agentLog = fs.readFileSync(s.agent.logFile, 'utf8');
+      assert.match(agentLog, new RegExp(`migration ${started}: .*link timeout.*killed the pre-restore hook`));
+      assert.equal(fs.existsSync(path.join(s.agent.stateDir, started, 'restore.log')), false, 'no restore was started');
+    });
+  });
+
+  test(`(7) CRIU ${version}: the link cut after the point of no return`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(t, `cut-after-${version}`, { srcCriu: version, mib: 128 }, async (s, onCleanup) => {
+      // A slow link, so that the pages are still arriving when the cut comes.
+      await hosts.setRtt(100);
+      onCleanup(() => hosts.setRtt(0));
+      const run = runMigrate({
+        netns: hosts.source,
+        pid: s.source.workload.pid,
+        agent: s.agent,
+        criu: criu(),
+        dumpDir: path.join(s.runDir, 'dump'),
+        extraArgs: ['--link-timeout', '1'],
+      });
+      const pages = await run.waitForEvent('pages phase', (e) => e.progress === 'pages');
+      cutLink(hosts);
+      onCleanup(() => healLink(hosts));
+      t.diagnostic(`cut at ${JSON.stringify(pages)}`);
+      assert.ok((pages.present as number) < (pages.total as number), 'the cut came while pages were still missing');
+      const { code, report } = await run.finished;
+      assert.ok(report.restoredPid, 'the restore had succeeded');
+      // The agent kills its copy (lazy-pages --on-failure kill) before the source resumes the original.
+      await pollFor(`the restored copy ${report.restoredPid} to be killed`, 20_000, () => (processAlive(report.restoredPid!) ? undefined : true));
+      await verifyRolledBack(t, s, report, code, /after the restore had succeeded/);
+      assert.match(fs.readFileSync(s.agent.logFile, 'utf8'), /link timeout.*stopped lazy-pages \(it kills the restored tasks\)/);
+    });
+  });
+
+  test(`(8) CRIU ${version}: two migrations into one agent at once`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(t, `two-${version}`, { srcCriu: version, mib: 16 }, async (s, onCleanup) => {
+      const second = await startSourceWorkload(path.join(s.runDir, 'w2'), { mib: 16, seed: 7 }, hosts.source);
+      onCleanup(() => stopSourceWorkload(second));
+      const runs = [s.source, second].map((w, i) =>
+        runMigrate({ netns: hosts.source, pid: w.workload.pid, agent: s.agent, criu: criu(), dumpDir: path.join(s.runDir, `dump${i}`) }),
+      );
+      const results = await Promise.all(runs.map((r) => r.finished));
+      await verifyMigrated(t, s, results[0].report, results[0].code);
+      await verifyMigrated(t, { ...s, source: second }, results[1].report, results[1].code);
+      assert.notEqual(results[0].report.restoredPid, results[1].report.restoredPid);
+    });
+  });
+}
+
+test('(4) a destination that refuses: the source certificate is from a CA the agent does not trust', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  const p = await testPki();
+  await scene(t, 'wrong-ca', { srcCriu: '4.2.1', mib: 16, agentArgs: migrationTlsArgs(p, p.destination) }, async (s) => {
+    const run = runMigrate({
+      netns: hosts.source,
+      pid: s.source.workload.pid,
+      agent: s.agent,
+      criu: findCriu('4.2.1').path,
+      dumpDir: path.join(s.runDir, 'dump'),
+      extraArgs: ['--tls', '--tls-cacert', p.ca, '--tls-cert', p.untrusted.cert, '--tls-key', p.untrusted.key],
+    });
+    const { code, report } = await run.finished;
+    describe(t, report);
+    assert.equal(code, EXIT.untouched, report.message);
+    assert.match(report.message, /nothing was frozen/);
+    assert.match(report.message, /certificate|unknown ca|alert/i);
+    assert.equal(fs.existsSync(path.join(s.runDir, 'dump')), false, 'no dump was started');
+    await verifyRunning(s.source, s.source.workload.pid);
+    assert.match(fs.readFileSync(s.agent.logFile, 'utf8'), /refused a TLS connection from/);
+  });
+});
+
+test('(9) --pre-copy where the kernel tracks no dirty memory: said in one line, post-copy alone', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  await scene(t, 'pre-copy', { srcCriu: '4.2.1', mib: 16 }, async (s) => {
+    const run = runMigrate({
+      netns: hosts.source,
+      pid: s.source.workload.pid,
+      agent: s.agent,
+      criu: findCriu('4.2.1').path,
+      dumpDir: path.join(s.runDir, 'dump'),
+      extraArgs: ['--pre-copy'],
+    });
+    const { code, report } = await run.finished;
+    const notes = run.events.filter((e) => typeof e.note === 'string' && /pre-copy/.test(e.note as string));
+    assert.equal(notes.length, 1, 'one line about --pre-copy');
+    assert.match(notes[0].note as string, /does not track dirty memory .*mem_dirty_track.*post-copy alone/);
+    assert.match(report.preCopy ?? '', /not available/);
+    await verifyMigrated(t, s, report, code);
+  });
+});
+
+test('(10) CRIU 4.2.1 on the source, 4.1.1 on the destination: refused before anything is frozen', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  await scene(t, 'mismatch', { srcCriu: '4.2.1', dstCriu: '4.1.1', mib: 16 }, async (s) => {
+    const run = runMigrate({ netns: hosts.source, pid: s.source.workload.pid, agent: s.agent, criu: findCriu('4.2.1').path, dumpDir: path.join(s.runDir, 'dump') });
+    const { code, report } = await run.finished;
+    describe(t, report);
+    assert.equal(code, EXIT.untouched, report.message);
+    assert.match(report.message, /the source's CRIU 4\.2\.1 writes images the destination's CRIU 4\.1\.1 cannot restore/);
+    assert.match(report.message, /nothing was frozen/);
+    await verifyRunning(s.source, s.source.workload.pid);
+  });
+});
