@@ -507,7 +507,7 @@ const linkTimeout = flag({
   default: 10,
   min: 1,
   fraction: true,
-  describe: "seconds the control link may stay silent: the agent then gives up (and kills a restored copy), the source after twice that (and resumes the original)",
+  describe: 'seconds without a byte on the control link: the agent then gives up (killing a restored copy), this side after twice that (resuming the original)',
 });
 const migrationTls = {
   ...TLS,
@@ -526,7 +526,7 @@ export const MIGRATE = role({
     pid: flag({ type: 'number', arg: 'PID', min: 1, required: true, describe: 'the root of the process tree to move' }),
     to: flag({ type: 'string', arg: 'HOST:PORT', required: true, describe: "the destination's `lazyd agent` (IPv6: [ADDR]:PORT)" }),
     criu: { ...criuBinary, describe: "this host's criu binary (a path, or a name looked up in PATH)" },
-    linkTimeout: { ...linkTimeout, describe: 'seconds the agent may stay silent; after twice that the migration is rolled back' },
+    linkTimeout,
     pagePort: flag({
       type: 'number',
       arg: 'N',
@@ -562,7 +562,8 @@ export const AGENT = role({
       arg: 'CMD',
       describe: 'a shell command run before each restore, in its directory (env LAZYD_MIGRATION_ID, LAZYD_MIGRATION_DIR); non-zero fails the migration',
     }),
-    ...PROCESS,
+    statusFd: PROCESS.statusFd,
+    pidfile: PROCESS.pidfile,
     ...LOGGING,
     verbosity: { ...verbosity, default: 3 },
     config,
