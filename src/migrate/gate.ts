@@ -30,6 +30,82 @@ function bare(address: string | undefined): string {
   return (address ?? '').replace(/^::ffff:/, '');
 }
 
+/** The destination's side of the stream: fixed-size headers only (GETs, then one CLOSE; §1.6). */
+export class RequestScanner {
+  private buffer: Buffer = Buffer.alloc(0);
+  /** The CLOSE header, once it has come (nothing may follow it but the EOF). */
+  close: Buffer | undefined;
+  gets = 0;
+  constructor(private readonly headerSize: 24 | 32) {}
+
+  /** Takes bytes from the destination; returns those that may go on to the dump now (whole headers). */
+  feed(chunk: Buffer): Buffer {
+    if (this.close) return Buffer.alloc(0);
+    this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
+    const size = this.headerSize;
+    let pass = 0;
+    while (this.buffer.length - pass >= size) {
+      const command = this.buffer.readUInt32LE(pass) & PS_CMD_MASK;
+      if (command === PS_IOV_CLOSE || command === PS_IOV_FORCE_CLOSE) {
+        const out = this.buffer.subarray(0, pass);
+        this.close = Buffer.from(this.buffer.subarray(pass, pass + size));
+        this.buffer = Buffer.alloc(0);
+        return out;
+      }
+      if (command === PS_IOV_GET) this.gets++;
+      pass += size;
+    }
+    const out = this.buffer.subarray(0, pass);
+    this.buffer = this.buffer.subarray(pass);
+    return out;
+  }
+}
+
+/** The dump's side: per GET an ADD_F header and nr_pages pages (§1.6); what follows the last one is the CLOSE status. */
+export class ReplyCounter {
+  private header: Buffer = Buffer.alloc(0);
+  private payloadLeft = 0;
+  /** Replies still due (GETs passed on minus replies read whole). */
+  due = 0;
+  pages = 0;
+  replies = 0;
+  constructor(
+    private readonly headerSize: 24 | 32,
+    private readonly pageSize: number,
+  ) {}
+
+  feed(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length && this.due > 0) {
+      if (this.payloadLeft > 0) {
+        const take = Math.min(this.payloadLeft, chunk.length - at);
+        this.payloadLeft -= take;
+        at += take;
+        if (this.payloadLeft === 0) this.replyDone();
+        continue;
+      }
+      const piece = chunk.subarray(at, at + this.headerSize - this.header.length);
+      this.header = this.header.length ? Buffer.concat([this.header, piece]) : Buffer.from(piece);
+      at += piece.length;
+      if (this.header.length < this.headerSize) return;
+      const command = this.header.readUInt32LE(0) & PS_CMD_MASK;
+      const pages = this.headerSize === 24 ? this.header.readUInt32LE(4) : Number(this.header.readBigUInt64LE(8));
+      this.header = Buffer.alloc(0);
+      if (command !== PS_IOV_ADD_F || pages === 0) {
+        this.replyDone();
+        continue;
+      }
+      this.pages += pages;
+      this.payloadLeft = pages * this.pageSize;
+    }
+  }
+
+  private replyDone(): void {
+    this.due--;
+    this.replies++;
+  }
+}
+
 /**
  * Events: 'connected' (the daemon connected), 'refused' (reason: a connection from elsewhere), 'end'
  * (GateOutcome, once).
@@ -40,21 +116,24 @@ export class PageGate extends EventEmitter {
   private down: net.Socket | undefined;
   private up: net.Socket | undefined;
   private committed = false;
-  private heldClose: Buffer | undefined;
   private closeSent = false;
   private ended = false;
-  private requestBuf: Buffer = Buffer.alloc(0);
-  private replyBuf: Buffer = Buffer.alloc(0);
-  private payloadLeft = 0;
-  private getsOutstanding = 0;
-  /** Pages the dump has sent (replies' nr_pages), and the bytes that crossed to and from the destination. */
-  pagesServed = 0;
+  private readonly requests: RequestScanner;
+  private readonly replies: ReplyCounter;
+  /** Bytes that crossed to and from the destination. */
   bytesToDestination = 0;
   bytesFromDestination = 0;
   port = 0;
 
   constructor(private readonly options: GateOptions) {
     super();
+    this.requests = new RequestScanner(options.headerSize);
+    this.replies = new ReplyCounter(options.headerSize, options.pageSize);
+  }
+
+  /** Pages the dump has sent (the replies' nr_pages). */
+  get pagesServed(): number {
+    return this.replies.pages;
   }
 
   async listen(): Promise<number> {
@@ -71,7 +150,7 @@ export class PageGate extends EventEmitter {
   /** The destination's restore succeeded: the daemon's CLOSE may reach the dump. */
   commit(): void {
     this.committed = true;
-    if (this.heldClose) this.forwardClose();
+    if (this.requests.close) this.forwardClose();
   }
 
   /** Any failure before the CLOSE went through: reset the dump's connection, so CRIU resumes the originals. */
@@ -128,30 +207,16 @@ export class PageGate extends EventEmitter {
 
   private fromDestination(chunk: Buffer): void {
     this.bytesFromDestination += chunk.length;
-    if (this.heldClose) return; // nothing follows a CLOSE but the EOF
-    this.requestBuf = this.requestBuf.length ? Buffer.concat([this.requestBuf, chunk]) : chunk;
-    const size = this.options.headerSize;
-    let pass = 0;
-    while (this.requestBuf.length - pass >= size) {
-      const command = this.requestBuf.readUInt32LE(pass) & PS_CMD_MASK;
-      if (command === PS_IOV_CLOSE || command === PS_IOV_FORCE_CLOSE) {
-        this.writeUp(this.requestBuf.subarray(0, pass));
-        this.heldClose = Buffer.from(this.requestBuf.subarray(pass, pass + size));
-        this.requestBuf = Buffer.alloc(0);
-        if (this.committed) this.forwardClose();
-        return;
-      }
-      if (command === PS_IOV_GET) this.getsOutstanding++;
-      pass += size;
-    }
-    this.writeUp(this.requestBuf.subarray(0, pass));
-    this.requestBuf = this.requestBuf.subarray(pass);
+    const before = this.requests.gets;
+    this.writeUp(this.requests.feed(chunk));
+    this.replies.due += this.requests.gets - before;
+    if (this.requests.close && this.committed) this.forwardClose();
   }
 
   private forwardClose(): void {
-    if (this.closeSent || this.ended || !this.heldClose) return;
+    if (this.closeSent || this.ended || !this.requests.close) return;
     this.closeSent = true;
-    this.writeUp(this.heldClose);
+    this.writeUp(this.requests.close);
   }
 
   private writeUp(bytes: Buffer): void {
@@ -163,41 +228,11 @@ export class PageGate extends EventEmitter {
   }
 
   private fromDump(chunk: Buffer): void {
-    this.countReplies(chunk);
+    this.replies.feed(chunk);
     this.bytesToDestination += chunk.length;
     if (!this.down!.write(chunk)) {
       this.up!.pause();
       this.down!.once('drain', () => this.up?.resume());
-    }
-  }
-
-  /** Follows the reply stream: a header, then nr_pages pages for an ADD_F (§1.6); the CLOSE status after that. */
-  private countReplies(chunk: Buffer): void {
-    let at = 0;
-    while (at < chunk.length && this.getsOutstanding > 0) {
-      if (this.payloadLeft > 0) {
-        const take = Math.min(this.payloadLeft, chunk.length - at);
-        this.payloadLeft -= take;
-        at += take;
-        if (this.payloadLeft === 0) this.getsOutstanding--;
-        continue;
-      }
-      const size = this.options.headerSize;
-      const need = size - this.replyBuf.length;
-      const piece = chunk.subarray(at, at + need);
-      this.replyBuf = Buffer.concat([this.replyBuf, piece]);
-      at += piece.length;
-      if (this.replyBuf.length < size) return;
-      const header = this.replyBuf;
-      this.replyBuf = Buffer.alloc(0);
-      const command = header.readUInt32LE(0) & PS_CMD_MASK;
-      const pages = size === 24 ? header.readUInt32LE(4) : Number(header.readBigUInt64LE(8));
-      if (command !== PS_IOV_ADD_F || pages === 0) {
-        this.getsOutstanding--;
-        continue;
-      }
-      this.pagesServed += pages;
-      this.payloadLeft = pages * this.options.pageSize;
     }
   }
 
