@@ -225,6 +225,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     });
     const gatePort = await race(gate.listen());
     const gateEnded = new Promise<GateOutcome>((resolve) => gate!.once('end', resolve));
+    // The gate has reset the dump itself (the destination's page connection failed): that is the cause to report.
+    void gateEnded.then((outcome) => {
+      if (!outcome.ok) abortWith(new Failure(outcome.reason));
+    });
     gate.on('refused', (why: string) => progress.note(`refused ${why}`));
 
     // ---- 4. the images

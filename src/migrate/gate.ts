@@ -137,7 +137,24 @@ export class PageGate extends EventEmitter {
   }
 
   async listen(): Promise<number> {
-    const server = net.createServer((socket) => this.onConnection(socket));
+    const tlsOptions = this.options.tls;
+    let server: net.Server;
+    if (tlsOptions) {
+      // A tls.Server (a bare TLSSocket would not check the client's certificate); its 'connection' event still
+      // hands out the TCP socket underneath, which a failure resets.
+      const secure = tls.createServer({ ...tlsOptions, requestCert: true, rejectUnauthorized: false });
+      secure.on('secureConnection', (socket: tls.TLSSocket) => {
+        if (socket.authorized) this.attach(socket);
+        else this.failAndAbort(`the destination's page connection presented a certificate that does not verify (${socket.authorizationError ?? 'none'})`);
+      });
+      secure.on('tlsClientError', (error: Error) => this.failAndAbort(`the destination's page connection failed its TLS handshake: ${error.message}`));
+      server = secure;
+    } else {
+      server = net.createServer();
+    }
+    server.on('connection', (raw: net.Socket) => {
+      if (this.accept(raw) && !tlsOptions) this.attach(raw);
+    });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -155,7 +172,7 @@ export class PageGate extends EventEmitter {
 
   /** Any failure before the CLOSE went through: reset the dump's connection, so CRIU resumes the originals. */
   abort(reason: string): void {
-    if (this.closeSent) return; // too late: the dump has the CLOSE
+    if (this.closeSent || this.ended) return; // too late (the dump has the CLOSE), or done already
     if (!this.up) {
       // The daemon never connected: connect only to reset (criu accepts one client, then the read fails).
       this.up = net.connect(this.options.dumpPort, '127.0.0.1');
@@ -170,39 +187,41 @@ export class PageGate extends EventEmitter {
     this.server?.close();
   }
 
-  private onConnection(raw: net.Socket): void {
+  /** The first connection from the agent's address is the one; any other is reset. */
+  private accept(raw: net.Socket): boolean {
     raw.on('error', () => undefined);
     if (this.raw || bare(raw.remoteAddress) !== bare(this.options.peerAddress)) {
       this.emit('refused', `a page connection from ${raw.remoteAddress} (expected one from ${this.options.peerAddress})`);
       raw.resetAndDestroy();
-      return;
+      return false;
     }
     this.raw = raw;
     this.server?.close(); // one client, as criu's own lazy server
     raw.setNoDelay(true);
-    // TLS over the raw socket we keep, so that a failure can still reset the TCP connection underneath.
-    const down = this.options.tls
-      ? new tls.TLSSocket(raw, { isServer: true, requestCert: true, rejectUnauthorized: true, secureContext: tls.createSecureContext(this.options.tls) })
-      : raw;
+    return true;
+  }
+
+  /** The destination's daemon is connected (and verified, with TLS): connect to the dump and pass bytes both ways. */
+  private attach(down: net.Socket): void {
+    if (this.ended) {
+      this.raw?.resetAndDestroy();
+      return;
+    }
     this.down = down;
     down.on('error', (error) => this.failAndAbort(`the destination's page connection failed: ${error.message}`));
     down.on('end', () => {
       if (this.closeSent) this.up?.end();
       else this.failAndAbort("the destination's page connection ended before every page was present");
     });
-    const start = () => {
-      this.emit('connected');
-      const up = net.connect(this.options.dumpPort, '127.0.0.1');
-      this.up = up;
-      up.setNoDelay(true);
-      up.on('error', (error) => this.upstreamEnded(`criu dump's page connection failed: ${error.message}`));
-      up.on('end', () => this.upstreamEnded(undefined));
-      up.on('close', () => this.upstreamEnded(undefined));
-      up.on('data', (chunk: Buffer) => this.fromDump(chunk));
-      down.on('data', (chunk: Buffer) => this.fromDestination(chunk));
-    };
-    if (this.options.tls) down.once('secure', start);
-    else start();
+    this.emit('connected');
+    const up = net.connect(this.options.dumpPort, '127.0.0.1');
+    this.up = up;
+    up.setNoDelay(true);
+    up.on('error', (error) => this.upstreamEnded(`criu dump's page connection failed: ${error.message}`));
+    up.on('end', () => this.upstreamEnded(undefined));
+    up.on('close', () => this.upstreamEnded(undefined));
+    up.on('data', (chunk: Buffer) => this.fromDump(chunk));
+    down.on('data', (chunk: Buffer) => this.fromDestination(chunk));
   }
 
   private fromDestination(chunk: Buffer): void {

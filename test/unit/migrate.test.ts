@@ -118,3 +118,62 @@ for (const { version, headerBytes } of FIXTURE_VERSIONS) {
     }
   });
 }
+
+/** A listener where the dump's loopback port would be: records how each connection to it ended. */
+async function dumpPortWatcher(): Promise<{ port: number; ends: Promise<string>; close: () => void }> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const ends = new Promise<string>((resolve) =>
+    server.once('connection', (socket) => {
+      socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+      socket.on('end', () => resolve('EOF'));
+      socket.resume();
+    }),
+  );
+  return { port: (server.address() as net.AddressInfo).port, ends, close: () => server.close() };
+}
+
+test('page gate: a failure before the CLOSE resets the dump port (never a clean EOF), also with no client yet', async () => {
+  const { PageGate } = await import('../../src/migrate/gate.js');
+  const dump = await dumpPortWatcher();
+  const gate = new PageGate({ listenAddress: '127.0.0.1', listenPort: 0, peerAddress: '127.0.0.1', dumpPort: dump.port, headerSize: 32, pageSize: 4096 });
+  await gate.listen();
+  const ended = new Promise((resolve) => gate.once('end', resolve));
+  gate.abort('the test gives up');
+  assert.deepEqual(await ended, { ok: false, reason: 'the test gives up' });
+  assert.equal(await dump.ends, 'ECONNRESET');
+  dump.close();
+});
+
+test('page gate, TLS: a client whose certificate does not verify is refused and the dump reset', async () => {
+  const { PageGate } = await import('../../src/migrate/gate.js');
+  const { makeMigrationPki } = await import('../harness/agent.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-gate-pki-'));
+  try {
+    const pki = await makeMigrationPki(dir);
+    const dump = await dumpPortWatcher();
+    const read = (file: string) => fs.readFileSync(file);
+    const gate = new PageGate({
+      listenAddress: '127.0.0.1',
+      listenPort: 0,
+      peerAddress: '127.0.0.1',
+      dumpPort: dump.port,
+      headerSize: 32,
+      pageSize: 4096,
+      tls: { ca: read(pki.ca), cert: read(pki.source.cert), key: read(pki.source.key) },
+    });
+    const port = await gate.listen();
+    const ended = new Promise<{ ok: boolean; reason?: string }>((resolve) => gate.once('end', resolve));
+    const tls = await import('node:tls');
+    const client = tls.connect({ host: '127.0.0.1', port, ca: read(pki.ca), cert: read(pki.untrusted.cert), key: read(pki.untrusted.key) });
+    client.on('error', () => undefined);
+    const outcome = await ended;
+    assert.equal(outcome.ok, false);
+    assert.match(outcome.reason ?? '', /presented a certificate that does not verify|failed its TLS handshake/);
+    assert.equal(await dump.ends, 'ECONNRESET');
+    client.destroy();
+    dump.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
