@@ -8,7 +8,7 @@
 // scripts/write-flag-tables.mjs writes them; test/unit/config.test.ts fails when README.md holds anything else.
 // Not loaded by any command.
 import { defaultText, flagName, meaning, type Flag, type Flags } from './flag.js';
-import { CHECK, FLAG_GROUPS, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_COMMAND, type Role } from './flags.js';
+import { AGENT, CHECK, FLAG_GROUPS, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_COMMAND, type Role } from './flags.js';
 
 export interface FlagTable {
   /** The marker's name: <!-- flags:ID -->. */
@@ -38,6 +38,9 @@ export const README_TABLES: readonly FlagTable[] = [
   { id: 'lazy-pages', role: LAZY_PAGES, keys: Object.keys(LAZY_PAGES.flags).filter((k) => !tlsKeys.has(k)) },
   { id: 'staging-command', role: STAGING_COMMAND, keys: Object.keys(STAGING_COMMAND.flags) },
   { id: 'check', role: CHECK, keys: Object.keys(CHECK.flags) },
+  // The TLS file flags are the page server's (the 'tls' table); --tls itself says more here.
+  { id: 'migrate', role: MIGRATE, keys: Object.keys(MIGRATE.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
+  { id: 'agent', role: AGENT, keys: Object.keys(AGENT.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
 ];
 
 const cell = (text: string) => text.replace(/\|/g, '\\|');
