@@ -3,6 +3,7 @@
 import type { Benchmark } from './lib/types.js';
 import { lazyPagesBenchmark } from './lazy-pages.js';
 import { limitsBenchmark } from './limits.js';
+import { migrateBenchmark } from './migrate.js';
 import { migrationBenchmark } from './migration.js';
 import { pageServerBenchmark } from './page-server.js';
 import { pageStoreBenchmark } from './page-store.js';
@@ -13,6 +14,7 @@ import { tlsBenchmark } from './tls.js';
 export const BENCHMARKS: readonly Benchmark[] = [
   limitsBenchmark,
   migrationBenchmark,
+  migrateBenchmark,
   pageStoreBenchmark,
   pageServerBenchmark,
   lazyPagesBenchmark,

@@ -1,5 +1,11 @@
-// `npm run demo`: a post-copy migration on loopback, end to end, with real CRIU around lazyd.
+// `npm run demo`: a post-copy migration between two hosts made of network namespaces (10.77.0.1 → 10.77.0.2,
+// test/harness/netns.ts) with `lazyd migrate`, the way a user runs it:
 //
+//   1. start `lazyd agent` on the destination, and the self-verifying workload (64 MiB by default) on the source
+//   2. `lazyd migrate --pid PID --to 10.77.0.2:PORT` on the source: its progress and its report
+//   3. the workload, now on the destination, verifies all of its memory against its pre-migration checksum
+//
+// `--loopback` runs the older demo instead, the lower-level commands on loopback:
 //   1. build and start the self-verifying workload (64 MiB by default)
 //   2. criu dump it (a plain dump: its pages stay in the images)
 //   3. serve the images with lazyd --page-server
@@ -7,9 +13,15 @@
 //      arrives from lazyd's page server while it runs (--daemon criu uses criu lazy-pages instead)
 //   5. wait until every page is present and the workload has verified all of its memory
 //
-// Usage: node dist/scripts/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--daemon lazyd|criu] [--keep]
+// Usage: node dist/scripts/demo.js [--mib N] [--criu 4.1.1|4.2.1] [--keep]
+//        node dist/scripts/demo.js --loopback [--mib N] [--criu 4.1.1|4.2.1] [--server lazyd|criu|lazyd-dropin] [--daemon lazyd|criu] [--keep]
 // Needs root and CRIU installed by scripts/install-criu.sh. Exits non-zero on any failure.
+import fs from 'node:fs';
+import path from 'node:path';
 import { readServedSessions, type ServedSessions } from '../test/harness/session-log.js';
+import { createTwoHosts } from '../test/harness/netns.js';
+import { runMigrate, startAgent, startSourceWorkload, stopSourceWorkload, verifyRunning } from '../test/harness/agent.js';
+import { formatReport } from '../src/migrate/report.js';
 import {
   checkHost,
   CRIU_VERSIONS,
@@ -21,6 +33,8 @@ import {
   type ServerKind,
   type DaemonKind,
   DAEMON_KINDS,
+  findCriu,
+  withRunDir,
 } from '../test/harness/index.js';
 
 interface DemoOptions {
@@ -29,12 +43,15 @@ interface DemoOptions {
   server: ServerKind;
   daemon: DaemonKind;
   keep: boolean;
+  loopback: boolean;
 }
 
-const USAGE = `usage: node dist/scripts/demo.js [--mib N] [--criu ${CRIU_VERSIONS.join('|')}] [--server ${SERVER_KINDS.join('|')}] [--daemon ${DAEMON_KINDS.join('|')}] [--keep]`;
+const USAGE =
+  `usage: node dist/scripts/demo.js [--mib N] [--criu ${CRIU_VERSIONS.join('|')}] [--keep]            lazyd migrate between two namespaces\n` +
+  `       node dist/scripts/demo.js --loopback [--mib N] [--criu ${CRIU_VERSIONS.join('|')}] [--server ${SERVER_KINDS.join('|')}] [--daemon ${DAEMON_KINDS.join('|')}] [--keep]`;
 
 function parseArgs(argv: string[]): DemoOptions {
-  const options: DemoOptions = { mib: 64, criu: '4.2.1', server: 'lazyd', daemon: 'lazyd', keep: false };
+  const options: DemoOptions = { mib: 64, criu: '4.2.1', server: 'lazyd', daemon: 'lazyd', keep: false, loopback: false };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split(/=(.*)/s, 2);
     const value = () => {
@@ -69,6 +86,9 @@ function parseArgs(argv: string[]): DemoOptions {
       }
       case '--keep':
         options.keep = true;
+        break;
+      case '--loopback':
+        options.loopback = true;
         break;
       case '-h':
       case '--help':
@@ -106,8 +126,58 @@ function report(result: MigrationResult, served: ServedSessions | undefined, opt
   return lines.join('\n');
 }
 
+/** The default demo: `lazyd agent` on the destination namespace, `lazyd migrate` on the source one. */
+async function migrateDemo(options: DemoOptions): Promise<number> {
+  const started = performance.now();
+  const say = (message: string) =>
+    process.stdout.write(`[${((performance.now() - started) / 1000).toFixed(2).padStart(6)}s] ${message}\n`);
+  process.stdout.write(
+    `lazyd demo: lazyd migrate of a ${options.mib} MiB workload from 10.77.0.1 to 10.77.0.2 (two network namespaces, CRIU ${options.criu})\n`,
+  );
+  checkHost([options.criu]);
+  const criu = findCriu(options.criu);
+  const hosts = createTwoHosts({ id: `demo${process.pid % 1000}` });
+  try {
+    return await withRunDir(
+      'demo-migrate',
+      async (runDir, onCleanup) => {
+        const agent = await startAgent({ netns: hosts.destination, criu: criu.path, stateDir: path.join(runDir, 'agent') });
+        onCleanup(() => agent.stop());
+        say(`dst# lazyd agent --listen ${agent.address}:0 --criu ${criu.path}   (listening on port ${agent.port})`);
+        const source = await startSourceWorkload(path.join(runDir, 'w'), { mib: options.mib, order: 'random', seed: 2024, threads: 1 }, hosts.source);
+        onCleanup(() => stopSourceWorkload(source));
+        say(`src: the workload runs as pid ${source.workload.pid}, verifying its memory (checksum ${source.sums[0]})`);
+        say(`src# lazyd migrate --pid ${source.workload.pid} --to ${agent.address}:${agent.port} --criu ${criu.path}`);
+        const run = runMigrate({ netns: hosts.source, pid: source.workload.pid, agent, criu: criu.path, dumpDir: path.join(runDir, 'dump') });
+        let shown = 0;
+        const show = setInterval(() => {
+          for (const event of run.events.slice(shown)) say(`    ${JSON.stringify(event)}`);
+          shown = run.events.length;
+        }, 100);
+        const { code, report } = await run.finished.finally(() => clearInterval(show));
+        for (const event of run.events.slice(shown)) say(`    ${JSON.stringify(event)}`);
+        process.stdout.write(formatReport(report) + '\n');
+        if (code !== 0) throw new Error(`lazyd migrate exited ${code}`);
+        onCleanup(() => process.kill(report.restoredPid!, 'SIGKILL'));
+        const passes = await verifyRunning(source, report.restoredPid!);
+        say(
+          `dst: the workload runs as pid ${report.restoredPid}; ${passes[0].length} clean passes over all ${passes[0][0]?.ok ?? 0} pages, ` +
+            `checksum ${passes[0].at(-1)?.sum} (the same as before the migration)`,
+        );
+        if (options.keep) say(`files kept in ${runDir}`);
+        fs.writeFileSync(path.join(runDir, 'report.json'), JSON.stringify(report, null, 2));
+        return 0;
+      },
+      options.keep,
+    );
+  } finally {
+    hosts.destroy();
+  }
+}
+
 async function main(): Promise<number> {
   const options = parseArgs(process.argv.slice(2));
+  if (!options.loopback) return migrateDemo(options);
   const started = performance.now();
   const say = (message: string) =>
     process.stdout.write(`[${((performance.now() - started) / 1000).toFixed(2).padStart(6)}s] ${message}\n`);

@@ -2,6 +2,9 @@
 # Coverage-guided fuzzing, bounded in time (not part of `npm test`):
 #   wire_fuzz     native/fuzz/wire_fuzz.cc      the page_server_iov header codec and autodetection (libFuzzer)
 #   session_fuzz  native/fuzz/session_fuzz.cc   LazySession / UploadSession fed a client stream (libFuzzer)
+#   page_client_fuzz  native/fuzz/page_client_fuzz.cc  the lazy-pages daemon's PageClient reading a hostile page
+#                                               server's replies (libFuzzer)
+#   handshake_fuzz    native/fuzz/handshake_fuzz.cc    a hostile restore hand-over on lazy-pages.socket (libFuzzer)
 #   images        test/fuzz/images.fuzz.ts      the TypeScript CRIU image parsers (mutation fuzzing, run-images.ts;
 #                                               Jazzer.js cannot run on bookworm's glibc — see run-images.ts)
 # The native targets run under ASan + UBSan. Seeds come from the real recorded CRIU streams and images in
@@ -13,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-300}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(wire_fuzz session_fuzz images)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(wire_fuzz session_fuzz page_client_fuzz handshake_fuzz images)
 FIXTURES="$PWD/test/fixtures"
 [ -d "$FIXTURES/criu-4.1.1" ] && [ -d "$FIXTURES/criu-4.2.1" ] ||
   { echo "fuzz.sh: $FIXTURES/criu-4.1.1 or criu-4.2.1 is missing (regenerate with scripts/record-fixtures.sh)" >&2; exit 2; }
@@ -62,6 +65,34 @@ EOF
   fi
 }
 
+seed_page_client() {
+  local corpus="$OUT/page_client_fuzz/corpus"
+  mkdir -p "$corpus"
+  # A settings byte (bit 0: the 32-byte layout; bit 1: end with CLOSE), then the replies real page servers sent:
+  # criu dump --lazy-pages's recorded stream (first 256 KiB: its first replies whole), for both CRIU versions.
+  printf '\x02' >"$corpus/seed-4.1.1"; head -c 262144 "$FIXTURES/criu-4.1.1/remote-lazy/server-to-client.bin" >>"$corpus/seed-4.1.1"
+  printf '\x03' >"$corpus/seed-4.2.1"; head -c 262144 "$FIXTURES/criu-4.2.1/remote-lazy/server-to-client.bin" >>"$corpus/seed-4.2.1"
+  python3 - "$corpus" <<'PY'
+import struct, sys, os
+d = sys.argv[1]
+def r24(nr, va, pid, fill): return struct.pack('<IIQQ', (4 << 16) | 6, nr, va, pid) + bytes([fill]) * (nr * 4096)
+def r32(nr, va, pid, fill): return struct.pack('<IIQQQ', (4 << 16) | 6, 0, nr, va, pid) + bytes([fill]) * (nr * 4096)
+open(os.path.join(d, 'seed-two24'), 'wb').write(b'\x02' + r24(2, 0x7f0000000000, 1, 1) + r24(1, 0x7f0000010000, 1, 2) + bytes(4))
+open(os.path.join(d, 'seed-two32'), 'wb').write(b'\x07' + r32(3, 0x7f0000000000, 9, 3) + r32(1, 0x7e0000000000, 9, 4) + bytes(4))
+PY
+}
+
+seed_handshake() {
+  local corpus="$OUT/handshake_fuzz/corpus"
+  mkdir -p "$corpus"
+  # First byte: the expected task count (mod 9); then steps (native/fuzz/handshake_fuzz.cc): 1 = a pid and its
+  # fd, 7 = RSTF, 3 = EOF, 0x0c = 4 raw bytes (here a zombie's -pid), 0x0a = a data byte with 2 fds.
+  printf '\x02\x01\x2a\x00\x01\x2b\x00\x07\x03' >"$corpus/seed-two-tasks"
+  printf '\x02\x01\x2a\x00\x0c\xf0\xff\xff\xff\x07\x03' >"$corpus/seed-task-and-zombie"
+  printf '\x01\x0c\x05\x00\x00\x00\x0a\x07\x03' >"$corpus/seed-two-fds"
+  printf '\x03\x01\x2a\x00\x07\x03' >"$corpus/seed-early-rstf"
+}
+
 seed_images() {
   local corpus="$OUT/images/corpus"
   mkdir -p "$corpus"
@@ -84,10 +115,16 @@ for target in "${TARGETS[@]}"; do
   mkdir -p "$OUT/$target"
   echo "== $target: ${SECONDS_PER_TARGET}s"
   case "$target" in
-    wire_fuzz | session_fuzz)
+    wire_fuzz | session_fuzz | page_client_fuzz | handshake_fuzz)
       build_native "$target" || { echo "fuzz.sh: building $target failed" >&2; exit 2; }
-      seed_native "$target"
-      (cd "$OUT/$target" && "$OUT/$target.bin" -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -timeout=10 \
+      case "$target" in
+        page_client_fuzz) seed_page_client ;;
+        handshake_fuzz) seed_handshake ;;
+        *) seed_native "$target" ;;
+      esac
+      max_len=65536
+      [ "$target" = page_client_fuzz ] && max_len=300000  # a few replies of up to 64 pages each
+      (cd "$OUT/$target" && "$OUT/$target.bin" -max_total_time="$SECONDS_PER_TARGET" -max_len="$max_len" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1 corpus) >"$log" 2>&1
       rc=$?
       execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
@@ -104,7 +141,7 @@ for target in "${TARGETS[@]}"; do
       feat="n/a"
       ;;
     *)
-      echo "fuzz.sh: unknown target $target (wire_fuzz, session_fuzz, images)" >&2
+      echo "fuzz.sh: unknown target $target (wire_fuzz, session_fuzz, page_client_fuzz, handshake_fuzz, images)" >&2
       exit 2
       ;;
   esac

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-# script (a pty), setpriv (a dropped capability) and systemd-analyze (the unit file) are for the ops tests.
+# script (a pty), setpriv (a dropped capability) and systemd-analyze (the unit files: `verify`, and `security
+# --offline=true` for their exposure scores; both work without systemd running) are for the ops tests.
 for tool in cmake g++ gcc make python3 ip patchelf script setpriv systemd-analyze pkg-config openssl iptables; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done

@@ -43,9 +43,21 @@ export interface PageServerFlagOptions {
   singleSession: boolean;
 }
 
+/** Who may connect, and for what (--allow-from & co; native/core/net/access_policy.h). Empty lists: everyone. */
+export interface NativeAccessOptions {
+  /** CIDR blocks that may fetch (--allow-from + --allow-fetch-from). */
+  fetchFrom: string[];
+  /** CIDR blocks that may upload (--allow-from + --allow-upload-from). */
+  uploadFrom: string[];
+  /** TLS: names one of which the peer's certificate must carry to fetch / to upload. */
+  fetchNames: string[];
+  uploadNames: string[];
+}
+
 export interface PageServerOptions extends PageServerFlagOptions {
   /** undefined: plain TCP. */
   tls: NativeTlsOptions | undefined;
+  access: NativeAccessOptions;
   /** Called on the JavaScript thread, in order. */
   onEvent: (event: PageServerEvent) => void;
 }
@@ -154,6 +166,8 @@ export interface PageServerStats {
   bytesReceived: number;
   /** TLS handshakes that failed or timed out (peer refused, not TLS, ...). */
   tlsFailures: number;
+  /** Connections and sessions refused by --allow-from & co (address or certificate name). */
+  accessRefused: number;
   /** GET requests read and not yet answered in full, over all sessions. */
   requestsInFlight: number;
   stagingBytes: number;

@@ -38,6 +38,37 @@ const char* event_kind_name(lazyd::ServerEvent::Kind kind) {
   return "?";
 }
 
+// The `access` option (--allow-from & co): {fetchFrom, uploadFrom, fetchNames, uploadNames}, arrays of strings;
+// the CIDR blocks are checked by the flags already, so a bad one here is a caller's bug (a TypeError).
+lazyd::AccessPolicy access_option(Napi::Env env, Napi::Value value) {
+  if (!value.IsObject()) throw Napi::TypeError::New(env, "PageServer: option access must be an object");
+  Napi::Object o = value.As<Napi::Object>();
+  auto strings = [&](const char* name) {
+    Napi::Value v = o.Get(name);
+    if (!v.IsArray()) throw Napi::TypeError::New(env, std::string("PageServer: option access.") + name + " must be an array");
+    Napi::Array array = v.As<Napi::Array>();
+    std::vector<std::string> out;
+    for (uint32_t i = 0; i < array.Length(); i++) out.push_back(array.Get(i).ToString().Utf8Value());
+    return out;
+  };
+  auto blocks = [&](const char* name) {
+    std::vector<lazyd::Cidr> out;
+    for (const std::string& text : strings(name)) {
+      lazyd::Cidr cidr;
+      std::string error;
+      if (!lazyd::parse_cidr(text, &cidr, &error)) throw Napi::TypeError::New(env, std::string("PageServer: access.") + name + ": " + error);
+      out.push_back(cidr);
+    }
+    return out;
+  };
+  lazyd::AccessPolicy policy;
+  policy.fetch_from = blocks("fetchFrom");
+  policy.upload_from = blocks("uploadFrom");
+  policy.fetch_names = strings("fetchNames");
+  policy.upload_names = strings("uploadNames");
+  return policy;
+}
+
 }  // namespace
 
 Napi::Function PageServerWrap::Define(Napi::Env env) {
@@ -80,6 +111,7 @@ PageServerWrap::PageServerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWra
   config_.upload.format = config_.session.format;
   config_.tls = tls_option(env, required_option(env, options, "PageServer", "tls"));
   config_.tls_handshake_timeout_ms = static_cast<int>(number("tlsHandshakeTimeoutMs"));
+  config_.access = access_option(env, required_option(env, options, "PageServer", "access"));
   index_ = std::make_shared<lazyd::PageIndex>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
   events_ = Napi::ThreadSafeFunction::New(env, options.Get("onEvent").As<Napi::Function>(), "lazyd-page-server",
                                           0, 1);
@@ -168,6 +200,7 @@ Napi::Value PageServerWrap::Stats(const Napi::CallbackInfo& info) {
   object.Set("bytesTotal", uint64_value(env, s.bytes_total));
   object.Set("bytesReceived", uint64_value(env, s.bytes_received));
   object.Set("tlsFailures", uint64_value(env, s.tls_failures));
+  object.Set("accessRefused", uint64_value(env, s.access_refused));
   object.Set("requestsInFlight", uint64_value(env, s.requests_in_flight));
   object.Set("stagingBytes", uint64_value(env, s.staging_bytes));
   object.Set("stagingMaxBytes", uint64_value(env, s.staging_max_bytes));

@@ -8,11 +8,16 @@
 //   autodetection rule of README "Wire formats";
 // - an upload command is detected as 24-byte exactly when the low byte of u64@16 (a dst_id's type) is nonzero;
 // - decode() then encode() gives back the input's bytes in both layouts (the 32-byte padding included);
-// - encode() refuses a 24-byte header whose nr_pages does not fit in u32, and only that.
+// - encode() refuses a 24-byte header whose nr_pages does not fit in u32, and only that;
+// - the input as an --allow-from block (net/access_policy.h): parse_cidr() is total; a block it accepts has a
+//   prefix of 0..128 (an IPv4 one 96..128, v4-mapped) and contains its own address, and a bad one says why.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
+#include <string>
+
+#include "net/access_policy.h"
 #include "wire/wire.h"
 
 using namespace lazyd::wire;
@@ -43,8 +48,23 @@ void check_round_trip(Format format, const uint8_t* in, size_t len) {
 
 }  // namespace
 
+void check_cidr(const uint8_t* data, size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size < 64 ? size : 64);
+  lazyd::Cidr block;
+  std::string error;
+  if (lazyd::parse_cidr(text, &block, &error)) {
+    FUZZ_CHECK(block.prefix >= 0 && block.prefix <= 128);
+    FUZZ_CHECK(block.contains(block.addr));
+    const bool v4 = text.find(':') == std::string::npos;
+    if (v4) FUZZ_CHECK(block.prefix >= 96);
+  } else {
+    FUZZ_CHECK(!error.empty());
+  }
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   constexpr size_t kPage = 4096;
+  check_cidr(data, size);
   const Format format = detect(data, size, kPage);
   FUZZ_CHECK(format == detect(data, size, kPage));
   FUZZ_CHECK(format == Format::Unknown || format == Format::V24 || format == Format::V32);

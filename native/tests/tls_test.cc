@@ -400,12 +400,81 @@ void test_engine_handshake_does_not_block() {
   close(silent);
 }
 
+// --tls-allow-name & co (net/access_policy.h): beyond the chain and CRL checks, the peer's certificate must name one
+// of the names allowed for what its first command asks. The client certificate here names IP 127.0.0.1: a fetch
+// is served where that name is allowed to fetch, and refused with one line naming the certificate's names where
+// only another name is (the session ends; nothing is served).
+void test_allowed_names() {
+  const std::string pages = dir + "/pages-1.img";  // written by test_server()
+  auto index = std::make_shared<PageIndex>(P);
+  CHECK(index->add_file(pages) == 0);
+  PageRun run;
+  run.vaddr = BASE;
+  run.nr_pages = PAGES;
+  run.flags = wire::PE_LAZY | wire::PE_PRESENT;
+  run.file = 0;
+  CHECK(index->add_task(PID, {run}) == 0);
+  for (const bool allowed : {true, false}) {
+    PageServerConfig config;
+    config.session.max_request_pages = 65536;
+    config.session.max_queued_replies = 64;
+    config.session.max_queued_bytes = 64ull << 20;
+    config.max_sessions = 16;
+    config.stall_timeout_ms = 30000;
+    config.idle_timeout_ms = 300000;
+    config.tls = context("good");
+    config.tls_handshake_timeout_ms = 10000;
+    config.session.format = wire::Format::V24;
+    config.access.fetch_names = {allowed ? "127.0.0.1" : "restore.example"};
+    config.access.upload_names = {"127.0.0.1"};  // an upload permission does not make a fetch one
+    Events events;
+    PageServer server(config, index, [&](const ServerEvent& e) {
+      if (e.kind != ServerEvent::Kind::kSessionEnd) return;
+      std::lock_guard<std::mutex> lock(events.mutex);
+      events.ended.push_back((e.ok ? "ok: " : "failed: ") + e.message);
+    });
+    uint16_t port = 0;
+    CHECK(server.listen("127.0.0.1", 0, &port) == 0);
+    CHECK(server.start() == 0);
+    Client client;
+    CHECK(client.handshake(port, "good") == 0);
+    uint8_t get[wire::HEADER_SIZE_MAX] = {};
+    wire::Header h;
+    h.cmd = wire::PS_IOV_GET;
+    h.nr_pages = 1;
+    h.vaddr = BASE;
+    h.dst_id = PID;
+    CHECK(wire::encode(wire::Format::V24, h, get));
+    client.send_all(get, wire::HEADER_SIZE_V24);
+    std::vector<uint8_t> head = client.record();
+    if (allowed) {
+      CHECK(head.size() == wire::HEADER_SIZE_V24);
+      CHECK(wire::decode(wire::Format::V24, head.data()).cmd == wire::GET_REPLY_CMD);
+      CHECK(server.stats().access_refused == 0);
+    } else {
+      CHECK(head.empty());  // refused: the session ends without a reply
+      for (int i = 0; i < 500 && server.stats().access_refused == 0; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      CHECK(server.stats().access_refused == 1);
+    }
+    server.request_stop(0);
+    server.join();
+    if (!allowed) {
+      std::lock_guard<std::mutex> lock(events.mutex);
+      CHECK(events.ended.size() == 1);
+      CHECK(events.ended[0] ==
+            "failed: fetch refused: the peer's certificate (IP:127.0.0.1) names none of restore.example "
+            "(--tls-allow-name or --tls-allow-fetch-name); session dropped");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   make_pki();
   test_context_errors();
   test_server();
+  test_allowed_names();
   test_engine_handshake_does_not_block();
   std::system(("rm -rf " + dir).c_str());
   return check_report();

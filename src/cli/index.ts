@@ -10,7 +10,7 @@ import { argvProblem, roleOf } from './role-argv.js';
 import { fastGiven } from './fast-argv.js';
 import type { CommandHandlers, Parsed } from './yargs-cli.js';
 import { tlsOptionsFrom } from './tls-options.js';
-import { CHECK, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
+import { AGENT, CHECK, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
 import { resolveValues } from '../config/resolve.js';
 
 /** Each command's options, for the config files: what a command accepts, its switches, and its aliases. */
@@ -86,6 +86,16 @@ export async function main(argv: readonly string[]): Promise<number> {
       const values = resolveValues(CHECK, given(a));
       const { runCheck } = await import('../commands/check.js');
       exitCode = runCheck({ json: values.json });
+    },
+    async migrate(a) {
+      const values = resolveValues(MIGRATE, given(a));
+      const { runMigrate } = await import('../commands/migrate.js');
+      exitCode = await runMigrate(values);
+    },
+    async agent(a) {
+      const values = resolveValues(AGENT, given(a));
+      const { runAgent } = await import('../commands/agent.js');
+      exitCode = await runAgent(values);
     },
     async daemon(a) {
       const values = resolveValues(PAGE_SERVER, given(a));

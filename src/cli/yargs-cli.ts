@@ -3,7 +3,7 @@
 // costs ~60-150 ms of start-up, and a restore waits for `lazyd lazy-pages` to be ready.
 import yargs from 'yargs';
 import { addFlags } from './yargs-options.js';
-import { CHECK, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
+import { AGENT, CHECK, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
 
 /** What yargs parsed for a command (camelCase keys; positionals of `staging` as action and id). */
 export type Parsed = Record<string, unknown> & { action?: (typeof STAGING_ACTIONS)[number]; id?: number };
@@ -14,6 +14,8 @@ export interface CommandHandlers {
   lazyPages(parsed: Parsed): Promise<void>;
   staging(parsed: Parsed): Promise<void>;
   check(parsed: Parsed): Promise<void>;
+  migrate(parsed: Parsed): Promise<void>;
+  agent(parsed: Parsed): Promise<void>;
   daemon(parsed: Parsed): Promise<void>;
 }
 
@@ -48,6 +50,18 @@ export async function runYargs(args: readonly string[], handlers: CommandHandler
       'report whether this host can run each role (page server, staging, lazy-pages) and how to fix it',
       (y) => addFlags(y, CHECK.flags),
       (a) => handlers.check(a),
+    )
+    .command(
+      'migrate',
+      'move a running process tree to the host of a `lazyd agent`, post-copy, in one command',
+      (y) => addFlags(y, MIGRATE.flags),
+      (a) => handlers.migrate(a),
+    )
+    .command(
+      'agent',
+      'the destination service of `lazyd migrate`: receives migrations and restores them lazily',
+      (y) => addFlags(y, AGENT.flags),
+      (a) => handlers.agent(a),
     )
     .command('$0', 'run the lazyd daemon', (y) => addFlags(y, PAGE_SERVER.flags), (a) => handlers.daemon(a))
     .strictOptions()

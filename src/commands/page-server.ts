@@ -7,10 +7,12 @@ import { SystemdNotifier } from '../cli/systemd.js';
 import { parseMetricsAddress, refuseSamePort, serveMetrics, type MetricsServer } from '../metrics/server.js';
 import { PageServerService } from '../page-server/service.js';
 import { startStagingControl, type StagingControlServer } from '../staging/control.js';
+import { ensurePrivateDir } from '../staging/private-dir.js';
 import type { Values } from '../config/flag.js';
 import { PAGE_SERVER, PAGE_SERVER_DROPIN } from '../config/flags.js';
 import { pageServerOptions, valuesProblem } from '../config/resolve.js';
-import type { NativeTlsOptions } from '../native.js';
+import type { NativeAccessOptions, NativeTlsOptions } from '../native.js';
+import { OPEN_ACCESS, accessOptionsFrom, listenPlan } from '../page-server/access.js';
 
 export type PageServerValues = Values<typeof PAGE_SERVER.flags>;
 export type PageServerDropinValues = Values<typeof PAGE_SERVER_DROPIN.flags>;
@@ -70,15 +72,42 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     return fail((error as Error).message);
   }
 
+  // The daemon: loopback unless --address or --tls, and the allow-lists. The drop-in listens where criu does.
+  let access: NativeAccessOptions = OPEN_ACCESS;
+  let address = values.address ?? '';
+  if (options.mode === 'serve') {
+    try {
+      access = accessOptionsFrom(options.values, options.tls !== undefined);
+    } catch (error) {
+      return fail((error as Error).message);
+    }
+    address = listenPlan(values.address, values.port, options.tls !== undefined, access).address;
+  }
+
+  if (staging) {
+    const dir = path.resolve(staging.stagingDir ?? imagesDir);
+    try {
+      const outcome = ensurePrivateDir(dir, staging.stagingDir ? '--staging-dir' : '--staging-dir (here -D)');
+      if (outcome.action === 'tightened') {
+        logger.warn(
+          `Staging directory ${dir} was mode ${outcome.fromMode.toString(8).padStart(4, '0')}: other users could enter it and read the staged images (process memory); lazyd set it to ${(outcome.fromMode & 0o7700).toString(8).padStart(4, '0')}`,
+        );
+      }
+    } catch (error) {
+      return fail((error as Error).message);
+    }
+  }
+
   let service: PageServerService;
   try {
     const { staging: _on, stagingMaxBytes, stagingRestores, ...limits } = pageServerOptions(single ? PAGE_SERVER_DROPIN : PAGE_SERVER, values);
     service = await PageServerService.start({
       ...limits,
       imagesDir,
-      address: values.address ?? '',
+      address,
       port: values.port,
       tls: options.tls,
+      access,
       staging: staging && {
         dir: path.resolve(staging.stagingDir ?? imagesDir),
         persist: staging.persist,
@@ -124,8 +153,12 @@ export async function runPageServer(options: PageServerCommandOptions): Promise<
     }
   }
 
-  const shown = values.address ? (values.address.includes(':') ? `[${values.address}]` : values.address) : '[::]';
+  const shown = address ? (address.includes(':') ? `[${address}]` : address) : '[::]';
   logger.info(`Using ${service.port} port`);
+  if (options.mode === 'serve') {
+    const { warning } = listenPlan(values.address, service.port, options.tls !== undefined, access);
+    if (warning) logger.warn(warning);
+  }
   if (!single) {
     process.stdout.write(
       `lazyd: page server listening on ${shown}:${service.port} — ${imagesDir}: ${service.summary.tasks} tasks, ` +

@@ -8,6 +8,7 @@
 // Data only: loading it adds nothing to start-up.
 import { CRIU_ABI_VALUES, wireFormatFromAbi } from '../protocol/criu-abi.js';
 import { flag, type Flags } from './flag.js';
+import { addressListProblem } from './address-list.js';
 
 /** The daemon reads it unless --no-default-config (as criu reads /etc/criu/default.conf). */
 export const DEFAULT_CONFIG_FILE = '/etc/lazyd/lazyd.conf';
@@ -75,6 +76,12 @@ const CONFIG = {
 
 const address = flag({ type: 'string', arg: 'ADDR', describe: 'numeric IPv4 or IPv6 address' });
 const listenAddress = { ...address, defaultText: 'all addresses (IPv6 and IPv4)', describe: 'numeric IPv4 or IPv6 address to listen on' };
+/** The daemon's listening address: without --tls it stays on this host unless --address says otherwise (README "Security"). */
+const daemonListenAddress = {
+  ...listenAddress,
+  defaultText: '127.0.0.1 (loopback) without --tls; with --tls all addresses (IPv6 and IPv4)',
+  describe: 'numeric IPv4 or IPv6 address to listen on; a plain (no --tls) listener off loopback logs a warning',
+};
 const port = flag({ type: 'number', arg: 'N', min: 0, max: 65535, describe: 'TCP port' });
 
 const METRICS = {
@@ -224,6 +231,23 @@ const TLS_SERVER = {
     describe: "seconds a client may take to finish the TLS handshake (lazyd's page server only)",
     native: { key: 'tlsHandshakeTimeoutMs', scale: 1000 },
   }),
+};
+
+/** Who may connect, and for what (README "Security"); enforced by native/core/net/access_policy.h. */
+const cidrList = (describe: string) =>
+  flag({ type: 'string', arg: 'CIDR[,CIDR…]', defaultText: 'any peer', describe, check: addressListProblem });
+const nameList = (describe: string) => flag({ type: 'string', arg: 'NAME[,NAME…]', defaultText: 'any name', describe });
+const ACCESS = {
+  allowFrom: cidrList(
+    'IPv4/IPv6 blocks whose peers may fetch and upload; once any --allow-*-from is given, a peer no list covers is refused at accept, before a byte is read',
+  ),
+  allowFetchFrom: cidrList('blocks whose peers may fetch (restore) but not upload, unless another list lets them'),
+  allowUploadFrom: cidrList('blocks whose peers may upload (criu dump --page-server) but not fetch, unless another list lets them'),
+  tlsAllowName: nameList(
+    "--tls: the peer's certificate must name one of these (DNS or IP subjectAltName) to fetch or upload, on top of the chain and CRL checks",
+  ),
+  tlsAllowFetchName: nameList("--tls: certificate names that may fetch"),
+  tlsAllowUploadName: nameList("--tls: certificate names that may upload"),
 };
 
 /** Diskless staging (README "Diskless staging"): uploads from `criu dump --page-server`, served from memory. */
@@ -381,7 +405,7 @@ const LAZY_PAGES_OWN = {
   }),
 };
 
-export type RoleId = 'page-server' | 'page-server-dropin' | 'lazy-pages' | 'staging' | 'check';
+export type RoleId = 'page-server' | 'page-server-dropin' | 'lazy-pages' | 'staging' | 'check' | 'migrate' | 'agent';
 
 export interface Role<F extends Flags = Flags> {
   id: RoleId;
@@ -410,7 +434,7 @@ export const PAGE_SERVER = role({
     pageServer: flag({ type: 'boolean', default: false, describe: 'serve the checkpoint of `-D` over TCP, to any number of restores' }),
     lazyPages,
     ...IMAGES,
-    address: listenAddress,
+    address: daemonListenAddress,
     port: { ...port, default: 9876, describe: 'TCP port; `0` picks a free one; the chosen port is printed on stdout' },
     ...PROCESS,
     ...LOGGING,
@@ -420,6 +444,7 @@ export const PAGE_SERVER = role({
     ...ABI,
     ...SERVER_LIMITS,
     ...STAGING,
+    ...ACCESS,
     ...TLS,
     ...TLS_SERVER,
   },
@@ -577,7 +602,80 @@ export const CHECK = role({
   },
 });
 
-export const ROLES: readonly Role[] = [PAGE_SERVER, PAGE_SERVER_DROPIN, LAZY_PAGES, STAGING_COMMAND, CHECK];
+// `lazyd migrate` and `lazyd agent` (README "Migrating a process"): the two ends of a whole migration.
+const criuBinary = flag({ type: 'string', arg: 'F', default: 'criu', describe: 'the criu binary (a path, or a name looked up in PATH)' });
+const linkTimeout = flag({
+  type: 'number',
+  unit: 'seconds',
+  arg: 'S',
+  default: 10,
+  min: 1,
+  fraction: true,
+  describe: 'seconds without a byte on the control link: the agent then gives up (killing a restored copy), this side after twice that (resuming the original)',
+});
+const migrationTls = {
+  ...TLS,
+  tls: flag({
+    type: 'boolean',
+    default: false,
+    describe: "mutual TLS on the control connection and the page connection (criu's --tls files)",
+  }),
+};
+
+export const MIGRATE = role({
+  id: 'migrate',
+  command: 'migrate',
+  title: '`lazyd migrate`',
+  flags: {
+    pid: flag({ type: 'number', arg: 'PID', min: 1, required: true, describe: 'the root of the process tree to move' }),
+    to: flag({ type: 'string', arg: 'HOST:PORT', required: true, describe: "the destination's `lazyd agent` (IPv6: [ADDR]:PORT)" }),
+    criu: { ...criuBinary, describe: "this host's criu binary (a path, or a name looked up in PATH)" },
+    linkTimeout,
+    pagePort: flag({
+      type: 'number',
+      arg: 'N',
+      default: 0,
+      min: 0,
+      max: 65535,
+      describe: "the port the destination's lazy-pages fetches pages on (on the control connection's source address); 0: any free one",
+    }),
+    preCopy: flag({
+      type: 'boolean',
+      default: false,
+      describe: 'pre-dump iterations first where the kernel tracks dirty memory (criu check --feature mem_dirty_track); without it: post-copy alone, said in one line',
+    }),
+    dumpDir: flag({ type: 'string', arg: 'DIR', defaultText: '`$TMPDIR/lazyd-migrate`', describe: "where criu dump writes the images (a fresh directory under it; kept after a failure)" }),
+    keepImages: flag({ type: 'boolean', default: false, describe: 'keep the dump directory after a successful migration' }),
+    json: flag({ type: 'boolean', default: false, describe: 'print the final report as one JSON object on stdout' }),
+    config,
+    ...migrationTls,
+  },
+});
+
+export const AGENT = role({
+  id: 'agent',
+  command: 'agent',
+  title: '`lazyd agent`',
+  flags: {
+    listen: flag({ type: 'string', arg: 'HOST:PORT', required: true, describe: 'where to accept migrations (IPv6: [ADDR]:PORT); port 0 picks one, printed on stdout' }),
+    criu: { ...criuBinary, describe: "this host's criu binary for the restores" },
+    stateDir: flag({ type: 'string', arg: 'DIR', default: '/var/lib/lazyd/agent', describe: "one directory per migration under it: images, lazy-pages.socket, restore.log, lazy-pages.log" }),
+    keep: flag({ type: 'boolean', default: false, describe: "keep a completed migration's directory (a failed one's is always kept)" }),
+    preRestoreHook: flag({
+      type: 'string',
+      arg: 'CMD',
+      describe: 'a shell command run before each restore, in its directory (env LAZYD_MIGRATION_ID, LAZYD_MIGRATION_DIR); non-zero fails the migration',
+    }),
+    statusFd: PROCESS.statusFd,
+    pidfile: PROCESS.pidfile,
+    ...LOGGING,
+    verbosity: { ...verbosity, default: 3 },
+    config,
+    ...migrationTls,
+  },
+});
+
+export const ROLES: readonly Role[] = [PAGE_SERVER, PAGE_SERVER_DROPIN, LAZY_PAGES, STAGING_COMMAND, CHECK, MIGRATE, AGENT];
 
 /** The groups the README shows in tables of their own (README "Diskless staging", "TLS"). */
-export const FLAG_GROUPS = { STAGING, TLS, TLS_SERVER, DRAIN } as const;
+export const FLAG_GROUPS = { STAGING, ACCESS, TLS, TLS_SERVER, DRAIN } as const;

@@ -8,7 +8,7 @@
 // scripts/write-flag-tables.mjs writes them; test/unit/config.test.ts fails when README.md holds anything else.
 // Not loaded by any command.
 import { defaultText, flagName, meaning, type Flag, type Flags } from './flag.js';
-import { CHECK, FLAG_GROUPS, LAZY_PAGES, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_COMMAND, type Role } from './flags.js';
+import { AGENT, CHECK, FLAG_GROUPS, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_COMMAND, type Role } from './flags.js';
 
 export interface FlagTable {
   /** The marker's name: <!-- flags:ID -->. */
@@ -21,7 +21,7 @@ export interface FlagTable {
 }
 
 const keysOf = (...groups: object[]) => groups.flatMap((g) => Object.keys(g));
-const shownElsewhere = new Set(keysOf(FLAG_GROUPS.STAGING, FLAG_GROUPS.TLS, FLAG_GROUPS.TLS_SERVER));
+const shownElsewhere = new Set(keysOf(FLAG_GROUPS.STAGING, FLAG_GROUPS.ACCESS, FLAG_GROUPS.TLS, FLAG_GROUPS.TLS_SERVER));
 const tlsKeys = new Set(keysOf(FLAG_GROUPS.TLS));
 
 export const README_TABLES: readonly FlagTable[] = [
@@ -33,10 +33,14 @@ export const README_TABLES: readonly FlagTable[] = [
     keys: Object.keys(PAGE_SERVER_DROPIN.flags).filter((k) => (PAGE_SERVER_DROPIN.flags as Flags)[k] !== (PAGE_SERVER.flags as Flags)[k]),
   },
   { id: 'staging', role: PAGE_SERVER, keys: keysOf(FLAG_GROUPS.STAGING) },
+  { id: 'access', role: PAGE_SERVER, keys: keysOf(FLAG_GROUPS.ACCESS) },
   { id: 'tls', role: PAGE_SERVER, keys: keysOf(FLAG_GROUPS.TLS, FLAG_GROUPS.TLS_SERVER), defaultHeader: "default (criu's)" },
   { id: 'lazy-pages', role: LAZY_PAGES, keys: Object.keys(LAZY_PAGES.flags).filter((k) => !tlsKeys.has(k)) },
   { id: 'staging-command', role: STAGING_COMMAND, keys: Object.keys(STAGING_COMMAND.flags) },
   { id: 'check', role: CHECK, keys: Object.keys(CHECK.flags) },
+  // The TLS file flags are the page server's (the 'tls' table); --tls itself says more here.
+  { id: 'migrate', role: MIGRATE, keys: Object.keys(MIGRATE.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
+  { id: 'agent', role: AGENT, keys: Object.keys(AGENT.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
 ];
 
 const cell = (text: string) => text.replace(/\|/g, '\\|');

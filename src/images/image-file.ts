@@ -230,7 +230,8 @@ export function encodeImage(kind: ImageKind, messages: readonly Uint8Array[]): B
 export async function writeFileAtomic(file: string, data: Uint8Array): Promise<void> {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
   try {
-    await writeFile(tmp, data);
+    // 0600 whatever the umask: images hold process state (and the pages images process memory).
+    await writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
     await rename(tmp, file);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);

@@ -127,6 +127,12 @@ export function createMetricsRegistry(sources: MetricsSources): client.Registry 
     counter(registry, 'lazyd_page_server_pages_sent_total', 'pages sent in GET replies', () => ps()?.pagesTotal);
     counter(registry, 'lazyd_page_server_sent_bytes_total', 'bytes the page server sent (reply headers, pages, CLOSE answers)', () => ps()?.bytesTotal);
     counter(registry, 'lazyd_page_server_received_bytes_total', 'bytes the page server read (requests, uploads)', () => ps()?.bytesReceived);
+    counter(
+      registry,
+      'lazyd_page_server_access_refused_total',
+      'connections refused at accept and sessions refused at their first command by --allow-from & co (address or certificate name)',
+      () => ps()?.accessRefused,
+    );
     gauge(registry, 'lazyd_staging_bytes', 'page bytes held by staged checkpoints and uploads in progress', () => ps()?.stagingBytes);
     gauge(registry, 'lazyd_staging_limit_bytes', 'the staging memory cap (--staging-max-bytes)', () => ps()?.stagingMaxBytes);
     if (sources.stagedCheckpoints) {

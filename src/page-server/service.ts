@@ -1,11 +1,12 @@
 // Supervises the native page server: loads the checkpoint's page index into it, starts it, turns its events
 // into log lines, and reports how it ended. The page bytes never pass through here.
 import type { Logger } from '../log.js';
-import { loadNative, type NativeTlsOptions, type PageServer, type PageServerEvent, type PageServerFlagOptions, type PageServerStats } from '../native.js';
+import { loadNative, type NativeAccessOptions, type NativeTlsOptions, type PageServer, type PageServerEvent, type PageServerFlagOptions, type PageServerStats } from '../native.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Stager, type StagedCheckpointInfo, type StagingOptions } from '../staging/stager.js';
 import { Relayer } from '../staging/relay.js';
+import { OPEN_ACCESS } from './access.js';
 import { buildPageIndex, type PageIndexSummary } from './page-index.js';
 import { PAGE_SERVER } from '../config/flags.js';
 import { defaultValues, pageServerOptions } from '../config/resolve.js';
@@ -25,6 +26,8 @@ export interface PageServerOptions extends Partial<PageServerLimits> {
   staging?: StagingOptions;
   /** --tls: every connection starts with a TLS handshake; credentials are loaded (and checked) at start. */
   tls?: NativeTlsOptions;
+  /** --allow-from & co (src/page-server/access.ts); undefined: every peer may fetch and upload. */
+  access?: NativeAccessOptions;
   logger: Logger;
 }
 
@@ -79,6 +82,7 @@ export class PageServerService {
     const native = new addon.PageServer({
       ...flagOptionsOf(options),
       tls: options.tls,
+      access: options.access ?? OPEN_ACCESS,
       onEvent: (event) => {
         if (relays?.handle(event)) return;
         if (stager?.handle(event)) return;
@@ -140,6 +144,11 @@ export class PageServerService {
   /** TLS handshakes that failed or timed out so far (for the metrics). */
   tlsFailures(): number {
     return Number(this.native.stats().tlsFailures ?? 0);
+  }
+
+  /** Connections and sessions refused by --allow-from & co so far (for the metrics). */
+  accessRefused(): number {
+    return Number(this.native.stats().accessRefused ?? 0);
   }
 }
 

@@ -161,12 +161,19 @@ export class Stager {
         if (timer) clearTimeout(timer);
         this.timers.delete(event.checkpoint);
         this.ttlDeferred.delete(event.checkpoint);
+        const info = this.staged.get(event.checkpoint);
         this.staged.delete(event.checkpoint);
-        for (const resolve of this.releaseWaiters.get(event.checkpoint) ?? []) resolve();
+        // Without --persist the images lazyd wrote are of no use once the lazy pages are gone, and its pages
+        // images hold the eager pages (process memory): lazyd wrote them, lazyd removes them. (Restores in
+        // progress read their images at start.) With --persist they are the checkpoint on disk: kept.
+        const removed = !this.options.persist && info ? info.files : [];
+        const waiters = this.releaseWaiters.get(event.checkpoint) ?? [];
         this.releaseWaiters.delete(event.checkpoint);
+        void Promise.all(removed.map((file) => fs.rm(file, { force: true }).catch(() => undefined))).then(() => waiters.forEach((resolve) => resolve()));
         this.logger.info(
-          { checkpoint: event.checkpoint, memoryUsed: event.memoryUsed },
-          `Staged checkpoint #${event.checkpoint} released: ${event.message}; its memory is freed once the restores in progress end`,
+          { checkpoint: event.checkpoint, memoryUsed: event.memoryUsed, filesRemoved: removed.length },
+          `Staged checkpoint #${event.checkpoint} released: ${event.message}; its memory is freed once the restores in progress end` +
+            (removed.length ? `; removed the ${removed.length} images lazyd wrote for it` : ''),
         );
         return true;
       }

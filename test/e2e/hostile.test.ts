@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startPageServer, type PageServer } from '../harness/page-server.js';
+import { freePort, startPageServer, type PageServer } from '../harness/page-server.js';
 import { connectRogueClient } from '../harness/clients.js';
 import { pollFor } from '../harness/process.js';
 import {
@@ -18,6 +18,7 @@ import {
   dataAreaSha256,
   fdsBackTo,
   idleConnections,
+  makeAccessAttacks,
   makeAttacks,
   rawSession,
   replayRecorded,
@@ -52,6 +53,16 @@ let clientStream: Buffer;
 let quietAnswer: Buffer;
 let baseline: DaemonUsage;
 
+// The allow-list server (README "Security"): a second daemon on the same images, listening on every address
+// (dual stack: IPv4 peers arrive as ::ffff:a.b.c.d) without TLS, which it warns about. On loopback each 127.x
+// address is a peer of its own: 127.0.0.1 and ::1 may fetch, 127.0.0.2 may upload, 127.0.0.3 nothing.
+const HOSTS = { fetchOnly: '127.0.0.1', uploadOnly: '127.0.0.2', refused: '127.0.0.3' };
+const ACCESS_ATTACKS = makeAccessAttacks(SERVED, HOSTS);
+let guarded: PageServer;
+let guardedTarget: Target;
+let guardedMetrics: number;
+let guardedBaseline: DaemonUsage;
+
 /** The log from a byte offset (logSize()): a byte offset, not a character one. */
 function logSince(offset: number): string {
   return fs.readFileSync(server.logFile).subarray(offset).toString('utf8');
@@ -83,9 +94,31 @@ before(async () => {
   assert.equal(dataAreaSha256(replies, AREA), AREA.sha256);
   await fdsBackTo(server.pid, daemonUsage(server.pid).fds, 2000);
   baseline = daemonUsage(server.pid);
+
+  const guardedDir = path.join(dir, 'guarded');
+  fs.cpSync(fixturePath(VERSION, 'plain-dump', 'images'), guardedDir, { recursive: true });
+  guardedMetrics = await freePort();
+  guarded = await startPageServer({
+    kind: 'lazyd',
+    imagesDir: guardedDir,
+    address: '::',
+    extraArgs: [
+      '--allow-fetch-from', `${HOSTS.fetchOnly}/32,::1`,
+      '--allow-upload-from', HOSTS.uploadOnly,
+      '--metrics-address', `127.0.0.1:${guardedMetrics}`,
+    ],
+  });
+  guardedTarget = { host: '127.0.0.1', port: guarded.port };
+  assert.ok((await replayRecorded(guardedTarget, clientStream)).equals(quietAnswer), 'the guarded server serves an allowed host');
+  await fdsBackTo(guarded.pid, daemonUsage(guarded.pid).fds, 2000);
+  guardedBaseline = daemonUsage(guarded.pid);
 });
 
 after(async () => {
+  if (guarded) {
+    const exit = await guarded.finish(15_000).catch((error) => error as Error);
+    if (exit instanceof Error) guarded.kill();
+  }
   if (server) {
     const exit = await server.finish(15_000).catch((error) => error as Error);
     if (exit instanceof Error) server.kill();
@@ -247,4 +280,70 @@ test('hostile: every attack at once, 5 rounds, with good clients throughout', as
   await checkDaemon('all attacks at once');
   const now = daemonUsage(server.pid);
   t.diagnostic(`daemon after the suite: RSS ${baseline.rssKiB} -> ${now.rssKiB} KiB, fds ${baseline.fds} -> ${now.fds}`);
+});
+
+/** One metric's value from the guarded server's /metrics. */
+async function guardedMetric(name: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${guardedMetrics}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  assert.ok(line, `no ${name} in /metrics`);
+  return Number(line.split(' ')[1]);
+}
+
+function guardedLog(offset = 0): string {
+  return fs.readFileSync(guarded.logFile).subarray(offset).toString('utf8');
+}
+
+test('hostile (allow-lists): a plain listener on every address warns once at start that the memory is readable by any peer', () => {
+  const warnings = guardedLog().split('\n').filter((l) => l.includes('without --tls'));
+  assert.equal(warnings.length, 1, warnings.join('\n'));
+  assert.match(
+    warnings[0],
+    /listening on \[::\]:\d+ without --tls: checkpoint memory .* crosses the network in clear, readable by anyone on the path and by any peer that --allow-from & co admit; run with --tls/,
+  );
+});
+
+for (const attack of ACCESS_ATTACKS) {
+  test(`hostile (allow-lists): ${attack.name}`, async () => {
+    const offset = fs.statSync(guarded.logFile).size;
+    const refusedBefore = await guardedMetric('lazyd_page_server_access_refused_total');
+    await Promise.all([replayRecorded(guardedTarget, clientStream), attack.run(guardedTarget)]);
+    const deadline = performance.now() + WAIT_MS;
+    let line: string | undefined;
+    while (!(line = guardedLog(offset).split('\n').find((l) => attack.expectLog.test(l)))) {
+      if (performance.now() > deadline) assert.fail(`no log line matching ${attack.expectLog}; log since:\n${guardedLog(offset).slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(line.length < 600, `one clear line, not ${line.length} characters`);
+    await pollFor('the refusal counted', WAIT_MS, async () => ((await guardedMetric('lazyd_page_server_access_refused_total')) === refusedBefore + 1 ? true : undefined), 50);
+    assert.equal(await guardedMetric('lazyd_staging_bytes'), 0, 'nothing of a refused upload is held');
+    assert.ok((await replayRecorded(guardedTarget, clientStream)).equals(quietAnswer), 'the allowed host is still served the quiet bytes');
+    await fdsBackTo(guarded.pid, guardedBaseline.fds, WAIT_MS);
+  });
+}
+
+test('hostile (allow-lists): 300 connections from a refused host: each reset unread, counted, logged once; an allowed IPv6 peer (::1) served meanwhile', async () => {
+  const offset = fs.statSync(guarded.logFile).size;
+  const refusedBefore = await guardedMetric('lazyd_page_server_access_refused_total');
+  const sessionsBefore = await guardedMetric('lazyd_page_server_sessions_total');
+  const receivedBefore = await guardedMetric('lazyd_page_server_received_bytes_total');
+  const flood = async () => {
+    for (let i = 0; i < 30; i++) {
+      const result = await rawSession(guardedTarget, Buffer.concat([clientStream, Buffer.alloc(4096, 1)]), { from: HOSTS.refused });
+      assert.ok(result.closedByServer && result.received.length === 0, 'a refused connection is closed unanswered');
+    }
+  };
+  const [answer] = await Promise.all([replayRecorded({ host: '::1', port: guarded.port }, clientStream), ...Array.from({ length: 10 }, flood)]);
+  assert.ok(answer.equals(quietAnswer), 'the IPv6 peer ::1 (in --allow-fetch-from) got the quiet bytes');
+  await pollFor('300 refusals counted', WAIT_MS, async () => ((await guardedMetric('lazyd_page_server_access_refused_total')) === refusedBefore + 300 ? true : undefined), 50);
+  // Refused before a byte was read: no session, not one byte received from the 300 (the ::1 client's are).
+  assert.equal(await guardedMetric('lazyd_page_server_sessions_total'), sessionsBefore + 1);
+  assert.equal(await guardedMetric('lazyd_page_server_received_bytes_total'), receivedBefore + clientStream.length);
+  // Logged at most once a minute per host: this host's line was logged by its first case already.
+  const lines = guardedLog(offset).split('\n').filter((l) => l.includes(`connection from ${HOSTS.refused} refused`));
+  assert.ok(lines.length <= 1, `${lines.length} lines for one refused host within a minute`);
+  assert.ok(guarded.proc.running, 'the guarded daemon is up');
+  await fdsBackTo(guarded.pid, guardedBaseline.fds, WAIT_MS);
+  const now = daemonUsage(guarded.pid);
+  assert.ok(now.rssKiB - guardedBaseline.rssKiB <= RSS_BOUND_KIB, `RSS grew from ${guardedBaseline.rssKiB} to ${now.rssKiB} KiB`);
 });

@@ -526,6 +526,29 @@ test('packaging/lazyd.service passes systemd-analyze verify', { timeout: 30_000 
   assert.equal(verify.stderr.trim(), '', verify.stderr);
 });
 
+/** The units' `systemd-analyze security` exposure (0 safest .. 10): README "Security" states these bounds. */
+const EXPOSURE_BOUNDS = { 'lazyd.service': 1.6, 'lazyd-lazy-pages@.service': 2.3 } as const;
+
+test('packaging: each unit keeps only what its role needs (systemd-analyze security --offline, exposure within its bound)', { timeout: 60_000 }, () => {
+  for (const [name, bound] of Object.entries(EXPOSURE_BOUNDS)) {
+    const unit = path.join(repoRoot(), 'packaging', name);
+    const verify = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(verify.status, 0, `${name}: ${verify.stdout}${verify.stderr}`);
+    assert.equal(verify.stderr.trim(), '', `${name}: ${verify.stderr}`);
+    const analyzed = spawnSync('systemd-analyze', ['security', '--offline=true', unit], { encoding: 'utf8', timeout: 20_000 });
+    const overall = analyzed.stdout.match(/Overall exposure level for \S+: (\d+\.\d+)/);
+    assert.ok(overall, `${name}: no exposure level in ${analyzed.stdout}${analyzed.stderr}`);
+    const score = Number(overall[1]);
+    assert.ok(score <= bound, `${name}: exposure ${score} above ${bound}:\n${analyzed.stdout.split('\n').filter((l) => l.includes('✗')).join('\n')}`);
+    const text = fs.readFileSync(unit, 'utf8');
+    // The page server needs no capability at all; lazy-pages only those of userfaultfd's non-cooperative
+    // features and of killing restored tasks it cannot complete.
+    const bounding = text.match(/^CapabilityBoundingSet=(.*)$/m)?.[1].trim().split(/\s+/).filter(Boolean) ?? ['(unset)'];
+    assert.deepEqual(bounding, name === 'lazyd.service' ? [] : ['CAP_SYS_PTRACE', 'CAP_KILL'], `${name}: CapabilityBoundingSet`);
+    assert.match(text, /^UMask=0077$/m, `${name}: files it creates are its own`);
+  }
+});
+
 test('lazyd check: every role runs on this host; without CAP_SYS_PTRACE the lazy-pages role fails with its fix', { timeout: 30_000 }, () => {
   const ok = spawnSync(process.execPath, [lazydBin(), 'check'], { encoding: 'utf8', timeout: 20_000 });
   assert.equal(ok.status, 0, ok.stdout + ok.stderr);

@@ -371,6 +371,58 @@ test(`CRIU ${refusalVersion}: (f) a server certificate for another name: refused
   assert.equal(logCounter(serverLog, 'tlsFailures'), 1);
 });
 
+test(`CRIU ${refusalVersion}: (h) --tls-allow-fetch-name: a restore whose certificate names an allowed name completes; one that names none is refused after the handshake`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  let refusal = '';
+  let serverLog = '';
+  const result = await runLazyMigration({
+    criuVersion: refusalVersion,
+    server: 'lazyd',
+    daemon: 'criu',
+    workload: { mib: MIB },
+    // pki.b names IP:127.0.0.1 and DNS:localhost: allowed to fetch by the name localhost.
+    serverOptions: { extraArgs: [...tlsArgs(pki, { as: pki.a }), '--tls-allow-fetch-name', 'localhost', '--tls-allow-upload-name', 'uploader.invalid'] },
+    daemonArgs: tlsArgs(pki, { as: pki.b }),
+    timeouts,
+    progress: diag(t),
+    beforeRestore: async (_server, checkpoint) => {
+      const other = await startPageServer({
+        kind: 'lazyd',
+        imagesDir: checkpoint.imagesDir,
+        logFile: 'names-server.log',
+        extraArgs: [...tlsArgs(pki, { as: pki.a }), '--tls-allow-fetch-name', 'restore.invalid'],
+      });
+      cleanups.push(() => other.kill());
+      // A TLS client with pki.b (a good certificate, chain and CRL pass) sends the GET a restore would: the session
+      // is refused at it, nothing served. (lazyd lazy-pages sends its first GET only after RSTF.)
+      const [first] = await dumpPageCounts(checkpoint.imagesDir);
+      const pid = Number(/pagemap-(\d+)\.img/.exec(first.file)![1]);
+      const get = Buffer.alloc(32);
+      get.writeUInt32LE(7, 0);
+      get.writeBigUInt64LE(1n, 8);
+      get.writeBigUInt64LE(0x7f0000000000n, 16);
+      get.writeBigUInt64LE(BigInt(pid), 24);
+      refusal = await new Promise<string>((resolve) => {
+        let received = 0;
+        const socket = tls.connect(
+          { host: '127.0.0.1', port: other.port, ca: fs.readFileSync(pki.ca), cert: fs.readFileSync(pki.b.cert), key: fs.readFileSync(pki.b.key), servername: 'localhost' },
+          () => socket.write(get),
+        );
+        socket.on('data', (d) => (received += d.length));
+        socket.on('close', () => resolve(`closed by the server after ${received} bytes`));
+        socket.on('error', (error) => resolve(`error ${error.message} after ${received} bytes`));
+      });
+      await other.finish();
+      serverLog = readText(other.logFile);
+    },
+  });
+  await runCleanups();
+  assertComplete(result);
+  assert.match(refusal, / after 0 bytes$/, refusal);
+  assert.match(serverLog, /fetch refused: the peer's certificate \(IP:127\.0\.0\.1, DNS:localhost\) names none of restore\.invalid \(--tls-allow-name or --tls-allow-fetch-name\); session dropped/);
+  assert.equal(logCounter(serverLog, 'accessRefused'), 1);
+  assert.equal(logCounter(serverLog, 'tlsFailures'), 0, 'the handshake itself succeeded');
+});
+
 test(`CRIU ${refusalVersion}: (g) a TLS client and a plain server: both ends say TLS does not match`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
   const criu = findCriu(refusalVersion);
   await withRunDir(`${refusalVersion}-tls-mismatch`, async (runDir, onCleanup) => {

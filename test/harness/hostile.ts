@@ -136,13 +136,20 @@ export interface RawResult {
   reset: boolean;
 }
 
-/** Connects, writes `request` (then half-closes unless keepOpen), collects until the server closes or timeoutMs. */
-export function rawSession(target: Target, request: Buffer, { keepOpen = false, timeoutMs = 10_000 } = {}): Promise<RawResult> {
+/**
+ * Connects (from the local address `from` when given: on loopback 127.0.0.2 is another host to an allow-list),
+ * writes `request` (then half-closes unless keepOpen), collects until the server closes or timeoutMs.
+ */
+export function rawSession(
+  target: Target,
+  request: Buffer,
+  { keepOpen = false, timeoutMs = 10_000, from }: { keepOpen?: boolean; timeoutMs?: number; from?: string } = {},
+): Promise<RawResult> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let reset = false;
     let done = false;
-    const socket = net.connect(target.port, target.host, () => {
+    const socket = net.connect({ port: target.port, host: target.host, ...(from ? { localAddress: from } : {}) }, () => {
       if (keepOpen) socket.write(request);
       else socket.end(request);
     });
@@ -189,6 +196,52 @@ function get(size: 24 | 32, nrPages: number | bigint, vaddr: bigint, pid: bigint
   const header = encodeHeader(32, GET, 0, vaddr, pid);
   header.writeBigUInt64LE(BigInt(nrPages), 8);
   return header;
+}
+
+/** A GET of nrPages at vaddr of pid, in the 24- or 32-byte layout. */
+export function getRequest(size: 24 | 32, nrPages: number | bigint, vaddr: bigint, pid: bigint): Buffer {
+  return get(size, nrPages, vaddr, pid);
+}
+
+/** The start of a `criu dump --page-server` upload (24-byte layout): OPEN2 for pid, one ADD_F of `pages` lazy pages with their bytes. */
+export function uploadRequest(pid: bigint, pages: number): Buffer {
+  const dstId = (pid << 8n) | 1n;
+  return Buffer.concat([
+    encodeHeader(24, OPEN2, 0, 0n, dstId),
+    encodeHeader(24, ((PE_LAZY | PE_PRESENT) << 16) | ADD_F, pages, 0x7f0000000000n, dstId),
+    Buffer.alloc(pages * PAGE, 0x5a),
+  ]);
+}
+
+/**
+ * The allow-list attacks (--allow-from & co, README "Security"), against a server that lets `fetchOnly` fetch,
+ * `uploadOnly` upload and nobody else in (all on loopback: 127.0.0.0/8 is this host's, each address a peer of
+ * its own). The refused host's line is logged once a minute: run its attack first against a fresh server.
+ */
+export const makeAccessAttacks = (s: Served, hosts: { refused: string; fetchOnly: string; uploadOnly: string }): Attack[] => [
+  {
+    name: `a GET from ${hosts.refused}, which no allow-list covers: reset before a byte is read, nothing served`,
+    expectLog: new RegExp(`connection from ${hosts.refused.replace(/\./g, '\\.')} refused: no --allow-from, --allow-fetch-from or --allow-upload-from block covers it`),
+    run: (target) => refusedWithout(target, get(24, 1, s.start, s.pid), hosts.refused),
+  },
+  {
+    name: `an upload (OPEN2, ADD_F with 16 pages) from the fetch-only host ${hosts.fetchOnly}: refused at OPEN2, nothing staged`,
+    expectLog: new RegExp(`upload refused: ${hosts.fetchOnly.replace(/\./g, '\\.')} may not upload here: no --allow-from or --allow-upload-from block covers it`),
+    run: (target) => refusedWithout(target, uploadRequest(998n, 16), hosts.fetchOnly),
+  },
+  {
+    name: `a GET from the upload-only host ${hosts.uploadOnly}: refused, nothing served`,
+    expectLog: new RegExp(`fetch refused: ${hosts.uploadOnly.replace(/\./g, '\\.')} may not fetch here: no --allow-from or --allow-fetch-from block covers it`),
+    run: (target) => refusedWithout(target, get(24, 1, s.start, s.pid), hosts.uploadOnly),
+  },
+];
+
+/** Expects the server to end the connection from `from` without answering a byte. */
+async function refusedWithout(target: Target, request: Buffer, from: string): Promise<AttackOutcome> {
+  const result = await rawSession(target, request, { from });
+  if (!result.closedByServer) throw new Error(`the server kept the connection from ${from} open`);
+  if (result.received.length !== 0) throw new Error(`the server answered ${result.received.length} bytes to ${from}`);
+  return { pagesChecked: 0 };
 }
 
 /** One valid GET (data page 0) ahead of the bad header, so the bad one is judged with the format known. */

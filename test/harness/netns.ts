@@ -37,6 +37,8 @@ export interface TwoHosts {
   setRtt(rttMs: number): Promise<void>;
   /** The source veth's byte counters (read them before and after, and subtract). */
   wireBytes(): WireBytes;
+  /** Gives one end's veth another address of the /24 (a third "host" for allow-list tests: bind a client to it). */
+  addAddress(side: 'source' | 'destination', address: string): void;
   /** Deletes both namespaces (and with them the veth pair). Safe to call twice. */
   destroy(): void;
 }
@@ -210,6 +212,10 @@ export function createTwoHosts(options: { id?: string } = {}): TwoHosts {
       const info = JSON.parse(run(['ip', '-n', source, '-s', '-j', 'link', 'show', 'dev', srcIf]))[0];
       const stats = info.stats64 ?? info.stats;
       return { sourceTx: Number(stats.tx.bytes), sourceRx: Number(stats.rx.bytes) };
+    },
+    addAddress(side, address) {
+      const [ns, dev] = side === 'source' ? [source, srcIf] : [destination, dstIf];
+      run(['ip', '-n', ns, 'addr', 'add', `${address}/24`, 'dev', dev]);
     },
     destroy() {
       if (destroyed) return;

@@ -172,6 +172,7 @@ test('the binding requires every flag-backed PageServer option and needs no othe
   const complete = {
     ...pageServerOptions(PAGE_SERVER, resolveValues(PAGE_SERVER, { stagingMaxBytes: 12345 }, {})),
     tls: undefined,
+    access: { fetchFrom: [], uploadFrom: [], fetchNames: [], uploadNames: [] },
     onEvent: (event: PageServerEvent) => event.type === 'stopped' && stopped(),
   };
   for (const key of nativeKeys(PAGE_SERVER)) {
@@ -184,6 +185,10 @@ test('the binding requires every flag-backed PageServer option and needs no othe
   }
   const { tls: _tls, ...noTls } = complete;
   assert.throws(() => new addon.PageServer(noTls as typeof complete), { name: 'TypeError', message: 'PageServer: option tls is required' });
+  const { access: _access, ...noAccess } = complete;
+  assert.throws(() => new addon.PageServer(noAccess as typeof complete), { name: 'TypeError', message: 'PageServer: option access is required' });
+  const badBlock = { ...complete, access: { ...complete.access, fetchFrom: ['10.0.0.0/33'] } };
+  assert.throws(() => new addon.PageServer(badBlock), { name: 'TypeError', message: /access\.fetchFrom: "10\.0\.0\.0\/33": the prefix length must be 0\.\.32/ });
   // With exactly these keys it runs, and the values arrive (the staging cap is in its counters).
   const server = new addon.PageServer(complete);
   server.listen('127.0.0.1', 0);

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { repoRoot } from '../../src/paths.js';
 
 const TOP = ['src', 'native', 'test', 'bench', 'scripts', 'docs', 'packaging', '.ci'];
-const MENTION = new RegExp(`(?<![\\w./-])(?:${TOP.map((t) => t.replace('.', '\\.')).join('|')})/[\\w./{},*-]*[\\w}*]`, 'g');
+const MENTION = new RegExp(`(?<![\\w./-])(?:${TOP.map((t) => t.replace('.', '\\.')).join('|')})/[\\w./{},*@-]*[\\w}*]`, 'g');
 /** Files whose mentions are data or history, not pointers: recorded fixtures and their transcripts. */
 const SKIP = [/^test\/fixtures\/criu-/, /^bench\/results\//, /^package-lock\.json$/];
 /** Placeholders a text uses on purpose (a file name to fill in). */

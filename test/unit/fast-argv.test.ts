@@ -29,6 +29,8 @@ async function yargsGiven(args: readonly string[]): Promise<Parsed> {
     pageServerDropin: other,
     staging: other,
     check: other,
+    migrate: other,
+    agent: other,
     daemon: other,
   });
   return parsed!;

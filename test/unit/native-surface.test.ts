@@ -1,5 +1,6 @@
 // The addon's declared surface (src/native.ts) against what the loaded binding exports: every declared class,
 // method, function and value exists, and nothing exported is undeclared.
+import { OPEN_ACCESS } from '../../src/page-server/access.js';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import net from 'node:net';
@@ -45,6 +46,7 @@ test('startRelay refuses with one line and a code: not staging, connection refus
       staging,
       stagingMaxBytes,
       tls: undefined,
+      access: OPEN_ACCESS,
       onEvent: (event: PageServerEvent) => event.type === 'stopped' && done(),
     });
     server.listen('127.0.0.1', 0);

@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <arpa/inet.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <gnutls/x509.h>
 
 #include "util/text.h"
 #include "wire/wire.h"
@@ -263,6 +266,73 @@ std::string TlsSession::description() const {
   std::string out = desc;
   gnutls_free(desc);
   return out;
+}
+
+}  // namespace lazyd
+
+namespace lazyd {
+namespace {
+
+// The peer's leaf certificate, or nullptr (the caller deinits it).
+gnutls_x509_crt_t peer_certificate(gnutls_session_t session) {
+  unsigned count = 0;
+  const gnutls_datum_t* chain = gnutls_certificate_get_peers(session, &count);
+  if (chain == nullptr || count == 0) return nullptr;
+  gnutls_x509_crt_t crt = nullptr;
+  if (gnutls_x509_crt_init(&crt) != GNUTLS_E_SUCCESS) return nullptr;
+  if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) != GNUTLS_E_SUCCESS) {
+    gnutls_x509_crt_deinit(crt);
+    return nullptr;
+  }
+  return crt;
+}
+
+}  // namespace
+
+bool TlsSession::peer_named_one_of(const std::vector<std::string>& names) const {
+  if (!established_ || names.empty()) return false;
+  gnutls_x509_crt_t crt = peer_certificate(session_);
+  if (crt == nullptr) return false;
+  bool named = false;
+  for (const std::string& name : names) {
+    if (gnutls_x509_crt_check_hostname(crt, name.c_str()) != 0) {
+      named = true;
+      break;
+    }
+  }
+  gnutls_x509_crt_deinit(crt);
+  return named;
+}
+
+std::string TlsSession::peer_names() const {
+  gnutls_x509_crt_t crt = established_ ? peer_certificate(session_) : nullptr;
+  if (crt == nullptr) return "no certificate";
+  std::string names;
+  for (unsigned i = 0;; i++) {
+    char value[256];
+    size_t size = sizeof value;
+    unsigned critical = 0;
+    const int type = gnutls_x509_crt_get_subject_alt_name(crt, i, value, &size, &critical);
+    if (type == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE) break;
+    if (type < 0) continue;
+    std::string entry;
+    if (type == GNUTLS_SAN_DNSNAME) entry = "DNS:" + std::string(value, size);
+    else if (type == GNUTLS_SAN_IPADDRESS) {
+      char text[INET6_ADDRSTRLEN] = "?";
+      inet_ntop(size == 4 ? AF_INET : AF_INET6, value, text, sizeof text);
+      entry = std::string("IP:") + text;
+    } else {
+      continue;
+    }
+    names += (names.empty() ? "" : ", ") + entry;
+  }
+  if (names.empty()) {
+    char dn[512];
+    size_t size = sizeof dn;
+    names = gnutls_x509_crt_get_dn(crt, dn, &size) == GNUTLS_E_SUCCESS ? std::string(dn, size) : "no name";
+  }
+  gnutls_x509_crt_deinit(crt);
+  return names;
 }
 
 }  // namespace lazyd

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 #include <sys/types.h>
 
 #include "net/tls_context.h"
@@ -52,6 +53,11 @@ class TlsSession {
   void bye();
 
   const std::string& error() const { return error_; }
+  // Once established: whether the peer's (verified) certificate names one of these (a DNS or IP subjectAltName,
+  // or the CN when it has none; GnuTLS's hostname rules, wildcards included). Empty list: false.
+  bool peer_named_one_of(const std::vector<std::string>& names) const;
+  // The peer certificate's names for messages: "DNS:client.example, IP:10.0.0.2" (or its subject DN).
+  std::string peer_names() const;
   // "TLS1.3 / ECDHE-RSA / AES-256-GCM" once established.
   std::string description() const;
 

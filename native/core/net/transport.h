@@ -26,6 +26,8 @@ class Transport {
   int fd() const { return fd_; }
   bool zero_copy() const { return !tls_; }
   bool tls() const { return tls_ != nullptr; }
+  // The established TLS session (its peer's certificate), or nullptr on a plain socket.
+  const TlsSession* tls_session() const { return tls_.get(); }
 
   // Bytes (> 0), 0 at EOF, -EAGAIN, or -errno / -EPROTO (error() names a TLS failure). Non-blocking.
   ssize_t recv(void* buf, size_t len);

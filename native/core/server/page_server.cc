@@ -27,6 +27,14 @@ constexpr uint64_t kStallProgressBytes = 64 * 1024;
 
 // Relay staging: progress events at most this often.
 constexpr uint64_t kRelayProgressIntervalNs = 100ull * 1000 * 1000;
+// A host refused by --allow-from & co is logged at most once per this interval (its other refusals are counted).
+constexpr uint64_t kRefusalLogIntervalNs = 60ull * 1000 * 1000 * 1000;
+
+std::string join_names(const std::vector<std::string>& items) {
+  std::string text;
+  for (const std::string& item : items) text += (text.empty() ? "" : ", ") + item;
+  return text;
+}
 
 }  // namespace
 
@@ -42,6 +50,7 @@ struct PageServer::Entry {
   UploadSession* upload = nullptr;        // session, when it is an image upload
   bool ack_posted = false;
   std::string peer;
+  PeerAddress address;                    // the peer's address, for --allow-from & co
   uint64_t started_ns = 0;
   uint32_t interest = 0;
   bool hup_masked = false;                // relay staging: a waiting GET's idle socket, EPOLLRDHUP off
@@ -87,6 +96,7 @@ struct PageServer::State {
   bool accepted_once = false;
   bool draining = false;
   uint64_t drain_deadline_ns = 0;
+  RefusalLog refusals{kRefusalLogIntervalNs};
 };
 
 PageServer::PageServer(PageServerConfig config, std::shared_ptr<const PageIndex> index, ServerEventSink sink)
@@ -166,6 +176,7 @@ ServerStats PageServer::stats() const {
   s.bytes_received = counters_.bytes_received.get();
   s.requests_in_flight = counters_.requests_in_flight.get();
   s.tls_failures = counters_.tls_failures.get();
+  s.access_refused = counters_.access_refused.get();
   s.staging_bytes = staging_.budget()->used();
   s.staging_max_bytes = staging_.budget()->limit();
   return s;
@@ -226,6 +237,7 @@ void PageServer::handshake(Entry& entry) {
   entry.link = std::make_unique<Transport>(entry.fd, std::move(entry.tls));
   entry.fd = -1;
   if (!config_.accept_uploads) {
+    if (!permit(entry, Permission::kFetch)) return;  // every session of a server without staging is a fetch
     entry.start_lazy(std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session));
   }
 }
@@ -275,6 +287,7 @@ void PageServer::route(Entry& entry, uint32_t events) {
     case wire::PS_IOV_ADD:
     case wire::PS_IOV_ADD_F:
     case wire::PS_IOV_HOLE: {
+      if (!permit(entry, Permission::kUpload)) return;
       MemfdStoreOptions options;
       options.limits.budget = staging_.budget();
       options.limits.max_entry_pages = config_.upload.max_entry_pages;
@@ -292,6 +305,7 @@ void PageServer::route(Entry& entry, uint32_t events) {
       break;
     }
     default:
+      if (!permit(entry, Permission::kFetch)) return;
       entry.start_lazy(std::make_unique<LazySession>(std::move(entry.link), *index_, config_.session, &staging_));
       break;
   }
@@ -307,6 +321,8 @@ void PageServer::accept_all() {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;  // EAGAIN, or EMFILE & co: the listener stays armed and we retry on the next wake-up
     }
+    const PeerAddress address = peer_address(fd);
+    if (!admit_connection(fd, address)) continue;
     ServerEvent event;
     event.peer = net::peer_name(fd);
     if (state_->sessions.size() >= config_.max_sessions || (config_.single_session && state_->accepted_once)) {
@@ -338,6 +354,7 @@ void PageServer::accept_all() {
       entry->start_lazy(std::make_unique<LazySession>(fd, *index_, config_.session));
     }
     entry->peer = event.peer;
+    entry->address = address;
     entry->started_ns = entry->last_progress_ns = entry->last_input_ns = now_ns();
     entry->interest = EPOLLIN;
     // Unrouted plain (staging) sockets have their first bytes only peeked: edge-triggered, or fewer than 4 bytes
@@ -361,6 +378,56 @@ void PageServer::accept_all() {
       return;
     }
   }
+}
+
+// --allow-from & co, at accept: a peer that no list lets do anything this server offers is refused before a byte
+// is read from it (reset, so neither end keeps the connection in TIME_WAIT), counted, and logged at most once a
+// minute per host. Returns false when fd is closed.
+bool PageServer::admit_connection(int fd, const PeerAddress& peer) {
+  const AccessPolicy& access = config_.access;
+  if (!access.by_address()) return true;
+  if (access.address_allows(peer, Permission::kFetch)) return true;
+  if (config_.accept_uploads && access.address_allows(peer, Permission::kUpload)) return true;
+  net::set_reset_on_close(fd, true);
+  close(fd);
+  counters_.access_refused.add();
+  const std::string host = peer.known ? peer.host : "?";
+  uint64_t unlogged = 0;
+  if (!state_->refusals.should_log(host, now_ns(), &unlogged)) return false;
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::kRefused;
+  event.peer = host;
+  event.message = "connection from " + host + " refused: no --allow-from" +
+                  std::string(config_.accept_uploads ? ", --allow-fetch-from or --allow-upload-from" : " or --allow-fetch-from") +
+                  " block covers it; add its address to one to let it in" +
+                  (unlogged ? " (" + std::to_string(unlogged) + " more refusals of this host since the last such line)" : "") +
+                  " (logged at most once a minute per host)";
+  sink_(event);
+  return false;
+}
+
+// --allow-from & co, at the session's first command: may this peer fetch (GET, CLOSE) or upload (OPEN2, ADD_F...)?
+// The address, then (TLS) the certificate's names. Refused: the session ends with one line; returns false.
+bool PageServer::permit(Entry& entry, Permission permission) {
+  const AccessPolicy& access = config_.access;
+  std::string why;
+  if (!access.address_allows(entry.address, permission)) {
+    why = entry.address.host + " may not " + permission_name(permission) + " here: no " + address_flags(permission) +
+          " block covers it";
+  } else if (access.by_name()) {
+    const TlsSession* tls = entry.link ? entry.link->tls_session() : nullptr;
+    const std::vector<std::string>& names = access.names_for(permission);
+    if (tls == nullptr || !tls->peer_named_one_of(names)) {
+      why = "the peer's certificate (" + (tls ? tls->peer_names() : std::string("none")) + ") names none of " +
+            (names.empty() ? std::string("the names allowed to ") + permission_name(permission) + " (none are)"
+                           : join_names(names)) +
+            " (" + name_flags(permission) + ")";
+    }
+  }
+  if (why.empty()) return true;
+  counters_.access_refused.add();
+  end_session(entry.id, false, std::string(permission_name(permission)) + " refused: " + why + "; session dropped");
+  return false;
 }
 
 void PageServer::update_interest(Entry& entry) {

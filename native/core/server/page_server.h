@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "net/access_policy.h"
 #include "net/tls_context.h"
 #include "server/lazy_session.h"
 #include "server/page_index.h"
@@ -52,6 +53,9 @@ struct PageServerConfig {
   // null: plain TCP.
   std::shared_ptr<const TlsContext> tls;
   int tls_handshake_timeout_ms = 0;
+  // --allow-from & co (net/access_policy.h): a peer no list covers is refused at accept, before a byte is read;
+  // a session whose first command asks for what its peer may not do is refused then. Empty: everyone.
+  AccessPolicy access;
 };
 
 struct ServerEvent {
@@ -104,6 +108,7 @@ struct ServerStats {
   uint64_t bytes_received = 0;      // read: lazy requests and uploads (headers + page data)
   uint64_t requests_in_flight = 0;  // GETs read, replies not yet sent in full, over all sessions
   uint64_t tls_failures = 0;        // TLS handshakes that failed or timed out: peers refused, not TLS (--tls)
+  uint64_t access_refused = 0;      // connections or sessions refused by --allow-from & co (address or certificate name)
   uint64_t staging_bytes = 0;       // staged + uploading page bytes (the staging budget in use)
   uint64_t staging_max_bytes = 0;   // --staging-max-bytes
 };
@@ -142,10 +147,12 @@ class PageServer {
   struct Entry;
   struct Counters {
     Counter sessions_total, sessions_active, sessions_failed, gets_total, pages_total, bytes_total, bytes_received,
-        requests_in_flight, tls_failures;
+        requests_in_flight, tls_failures, access_refused;
   };
   void run();
   void accept_all();
+  bool admit_connection(int fd, const PeerAddress& peer);
+  bool permit(Entry& entry, Permission permission);
   void service(Entry& entry, uint32_t events);
   void update_interest(Entry& entry);
   void end_session(uint64_t id, bool ok, const std::string& message);

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace lazyd {
@@ -9,7 +10,14 @@ namespace lazyd {
 PageFileResult write_page_file(const PageStore& store, PageKey key, const std::string& path, bool include_lazy) {
   PageFileResult result;
   const std::string temp = path + ".tmp";
-  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  // 0600 whatever the umask or a leftover temp file's mode: the file holds process memory. No symlink followed.
+  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd >= 0 && fchmod(fd, 0600) < 0) {
+    result.err = -errno;
+    close(fd);
+    result.what = "cannot set mode 0600 on " + temp;
+    return result;
+  }
   if (fd < 0) {
     result.err = -errno;
     result.what = "cannot create " + temp;

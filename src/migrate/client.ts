@@ -1,0 +1,342 @@
+// `lazyd migrate`: moves a running process tree to the host of a `lazyd agent`, post-copy (README "Migrating a
+// process"). The sequence, and where the point of no return is:
+//   1. connect to the agent (TLS with --tls), exchange CRIU versions; check both hosts (CRIU runs, userfaultfd
+//      works on the destination, the destination's CRIU can restore the source's images) — nothing frozen yet;
+//   2. `criu dump --lazy-pages` on loopback (src/migrate/lazy-dump.ts): the tree is frozen from here;
+//   3. the page gate (src/migrate/gate.ts) listens for the destination's lazy-pages daemon;
+//   4. the images (without the lazy pages: small) are streamed to the agent, which starts `lazyd lazy-pages`
+//      and then `criu restore --lazy-pages`;
+//   5. the agent reports the restored pid: the point of no return is reached, and the gate may pass the daemon's
+//      CLOSE to the dump once every page is present; the dump then exits 0 and kills the originals.
+// Every failure before the CLOSE went through — the agent refuses or fails, the copy breaks, the restore fails,
+// the link drops (no byte for twice --link-timeout), a signal — resets the dump's connection: CRIU resumes the
+// originals (docs/protocol.md §1.7). The agent, for its part, kills the restored copy when it loses the link for
+// one --link-timeout (lazy-pages' --on-failure kill), so the two never run at once.
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls, { type SecureContextOptions } from 'node:tls';
+import { Channel, CHANNEL_VERSION, type AgentMessage } from './channel.js';
+import { criuFeature, headerSize, imageCompatibility, probeCriu, type CriuHost } from './criu-host.js';
+import { PageGate, type GateOutcome } from './gate.js';
+import { criuLogErrors, startLazyDump, type LazyDump } from './lazy-dump.js';
+import { EXIT, MigrationProgress, type MigrationReport, type Stage } from './report.js';
+import { readPagemap } from '../images/pagemap.js';
+
+export interface MigrateOptions {
+  pid: number;
+  to: { host: string; port: number };
+  criu: string;
+  tls?: SecureContextOptions;
+  /** Check that the agent's certificate names --to's host (criu's CN check); false: --tls-no-cn-verify. */
+  tlsVerifyName: boolean;
+  linkTimeoutMs: number;
+  /** Where the gate listens for the destination's daemon (0: any free port). */
+  pagePort: number;
+  preCopy: boolean;
+  /** Where the dump's images go (a fresh directory under it); kept after a failure. */
+  workDir: string;
+  keepImages: boolean;
+  pageSize: number;
+  progress: MigrationProgress;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+class Failure extends Error {}
+
+async function connectAgent(options: MigrateOptions): Promise<net.Socket> {
+  const { host, port } = options.to;
+  return new Promise<net.Socket>((resolve, reject) => {
+    const fail = (error: Error) => reject(new Failure(`cannot reach the agent at ${host}:${port}: ${error.message}`));
+    if (options.tls) {
+      const socket = tls.connect({
+        host,
+        port,
+        ...options.tls,
+        rejectUnauthorized: true,
+        ...(net.isIP(host) ? {} : { servername: host }),
+        // --tls-no-cn-verify: the chain is still checked, the name is not (as criu).
+        ...(options.tlsVerifyName ? {} : { checkServerIdentity: () => undefined }),
+      });
+      socket.once('secureConnect', () => {
+        socket.removeListener('error', fail);
+        resolve(socket);
+      });
+      socket.once('error', (error) => fail(new Error(`TLS: ${error.message}`)));
+    } else {
+      const socket = net.connect(port, host);
+      socket.once('connect', () => {
+        socket.removeListener('error', fail);
+        resolve(socket);
+      });
+      socket.once('error', fail);
+    }
+  });
+}
+
+/** Waits for the next agent message of one of the given types; a refusal, failure or a closed channel throws. */
+function nextMessage<T extends AgentMessage['t']>(channel: Channel, types: T[], what: string): Promise<Extract<AgentMessage, { t: T }>> {
+  return new Promise((resolve, reject) => {
+    const cleanup = () => {
+      channel.off('message', onMessage);
+      channel.off('error', onError);
+      channel.off('close', onClose);
+    };
+    const onMessage = (message: AgentMessage) => {
+      if ((types as string[]).includes(message.t)) {
+        cleanup();
+        resolve(message as Extract<AgentMessage, { t: T }>);
+      } else if (message.t === 'refuse') {
+        cleanup();
+        reject(new Failure(`the agent refused the migration: ${message.reason}`));
+      } else if (message.t === 'failed') {
+        cleanup();
+        reject(new Failure(`the destination failed at ${message.stage}: ${message.reason}`));
+      }
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(new Failure(`${what}: ${error.message}`));
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new Failure(`${what}: the agent closed the control connection`));
+    };
+    channel.on('message', onMessage);
+    channel.on('error', onError);
+    channel.on('close', onClose);
+  });
+}
+
+async function lazyPagesOf(dir: string): Promise<number> {
+  let total = 0;
+  for (const name of fs.readdirSync(dir)) {
+    if (!/^pagemap-\d+\.img$/.test(name)) continue;
+    total += (await readPagemap(path.join(dir, name), { checkPages: false })).totals.lazyPages;
+  }
+  return total;
+}
+
+export async function migrate(options: MigrateOptions): Promise<MigrationReport> {
+  const { progress } = options;
+  const started = performance.now();
+  const destination = `${options.to.host}:${options.to.port}`;
+  const stages: Stage[] = [];
+  let stageStart = started;
+  const stage = (name: string) => {
+    const now = performance.now();
+    stages.push({ name, ms: now - stageStart });
+    stageStart = now;
+  };
+  const report: MigrationReport = {
+    outcome: 'untouched',
+    exitCode: EXIT.untouched,
+    message: '',
+    pid: options.pid,
+    destination,
+    criu: {},
+    bytes: { images: 0, pages: 0, requests: 0, control: 0, total: 0 },
+    stages,
+  };
+  let channel: Channel | undefined;
+  let dump: LazyDump | undefined;
+  let gate: PageGate | undefined;
+  let imagesDir: string | undefined;
+  let restoredAt: number | undefined;
+  let doneAt: number | undefined;
+  const onSignal = (signal: NodeJS.Signals) => abortWith(new Failure(`interrupted by ${signal}`));
+  // Set once the destination has every page: from then on only the dump's own end counts.
+  let finishing = false;
+  let rejectAborted: (error: Error) => void = () => undefined;
+  const aborted = new Promise<never>((_, reject) => (rejectAborted = reject));
+  const abortWith = (error: Error) => {
+    if (!finishing) rejectAborted(error);
+  };
+  aborted.catch(() => undefined);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const race = <T>(promise: Promise<T>) => Promise.race([promise, aborted]);
+
+  try {
+    // ---- 1. both hosts, before anything is frozen
+    progress.update({ phase: 'check' });
+    if (!pidAlive(options.pid)) throw new Failure(`no process ${options.pid} on this host — pass the pid of the tree's root (--pid)`);
+    const source: CriuHost = probeCriu(options.criu);
+    report.criu.source = source.version;
+    if (options.preCopy) {
+      const missing = criuFeature(options.criu, 'mem_dirty_track');
+      if (missing !== undefined) {
+        report.preCopy = `not available: this kernel does not track dirty memory (criu check --feature mem_dirty_track: ${missing}); post-copy alone`;
+        progress.note(`--pre-copy: this kernel does not track dirty memory (criu check --feature mem_dirty_track fails); migrating with post-copy alone`);
+      } else {
+        throw new Failure('--pre-copy: pre-dump iterations into the agent are not implemented in this lazyd; run without --pre-copy');
+      }
+    }
+    const socket = await race(connectAgent(options));
+    channel = new Channel(socket);
+    channel.keepAlive(2 * options.linkTimeoutMs);
+    channel.on('error', (error: Error) => abortWith(new Failure(`the control connection to ${destination} failed: ${error.message}`)));
+    channel.on('close', () => abortWith(new Failure(`the agent at ${destination} closed the control connection`)));
+    const welcome = nextMessage(channel, ['welcome'], 'waiting for the agent');
+    channel.send({ t: 'hello', v: CHANNEL_VERSION, criuVersion: source.version, pageSize: options.pageSize, linkTimeoutMs: options.linkTimeoutMs, pid: options.pid });
+    const hello = await race(welcome);
+    report.criu.destination = hello.criuVersion;
+    if (hello.v !== CHANNEL_VERSION) throw new Failure(`the agent speaks migration protocol ${hello.v}, this lazyd ${CHANNEL_VERSION} — run the same lazyd version on both hosts`);
+    if (hello.pageSize !== options.pageSize) throw new Failure(`page size ${options.pageSize} here, ${hello.pageSize} on the destination: CRIU images cannot move between them`);
+    if (hello.uffd) throw new Failure(`the destination cannot restore lazily: ${hello.uffd}`);
+    const mismatch = imageCompatibility(source.version, hello.criuVersion);
+    if (mismatch) throw new Failure(mismatch);
+    stage('check');
+
+    // ---- 2. the freeze: from here a failure is a rollback
+    fs.mkdirSync(options.workDir, { recursive: true });
+    imagesDir = fs.mkdtempSync(path.join(options.workDir, `migrate-${options.pid}-`));
+    progress.update({ phase: 'dump' });
+    dump = await race(startLazyDump(options.criu, options.pid, imagesDir));
+    report.outcome = 'rolled-back';
+    report.exitCode = EXIT.rolledBack;
+    const lazyPages = await lazyPagesOf(imagesDir);
+    report.lazyPages = lazyPages;
+    stages.push({ name: 'dump', ms: dump.readyAt - stageStart });
+    stageStart = dump.readyAt;
+    const dumpExited = dump.exited.then((code) => {
+      if (!gate?.closePassed) abortWith(new Failure(`criu dump exited (${code}) before the migration was complete: ${criuLogErrors(dump!.logFile)}`));
+      return code;
+    });
+
+    // ---- 3. the gate, where the destination's daemon will fetch the pages
+    gate = new PageGate({
+      listenAddress: socket.localAddress!.replace(/^::ffff:/, ''),
+      listenPort: options.pagePort,
+      peerAddress: socket.remoteAddress!,
+      dumpPort: dump.port,
+      headerSize: headerSize(source.version),
+      pageSize: options.pageSize,
+      tls: options.tls,
+    });
+    const gatePort = await race(gate.listen());
+    const gateEnded = new Promise<GateOutcome>((resolve) => gate!.once('end', resolve));
+    // The gate has reset the dump itself (the destination's page connection failed): that is the cause to report.
+    void gateEnded.then((outcome) => {
+      if (!outcome.ok) abortWith(new Failure(outcome.reason));
+    });
+    gate.on('refused', (why: string) => progress.note(`refused ${why}`));
+
+    // ---- 4. the images
+    progress.update({ phase: 'copy' });
+    let files = 0;
+    for (const name of fs.readdirSync(imagesDir).sort()) {
+      if (!name.endsWith('.img')) continue;
+      report.bytes.images += await race(channel.sendFile(name, path.join(imagesDir, name)));
+      files++;
+    }
+    stage('copy');
+    progress.update({ phase: 'restore' });
+    const restoredMessage = nextMessage(channel, ['restored'], 'waiting for the restore');
+    channel.send({ t: 'restore', pageServer: { address: socket.localAddress!.replace(/^::ffff:/, ''), port: gatePort }, files, bytes: report.bytes.images });
+    const restored = await race(restoredMessage);
+
+    // ---- 5. the point of no return: the restore succeeded on the destination
+    restoredAt = performance.now();
+    report.restoredPid = restored.pid;
+    report.downtimeMs = restoredAt - dump.startedAt;
+    gate.commit();
+    stage('restore');
+    const done = nextMessage(channel, ['done'], 'waiting for the last pages');
+    const ticker = setInterval(() => progress.update({ phase: 'pages', present: Math.min(gate!.pagesServed, lazyPages), total: lazyPages }), 100);
+    try {
+      await race(done);
+    } finally {
+      clearInterval(ticker);
+    }
+    finishing = true;
+    doneAt = performance.now();
+    report.allPagesMs = doneAt - dump.startedAt;
+    progress.update({ phase: 'pages', present: lazyPages, total: lazyPages });
+    stage('pages');
+
+    // ---- 6. the dump has had the CLOSE: it kills the originals and exits 0
+    progress.update({ phase: 'finish' });
+    const outcome = await gateEnded;
+    if (!outcome.ok) throw new Failure(outcome.reason);
+    const code = await dump.exited;
+    report.frozenMs = performance.now() - dump.startedAt;
+    stage('finish');
+    if (code !== 0) {
+      report.outcome = 'lost';
+      report.exitCode = EXIT.lost;
+      report.message = `lazyd migrate: criu dump exited ${code} after the CLOSE went through (${criuLogErrors(dump.logFile)}); check pid ${options.pid} here and pid ${restored.pid} on ${options.to.host}`;
+    } else {
+      report.outcome = 'migrated';
+      report.exitCode = EXIT.migrated;
+      report.message = `lazyd migrate: pid ${options.pid} now runs on ${options.to.host} as pid ${restored.pid}; the original is gone`;
+    }
+    channel.send({ t: 'bye' });
+    channel.end();
+  } catch (error) {
+    const reason = (error as Error).message;
+    if (!dump) {
+      report.outcome = 'untouched';
+      report.exitCode = EXIT.untouched;
+      report.message = `lazyd migrate: ${reason}; nothing was frozen, pid ${options.pid} runs on here as before`;
+    } else if (gate?.closePassed) {
+      report.outcome = 'lost';
+      report.exitCode = EXIT.lost;
+      report.message = `lazyd migrate: ${reason} after the dump had the CLOSE; the original is gone — check pid ${report.restoredPid ?? '?'} on ${options.to.host}`;
+    } else {
+      progress.update({ phase: 'rollback' });
+      if (gate) gate.abort(reason);
+      else abortDumpWithoutGate(dump.port);
+      const code = await dump.exited;
+      report.frozenMs = performance.now() - dump.startedAt;
+      const alive = pidAlive(options.pid);
+      report.outcome = alive ? 'rolled-back' : 'lost';
+      report.exitCode = alive ? EXIT.rolledBack : EXIT.lost;
+      const after = restoredAt !== undefined ? ` after the restore had succeeded (the destination kills its copy: lazy-pages --on-failure kill)` : '';
+      report.message = alive
+        ? `lazyd migrate: ${reason}${after}; rolled back: criu dump resumed pid ${options.pid} on this host (dump exit ${code})`
+        : `lazyd migrate: ${reason}${after}; criu dump exited ${code} and pid ${options.pid} is gone here: ${criuLogErrors(dump.logFile)}`;
+    }
+    if (channel && !channel.isClosed) {
+      channel.send({ t: 'abort', reason });
+      channel.end();
+    }
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    gate?.close();
+    progress.stop();
+  }
+  if (gate) {
+    report.pagesServed = gate.pagesServed;
+    report.bytes.pages = gate.bytesToDestination;
+    report.bytes.requests = gate.bytesFromDestination;
+  }
+  if (channel) report.bytes.control = channel.bytesIn + channel.bytesOut - report.bytes.images;
+  report.bytes.total = report.bytes.images + report.bytes.pages + report.bytes.requests + report.bytes.control;
+  if (imagesDir && report.outcome === 'migrated' && !options.keepImages) fs.rmSync(imagesDir, { recursive: true, force: true });
+  else if (imagesDir && report.outcome !== 'migrated') report.message += ` (images and dump.log kept in ${imagesDir})`;
+  void started;
+  return report;
+}
+
+/** The dump's one client slot, taken only to reset it: CRIU then resumes the tasks (docs/protocol.md §1.7). */
+function abortDumpWithoutGate(port: number): void {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  socket.resetAndDestroy();
+}
+
+/** The default place for the dump's images. */
+export function defaultWorkDir(): string {
+  return path.join(os.tmpdir(), 'lazyd-migrate');
+}
