@@ -94,7 +94,7 @@ export const FIGURES: FigureDef[] = [
   { key: 'boundHit', label: `over the ${BOUND_MS / 1000} s bound`, unit: 'runs', digits: 0 },
   { key: 'dumpMs', label: 'dump (tasks frozen, images written / upload done / lazy dump serving)', unit: 'ms', digits: 0 },
   { key: 'sourceFrozenMs', label: 'source tasks frozen (dump start → dump exit)', unit: 'ms', digits: 0 },
-  { key: 'daemonStartMs', label: 'destination daemon start (inside the downtime)', unit: 'ms', digits: 0 },
+  { key: 'daemonStartMs', label: 'destination daemon start (inside the downtime unless pre-started: lazyd-relay+lazyd)', unit: 'ms', digits: 0 },
   { key: 'restoreMs', label: 'restore to running (criu restore)', unit: 'ms', digits: 0 },
   { key: 'downtimeMs', label: 'downtime (last heartbeat before dump → first after restore)', unit: 'ms', digits: 0 },
   { key: 'pagesInstalledMs', label: 'all pages present (from restore start)', unit: 'ms', digits: 0 },
