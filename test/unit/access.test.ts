@@ -13,6 +13,7 @@ import { repoRoot } from '../../src/paths.js';
 import { addressListProblem } from '../../src/config/address-list.js';
 import { accessOptionsFrom, isLoopback, listenPlan, OPEN_ACCESS } from '../../src/page-server/access.js';
 import { ensurePrivateDir } from '../../src/staging/private-dir.js';
+import { parseListenTable } from '../../src/staging/listen-watch.js';
 import { makeTestPki, tlsArgs } from '../harness/pki.js';
 import { fixturePath } from '../fixtures/fixtures.js';
 
@@ -90,25 +91,10 @@ test('the staging directory: a checkpoint dir others can enter tightened to 0700
 
 /** Local addresses in LISTEN state on `port`, from the kernel's tables ("127.0.0.1", "::", ...). */
 function listeners(port: number): string[] {
-  const found: string[] = [];
-  for (const [file, v6] of [['/proc/net/tcp', false], ['/proc/net/tcp6', true]] as const) {
-    for (const line of fs.readFileSync(file, 'utf8').split('\n').slice(1)) {
-      const [, local, , state] = line.trim().split(/\s+/);
-      if (!local || state !== '0A') continue;
-      const [hex, portHex] = local.split(':');
-      if (parseInt(portHex, 16) !== port) continue;
-      const bytes = Buffer.from(hex, 'hex');
-      // The kernel prints each 32-bit word in host (little-endian) order.
-      for (let i = 0; i < bytes.length; i += 4) bytes.subarray(i, i + 4).reverse();
-      found.push(v6 ? formatV6(bytes) : [...bytes].join('.'));
-    }
-  }
-  return found;
-}
-
-function formatV6(bytes: Buffer): string {
-  const words = Array.from({ length: 8 }, (_, i) => bytes.readUInt16BE(i * 2).toString(16));
-  return net.isIPv6(words.join(':')) ? new URL(`http://[${words.join(':')}]`).hostname.slice(1, -1) : words.join(':');
+  return ['/proc/net/tcp', '/proc/net/tcp6']
+    .flatMap((file) => parseListenTable(fs.readFileSync(file, 'utf8')))
+    .filter((socket) => socket.port === port)
+    .map((socket) => socket.address);
 }
 
 interface Started {
