@@ -1,6 +1,6 @@
 // Test certificates made by the openssl command line: a CA, leaf certificates for 127.0.0.1 ("good",
 // "revoked"), and a CRL revoking the second; and a TlsContext for one of them as lazyd would load it.
-// (native/tests/tls_test.cc has its own copy of the same steps.)
+// Used by tls_test.cc and relay_test.cc.
 #pragma once
 
 #include <cstdio>

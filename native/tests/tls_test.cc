@@ -34,6 +34,7 @@
 #include "wire/wire.h"
 
 #include "check.h"
+#include "pki.h"
 
 using namespace lazyd;
 
@@ -44,36 +45,8 @@ constexpr uint64_t PID = 42;
 constexpr uint64_t BASE = 0x7f0000000000;
 constexpr uint64_t PAGES = 64;
 
-std::string dir;
-
-void sh(const std::string& command) {
-  const std::string full = "cd " + dir + " && (" + command + ") >/dev/null 2>&1";
-  if (std::system(full.c_str()) != 0) {
-    std::fprintf(stderr, "failed: %s\n", command.c_str());
-    std::exit(1);
-  }
-}
-
-// A CA, two leaf certificates for 127.0.0.1 (good, revoked), and a CRL revoking the second.
-void make_pki() {
-  char tmpl[] = "/tmp/lazyd-tls-test-XXXXXX";
-  CHECK(mkdtemp(tmpl) != nullptr);
-  dir = tmpl;
-  const std::string ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-  sh("openssl req -x509 " + ec + " -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=ca"
-     " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign");
-  sh("printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > leaf.ext");
-  int serial = 1;
-  for (const char* name : {"good", "revoked"}) {
-    const std::string n = name;
-    sh("openssl req " + ec + " -keyout " + n + "-key.pem -out " + n + ".csr -subj /CN=" + n);
-    sh("openssl x509 -req -in " + n + ".csr -CA ca.pem -CAkey ca-key.pem -set_serial " + std::to_string(serial++) +
-       " -days 2 -out " + n + ".pem -extfile leaf.ext");
-  }
-  sh("touch index.txt && echo 01 > crlnumber && printf '[ca]\\ndefault_ca=c\\n[c]\\ndatabase=index.txt\\n"
-     "crlnumber=crlnumber\\ncertificate=ca.pem\\nprivate_key=ca-key.pem\\ndefault_md=sha256\\ndefault_crl_days=2\\n' > ca.cnf");
-  sh("openssl ca -config ca.cnf -revoke revoked.pem && openssl ca -config ca.cnf -gencrl -out crl.pem");
-}
+// The test certificates (pki.h): a CA, good and revoked leaves for 127.0.0.1, a CRL revoking the second.
+std::string& dir = test_pki::dir();
 
 std::shared_ptr<TlsContext> context(const std::string& who, std::string* error = nullptr) {
   TlsOptions o;
@@ -471,11 +444,11 @@ void test_allowed_names() {
 }  // namespace
 
 int main() {
-  make_pki();
+  test_pki::make();
   test_context_errors();
   test_server();
   test_allowed_names();
   test_engine_handshake_does_not_block();
-  std::system(("rm -rf " + dir).c_str());
+  test_pki::remove();
   return check_report();
 }
