@@ -12,7 +12,6 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
-import pino from 'pino';
 import {
   checkpointWorkload,
   CRIU_VERSIONS,
@@ -43,24 +42,13 @@ import type { StagingOptions } from '../../src/staging/stager.js';
 import { startStagingControl, type ListedCheckpoint } from '../../src/staging/control.js';
 import { relayPlan } from '../../src/staging/relay.js';
 import type { NativeTlsOptions } from '../../src/native.js';
+import { memoryLogger, type LogLine } from '../harness/memory-logger.js';
 
 const TEST_TIMEOUT_MS = 150_000;
 /** The pull through the slow relay: 16 MiB take 8 s, so a restore started at once surely runs before it ends. */
 const SLOW_PULL_BYTES_PER_SECOND = 2 * 1024 * 1024;
 /** With the pull slowed, little bulk in flight: a demand fetch waits behind at most this much. */
 const SMALL_INFLIGHT = 64 * 1024;
-
-type LogLine = { level: number; msg: string; [field: string]: unknown };
-
-function memoryLogger() {
-  const lines: LogLine[] = [];
-  const logger = pino({ level: 'debug', base: undefined }, {
-    write(line: string) {
-      lines.push(JSON.parse(line));
-    },
-  } as pino.DestinationStream);
-  return { logger, lines };
-}
 
 /** lazyd's page server with staging and its control socket, in this process: the relay daemon. */
 async function startRelayDaemon(runDir: string, staging: Partial<StagingOptions> = {}, tls?: NativeTlsOptions) {

@@ -12,7 +12,6 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import pino from 'pino';
 import {
   buildWorkload,
   checkpointOf,
@@ -50,20 +49,9 @@ import type { StagingOptions } from '../../src/staging/stager.js';
 import { startStagingControl } from '../../src/staging/control.js';
 import { readPagemap, PE_LAZY, PE_PRESENT } from '../../src/images/index.js';
 import { readFixture, sessionFacts } from '../fixtures/fixtures.js';
+import { memoryLogger, type LogLine } from '../harness/memory-logger.js';
 
 const TEST_TIMEOUT_MS = 120_000;
-
-type LogLine = { level: number; msg: string; [field: string]: unknown };
-
-function memoryLogger() {
-  const lines: LogLine[] = [];
-  const logger = pino({ level: 'debug', base: undefined }, {
-    write(line: string) {
-      lines.push(JSON.parse(line));
-    },
-  } as pino.DestinationStream);
-  return { logger, lines };
-}
 
 /** lazyd's page server with staging into stagingDir, in this process; with controlSocket, its control socket too. */
 async function startStaging(stagingDir: string, staging: Partial<StagingOptions> = {}, controlSocket?: string) {

@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import pino from 'pino';
 import { PageServerService, type NativeSessionEvent } from '../../src/page-server/service.js';
 import { dataArea, fixturePath, sessionFacts, uploadPagesImage, type SessionName } from '../fixtures/fixtures.js';
+import { memoryLogger } from '../harness/memory-logger.js';
 
 const VERSIONS = ['4.1.1', '4.2.1'] as const;
 const PAGE = 4096;
@@ -31,18 +31,8 @@ const UNCOVERED = (() => {
 })();
 
 /** A logger that keeps records, so tests can assert on what the server said. */
-function memoryLogger() {
-  const records: Array<{ level: number; msg: string }> = [];
-  const logger = pino({ level: 'debug', base: undefined }, {
-    write(line: string) {
-      records.push(JSON.parse(line));
-    },
-  } as pino.DestinationStream);
-  return { logger, records };
-}
-
 async function startServer(version: string, extra: Partial<Parameters<typeof PageServerService.start>[0]> = {}) {
-  const { logger, records } = memoryLogger();
+  const { logger, lines: records } = memoryLogger();
   const service = await PageServerService.start({
     imagesDir: testdata(version, 'plain-dump', 'images'),
     address: '127.0.0.1',
@@ -333,7 +323,7 @@ for (const version of VERSIONS) {
     test(`CRIU ${version}: staging${persist ? ' --persist' : ''}: upload, images as criu page-server's, lazy GETs from memory, pid kept apart, ttl`, async () => {
       const { readPagemap, PE_LAZY, PE_PRESENT } = await import('../../src/images/index.js');
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-staging-'));
-      const { logger, records } = memoryLogger();
+      const { logger, lines: records } = memoryLogger();
       // No TTL here: what follows needs the checkpoint staged however long it takes; the TTL has its own server
       // below.
       const service = await PageServerService.start({
@@ -407,9 +397,9 @@ for (const version of VERSIONS) {
       });
       try {
         assert.deepEqual(await upload(timed.port, stream, expected.length), expected);
-        await until('staged', () => ttlLog.records.some((r) => /^Staged checkpoint #\d+: pids 1 /.test(r.msg)));
+        await until('staged', () => ttlLog.lines.some((r) => /^Staged checkpoint #\d+: pids 1 /.test(r.msg)));
         await until('ttl release', () => timed.stagedCheckpoints().length === 0);
-        assert.ok(ttlLog.records.some((r) => /released: after 1 s \(--staging-ttl\)/.test(r.msg)), 'released by the TTL');
+        assert.ok(ttlLog.lines.some((r) => /released: after 1 s \(--staging-ttl\)/.test(r.msg)), 'released by the TTL');
         await until('memory freed', () => timed.stats().stagingBytes === 0);
       } finally {
         timed.stop(0);
