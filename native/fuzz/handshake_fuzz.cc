@@ -22,17 +22,11 @@
 #include "lazy/restore_handshake.h"
 #include "wire/wire.h"
 
+#include "fuzz_check.h"
+
 using namespace lazyd;
 using handshake::Handover;
 using handshake::HandshakeReader;
-
-#define FUZZ_CHECK(cond)                                                           \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      __builtin_trap();                                                            \
-    }                                                                              \
-  } while (0)
 
 namespace {
 

@@ -22,15 +22,9 @@
 #include "lazy/page_client.h"
 #include "wire/wire.h"
 
-using namespace lazyd;
+#include "fuzz_check.h"
 
-#define FUZZ_CHECK(cond)                                                           \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      __builtin_trap();                                                            \
-    }                                                                              \
-  } while (0)
+using namespace lazyd;
 
 namespace {
 

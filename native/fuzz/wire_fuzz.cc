@@ -20,14 +20,9 @@
 #include "net/access_policy.h"
 #include "wire/wire.h"
 
-using namespace lazyd::wire;
+#include "fuzz_check.h"
 
-#define FUZZ_CHECK(cond) \
-  do {                   \
-    if (!(cond)) {       \
-      __builtin_trap();  \
-    }                    \
-  } while (0)
+using namespace lazyd::wire;
 
 namespace {
 
