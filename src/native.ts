@@ -131,6 +131,8 @@ export interface PageServerEvent {
   demandRequests: number;
   bulkRequests: number;
   shortReplies: number;
+  /** relay-*: page bytes copied into the store's memfd; the rest are held by reference, uncopied (pipes). */
+  bytesCopied: number;
 }
 
 /** One task of a relayed dump: its PE_LAZY pagemap entries (dump-time addresses). */
