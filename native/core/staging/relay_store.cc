@@ -67,6 +67,12 @@ int RelayStore::init(const std::vector<RelayTask>& tasks, std::string* error) {
     return -errno;
   }
   file_size_ = pages_total_ * page_size();
+  // The memfd's way in, made now: it is what is left when pipes run out (no fd for one more).
+  if (pipe2(copy_pipe_, O_NONBLOCK | O_CLOEXEC) < 0) {
+    *error = std::string("cannot create a pipe for the staging memfd: ") + strerror(errno);
+    return -errno;
+  }
+  fcntl(copy_pipe_[1], F_SETPIPE_SZ, 1 << 20);  // best effort: larger steps, fewer calls
   // shmem allocates a page only when it is written: the size costs nothing until the pages arrive.
   if (ftruncate(fd_, static_cast<off_t>(file_size_)) < 0) {
     *error = std::string("cannot size the staging memfd: ") + strerror(errno);
@@ -98,10 +104,6 @@ ssize_t RelayStore::memfd_sink(int socket_fd, uint64_t at, size_t want, std::str
     *error = std::string("cannot write into the staging memfd: ") + strerror(err);
     return -err;
   };
-  if (copy_pipe_[0] < 0) {
-    if (pipe2(copy_pipe_, O_NONBLOCK | O_CLOEXEC) < 0) return failed(errno);
-    fcntl(copy_pipe_[1], F_SETPIPE_SZ, 1 << 20);  // best effort: larger steps, fewer calls
-  }
   ssize_t n;
   do {
     n = splice(socket_fd, nullptr, copy_pipe_[1], nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -211,7 +213,7 @@ ssize_t RelayStore::copy_out(const StoreSpan& span, uint64_t done, void* buf, si
 
 StoreResources RelayStore::resources() const {
   StoreResources r;
-  r.fds = (fd_ >= 0) + pipes_.fds() + 2 * (copy_pipe_[0] >= 0);
+  r.fds = (fd_ >= 0) + pipes_.fds() + 2;
   r.pipes = pipes_.pipe_count();
   r.file_bytes = file_size_;
   return r;
