@@ -28,6 +28,8 @@
 //   B  headline three, CRIU 4.1.1, 512 MiB, every workload at 0.5 ms
 //   C  headline three, CRIU 4.2.1, 64 MiB and 2 GiB, seq and hot at 0.5 ms
 //   D  all 10 source × destination pairings, CRIU 4.2.1, 512 MiB, seq and random at 0.5 ms, alternated together
+//   R  relay staging's matrix (issue 11): headline three, seq, 64 MiB / 512 MiB / 2 GiB × RTT 0 / 0.5 / 5 ms with
+//      CRIU 4.2.1, and 512 MiB × the three RTTs with CRIU 4.1.1 (not in the default slices)
 // --quick: the headline three, 64 MiB, seq and hot, at 0 and 5 ms, one round.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -476,6 +478,12 @@ export function plans(ctx: BenchContext): Plan[] {
       for (const mib of [64, 2048]) {
         for (const workload of ['seq', 'hot'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib, workload, rttMs: 0.5 }, configs: headline, rounds });
       }
+    } else if (slice === 'R') {
+      const cells = [
+        ...[64, 512, 2048].flatMap((mib) => [0, 0.5, 5].map((rttMs) => ({ criuVersion: newest, mib, rttMs }))),
+        ...(oldest !== newest ? [0, 0.5, 5].map((rttMs) => ({ criuVersion: oldest, mib: 512, rttMs })) : []),
+      ];
+      for (const c of cells) out.push({ slice, cell: { ...c, workload: 'seq' }, configs: headline, rounds });
     } else if (slice === 'D') {
       const all = [...HEADLINE, ...SOURCES.flatMap((s) => DESTS.map((d) => `${s}+${d}`)).filter((c) => !HEADLINE.includes(c))];
       for (const workload of ['seq', 'random'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib: 512, workload, rttMs: 0.5 }, configs: all, rounds });

@@ -131,6 +131,8 @@ export interface PageServerEvent {
   demandRequests: number;
   bulkRequests: number;
   shortReplies: number;
+  /** relay-*: page bytes copied into the store's memfd; the rest are held by reference, uncopied (pipes). */
+  bytesCopied: number;
 }
 
 /** One task of a relayed dump: its PE_LAZY pagemap entries (dump-time addresses). */
@@ -343,6 +345,8 @@ export interface NativeAddon {
   notify(socket: string, text: string): void;
   /** What `lazyd check` asks of the kernel. */
   probeHost(): HostProbe;
+  /** The TCP sockets that LISTEN on port in this network namespace (sock_diag). Throws when netlink refuses. */
+  tcpListening(port: number): { address: string; port: number }[];
   /** Loads the TLS credentials as the daemons will; returns the notes for the log ("" if none). Throws on a bad file. */
   tlsCheck(options: NativeTlsOptions): string;
   /** wire.cc detect(): 24, 32, or 0 (undecided). */
@@ -355,7 +359,7 @@ export const NATIVE_CLASSES = {
   PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release', 'startRelay'],
   LazyPages: ['start', 'setTasks', 'stop', 'stats', 'socketPath', 'error'],
 } as const satisfies { [C in 'PageServer' | 'LazyPages']: readonly (keyof InstanceType<NativeAddon[C]>)[] };
-export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tlsCheck', 'detectFormat'] as const satisfies readonly (keyof NativeAddon)[];
+export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tcpListening', 'tlsCheck', 'detectFormat'] as const satisfies readonly (keyof NativeAddon)[];
 export const NATIVE_VALUES = ['constants', 'pageSize'] as const satisfies readonly (keyof NativeAddon)[];
 
 // Compile-time: the lists above name every member of the interfaces (a member added to one and not the other

@@ -1,17 +1,9 @@
-// A PageStore that keeps the pages in pipes, as CRIU's page server does (docs/protocol.md §1.6, §1.8): payloads are
-// spliced from the upload socket into the pipes without passing through user space, and served with tee()
-// of (offset-in-pipe + length) bytes into the caller's scratch pipe, a splice of the leading offset bytes to
-// /dev/null and a splice of the rest to the output. tee() and the discard cost 50-70 ns per pipe buffer
-// ahead of the page, so the store bounds the bytes per pipe (pipe_bytes): the offset of any page inside its
-// pipe is below pipe_bytes. The price is file descriptors: 2 per pipe while filling, 1 once sealed.
-//
-// Pipe buffers made by splicing from a socket reference the socket's receive pages: over loopback a buffer
-// holds up to 32 KiB (the sender's page fragments), over a NIC typically one MSS-sized fragment each. A pipe
-// therefore fills by slots or by pipe_bytes, whichever comes first, and pages may straddle pipes.
+// A PageStore that keeps an upload's pages in pipes, as CRIU's page server does (docs/protocol.md §1.6, §1.8):
+// PagePipes (native/core/staging/page_pipes.h) over the upload's byte stream. Relay staging holds its pages the
+// same way; this store exists to measure the upload case against the memfd store (bench.cc).
 #pragma once
 
-#include <vector>
-
+#include "staging/page_pipes.h"
 #include "staging/page_store.h"
 
 namespace lazyd {
@@ -37,7 +29,7 @@ class PipeStore final : public PageStore {
   StoreResources resources() const override;
 
   uint64_t pipe_bytes() const { return pipe_bytes_; }
-  uint64_t pipe_capacity() const { return pipes_.empty() ? capacity_ : pipes_.back().capacity; }
+  uint64_t pipe_capacity() const { return pipes_.capacity(); }
 
  protected:
   ssize_t put_from_fd(int fd, uint64_t len) override;
@@ -45,24 +37,8 @@ class PipeStore final : public PageStore {
   int on_seal() override;
 
  private:
-  struct Pipe {
-    int rd = -1;
-    int wr = -1;
-    uint64_t start = 0;  // stream position of its first byte
-    uint64_t bytes = 0;
-    uint64_t capacity = 0;  // F_GETPIPE_SZ
-    bool full = false;
-  };
-  // The pipe to write into: the last one, or a new one (starting at stream position at) when it is full or
-  // at pipe_bytes.
-  int tail_pipe(uint64_t at, Pipe** pipe);
-  bool pipe_full(const Pipe& pipe) const;
-  int pull(const StoreSpan& span, uint64_t done, ServeScratch& scratch) const;
-
   uint64_t pipe_bytes_;
-  uint64_t capacity_;
-  int null_fd_ = -1;
-  std::vector<Pipe> pipes_;
+  PagePipes pipes_;
 };
 
 }  // namespace lazyd

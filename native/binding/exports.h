@@ -10,6 +10,7 @@ Napi::Function define_lazy_pages(Napi::Env env);         // lazy_pages.cc: class
 Napi::Value tls_check(const Napi::CallbackInfo& info);   // tls_check.cc: tlsCheck(options)
 Napi::Value notify(const Napi::CallbackInfo& info);      // sd_notify.cc: notify(socketPath, text)
 Napi::Value probe_host(const Napi::CallbackInfo& info);  // host_probe.cc: probeHost()
+Napi::Value tcp_listening(const Napi::CallbackInfo& info);  // listen_probe.cc: tcpListening(port)
 Napi::Object wire_constants(Napi::Env env);              // wire.cc: constants
 Napi::Value detect_format(const Napi::CallbackInfo& info);  // wire.cc: detectFormat(bytes, pageSize)
 

@@ -14,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("constants", wire_constants(env));
   exports.Set("notify", Napi::Function::New(env, notify, "notify"));
   exports.Set("probeHost", Napi::Function::New(env, probe_host, "probeHost"));
+  exports.Set("tcpListening", Napi::Function::New(env, tcp_listening, "tcpListening"));
   exports.Set("tlsCheck", Napi::Function::New(env, tls_check, "tlsCheck"));
   exports.Set("detectFormat", Napi::Function::New(env, detect_format));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));

@@ -233,6 +233,7 @@ void PageServerWrap::post(const lazyd::ServerEvent& event) {
     object.Set("demandRequests", uint64_value(env, owned->demand_requests));
     object.Set("bulkRequests", uint64_value(env, owned->bulk_requests));
     object.Set("shortReplies", uint64_value(env, owned->short_replies));
+    object.Set("bytesCopied", uint64_value(env, owned->bytes_copied));
     if (owned->store) {
       object.Set("pagemaps", store_pagemaps(env, *owned->store));
       object.Set("bytesHeld", uint64_value(env, owned->store->bytes_held()));

@@ -397,12 +397,16 @@ uint64_t total_pages(const std::vector<RelayTask>& tasks) {
 }
 
 // A complete pull: every page held, CLOSE sent only then, the dump sees its EOF only after answering; restores
-// are served every page, right.
-void test_complete_pull(wire::Format format) {
+// are served every page, right: whole ranges twice (fan-out: serving from the pipes does not consume them) and
+// each page alone (from the middle of its pipe, and pages that straddle two). By reference (the default over
+// plain TCP) no byte is copied; without it every byte goes into the memfd.
+void test_complete_pull(wire::Format format, bool by_reference) {
   Server server(1ull << 30);
   Dump dump(format);
-  const std::vector<RelayTask> tasks = two_tasks();
-  const uint64_t id = start_relay(server, options_for(dump, tasks, server));
+  const std::vector<RelayTask> tasks = two_tasks(by_reference ? 8 : 1);
+  RelayOptions o = options_for(dump, tasks, server);
+  o.hold_by_reference = by_reference;
+  const uint64_t id = start_relay(server, o);
   CHECK(id >= 2);
   ServerEvent staged;
   CHECK(server.wait_event(ServerEvent::Kind::kStaged, id, &staged));  // served from the start of the pull
@@ -413,12 +417,22 @@ void test_complete_pull(wire::Format format) {
   CHECK(done.pages_held == total_pages(tasks));
   CHECK(done.pages_total == total_pages(tasks));
   CHECK(done.bytes == total_pages(tasks) * P);
+  CHECK(done.bytes_copied == (by_reference ? 0 : done.bytes));
   CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
   CHECK(dump.ended() == Dump::End::kCloseThenEof);
   // Each page asked for exactly once (short replies re-ask only the rest), so the dump's replies cover the layout.
   CHECK(dump.replies >= dump.gets);
   Restore restore(server, format);
   CHECK(restore.verify_all(tasks));
+  Restore again(server, format);
+  CHECK(again.verify_all(tasks));
+  const RelayRange& range = tasks[1].ranges[0];
+  for (uint64_t pg = 0; pg < range.nr_pages; pg++) {
+    std::vector<uint8_t> buf;
+    uint64_t got = 0;
+    CHECK(again.get(tasks[1].pid, range.vaddr + pg * P, 1, &buf, &got) == 0);
+    CHECK(got == 1 && page_ok(buf.data(), tasks[1].pid, range.vaddr + pg * P));
+  }
   CHECK(!server.has_event(ServerEvent::Kind::kRelayFailed, id));
 }
 
@@ -460,9 +474,11 @@ void test_demand_ahead_of_bulk(wire::Format format) {
 }
 
 // The dump's server dies mid-pull (half a reply, then its EOF): the relay fails with one line, lazyd's end is a
-// reset (the dump would count an EOF as success and kill the tasks), pages held are served, a page never pulled is
-// refused (never zeros), and a restore waiting for one is refused too.
-void test_peer_dies(wire::Format format) {
+// reset (the dump would count an EOF as success and kill the tasks), a page never pulled is refused (never zeros),
+// and a restore waiting for one is refused too. Pages held by reference (pipes: the default over plain TCP) are
+// dropped, because the resumed tasks may change them: nothing of the checkpoint is served. Pages copied into the
+// memfd (hold_by_reference off, as under TLS) are a snapshot and still served.
+void test_peer_dies(wire::Format format, bool by_reference) {
   Server server(1ull << 30);
   Dump dump(format);
   dump.credits = 3;
@@ -470,6 +486,7 @@ void test_peer_dies(wire::Format format) {
   RelayOptions o = options_for(dump, tasks, server);
   o.request_pages = 16;
   o.inflight_bytes = 2 * 16 * P;
+  o.hold_by_reference = by_reference;
   const uint64_t id = start_relay(server, o);
   CHECK(id >= 2);
   CHECK(eventually([&] { return dump.replies == 3; }));
@@ -496,14 +513,61 @@ void test_peer_dies(wire::Format format) {
   CHECK(dump.ended() == Dump::End::kReset);
   waiter.join();
   CHECK(waiting_rc < 0);  // the session was refused: no reply, no zeros
-  // Pages held (the first replies, from the start of task 101's first range) are still served.
+  // Pages held (the first replies, from the start of task 101's first range).
   Restore restore(server, format);
   std::vector<uint8_t> first;
-  CHECK(restore.get(tasks[0].pid, tasks[0].ranges[0].vaddr, 1, &first, &got) == 0);
-  CHECK(got == 1 && page_ok(first.data(), tasks[0].pid, tasks[0].ranges[0].vaddr));
+  if (by_reference) {
+    CHECK(restore.get(tasks[0].pid, tasks[0].ranges[0].vaddr, 1, &first, &got) < 0);
+  } else {
+    CHECK(restore.get(tasks[0].pid, tasks[0].ranges[0].vaddr, 1, &first, &got) == 0);
+    CHECK(got == 1 && page_ok(first.data(), tasks[0].pid, tasks[0].ranges[0].vaddr));
+  }
   Restore refused(server, format);
   CHECK(refused.get(tasks[1].pid, last.vaddr + 3 * P, 1, &first, &got) < 0);
   CHECK(refused.client.error().find("closed the connection") != std::string::npos);
+}
+
+// Pipes run out mid-pull (here: no file descriptor left, as past RLIMIT_NOFILE; under the packaged unit without
+// CAP_SYS_RESOURCE, F_SETPIPE_SZ refused): the rest of the pages are copied into the memfd, and restores get
+// every page right, from both.
+void test_pipes_run_out() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  dump.credits = 1;
+  const std::vector<RelayTask> tasks = two_tasks(14);  // ~6 MiB: ~6 pipes of 1 MiB; no range over 1024 pages
+  RelayOptions o = options_for(dump, tasks, server);
+  o.request_pages = 256;
+  o.inflight_bytes = 256 * P;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.replies == 1; }));
+  // No fd left: every hole below the highest fd filled, and the limit just above it.
+  rlimit saved{};
+  CHECK(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  int highest = 0;
+  for (int fd = 0; fd < 4096; fd++)
+    if (fcntl(fd, F_GETFD) >= 0) highest = fd;
+  std::vector<int> fillers;
+  for (;;) {
+    const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    if (fd < 0) break;
+    fillers.push_back(fd);
+    if (fd > highest) break;
+  }
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(fillers.back() + 1);  // the last filler is the last fd there is
+  CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  dump.credits = -1;
+  ServerEvent done;
+  const bool ended = server.wait_event(ServerEvent::Kind::kRelayDone, id, &done);
+  CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  for (int fd : fillers) close(fd);
+  CHECK(ended);
+  CHECK(done.pages_held == total_pages(tasks));
+  CHECK(done.bytes_copied > 0 && done.bytes_copied < done.bytes);  // some by reference, the rest copied
+  Restore restore(server, wire::Format::V32);
+  CHECK(restore.verify_all(tasks));
 }
 
 // The dump stops answering: past the stall timeout the relay fails and resets the connection.
@@ -711,6 +775,7 @@ void test_tls() {
     ServerEvent done;
     CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
     CHECK(done.pages_held == total_pages(tasks));
+    CHECK(done.bytes_copied == done.bytes);  // TLS decrypts in user space: every page copied into the memfd
     CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
     CHECK(dump.ended() == Dump::End::kCloseThenEof);
     Restore restore(server, wire::Format::V32);
@@ -771,12 +836,15 @@ void measure_demand_latency(uint64_t request_pages, uint64_t inflight_bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  test_complete_pull(wire::Format::V24);
-  test_complete_pull(wire::Format::V32);
+  test_complete_pull(wire::Format::V24, true);
+  test_complete_pull(wire::Format::V32, true);
+  test_complete_pull(wire::Format::V32, false);
   test_demand_ahead_of_bulk(wire::Format::V24);
   test_demand_ahead_of_bulk(wire::Format::V32);
-  test_peer_dies(wire::Format::V24);
-  test_peer_dies(wire::Format::V32);
+  test_peer_dies(wire::Format::V24, true);
+  test_peer_dies(wire::Format::V32, true);
+  test_peer_dies(wire::Format::V32, false);
+  test_pipes_run_out();
   test_peer_stalls();
   test_cap_exceeded();
   test_pid_already_staged();

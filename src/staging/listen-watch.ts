@@ -2,9 +2,12 @@
 // exactly ONE connection and then serves only it (docs/protocol.md §1.7): a probe connect would BE that
 // connection, and the probe's close an EOF at a header boundary, which the dump counts as a completed transfer
 // (it would kill the frozen tasks). So the LISTEN socket is looked for in the kernel's socket tables of this
-// network namespace instead: /proc/self/net/tcp and tcp6.
+// network namespace instead: asked of sock_diag (native/core/net/listen_probe.h, which walks only the listening
+// sockets: microseconds), or, where netlink refuses, read from /proc/self/net/tcp and tcp6 (which walk every
+// established-socket bucket: milliseconds a read, while the dump writes its images).
 import fs from 'node:fs';
 import net from 'node:net';
+import { loadNative } from '../native.js';
 
 /** TCP_LISTEN in the `st` column (include/net/tcp_states.h). */
 const TCP_LISTEN = '0A';
@@ -59,7 +62,8 @@ export function listensFor(sockets: readonly ListenSocket[], host: string, port:
   return sockets.some((s) => s.port === port && (s.address === host || s.address === mapped || WILDCARDS.has(s.address)));
 }
 
-function readTables(): ListenSocket[] {
+/** The /proc tables: the fallback where sock_diag cannot be asked. */
+export function readTables(): ListenSocket[] {
   return TABLES.flatMap((table) => {
     try {
       return parseListenTable(fs.readFileSync(table, 'utf8'));
@@ -69,17 +73,31 @@ function readTables(): ListenSocket[] {
   });
 }
 
-const POLL_MS = 10;
+/** How often to look: sock_diag costs microseconds, a read of the /proc tables milliseconds. */
+const POLL_MS = { sockDiag: 1, proc: 10 };
+
+/** The LISTEN sockets on port: sock_diag, or the /proc tables when it throws (then always, for this wait). */
+function listeners(port: number, useProc: { value: boolean }): ListenSocket[] {
+  if (!useProc.value) {
+    try {
+      return loadNative().tcpListening(port);
+    } catch {
+      useProc.value = true;
+    }
+  }
+  return readTables();
+}
 
 /**
  * Resolves once something LISTENs for host:port in this network namespace; rejects with one line after timeoutMs
  * (0: no limit) or when the signal aborts. A dump signals readiness only through its --status-fd, which its
- * caller holds: the socket tables are what this process can see, so it looks at them every 10 ms.
+ * caller holds: the socket tables are what this process can see, so it looks at them every POLL_MS.
  */
 export async function waitForListen(host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<number> {
   const started = performance.now();
+  const useProc = { value: false };
   for (;;) {
-    if (listensFor(readTables(), host, port)) return performance.now() - started;
+    if (listensFor(listeners(port, useProc), host, port)) return performance.now() - started;
     if (signal?.aborted) throw new Error(`stopped while waiting for the dump's page server on ${host}:${port}`);
     if (timeoutMs > 0 && performance.now() - started > timeoutMs) {
       throw new Error(
@@ -87,6 +105,6 @@ export async function waitForListen(host: string, port: number, timeoutMs: numbe
           `\`criu dump --lazy-pages --address ${host} --port ${port}\` in this daemon's network namespace, or check its dump.log`,
       );
     }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    await new Promise((resolve) => setTimeout(resolve, useProc.value ? POLL_MS.proc : POLL_MS.sockDiag));
   }
 }

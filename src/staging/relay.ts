@@ -289,7 +289,7 @@ export class Relayer {
   /** Handles one native event; returns true when it was a relay event. */
   handle(event: {
     type: string; checkpoint?: number; pagesHeld?: number; pagesTotal?: number; bytes?: number; ms?: number; message?: string;
-    demandRequests?: number; bulkRequests?: number; shortReplies?: number;
+    demandRequests?: number; bulkRequests?: number; shortReplies?: number; bytesCopied?: number;
   }): boolean {
     if (event.type === 'released') {
       // Released while it pulls (--staging-restores, a TTL): the pull goes on to its CLOSE, and the relay is
@@ -329,9 +329,11 @@ export class Relayer {
   }
 }
 
-/** The native relay's request counters, for the log: demand GETs (for restores), bulk GETs, clamped replies. */
-function requestCounts(event: { demandRequests?: number; bulkRequests?: number; shortReplies?: number }): Record<string, number> {
+/** The native relay's counters, for the log: bytes copied (not held by reference), demand GETs (for restores),
+ * bulk GETs, clamped replies. */
+function requestCounts(event: { demandRequests?: number; bulkRequests?: number; shortReplies?: number; bytesCopied?: number }): Record<string, number> {
   const out: Record<string, number> = {};
+  if (event.bytesCopied !== undefined) out.bytesCopied = event.bytesCopied;
   if (event.demandRequests !== undefined) out.demandRequests = event.demandRequests;
   if (event.bulkRequests !== undefined) out.bulkRequests = event.bulkRequests;
   if (event.shortReplies !== undefined) out.shortReplies = event.shortReplies;

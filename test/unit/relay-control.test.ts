@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { listensFor, parseListenTable, waitForListen } from '../../src/staging/listen-watch.js';
+import { listensFor, parseListenTable, readTables, waitForListen } from '../../src/staging/listen-watch.js';
+import { loadNative } from '../../src/native.js';
 import { Relayer, relayPlan, type NativeRelayOptions } from '../../src/staging/relay.js';
 import { listCheckpoints, parseRelayRequest, runCommand, type StagingControlTarget } from '../../src/staging/control.js';
 import { relayCommandLine } from '../../src/commands/staging.js';
@@ -51,6 +52,35 @@ test('the LISTEN sockets of /proc/net/tcp and tcp6, and which of them a connect 
   assert.equal(listensFor(all, '127.0.0.1', 9878), true, 'a v4-mapped address');
   assert.equal(listensFor(all, '10.0.0.1', 9879), true, 'bound to ::');
   assert.equal(listensFor(all, '127.0.0.1', 41234), false, 'an ESTABLISHED socket is not a LISTEN one');
+});
+
+test('sock_diag and the /proc tables name the same LISTEN sockets (IPv4, IPv6, every address), and no other state', async () => {
+  const servers = await Promise.all(
+    ['127.0.0.1', '::1', '::'].map(
+      (host) =>
+        new Promise<net.Server>((resolve) => {
+          const server = net.createServer();
+          server.listen(0, host, () => resolve(server));
+        }),
+    ),
+  );
+  // An ESTABLISHED socket on a listening port is not a LISTEN one.
+  const first = (servers[0]!.address() as net.AddressInfo).port;
+  const client = net.connect(first, '127.0.0.1');
+  await new Promise((resolve) => client.once('connect', resolve));
+  try {
+    for (const server of servers) {
+      const port = (server.address() as net.AddressInfo).port;
+      const byDiag = loadNative().tcpListening(port);
+      const byProc = readTables().filter((s) => s.port === port);
+      assert.equal(byDiag.length, 1, `one LISTEN socket on ${port}: ${JSON.stringify(byDiag)}`);
+      assert.deepEqual(byDiag, byProc);
+    }
+    assert.deepEqual(loadNative().tcpListening(client.localPort!), [], 'a client port listens nowhere');
+  } finally {
+    client.destroy();
+    await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  }
 });
 
 test('waitForListen sees a real LISTEN socket without connecting to it, and names the fix when none comes', async () => {

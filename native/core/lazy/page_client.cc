@@ -47,8 +47,6 @@ int wait_fd(int fd, short events, int* left_ms) {
 PageClient::PageClient(wire::Format format, uint64_t page_size) : format_(format), page_size_(page_size) {}
 
 PageClient::~PageClient() {
-  if (sink_pipe_[0] >= 0) ::close(sink_pipe_[0]);
-  if (sink_pipe_[1] >= 0) ::close(sink_pipe_[1]);
   const bool tls = tls_ != nullptr;
   tls_.reset();
   if (tls) net::close_gently(fd_);  // a server we refused still gets our alert
@@ -177,7 +175,7 @@ int PageClient::submit(const PageRequest& request) {
   if (!error_.empty()) return -EPIPE;
   if (fd_ < 0) return fail(-ENOTCONN, "page server not connected");
   if (format_ != wire::Format::V24 && format_ != wire::Format::V32) return fail(-EINVAL, "no wire format chosen");
-  if (request.nr_pages == 0 || (request.img_vaddr & (page_size_ - 1)) != 0 || (!request.buf && request.sink_fd < 0)) {
+  if (request.nr_pages == 0 || (request.img_vaddr & (page_size_ - 1)) != 0 || (!request.buf && !request.sink)) {
     return fail(-EINVAL, "invalid page request at " + hex(request.img_vaddr));
   }
   wire::Header h;
@@ -233,7 +231,7 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
     ssize_t n;
     if (!in_payload_) {
       n = io_recv(head_ + head_len_, head_size - head_len_);
-    } else if (fifo_.front().sink_fd >= 0) {
+    } else if (fifo_.front().sink) {
       n = recv_to_sink(fifo_.front(), static_cast<size_t>(payload_len_ - payload_got_));
     } else {
       n = io_recv(fifo_.front().buf + payload_got_, static_cast<size_t>(payload_len_ - payload_got_));
@@ -298,44 +296,18 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
 
 ssize_t PageClient::recv_to_sink(const PageRequest& request, size_t want) {
   const uint64_t at = request.sink_offset + payload_got_;
-  auto sink_failed = [&](int err) -> ssize_t {
-    sink_error_ = std::string("writing received pages into their store failed: ") + strerror(err);
-    return -err;
-  };
+  std::string why;
+  ssize_t n;
   if (tls_) {
     if (sink_buf_.empty()) sink_buf_.resize(256 * 1024);
-    ssize_t n = io_recv(sink_buf_.data(), std::min(want, sink_buf_.size()));
+    n = io_recv(sink_buf_.data(), std::min(want, sink_buf_.size()));
     if (n <= 0) return n;
-    size_t written = 0;
-    while (written < static_cast<size_t>(n)) {
-      ssize_t w = pwrite(request.sink_fd, sink_buf_.data() + written, static_cast<size_t>(n) - written,
-                         static_cast<off_t>(at + written));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return sink_failed(w < 0 ? errno : EIO);
-      written += static_cast<size_t>(w);
-    }
-    return n;
+    const ssize_t put = request.sink->put(sink_buf_.data(), static_cast<size_t>(n), at, &why);
+    if (put < 0) n = put;
+  } else {
+    n = request.sink->take_from(fd_, at, want, &why);
   }
-  if (sink_pipe_[0] < 0) {
-    if (pipe2(sink_pipe_, O_NONBLOCK | O_CLOEXEC) < 0) return sink_failed(errno);
-    fcntl(sink_pipe_[1], F_SETPIPE_SZ, 1 << 20);  // best effort: larger steps, fewer calls
-  }
-  // socket -> pipe moves the received buffers (no copy); pipe -> file copies them into the file's pages. Never
-  // more than want: the next reply's header stays in the socket.
-  ssize_t n;
-  do {
-    n = splice(fd_, nullptr, sink_pipe_[1], nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-  if (n == 0) return 0;
-  loff_t off = static_cast<loff_t>(at);
-  size_t left = static_cast<size_t>(n);
-  while (left > 0) {
-    ssize_t m = splice(sink_pipe_[0], nullptr, request.sink_fd, &off, left, SPLICE_F_MOVE);
-    if (m < 0 && errno == EINTR) continue;
-    if (m <= 0) return sink_failed(m < 0 ? errno : EIO);
-    left -= static_cast<size_t>(m);
-  }
+  if (n < 0 && !why.empty()) sink_error_ = "keeping the received pages failed: " + why;
   return n;
 }
 

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <sys/types.h>
 #include <vector>
 
 #include "net/tls_session.h"
@@ -18,16 +19,29 @@
 
 namespace lazyd {
 
+// Where the page bytes of a sink request go. Both calls return the bytes taken (> 0), or -errno with *error one
+// line when the sink itself failed; take_from() also returns 0 when the socket reached EOF and -EAGAIN when it
+// has nothing now.
+class PageSink {
+ public:
+  virtual ~PageSink() = default;
+  // Moves at most want bytes from the socket (O_NONBLOCK) to position at; never more: the next reply's header
+  // stays in the socket.
+  virtual ssize_t take_from(int socket_fd, uint64_t at, size_t want, std::string* error) = 0;
+  // Bytes already in user space (TLS): takes all len of them, or fails.
+  virtual ssize_t put(const void* bytes, size_t len, uint64_t at, std::string* error) = 0;
+};
+
 struct PageRequest {
   uint64_t cookie = 0;     // the caller's tag, handed back with the reply
   uint64_t pid = 0;        // the image (dump-time) pid: GET's dst_id (§1.4: the bare pid, no type byte)
   uint64_t img_vaddr = 0;  // page-aligned address at dump time
   uint64_t nr_pages = 0;
   uint8_t* buf = nullptr;  // nr_pages * page_size bytes; must stay valid until the reply is returned
-  // Instead of buf (PageClient only): the page bytes go to this file at sink_offset, as pwrite() would put them;
-  // over plain TCP with splice (socket -> pipe -> file: one copy, in the kernel, and a shmem file gets its pages
-  // without zeroing them first), under TLS through a small buffer. Relay staging's store (staging/relay.h).
-  int sink_fd = -1;
+  // Instead of buf (PageClient only): the page bytes go to this sink at position sink_offset (relay staging's
+  // store, staging/relay_store.h): over plain TCP straight from the socket (the sink splices them), under TLS
+  // from a small buffer.
+  PageSink* sink = nullptr;
   uint64_t sink_offset = 0;
 };
 
@@ -36,7 +50,7 @@ struct PageReply {
   uint64_t img_vaddr = 0;
   uint64_t nr_pages = 0;       // N' <= requested: the server clamps at the end of its run (§1.6)
   uint64_t requested_pages = 0;
-  uint8_t* buf = nullptr;      // the request's buffer, holding N' pages (null for a sink_fd request)
+  uint8_t* buf = nullptr;      // the request's buffer, holding N' pages (null for a sink request)
 };
 
 class PageSource {
@@ -126,8 +140,8 @@ class PageClient : public PageSource {
   int flush();
   int read_replies(std::vector<PageReply>* done);
   int close_session(int timeout_ms, int32_t* status, bool fin_with_close);
-  // The next payload bytes (at most want) of a sink_fd request into its file: bytes moved, 0 at EOF, -EAGAIN, or
-  // -errno (sink_error_ set when the file, not the socket, failed).
+  // The next payload bytes (at most want) of a sink request into its sink: bytes moved, 0 at EOF, -EAGAIN, or
+  // -errno (sink_error_ set when the sink, not the socket, failed).
   ssize_t recv_to_sink(const PageRequest& request, size_t want);
 
   wire::Format format_;
@@ -152,8 +166,7 @@ class PageClient : public PageSource {
   bool fin_sent_ = false;
   uint8_t close_answer_[4];
   size_t close_got_ = 0;
-  int sink_pipe_[2] = {-1, -1};  // sink_fd requests over plain TCP
-  std::vector<uint8_t> sink_buf_;  // sink_fd requests under TLS
+  std::vector<uint8_t> sink_buf_;  // sink requests under TLS
   std::string sink_error_;
 };
 

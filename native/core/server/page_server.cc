@@ -726,6 +726,7 @@ ServerEvent relay_event(ServerEvent::Kind kind, uint64_t id, const Relay& relay)
   event.demand_requests = relay.demand_requests();
   event.bulk_requests = relay.bulk_requests();
   event.short_replies = relay.short_replies();
+  event.bytes_copied = relay.store()->bytes_copied();
   return event;
 }
 

@@ -93,6 +93,7 @@ struct ServerEvent {
   uint64_t demand_requests = 0;     // kRelay*: GETs sent for pages a restore waited for, ahead of the bulk
   uint64_t bulk_requests = 0;       // kRelay*: GETs of the bulk pull
   uint64_t short_replies = 0;       // kRelay*: replies the dump clamped at its page-pipe buffer end (re-asked)
+  uint64_t bytes_copied = 0;        // kRelay*: page bytes copied into the memfd (the rest is held by reference)
 };
 
 using ServerEventSink = std::function<void(const ServerEvent&)>;

@@ -49,7 +49,8 @@ std::unique_ptr<Relay> Relay::start(RelayOptions options, std::string* error, in
   int rc = relay->client_->connect(o.host, o.port, o.connect_timeout_ms);
   if (rc < 0) return refuse(rc, relay->client_->error(), false);
 
-  relay->store_ = std::make_shared<RelayStore>(o.page_size, o.budget);
+  // TLS decrypts in user space: nothing to splice, so the pages are copied into the store's memfd.
+  relay->store_ = std::make_shared<RelayStore>(o.page_size, o.budget, o.hold_by_reference && !o.tls);
   std::string why;
   rc = relay->store_->init(o.tasks, &why);
   if (rc < 0) return refuse(rc, why, true);  // relay (and its client) go: the connection is reset
@@ -102,7 +103,8 @@ Relay::Status Relay::fail(std::string message, bool reset) {
            std::to_string(store_->pages_held()) + " of " + std::to_string(store_->pages_total()) + " pages: " + message +
            (reset ? "; the dump's connection was reset, so criu dump fails and resumes the tasks" : "");
   client_.reset();  // SO_LINGER 0: a reset, never an EOF (docs/protocol.md §1.7)
-  store_->finish(false, message);
+  // After a reset the dump resumes the tasks: pages held by reference to their memory may change (relay_store.h).
+  store_->finish(false, message, reset);
   return status_;
 }
 
@@ -117,7 +119,7 @@ int Relay::submit(uint64_t first, uint64_t count, bool demand) {
   request.pid = s->pid;
   request.img_vaddr = s->vaddr + (first - s->first) * options_.page_size;
   request.nr_pages = count;
-  request.sink_fd = store_->memfd();  // the reply's pages go straight to their place in the store
+  request.sink = store_.get();  // the reply's pages go straight to their place in the store
   request.sink_offset = first * options_.page_size;
   std::fill(asked_.begin() + static_cast<ptrdiff_t>(first), asked_.begin() + static_cast<ptrdiff_t>(first + count), 1);
   if (demand) demand_requests_++;

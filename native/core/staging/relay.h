@@ -36,6 +36,7 @@ struct RelayOptions {
   int stall_timeout_ms = 0;     // no byte for this long with requests outstanding: the relay fails
   uint64_t page_size = 4096;
   std::shared_ptr<MemoryBudget> budget;
+  bool hold_by_reference = true;  // plain TCP: keep the pages in pipes, uncopied (staging/relay_store.h)
 };
 
 class Relay {
