@@ -20,8 +20,8 @@
 //   random  every page, a fresh random order per pass       hot     a fixed scattered 10% of the pages, at random
 //   multi   4 processes (--children 3) of size/4 each, in order
 //
-// Slices of the full mode (LAZYD_BENCH_SLICES=A,B,C,D picks some, LAZYD_BENCH_WORKLOADS=seq,hot and
-// LAZYD_BENCH_RTTS=0.5 narrow them; LAZYD_BENCH_BOUND_S is the bound, default 60 s):
+// Slices of the full mode (LAZYD_BENCH_SLICES=A,B,C,D picks some, LAZYD_BENCH_WORKLOADS=seq,hot,
+// LAZYD_BENCH_RTTS=0.5 and LAZYD_BENCH_SIZES=512 (MiB) narrow them; LAZYD_BENCH_BOUND_S is the bound, default 60 s):
 // run in the order A, D, C, B (most telling first); each finished comparison is also kept in
 // bench/results/migration-partial-<pid>.json until the benchmark ends.
 //   A  headline three, CRIU 4.2.1, 512 MiB, every workload × RTT 0 / 0.5 / 5 ms
@@ -491,7 +491,10 @@ export function plans(ctx: BenchContext): Plan[] {
   }
   const only = process.env.LAZYD_BENCH_WORKLOADS?.split(',');
   const rtts = process.env.LAZYD_BENCH_RTTS?.split(',').map(Number);
-  return out.filter((p) => (!only || only.includes(p.cell.workload)) && (!rtts || rtts.includes(p.cell.rttMs)));
+  const sizes = process.env.LAZYD_BENCH_SIZES?.split(',').map(Number);
+  return out.filter(
+    (p) => (!only || only.includes(p.cell.workload)) && (!rtts || rtts.includes(p.cell.rttMs)) && (!sizes || sizes.includes(p.cell.mib)),
+  );
 }
 
 function title(plan: Plan): string {
