@@ -318,6 +318,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
       report.exitCode = EXIT.untouched;
       report.message = `lazyd migrate: ${reason}; nothing was frozen, pid ${options.pid} runs on here as before`;
     } else if (relay?.outcome?.ok) {
+      if (dumpExitedAt !== undefined) report.frozenMs = dumpExitedAt - dump.startedAt;
       report.outcome = 'lost';
       report.exitCode = EXIT.lost;
       report.message = `lazyd migrate: ${reason} after the dump had its CLOSE; the original is gone — check pid ${report.restoredPid ?? '?'} on ${options.to.host}`;
