@@ -2,12 +2,13 @@
 // process"). The sequence, and where the point of no return is:
 //   1. connect to the agent (TLS with --tls), exchange CRIU versions; check both hosts (CRIU runs, userfaultfd
 //      works on the destination, the destination's CRIU can restore the source's images, this host has the
-//      memory for the relay's copy of the pages); the relay's page server listens — nothing frozen yet;
+//      memory for the relay's copy of the pages); the relay's page server listens, its address goes with hello,
+//      and the agent starts its lazy-pages engine — nothing frozen yet;
 //   2. `criu dump --lazy-pages` on loopback (src/migrate/lazy-dump.ts): the tree is frozen from here;
 //   3. relay staging in this process (src/migrate/relay-source.ts) pulls every lazy page from the dump into
 //      memory and serves the destination's lazy-pages daemon from there; it holds the dump's CLOSE;
-//   4. meanwhile the images (without the lazy pages: small) are streamed to the agent, which hands them to its
-//      lazy-pages engine (started when the migration was accepted) and runs `criu restore --lazy-pages`;
+//   4. meanwhile the images (without the lazy pages: small) are streamed to the agent, whose lazy-pages engine
+//      (started on hello, before the freeze) reads them when `criu restore --lazy-pages` hands over;
 //   5. the agent reports the restored pid: the point of no return. The relay may now CLOSE the dump (at once if
 //      it holds every page): the dump exits 0 and kills the originals, which stayed frozen until then. The
 //      destination's missing pages keep coming from this process's memory until the agent says all are present.
@@ -194,15 +195,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     channel.keepAlive(2 * options.linkTimeoutMs);
     channel.on('error', (error: Error) => abortWith(new Failure(`the control connection to ${destination} failed: ${error.message}`)));
     channel.on('close', () => abortWith(new Failure(`the agent at ${destination} closed the control connection`)));
-    const welcome = nextMessage(channel, ['welcome'], 'waiting for the agent');
-    channel.send({ t: 'hello', v: CHANNEL_VERSION, criuVersion: source.version, pageSize: options.pageSize, linkTimeoutMs: options.linkTimeoutMs, pid: options.pid });
-    const hello = await race(welcome);
-    report.criu.destination = hello.criuVersion;
-    if (hello.v !== CHANNEL_VERSION) throw new Failure(`the agent speaks migration protocol ${hello.v}, this lazyd ${CHANNEL_VERSION} — run the same lazyd version on both hosts`);
-    if (hello.pageSize !== options.pageSize) throw new Failure(`page size ${options.pageSize} here, ${hello.pageSize} on the destination: CRIU images cannot move between them`);
-    if (hello.uffd) throw new Failure(`the destination cannot restore lazily: ${hello.uffd}`);
-    const mismatch = imageCompatibility(source.version, hello.criuVersion);
-    if (mismatch) throw new Failure(mismatch);
+    // The relay's page server listens now: the agent starts its lazy-pages engine on hello, before the freeze.
     const localAddress = socket.localAddress!.replace(/^::ffff:/, '');
     relay = new RelaySource({
       listenAddress: localAddress,
@@ -219,6 +212,23 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
       throw new Failure((error as Error).message);
     }
     relay.on('refused', (why: string) => progress.note(`refused ${why}`));
+    const welcome = nextMessage(channel, ['welcome'], 'waiting for the agent');
+    channel.send({
+      t: 'hello',
+      v: CHANNEL_VERSION,
+      criuVersion: source.version,
+      pageSize: options.pageSize,
+      linkTimeoutMs: options.linkTimeoutMs,
+      pid: options.pid,
+      pageServer: { address: localAddress, port: pagePort },
+    });
+    const hello = await race(welcome);
+    report.criu.destination = hello.criuVersion;
+    if (hello.v !== CHANNEL_VERSION) throw new Failure(`the agent speaks migration protocol ${hello.v}, this lazyd ${CHANNEL_VERSION} — run the same lazyd version on both hosts`);
+    if (hello.pageSize !== options.pageSize) throw new Failure(`page size ${options.pageSize} here, ${hello.pageSize} on the destination: CRIU images cannot move between them`);
+    if (hello.uffd) throw new Failure(`the destination cannot restore lazily: ${hello.uffd}`);
+    const mismatch = imageCompatibility(source.version, hello.criuVersion);
+    if (mismatch) throw new Failure(mismatch);
     stage('check');
 
     // ---- 2. the freeze: from here a failure is a rollback
@@ -272,7 +282,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     stage('copy');
     progress.update({ phase: 'restore' });
     const restoredMessage = nextMessage(channel, ['restored'], 'waiting for the restore');
-    channel.send({ t: 'restore', pageServer: { address: localAddress, port: pagePort }, files, bytes: report.bytes.images });
+    channel.send({ t: 'restore', files, bytes: report.bytes.images });
     const restored = await race(restoredMessage);
 
     // ---- 5. the point of no return: the restore succeeded on the destination

@@ -2,7 +2,8 @@
 // 10.77.0.1 source, 10.77.0.2 destination), with real CRIU 4.1.1 and 4.2.1 on both ends and the self-verifying
 // workload, which checks its own memory wherever it runs (the restored copy on the destination, or the original
 // resumed on the source after a rollback). Cases, per CRIU version unless said otherwise:
-//   (1) a plain migration: exit 0, the restored workload verifies with the pre-migration sums, the original is gone
+//   (1) a plain migration: exit 0, the restored workload verifies with the pre-migration sums, the original is gone;
+//       the agent's lazy-pages engine, started on hello, was ready before the restore
 //   (2) a process tree (2 children with memory of their own)
 //   (3) mutual TLS on the control and the page connections
 //   (4) a destination that refuses (the source's certificate from a CA the agent does not trust): exit 1, nothing frozen
@@ -140,6 +141,11 @@ for (const version of CRIU_VERSIONS) {
       const { code, report } = await run.finished;
       await verifyMigrated(t, s, report, code);
       assert.deepEqual(report.criu, { source: version, destination: version });
+      // The agent's lazy-pages engine was started on hello and ready before the restore needed it.
+      const agentLog = fs.readFileSync(s.agent.logFile, 'utf8');
+      const ready = agentLog.search(/lazy-pages ready in \d+ ms, started on hello/);
+      assert.ok(ready >= 0, 'the agent logs its pre-started lazy-pages as ready');
+      assert.ok(ready < agentLog.search(/restored as pid/), 'ready before the restore');
       for (const phase of ['check', 'dump', 'copy', 'restore', 'pages', 'finish']) {
         assert.ok(run.events.some((e) => e.progress === phase), `a JSON progress line for ${phase}`);
       }
