@@ -35,7 +35,8 @@ function bare(address: string): string {
 }
 
 /**
- * Events: 'held' (every lazy page is in this process's memory), 'end' (RelayEnd, once: the dump had its CLOSE
+ * Events: 'held' (every lazy page is in this process's memory; with the CLOSE held, or just before 'end' when
+ * release() came first), 'end' (RelayEnd, once: the dump had its CLOSE
  * and answered it, or the relay failed — reset, unless the failure came after the CLOSE), 'session-end'
  * ({ ok, message }: the destination's page connection ended), 'refused' (reason).
  */
@@ -156,19 +157,24 @@ export class RelaySource extends EventEmitter {
     return this.stopped;
   }
 
+  private checkHeld(): void {
+    if (this.held || this.pagesTotal === 0 || this.pagesHeld < this.pagesTotal) return;
+    this.held = true;
+    this.emit('held');
+  }
+
   private onEvent(event: PageServerEvent): void {
     switch (event.type) {
       case 'relay-progress':
         this.pagesHeld = event.pagesHeld;
         if (event.pagesTotal) this.pagesTotal = event.pagesTotal;
-        if (!this.held && this.pagesTotal > 0 && this.pagesHeld >= this.pagesTotal) {
-          this.held = true;
-          this.emit('held');
-        }
+        this.checkHeld();
         return;
       case 'relay-done':
       case 'relay-failed':
         this.pagesHeld = event.pagesHeld;
+        // Released before the pull ended, the relay goes from pulling straight to done: the last page is now.
+        if (event.type === 'relay-done') this.checkHeld();
         if (this.ended) return;
         this.ended = event.type === 'relay-done' ? { ok: true } : { ok: false, reason: event.message || 'the relay from criu dump failed' };
         this.emit('end', this.ended);
