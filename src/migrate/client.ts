@@ -282,6 +282,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     stage('copy');
     progress.update({ phase: 'restore' });
     const restoredMessage = nextMessage(channel, ['restored'], 'waiting for the restore');
+    // Waited for from now on: a small tree can have every page before `restored` is read, and the agent's `done`
+    // then comes in the same chunk, before an await on `restored` could go on.
+    const done = nextMessage(channel, ['done'], 'waiting for the last pages');
+    done.catch(() => undefined); // a failure is seen through `restored` (or through the race below)
     channel.send({ t: 'restore', files, bytes: report.bytes.images });
     const restored = await race(restoredMessage);
 
@@ -291,7 +295,6 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     report.downtimeMs = restoredAt - frozenAt;
     relay.release();
     stage('restore');
-    const done = nextMessage(channel, ['done'], 'waiting for the last pages');
     const ticker = setInterval(() => progress.update({ phase: 'pages', present: Math.min(relay!.traffic().pages, lazyPages), total: lazyPages }), 100);
     try {
       await race(done);
