@@ -22,7 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import tls, { type SecureContextOptions } from 'node:tls';
 import { Channel, CHANNEL_VERSION, type AgentMessage } from './channel.js';
-import { criuFeature, headerSize, imageCompatibility, probeCriu, type CriuHost } from './criu-host.js';
+import { criuFeature, imageCompatibility, probeCriu, type CriuHost } from './criu-host.js';
 import { criuLogErrors, startLazyDump, type LazyDump } from './lazy-dump.js';
 import { RelaySource } from './relay-source.js';
 import { memAvailableBytes, treeResidentBytes } from './source-memory.js';
