@@ -4,12 +4,13 @@
 //                  `criu lazy-pages --page-server` and `criu restore --lazy-pages` on the destination
 //                  (test/harness/migration.ts runLazyMigration, source 'criu-dump', daemon 'criu')
 //   lazyd-migrate  `lazyd migrate --pid PID --to DST:PORT` into a running `lazyd agent` (the agent runs all along,
-//                  as a service would; its start is not counted)
+//                  as a service would; its start is not counted): relay staging on the source, the agent's
+//                  lazy-pages engine started on hello
 // Both with the same CRIU on both ends and the same workload (test/workload/workload.c, 512 MiB, reading every
 // page in order back to back, heartbeat every 5 ms), each restored workload verified against its pre-dump sums.
 // Figures, all from the freeze (the start of `criu dump`):
 //   downtime   the longest heartbeat gap of the workload across the migration (what its clients would see)
-//   frozen     until the dump exited (the originals killed)
+//   frozen     until the dump exited (the originals killed; lazyd migrate holds them until the restore succeeded)
 //   all pages  until the destination's lazy-pages daemon exited (every page present)
 // --quick: 64 MiB, one round.
 import fs from 'node:fs';
@@ -99,7 +100,7 @@ async function lazydRun(hosts: TwoHosts, agent: Agent, version: CriuVersion, mib
     await waitForAllPasses(source.dir, 0, 1, 60_000, { sinceNs: nowNs(), fromOffsets: offsets, expectSums: source.sums, pid: report.restoredPid });
     return {
       figures: { downtimeMs: longestGapMs(source.dir, startNs), frozenMs: report.frozenMs!, allPagesMs: report.allPagesMs!, wireMiB: wire },
-      details: { reportDowntimeMs: report.downtimeMs, stages: report.stages, lazyPages: report.lazyPages, bytes: report.bytes, sum: source.sums[0] },
+      details: { reportDowntimeMs: report.downtimeMs, heldMs: report.heldMs, stages: report.stages, lazyPages: report.lazyPages, bytes: report.bytes, sum: source.sums[0] },
     };
   });
 }
@@ -162,7 +163,7 @@ export const migrateBenchmark: Benchmark = {
           'Every figure is measured from the freeze: the start of `criu dump --lazy-pages` (for lazyd migrate, inside it; its checks before the freeze are not counted).',
           'downtime: the longest gap between the workload\'s 5 ms heartbeats across the migration; frozen: until the dump exited and the originals were gone; all pages: until the destination\'s lazy-pages daemon exited.',
           'stock-criu all pages = the script\'s stages one after the other (dump until serving, copy, daemon start, restore until the daemon exited).',
-          'lazyd-migrate: the source\'s page gate passes every page through its JavaScript event loop (no relay staging yet); the agent starts `lazyd lazy-pages` per migration, inside the downtime.',
+          'lazyd-migrate: relay staging in the source\'s lazyd pulls every lazy page from the dump into memory and its native page server serves the destination (no JavaScript in the page path); the dump\'s CLOSE waits for the destination\'s restore (frozen ≥ downtime: the original stays frozen for a rollback until then); the agent starts `lazyd lazy-pages` when the migration is accepted, outside the downtime.',
           'Ratios: lazyd-migrate / stock-criu of the medians, and the range of the per-pair ratio.',
         ],
       } satisfies BenchResult;

@@ -156,6 +156,9 @@ export interface RelayOptions {
   /** Bulk bytes requested and not yet received. */
   inflightBytes: number;
   stallTimeoutMs: number;
+  /** Hold the CLOSE once every page is held, until releaseRelay() (lazyd migrate's point of no return); the last
+   * page's relay-progress event comes at once. release() still resets it (the dump resumes the tasks). */
+  holdClose?: boolean;
 }
 
 export interface PageServerStats {
@@ -200,6 +203,9 @@ export interface PageServer {
    * lazy page on the server's thread; the checkpoint is served from now on. Returns its id; throws one line
    * (code ECONNREFUSED / ETIMEDOUT / ECAP / ERELAY) when it cannot start, after resetting a connection it made. */
   startRelay(options: RelayOptions): number;
+  /** A holdClose relay sends its CLOSE to the dump (now, or once every page is held): the dump exits 0 and kills
+   * the tasks. Its end comes as relay-done / relay-failed. */
+  releaseRelay(checkpoint: number): void;
 }
 
 // ---- LazyPages (native/core/lazy/fault_engine.h) ----
@@ -356,7 +362,7 @@ export interface NativeAddon {
 
 /** The declared surface, for the test that checks it against the loaded binding. */
 export const NATIVE_CLASSES = {
-  PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release', 'startRelay'],
+  PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release', 'startRelay', 'releaseRelay'],
   LazyPages: ['start', 'setTasks', 'stop', 'stats', 'socketPath', 'error'],
 } as const satisfies { [C in 'PageServer' | 'LazyPages']: readonly (keyof InstanceType<NativeAddon[C]>)[] };
 export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tcpListening', 'tlsCheck', 'detectFormat'] as const satisfies readonly (keyof NativeAddon)[];

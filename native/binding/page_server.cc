@@ -82,7 +82,8 @@ Napi::Function PageServerWrap::Define(Napi::Env env) {
                       InstanceMethod("writePages", &PageServerWrap::WritePages),
                       InstanceMethod("ackUpload", &PageServerWrap::AckUpload),
                       InstanceMethod("release", &PageServerWrap::Release),
-                      InstanceMethod("startRelay", &PageServerWrap::StartRelay)});
+                      InstanceMethod("startRelay", &PageServerWrap::StartRelay),
+                      InstanceMethod("releaseRelay", &PageServerWrap::ReleaseRelay)});
 }
 
 Napi::Function define_page_server(Napi::Env env) { return PageServerWrap::Define(env); }

@@ -37,6 +37,7 @@ class PageServerWrap : public Napi::ObjectWrap<PageServerWrap> {
   Napi::Value Release(const Napi::CallbackInfo& info);
   // relay.cc
   Napi::Value StartRelay(const Napi::CallbackInfo& info);
+  Napi::Value ReleaseRelay(const Napi::CallbackInfo& info);
 
   lazyd::PageServerConfig config_;
   std::shared_ptr<lazyd::PageIndex> index_;

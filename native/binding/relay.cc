@@ -52,7 +52,8 @@ std::vector<lazyd::RelayTask> relay_tasks(Napi::Env env, Napi::Value value) {
 
 }  // namespace
 
-// startRelay({ host, port, connectTimeoutMs, format, tls, tasks, requestPages, inflightBytes, stallTimeoutMs }):
+// startRelay({ host, port, connectTimeoutMs, format, tls, tasks, requestPages, inflightBytes, stallTimeoutMs,
+// holdClose? }):
 // connects to the dump's lazy page server and starts pulling on the server's thread. Returns the checkpoint id;
 // throws one line when it cannot start (after resetting a connection it made: the dump resumes the tasks).
 Napi::Value PageServerWrap::StartRelay(const Napi::CallbackInfo& info) {
@@ -77,6 +78,9 @@ Napi::Value PageServerWrap::StartRelay(const Napi::CallbackInfo& info) {
   o.request_pages = static_cast<uint64_t>(number("requestPages"));
   o.inflight_bytes = static_cast<uint64_t>(number("inflightBytes"));
   o.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs"));
+  Napi::Value hold = options.Get("holdClose");
+  if (!hold.IsUndefined() && !hold.IsBoolean()) throw Napi::TypeError::New(env, "startRelay: option holdClose must be a boolean");
+  o.hold_close = hold.IsBoolean() && hold.As<Napi::Boolean>().Value();
   o.page_size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   o.budget = server_->staging().budget();
   std::string error;
@@ -94,6 +98,15 @@ Napi::Value PageServerWrap::StartRelay(const Napi::CallbackInfo& info) {
     throw e;
   }
   return uint64_value(env, id);
+}
+
+// releaseRelay(checkpoint): a relay started with holdClose sends its CLOSE to the dump (now, or once every page is
+// held); its end comes as relay-done / relay-failed. A relay that has ended already is left alone.
+Napi::Value PageServerWrap::ReleaseRelay(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "releaseRelay: expected a checkpoint id");
+  if (server_) server_->release_relay(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
+  return env.Undefined();
 }
 
 }  // namespace lazyd::binding

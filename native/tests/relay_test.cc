@@ -637,6 +637,78 @@ void test_release_while_pulling() {
   CHECK(eventually([&] { return server.server->stats().staging_bytes == 0; }));
 }
 
+// A relay-progress event that reports every page held (a hold_close relay sends it at once).
+bool held_reported(Server& server, uint64_t id, uint64_t total) {
+  std::lock_guard<std::mutex> lock(server.mutex);
+  for (const ServerEvent& e : server.events) {
+    if (e.kind == ServerEvent::Kind::kRelayProgress && e.checkpoint == id && e.pages_held == total) return true;
+  }
+  return false;
+}
+
+// hold_close (lazyd migrate): every page pulled, the last one reported at once, and the dump has no CLOSE and no
+// EOF while restores are served; release() then sends CLOSE (answered, then our FIN).
+void test_hold_close_release(wire::Format format) {
+  Server server(1ull << 30);
+  Dump dump(format);
+  const std::vector<RelayTask> tasks = two_tasks();
+  RelayOptions o = options_for(dump, tasks, server);
+  o.hold_close = true;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return held_reported(server, id, total_pages(tasks)); }));
+  Restore restore(server, format);
+  CHECK(restore.verify_all(tasks));  // served from the store while the CLOSE is held
+  CHECK(dump.ended() == Dump::End::kNone);
+  CHECK(!server.has_event(ServerEvent::Kind::kRelayDone, id) && !server.has_event(ServerEvent::Kind::kRelayFailed, id));
+  server.server->release_relay(id);
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.ok && done.pages_held == total_pages(tasks));
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kCloseThenEof);
+}
+
+// hold_close, released before the pull ends: the CLOSE goes as soon as the last page is in.
+void test_hold_close_released_early() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  dump.credits = 1;
+  const std::vector<RelayTask> tasks = two_tasks();
+  RelayOptions o = options_for(dump, tasks, server);
+  o.hold_close = true;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.replies == 1; }));
+  server.server->release_relay(id);
+  dump.credits = -1;
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.ok && done.pages_held == total_pages(tasks));
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kCloseThenEof);
+}
+
+// hold_close, then a failure before the point of no return (release of the checkpoint = abort): every page was
+// held, yet the dump is reset, never closed, so it resumes the tasks.
+void test_hold_close_abort() {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V24);
+  const std::vector<RelayTask> tasks = two_tasks();
+  RelayOptions o = options_for(dump, tasks, server);
+  o.hold_close = true;
+  const uint64_t id = start_relay(server, o);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return held_reported(server, id, total_pages(tasks)); }));
+  CHECK(dump.ended() == Dump::End::kNone);
+  server.server->release(id, "the destination's restore failed");
+  ServerEvent failed;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
+  CHECK(failed.message.find("reset") != std::string::npos);
+  CHECK(eventually([&] { return dump.ended() != Dump::End::kNone; }));
+  CHECK(dump.ended() == Dump::End::kReset);
+}
+
 // A dump that never answers CLOSE: the page server's thread does not wait for it (restores are served meanwhile),
 // our FIN follows the CLOSE (every page is held), and past the stall timeout the relay ends as failed without
 // claiming a reset (the dump had our CLOSE: its exit status tells what became of the tasks).
@@ -851,6 +923,10 @@ int main(int argc, char** argv) {
   test_release_while_pulling();
   test_nothing_to_pull();
   test_close_unanswered();
+  test_hold_close_release(wire::Format::V24);
+  test_hold_close_release(wire::Format::V32);
+  test_hold_close_released_early();
+  test_hold_close_abort();
   test_restores_retire_while_pulling();
   test_half_closed_waiter();
   test_pki::make();

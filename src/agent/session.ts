@@ -1,7 +1,9 @@
 // One migration into the agent: its own directory (<work dir>/<id>: the images, lazy-pages.socket, the logs),
 // its own `lazyd lazy-pages` and `criu restore`, so several migrations at once never share anything.
-//   hello → welcome (or refuse) → files → restore: [pre-restore hook] → lazy-pages ready → criu restore -d →
-//   `restored` (the source's point of no return) → lazy-pages exits 0 → `done`.
+//   hello → welcome (or refuse), and `lazyd lazy-pages` starts on the empty directory (it reads the images only
+//   when the restore hands over: the engine is ready long before the restore needs it) → files → restore:
+//   [pre-restore hook] → lazy-pages ready → criu restore -d → `restored` (the source's point of no return) →
+//   lazy-pages exits 0 → `done`.
 // Losing the source (control link silent for its --link-timeout, closed, or an abort) before `done` ends the
 // migration here: the hook and the restore are killed, lazy-pages gets SIGTERM and kills the restored tasks
 // (--on-failure kill), because the source resumes the original (src/migrate/client.ts).
@@ -10,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Channel, CHANNEL_VERSION, type SourceMessage } from '../migrate/channel.js';
 import { lazyPagesTotals, lastLine, runRestore, startLazyPages, type LazyPagesChild } from './restore.js';
+import { imageCompatibility } from '../migrate/criu-host.js';
 import type { Logger } from '../log.js';
 
 export interface AgentHost {
@@ -33,6 +36,9 @@ export class MigrationSession {
   private hook: ChildProcess | undefined;
   private restore: ChildProcess | undefined;
   private lazyPages: LazyPagesChild | undefined;
+  /** Started on hello; resolves once it listens for the restore's hand-over. */
+  private lazyPagesReady: Promise<LazyPagesChild> | undefined;
+  private lazyPagesStartedAt = 0;
   private files = 0;
   private bytes = 0;
   readonly channel: Channel;
@@ -102,6 +108,28 @@ export class MigrationSession {
       pageSize: this.host.pageSize,
       uffd: this.host.uffdProblem,
     });
+    // The source refuses on these itself; for the rest, the engine starts now, while the dump and the copy run.
+    if (this.host.uffdProblem || hello.pageSize !== this.host.pageSize || imageCompatibility(hello.criuVersion, this.host.criuVersion)) return;
+    this.prestartLazyPages(this.dir, hello.pageServer);
+  }
+
+  private prestartLazyPages(dir: string, pageServer: { address: string; port: number }): void {
+    this.lazyPagesStartedAt = performance.now();
+    const ready = startLazyPages(dir, pageServer, this.host.lazyPagesTlsArgs);
+    this.lazyPagesReady = ready;
+    ready.then(
+      (lazyPages) => {
+        this.lazyPages = lazyPages;
+        if (this.isEnded) lazyPages.child.kill('SIGTERM');
+        else {
+          this.logger.info(
+            `migration ${this.id}: lazy-pages ready in ${(performance.now() - this.lazyPagesStartedAt).toFixed(0)} ms, started on hello ` +
+              `(${this.files} image files here by then; it reads them at the restore's hand-over)`,
+          );
+        }
+      },
+      () => undefined, // reported by onRestore, which waits for it
+    );
   }
 
   private refuse(reason: string): void {
@@ -123,12 +151,9 @@ export class MigrationSession {
       }
       if (this.isEnded) return;
       this.channel.send({ t: 'phase', phase: 'lazy-pages', atMs: performance.now() });
-      const lazyPages = await startLazyPages(dir, message.pageServer, this.host.lazyPagesTlsArgs);
-      this.lazyPages = lazyPages;
-      if (this.isEnded) {
-        lazyPages.child.kill('SIGTERM');
-        return;
-      }
+      if (!this.lazyPagesReady) throw new Error('lazy-pages was not started on hello');
+      const lazyPages = await this.lazyPagesReady;
+      if (this.isEnded) return;
       this.channel.send({ t: 'phase', phase: 'restore', atMs: performance.now() });
       const restore = runRestore(this.host.criuPath, dir);
       this.restore = restore.child;

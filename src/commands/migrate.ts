@@ -5,6 +5,7 @@
 import { loadNative } from '../native.js';
 import { defaultWorkDir, migrate } from '../migrate/client.js';
 import { nodeTlsOptions } from '../migrate/node-tls.js';
+import { tlsOptionsFrom } from '../cli/tls-options.js';
 import { EXIT, formatReport, MigrationProgress } from '../migrate/report.js';
 import type { Values } from '../config/flag.js';
 import { MIGRATE } from '../config/flags.js';
@@ -22,9 +23,11 @@ export function parseHostPort(text: string, flagName: string): { host: string; p
 export async function runMigrate(values: MigrateValues): Promise<number> {
   let to;
   let tls;
+  let nativeTls;
   try {
     to = parseHostPort(values.to!, '--to');
     tls = nodeTlsOptions(values);
+    nativeTls = tlsOptionsFrom(values, undefined, (message) => process.stderr.write(`lazyd migrate: ${message}\n`));
   } catch (error) {
     process.stderr.write(`lazyd migrate: ${(error as Error).message}\n`);
     return EXIT.untouched;
@@ -36,6 +39,7 @@ export async function runMigrate(values: MigrateValues): Promise<number> {
     to,
     criu: values.criu,
     tls,
+    nativeTls,
     tlsVerifyName: !values.tlsNoCnVerify,
     linkTimeoutMs: values.linkTimeout * 1000,
     pagePort: values.pagePort,

@@ -6,15 +6,16 @@ import fs from 'node:fs';
 import type { Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
 
-export const CHANNEL_VERSION = 1;
+// 2: the page server's address comes with hello (the agent starts its lazy-pages engine while the images arrive).
+export const CHANNEL_VERSION = 2;
 /** How often each end says it is alive. */
 export const PING_MS = 1000;
 
 /** Source → destination. */
 export type SourceMessage =
-  | { t: 'hello'; v: number; criuVersion: string; pageSize: number; linkTimeoutMs: number; pid: number }
+  | { t: 'hello'; v: number; criuVersion: string; pageSize: number; linkTimeoutMs: number; pid: number; pageServer: { address: string; port: number } }
   | { t: 'file'; name: string; size: number }
-  | { t: 'restore'; pageServer: { address: string; port: number }; files: number; bytes: number }
+  | { t: 'restore'; files: number; bytes: number }
   | { t: 'abort'; reason: string }
   | { t: 'bye' }
   | { t: 'ping' };

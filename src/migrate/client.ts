@@ -1,14 +1,18 @@
 // `lazyd migrate`: moves a running process tree to the host of a `lazyd agent`, post-copy (README "Migrating a
 // process"). The sequence, and where the point of no return is:
 //   1. connect to the agent (TLS with --tls), exchange CRIU versions; check both hosts (CRIU runs, userfaultfd
-//      works on the destination, the destination's CRIU can restore the source's images) — nothing frozen yet;
+//      works on the destination, the destination's CRIU can restore the source's images, this host has the
+//      memory for the relay's copy of the pages); the relay's page server listens, its address goes with hello,
+//      and the agent starts its lazy-pages engine — nothing frozen yet;
 //   2. `criu dump --lazy-pages` on loopback (src/migrate/lazy-dump.ts): the tree is frozen from here;
-//   3. the page gate (src/migrate/gate.ts) listens for the destination's lazy-pages daemon;
-//   4. the images (without the lazy pages: small) are streamed to the agent, which starts `lazyd lazy-pages`
-//      and then `criu restore --lazy-pages`;
-//   5. the agent reports the restored pid: the point of no return is reached, and the gate may pass the daemon's
-//      CLOSE to the dump once every page is present; the dump then exits 0 and kills the originals.
-// Every failure before the CLOSE went through — the agent refuses or fails, the copy breaks, the restore fails,
+//   3. relay staging in this process (src/migrate/relay-source.ts) pulls every lazy page from the dump into
+//      memory and serves the destination's lazy-pages daemon from there; it holds the dump's CLOSE;
+//   4. meanwhile the images (without the lazy pages: small) are streamed to the agent, whose lazy-pages engine
+//      (started on hello, before the freeze) reads them when `criu restore --lazy-pages` hands over;
+//   5. the agent reports the restored pid: the point of no return. The relay may now CLOSE the dump (at once if
+//      it holds every page): the dump exits 0 and kills the originals, which stayed frozen until then. The
+//      destination's missing pages keep coming from this process's memory until the agent says all are present.
+// Every failure before the CLOSE went out — the agent refuses or fails, the copy breaks, the restore fails,
 // the link drops (no byte for twice --link-timeout), a signal — resets the dump's connection: CRIU resumes the
 // originals (docs/protocol.md §1.7). The agent, for its part, kills the restored copy when it loses the link for
 // one --link-timeout (lazy-pages' --on-failure kill), so the two never run at once.
@@ -18,21 +22,26 @@ import os from 'node:os';
 import path from 'node:path';
 import tls, { type SecureContextOptions } from 'node:tls';
 import { Channel, CHANNEL_VERSION, type AgentMessage } from './channel.js';
-import { criuFeature, headerSize, imageCompatibility, probeCriu, type CriuHost } from './criu-host.js';
-import { PageGate, type GateOutcome } from './gate.js';
+import { criuFeature, imageCompatibility, probeCriu, type CriuHost } from './criu-host.js';
 import { criuLogErrors, startLazyDump, type LazyDump } from './lazy-dump.js';
+import { RelaySource } from './relay-source.js';
+import { memAvailableBytes, treeResidentBytes } from './source-memory.js';
 import { EXIT, MigrationProgress, type MigrationReport, type Stage } from './report.js';
-import { readPagemap } from '../images/pagemap.js';
+import type { NativeTlsOptions } from '../native.js';
+import { waitForListen } from '../staging/listen-watch.js';
+import { resetDump } from '../staging/relay.js';
 
 export interface MigrateOptions {
   pid: number;
   to: { host: string; port: number };
   criu: string;
   tls?: SecureContextOptions;
+  /** The same credentials for the native page server that serves the destination's pages (files, as --tls-*). */
+  nativeTls?: NativeTlsOptions;
   /** Check that the agent's certificate names --to's host (criu's CN check); false: --tls-no-cn-verify. */
   tlsVerifyName: boolean;
   linkTimeoutMs: number;
-  /** Where the gate listens for the destination's daemon (0: any free port). */
+  /** Where the relay's page server listens for the destination's daemon (0 picks a free one). */
   pagePort: number;
   preCopy: boolean;
   /** Where the dump's images go (a fresh directory under it); kept after a failure. */
@@ -117,21 +126,12 @@ function nextMessage<T extends AgentMessage['t']>(channel: Channel, types: T[], 
   });
 }
 
-async function lazyPagesOf(dir: string): Promise<number> {
-  let total = 0;
-  for (const name of fs.readdirSync(dir)) {
-    if (!/^pagemap-\d+\.img$/.test(name)) continue;
-    total += (await readPagemap(path.join(dir, name), { checkPages: false })).totals.lazyPages;
-  }
-  return total;
-}
 
 export async function migrate(options: MigrateOptions): Promise<MigrationReport> {
   const { progress } = options;
-  const started = performance.now();
   const destination = `${options.to.host}:${options.to.port}`;
   const stages: Stage[] = [];
-  let stageStart = started;
+  let stageStart = performance.now();
   const stage = (name: string) => {
     const now = performance.now();
     stages.push({ name, ms: now - stageStart });
@@ -149,10 +149,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
   };
   let channel: Channel | undefined;
   let dump: LazyDump | undefined;
-  let gate: PageGate | undefined;
+  let relay: RelaySource | undefined;
   let imagesDir: string | undefined;
   let restoredAt: number | undefined;
-  let doneAt: number | undefined;
+  let dumpExitedAt: number | undefined;
   const onSignal = (signal: NodeJS.Signals) => abortWith(new Failure(`interrupted by ${signal}`));
   // Set once the destination has every page: from then on only the dump's own end counts.
   let finishing = false;
@@ -181,13 +181,47 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
         throw new Failure('--pre-copy: pre-dump iterations into the agent are not implemented in this lazyd; run without --pre-copy');
       }
     }
+    // The relay keeps a copy of the lazy pages here until the destination has them all.
+    const resident = treeResidentBytes(options.pid);
+    const available = memAvailableBytes();
+    if (resident > available) {
+      throw new Failure(
+        `the tree of pid ${options.pid} has ${(resident / 1048576).toFixed(0)} MiB resident and this host ${(available / 1048576).toFixed(0)} MiB available: ` +
+          'the source holds a copy of the lazy pages until the destination has them — free memory here first',
+      );
+    }
     const socket = await race(connectAgent(options));
     channel = new Channel(socket);
     channel.keepAlive(2 * options.linkTimeoutMs);
     channel.on('error', (error: Error) => abortWith(new Failure(`the control connection to ${destination} failed: ${error.message}`)));
     channel.on('close', () => abortWith(new Failure(`the agent at ${destination} closed the control connection`)));
+    // The relay's page server listens now: the agent starts its lazy-pages engine on hello, before the freeze.
+    const localAddress = socket.localAddress!.replace(/^::ffff:/, '');
+    relay = new RelaySource({
+      listenAddress: localAddress,
+      listenPort: options.pagePort,
+      peerAddress: socket.remoteAddress!,
+      tls: options.nativeTls ? { ...options.nativeTls, peerName: '' } : undefined,
+      maxBytes: available,
+      stallTimeoutMs: 2 * options.linkTimeoutMs,
+    });
+    let pagePort: number;
+    try {
+      pagePort = relay.listen();
+    } catch (error) {
+      throw new Failure((error as Error).message);
+    }
+    relay.on('refused', (why: string) => progress.note(`refused ${why}`));
     const welcome = nextMessage(channel, ['welcome'], 'waiting for the agent');
-    channel.send({ t: 'hello', v: CHANNEL_VERSION, criuVersion: source.version, pageSize: options.pageSize, linkTimeoutMs: options.linkTimeoutMs, pid: options.pid });
+    channel.send({
+      t: 'hello',
+      v: CHANNEL_VERSION,
+      criuVersion: source.version,
+      pageSize: options.pageSize,
+      linkTimeoutMs: options.linkTimeoutMs,
+      pid: options.pid,
+      pageServer: { address: localAddress, port: pagePort },
+    });
     const hello = await race(welcome);
     report.criu.destination = hello.criuVersion;
     if (hello.v !== CHANNEL_VERSION) throw new Failure(`the agent speaks migration protocol ${hello.v}, this lazyd ${CHANNEL_VERSION} — run the same lazyd version on both hosts`);
@@ -204,32 +238,38 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     dump = await race(startLazyDump(options.criu, options.pid, imagesDir));
     report.outcome = 'rolled-back';
     report.exitCode = EXIT.rolledBack;
-    const lazyPages = await lazyPagesOf(imagesDir);
-    report.lazyPages = lazyPages;
+    const frozenAt = dump.startedAt;
     stages.push({ name: 'dump', ms: dump.readyAt - stageStart });
     stageStart = dump.readyAt;
-    const dumpExited = dump.exited.then((code) => {
-      if (!gate?.closePassed) abortWith(new Failure(`criu dump exited (${code}) before the migration was complete: ${criuLogErrors(dump!.logFile)}`));
+    void dump.exited.then((code) => {
+      dumpExitedAt = performance.now();
+      if (relay?.released && code === 0) progress.note(`criu dump had its CLOSE and exited 0: the original pid ${options.pid} is gone, the process runs on the destination only`);
+      // Exit 0 after release(): the dump answered the relay's CLOSE (its relay-done event may come after this).
+      if (!(relay?.released && code === 0)) abortWith(new Failure(`criu dump exited (${code}) before the migration was complete: ${criuLogErrors(dump!.logFile)}`));
       return code;
     });
 
-    // ---- 3. the gate, where the destination's daemon will fetch the pages
-    gate = new PageGate({
-      listenAddress: socket.localAddress!.replace(/^::ffff:/, ''),
-      listenPort: options.pagePort,
-      peerAddress: socket.remoteAddress!,
-      dumpPort: dump.port,
-      headerSize: headerSize(source.version),
-      pageSize: options.pageSize,
-      tls: options.tls,
+    // ---- 3. the relay: every lazy page into this process, the CLOSE held
+    await race(waitForListen('127.0.0.1', dump.port, 10000));
+    relay.once('held', () => {
+      report.heldMs = performance.now() - frozenAt;
+      const mib = ((relay!.pagesTotal * options.pageSize) / 1048576).toFixed(1);
+      progress.note(
+        `all ${relay!.pagesTotal} lazy pages (${mib} MiB) held here ${report.heldMs.toFixed(0)} ms after the freeze; ` +
+          (restoredAt === undefined ? 'the original stays frozen until the destination\'s restore succeeds' : 'criu dump gets its CLOSE now'),
+      );
     });
-    const gatePort = await race(gate.listen());
-    const gateEnded = new Promise<GateOutcome>((resolve) => gate!.once('end', resolve));
-    // The gate has reset the dump itself (the destination's page connection failed): that is the cause to report.
-    void gateEnded.then((outcome) => {
-      if (!outcome.ok) abortWith(new Failure(outcome.reason));
+    void relay.end().then((end) => {
+      if (!end.ok) abortWith(new Failure(end.reason));
     });
-    gate.on('refused', (why: string) => progress.note(`refused ${why}`));
+    const plan = await race(relay.start(imagesDir, dump.port).catch((error: Error) => Promise.reject(new Failure(error.message))));
+    const lazyPages = plan.pages;
+    report.lazyPages = lazyPages;
+    // The destination's page connection failing before every page is there: the agent reports it too, but
+    // this side sees it first.
+    relay.on('session-end', (end: { ok: boolean; message: string }) => {
+      if (!end.ok) abortWith(new Failure(`the destination's page connection failed: ${end.message}`));
+    });
 
     // ---- 4. the images
     progress.update({ phase: 'copy' });
@@ -242,39 +282,41 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     stage('copy');
     progress.update({ phase: 'restore' });
     const restoredMessage = nextMessage(channel, ['restored'], 'waiting for the restore');
-    channel.send({ t: 'restore', pageServer: { address: socket.localAddress!.replace(/^::ffff:/, ''), port: gatePort }, files, bytes: report.bytes.images });
+    // Waited for from now on: a small tree can have every page before `restored` is read, and the agent's `done`
+    // then comes in the same chunk, before an await on `restored` could go on.
+    const done = nextMessage(channel, ['done'], 'waiting for the last pages');
+    done.catch(() => undefined); // a failure is seen through `restored` (or through the race below)
+    channel.send({ t: 'restore', files, bytes: report.bytes.images });
     const restored = await race(restoredMessage);
 
     // ---- 5. the point of no return: the restore succeeded on the destination
     restoredAt = performance.now();
     report.restoredPid = restored.pid;
-    report.downtimeMs = restoredAt - dump.startedAt;
-    gate.commit();
+    report.downtimeMs = restoredAt - frozenAt;
+    relay.release();
     stage('restore');
-    const done = nextMessage(channel, ['done'], 'waiting for the last pages');
-    const ticker = setInterval(() => progress.update({ phase: 'pages', present: Math.min(gate!.pagesServed, lazyPages), total: lazyPages }), 100);
+    const ticker = setInterval(() => progress.update({ phase: 'pages', present: Math.min(relay!.traffic().pages, lazyPages), total: lazyPages }), 100);
     try {
       await race(done);
     } finally {
       clearInterval(ticker);
     }
     finishing = true;
-    doneAt = performance.now();
-    report.allPagesMs = doneAt - dump.startedAt;
+    report.allPagesMs = performance.now() - frozenAt;
     progress.update({ phase: 'pages', present: lazyPages, total: lazyPages });
     stage('pages');
 
-    // ---- 6. the dump has had the CLOSE: it kills the originals and exits 0
+    // ---- 6. the dump had the CLOSE (after the restore, once every page was held): it killed the originals
     progress.update({ phase: 'finish' });
-    const outcome = await gateEnded;
-    if (!outcome.ok) throw new Failure(outcome.reason);
+    const end = await relay.end();
+    if (!end.ok) throw new Failure(end.reason);
     const code = await dump.exited;
-    report.frozenMs = performance.now() - dump.startedAt;
+    report.frozenMs = (dumpExitedAt ?? performance.now()) - frozenAt;
     stage('finish');
     if (code !== 0) {
       report.outcome = 'lost';
       report.exitCode = EXIT.lost;
-      report.message = `lazyd migrate: criu dump exited ${code} after the CLOSE went through (${criuLogErrors(dump.logFile)}); check pid ${options.pid} here and pid ${restored.pid} on ${options.to.host}`;
+      report.message = `lazyd migrate: criu dump exited ${code} after its CLOSE (${criuLogErrors(dump.logFile)}); check pid ${options.pid} here and pid ${restored.pid} on ${options.to.host}`;
     } else {
       report.outcome = 'migrated';
       report.exitCode = EXIT.migrated;
@@ -288,16 +330,18 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
       report.outcome = 'untouched';
       report.exitCode = EXIT.untouched;
       report.message = `lazyd migrate: ${reason}; nothing was frozen, pid ${options.pid} runs on here as before`;
-    } else if (gate?.closePassed) {
+    } else if (relay?.outcome?.ok) {
+      if (dumpExitedAt !== undefined) report.frozenMs = dumpExitedAt - dump.startedAt;
       report.outcome = 'lost';
       report.exitCode = EXIT.lost;
-      report.message = `lazyd migrate: ${reason} after the dump had the CLOSE; the original is gone — check pid ${report.restoredPid ?? '?'} on ${options.to.host}`;
+      report.message = `lazyd migrate: ${reason} after the dump had its CLOSE; the original is gone — check pid ${report.restoredPid ?? '?'} on ${options.to.host}`;
     } else {
       progress.update({ phase: 'rollback' });
-      if (gate) gate.abort(reason);
-      else abortDumpWithoutGate(dump.port);
+      // A reset, never an EOF: CRIU resumes the originals.
+      if (relay?.started) relay.abort(reason);
+      else await resetDump('127.0.0.1', dump.port);
       const code = await dump.exited;
-      report.frozenMs = performance.now() - dump.startedAt;
+      report.frozenMs = (dumpExitedAt ?? performance.now()) - dump.startedAt;
       const alive = pidAlive(options.pid);
       report.outcome = alive ? 'rolled-back' : 'lost';
       report.exitCode = alive ? EXIT.rolledBack : EXIT.lost;
@@ -313,27 +357,20 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
-    gate?.close();
     progress.stop();
   }
-  if (gate) {
-    report.pagesServed = gate.pagesServed;
-    report.bytes.pages = gate.bytesToDestination;
-    report.bytes.requests = gate.bytesFromDestination;
+  if (relay) {
+    const traffic = relay.traffic();
+    report.pagesServed = traffic.pages;
+    report.bytes.pages = traffic.bytesOut;
+    report.bytes.requests = traffic.bytesIn;
+    await relay.stop();
   }
   if (channel) report.bytes.control = channel.bytesIn + channel.bytesOut - report.bytes.images;
   report.bytes.total = report.bytes.images + report.bytes.pages + report.bytes.requests + report.bytes.control;
   if (imagesDir && report.outcome === 'migrated' && !options.keepImages) fs.rmSync(imagesDir, { recursive: true, force: true });
   else if (imagesDir && report.outcome !== 'migrated') report.message += ` (images and dump.log kept in ${imagesDir})`;
-  void started;
   return report;
-}
-
-/** The dump's one client slot, taken only to reset it: CRIU then resumes the tasks (docs/protocol.md §1.7). */
-function abortDumpWithoutGate(port: number): void {
-  const socket = net.connect(port, '127.0.0.1');
-  socket.on('error', () => undefined);
-  socket.resetAndDestroy();
 }
 
 /** The default place for the dump's images. */

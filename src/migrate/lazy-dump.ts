@@ -1,6 +1,6 @@
 // `criu dump --lazy-pages` of the process tree on the source (docs/protocol.md §1.7, §5.2): the tasks are frozen,
 // the images written without the lazy pages, and the frozen tasks' memory served on 127.0.0.1:PORT (loopback
-// only: the page gate, src/migrate/gate.ts, is the one way in) until its one client ends the session.
+// only: the relay, src/migrate/relay-source.ts, is its one client) until its one client ends the session.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';

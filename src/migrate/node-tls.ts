@@ -1,5 +1,5 @@
 // criu's TLS flags (docs/protocol.md §1.9) for the connections of `lazyd migrate` and `lazyd agent` that run in
-// JavaScript (the control channel, and the source's page gate): the same files and defaults as the native side
+// JavaScript (the control channel; the source's page server is native, src/migrate/relay-source.ts): the same files and defaults as the native side
 // (src/cli/tls-options.ts), loaded into Node's tls module. Mutual: each end presents its certificate and
 // demands the peer's, signed by --tls-cacert.
 import fs from 'node:fs';

@@ -30,8 +30,11 @@ export interface MigrationReport {
   destination: string;
   restoredPid?: number;
   criu: { source?: string; destination?: string };
-  /** Freeze (dump start) → the original tasks were killed or resumed (the dump exited). */
+  /** Freeze (dump start) → the original tasks were killed or resumed (the dump exited): with the relay, until
+   * the destination's restore succeeded and every page was held, so a failure before can still roll back. */
   frozenMs?: number;
+  /** Freeze → every lazy page was held in the source's relay (its copy in memory). */
+  heldMs?: number;
   /** Freeze → the destination's restore returned (the process runs again there), as the source learns it. */
   downtimeMs?: number;
   /** Freeze → the destination's lazy-pages daemon had every page. */
@@ -55,6 +58,7 @@ export function formatReport(r: MigrationReport): string {
   const lines = [
     r.message,
     `  frozen ${ms(r.frozenMs)}, downtime ${ms(r.downtimeMs)}, all pages present ${ms(r.allPagesMs)}` +
+      (r.heldMs !== undefined ? `, all pages held here ${ms(r.heldMs)}` : '') +
       (r.restoredPid ? `, restored as pid ${r.restoredPid} on ${r.destination}` : ''),
     `  bytes: ${mib(r.bytes.total)} in all (images ${mib(r.bytes.images)}, pages ${mib(r.bytes.pages)}, requests ${r.bytes.requests}, control ${r.bytes.control})` +
       (r.lazyPages !== undefined ? `; lazy pages ${r.pagesServed ?? 0} served of ${r.lazyPages}` : ''),

@@ -2,19 +2,25 @@
 // 10.77.0.1 source, 10.77.0.2 destination), with real CRIU 4.1.1 and 4.2.1 on both ends and the self-verifying
 // workload, which checks its own memory wherever it runs (the restored copy on the destination, or the original
 // resumed on the source after a rollback). Cases, per CRIU version unless said otherwise:
-//   (1) a plain migration: exit 0, the restored workload verifies with the pre-migration sums, the original is gone
+//   (1) a plain migration: exit 0, the restored workload verifies with the pre-migration sums, the original is gone;
+//       the agent's lazy-pages engine, started on hello, was ready before the restore
 //   (2) a process tree (2 children with memory of their own)
 //   (3) mutual TLS on the control and the page connections
 //   (4) a destination that refuses (the source's certificate from a CA the agent does not trust): exit 1, nothing frozen
 //   (5) a `criu restore` that fails on the destination (the destination host lacks the workload's files: the
 //       agent's mount namespace has an empty tmpfs over them): exit 2, the original resumed and verified
-//   (6) the link cut before the point of no return (while the agent's pre-restore hook holds the restore back):
-//       exit 2, the original resumed and verified, the agent started nothing
-//   (7) the link cut after the point of no return (the restore succeeded, pages still arriving over a slow link):
-//       the agent kills its copy, exit 2, the original resumed and verified
+//   (6) the link cut before the point of no return (while the agent's pre-restore hook holds the restore back, and
+//       the source's relay holds every page with the dump's CLOSE held): exit 2, the original resumed and verified,
+//       the agent started nothing
+//   (7) the link cut after the point of no return (the restore succeeded, the dump had its CLOSE, pages still
+//       arriving over a slow link): lazy-pages' failure policy on the destination (the copy killed), exit 3, one
+//       line saying the original is gone
+//   (11) the original is gone only after the restore succeeded: while the hook holds the restore back, every page
+//       is held on the source and the original is still there, frozen; then the migration completes
 //   (8) two migrations into one agent at once, both verified
 //   (9) --pre-copy on this kernel (no soft-dirty tracking): one line says so, the migration runs post-copy alone
 //   (10) CRIU 4.2.1 on the source, 4.1.1 on the destination: refused with one line before anything is frozen
+// The source serves the pages from relay staging in lazyd migrate's process (src/migrate/relay-source.ts).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -102,6 +108,22 @@ async function verifyMigrated(t: TestContext, s: Scene, report: MigrationReport,
   process.kill(report.restoredPid!, 'SIGKILL');
 }
 
+/** lazyd migrate's note that its relay holds every lazy page (the dump's CLOSE held). */
+function isHeldNote(event: Record<string, unknown>): boolean {
+  return typeof event.note === 'string' && /lazy pages .* held here/.test(event.note);
+}
+
+/** lazyd migrate's note that the dump had its CLOSE: the original is gone. */
+function isClosedNote(event: Record<string, unknown>): boolean {
+  return typeof event.note === 'string' && /criu dump had its CLOSE/.test(event.note);
+}
+
+/** The state letter of /proc/PID/stat (t: stopped by a tracer, as criu dump holds the tasks). */
+function processState(pid: number): string {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+}
+
 /** After a rollback: the original runs again on the source and verifies its memory. */
 async function verifyRolledBack(t: TestContext, s: Scene, report: MigrationReport, code: number | null, cause: RegExp): Promise<void> {
   describe(t, report);
@@ -119,6 +141,11 @@ for (const version of CRIU_VERSIONS) {
       const { code, report } = await run.finished;
       await verifyMigrated(t, s, report, code);
       assert.deepEqual(report.criu, { source: version, destination: version });
+      // The agent's lazy-pages engine was started on hello and ready before the restore needed it.
+      const agentLog = fs.readFileSync(s.agent.logFile, 'utf8');
+      const ready = agentLog.search(/lazy-pages ready in \d+ ms, started on hello/);
+      assert.ok(ready >= 0, 'the agent logs its pre-started lazy-pages as ready');
+      assert.ok(ready < agentLog.search(/restored as pid/), 'ready before the restore');
       for (const phase of ['check', 'dump', 'copy', 'restore', 'pages', 'finish']) {
         assert.ok(run.events.some((e) => e.progress === phase), `a JSON progress line for ${phase}`);
       }
@@ -185,10 +212,12 @@ for (const version of CRIU_VERSIONS) {
         dumpDir: path.join(s.runDir, 'dump'),
         extraArgs: ['--link-timeout', '1'],
       });
-      // The images are on the destination and the hook holds the restore: cut the link now.
+      // The images are on the destination, the hook holds the restore, the relay holds every page: cut the link now.
       const started = await pollFor('the pre-restore hook to run', 30_000, () =>
         fs.readdirSync(s.agent.stateDir).find((id) => fs.existsSync(path.join(s.agent.stateDir, id, HOOK_STARTED))),
       );
+      await run.waitForEvent('every page held', isHeldNote);
+      assert.equal(processAlive(s.source.workload.pid), true, 'the original is there (frozen) when the link is cut');
       cutLink(hosts);
       onCleanup(() => healLink(hosts));
       const { code, report } = await run.finished;
@@ -212,17 +241,44 @@ for (const version of CRIU_VERSIONS) {
         dumpDir: path.join(s.runDir, 'dump'),
         extraArgs: ['--link-timeout', '1'],
       });
+      // Past the point of no return: the dump had its CLOSE (the original is gone), the pages still cross.
+      await run.waitForEvent('the dump closed', isClosedNote);
       const pages = await run.waitForEvent('pages phase', (e) => e.progress === 'pages');
       cutLink(hosts);
       onCleanup(() => healLink(hosts));
       t.diagnostic(`cut at ${JSON.stringify(pages)}`);
       assert.ok((pages.present as number) < (pages.total as number), 'the cut came while pages were still missing');
       const { code, report } = await run.finished;
+      describe(t, report);
       assert.ok(report.restoredPid, 'the restore had succeeded');
-      // The agent kills its copy (lazy-pages --on-failure kill) before the source resumes the original.
+      assert.equal(code, EXIT.lost, report.message);
+      assert.equal(report.outcome, 'lost');
+      assert.match(report.message, /link timeout.* after the dump had its CLOSE; the original is gone — check pid \d+ on 10\.77\.0\.2/);
+      assert.equal(processAlive(s.source.workload.pid), false, 'the original is gone');
+      // The destination applies lazy-pages' failure policy (--on-failure kill): no copy with missing pages runs on.
       await pollFor(`the restored copy ${report.restoredPid} to be killed`, 20_000, () => (processAlive(report.restoredPid!) ? undefined : true));
-      await verifyRolledBack(t, s, report, code, /after the restore had succeeded/);
       assert.match(fs.readFileSync(s.agent.logFile, 'utf8'), /link timeout.*stopped lazy-pages \(it kills the restored tasks\)/);
+    });
+  });
+
+  test(`(11) CRIU ${version}: the original is gone only after the restore succeeded`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(t, `frozen-until-restore-${version}`, { srcCriu: version, mib: 16, agentArgs: ['--pre-restore-hook', HOLDING_HOOK] }, async (s) => {
+      const run = runMigrate({ netns: hosts.source, pid: s.source.workload.pid, agent: s.agent, criu: criu(), dumpDir: path.join(s.runDir, 'dump') });
+      const id = await pollFor('the pre-restore hook to run', 30_000, () =>
+        fs.readdirSync(s.agent.stateDir).find((name) => fs.existsSync(path.join(s.agent.stateDir, name, HOOK_STARTED))),
+      );
+      // Every page is on the source's relay and the images on the destination; the restore has not run.
+      await run.waitForEvent('every page held', isHeldNote);
+      assert.equal(processAlive(s.source.workload.pid), true, 'the original is still there');
+      assert.match(processState(s.source.workload.pid), /^[tT]$/, 'frozen (stopped by criu dump)');
+      assert.equal(run.events.some(isClosedNote), false, 'the dump has no CLOSE yet');
+      fs.writeFileSync(path.join(s.agent.stateDir, id, 'go'), '');
+      const { code, report } = await run.finished;
+      await verifyMigrated(t, s, report, code);
+      const restoreLine = run.events.findIndex((e) => e.progress === 'restore');
+      const closed = run.events.findIndex(isClosedNote);
+      assert.ok(closed > restoreLine && restoreLine >= 0, 'the dump had its CLOSE only after the restore');
+      assert.ok(report.frozenMs! >= report.downtimeMs!, 'frozen until the restore had succeeded');
     });
   });
 

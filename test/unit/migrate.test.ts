@@ -1,6 +1,6 @@
-// Unit tests of `lazyd migrate`'s pure parts: the CRIU compatibility rule, HOST:PORT, the control channel's
-// framing (over a real loopback connection), and the page gate's view of a real CRIU lazy session (the recorded
-// `criu dump --lazy-pages` ↔ `criu lazy-pages` streams of test/fixtures, fed in random pieces).
+// Unit tests of `lazyd migrate`'s pure parts: the CRIU compatibility rule, HOST:PORT, and the control channel's
+// framing (over a real loopback connection). The source's pages (relay staging, src/migrate/relay-source.ts) are
+// tested with real CRIU in test/e2e/migrate.test.ts and natively in native/tests/relay_test.cc.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -9,9 +9,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { Channel, type Message } from '../../src/migrate/channel.js';
 import { compareVersions, headerSize, imageCompatibility } from '../../src/migrate/criu-host.js';
-import { ReplyCounter, RequestScanner } from '../../src/migrate/gate.js';
 import { parseHostPort } from '../../src/commands/migrate.js';
-import { FIXTURE_VERSIONS, readFixture, sessionFacts } from '../fixtures/fixtures.js';
 
 test('images of a newer CRIU are refused on an older one, with the fix in the line', () => {
   const refused = imageCompatibility('4.2.1', '4.1.1');
@@ -86,94 +84,5 @@ test('control channel: garbage, an unexpected file or a refused name end it with
     a.socket.write(bytes);
     assert.match((await error).message, expected, what);
     close();
-  }
-});
-
-for (const { version, headerBytes } of FIXTURE_VERSIONS) {
-  test(`page gate, CRIU ${version}: the recorded lazy session's requests and replies, in random pieces`, () => {
-    const stream = sessionFacts(version, 'remote-lazy').stream!;
-    const c2s = readFixture(version, 'remote-lazy', 'client-to-server.bin');
-    const s2c = readFixture(version, 'remote-lazy', 'server-to-client.bin');
-    for (let round = 0; round < 20; round++) {
-      const requests = new RequestScanner(headerBytes);
-      const replies = new ReplyCounter(headerBytes, 4096);
-      let passed = 0;
-      for (let at = 0; at < c2s.length; ) {
-        const n = 1 + Math.floor(Math.random() * 60);
-        passed += requests.feed(c2s.subarray(at, at + n)).length;
-        at += n;
-      }
-      assert.equal(requests.gets, stream.gets, 'every GET seen');
-      assert.ok(requests.close, 'the CLOSE is held');
-      assert.equal(passed, c2s.length - headerBytes, 'everything but the CLOSE passes');
-      replies.due = requests.gets;
-      for (let at = 0; at < s2c.length; ) {
-        const n = 1 + Math.floor(Math.random() * 9000);
-        replies.feed(s2c.subarray(at, at + n));
-        at += n;
-      }
-      assert.equal(replies.replies, stream.gets, 'one reply per GET');
-      assert.equal(replies.pages, stream.pages_with_data, 'every page counted once');
-      assert.equal(replies.due, 0);
-    }
-  });
-}
-
-/** A listener where the dump's loopback port would be: records how each connection to it ended. */
-async function dumpPortWatcher(): Promise<{ port: number; ends: Promise<string>; close: () => void }> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const ends = new Promise<string>((resolve) =>
-    server.once('connection', (socket) => {
-      socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
-      socket.on('end', () => resolve('EOF'));
-      socket.resume();
-    }),
-  );
-  return { port: (server.address() as net.AddressInfo).port, ends, close: () => server.close() };
-}
-
-test('page gate: a failure before the CLOSE resets the dump port (never a clean EOF), also with no client yet', async () => {
-  const { PageGate } = await import('../../src/migrate/gate.js');
-  const dump = await dumpPortWatcher();
-  const gate = new PageGate({ listenAddress: '127.0.0.1', listenPort: 0, peerAddress: '127.0.0.1', dumpPort: dump.port, headerSize: 32, pageSize: 4096 });
-  await gate.listen();
-  const ended = new Promise((resolve) => gate.once('end', resolve));
-  gate.abort('the test gives up');
-  assert.deepEqual(await ended, { ok: false, reason: 'the test gives up' });
-  assert.equal(await dump.ends, 'ECONNRESET');
-  dump.close();
-});
-
-test('page gate, TLS: a client whose certificate does not verify is refused and the dump reset', async () => {
-  const { PageGate } = await import('../../src/migrate/gate.js');
-  const { makeMigrationPki } = await import('../harness/agent.js');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-gate-pki-'));
-  try {
-    const pki = await makeMigrationPki(dir);
-    const dump = await dumpPortWatcher();
-    const read = (file: string) => fs.readFileSync(file);
-    const gate = new PageGate({
-      listenAddress: '127.0.0.1',
-      listenPort: 0,
-      peerAddress: '127.0.0.1',
-      dumpPort: dump.port,
-      headerSize: 32,
-      pageSize: 4096,
-      tls: { ca: read(pki.ca), cert: read(pki.source.cert), key: read(pki.source.key) },
-    });
-    const port = await gate.listen();
-    const ended = new Promise<{ ok: boolean; reason?: string }>((resolve) => gate.once('end', resolve));
-    const tls = await import('node:tls');
-    const client = tls.connect({ host: '127.0.0.1', port, ca: read(pki.ca), cert: read(pki.untrusted.cert), key: read(pki.untrusted.key) });
-    client.on('error', () => undefined);
-    const outcome = await ended;
-    assert.equal(outcome.ok, false);
-    assert.match(outcome.reason ?? '', /presented a certificate that does not verify|failed its TLS handshake/);
-    assert.equal(await dump.ends, 'ECONNRESET');
-    client.destroy();
-    dump.close();
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -165,6 +165,16 @@ void PageServer::release(uint64_t checkpoint, const std::string& reason) {
   wake();
 }
 
+void PageServer::release_relay(uint64_t checkpoint) {
+  {
+    std::lock_guard<std::mutex> lock(commands_mutex_);
+    Command command{false, checkpoint, false, ""};
+    command.let_close = true;
+    commands_.push_back(command);
+  }
+  wake();
+}
+
 ServerStats PageServer::stats() const {
   ServerStats s;
   s.sessions_total = counters_.sessions_total.get();
@@ -189,6 +199,13 @@ void PageServer::run_commands() {
     commands.swap(commands_);
   }
   for (const Command& command : commands) {
+    if (command.let_close) {
+      auto relay = state_->relays.find(command.id);
+      if (relay == state_->relays.end()) continue;  // ended already (its event said how)
+      if (relay->second.relay->release() != Relay::Status::kPulling) end_relay(command.id);
+      else relay_interest(command.id, relay->second);
+      continue;
+    }
     if (!command.ack) {
       abort_relay(command.id, "released while pulling (" + command.message + ")");
       retire(command.id, command.message);
@@ -822,7 +839,10 @@ void PageServer::relay_interest(uint64_t id, RelayEntry& entry) {
 void PageServer::relay_progress(uint64_t id, RelayEntry& entry, bool force) {
   const uint64_t now = now_ns();
   const Relay& relay = *entry.relay;
-  if (!force && (now - entry.last_progress_ns < kRelayProgressIntervalNs || relay.pages_held() == entry.last_progress_pages)) {
+  // A relay that holds its CLOSE reports the last page at once: the control plane waits for it to release.
+  const bool newly_held = relay.held() && relay.pages_held() != entry.last_progress_pages;
+  if (!force && !newly_held &&
+      (now - entry.last_progress_ns < kRelayProgressIntervalNs || relay.pages_held() == entry.last_progress_pages)) {
     return;
   }
   entry.last_progress_ns = now;

@@ -141,6 +141,9 @@ class PageServer {
   // drives its socket; sessions that need a page not pulled yet wait for it. Returns the checkpoint id (>= 2),
   // or 0 with *error one line (the relay is dropped: its connection is reset, the dump resumes the tasks).
   uint64_t start_relay(std::unique_ptr<Relay> relay, std::string* error);
+  // Thread-safe: a relay started with hold_close may send its CLOSE (Relay::release); a relay that ended already
+  // is left alone. Its end comes as kRelayDone / kRelayFailed.
+  void release_relay(uint64_t checkpoint);
   // The staging registry; from other threads only its thread-safe parts (sealed(), the budget).
   const StagingRegistry& staging() const { return staging_; }
 
@@ -193,6 +196,7 @@ class PageServer {
     uint64_t id = 0;
     bool ok = false;
     std::string message;
+    bool let_close = false;  // release_relay
   };
   std::mutex commands_mutex_;
   std::vector<Command> commands_;

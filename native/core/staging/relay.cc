@@ -110,6 +110,12 @@ Relay::Status Relay::fail(std::string message, bool reset) {
 
 Relay::Status Relay::abort(const std::string& message) { return fail(message); }
 
+Relay::Status Relay::release() {
+  released_ = true;
+  if (status_ != Status::kPulling) return status_;
+  return pump();  // held: finish() now; still pulling: once the last page is in
+}
+
 // Sends GETs for [first, first + count), all inside one segment, into the store's own pages.
 int Relay::submit(uint64_t first, uint64_t count, bool demand) {
   const Segment* s = segment_of(first);
@@ -209,7 +215,13 @@ Relay::Status Relay::pump() {
     if (replies.empty()) break;
     if (take_replies(replies) < 0) return status_;
   }
-  if (store_->pages_held() == store_->pages_total() && client_->in_flight() == 0) return finish();
+  if (store_->pages_held() == store_->pages_total() && client_->in_flight() == 0) {
+    if (options_.hold_close && !released_) {
+      held_ = true;  // the dump keeps the tasks frozen: a reset (abort) still resumes them
+      return status_;
+    }
+    return finish();
+  }
   // Requests queued by this round (re-asks, more bulk) go out now.
   if (submit_demands() < 0 || submit_bulk() < 0) return fail(client_->error());
   return status_;

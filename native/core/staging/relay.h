@@ -37,6 +37,9 @@ struct RelayOptions {
   uint64_t page_size = 4096;
   std::shared_ptr<MemoryBudget> budget;
   bool hold_by_reference = true;  // plain TCP: keep the pages in pipes, uncopied (staging/relay_store.h)
+  // Hold the CLOSE once every page is held, until release() (lazyd migrate: the point of no return is the
+  // destination's restore, not the end of the pull). Held, the dump keeps the tasks frozen; abort() still resets.
+  bool hold_close = false;
 };
 
 class Relay {
@@ -63,6 +66,10 @@ class Relay {
   Status demand(uint64_t pid, uint64_t vaddr, uint64_t nr_pages);
   // Ends the relay as failed (reset) with message, unless it already ended.
   Status abort(const std::string& message);
+  // hold_close: the CLOSE may go to the dump — now if every page is held, else as soon as they are.
+  Status release();
+  // hold_close: every lazy page is held and the CLOSE waits for release().
+  bool held() const { return held_; }
 
   Status status() const { return status_; }
   // "host:port" of the dump's page server, for messages.
@@ -113,6 +120,8 @@ class Relay {
   std::deque<Demand> demands_;           // waiting for the TLS handshake
   bool handshaking_ = false;
   bool closing_ = false;                 // CLOSE sent (plain TCP): its answer is awaited on the event loop
+  bool held_ = false;                    // hold_close: every page held, the CLOSE waits for release()
+  bool released_ = false;                // release() came: the CLOSE is no longer held
   uint64_t bulk_cursor_ = 0;             // first page the bulk pull has not asked for
   uint64_t bulk_in_flight_ = 0;          // bytes
   uint64_t started_ns_ = 0;
