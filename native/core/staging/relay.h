@@ -37,6 +37,7 @@ struct RelayOptions {
   uint64_t page_size = 4096;
   std::shared_ptr<MemoryBudget> budget;
   bool hold_by_reference = true;  // plain TCP: keep the pages in pipes, uncopied (staging/relay_store.h)
+  uint64_t max_pipes = 0;         // the store's pipes at most (0: its default, from RLIMIT_NOFILE)
 };
 
 class Relay {
