@@ -527,45 +527,24 @@ void test_peer_dies(wire::Format format, bool by_reference) {
   CHECK(refused.client.error().find("closed the connection") != std::string::npos);
 }
 
-// Pipes run out mid-pull (here: no file descriptor left, as past RLIMIT_NOFILE; under the packaged unit without
-// CAP_SYS_RESOURCE, F_SETPIPE_SZ refused): the rest of the pages are copied into the memfd, and restores get
-// every page right, from both.
+// Pipes run out mid-pull (the store's limit of pipes, as with no fd left past RLIMIT_NOFILE or, under the packaged
+// unit without CAP_SYS_RESOURCE, F_SETPIPE_SZ refused): the rest of the pages are copied into the memfd, and
+// restores get every page right, from both.
 void test_pipes_run_out() {
   Server server(1ull << 30);
   Dump dump(wire::Format::V32);
-  dump.credits = 1;
   const std::vector<RelayTask> tasks = two_tasks(14);  // ~6 MiB: ~6 pipes of 1 MiB; no range over 1024 pages
   RelayOptions o = options_for(dump, tasks, server);
   o.request_pages = 256;
   o.inflight_bytes = 256 * P;
+  o.max_pipes = 2;
   const uint64_t id = start_relay(server, o);
   CHECK(id >= 2);
-  CHECK(eventually([&] { return dump.replies == 1; }));
-  // No fd left: every hole below the highest fd filled, and the limit just above it.
-  rlimit saved{};
-  CHECK(getrlimit(RLIMIT_NOFILE, &saved) == 0);
-  int highest = 0;
-  for (int fd = 0; fd < 4096; fd++)
-    if (fcntl(fd, F_GETFD) >= 0) highest = fd;
-  std::vector<int> fillers;
-  for (;;) {
-    const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    CHECK(fd >= 0);
-    if (fd < 0) break;
-    fillers.push_back(fd);
-    if (fd > highest) break;
-  }
-  rlimit low = saved;
-  low.rlim_cur = static_cast<rlim_t>(fillers.back() + 1);  // the last filler is the last fd there is
-  CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
-  dump.credits = -1;
   ServerEvent done;
-  const bool ended = server.wait_event(ServerEvent::Kind::kRelayDone, id, &done);
-  CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0);
-  for (int fd : fillers) close(fd);
-  CHECK(ended);
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
   CHECK(done.pages_held == total_pages(tasks));
   CHECK(done.bytes_copied > 0 && done.bytes_copied < done.bytes);  // some by reference, the rest copied
+  CHECK(done.bytes - done.bytes_copied <= 2 * (1 << 20));            // two pipes of 1 MiB at most
   Restore restore(server, wire::Format::V32);
   CHECK(restore.verify_all(tasks));
 }
@@ -865,7 +844,7 @@ void test_tls() {
     CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, &failed));
     CHECK(failed.message.find("TLS") != std::string::npos);
     CHECK(failed.pages_held == 0);
-    CHECK(dump.tls_refused);
+    CHECK(eventually([&] { return dump.tls_refused.load(); }));  // the dump's side of the handshake may end later
     CHECK(dump.gets == 0);
   }
 }

@@ -8,8 +8,8 @@
 
 namespace lazyd {
 
-PagePipes::PagePipes(uint64_t pipe_bytes, uint64_t capacity, bool strict)
-    : pipe_bytes_(std::max<uint64_t>(pipe_bytes, 4096)), strict_(strict) {
+PagePipes::PagePipes(uint64_t pipe_bytes, uint64_t capacity, bool strict, uint64_t max_pipes)
+    : pipe_bytes_(std::max<uint64_t>(pipe_bytes, 4096)), strict_(strict), max_pipes_(max_pipes) {
   capacity_ = std::max<uint64_t>(capacity ? capacity : pipe_bytes_, 4096);
   if (!strict_) capacity_ = std::min<uint64_t>(capacity_, pipe_max_size());
   null_fd_ = open("/dev/null", O_WRONLY | O_CLOEXEC);
@@ -64,6 +64,7 @@ int PagePipes::tail(uint64_t at, Pipes::iterator* out) {
     last_ = pipes_.end();
   }
   if (holds(at)) return -EEXIST;
+  if (strict_ && max_pipes_ && pipes_.size() >= max_pipes_) return kNoPipe;
   int fds[2];
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return strict_ && (errno == EMFILE || errno == ENFILE) ? kNoPipe : -errno;
   int got = fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(capacity_));

@@ -31,8 +31,9 @@ class PagePipes {
   static constexpr int kNoPipe = -ENOBUFS;
 
   // pipe_bytes: most bytes per pipe; capacity: the F_SETPIPE_SZ request (capped at fs.pipe-max-size when
-  // !strict, where a refused request leaves the pipe at its default size).
-  PagePipes(uint64_t pipe_bytes, uint64_t capacity, bool strict);
+  // !strict, where a refused request leaves the pipe at its default size); max_pipes (strict only, 0: no limit):
+  // past that many pipes, kNoPipe.
+  PagePipes(uint64_t pipe_bytes, uint64_t capacity, bool strict, uint64_t max_pipes = 0);
   ~PagePipes();
   PagePipes(const PagePipes&) = delete;
   PagePipes& operator=(const PagePipes&) = delete;
@@ -78,6 +79,7 @@ class PagePipes {
   uint64_t pipe_bytes_;
   uint64_t capacity_;
   bool strict_;
+  uint64_t max_pipes_;
   int null_fd_ = -1;
   Pipes pipes_;
   Pipes::iterator last_ = pipes_.end();  // written last, while its write end is open

@@ -50,7 +50,7 @@ std::unique_ptr<Relay> Relay::start(RelayOptions options, std::string* error, in
   if (rc < 0) return refuse(rc, relay->client_->error(), false);
 
   // TLS decrypts in user space: nothing to splice, so the pages are copied into the store's memfd.
-  relay->store_ = std::make_shared<RelayStore>(o.page_size, o.budget, o.hold_by_reference && !o.tls);
+  relay->store_ = std::make_shared<RelayStore>(o.page_size, o.budget, o.hold_by_reference && !o.tls, o.max_pipes);
   std::string why;
   rc = relay->store_->init(o.tasks, &why);
   if (rc < 0) return refuse(rc, why, true);  // relay (and its client) go: the connection is reset

@@ -37,6 +37,7 @@ struct RelayOptions {
   uint64_t page_size = 4096;
   std::shared_ptr<MemoryBudget> budget;
   bool hold_by_reference = true;  // plain TCP: keep the pages in pipes, uncopied (staging/relay_store.h)
+  uint64_t max_pipes = 0;         // the store's pipes at most (0: its default, from RLIMIT_NOFILE)
   // Hold the CLOSE once every page is held, until release() (lazyd migrate: the point of no return is the
   // destination's restore, not the end of the pull). Held, the dump keeps the tasks frozen; abort() still resets.
   bool hold_close = false;

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>  // memfd_create
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
 
@@ -18,12 +19,18 @@ namespace {
 // TCP's buffers are larger). Serving the last page of a pipe costs ~65 ns per buffer ahead of it.
 constexpr uint64_t kPipeBytes = 1 << 20;
 
+uint64_t default_max_pipes() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) < 0 || limit.rlim_cur == RLIM_INFINITY) return 4096;
+  return static_cast<uint64_t>(limit.rlim_cur) / 4;
+}
+
 }  // namespace
 
-RelayStore::RelayStore(uint64_t page_size, std::shared_ptr<MemoryBudget> budget, bool by_reference)
+RelayStore::RelayStore(uint64_t page_size, std::shared_ptr<MemoryBudget> budget, bool by_reference, uint64_t max_pipes)
     : PageStore(page_size, StoreLimits{std::move(budget)}),
       by_reference_(by_reference),
-      pipes_(kPipeBytes, kPipeBytes, true) {}
+      pipes_(kPipeBytes, kPipeBytes, true, max_pipes ? max_pipes : default_max_pipes()) {}
 
 RelayStore::~RelayStore() {
   if (fd_ >= 0) close(fd_);

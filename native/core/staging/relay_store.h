@@ -47,7 +47,9 @@ class RelayStore final : public PageStore, public PageSink {
   enum class State { kFilling, kComplete, kIncomplete };
 
   // by_reference: hold pages spliced from a plain TCP socket in pipes (above); false: always copy into the memfd.
-  RelayStore(uint64_t page_size, std::shared_ptr<MemoryBudget> budget, bool by_reference = true);
+  // max_pipes: pipes of this store at most (each keeps an fd); 0: a quarter of RLIMIT_NOFILE, so that a large
+  // checkpoint leaves the daemon fds for its sessions (past it the pages are copied).
+  RelayStore(uint64_t page_size, std::shared_ptr<MemoryBudget> budget, bool by_reference = true, uint64_t max_pipes = 0);
   ~RelayStore() override;
 
   // Lays out every task's ranges (sorted by address per task), charges their bytes to the budget, creates and
