@@ -252,6 +252,13 @@ const ACCESS = {
 
 /** Diskless staging (README "Diskless staging"): uploads from `criu dump --page-server`, served from memory. */
 const STAGING = {
+  requireLinkToken: flag({
+    type: 'boolean',
+    default: false,
+    describe:
+      "fetches must open with a lazyd HELLO naming a staged checkpoint's token (lazyd-link.json): stock `criu lazy-pages` clients are refused (README \"Security\")",
+    native: { key: 'requireLinkToken' },
+  }),
   staging: flag({
     type: 'boolean',
     default: true,
@@ -472,6 +479,7 @@ export const PAGE_SERVER_DROPIN = role({
   // criu's page server: one session, no uploads (the staging budget is the daemon's, unused here).
   fixedNative: {
     singleSession: true,
+    requireLinkToken: false,
     staging: false,
     stagingMaxBytes: STAGING.stagingMaxBytes.default,
     stagingRestores: STAGING.stagingRestores.default,

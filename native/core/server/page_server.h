@@ -86,6 +86,7 @@ struct ServerEvent {
   uint64_t restores = 0;
   uint64_t memory_used = 0;         // budget in use after the event
   std::shared_ptr<const PageStore> store;  // kUploadSealed / kStaged
+  std::string token;                // kUploadSealed: the checkpoint's link token, 32 hex digits (lazyd-link.json)
   uint64_t pages_held = 0;          // kRelay*: pages pulled so far, of pages_total
   uint64_t pages_total = 0;
   uint64_t bytes = 0;               // kRelay*: page bytes held
