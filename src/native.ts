@@ -230,6 +230,8 @@ export interface LazyPagesTaskSet {
   nrTasks: number;
   tasks: LazyPagesTask[];
   format: 24 | 32;
+  /** lazyd-link.json's token (docs/protocol.md §5): open the page-server session with a HELLO. Absent: stock bytes. */
+  linkToken?: string;
 }
 
 export interface LazyPagesOptions extends LazyPagesFlagOptions {

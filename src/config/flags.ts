@@ -382,6 +382,13 @@ const LAZY_PAGES_OWN = {
     default: false,
     describe: 'fetch the lazy pages from the page server at `--address`:`--port` (without it: from the local images)',
   }),
+  link: flag({
+    type: 'string',
+    choices: ['auto', 'stock'] as const,
+    default: 'auto',
+    describe:
+      "auto: open with a lazyd HELLO when the images hold lazyd-link.json (a lazyd page server staged them), else speak CRIU's bytes only; stock: never (README \"The lazyd link\")",
+  }),
   onFailure: flag({
     type: 'string',
     choices: FAILURE_POLICIES,
