@@ -121,7 +121,7 @@ export interface PageServerEvent {
   /** upload-sealed / staged: the store's pagemaps and the page bytes it holds. */
   pagemaps?: StagedPagemap[];
   bytesHeld?: number;
-  /** upload-sealed: the checkpoint's link token (32 hex digits), written into lazyd-link.json (docs/protocol.md §5). */
+  /** upload-sealed: the checkpoint's link token (32 hex digits), written into lazyd-link.json (docs/protocol.md §7). */
   token?: string;
   /** relay-*: lazy pages pulled so far, of pagesTotal (0 for other events). */
   pagesHeld: number;
@@ -230,7 +230,7 @@ export interface LazyPagesTaskSet {
   nrTasks: number;
   tasks: LazyPagesTask[];
   format: 24 | 32;
-  /** lazyd-link.json's token (docs/protocol.md §5): open the page-server session with a HELLO. Absent: stock bytes. */
+  /** lazyd-link.json's token (docs/protocol.md §7): open the page-server session with a HELLO. Absent: stock bytes. */
   linkToken?: string;
 }
 

@@ -118,7 +118,7 @@ uint64_t load(const uint8_t* p, size_t n) {
 // Checks a lazy session's whole output. complete: the session ended cleanly (no partial reply allowed).
 void check_lazy_output(const std::vector<uint8_t>& out, wire::Format format, bool clean) {
   size_t off = 0;
-  // A HELLO reply (docs/protocol.md §5) comes first if at all: granted (bound to checkpoint 7) or refused.
+  // A HELLO reply (docs/protocol.md §7) comes first if at all: granted (bound to checkpoint 7) or refused.
   if (out.size() >= 4 && load(&out[0], 4) == wire::kHelloMagic) {
     if (out.size() < wire::kHelloReplySize) {
       FUZZ_CHECK(!clean);

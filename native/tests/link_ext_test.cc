@@ -1,4 +1,4 @@
-// The link extension (native/core/wire/link_ext.{h,cc}, docs/protocol.md §5): the HELLO codec, that no CRIU
+// The link extension (native/core/wire/link_ext.{h,cc}, docs/protocol.md §7): the HELLO codec, that no CRIU
 // request can be taken for a HELLO (and a HELLO never for a CRIU request), and a LazySession's link binding:
 // HELLO with a staged checkpoint's token binds the session to it, a GET outside it is refused, an unknown token
 // gets a refusing reply, --require-link-token refuses a stock client, and a stock session is served as before.

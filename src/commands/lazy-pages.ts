@@ -155,7 +155,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
       const config = engineTasks(checkpoint, !values.pageServer);
       openFds = config.openFds;
       const format = flagOptions.format || formatFromImages(checkpoint) || 24;
-      // The lazyd link (docs/protocol.md §5): only a lazyd page server writes lazyd-link.json into the images.
+      // The lazyd link (docs/protocol.md §7): only a lazyd page server writes lazyd-link.json into the images.
       const link = values.pageServer && values.link !== 'stock' ? await readLinkCapability(imagesDir) : null;
       if (link && link.version !== LINK_VERSION) {
         throw new Error(`${linkFilePath(imagesDir)}: link version ${link.version}, this lazyd speaks ${LINK_VERSION}: run the same lazyd release on both ends, or restore with --link stock`);

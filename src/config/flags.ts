@@ -387,7 +387,7 @@ const LAZY_PAGES_OWN = {
     choices: ['auto', 'stock'] as const,
     default: 'auto',
     describe:
-      "auto: open with a lazyd HELLO when the images hold lazyd-link.json (a lazyd page server staged them), else speak CRIU's bytes only; stock: never (README \"The lazyd link\")",
+      "auto: open with a lazyd HELLO when the images hold lazyd-link.json (a lazyd page server staged them), else speak CRIU's bytes only; stock: never (README \"The lazyd link: when both ends are lazyd\")",
   }),
   onFailure: flag({
     type: 'string',

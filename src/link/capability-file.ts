@@ -1,4 +1,4 @@
-// The link capability file (docs/protocol.md §5): `lazyd-link.json`, written by lazyd's staging page server into
+// The link capability file (docs/protocol.md §7): `lazyd-link.json`, written by lazyd's staging page server into
 // the images directory of each checkpoint it stages (the dump's -D, which travels to the destination), read by
 // `lazyd lazy-pages` from its images at hand-over. Its presence is how the client learns that the page server
 // is lazyd, so that it may open with a HELLO; without it the client speaks plain CRIU, byte for byte.

@@ -208,7 +208,7 @@ export class Stager {
         }
       }
       if (event.token) {
-        // The capability file that lets a lazyd lazy-pages open with HELLO (docs/protocol.md §5).
+        // The capability file that lets a lazyd lazy-pages open with HELLO (docs/protocol.md §7).
         files.push(linkFilePath(dir));
         await writeLinkCapability(dir, { version: LINK_VERSION, features: [...LINK_FEATURES], token: event.token, checkpoint: event.session });
         if (this.pending.get(event.session) !== files) {

@@ -57,7 +57,7 @@ struct FaultEngineConfig {
   wire::Format format = wire::Format::V24;     // 24: criu <= 4.1, 32: criu >= 4.2 (§0)
   int ps_socket = -1;                          // an already-connected page-server socket (taken over) instead
   std::shared_ptr<const TlsContext> tls;       // --tls: the page-server connection runs TLS (§1.9); null: plain
-  // The token of the images' lazyd-link.json (32 hex digits): the session opens with a lazyd HELLO (§5).
+  // The token of the images' lazyd-link.json (32 hex digits): the session opens with a lazyd HELLO (§7).
   // Empty (no file, or --link stock): only CRIU's own bytes are sent. With defer_tasks, given to set_tasks().
   std::string link_token;
 

@@ -205,7 +205,7 @@ void PageClient::open_with_hello(const wire::Hello& hello) {
   hello_got_ = 0;
 }
 
-// The HELLO reply (§5) is complete in hello_in_: 0 when granted, else the client fails with why.
+// The HELLO reply (§7) is complete in hello_in_: 0 when granted, else the client fails with why.
 int PageClient::hello_answered() {
   hello_awaiting_ = false;
   wire::HelloReply reply;

@@ -92,7 +92,7 @@ class PageClient : public PageSource {
   // "TLS1.3-..." once the handshake is done, else "".
   std::string tls_description() const { return tls_ ? tls_->description() : std::string(); }
 
-  // lazyd peers only (docs/protocol.md §5): the session opens with this HELLO, sent ahead of every GET (after the
+  // lazyd peers only (docs/protocol.md §7): the session opens with this HELLO, sent ahead of every GET (after the
   // TLS handshake under --tls); its reply is read ahead of the first GET's. A refusing reply fails the client
   // with the server's reason. Call once, after connecting and before the first submit(). Never for a stock peer.
   void open_with_hello(const wire::Hello& hello);

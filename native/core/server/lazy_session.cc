@@ -141,7 +141,7 @@ LazySession::Status LazySession::handle_requests() {
       break;
     }
     if (first_request_ && available >= 4 && wire::starts_with_hello(head, available)) {
-      // lazyd's HELLO (§5): only a lazyd client that read this server's lazyd-link.json sends it.
+      // lazyd's HELLO (§7): only a lazyd client that read this server's lazyd-link.json sends it.
       if (available < wire::kHelloSize) break;
       used += wire::kHelloSize;
       first_request_ = false;

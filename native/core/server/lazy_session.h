@@ -26,7 +26,7 @@ struct SessionLimits {
   // (headers + pages). Backpressure, not a kill: at least one reply is always accepted, so a GET up to
   // max_request_pages works.
   uint64_t max_queued_bytes = 0;
-  // --require-link-token (docs/protocol.md §5): a fetch session must open with a HELLO naming a staged
+  // --require-link-token (docs/protocol.md §7): a fetch session must open with a HELLO naming a staged
   // checkpoint's token; a stock CRIU client (no HELLO) is refused at its first GET.
   bool require_link_token = false;
 };
@@ -38,7 +38,7 @@ struct SessionStats {
   uint64_t bytes_in = 0;  // request headers read
   bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
   uint64_t waits = 0;              // GETs that waited for a relay to pull their pages
-  bool hello = false;              // the session opened with a lazyd HELLO (§5)
+  bool hello = false;              // the session opened with a lazyd HELLO (§7)
   bool link_refused = false;       // ended by the link binding: unknown token, no token under
                                    // --require-link-token, or a GET outside the token's checkpoint
 };

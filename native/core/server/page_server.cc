@@ -560,7 +560,7 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
     event.stats = entry.lazy->stats();
     event.format = static_cast<int>(entry.lazy->format());
     bound = entry.lazy->bound();
-    if (event.stats.link_refused) counters_.access_refused.add();  // the link binding (docs/protocol.md §5)
+    if (event.stats.link_refused) counters_.access_refused.add();  // the link binding (docs/protocol.md §7)
   } else if (entry.upload) {
     event.upload = true;
     event.upload_stats = entry.upload->stats();

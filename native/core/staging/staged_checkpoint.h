@@ -15,7 +15,7 @@ namespace lazyd {
 struct StagedCheckpoint {
   uint64_t id = 0;  // the upload session's id
   std::shared_ptr<const PageStore> store;
-  // The link token (docs/protocol.md §5) written into the checkpoint's lazyd-link.json; a session that sends
+  // The link token (docs/protocol.md §7) written into the checkpoint's lazyd-link.json; a session that sends
   // HELLO with it is bound to this checkpoint alone. All zeros: none (a relayed checkpoint).
   wire::LinkToken token{};
   bool has_token = false;

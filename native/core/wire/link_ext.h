@@ -1,4 +1,4 @@
-// The lazyd-to-lazyd link extension (docs/protocol.md §5): the HELLO a lazyd lazy-pages sends first, and only
+// The lazyd-to-lazyd link extension (docs/protocol.md §7): the HELLO a lazyd lazy-pages sends first, and only
 // when the capability file lazyd-link.json in its images says the page server is lazyd, and the server's answer.
 // A stock CRIU peer never sees these bytes: a lazyd client sends HELLO only after reading the file a lazyd page
 // server wrote, and a lazyd server sends a HELLO reply only in answer to a HELLO.

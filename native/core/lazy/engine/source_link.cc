@@ -39,7 +39,7 @@ void SourceLink::connect() {
     return;
   }
   if (!cfg.link_token.empty()) {
-    // A lazyd page server wrote the images' lazyd-link.json: open with HELLO (docs/protocol.md §5).
+    // A lazyd page server wrote the images' lazyd-link.json: open with HELLO (docs/protocol.md §7).
     wire::Hello hello;
     hello.features = wire::kFeatureBind;
     if (!wire::token_from_hex(cfg.link_token.data(), cfg.link_token.size(), &hello.token)) {
