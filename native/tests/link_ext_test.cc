@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fixtures.h"
+#include "lazy/page_client.h"
 #include "server/lazy_session.h"
 #include "server/page_index.h"
 #include "staging/memfd_store.h"
@@ -288,9 +289,105 @@ void test_stock_unchanged() {
         o.error.c_str());
 }
 
+// The client side: PageClient sends the HELLO ahead of the first GET and reads its reply ahead of the GET's;
+// without open_with_hello() its first bytes are the GET, as always; a refusing reply fails it with the reason.
+Bytes read_all(int fd, size_t want) {
+  Bytes got;
+  uint8_t buf[65536];
+  for (int rounds = 0; got.size() < want && rounds < 100000; rounds++) {
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.insert(got.end(), buf, buf + n);
+  }
+  return got;
+}
+
+struct ClientRun {
+  int rc = 0;
+  std::string error;
+  Bytes sent;
+  size_t replies = 0;
+};
+
+// One GET of 1 page at kStagedVaddr of pid 100; the "server" answers with server_reply (then the page, if granted).
+ClientRun client_run(bool with_hello, const Bytes& server_reply, bool then_page) {
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  PageClient client(wire::Format::V24, kPage);
+  CHECK(client.adopt(sv[0]) == 0, "adopt");
+  if (with_hello) {
+    wire::Hello h;
+    h.features = wire::kFeatureBind;
+    h.token.fill(0x5a);
+    client.open_with_hello(h);
+  }
+  Bytes page(kPage);
+  PageRequest request;
+  request.cookie = 1;
+  request.pid = 100;
+  request.img_vaddr = kStagedVaddr;
+  request.nr_pages = 1;
+  request.buf = page.data();
+  ClientRun out;
+  CHECK(client.submit(request) == 0, "submit: %s", client.error().c_str());
+  out.sent = read_all(sv[1], (with_hello ? wire::kHelloSize : 0) + wire::HEADER_SIZE_V24);
+  Bytes answer = server_reply;
+  if (then_page) {
+    Bytes head = get24(100, kStagedVaddr, 1);
+    uint32_t cmd = wire::GET_REPLY_CMD;
+    memcpy(head.data(), &cmd, 4);
+    answer.insert(answer.end(), head.begin(), head.end());
+    answer.insert(answer.end(), kPage, 0xcd);
+  }
+  CHECK(send(sv[1], answer.data(), answer.size(), 0) == static_cast<ssize_t>(answer.size()), "send");
+  std::vector<PageReply> done;
+  for (int rounds = 0; rounds < 100000 && done.empty(); rounds++) {
+    out.rc = client.pump(&done);
+    if (out.rc < 0) break;
+  }
+  out.replies = done.size();
+  out.error = client.error();
+  if (out.replies == 1) CHECK(page[0] == 0xcd && page[kPage - 1] == 0xcd, "the page landed in the request's buffer");
+  close(sv[1]);
+  return out;
+}
+
+Bytes hello_reply(int32_t status, uint64_t checkpoint) {
+  wire::HelloReply r;
+  r.status = status;
+  r.features = status == 0 ? wire::kFeatureBind : 0;
+  r.checkpoint = checkpoint;
+  Bytes out(wire::kHelloReplySize);
+  wire::encode_hello_reply(r, out.data());
+  return out;
+}
+
+void test_client() {
+  // Stock: the first bytes are the GET.
+  ClientRun stock = client_run(false, {}, true);
+  CHECK(stock.rc == 0 && stock.replies == 1, "stock client: %s", stock.error.c_str());
+  CHECK(stock.sent == get24(100, kStagedVaddr, 1), "a stock client sends the GET and nothing else");
+
+  // HELLO first, then the GET; the reply's page after the HELLO reply.
+  ClientRun linked = client_run(true, hello_reply(0, 5), true);
+  CHECK(linked.rc == 0 && linked.replies == 1, "linked client: %s", linked.error.c_str());
+  CHECK(linked.sent == cat({hello(0x5a), get24(100, kStagedVaddr, 1)}), "HELLO, then the GET");
+
+  // Refused: the client fails with why, and installs nothing.
+  ClientRun refused = client_run(true, hello_reply(-EACCES, 0), false);
+  CHECK(refused.rc == -EACCES && refused.replies == 0, "refused: rc %d", refused.rc);
+  CHECK(refused.error.find("lazyd-link.json") != std::string::npos, "names the file: %s", refused.error.c_str());
+
+  // Something else than a HELLO reply (a server that is not lazyd): fails, nothing installed.
+  Bytes not_lazyd(wire::kHelloReplySize, 0);
+  ClientRun other = client_run(true, not_lazyd, false);
+  CHECK(other.rc == -EPROTO && other.replies == 0, "not a HELLO reply: rc %d", other.rc);
+  CHECK(other.error.find("--link stock") != std::string::npos, "says the fix: %s", other.error.c_str());
+}
+
 }  // namespace
 
 int main() {
+  test_client();
   test_codec();
   test_magic_apart_from_criu();
   test_recorded_sessions_never_hello();
