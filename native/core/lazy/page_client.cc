@@ -215,7 +215,8 @@ int PageClient::hello_answered() {
   }
   if (reply.status == -EACCES) {
     return fail(-EACCES, "the page server refused the link token of lazyd-link.json: the checkpoint was released "
-                         "there, or the images come from another page server (copy them again from the source)");
+                         "there, or the images come from another page server (copy them again from the source; "
+                         "a page server serving these images from disk: restore with --link stock)");
   }
   if (reply.status != 0) {
     return fail(reply.status, "the page server refused the lazyd HELLO (" + std::string(strerror(-reply.status)) +
