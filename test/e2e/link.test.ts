@@ -7,7 +7,6 @@
 //   - `criu lazy-pages` restores from the same checkpoint: not one extension byte either way (its first bytes are
 //     a CRIU GET, the replies CRIU's), and the workload verifies;
 //   - `lazyd lazy-pages` from images without lazyd-link.json sends no HELLO;
-//   - stock `criu dump --lazy-pages` → `lazyd lazy-pages`: no file, no extension byte, and the dump exits 0.
 //   - `lazyd lazy-pages` from stock `criu dump --lazy-pages` (whose images hold no lazyd-link.json): not one
 //     extension byte either way, the dump ends with its CLOSE (exit 0), and the workload verifies.
 // Then the binding: a HELLO with a token no checkpoint has is refused; a token-bound GET for a pid outside the
