@@ -41,6 +41,8 @@ export interface PageServerFlagOptions {
   stagingRestores: number;
   /** criu's page server: one session, then stop. */
   singleSession: boolean;
+  /** --require-link-token: fetch sessions must open with a lazyd HELLO naming a staged checkpoint's token. */
+  requireLinkToken: boolean;
 }
 
 /** Who may connect, and for what (--allow-from & co; native/core/net/access_policy.h). Empty lists: everyone. */
@@ -119,6 +121,8 @@ export interface PageServerEvent {
   /** upload-sealed / staged: the store's pagemaps and the page bytes it holds. */
   pagemaps?: StagedPagemap[];
   bytesHeld?: number;
+  /** upload-sealed: the checkpoint's link token (32 hex digits), written into lazyd-link.json (docs/protocol.md §7). */
+  token?: string;
   /** relay-*: lazy pages pulled so far, of pagesTotal (0 for other events). */
   pagesHeld: number;
   pagesTotal: number;
@@ -234,6 +238,8 @@ export interface LazyPagesTaskSet {
   nrTasks: number;
   tasks: LazyPagesTask[];
   format: 24 | 32;
+  /** lazyd-link.json's token (docs/protocol.md §7): open the page-server session with a HELLO. Absent: stock bytes. */
+  linkToken?: string;
 }
 
 export interface LazyPagesOptions extends LazyPagesFlagOptions {

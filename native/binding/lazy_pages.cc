@@ -157,7 +157,9 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     const size_t nr_tasks = static_cast<size_t>(required_number(env, o, "LazyPages.setTasks", "nrTasks"));
     auto tasks = tasks_option(env, o.Get("tasks"));
     const lazyd::wire::Format format = format_option(env, required_number(env, o, "LazyPages.setTasks", "format"));
-    int result = engine_->set_tasks(nr_tasks, std::move(tasks), format);
+    std::string link_token;  // lazyd-link.json's token (docs/protocol.md §7); absent: a stock CRIU page server
+    if (o.Has("linkToken") && o.Get("linkToken").IsString()) link_token = o.Get("linkToken").As<Napi::String>();
+    int result = engine_->set_tasks(nr_tasks, std::move(tasks), format, std::move(link_token));
     if (result < 0) throw errno_error(env, result, "LazyPages.setTasks: the engine was not started with deferTasks, or tasks were given already");
     return env.Undefined();
   }

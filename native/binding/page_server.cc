@@ -106,6 +106,7 @@ PageServerWrap::PageServerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWra
   config_.stall_timeout_ms = static_cast<int>(number("stallTimeoutMs"));
   config_.idle_timeout_ms = static_cast<int>(number("idleTimeoutMs"));
   config_.session.max_queued_bytes = static_cast<uint64_t>(number("maxSessionBytes"));
+  config_.session.require_link_token = boolean("requireLinkToken");
   config_.accept_uploads = boolean("staging");
   config_.staging_max_bytes = static_cast<uint64_t>(number("stagingMaxBytes"));
   config_.staging_restores = static_cast<uint64_t>(number("stagingRestores"));
@@ -225,6 +226,7 @@ void PageServerWrap::post(const lazyd::ServerEvent& event) {
     object.Set("upload", owned->upload);
     if (owned->upload) object.Set("uploadStats", upload_stats_object(env, owned->upload_stats));
     object.Set("checkpoint", uint64_value(env, owned->checkpoint));
+    if (!owned->token.empty()) object.Set("token", owned->token);
     object.Set("restores", uint64_value(env, owned->restores));
     object.Set("memoryUsed", uint64_value(env, owned->memory_used));
     object.Set("pagesHeld", uint64_value(env, owned->pages_held));

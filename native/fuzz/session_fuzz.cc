@@ -25,6 +25,7 @@
 #include "server/page_index.h"
 #include "server/upload_session.h"
 #include "staging/memfd_store.h"
+#include "wire/link_ext.h"
 #include "wire/wire.h"
 
 #include "fuzz_check.h"
@@ -58,6 +59,13 @@ struct Checkpoint : StagedLookup {
   std::unique_ptr<PageIndex> index;
   std::shared_ptr<StagedCheckpoint> staged;
   std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == 3 ? staged : nullptr; }
+  // The staged checkpoint's link token is 16 bytes of 0x11 (a HELLO the fuzzer may find).
+  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+    for (uint8_t b : token) {
+      if (b != 0x11) return nullptr;
+    }
+    return staged;
+  }
 };
 
 Checkpoint* make_checkpoint() {
@@ -95,6 +103,8 @@ Checkpoint* make_checkpoint() {
   FUZZ_CHECK(store->seal() == 0);
   checkpoint->staged = std::make_shared<StagedCheckpoint>();
   checkpoint->staged->id = 7;
+  checkpoint->staged->token.fill(0x11);
+  checkpoint->staged->has_token = true;
   checkpoint->staged->store = store;
   return checkpoint;
 }
@@ -108,6 +118,17 @@ uint64_t load(const uint8_t* p, size_t n) {
 // Checks a lazy session's whole output. complete: the session ended cleanly (no partial reply allowed).
 void check_lazy_output(const std::vector<uint8_t>& out, wire::Format format, bool clean) {
   size_t off = 0;
+  // A HELLO reply (docs/protocol.md §7) comes first if at all: granted (bound to checkpoint 7) or refused.
+  if (out.size() >= 4 && load(&out[0], 4) == wire::kHelloMagic) {
+    if (out.size() < wire::kHelloReplySize) {
+      FUZZ_CHECK(!clean);
+      return;
+    }
+    wire::HelloReply reply;
+    FUZZ_CHECK(wire::decode_hello_reply(out.data(), &reply));
+    FUZZ_CHECK(reply.status == 0 ? reply.checkpoint == 7 : (reply.checkpoint == 0 && out.size() == wire::kHelloReplySize));
+    off = wire::kHelloReplySize;
+  }
   const size_t head = format == wire::Format::Unknown ? 0 : wire::header_size(format);
   while (off < out.size()) {
     const size_t left = out.size() - off;

@@ -11,6 +11,7 @@
 // does: every page never installed then reads as zeros (see src/lazy-pages/restored-tasks.ts).
 import fs from 'node:fs';
 import path from 'node:path';
+import { LINK_VERSION, linkFilePath, readLinkCapability } from '../link/capability-file.js';
 import { createDeferredLogger, type Logger } from '../log-core.js';
 import { loadNative, type EngineSummary, type LazyPages, type LazyPagesEvent, type NativeTlsOptions } from '../native.js';
 import { SystemdNotifier } from '../cli/systemd.js';
@@ -154,11 +155,16 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
       const config = engineTasks(checkpoint, !values.pageServer);
       openFds = config.openFds;
       const format = flagOptions.format || formatFromImages(checkpoint) || 24;
+      // The lazyd link (docs/protocol.md §7): only a lazyd page server writes lazyd-link.json into the images.
+      const link = values.pageServer && values.link !== 'stock' ? await readLinkCapability(imagesDir) : null;
+      if (link && link.version !== LINK_VERSION) {
+        throw new Error(`${linkFilePath(imagesDir)}: link version ${link.version}, this lazyd speaks ${LINK_VERSION}: run the same lazyd release on both ends, or restore with --link stock`);
+      }
       logger.info(
         `Loaded ${imagesDir}: ${config.nrTasks} tasks, ${config.lazyPages} lazy pages` +
-          (values.pageServer ? `, page server ${values.address}:${values.port} (${format}-byte headers)` : ', local'),
+          (values.pageServer ? `, page server ${values.address}:${values.port} (${format}-byte headers${link ? ', lazyd link' : ''})` : ', local'),
       );
-      engine.setTasks({ nrTasks: config.nrTasks, tasks: config.tasks, format });
+      engine.setTasks({ nrTasks: config.nrTasks, tasks: config.tasks, format, ...(link ? { linkToken: link.token } : {}) });
     } catch (error) {
       // Nothing was handed over to a running task yet: criu restore fails when this daemon goes away.
       engine.stop();

@@ -252,6 +252,13 @@ const ACCESS = {
 
 /** Diskless staging (README "Diskless staging"): uploads from `criu dump --page-server`, served from memory. */
 const STAGING = {
+  requireLinkToken: flag({
+    type: 'boolean',
+    default: false,
+    describe:
+      "fetches must open with a lazyd HELLO naming a staged checkpoint's token (lazyd-link.json): stock `criu lazy-pages` clients are refused (README \"Security\")",
+    native: { key: 'requireLinkToken' },
+  }),
   staging: flag({
     type: 'boolean',
     default: true,
@@ -375,6 +382,13 @@ const LAZY_PAGES_OWN = {
     default: false,
     describe: 'fetch the lazy pages from the page server at `--address`:`--port` (without it: from the local images)',
   }),
+  link: flag({
+    type: 'string',
+    choices: ['auto', 'stock'] as const,
+    default: 'auto',
+    describe:
+      "auto: open with a lazyd HELLO when the images hold lazyd-link.json (a lazyd page server staged them), else speak CRIU's bytes only; stock: never (README \"The lazyd link: when both ends are lazyd\")",
+  }),
   onFailure: flag({
     type: 'string',
     choices: FAILURE_POLICIES,
@@ -472,6 +486,7 @@ export const PAGE_SERVER_DROPIN = role({
   // criu's page server: one session, no uploads (the staging budget is the daemon's, unused here).
   fixedNative: {
     singleSession: true,
+    requireLinkToken: false,
     staging: false,
     stagingMaxBytes: STAGING.stagingMaxBytes.default,
     stagingRestores: STAGING.stagingRestores.default,

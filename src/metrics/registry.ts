@@ -130,7 +130,7 @@ export function createMetricsRegistry(sources: MetricsSources): client.Registry 
     counter(
       registry,
       'lazyd_page_server_access_refused_total',
-      'connections refused at accept and sessions refused at their first command by --allow-from & co (address or certificate name)',
+      'connections refused at accept and sessions refused at their first command by --allow-from & co (address or certificate name), and fetch sessions refused by the link binding (unknown token, a GET outside the token\'s checkpoint, no token under --require-link-token)',
       () => ps()?.accessRefused,
     );
     gauge(registry, 'lazyd_staging_bytes', 'page bytes held by staged checkpoints and uploads in progress', () => ps()?.stagingBytes);

@@ -23,6 +23,7 @@ import path from 'node:path';
 import type { Logger } from '../log.js';
 import type { PageServer, PageServerEvent, StagedPagemap } from '../native.js';
 import { encodePagemap, writeFileAtomic, PE_LAZY, PE_PRESENT, type PagemapEntryInput } from '../images/index.js';
+import { LINK_FEATURES, LINK_VERSION, linkFilePath, writeLinkCapability } from '../link/capability-file.js';
 
 /** The first pages_id lazyd uses: that of a receiving criu page-server (docs/protocol.md §1.5), above the dump's own ids. */
 export const STAGED_PAGES_ID_BASE = 0x10001;
@@ -202,6 +203,15 @@ export class Stager {
         await writeFileAtomic(pagemapFile, encodePagemap({ pagesId }, imageEntries(pagemap.entries, persist), { encoding }));
         if (this.pending.get(event.session) !== files) {
           // The dump went away meanwhile (session-end already handled): take back what this loop wrote.
+          await Promise.all(files.map((file) => fs.rm(file, { force: true }).catch(() => undefined)));
+          return;
+        }
+      }
+      if (event.token) {
+        // The capability file that lets a lazyd lazy-pages open with HELLO (docs/protocol.md §7).
+        files.push(linkFilePath(dir));
+        await writeLinkCapability(dir, { version: LINK_VERSION, features: [...LINK_FEATURES], token: event.token, checkpoint: event.session });
+        if (this.pending.get(event.session) !== files) {
           await Promise.all(files.map((file) => fs.rm(file, { force: true }).catch(() => undefined)));
           return;
         }

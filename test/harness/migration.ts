@@ -522,7 +522,8 @@ function copyImages(from: string, to: string): number {
   fs.mkdirSync(to, { recursive: true });
   let bytes = 0;
   for (const name of fs.readdirSync(from)) {
-    if (!name.endsWith('.img')) continue;
+    // lazyd-link.json travels with the images (docs/protocol.md §7): a lazyd page server wrote it.
+    if (!name.endsWith('.img') && name !== 'lazyd-link.json') continue;
     fs.copyFileSync(path.join(from, name), path.join(to, name));
     bytes += fs.statSync(path.join(to, name)).size;
   }

@@ -4,6 +4,7 @@
 //             peer sees ECONNRESET/EPIPE mid-stream, as when the link or the other host dies;
 //   throttle  at most R bytes per second one way (a slow link), so a transfer is surely still in progress
 //             when the test interferes;
+//   record    keeps the first N bytes each way of every connection (recorded()), to check what a peer sent;
 //   hold      (on demand) from now on the requests are swallowed: the server answers what it already got and then
 //             waits at a header boundary, while the client waits for replies that never come.
 // Once one side of a connection goes away the other is closed too, the way it went: a reset passes on as a reset
@@ -17,6 +18,8 @@ export type RelayDirection = 'to-server' | 'to-client';
 export interface RelayOptions {
   cut?: { direction: RelayDirection; bytes: number };
   throttle?: { direction: RelayDirection; bytesPerSecond: number };
+  /** Keep the first this many bytes each way of every connection (recorded()). */
+  record?: number;
 }
 
 export interface Relay {
@@ -28,6 +31,8 @@ export interface Relay {
   forwarded: Record<RelayDirection, number>;
   /** Connections accepted so far. */
   connections(): number;
+  /** options.record: the first bytes each way, one entry per connection in accept order. */
+  recorded(): Record<RelayDirection, Buffer>[];
   /**
    * Drops every byte to the server from now on; resolves once nothing has come back from the server for quietMs
    * (its answers to what it had got are through).
@@ -41,6 +46,7 @@ export async function startRelay(target: { address: string; port: number }, opti
   const forwarded: Record<RelayDirection, number> = { 'to-server': 0, 'to-client': 0 };
   const sockets = new Set<net.Socket>();
   let accepted = 0;
+  const recordings: Record<RelayDirection, Buffer[]>[] = [];
   let holding = false;
   let lastToClientAt = performance.now();
   let resolveCut!: () => void;
@@ -50,6 +56,8 @@ export async function startRelay(target: { address: string; port: number }, opti
   // answer: criu corks it until the socket closes) gets what the other side sends until that side ends too.
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
     accepted++;
+    const recording: Record<RelayDirection, Buffer[]> = { 'to-server': [], 'to-client': [] };
+    recordings.push(recording);
     const upstream = net.connect({ port: target.port, host: target.address, allowHalfOpen: true });
     for (const socket of [client, upstream]) {
       sockets.add(socket);
@@ -73,6 +81,7 @@ export async function startRelay(target: { address: string; port: number }, opti
         if (direction === 'to-client') lastToClientAt = performance.now();
         if (count >= cutAt || (holding && direction === 'to-server')) return;
         const part = count + chunk.length >= cutAt ? chunk.subarray(0, cutAt - count) : chunk;
+        if (options.record && count < options.record) recording[direction].push(Buffer.from(part.subarray(0, options.record - count)));
         count += part.length;
         forwarded[direction] += part.length;
         const last = count >= cutAt;
@@ -114,6 +123,7 @@ export async function startRelay(target: { address: string; port: number }, opti
     cut,
     forwarded,
     connections: () => accepted,
+    recorded: () => recordings.map((r) => ({ 'to-server': Buffer.concat(r['to-server']), 'to-client': Buffer.concat(r['to-client']) })),
     async hold(quietMs = 500) {
       holding = true;
       lastToClientAt = performance.now();

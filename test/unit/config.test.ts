@@ -146,6 +146,7 @@ test('native options: each flag sets its native key, in native units', () => {
     stagingMaxBytes: 1 << 30,
     stagingRestores: 0,
     singleSession: false,
+    requireLinkToken: false,
   });
   const dropin = pageServerOptions(PAGE_SERVER_DROPIN, defaultValues(PAGE_SERVER_DROPIN));
   assert.deepEqual([dropin.singleSession, dropin.staging, dropin.format], [true, false, 0]);

@@ -54,6 +54,7 @@ struct FaultEngine::Impl {
   size_t pending_nr_tasks = 0;
   std::vector<FaultEngineConfig::Task> pending_tasks;
   wire::Format pending_format = wire::Format::V24;
+  std::string pending_link_token;
 
   Impl(FaultEngineConfig config, EngineEventSink sink) : core(std::move(config), std::move(sink)) {}
   ~Impl() {
@@ -118,6 +119,7 @@ struct FaultEngine::Impl {
       core.cfg.nr_tasks = pending_nr_tasks;
       core.cfg.tasks = std::move(pending_tasks);
       core.cfg.format = pending_format;
+      core.cfg.link_token = std::move(pending_link_token);
     }
     intake.tasks_set(link.prepare_local());
   }
@@ -226,7 +228,8 @@ int FaultEngine::start() {
   return 0;
 }
 
-int FaultEngine::set_tasks(size_t nr_tasks, std::vector<FaultEngineConfig::Task> tasks, wire::Format format) {
+int FaultEngine::set_tasks(size_t nr_tasks, std::vector<FaultEngineConfig::Task> tasks, wire::Format format,
+                           std::string link_token) {
   Impl& impl = *impl_;
   if (!impl.core.cfg.defer_tasks || impl.tasks_fd < 0) return -EINVAL;
   if (format != wire::Format::V24 && format != wire::Format::V32) return -EINVAL;
@@ -237,6 +240,7 @@ int FaultEngine::set_tasks(size_t nr_tasks, std::vector<FaultEngineConfig::Task>
     impl.pending_nr_tasks = nr_tasks;
     impl.pending_tasks = std::move(tasks);
     impl.pending_format = format;
+    impl.pending_link_token = std::move(link_token);
   }
   uint64_t one = 1;
   if (write(impl.tasks_fd, &one, sizeof one) < 0) return -errno;

@@ -57,6 +57,9 @@ struct FaultEngineConfig {
   wire::Format format = wire::Format::V24;     // 24: criu <= 4.1, 32: criu >= 4.2 (§0)
   int ps_socket = -1;                          // an already-connected page-server socket (taken over) instead
   std::shared_ptr<const TlsContext> tls;       // --tls: the page-server connection runs TLS (§1.9); null: plain
+  // The token of the images' lazyd-link.json (32 hex digits): the session opens with a lazyd HELLO (§7).
+  // Empty (no file, or --link stock): only CRIU's own bytes are sent. With defer_tasks, given to set_tasks().
+  std::string link_token;
 
   uint64_t page_size = 0;  // 0: sysconf(_SC_PAGESIZE)
 
@@ -179,7 +182,8 @@ class FaultEngine {
   // defer_tasks: thread-safe, once, after start(): the tasks and the header format; the engine thread loads the
   // ranges and reads the waiting hand-overs (a bad range fails the engine: kFailed). 0, -EINVAL (not deferred,
   // bad format) or -EALREADY.
-  int set_tasks(size_t nr_tasks, std::vector<FaultEngineConfig::Task> tasks, wire::Format format);
+  int set_tasks(size_t nr_tasks, std::vector<FaultEngineConfig::Task> tasks, wire::Format format,
+                std::string link_token = {});
   // Thread-safe: asks the thread to end now and joins it. Does not send CLOSE.
   void stop();
   // Waits for the thread to end by itself (done or failed).

@@ -195,7 +195,46 @@ int PageClient::submit(const PageRequest& request) {
   return flush();
 }
 
+void PageClient::open_with_hello(const wire::Hello& hello) {
+  hello_out_.resize(wire::kHelloSize);
+  wire::encode_hello(hello, hello_out_.data());
+  hello_off_ = 0;
+  hello_awaiting_ = true;
+  hello_got_ = 0;
+}
+
+// The HELLO reply (§7) is complete in hello_in_: 0 when granted, else the client fails with why.
+int PageClient::hello_answered() {
+  hello_awaiting_ = false;
+  wire::HelloReply reply;
+  if (!wire::decode_hello_reply(hello_in_, &reply)) {
+    return fail(-EPROTO, "the page server answered the lazyd HELLO with something else: lazyd-link.json in the "
+                         "images names a lazyd page server, but this one is not (restore with --link stock)");
+  }
+  if (reply.status == -EACCES) {
+    return fail(-EACCES, "the page server refused the link token of lazyd-link.json: the checkpoint was released "
+                         "there, or the images come from another page server (copy them again from the source; "
+                         "a page server serving these images from disk: restore with --link stock)");
+  }
+  if (reply.status != 0) {
+    return fail(reply.status, "the page server refused the lazyd HELLO (" + std::string(strerror(-reply.status)) +
+                                  "): run the same lazyd release on both ends, or restore with --link stock");
+  }
+  link_checkpoint_ = reply.checkpoint;
+  return 0;
+}
+
 int PageClient::flush() {
+  while (hello_off_ < hello_out_.size()) {
+    ssize_t n = io_send(hello_out_.data() + hello_off_, hello_out_.size() - hello_off_);
+    if (n < 0) {
+      if (n == -EAGAIN) return 0;
+      const std::string why = tls_ && !tls_->error().empty() ? tls_->error() : strerror(static_cast<int>(-n));
+      return fail(static_cast<int>(n), "sending the HELLO to the page server failed: " + why);
+    }
+    hello_off_ += static_cast<size_t>(n);
+    bytes_sent_ += static_cast<uint64_t>(n);
+  }
   const size_t head_size = wire::header_size(format_);
   while (out_off_ < out_.size()) {
     // Under TLS each header goes in a record of its own: criu's server reads a header in one read (docs/protocol.md §1.9).
@@ -229,7 +268,9 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
   const size_t head_size = wire::header_size(format_);
   for (;;) {
     ssize_t n;
-    if (!in_payload_) {
+    if (hello_awaiting_) {
+      n = io_recv(hello_in_ + hello_got_, wire::kHelloReplySize - hello_got_);
+    } else if (!in_payload_) {
       n = io_recv(head_ + head_len_, head_size - head_len_);
     } else if (fifo_.front().sink) {
       n = recv_to_sink(fifo_.front(), static_cast<size_t>(payload_len_ - payload_got_));
@@ -255,6 +296,14 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
     }
     last_progress_ns_ = now_ns();
     bytes_received_ += static_cast<uint64_t>(n);
+    if (hello_awaiting_) {
+      hello_got_ += static_cast<size_t>(n);
+      if (hello_got_ < wire::kHelloReplySize) continue;
+      const int rc = hello_answered();
+      if (rc < 0) return rc;
+      if (fifo_.empty()) last_progress_ns_ = 0;
+      continue;
+    }
     if (fifo_.empty()) return fail(-EPROTO, "the page server sent data nobody asked for");
 
     if (!in_payload_) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "net/tls_session.h"
+#include "wire/link_ext.h"
 #include "wire/wire.h"
 
 namespace lazyd {
@@ -105,8 +106,15 @@ class PageClient : public PageSource {
   // "TLS1.3-..." once the handshake is done, else "".
   std::string tls_description() const { return tls_ ? tls_->description() : std::string(); }
 
+  // lazyd peers only (docs/protocol.md §7): the session opens with this HELLO, sent ahead of every GET (after the
+  // TLS handshake under --tls); its reply is read ahead of the first GET's. A refusing reply fails the client
+  // with the server's reason. Call once, after connecting and before the first submit(). Never for a stock peer.
+  void open_with_hello(const wire::Hello& hello);
+  // The HELLO was answered and granted: the checkpoint the session is bound to (0 before, or without HELLO).
+  uint64_t link_checkpoint() const { return link_checkpoint_; }
+
   int fd() const override { return fd_; }
-  bool wants_write() const override { return out_off_ < out_.size(); }
+  bool wants_write() const override { return hello_off_ < hello_out_.size() || out_off_ < out_.size(); }
   int submit(const PageRequest& request) override;
   int pump(std::vector<PageReply>* done) override;
   size_t in_flight() const override { return fifo_.size(); }
@@ -138,6 +146,7 @@ class PageClient : public PageSource {
   // Why the server closed the connection: the words after "the page server closed the connection".
   std::string closed_hint() const;
   int flush();
+  int hello_answered();
   int read_replies(std::vector<PageReply>* done);
   int close_session(int timeout_ms, int32_t* status, bool fin_with_close);
   // The next payload bytes (at most want) of a sink request into its sink: bytes moved, 0 at EOF, -EAGAIN, or
@@ -151,6 +160,12 @@ class PageClient : public PageSource {
   std::string tls_peer_;  // "host:port", for messages
   std::vector<uint8_t> out_;
   size_t out_off_ = 0;
+  std::vector<uint8_t> hello_out_;  // the HELLO, sent before out_ (in a TLS record of its own)
+  size_t hello_off_ = 0;
+  bool hello_awaiting_ = false;     // its reply comes before any GET's
+  uint8_t hello_in_[wire::kHelloReplySize];
+  size_t hello_got_ = 0;
+  uint64_t link_checkpoint_ = 0;
   std::deque<PageRequest> fifo_;
   uint8_t head_[wire::HEADER_SIZE_MAX];
   size_t head_len_ = 0;

@@ -1,6 +1,7 @@
 #include "server/lazy_session.h"
 
 #include "util/text.h"
+#include "wire/link_ext.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -53,6 +54,7 @@ LazySession::Status LazySession::settle() {
     return fail("truncated header: the peer closed the connection after " + std::to_string(in_len_) +
                 " bytes of a header");
   }
+  if (replies_.empty() && !failure_after_replies_.empty()) return fail(failure_after_replies_);
   if (replies_.empty() && !waiting_ && (eof_ || stop_reading_)) return Status::kDone;
   return Status::kOpen;
 }
@@ -138,7 +140,20 @@ LazySession::Status LazySession::handle_requests() {
       used += i;
       break;
     }
+    if (first_request_ && available >= 4 && wire::starts_with_hello(head, available)) {
+      // lazyd's HELLO (§7): only a lazyd client that read this server's lazyd-link.json sends it.
+      if (available < wire::kHelloSize) break;
+      used += wire::kHelloSize;
+      first_request_ = false;
+      status = handle_hello(head);
+      if (!failure_after_replies_.empty()) {
+        used = in_len_;  // refused: the requests behind the HELLO are dropped unread
+        break;
+      }
+      continue;
+    }
     if (available < wire::HEADER_SIZE_V24) break;
+    first_request_ = false;
     wire::Format format = format_;
     if (format == wire::Format::Unknown) {
       format = wire::detect(head, available, index_.page_size());
@@ -193,10 +208,55 @@ LazySession::Status LazySession::handle_requests() {
   return status;
 }
 
+LazySession::Status LazySession::refuse_link(std::string message) {
+  stats_.link_refused = true;
+  return fail(std::move(message));
+}
+
+// The HELLO answer goes out in the reply queue like any other, so it keeps its place ahead of the GETs' replies.
+LazySession::Status LazySession::handle_hello(const uint8_t* head) {
+  wire::Hello hello;
+  wire::decode_hello(head, &hello);
+  stats_.hello = true;
+  wire::HelloReply answer;
+  std::shared_ptr<const StagedCheckpoint> named;
+  if (hello.version != wire::kLinkVersion) {
+    answer.status = -EPROTONOSUPPORT;
+  } else if (staged_ == nullptr || !(named = staged_->find_token(hello.token))) {
+    answer.status = -EACCES;
+  } else {
+    answer.features = hello.features & wire::kKnownFeatures;
+    answer.checkpoint = named->id;
+    bound_ = named;
+    token_bound_ = true;
+  }
+  Reply reply;
+  wire::encode_hello_reply(answer, reply.head);
+  reply.head_len = wire::kHelloReplySize;
+  queue(std::move(reply));
+  // A refused HELLO: the reply says why, nothing after it is read, and the session fails once it is sent.
+  if (answer.status == -EPROTONOSUPPORT) {
+    stop_reading_ = true;
+    stats_.link_refused = true;
+    failure_after_replies_ = "HELLO of link version " + std::to_string(hello.version) + ": this lazyd speaks version " +
+                             std::to_string(wire::kLinkVersion) + " (run the same lazyd release on both ends)";
+  } else if (answer.status != 0) {
+    stop_reading_ = true;
+    stats_.link_refused = true;
+    failure_after_replies_ =
+        "HELLO with a link token no staged checkpoint has (released, or another server's lazyd-link.json); session refused";
+  }
+  return Status::kOpen;
+}
+
 LazySession::Status LazySession::handle_get(const wire::Header& header) {
   const uint64_t page_size = index_.page_size();
   const std::string what = "GET pid " + std::to_string(header.dst_id) + " vaddr " + hex(header.vaddr) + " nr_pages " +
                            std::to_string(header.nr_pages);
+  if (limits_.require_link_token && !token_bound_) {
+    return refuse_link(what + ": this page server requires a link token (--require-link-token), and the client "
+                       "sent no HELLO: restore with `lazyd lazy-pages` from the images holding lazyd-link.json");
+  }
   if (header.nr_pages == 0) return fail(what + ": nr_pages is 0");
   if (header.nr_pages > limits_.max_request_pages) {
     return fail(what + ": more than the limit of " + std::to_string(limits_.max_request_pages) +
@@ -212,12 +272,16 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
       staged = bound_;  // still served after a release: the restore in progress keeps its checkpoint
     } else {
       staged = staged_->find_pid(header.dst_id);
-      if (staged && bound_ && staged != bound_) {
+      if (staged && bound_ && staged != bound_ && !token_bound_) {  // token-bound: refused below
         return fail(what + ": the pid belongs to staged checkpoint #" + std::to_string(staged->id) +
                     ", but this session fetches from checkpoint #" + std::to_string(bound_->id) +
                     " (one restore, one checkpoint)");
       }
     }
+  }
+  if (token_bound_ && staged != bound_) {
+    return refuse_link(what + ": the session's link token names staged checkpoint #" + std::to_string(bound_->id) +
+                       ", which holds no such pid (one token, one checkpoint)");
   }
   if (staged) {
     if (staged->store->page_size() != page_size) return fail(what + ": staged with another page size");

@@ -26,6 +26,9 @@ struct SessionLimits {
   // (headers + pages). Backpressure, not a kill: at least one reply is always accepted, so a GET up to
   // max_request_pages works.
   uint64_t max_queued_bytes = 0;
+  // --require-link-token (docs/protocol.md §7): a fetch session must open with a HELLO naming a staged
+  // checkpoint's token; a stock CRIU client (no HELLO) is refused at its first GET.
+  bool require_link_token = false;
 };
 
 struct SessionStats {
@@ -35,6 +38,9 @@ struct SessionStats {
   uint64_t bytes_in = 0;  // request headers read
   bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
   uint64_t waits = 0;              // GETs that waited for a relay to pull their pages
+  bool hello = false;              // the session opened with a lazyd HELLO (§7)
+  bool link_refused = false;       // ended by the link binding: unknown token, no token under
+                                   // --require-link-token, or a GET outside the token's checkpoint
 };
 
 class LazySession final : public Session {
@@ -95,6 +101,8 @@ class LazySession final : public Session {
 
   Status handle_requests();
   Status handle_get(const wire::Header& header);
+  Status handle_hello(const uint8_t* head);
+  Status refuse_link(std::string message);
   Status queue_close_status();
   Status flush();
   // TLS: the page bytes of the front reply, read into copy_ and sent in records of their own (§1.9).
@@ -120,6 +128,9 @@ class LazySession final : public Session {
   bool eof_ = false;
   bool stop_reading_ = false;
   bool close_seen_ = false;
+  bool first_request_ = true;  // HELLO is only ever the first request
+  bool token_bound_ = false;
+  std::string failure_after_replies_;  // a refused HELLO: its reply is sent, then the session fails with this   // bound_ was named by a HELLO's token: nothing outside it is served
   size_t close_slack_ = 0;  // a CLOSE read before the format was known may be followed by 8 zero bytes (§1.2)
   std::vector<uint8_t> copy_;  // TLS only: page bytes read, [copy_off_, copy_len_) not yet sent
   size_t copy_off_ = 0;

@@ -525,9 +525,14 @@ void PageServer::service(Entry& entry, uint32_t events) {
 void PageServer::post_sealed(Entry& entry) {
   UploadSession& upload = *entry.upload;
   entry.ack_posted = true;
-  staging_.hold_sealed(entry.id, upload.shared_store());
+  const int drawn = staging_.hold_sealed(entry.id, upload.shared_store());
   ServerEvent event;
   event.kind = ServerEvent::Kind::kUploadSealed;
+  if (drawn == 0) {
+    char token[2 * wire::kTokenSize + 1];
+    wire::token_to_hex(*staging_.upload_token(entry.id), token);
+    event.token = token;
+  }
   event.session = entry.id;
   event.peer = entry.peer;
   event.upload = true;
@@ -572,6 +577,7 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
     event.stats = entry.lazy->stats();
     event.format = static_cast<int>(entry.lazy->format());
     bound = entry.lazy->bound();
+    if (event.stats.link_refused) counters_.access_refused.add();  // the link binding (docs/protocol.md §7)
   } else if (entry.upload) {
     event.upload = true;
     event.upload_stats = entry.upload->stats();

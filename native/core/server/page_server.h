@@ -86,6 +86,7 @@ struct ServerEvent {
   uint64_t restores = 0;
   uint64_t memory_used = 0;         // budget in use after the event
   std::shared_ptr<const PageStore> store;  // kUploadSealed / kStaged
+  std::string token;                // kUploadSealed: the checkpoint's link token, 32 hex digits (lazyd-link.json)
   uint64_t pages_held = 0;          // kRelay*: pages pulled so far, of pages_total
   uint64_t pages_total = 0;
   uint64_t bytes = 0;               // kRelay*: page bytes held
@@ -109,7 +110,8 @@ struct ServerStats {
   uint64_t bytes_received = 0;      // read: lazy requests and uploads (headers + page data)
   uint64_t requests_in_flight = 0;  // GETs read, replies not yet sent in full, over all sessions
   uint64_t tls_failures = 0;        // TLS handshakes that failed or timed out: peers refused, not TLS (--tls)
-  uint64_t access_refused = 0;      // connections or sessions refused by --allow-from & co (address or certificate name)
+  uint64_t access_refused = 0;      // connections or sessions refused by --allow-from & co (address or certificate name),
+                                    // and fetch sessions refused by the link binding (docs/protocol.md §7.3)
   uint64_t staging_bytes = 0;       // staged + uploading page bytes (the staging budget in use)
   uint64_t staging_max_bytes = 0;   // --staging-max-bytes
 };

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "staging/page_store.h"
+#include "wire/link_ext.h"
 
 namespace lazyd {
 
@@ -14,6 +15,10 @@ namespace lazyd {
 struct StagedCheckpoint {
   uint64_t id = 0;  // the upload session's id
   std::shared_ptr<const PageStore> store;
+  // The link token (docs/protocol.md §7) written into the checkpoint's lazyd-link.json; a session that sends
+  // HELLO with it is bound to this checkpoint alone. All zeros: none (a relayed checkpoint).
+  wire::LinkToken token{};
+  bool has_token = false;
 };
 
 // Which staged checkpoint serves a GET's pid. GETs carry nothing but the pid (docs/protocol.md §1.4), so the page server keeps
@@ -23,6 +28,8 @@ class StagedLookup {
  public:
   virtual ~StagedLookup() = default;
   virtual std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const = 0;
+  // The staged checkpoint whose link token this is, or null.
+  virtual std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const = 0;
 };
 
 }  // namespace lazyd

@@ -23,15 +23,26 @@ std::string StagingRegistry::admit(uint64_t upload, PageKey key) {
 }
 
 void StagingRegistry::abandon(uint64_t upload) {
+  tokens_.erase(upload);
   for (auto it = pid_owner_.begin(); it != pid_owner_.end();) {
     if (it->second == upload) it = pid_owner_.erase(it);
     else ++it;
   }
 }
 
-void StagingRegistry::hold_sealed(uint64_t upload, std::shared_ptr<const PageStore> store) {
+int StagingRegistry::hold_sealed(uint64_t upload, std::shared_ptr<const PageStore> store) {
+  wire::LinkToken token;
+  const int drawn = wire::random_token(&token);
+  if (drawn != 0) return drawn;
+  tokens_[upload] = token;
   std::lock_guard<std::mutex> lock(sealed_mutex_);
   sealed_[upload] = std::move(store);
+  return 0;
+}
+
+const wire::LinkToken* StagingRegistry::upload_token(uint64_t upload) const {
+  auto found = tokens_.find(upload);
+  return found == tokens_.end() ? nullptr : &found->second;
 }
 
 std::shared_ptr<const PageStore> StagingRegistry::sealed(uint64_t upload) const {
@@ -50,6 +61,12 @@ std::shared_ptr<const StagedCheckpoint> StagingRegistry::publish(uint64_t upload
   auto checkpoint = std::make_shared<StagedCheckpoint>();
   checkpoint->id = upload;
   checkpoint->store = std::move(store);
+  auto token = tokens_.find(upload);
+  if (token != tokens_.end()) {
+    checkpoint->token = token->second;
+    checkpoint->has_token = true;
+    tokens_.erase(token);
+  }
   staged_[upload] = Staged{checkpoint, 0};
   return checkpoint;
 }
@@ -80,6 +97,17 @@ std::shared_ptr<const StagedCheckpoint> StagingRegistry::find_pid(uint64_t pid) 
   if (owner == pid_owner_.end()) return nullptr;
   auto found = staged_.find(owner->second);
   return found == staged_.end() ? nullptr : found->second.checkpoint;
+}
+
+std::shared_ptr<const StagedCheckpoint> StagingRegistry::find_token(const wire::LinkToken& token) const {
+  for (const auto& [id, staged] : staged_) {
+    const StagedCheckpoint& checkpoint = *staged.checkpoint;
+    if (!checkpoint.has_token) continue;
+    uint8_t differ = 0;  // every byte compared: the time taken says nothing of how much of a guess was right
+    for (size_t i = 0; i < token.size(); i++) differ |= static_cast<uint8_t>(checkpoint.token[i] ^ token[i]);
+    if (differ == 0) return staged.checkpoint;
+  }
+  return nullptr;
 }
 
 }  // namespace lazyd

@@ -40,7 +40,11 @@ class StagingRegistry final : public StagedLookup {
   void abandon(uint64_t upload);
 
   // CLOSE arrived: the sealed store is readable by the control plane (for writing the images) until it answers.
-  void hold_sealed(uint64_t upload, std::shared_ptr<const PageStore> store);
+  // Also draws the checkpoint's link token (the control plane writes it into lazyd-link.json with the images);
+  // returns 0 or -errno from getrandom.
+  int hold_sealed(uint64_t upload, std::shared_ptr<const PageStore> store);
+  // The link token drawn for an upload at hold_sealed (published with it), or null.
+  const wire::LinkToken* upload_token(uint64_t upload) const;
   // Any thread: the sealed store of an upload waiting for its answer, or null.
   std::shared_ptr<const PageStore> sealed(uint64_t upload) const;
   // Any thread: the control plane answered.
@@ -58,6 +62,7 @@ class StagingRegistry final : public StagedLookup {
   bool retire(uint64_t checkpoint);
 
   std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override;
+  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override;
 
  private:
   struct Staged {
@@ -71,6 +76,7 @@ class StagingRegistry final : public StagedLookup {
   std::unordered_map<uint64_t, uint64_t> pid_owner_;  // pid -> checkpoint or upload id
   mutable std::mutex sealed_mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<const PageStore>> sealed_;  // uploads awaiting their answer
+  std::unordered_map<uint64_t, wire::LinkToken> tokens_;  // by upload id, from hold_sealed to publish/abandon
 };
 
 }  // namespace lazyd

@@ -38,6 +38,16 @@ void SourceLink::connect() {
                                        : client->error());
     return;
   }
+  if (!cfg.link_token.empty()) {
+    // A lazyd page server wrote the images' lazyd-link.json: open with HELLO (docs/protocol.md §7).
+    wire::Hello hello;
+    hello.features = wire::kFeatureBind;
+    if (!wire::token_from_hex(cfg.link_token.data(), cfg.link_token.size(), &hello.token)) {
+      core_.fail("the link token of lazyd-link.json is not 32 hex digits");
+      return;
+    }
+    client->open_with_hello(hello);
+  }
   client_ = client.get();
   source_ = std::move(client);
   if (!cfg.tls) {

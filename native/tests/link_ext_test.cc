@@ -1,0 +1,402 @@
+// The link extension (native/core/wire/link_ext.{h,cc}, docs/protocol.md §7): the HELLO codec, that no CRIU
+// request can be taken for a HELLO (and a HELLO never for a CRIU request), and a LazySession's link binding:
+// HELLO with a staged checkpoint's token binds the session to it, a GET outside it is refused, an unknown token
+// gets a refusing reply, --require-link-token refuses a stock client, and a stock session is served as before.
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <memory>
+#include <string>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <vector>
+
+#include "fixtures.h"
+#include "lazy/page_client.h"
+#include "server/lazy_session.h"
+#include "server/page_index.h"
+#include "staging/memfd_store.h"
+#include "wire/link_ext.h"
+#include "wire/wire.h"
+
+namespace {
+
+using namespace lazyd;
+using Bytes = std::vector<uint8_t>;
+
+int g_passed = 0;
+
+#define CHECK(cond, ...)                                                            \
+  do {                                                                              \
+    if (cond) {                                                                     \
+      ++g_passed;                                                                   \
+    } else {                                                                        \
+      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
+      std::fprintf(stderr, __VA_ARGS__);                                            \
+      std::fprintf(stderr, "\n");                                                  \
+      std::printf("%d passed, 1 failed\n", g_passed);                              \
+      std::exit(1);                                                                 \
+    }                                                                               \
+  } while (0)
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kStagedVaddr = 0x7e0000000000;
+constexpr uint64_t kOtherVaddr = 0x7d0000000000;
+constexpr uint64_t kImageVaddr = 0x7f0000000000;
+
+std::shared_ptr<StagedCheckpoint> staged_checkpoint(uint64_t id, uint64_t pid, uint64_t vaddr, uint8_t fill, uint8_t token_byte) {
+  MemfdStoreOptions options;
+  options.fill = MemfdStoreOptions::Fill::kRead;
+  auto store = std::make_shared<MemfdStore>(options);
+  CHECK(store->init_error() == 0, "memfd store");
+  CHECK(store->begin_entry(pid_key(pid), vaddr, 4, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
+  Bytes bytes(4 * kPage, fill);
+  CHECK(store->receive_bytes(bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()), "receive");
+  CHECK(store->seal() == 0, "seal");
+  auto checkpoint = std::make_shared<StagedCheckpoint>();
+  checkpoint->id = id;
+  checkpoint->store = store;
+  checkpoint->token.fill(token_byte);
+  checkpoint->has_token = true;
+  return checkpoint;
+}
+
+struct TwoCheckpoints : StagedLookup {
+  std::shared_ptr<StagedCheckpoint> a = staged_checkpoint(5, 100, kStagedVaddr, 0xaa, 0x5a);
+  std::shared_ptr<StagedCheckpoint> b = staged_checkpoint(6, 200, kOtherVaddr, 0xbb, 0x6b);
+  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override {
+    return pid == 100 ? a : pid == 200 ? b : nullptr;
+  }
+  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+    if (token == a->token) return a;
+    if (token == b->token) return b;
+    return nullptr;
+  }
+};
+
+std::unique_ptr<PageIndex> image_index() {
+  int fd = memfd_create("link-test-pages", MFD_CLOEXEC);
+  CHECK(fd >= 0, "memfd");
+  Bytes bytes(4 * kPage, 0x11);
+  CHECK(write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()), "write");
+  auto index = std::make_unique<PageIndex>(kPage);
+  CHECK(index->add_file("/proc/self/fd/" + std::to_string(fd)) == 0, "add_file");
+  close(fd);
+  PageRun run;
+  run.vaddr = kImageVaddr;
+  run.nr_pages = 4;
+  run.flags = wire::PE_LAZY | wire::PE_PRESENT;
+  run.file = 0;
+  CHECK(index->add_task(1, {run}) == 0, "add_task");
+  return index;
+}
+
+Bytes hello(uint8_t token_byte, uint32_t version = wire::kLinkVersion) {
+  wire::Hello h;
+  h.version = version;
+  h.features = wire::kFeatureBind;
+  h.token.fill(token_byte);
+  Bytes out(wire::kHelloSize);
+  wire::encode_hello(h, out.data());
+  return out;
+}
+
+Bytes get24(uint64_t pid, uint64_t vaddr, uint32_t pages) {
+  wire::Header h;
+  h.cmd = wire::PS_IOV_GET;
+  h.nr_pages = pages;
+  h.vaddr = vaddr;
+  h.dst_id = pid;
+  Bytes out(wire::HEADER_SIZE_V24);
+  CHECK(wire::encode(wire::Format::V24, h, out.data()), "encode");
+  return out;
+}
+
+Bytes cat(std::initializer_list<Bytes> parts) {
+  Bytes out;
+  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+struct Outcome {
+  LazySession::Status status;
+  Bytes out;
+  SessionStats stats;
+  std::string error;
+};
+
+// Sends input and EOF through a socketpair, runs the session to its end and collects what it wrote.
+Outcome run(const Bytes& input, const StagedLookup* staged, bool require_token) {
+  static std::unique_ptr<PageIndex> index = image_index();
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  SessionLimits limits;
+  limits.max_request_pages = 64;
+  limits.max_queued_replies = 64;
+  limits.max_queued_bytes = 1 << 20;
+  limits.require_link_token = require_token;
+  LazySession session(sv[0], *index, limits, staged);
+  CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+  shutdown(sv[1], SHUT_WR);
+  Outcome outcome{LazySession::Status::kOpen, {}, {}, {}};
+  for (int rounds = 0; outcome.status == LazySession::Status::kOpen; rounds++) {
+    CHECK(rounds < 10000, "the session never ended");
+    outcome.status = session.on_readable();
+    if (outcome.status == LazySession::Status::kOpen && session.wants_write()) outcome.status = session.on_writable();
+    uint8_t buf[65536];
+    ssize_t n;
+    while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) outcome.out.insert(outcome.out.end(), buf, buf + n);
+  }
+  uint8_t buf[65536];
+  ssize_t n;
+  while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) outcome.out.insert(outcome.out.end(), buf, buf + n);
+  outcome.stats = session.stats();
+  outcome.error = session.error();
+  close(sv[1]);
+  return outcome;
+}
+
+wire::HelloReply reply_of(const Outcome& outcome) {
+  wire::HelloReply reply;
+  CHECK(outcome.out.size() >= wire::kHelloReplySize, "no HELLO reply (%zu bytes out)", outcome.out.size());
+  CHECK(wire::decode_hello_reply(outcome.out.data(), &reply), "not a HELLO reply");
+  return reply;
+}
+
+void test_codec() {
+  wire::Hello h;
+  h.features = 0x1234;
+  for (size_t i = 0; i < wire::kTokenSize; i++) h.token[i] = static_cast<uint8_t>(i * 17);
+  uint8_t buf[wire::kHelloSize];
+  wire::encode_hello(h, buf);
+  wire::Hello back;
+  CHECK(wire::decode_hello(buf, &back), "decode_hello");
+  CHECK(back.version == wire::kLinkVersion && back.features == 0x1234 && back.token == h.token, "HELLO round trip");
+  buf[0] ^= 1;
+  CHECK(!wire::decode_hello(buf, &back), "a wrong magic is no HELLO");
+
+  wire::HelloReply r;
+  r.status = -EACCES;
+  r.checkpoint = 0xfeedface01;
+  uint8_t rbuf[wire::kHelloReplySize];
+  wire::encode_hello_reply(r, rbuf);
+  wire::HelloReply rback;
+  CHECK(wire::decode_hello_reply(rbuf, &rback), "decode_hello_reply");
+  CHECK(rback.status == -EACCES && rback.checkpoint == 0xfeedface01, "reply round trip");
+  rbuf[20] = 1;
+  CHECK(!wire::decode_hello_reply(rbuf, &rback), "the reserved word must be 0");
+
+  char hex[2 * wire::kTokenSize + 1];
+  wire::token_to_hex(h.token, hex);
+  wire::LinkToken parsed;
+  CHECK(wire::token_from_hex(hex, strlen(hex), &parsed) && parsed == h.token, "hex round trip");
+  CHECK(!wire::token_from_hex(hex, strlen(hex) - 1, &parsed), "short hex");
+  hex[3] = 'G';
+  CHECK(!wire::token_from_hex(hex, strlen(hex), &parsed), "non-hex digit");
+
+  wire::LinkToken t1, t2;
+  CHECK(wire::random_token(&t1) == 0 && wire::random_token(&t2) == 0 && t1 != t2, "random tokens differ");
+}
+
+// The magic's command is none of CRIU's, and header detection does not take a HELLO for either layout.
+void test_magic_apart_from_criu() {
+  const uint32_t command = wire::kHelloMagic & wire::PS_CMD_MASK;
+  for (uint32_t c : {wire::PS_IOV_ADD, wire::PS_IOV_HOLE, wire::PS_IOV_OPEN, wire::PS_IOV_OPEN2, wire::PS_IOV_PARENT,
+                     wire::PS_IOV_ADD_F, wire::PS_IOV_GET, wire::PS_IOV_CLOSE, wire::PS_IOV_FORCE_CLOSE}) {
+    CHECK(command != c, "the HELLO magic's command %#x is CRIU's", c);
+  }
+  CHECK(wire::kHelloMagic != wire::LAZY_PAGES_RESTORE_FINISHED, "not RSTF");
+  const Bytes h = hello(0x5a);
+  CHECK(wire::detect(h.data(), h.size(), kPage) == wire::Format::Unknown, "HELLO detected as a CRIU header");
+}
+
+// No recorded CRIU session (client side: requests) starts with the magic: a stock client is never taken for lazyd.
+void test_recorded_sessions_never_hello() {
+  int checked = 0;
+  for (const char* version : {"4.1.1", "4.2.1"}) {
+    for (const char* session : {"remote-lazy", "upload"}) {
+      const std::string file = fixtures::path(version, session, "client-to-server.bin");
+      if (access(file.c_str(), R_OK) != 0) continue;
+      const std::string data = fixtures::read(version, session, "client-to-server.bin");
+      CHECK(!wire::starts_with_hello(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
+            "%s starts with the HELLO magic", file.c_str());
+      checked++;
+    }
+  }
+  CHECK(checked == 4, "expected a recorded lazy-fetch session of each CRIU version (found %d)", checked);
+}
+
+void test_hello_binds() {
+  TwoCheckpoints staged;
+  const Outcome o = run(cat({hello(0x5a), get24(100, kStagedVaddr, 2)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kDone, "bound session: %s", o.error.c_str());
+  const wire::HelloReply r = reply_of(o);
+  CHECK(r.status == 0 && r.checkpoint == 5 && r.features == wire::kFeatureBind, "granted, bound to #5");
+  CHECK(o.out.size() == wire::kHelloReplySize + wire::HEADER_SIZE_V24 + 2 * kPage, "one reply after the HELLO's");
+  CHECK(o.out.back() == 0xaa, "checkpoint #5's pages");
+  CHECK(o.stats.hello && !o.stats.link_refused, "stats");
+}
+
+void test_other_checkpoint_refused() {
+  TwoCheckpoints staged;
+  Outcome o = run(cat({hello(0x5a), get24(200, kOtherVaddr, 1)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kFailed && o.stats.link_refused, "GET of #6 with #5's token refused");
+  CHECK(o.error.find("one token, one checkpoint") != std::string::npos, "error: %s", o.error.c_str());
+  // Nor the -D images: the token names one staged checkpoint and nothing else.
+  o = run(cat({hello(0x5a), get24(1, kImageVaddr, 1)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kFailed && o.stats.link_refused, "GET of the images refused");
+}
+
+void test_unknown_token_refused() {
+  TwoCheckpoints staged;
+  const Outcome o = run(cat({hello(0x77), get24(100, kStagedVaddr, 1)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kFailed && o.stats.link_refused, "unknown token: %s", o.error.c_str());
+  const wire::HelloReply r = reply_of(o);
+  CHECK(r.status == -EACCES && r.checkpoint == 0, "refusing reply");
+  CHECK(o.out.size() == wire::kHelloReplySize, "nothing served behind a refused HELLO");
+}
+
+void test_version_refused() {
+  TwoCheckpoints staged;
+  const Outcome o = run(hello(0x5a, 99), &staged, false);
+  CHECK(o.status == LazySession::Status::kFailed && reply_of(o).status == -EPROTONOSUPPORT, "version 99");
+}
+
+void test_require_token() {
+  TwoCheckpoints staged;
+  Outcome o = run(get24(100, kStagedVaddr, 1), &staged, true);
+  CHECK(o.status == LazySession::Status::kFailed && o.stats.link_refused && o.out.empty(), "stock client refused");
+  CHECK(o.error.find("--require-link-token") != std::string::npos, "error names the flag: %s", o.error.c_str());
+  o = run(cat({hello(0x6b), get24(200, kOtherVaddr, 1)}), &staged, true);
+  CHECK(o.status == LazySession::Status::kDone && o.out.back() == 0xbb, "HELLO client served: %s", o.error.c_str());
+}
+
+// Without HELLO a session is what it was: the staged pid and the images both served, no extension byte out.
+void test_stock_unchanged() {
+  TwoCheckpoints staged;
+  Outcome o = run(cat({get24(100, kStagedVaddr, 1)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kDone && o.out.size() == wire::HEADER_SIZE_V24 + kPage, "stock staged GET");
+  CHECK(!wire::starts_with_hello(o.out.data(), o.out.size()) && !o.stats.hello, "no extension byte");
+  o = run(cat({get24(1, kImageVaddr, 1)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kDone && o.out.back() == 0x11, "stock image GET");
+  // HELLO is only ever first: later, its bytes are an unknown command, as before.
+  o = run(cat({get24(1, kImageVaddr, 1), hello(0x5a)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kFailed && o.error.find("unknown command") != std::string::npos, "late HELLO: %s",
+        o.error.c_str());
+}
+
+// The client side: PageClient sends the HELLO ahead of the first GET and reads its reply ahead of the GET's;
+// without open_with_hello() its first bytes are the GET, as always; a refusing reply fails it with the reason.
+Bytes read_all(int fd, size_t want) {
+  Bytes got;
+  uint8_t buf[65536];
+  for (int rounds = 0; got.size() < want && rounds < 100000; rounds++) {
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.insert(got.end(), buf, buf + n);
+  }
+  return got;
+}
+
+struct ClientRun {
+  int rc = 0;
+  std::string error;
+  Bytes sent;
+  size_t replies = 0;
+};
+
+// One GET of 1 page at kStagedVaddr of pid 100; the "server" answers with server_reply (then the page, if granted).
+ClientRun client_run(bool with_hello, const Bytes& server_reply, bool then_page) {
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  PageClient client(wire::Format::V24, kPage);
+  CHECK(client.adopt(sv[0]) == 0, "adopt");
+  if (with_hello) {
+    wire::Hello h;
+    h.features = wire::kFeatureBind;
+    h.token.fill(0x5a);
+    client.open_with_hello(h);
+  }
+  Bytes page(kPage);
+  PageRequest request;
+  request.cookie = 1;
+  request.pid = 100;
+  request.img_vaddr = kStagedVaddr;
+  request.nr_pages = 1;
+  request.buf = page.data();
+  ClientRun out;
+  CHECK(client.submit(request) == 0, "submit: %s", client.error().c_str());
+  out.sent = read_all(sv[1], (with_hello ? wire::kHelloSize : 0) + wire::HEADER_SIZE_V24);
+  Bytes answer = server_reply;
+  if (then_page) {
+    Bytes head = get24(100, kStagedVaddr, 1);
+    uint32_t cmd = wire::GET_REPLY_CMD;
+    memcpy(head.data(), &cmd, 4);
+    answer.insert(answer.end(), head.begin(), head.end());
+    answer.insert(answer.end(), kPage, 0xcd);
+  }
+  CHECK(send(sv[1], answer.data(), answer.size(), 0) == static_cast<ssize_t>(answer.size()), "send");
+  std::vector<PageReply> done;
+  for (int rounds = 0; rounds < 100000 && done.empty(); rounds++) {
+    out.rc = client.pump(&done);
+    if (out.rc < 0) break;
+  }
+  out.replies = done.size();
+  out.error = client.error();
+  if (out.replies == 1) CHECK(page[0] == 0xcd && page[kPage - 1] == 0xcd, "the page landed in the request's buffer");
+  close(sv[1]);
+  return out;
+}
+
+Bytes hello_reply(int32_t status, uint64_t checkpoint) {
+  wire::HelloReply r;
+  r.status = status;
+  r.features = status == 0 ? wire::kFeatureBind : 0;
+  r.checkpoint = checkpoint;
+  Bytes out(wire::kHelloReplySize);
+  wire::encode_hello_reply(r, out.data());
+  return out;
+}
+
+void test_client() {
+  // Stock: the first bytes are the GET.
+  ClientRun stock = client_run(false, {}, true);
+  CHECK(stock.rc == 0 && stock.replies == 1, "stock client: %s", stock.error.c_str());
+  CHECK(stock.sent == get24(100, kStagedVaddr, 1), "a stock client sends the GET and nothing else");
+
+  // HELLO first, then the GET; the reply's page after the HELLO reply.
+  ClientRun linked = client_run(true, hello_reply(0, 5), true);
+  CHECK(linked.rc == 0 && linked.replies == 1, "linked client: %s", linked.error.c_str());
+  CHECK(linked.sent == cat({hello(0x5a), get24(100, kStagedVaddr, 1)}), "HELLO, then the GET");
+
+  // Refused: the client fails with why, and installs nothing.
+  ClientRun refused = client_run(true, hello_reply(-EACCES, 0), false);
+  CHECK(refused.rc == -EACCES && refused.replies == 0, "refused: rc %d", refused.rc);
+  CHECK(refused.error.find("lazyd-link.json") != std::string::npos, "names the file: %s", refused.error.c_str());
+
+  // Something else than a HELLO reply (a server that is not lazyd): fails, nothing installed.
+  Bytes not_lazyd(wire::kHelloReplySize, 0);
+  ClientRun other = client_run(true, not_lazyd, false);
+  CHECK(other.rc == -EPROTO && other.replies == 0, "not a HELLO reply: rc %d", other.rc);
+  CHECK(other.error.find("--link stock") != std::string::npos, "says the fix: %s", other.error.c_str());
+}
+
+}  // namespace
+
+int main() {
+  test_client();
+  test_codec();
+  test_magic_apart_from_criu();
+  test_recorded_sessions_never_hello();
+  test_hello_binds();
+  test_other_checkpoint_refused();
+  test_unknown_token_refused();
+  test_version_refused();
+  test_require_token();
+  test_stock_unchanged();
+  std::printf("%d passed, 0 failed\n", g_passed);
+  return 0;
+}

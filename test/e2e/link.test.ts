@@ -1,0 +1,261 @@
+// End-to-end: the lazyd link (docs/protocol.md §7, README "The lazyd link"), with real CRIU 4.1.1 and 4.2.1.
+// `criu dump --page-server` uploads a self-verifying workload into lazyd's staging page server (in this process),
+// which writes lazyd-link.json (mode 0600, a random per-checkpoint token) beside the images. Through a recording
+// TCP relay (test/harness/relay.ts):
+//   - `lazyd lazy-pages` restores from a copy of the images: its session opens with HELLO, the server grants it
+//     (bound to the checkpoint), and the workload verifies;
+//   - `criu lazy-pages` restores from the same checkpoint: not one extension byte either way (its first bytes are
+//     a CRIU GET, the replies CRIU's), and the workload verifies;
+//   - `lazyd lazy-pages` from images without lazyd-link.json sends no HELLO;
+//   - `lazyd lazy-pages` from stock `criu dump --lazy-pages` (whose images hold no lazyd-link.json): not one
+//     extension byte either way, the dump ends with its CLOSE (exit 0), and the workload verifies.
+// Then the binding: a HELLO with a token no checkpoint has is refused; a token-bound GET for a pid outside the
+// checkpoint is refused; with requireLinkToken (--require-link-token) a stock GET is refused, a HELLO'd one served;
+// each refusal counted in lazyd_page_server_access_refused_total.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { test } from 'node:test';
+import {
+  buildWorkload,
+  checkpointOf,
+  checkpointWorkload,
+  CRIU_VERSIONS,
+  dumpPageCounts,
+  E2E_TIMEOUTS as timeouts,
+  findCriu,
+  instanceDirs,
+  killWorkload,
+  lastPassSum,
+  lazyRestore,
+  nowNs,
+  requireHost,
+  runCriu,
+  startRelay,
+  startWorkload,
+  testProgress,
+  waitForAllPasses,
+  withRunDir,
+  type Criu,
+  type CriuVersion,
+} from '../harness/index.js';
+import { PageServerService } from '../../src/page-server/service.js';
+import { readPagemap, PE_LAZY } from '../../src/images/index.js';
+import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
+import { memoryLogger } from '../harness/memory-logger.js';
+
+const TEST_TIMEOUT_MS = 180_000;
+const HELLO_MAGIC = 0x4c5a4b48;
+const EACCES = 13;
+
+async function startStaging(stagingDir: string, requireLinkToken = false) {
+  const { logger, lines } = memoryLogger();
+  const service = await PageServerService.start({
+    imagesDir: stagingDir,
+    address: '127.0.0.1',
+    port: 0,
+    logger,
+    requireLinkToken,
+    staging: { dir: stagingDir },
+  });
+  return { service, lines, address: '127.0.0.1', port: service.port };
+}
+
+/** Waits for fn(), with a deadline that only a failure reaches. */
+async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A workload dumped with `criu dump --page-server` into lazyd; retried (fresh workload) when criu made no page lazy. */
+async function stagedDump(criu: Criu, runDir: string, stagingDir: string, lazyd: Awaited<ReturnType<typeof startStaging>>, onCleanup: (fn: () => unknown) => void) {
+  const binary = await buildWorkload();
+  for (let attempt = 1; ; attempt++) {
+    const workloadDir = path.join(runDir, `w${attempt}`);
+    const mib = 16;
+    const workload = await startWorkload(binary, workloadDir, { mib }, timeouts.readyMs);
+    onCleanup(() => killWorkload(workload));
+    await waitForAllPasses(workloadDir, 0, 1, timeouts.passesMs, { pid: workload.pid });
+    const sums = instanceDirs(workloadDir, 0).map((dir) => lastPassSum(dir));
+    const dumpStartNs = nowNs();
+    const args = ['-t', String(workload.pid), '-D', stagingDir, '-v4', '-o', 'dump.log', '--page-server', '--address', '127.0.0.1', '--port', String(lazyd.port)];
+    const dump = await runCriu(criu, 'dump', args, timeouts.dumpMs, { imagesDir: stagingDir });
+    await workload.unshare.wait(10_000);
+    const checkpoint = checkpointOf({ criu, runDir, workloadDir, imagesDir: stagingDir, workload: { mib }, sums, dumpStartNs, dumpMs: dump.ms });
+    const counts = await dumpPageCounts(stagingDir);
+    if (counts.length > 0 && counts.every((c) => c.lazyPages > 0)) return checkpoint;
+    if (attempt >= 3) throw new Error('criu dump into lazyd: a pagemap without a lazy page, 3 times in a row');
+    await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
+    await lazyd.service.releaseAndWait(lazyd.service.stagedCheckpoints()[0].id, 'no lazy page in the dump (criu is_stack() quirk)');
+    for (const name of fs.readdirSync(stagingDir).filter((f) => /^(pagemap|pages)-/.test(f) || f === LINK_FILE_NAME)) fs.rmSync(path.join(stagingDir, name));
+  }
+}
+
+function hello(token: Buffer): Buffer {
+  const out = Buffer.alloc(32);
+  out.writeUInt32LE(HELLO_MAGIC, 0);
+  out.writeUInt32LE(1, 4); // link version
+  out.writeBigUInt64LE(1n, 8); // kFeatureBind
+  token.copy(out, 16);
+  return out;
+}
+
+function get(version: CriuVersion, pid: number, vaddr: bigint): Buffer {
+  const out = Buffer.alloc(version === '4.1.1' ? 24 : 32);
+  out.writeUInt32LE(7, 0); // PS_IOV_GET
+  if (out.length === 24) {
+    out.writeUInt32LE(1, 4);
+    out.writeBigUInt64LE(vaddr, 8);
+    out.writeBigUInt64LE(BigInt(pid), 16);
+  } else {
+    out.writeBigUInt64LE(1n, 8);
+    out.writeBigUInt64LE(vaddr, 16);
+    out.writeBigUInt64LE(BigInt(pid), 24);
+  }
+  return out;
+}
+
+/** Sends bytes, half-closes, and returns all the server sent until it closed. */
+function exchange(port: number, bytes: Buffer): Promise<Buffer> {
+  return new Promise<Buffer>((resolve) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect(port, '127.0.0.1', () => socket.end(bytes));
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('close', () => resolve(Buffer.concat(chunks)));
+    socket.on('error', () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+/** The first lazy page of the staged pid's pagemap. */
+async function firstLazyPage(stagingDir: string): Promise<{ pid: number; vaddr: bigint }> {
+  const file = fs.readdirSync(stagingDir).find((f) => /^pagemap-\d+\.img$/.test(f))!;
+  const pagemap = await readPagemap(path.join(stagingDir, file), { checkPages: false });
+  const entry = pagemap.entries.find((e) => e.flags & PE_LAZY)!;
+  return { pid: Number(/\d+/.exec(file)![0]), vaddr: BigInt(entry.vaddr) };
+}
+
+for (const version of CRIU_VERSIONS) {
+  test(`CRIU ${version}: lazyd-link.json from staging; lazyd lazy-pages opens with HELLO, criu lazy-pages and a restore without the file see CRIU's bytes only`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    const criu = findCriu(version);
+    await withRunDir(`${version}-link`, async (runDir, onCleanup) => {
+      const stagingDir = path.join(runDir, 'src');
+      fs.mkdirSync(stagingDir, { recursive: true });
+      const lazyd = await startStaging(stagingDir);
+      onCleanup(async () => {
+        lazyd.service.stop(0);
+        await lazyd.service.stopped;
+      });
+      const checkpoint = await stagedDump(criu, runDir, stagingDir, lazyd, onCleanup);
+      const file = path.join(stagingDir, LINK_FILE_NAME);
+      assert.equal(fs.statSync(file).mode & 0o777, 0o600, 'lazyd-link.json is mode 0600');
+      const capability = await readLinkCapability(stagingDir);
+      assert.ok(capability, 'the staging page server wrote lazyd-link.json');
+      assert.match(capability.token, /^[0-9a-f]{32}$/);
+      assert.deepEqual(capability.features, ['bind']);
+      await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
+
+      const relay = await startRelay(lazyd, { record: 4096 });
+      onCleanup(() => relay.close());
+      const verify = (name: string, restored: Awaited<ReturnType<typeof lazyRestore>>) => {
+        assert.equal(restored.lazyPages.copied, restored.lazyPages.total, `${name}: every lazy page installed`);
+        assert.equal(restored.passes[0][0].ok, checkpoint.dataPages, `${name}: the workload verified its pages`);
+      };
+
+      // lazyd lazy-pages with the file: HELLO first, granted.
+      verify('lazyd', await lazyRestore({ checkpoint, server: relay, daemon: 'lazyd', name: 'dst-lazyd', progress: testProgress(t), onCleanup, timeouts }));
+      let sessions = relay.recorded();
+      assert.equal(sessions.length, 1);
+      const [linked] = sessions;
+      assert.equal(linked['to-server'].readUInt32LE(0), HELLO_MAGIC, 'lazyd lazy-pages opened with HELLO');
+      assert.equal(linked['to-server'].subarray(16, 32).toString('hex'), capability.token, 'with the file\'s token');
+      assert.equal(linked['to-client'].readUInt32LE(0), HELLO_MAGIC, 'the server answered the HELLO');
+      assert.equal(linked['to-client'].readInt32LE(16), 0, 'HELLO granted');
+      assert.equal(linked['to-server'].readUInt32LE(32), 7, 'then CRIU GETs');
+
+      // criu lazy-pages: nothing new either way.
+      verify('criu', await lazyRestore({ checkpoint, server: relay, daemon: 'criu', name: 'dst-criu', progress: testProgress(t), onCleanup, timeouts }));
+      // lazyd lazy-pages from images without the file (copied, then removed before the daemon reads it).
+      verify('lazyd, no file', await lazyRestore({
+        checkpoint, server: relay, daemon: 'lazyd', name: 'dst-nofile', progress: testProgress(t), onCleanup, timeouts,
+        onDaemonReady: (_proc, dstDir) => fs.rmSync(path.join(dstDir, LINK_FILE_NAME)),
+      }));
+      sessions = relay.recorded();
+      assert.equal(sessions.length, 3);
+      for (const [name, session] of [['criu lazy-pages', sessions[1]], ['lazyd lazy-pages without the file', sessions[2]]] as const) {
+        assert.equal(session['to-server'].readUInt32LE(0), 7, `${name}: its first request is a CRIU GET`);
+        assert.equal(session['to-server'].indexOf(Buffer.from([0x48, 0x4b, 0x5a, 0x4c])), -1, `${name}: no HELLO byte sent`);
+        assert.notEqual(session['to-client'].readUInt32LE(0), HELLO_MAGIC, `${name}: no HELLO reply`);
+        assert.equal(session['to-client'].readUInt32LE(0), 0x40006, `${name}: its first reply is ADD_F|PE_PRESENT`);
+      }
+      assert.equal(lazyd.service.accessRefused(), 0, 'nothing refused');
+
+      // The binding: a token no checkpoint has; then a token-bound GET outside the checkpoint.
+      const { pid, vaddr } = await firstLazyPage(stagingDir);
+      const wrong = await exchange(lazyd.port, Buffer.concat([hello(Buffer.alloc(16, 0x42)), get(version, pid, vaddr)]));
+      assert.equal(wrong.length, 32, 'only the refusing HELLO reply');
+      assert.equal(wrong.readInt32LE(16), -EACCES, 'unknown token: -EACCES');
+      const token = Buffer.from(capability.token, 'hex');
+      const outside = await exchange(lazyd.port, Buffer.concat([hello(token), get(version, pid + 100_000, vaddr)]));
+      // No page for the other pid; the grant itself gets out only if the GET was read after it was sent.
+      assert.ok(outside.length === 0 || (outside.length === 32 && outside.readInt32LE(16) === 0), `${outside.length} bytes`);
+      const inside = await exchange(lazyd.port, Buffer.concat([hello(token), get(version, pid, vaddr)]));
+      assert.equal(inside.length, 32 + (version === '4.1.1' ? 24 : 32) + 4096, 'a GET inside the checkpoint is served');
+      await waitFor('the refusals counted', () => lazyd.service.accessRefused() === 2);
+    });
+  });
+
+  test(`CRIU ${version}: --require-link-token: a stock GET is refused and counted, lazyd lazy-pages with lazyd-link.json restores`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    const criu = findCriu(version);
+    await withRunDir(`${version}-link-required`, async (runDir, onCleanup) => {
+      const stagingDir = path.join(runDir, 'src');
+      fs.mkdirSync(stagingDir, { recursive: true });
+      const lazyd = await startStaging(stagingDir, true);
+      onCleanup(async () => {
+        lazyd.service.stop(0);
+        await lazyd.service.stopped;
+      });
+      const checkpoint = await stagedDump(criu, runDir, stagingDir, lazyd, onCleanup);
+      await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
+      const { pid, vaddr } = await firstLazyPage(stagingDir);
+      const stock = await exchange(lazyd.port, get(version, pid, vaddr));
+      assert.equal(stock.length, 0, 'a stock GET gets nothing');
+      await waitFor('the refusal counted', () => lazyd.service.accessRefused() === 1);
+      assert.ok(lazyd.lines.some((l) => l.msg.includes('--require-link-token')), 'the log names the flag');
+
+      const restored = await lazyRestore({ checkpoint, server: lazyd, daemon: 'lazyd', name: 'dst-lazyd', progress: testProgress(t), onCleanup, timeouts });
+      assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
+      assert.equal(restored.passes[0][0].ok, checkpoint.dataPages, 'the workload verified its pages');
+      assert.equal(lazyd.service.accessRefused(), 1, 'the HELLO session was not refused');
+    });
+  });
+
+  test(`CRIU ${version}: stock criu dump --lazy-pages -> lazyd lazy-pages: no lazyd-link.json, no extension byte either way`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    const criu = findCriu(version);
+    await withRunDir(`${version}-link-stock-src`, async (runDir, onCleanup) => {
+      const checkpoint = await checkpointWorkload({ criu, runDir, workload: { mib: 16 }, progress: testProgress(t), onCleanup, timeouts, lazyDump: { address: '127.0.0.1' } });
+      const dump = checkpoint.dumpServer!;
+      onCleanup(() => dump.kill());
+      assert.ok(!fs.existsSync(path.join(checkpoint.imagesDir, LINK_FILE_NAME)), 'criu dump writes no lazyd-link.json');
+      const relay = await startRelay(dump, { record: 4096 });
+      onCleanup(() => relay.close());
+      const restored = await lazyRestore({ checkpoint, server: relay, daemon: 'lazyd', name: 'dst-lazyd', progress: testProgress(t), onCleanup, timeouts });
+      assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
+      assert.equal(restored.passes[0][0].ok, checkpoint.dataPages, 'the workload verified its pages');
+      const exit = await dump.finish(timeouts.dumpMs);
+      assert.equal(exit.code, 0, 'criu dump counted the lazy transfer as done');
+      const sessions = relay.recorded();
+      assert.equal(sessions.length, 1);
+      const [session] = sessions;
+      assert.equal(session['to-server'].readUInt32LE(0), 7, 'its first request is a CRIU GET');
+      assert.equal(session['to-server'].indexOf(Buffer.from([0x48, 0x4b, 0x5a, 0x4c])), -1, 'no HELLO byte sent');
+      assert.equal(session['to-client'].readUInt32LE(0), 0x40006, 'its first reply is ADD_F|PE_PRESENT');
+    });
+  });
+}

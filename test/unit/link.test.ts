@@ -1,0 +1,177 @@
+// The lazyd link (docs/protocol.md §7) on lazyd's page server, without root: CRIU's recorded upload stream
+// (4.1.1 and 4.2.1) is staged; the server writes lazyd-link.json (mode 0600) beside the images; a HELLO with its
+// token is granted and bound to the checkpoint, one with another token or outside the checkpoint is refused, a
+// stock GET gets CRIU's reply byte for byte — or, with requireLinkToken, nothing — and each refusal is counted.
+// And the capability file's reader: absent → null, malformed → one line naming the file and the fix.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { PageServerService } from '../../src/page-server/service.js';
+import { LINK_FILE_NAME, parseLinkCapability, readLinkCapability } from '../../src/link/capability-file.js';
+import { fixturePath, sessionFacts } from '../fixtures/fixtures.js';
+import { memoryLogger } from '../harness/memory-logger.js';
+
+const VERSIONS = ['4.1.1', '4.2.1'] as const;
+const PAGE = 4096;
+const HELLO_MAGIC = 0x4c5a4b48;
+const EACCES = 13;
+
+function hello(token: Buffer, version = 1): Buffer {
+  const out = Buffer.alloc(32);
+  out.writeUInt32LE(HELLO_MAGIC, 0);
+  out.writeUInt32LE(version, 4);
+  out.writeBigUInt64LE(1n, 8);
+  token.copy(out, 16);
+  return out;
+}
+
+function get(headerSize: number, pid: number, vaddr: bigint): Buffer {
+  const b = Buffer.alloc(headerSize);
+  b.writeUInt32LE(7, 0);
+  if (headerSize === 24) {
+    b.writeUInt32LE(1, 4);
+    b.writeBigUInt64LE(vaddr, 8);
+    b.writeBigUInt64LE(BigInt(pid), 16);
+  } else {
+    b.writeBigUInt64LE(1n, 8);
+    b.writeBigUInt64LE(vaddr, 16);
+    b.writeBigUInt64LE(BigInt(pid), 24);
+  }
+  return b;
+}
+
+function exchange(port: number, request: Buffer): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect(port, '127.0.0.1', () => socket.end(request));
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('error', () => undefined); // a refused session may end in a reset
+    socket.on('close', () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+function upload(port: number, stream: Buffer, expectReplies: number): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let got = 0;
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(stream));
+    socket.on('data', (d) => {
+      chunks.push(d);
+      got += d.length;
+      if (got >= expectReplies) socket.end();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+async function until(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function stagedServer(version: string, requireLinkToken: boolean) {
+  const { readPagemap, PE_LAZY } = await import('../../src/images/index.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-link-'));
+  const { logger, lines } = memoryLogger();
+  const service = await PageServerService.start({ imagesDir: dir, address: '127.0.0.1', port: 0, logger, requireLinkToken, staging: { dir } });
+  const stream = fs.readFileSync(fixturePath(version, 'upload', 'client-to-server.bin'));
+  const expected = fs.readFileSync(fixturePath(version, 'upload', 'server-to-client.bin'));
+  assert.deepEqual(await upload(service.port, stream, expected.length), expected, 'the upload replies are criu page-server\'s');
+  await until('staged', () => service.stagedCheckpoints().length === 1);
+  const pagemap = await readPagemap(path.join(dir, 'pagemap-1.img'), { checkPages: false });
+  const lazy = pagemap.entries.find((e) => e.flags & PE_LAZY)!;
+  const pid = sessionFacts(version, 'upload').workload.ns_pid;
+  const stop = async () => {
+    service.stop(0);
+    await service.stopped;
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  return { service, lines, dir, pid, vaddr: lazy.vaddr, stop };
+}
+
+for (const version of VERSIONS) {
+  const headerSize = version === '4.1.1' ? 24 : 32;
+
+  test(`CRIU ${version} upload: lazyd-link.json written 0600; HELLO binds to the checkpoint; stock GETs unchanged`, async () => {
+    const s = await stagedServer(version, false);
+    try {
+      const file = path.join(s.dir, LINK_FILE_NAME);
+      assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+      const cap = await readLinkCapability(s.dir);
+      assert.ok(cap);
+      assert.equal(cap.version, 1);
+      assert.deepEqual(cap.features, ['bind']);
+      assert.equal(cap.checkpoint, s.service.stagedCheckpoints()[0].id);
+      const token = Buffer.from(cap.token, 'hex');
+
+      // Stock: CRIU's reply, no extension byte.
+      const stock = await exchange(s.service.port, get(headerSize, s.pid, s.vaddr));
+      assert.equal(stock.length, headerSize + PAGE);
+      assert.equal(stock.readUInt32LE(0), 0x40006, 'ADD_F|PE_PRESENT');
+
+      // HELLO with the token: granted, bound, then the same page as the stock GET.
+      const linked = await exchange(s.service.port, Buffer.concat([hello(token), get(headerSize, s.pid, s.vaddr)]));
+      assert.equal(linked.length, 32 + headerSize + PAGE);
+      assert.equal(linked.readUInt32LE(0), HELLO_MAGIC);
+      assert.equal(linked.readInt32LE(16), 0, 'granted');
+      assert.equal(linked.readBigUInt64LE(8), 1n, 'feature bind granted');
+      assert.equal(Number(linked.readBigUInt64LE(24)), cap.checkpoint, 'bound to the checkpoint');
+      assert.deepEqual(linked.subarray(32), stock, 'the page as a stock client gets it');
+      assert.equal(s.service.accessRefused(), 0);
+
+      // Refused: a token no checkpoint has; a GET outside the bound checkpoint; a link version from elsewhere.
+      const wrong = await exchange(s.service.port, Buffer.concat([hello(Buffer.alloc(16, 7)), get(headerSize, s.pid, s.vaddr)]));
+      assert.equal(wrong.length, 32, 'the refusing reply and nothing else');
+      assert.equal(wrong.readInt32LE(16), -EACCES);
+      await until('1 refusal counted', () => s.service.accessRefused() === 1);
+      const outside = await exchange(s.service.port, Buffer.concat([hello(token), get(headerSize, s.pid + 1, s.vaddr)]));
+      // No page for the other pid; the grant itself gets out only if the GET was read after it was sent.
+      assert.ok(outside.length === 0 || (outside.length === 32 && outside.readInt32LE(16) === 0), `${outside.length} bytes`);
+      await until('2 refusals counted', () => s.service.accessRefused() === 2);
+      assert.ok(s.lines.some((l) => /one token, one checkpoint/.test(l.msg)), 'logged why');
+      const version9 = await exchange(s.service.port, hello(token, 9));
+      assert.equal(version9.readInt32LE(16), -93, '-EPROTONOSUPPORT');
+      await until('3 refusals counted', () => s.service.accessRefused() === 3);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test(`CRIU ${version} upload, requireLinkToken: a stock GET is refused and counted, a HELLO'd one served`, async () => {
+    const s = await stagedServer(version, true);
+    try {
+      const stock = await exchange(s.service.port, get(headerSize, s.pid, s.vaddr));
+      assert.equal(stock.length, 0, 'nothing for a client without HELLO');
+      await until('the refusal counted', () => s.service.accessRefused() === 1);
+      assert.ok(s.lines.some((l) => /--require-link-token/.test(l.msg)), 'the log line names the flag');
+      const cap = (await readLinkCapability(s.dir))!;
+      const linked = await exchange(s.service.port, Buffer.concat([hello(Buffer.from(cap.token, 'hex')), get(headerSize, s.pid, s.vaddr)]));
+      assert.equal(linked.length, 32 + headerSize + PAGE);
+      assert.equal(s.service.accessRefused(), 1);
+    } finally {
+      await s.stop();
+    }
+  });
+}
+
+test('capability file: absent is null; malformed is one line naming the file and the fix', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-link-file-'));
+  try {
+    assert.equal(await readLinkCapability(dir), null);
+    fs.writeFileSync(path.join(dir, LINK_FILE_NAME), '{"version":1,"features":[],"token":"xyz"}');
+    await assert.rejects(readLinkCapability(dir), /lazyd-link\.json: the token is not 32 hex digits; remove it/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  assert.throws(() => parseLinkCapability('not json'), /not JSON/);
+  assert.throws(() => parseLinkCapability('{"token":"00000000000000000000000000000000"}'), /no version/);
+  const ok = parseLinkCapability('{"version":1,"features":["bind"],"token":"0123456789abcdef0123456789abcdef","checkpoint":3}');
+  assert.equal(ok.checkpoint, 3);
+});
