@@ -73,6 +73,8 @@ export class RelaySource extends EventEmitter {
       singleSession: false,
       tls: options.tls,
       access: { fetchFrom: only, uploadFrom: only, fetchNames: [], uploadNames: [] },
+      // A relayed checkpoint has no link token (the agent's lazy-pages speaks stock CRIU to it): the allow-list binds it.
+      requireLinkToken: false,
       onEvent: (event) => this.onEvent(event),
     });
   }
