@@ -159,6 +159,9 @@ test('native options: each flag sets its native key, in native units', () => {
     drainMaxBytes: 1 << 20,
     drainInflightBytes: 2 << 20,
     drainInflightBytesFaulting: 256 << 10,
+    drainInflightMaxBytes: 16 << 20,
+    drainRate: 0,
+    background: true,
     maxRequestsInflight: 64,
   });
   assert.deepEqual(nativeKeys(STAGING_COMMAND), []);
