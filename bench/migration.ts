@@ -28,6 +28,9 @@
 //   B  headline three, CRIU 4.1.1, 512 MiB, every workload at 0.5 ms
 //   C  headline three, CRIU 4.2.1, 64 MiB and 2 GiB, seq and hot at 0.5 ms
 //   D  all 10 source × destination pairings, CRIU 4.2.1, 512 MiB, seq and random at 0.5 ms, alternated together
+//   E  the bars of ISSUE 12 (docs/benchmarks.md): headline three, CRIU 4.2.1, 512 MiB hot, random and idle at
+//      0 / 0.5 / 5 ms (fault service p50/p99/max while the drain runs; the idle drain against the TCP limit),
+//      and 2 GiB idle at 0 ms (all present against the TCP and UFFDIO_COPY limits); not in the default run
 // --quick: the headline three, 64 MiB, seq and hot, at 0 and 5 ms, one round.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -114,6 +117,7 @@ export const FIGURES: FigureDef[] = [
   { key: 'imagesMiB', label: 'images copied to the destination', unit: 'MiB', digits: 1 },
   { key: 'rateMiBs', label: 'lazy pages / all-present time', unit: 'MiB/s', digits: 0, lowerIsBetter: false },
   { key: 'tcpFraction', label: 'that rate / TCP limit at this RTT', unit: 'fraction', digits: 2, lowerIsBetter: false },
+  { key: 'limitTimeRatio', label: 'all present / the time the TCP and UFFDIO_COPY limits allow', unit: 'ratio', digits: 2 },
   { key: 'srcCpuMs', label: 'source daemon CPU (user+sys)', unit: 'ms', digits: 0 },
   { key: 'dstCpuMs', label: 'destination daemon CPU (user+sys)', unit: 'ms', digits: 0 },
   { key: 'srcPeakMiB', label: 'source daemon peak RSS', unit: 'MiB', digits: 0 },
@@ -382,6 +386,8 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       imagesMiB: r.copiedBytes / 1048576,
       rateMiBs: finite(rate),
       tcpFraction: tcp ? finite((rate * 1048576) / (tcp.MBs * 1e6)) : null,
+      // The slower of the two limits bounds a pipeline of transfer and install (ISSUE 12's 2 GiB bar: <= 1.5).
+      limitTimeRatio: tcp && limits.uffd.MBs > 0 ? finite(r.pagesInstalledMs / 1000 / ((lazyMiB * 1048576) / (Math.min(tcp.MBs, limits.uffd.MBs) * 1e6))) : null,
       srcCpuMs: finite(srcWatch?.cpuMs),
       dstCpuMs: finite(dstW?.cpuMs),
       srcPeakMiB: srcWatch?.peakKiB !== undefined ? srcWatch.peakKiB / 1024 : null,
@@ -476,6 +482,11 @@ export function plans(ctx: BenchContext): Plan[] {
       for (const mib of [64, 2048]) {
         for (const workload of ['seq', 'hot'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib, workload, rttMs: 0.5 }, configs: headline, rounds });
       }
+    } else if (slice === 'E') {
+      for (const workload of ['hot', 'random', 'idle'] as WorkloadName[]) {
+        for (const rttMs of [0, 0.5, 5]) out.push({ slice, cell: { criuVersion: newest, mib: 512, workload, rttMs }, configs: headline, rounds });
+      }
+      out.push({ slice, cell: { criuVersion: newest, mib: 2048, workload: 'idle', rttMs: 0 }, configs: headline, rounds });
     } else if (slice === 'D') {
       const all = [...HEADLINE, ...SOURCES.flatMap((s) => DESTS.map((d) => `${s}+${d}`)).filter((c) => !HEADLINE.includes(c))];
       for (const workload of ['seq', 'random'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib: 512, workload, rttMs: 0.5 }, configs: all, rounds });
