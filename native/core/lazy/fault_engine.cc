@@ -89,8 +89,15 @@ struct FaultEngine::Impl {
         if (link.connecting()) link.on_handshake_ready();
         else installer.on_source(events);
         return;
-      default:                                           // a task's uffd: faults and events
-        if (Task* t = tasks.by_id(tag - kTaskTagBase)) uffd_events.read(*t);
+      default:
+        if (tag >= kPidfdTagBase) {                      // --no-drain: a task's process exited
+          if (Task* t = tasks.by_id(tag - kPidfdTagBase)) {
+            uffd_events.read(*t);                        // what it sent before it went
+            if (!t->gone) tasks.gone(*t);
+          }
+          return;
+        }
+        if (Task* t = tasks.by_id(tag - kTaskTagBase)) uffd_events.read(*t);  // a task's uffd: faults and events
         return;
     }
   }
