@@ -4,11 +4,9 @@
 //   3. the background drain, after RSTF only (before it the restorer may not have registered the VMAs yet), in
 //      requests that double from bg_min_bytes to bg_max_bytes. Its bytes in flight follow the link's measured
 //      bandwidth x RTT (link_estimator.h; bg_in_flight_bytes the floor, bg_in_flight_max_bytes the ceiling), and
-//      are capped low while faults wait or were seen lately: in the last fault_quiet_ms plus two round trips,
-//      since a task that faults again as soon as its page comes faults once per round trip, and a fixed quiet
-//      time shorter than that let the window open in full between its faults. So a fault of a burst queues
-//      behind at most the faulting cap, on a stock CRIU link (one FIFO) too. bg_rate_bytes caps the drain's
-//      rate (a token bucket; faults and fault-around are not limited).
+//      are capped low while faults wait or were seen in the last fault_quiet_ms, so no fault queues behind
+//      megabytes of drain. bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
+//      not limited).
 #pragma once
 
 #include <cstdint>
