@@ -42,6 +42,12 @@ uint64_t Scheduler::drain_cap(uint64_t now) const {
   const bool faulting =
       tasks_.waiting() > 0 || now - last_fault_ < static_cast<uint64_t>(cfg.fault_quiet_ms) * 1000000ull;
   if (faulting) return cfg.bg_in_flight_bytes_faulting;
+  // Faults lately (kRecentFaultQuiets quiet times): the floor, so the first fault of the next burst queues behind
+  // no more than it did with a fixed window. Measured (slice E, hot set at 5 ms RTT, one FIFO link): with the
+  // window open between bursts the daemon's fault p50/p99 were 9.7/46 ms against 6.9/16 with less ahead of them.
+  if (last_fault_ && now - last_fault_ < kRecentFaultQuiets * static_cast<uint64_t>(cfg.fault_quiet_ms) * 1000000ull) {
+    return cfg.bg_in_flight_bytes;
+  }
   return link.window(cfg.bg_in_flight_bytes, cfg.bg_in_flight_max_bytes);
 }
 

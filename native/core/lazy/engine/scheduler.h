@@ -5,7 +5,8 @@
 //      requests that double from bg_min_bytes to bg_max_bytes. Its bytes in flight follow the link's measured
 //      bandwidth x RTT (link_estimator.h; bg_in_flight_bytes the floor, bg_in_flight_max_bytes the ceiling), and
 //      are capped low while faults wait or were seen in the last fault_quiet_ms, so no fault queues behind
-//      megabytes of drain. bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
+//      megabytes of drain, and held at the floor for kRecentFaultQuiets quiet times after a fault (the window
+//      opens past it only while the tasks do not fault). bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
 //      not limited).
 #pragma once
 
@@ -60,6 +61,7 @@ class Scheduler {
   uint64_t bg_len_ = 0;     // the drain's next request size
   uint64_t bg_cursor_ = 0;  // the task the drain served last (round robin)
   uint64_t last_fault_ = 0;
+  static constexpr uint64_t kRecentFaultQuiets = 20;  // 100 ms with the 5 ms quiet time
   TokenBucket rate_;         // --drain-rate
   uint64_t rate_wake_ = 0;   // the drain waits for the rate cap until then (0: not waiting)
 };
