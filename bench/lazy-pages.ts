@@ -23,7 +23,7 @@ import { criuFaultServiceUs, readLazydLatency, watchDaemonCpu, type DaemonWatch 
 import { readLazyPagesRequests } from './lib/migration.js';
 import { readServedSessions } from '../test/harness/session-log.js';
 import { makeComparison, toRunRecords, type BenchResult, type Comparison, type FigureDef, type FigureValues } from './lib/report.js';
-import { median, p99 } from './lib/stats.js';
+import { max, median, p99 } from './lib/stats.js';
 import type { BenchContext, Benchmark } from './lib/types.js';
 
 const DAEMONS: DaemonKind[] = ['criu', 'lazyd'];
@@ -42,6 +42,7 @@ export const FIGURES: FigureDef[] = [
   { key: 'stallP99Ms', label: 'stall after resume: p99 hb gap', unit: 'ms', digits: 1 },
   { key: 'faultP50Us', label: 'fault service time p50', unit: 'µs', digits: 0 },
   { key: 'faultP99Us', label: 'fault service time p99', unit: 'µs', digits: 0 },
+  { key: 'faultMaxUs', label: 'fault service time max', unit: 'µs', digits: 0 },
   { key: 'faults', label: 'faults (daemon count)', unit: 'count', digits: 0 },
   { key: 'requests', label: 'page-server requests (GETs)', unit: 'count', digits: 0 },
   { key: 'pagesServed', label: 'pages served', unit: 'pages', digits: 0 },
@@ -57,7 +58,7 @@ function finite(v: number | undefined | null): number | null {
 interface Measured {
   result: MigrationResult;
   daemonCpuMs: number | undefined;
-  faultUs: { p50: number | null; p99: number | null; n: number; source: string };
+  faultUs: { p50: number | null; p99: number | null; max: number | null; n: number; source: string };
   faults: number | null;
   requests: number | null;
   pages: number | null;
@@ -68,7 +69,7 @@ interface Measured {
 async function measure(criuVersion: CriuVersion, daemon: DaemonKind, mib: number, order: PageOrder, seed: number, ctx: BenchContext): Promise<Measured> {
   let watch: DaemonWatch | undefined;
   let daemonCpuMs: number | undefined;
-  let faultUs: Measured['faultUs'] = { p50: null, p99: null, n: 0, source: 'n/a' };
+  let faultUs: Measured['faultUs'] = { p50: null, p99: null, max: null, n: 0, source: 'n/a' };
   let faults: number | null = null;
   let requests: number | null = null;
   let pages: number | null = null;
@@ -90,12 +91,12 @@ async function measure(criuVersion: CriuVersion, daemon: DaemonKind, mib: number
         const log = path.join(restored.dstDir, 'lazy-pages.log');
         if (daemon === 'criu') {
           const us = criuFaultServiceUs(log);
-          faultUs = { p50: finite(median(us)), p99: finite(p99(us)), n: us.length, source: 'criu -v4 log #PF→uffd_copy' };
+          faultUs = { p50: finite(median(us)), p99: finite(p99(us)), max: finite(max(us)), n: us.length, source: 'criu -v4 log #PF→uffd_copy' };
           faults = readLazyPagesRequests(log).faults;
         } else {
           const lat = readLazydLatency(log);
           lazydLatencyLine = lat?.line;
-          if (lat) faultUs = { p50: lat.p50Us, p99: lat.p99Us, n: lat.faults, source: 'lazyd histogram (bucket bounds)' };
+          if (lat) faultUs = { p50: lat.p50Us, p99: lat.p99Us, max: lat.maxUs, n: lat.faults, source: 'lazyd histogram (bucket bounds, 4 per doubling)' };
           faults = restored.lazydTotals?.faults ?? lat?.faults ?? null;
         }
       },
@@ -124,6 +125,7 @@ function figuresOf(m: Measured): FigureValues {
       stallP99Ms: r.heartbeat.p99GapMs,
       faultP50Us: m.faultUs.p50,
       faultP99Us: m.faultUs.p99,
+      faultMaxUs: m.faultUs.max,
       faults: m.faults,
       requests: m.requests,
       pagesServed: m.pages,
@@ -167,7 +169,7 @@ function oneLine(v: FigureValues): string {
   const n = (x: number | null, d = 0) => (x === null ? '–' : x.toFixed(d));
   return (
     `resume ${n(f.restoreMs)} ms, all present ${n(f.pagesInstalledMs)} ms, exit ${n(f.lazyPagesExitMs)} ms, ` +
-    `stall max ${n(f.stallMaxMs, 1)} ms p99 ${n(f.stallP99Ms, 1)} ms, fault p50/p99 ${n(f.faultP50Us)}/${n(f.faultP99Us)} µs, ` +
+    `stall max ${n(f.stallMaxMs, 1)} ms p99 ${n(f.stallP99Ms, 1)} ms, fault p50/p99/max ${n(f.faultP50Us)}/${n(f.faultP99Us)}/${n(f.faultMaxUs)} µs, ` +
     `${n(f.faults)} faults, ${n(f.requests)} GETs, daemon CPU ${n(f.daemonCpuMs)} ms`
   );
 }

@@ -30,6 +30,9 @@
 //   D  all 10 source × destination pairings, CRIU 4.2.1, 512 MiB, seq and random at 0.5 ms, alternated together
 //   R  relay staging's matrix (issue 11): headline three, seq, 64 MiB / 512 MiB / 2 GiB × RTT 0 / 0.5 / 5 ms with
 //      CRIU 4.2.1, and 512 MiB × the three RTTs with CRIU 4.1.1 (not in the default slices)
+//   E  the bars of ISSUE 12 (docs/benchmarks.md): headline three, CRIU 4.2.1, 512 MiB hot, random and idle at
+//      0 / 0.5 / 5 ms (fault service p50/p99/max while the drain runs; the idle drain against the TCP limit),
+//      and 2 GiB idle at 0 ms (all present against the TCP and UFFDIO_COPY limits); not in the default run
 // --quick: the headline three, 64 MiB, seq and hot, at 0 and 5 ms, one round.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -116,6 +119,7 @@ export const FIGURES: FigureDef[] = [
   { key: 'imagesMiB', label: 'images copied to the destination', unit: 'MiB', digits: 1 },
   { key: 'rateMiBs', label: 'lazy pages / all-present time', unit: 'MiB/s', digits: 0, lowerIsBetter: false },
   { key: 'tcpFraction', label: 'that rate / TCP limit at this RTT', unit: 'fraction', digits: 2, lowerIsBetter: false },
+  { key: 'limitTimeRatio', label: 'all present / the time the TCP and UFFDIO_COPY limits allow', unit: 'ratio', digits: 2 },
   { key: 'srcCpuMs', label: 'source daemon CPU (user+sys)', unit: 'ms', digits: 0 },
   { key: 'dstCpuMs', label: 'destination daemon CPU (user+sys)', unit: 'ms', digits: 0 },
   { key: 'srcPeakMiB', label: 'source daemon peak RSS', unit: 'MiB', digits: 0 },
@@ -384,6 +388,8 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       imagesMiB: r.copiedBytes / 1048576,
       rateMiBs: finite(rate),
       tcpFraction: tcp ? finite((rate * 1048576) / (tcp.MBs * 1e6)) : null,
+      // The slower of the two limits bounds a pipeline of transfer and install (ISSUE 12's 2 GiB bar: <= 1.5).
+      limitTimeRatio: tcp && limits.uffd.MBs > 0 ? finite(r.pagesInstalledMs / 1000 / ((lazyMiB * 1048576) / (Math.min(tcp.MBs, limits.uffd.MBs) * 1e6))) : null,
       srcCpuMs: finite(srcWatch?.cpuMs),
       dstCpuMs: finite(dstW?.cpuMs),
       srcPeakMiB: srcWatch?.peakKiB !== undefined ? srcWatch.peakKiB / 1024 : null,
@@ -484,6 +490,11 @@ export function plans(ctx: BenchContext): Plan[] {
         ...(oldest !== newest ? [0, 0.5, 5].map((rttMs) => ({ criuVersion: oldest, mib: 512, rttMs })) : []),
       ];
       for (const c of cells) out.push({ slice, cell: { ...c, workload: 'seq' }, configs: headline, rounds });
+    } else if (slice === 'E') {
+      for (const workload of ['hot', 'random', 'idle'] as WorkloadName[]) {
+        for (const rttMs of [0, 0.5, 5]) out.push({ slice, cell: { criuVersion: newest, mib: 512, workload, rttMs }, configs: headline, rounds });
+      }
+      out.push({ slice, cell: { criuVersion: newest, mib: 2048, workload: 'idle', rttMs: 0 }, configs: headline, rounds });
     } else if (slice === 'D') {
       const all = [...HEADLINE, ...SOURCES.flatMap((s) => DESTS.map((d) => `${s}+${d}`)).filter((c) => !HEADLINE.includes(c))];
       for (const workload of ['seq', 'random'] as WorkloadName[]) out.push({ slice, cell: { criuVersion: newest, mib: 512, workload, rttMs: 0.5 }, configs: all, rounds });

@@ -223,6 +223,11 @@ export interface LazyPagesFlagOptions {
   drainMaxBytes: number;
   drainInflightBytes: number;
   drainInflightBytesFaulting: number;
+  drainInflightMaxBytes: number;
+  /** Drain bytes/s at most; 0: no limit. */
+  drainRate: number;
+  /** false (--no-drain): demand faults (and fault-around) only. */
+  background: boolean;
   maxRequestsInflight: number;
 }
 
@@ -258,8 +263,7 @@ export interface LazyPagesOptions extends LazyPagesFlagOptions {
   /** undefined: plain TCP. */
   tls: NativeTlsOptions | undefined;
   onEvent: (event: LazyPagesEvent) => void;
-  // Not flags (the engine's own values unless a test sets them): drain on/off and the handshake's timeouts.
-  background?: boolean;
+  // Not flags (the engine's own values unless a test sets them): the handshake's timeouts.
   acceptTimeoutMs?: number;
   handoverTimeoutMs?: number;
   connectTimeoutMs?: number;
@@ -318,6 +322,14 @@ export interface LazyPagesStats {
   requestsInFlight: number;
   pagesDiscarded: number;
   tlsFailures: number;
+  /** The drain's bytes in flight allowed now (measured bandwidth x RTT within the floor and ceiling, or the faulting cap). */
+  drainWindowBytes: number;
+  drainInflightBytes: number;
+  /** Bytes the drain has requested in all. */
+  drainRequestedBytes: number;
+  /** The page link's round trip and delivery rate (bytes/s) as measured; 0 before the first replies. */
+  linkRttUs: number;
+  linkBandwidth: number;
   /** Fault service time histogram: bucket upper bounds (the last is Infinity) and counts. */
   latencyBoundsUs: number[];
   latencyCounts: number[];

@@ -76,9 +76,10 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 
 // new LazyPages({ workDir, nrTasks, tasks: [{ pid, runs: BigUint64Array [imgStart, nrPages, fd|2^64-1, offset]* }],
 //   source: 'local' | 'remote', address, port (remote), format, faultAroundBytes, drainMinBytes, drainMaxBytes,
-//   drainInflightBytes, drainInflightBytesFaulting, maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls,
-//   onEvent }): every key required (tls: undefined for plain TCP); optional, not flags (the engine's own values):
-//   background, acceptTimeoutMs, handoverTimeoutMs, connectTimeoutMs, closeTimeoutMs.
+//   drainInflightBytes, drainInflightMaxBytes, drainInflightBytesFaulting, drainRate, background,
+//   maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls, onEvent }): every key required (tls: undefined for
+//   plain TCP); optional, not flags (the engine's own values): acceptTimeoutMs, handoverTimeoutMs,
+//   connectTimeoutMs, closeTimeoutMs.
 // deferTasks: true: nrTasks, tasks and format are left out and given later by setTasks({ nrTasks, tasks,
 //   format }) (after start(); the engine emits restore-connected and waits for them).
 class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
@@ -122,8 +123,12 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     c.bg_max_bytes = static_cast<uint64_t>(required("drainMaxBytes"));
     c.bg_in_flight_bytes = static_cast<uint64_t>(required("drainInflightBytes"));
     c.bg_in_flight_bytes_faulting = static_cast<uint64_t>(required("drainInflightBytesFaulting"));
+    c.bg_in_flight_max_bytes = static_cast<uint64_t>(required("drainInflightMaxBytes"));
+    c.bg_rate_bytes = static_cast<uint64_t>(required("drainRate"));
     c.max_requests_in_flight = static_cast<size_t>(required("maxRequestsInflight"));
-    if (o.Get("background").IsBoolean()) c.background = o.Get("background").ToBoolean();
+    Napi::Value background = required_option(env, o, "LazyPages", "background");
+    if (!background.IsBoolean()) throw Napi::TypeError::New(env, "LazyPages: option background must be a boolean");
+    c.background = background.ToBoolean();
     c.accept_timeout_ms = static_cast<int>(number("acceptTimeoutMs", c.accept_timeout_ms));
     c.handover_timeout_ms = static_cast<int>(number("handoverTimeoutMs", c.handover_timeout_ms));
     c.rstf_timeout_ms = static_cast<int>(required("rstfTimeoutMs"));
@@ -188,6 +193,11 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     o.Set("requestsInFlight", uint64_value(env, s.requests_in_flight));
     o.Set("pagesDiscarded", uint64_value(env, s.pages_discarded));
     o.Set("tlsFailures", uint64_value(env, s.tls_failures));
+    o.Set("drainWindowBytes", uint64_value(env, s.bg_window_bytes));
+    o.Set("drainInflightBytes", uint64_value(env, s.bg_bytes_in_flight));
+    o.Set("drainRequestedBytes", uint64_value(env, s.bytes_background));
+    o.Set("linkRttUs", uint64_value(env, s.link_rtt_us));
+    o.Set("linkBandwidth", uint64_value(env, s.link_bandwidth_bps));
     Napi::Array bounds = Napi::Array::New(env, lazyd::kLatencyBuckets);
     Napi::Array counts = Napi::Array::New(env, lazyd::kLatencyBuckets);
     for (size_t i = 0; i < lazyd::kLatencyBuckets; i++) {

@@ -50,6 +50,7 @@ static FaultEngineConfig engine_config() {
   cfg.bg_max_bytes = 1024 * 1024;
   cfg.bg_in_flight_bytes = 2 * 1024 * 1024;
   cfg.bg_in_flight_bytes_faulting = 256 * 1024;
+  cfg.bg_in_flight_max_bytes = 16 * 1024 * 1024;
   cfg.max_requests_in_flight = 64;
   cfg.stall_timeout_ms = 30000;
   cfg.rstf_timeout_ms = 60000;
@@ -387,6 +388,45 @@ static void test_local_faults_only() {
   close(pages_fd);
 }
 
+// --drain-rate: a local drain of 8 MiB at 16 MiB/s (unlimited it takes milliseconds) requests at most rate x
+// elapsed + one largest request (the bucket's burst), the bound measured over the engine's whole life.
+static void test_local_rate_cap() {
+  const size_t N = 8 * 1024 * 1024 / P;
+  const uint64_t rate = 16 * 1024 * 1024;
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  int pages_fd = -1;
+  FaultEngineConfig cfg = engine_config();
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 1;
+  cfg.tasks.push_back({10, write_pages(r, {{0, N}}, dir + "/pages-1.img", &pages_fd)});
+  cfg.bg_rate_bytes = rate;
+  const auto t0 = std::chrono::steady_clock::now();
+  FaultEngine engine(cfg);
+  CHECK(engine.start() == 0);
+  int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(sock >= 0);
+  CHECK(handshake::send_task(sock, 10, r.uffd) == 0);
+  CHECK(handshake::send_finished(sock) == 0);
+  close(r.uffd);
+  close(sock);
+  CHECK(wait_end(engine, 30) == EngineState::kDone);
+  engine.join();
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EngineStats s = engine.stats();
+  print_stats("local drain at 16 MiB/s", s);
+  std::printf("  %lu bytes by the drain in %.3f s (cap %.0f + burst)\n", (unsigned long)s.bytes_background, elapsed,
+              rate * elapsed);
+  CHECK(s.summary.pages_background == N);
+  CHECK(s.bytes_background == N * P);
+  CHECK(static_cast<double>(s.bytes_background) <= rate * elapsed + cfg.bg_max_bytes);
+  bool all = true;
+  for (size_t p = 0; p < N; p++) all &= page_matches(r.base + p * P, r.addr(p));
+  CHECK(all);
+  munmap(r.base, N * P);
+  close(pages_fd);
+}
+
 // Remote: lazyd's own page server (page_server.h) serves the same pages over TCP in the given format.
 static void test_remote(wire::Format format) {
   const size_t N = 8 * 1024 * 1024 / P;
@@ -467,6 +507,11 @@ static void test_remote(wire::Format format) {
   print_stats(format == wire::Format::V24 ? "remote v24" : "remote v32", s);
   CHECK(installed(s) + s.summary.pages_dropped == N - 100);
   CHECK(s.summary.pages_background > 0);
+  // The link estimate has samples (the drain's window follows it): loopback RTT and rate.
+  std::printf("  link: rtt %lu us, %lu B/s, drain window %lu B\n", (unsigned long)s.link_rtt_us,
+              (unsigned long)s.link_bandwidth_bps, (unsigned long)s.bg_window_bytes);
+  CHECK(s.link_rtt_us > 0 && s.link_bandwidth_bps > 0);
+  CHECK(s.bg_window_bytes >= 256 * 1024 && s.bg_window_bytes <= 16 * 1024 * 1024);
   std::printf("  (reply pages discarded after the DONTNEED: %lu)\n", (unsigned long)s.pages_discarded);
   CHECK(s.summary.bytes_received >= installed(s) * P);
   CHECK(events.count(EngineEvent::Kind::kSourceConnected) == 1);
@@ -806,6 +851,7 @@ int main() {
   setvbuf(stdout, nullptr, _IONBF, 0);
   test_local_full();
   test_local_faults_only();
+  test_local_rate_cap();
   test_fork();
   test_remote(wire::Format::V24);
   test_remote(wire::Format::V32);

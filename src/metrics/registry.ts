@@ -168,6 +168,13 @@ export function createMetricsRegistry(sources: MetricsSources): client.Registry 
     });
     counter(registry, 'lazyd_page_requests_total', 'requests sent to the page source', () => lp()?.requests);
     gauge(registry, 'lazyd_page_requests_in_flight', 'requests sent to the page source and not answered yet', () => lp()?.requestsInFlight);
+    gauge(registry, 'lazyd_drain_window_bytes', "the drain's bytes in flight allowed now (measured bandwidth x RTT within --drain-inflight-bytes..--drain-inflight-max-bytes, or the faulting cap)", () => lp()?.drainWindowBytes);
+    counter(registry, 'lazyd_drain_requested_bytes_total', 'bytes the background drain requested', () => lp()?.drainRequestedBytes);
+    gauge(registry, 'lazyd_page_link_rtt_seconds', "the page link's round trip as measured from replies that did not queue (0: not yet)", () => {
+      const us = lp()?.linkRttUs;
+      return us === undefined ? undefined : us / 1e6;
+    });
+    gauge(registry, 'lazyd_page_link_bandwidth_bytes', "the page link's delivery rate as measured, bytes per second (0: not yet)", () => lp()?.linkBandwidth);
     gauge(registry, 'lazyd_faults_waiting', 'faulting pages waiting for their install now', () => lp()?.faultsWaiting);
     gauge(registry, 'lazyd_restores_active', 'restores in progress (1 from the restore connection until every page is in)', () => {
       const state = lp()?.state;

@@ -160,8 +160,13 @@ test('native options: each flag sets its native key, in native units', () => {
     drainMaxBytes: 1 << 20,
     drainInflightBytes: 2 << 20,
     drainInflightBytesFaulting: 256 << 10,
+    drainInflightMaxBytes: 16 << 20,
+    drainRate: 0,
+    background: true,
     maxRequestsInflight: 64,
   });
+  const noDrain = lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { drain: false, drainRate: 8 << 20, drainInflightMaxBytes: 2 << 20 }, {}));
+  assert.deepEqual([noDrain.background, noDrain.drainRate, noDrain.drainInflightMaxBytes], [false, 8 << 20, 2 << 20], '--no-drain, --drain-rate, a fixed window');
   assert.deepEqual(nativeKeys(STAGING_COMMAND), []);
   assert.deepEqual(nativeKeys(CHECK), []);
 });

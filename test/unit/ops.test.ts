@@ -156,6 +156,11 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
     requestsInFlight: 2,
     pagesDiscarded: 0,
     tlsFailures: 0,
+    drainWindowBytes: 3 << 20,
+    drainInflightBytes: 1 << 20,
+    drainRequestedBytes: 400 << 10,
+    linkRttUs: 5400,
+    linkBandwidth: 544e6,
     latencyBoundsUs: [10, 250, Infinity],
     latencyCounts: [2, 3, 1],
     latencySumUs: 1_500_000,
@@ -173,6 +178,10 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
   assert.match(text, /lazyd_fault_service_seconds_sum 1.5\n/);
   assert.match(text, /lazyd_fault_service_seconds_count 6\n/);
   assert.match(text, /# TYPE lazyd_faults_total counter\nlazyd_faults_total\{result="copied"\} 3\n/);
+  assert.equal(line('lazyd_drain_window_bytes'), `lazyd_drain_window_bytes ${3 << 20}`);
+  assert.equal(line('lazyd_drain_requested_bytes_total'), `lazyd_drain_requested_bytes_total ${400 << 10}`);
+  assert.equal(line('lazyd_page_link_rtt_seconds'), 'lazyd_page_link_rtt_seconds 0.0054');
+  assert.equal(line('lazyd_page_link_bandwidth_bytes'), 'lazyd_page_link_bandwidth_bytes 544000000');
   assert.match(text, /lazyd_pages_installed_total\{path="near_fault"\} 10\n/);
   assert.match(text, /lazyd_pages_remaining 86\n/);
   assert.match(text, /lazyd_restores_active 1\n/);

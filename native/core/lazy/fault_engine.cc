@@ -90,8 +90,15 @@ struct FaultEngine::Impl {
         if (link.connecting()) link.on_handshake_ready();
         else installer.on_source(events);
         return;
-      default:                                           // a task's uffd: faults and events
-        if (Task* t = tasks.by_id(tag - kTaskTagBase)) uffd_events.read(*t);
+      default:
+        if (tag >= kPidfdTagBase) {                      // --no-drain: a task's process exited
+          if (Task* t = tasks.by_id(tag - kPidfdTagBase)) {
+            uffd_events.read(*t);                        // what it sent before it went
+            if (!t->gone) tasks.gone(*t);
+          }
+          return;
+        }
+        if (Task* t = tasks.by_id(tag - kTaskTagBase)) uffd_events.read(*t);  // a task's uffd: faults and events
         return;
     }
   }
@@ -127,7 +134,8 @@ struct FaultEngine::Impl {
   int poll_timeout_ms() const {
     if (installer.has_pending() || uffd_events.has_retries()) return 0;
     if (scheduler.drain_pending()) return 0;  // a local source completes requests at once: keep draining
-    return timers.next_timeout_ms();
+    const int timer = timers.next_timeout_ms(), rate = scheduler.next_wake_ms();
+    return timer < 0 ? rate : rate < 0 ? timer : std::min(timer, rate);
   }
 
   // ---- start and end ----
@@ -150,6 +158,7 @@ struct FaultEngine::Impl {
     cfg.bg_max_bytes = std::max(cfg.bg_max_bytes & ~(ps - 1), cfg.bg_min_bytes);
     cfg.bg_in_flight_bytes = std::max(cfg.bg_in_flight_bytes, ps);
     cfg.bg_in_flight_bytes_faulting = std::max(cfg.bg_in_flight_bytes_faulting, ps);
+    cfg.bg_in_flight_max_bytes = std::max(cfg.bg_in_flight_max_bytes, cfg.bg_in_flight_bytes);
     if (cfg.max_requests_in_flight == 0) cfg.max_requests_in_flight = 1;
     scheduler.start();
 

@@ -68,11 +68,14 @@ struct FaultEngineConfig {
   uint64_t fault_around_bytes = 0;          // --fault-around-bytes: window starting at the faulting page; <= page_size: off
   uint64_t bg_min_bytes = 0;                // --drain-min-bytes: first background request, reset by every fault
   uint64_t bg_max_bytes = 0;                // --drain-max-bytes: the background request size doubles up to this
-  uint64_t bg_in_flight_bytes = 0;          // --drain-inflight-bytes: drain bytes in flight, normally
+  uint64_t bg_in_flight_bytes = 0;          // --drain-inflight-bytes: drain bytes in flight, normally (the floor:
+                                            // more when the link's measured bandwidth x RTT asks for it)
+  uint64_t bg_in_flight_max_bytes = 0;      // --drain-inflight-max-bytes: the ceiling of that; 0: = the floor
+  uint64_t bg_rate_bytes = 0;               // --drain-rate: the drain's bytes/s at most (faults not limited); 0: none
   uint64_t bg_in_flight_bytes_faulting = 0; // --drain-inflight-bytes-faulting: ... while faults wait or were seen lately
   int fault_quiet_ms = 5;                   // "lately"
   size_t max_requests_in_flight = 0;        // --max-requests-inflight; fault requests are never held back by this
-  bool background = true;                   // drain everything after RSTF (off: serve faults only)
+  bool background = true;                   // --drain / --no-drain: drain everything after RSTF (off: faults only)
 
   // Timeouts in ms; <= 0 means no limit.
   int accept_timeout_ms = 0;         // restore must connect within this
@@ -134,8 +137,10 @@ const char* engine_state_name(EngineState state);
 
 // Fault service time: from reading a page's first PAGEFAULT message to its install or zero page (µs upper
 // bounds; the last is +inf). Every fault message settled that way is one sample (sum and count kept beside).
-constexpr size_t kLatencyBuckets = 13;
-extern const uint64_t kLatencyBoundsUs[kLatencyBuckets];  // 10, 25, 50, ..., 50000, 250000, UINT64_MAX
+// Four buckets per doubling: bound k is 8 * 2^(k/4) µs rounded (8, 10, 11, 13, 16, 19, ...), k = 0..68, the
+// last finite one 1,048,576 µs (just over 1 s); then +inf.
+constexpr size_t kLatencyBuckets = 70;
+extern const uint64_t kLatencyBoundsUs[kLatencyBuckets];
 
 // How each PAGEFAULT message ended (every fault message is counted once, when its page settles).
 enum class FaultResult : uint8_t {
@@ -160,6 +165,10 @@ struct EngineStats {
   uint64_t requests = 0;
   uint64_t requests_in_flight = 0;
   uint64_t bg_bytes_in_flight = 0;
+  uint64_t bg_window_bytes = 0;     // the drain's bytes in flight allowed now (the link estimate, or the faulting cap)
+  uint64_t link_rtt_us = 0;         // the page link's round trip as measured (0: not yet)
+  uint64_t link_bandwidth_bps = 0;  // its delivery rate as measured, bytes/s (0: not yet)
+  uint64_t bytes_background = 0;    // bytes the drain requested (rate cap: at most rate x time + burst)
   uint64_t events_fork = 0, events_remap = 0, events_remove = 0, events_unmap = 0;
   uint64_t pages_discarded = 0;    // reply pages thrown away because their range was dropped meanwhile
   uint64_t latency_us[kLatencyBuckets] = {};  // per bucket, not cumulative

@@ -1,11 +1,17 @@
 #include "lazy/engine/counters.h"
 
+#include <algorithm>
+
 #include "util/clock.h"
 
 namespace lazyd {
 
-const uint64_t kLatencyBoundsUs[kLatencyBuckets] = {10,   25,    50,    100,   250,    500,       1000,
-                                                    2500, 5000,  10000, 50000, 250000, UINT64_MAX};
+// 8 * 2^(k/4) µs rounded, k = 0..68 (fault_engine.h), then +inf.
+const uint64_t kLatencyBoundsUs[kLatencyBuckets] = {
+    8, 10, 11, 13, 16, 19, 23, 27, 32, 38, 45, 54, 64, 76, 91, 108, 128, 152, 181, 215, 256, 304, 362, 431, 512,
+    609, 724, 861, 1024, 1218, 1448, 1722, 2048, 2435, 2896, 3444, 4096, 4871, 5793, 6889, 8192, 9742, 11585, 13777,
+    16384, 19484, 23170, 27554, 32768, 38968, 46341, 55109, 65536, 77936, 92682, 110218, 131072, 155872, 185364,
+    220436, 262144, 311744, 370728, 440872, 524288, 623487, 741455, 881744, 1048576, UINT64_MAX};
 
 const char* fault_result_name(FaultResult result) {
   switch (result) {
@@ -42,8 +48,8 @@ void EngineCounters::settle(FaultResult result, uint64_t t0, uint64_t faults) {
   count_result(result, faults);
   if (result != FaultResult::kCopied && result != FaultResult::kZeroPage && result != FaultResult::kExists) return;
   const uint64_t us = (now_ns() - t0) / 1000;
-  size_t i = 0;
-  while (i + 1 < kLatencyBuckets && us > kLatencyBoundsUs[i]) i++;
+  const size_t i = static_cast<size_t>(std::lower_bound(kLatencyBoundsUs, kLatencyBoundsUs + kLatencyBuckets - 1, us) -
+                                      kLatencyBoundsUs);
   latency_us[i].add(faults);
   latency_sum_us.add(us * faults);
   latency_count.add(faults);
@@ -77,6 +83,10 @@ EngineStats EngineCounters::snapshot(EngineState state) const {
   s.requests = requests.get();
   s.requests_in_flight = requests_in_flight.get();
   s.bg_bytes_in_flight = bg_bytes_in_flight.get();
+  s.bg_window_bytes = bg_window_bytes.get();
+  s.link_rtt_us = link_rtt_us.get();
+  s.link_bandwidth_bps = link_bandwidth_bps.get();
+  s.bytes_background = bytes_background.get();
   s.events_fork = events_fork.get();
   s.events_remap = events_remap.get();
   s.events_remove = events_remove.get();

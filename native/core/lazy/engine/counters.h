@@ -14,10 +14,11 @@ struct EngineCounters {
   Counter faults, pages_fault, pages_around, pages_background, pages_zero, pages_exist, pages_dropped, pages_total,
       bytes_received;
   // Gauges, published after each loop pass (publish_gauges in fault_engine.cc).
-  Counter tasks_active, pages_remaining, pages_in_flight, faults_waiting, requests_in_flight, bg_bytes_in_flight;
+  Counter tasks_active, pages_remaining, pages_in_flight, faults_waiting, requests_in_flight, bg_bytes_in_flight,
+      bg_window_bytes, link_rtt_us, link_bandwidth_bps;
   // Other totals.
   Counter tasks_total, requests, events_fork, events_remap, events_remove, events_unmap, pages_discarded, bytes_sent,
-      tls_failures;
+      tls_failures, bytes_background;
   // Fault service time, and how each fault message ended.
   Counter latency_us[kLatencyBuckets], latency_sum_us, latency_count;
   Counter results[kFaultResults];

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "util/clock.h"
+
 namespace lazyd::engine {
 
 bool RequestTable::submit(Task& t, const LazyRequest& req, ReqKind kind) {
@@ -13,9 +15,12 @@ bool RequestTable::submit(Task& t, const LazyRequest& req, ReqKind kind) {
     return false;
   }
   const uint64_t cookie = next_cookie_++;
-  requests_[cookie] = Request{t.id, req.img_start, req.len, kind, buf};
+  requests_[cookie] = Request{t.id, req.img_start, req.len, kind, buf, estimator_.on_send(now_ns())};
   t.requests++;
-  if (kind == ReqKind::kBackground) bg_bytes_ += req.len;
+  if (kind == ReqKind::kBackground) {
+    bg_bytes_ += req.len;
+    core_.counters.bytes_background.add(req.len);
+  }
   core_.counters.requests.add();
   PageRequest pr;
   pr.cookie = cookie;
@@ -35,6 +40,7 @@ bool RequestTable::take(uint64_t cookie, Request* request) {
   if (it == requests_.end()) return false;
   *request = it->second;
   requests_.erase(it);
+  if (!link_.synchronous()) estimator_.on_reply(request->sent, request->len, now_ns());
   if (request->kind == ReqKind::kBackground) bg_bytes_ -= request->len;
   if (Task* t = tasks_.by_id(request->task)) t->requests--;
   return true;

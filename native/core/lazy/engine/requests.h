@@ -1,5 +1,5 @@
 // The fault engine's requests in flight: one per range asked of the page source, each with its reply buffer
-// (buffer_pool.h), tagged by a cookie the reply hands back.
+// (buffer_pool.h), tagged by a cookie the reply hands back; their send and reply times feed the link estimate.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +7,7 @@
 
 #include "lazy/engine/buffer_pool.h"
 #include "lazy/engine/core.h"
+#include "lazy/engine/link_estimator.h"
 #include "lazy/engine/source_link.h"
 #include "lazy/engine/tasks.h"
 
@@ -18,6 +19,7 @@ struct Request {
   uint64_t len = 0;
   ReqKind kind = ReqKind::kFault;
   uint8_t* buf = nullptr;
+  LinkEstimator::Sent sent;  // when it was asked (the link estimate)
 };
 
 class RequestTable {
@@ -36,6 +38,7 @@ class RequestTable {
 
   size_t size() const { return requests_.size(); }
   uint64_t bg_bytes() const { return bg_bytes_; }  // bytes of background requests in flight
+  const LinkEstimator& link_estimate() const { return estimator_; }
 
  private:
   EngineCore& core_;
@@ -45,6 +48,7 @@ class RequestTable {
   uint64_t next_cookie_ = 1;
   uint64_t bg_bytes_ = 0;
   BufferPool pool_;
+  LinkEstimator estimator_;
 };
 
 }  // namespace lazyd::engine

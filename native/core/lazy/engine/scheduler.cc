@@ -6,6 +6,13 @@
 
 namespace lazyd::engine {
 
+void Scheduler::start() {
+  const FaultEngineConfig& cfg = core_.cfg;
+  bg_len_ = cfg.bg_min_bytes;
+  // The burst: one largest drain request (tokens are spent per request, up front).
+  rate_ = TokenBucket(cfg.bg_rate_bytes, cfg.bg_max_bytes, now_ns());
+}
+
 void Scheduler::queue_fault(const Task& t, uint64_t page, uint64_t now) {
   const FaultEngineConfig& cfg = core_.cfg;
   fault_queue_.emplace_back(t.id, page);
@@ -17,7 +24,31 @@ void Scheduler::queue_fault(const Task& t, uint64_t page, uint64_t now) {
 }
 
 bool Scheduler::drain_pending() const {
-  return link_.synchronous() && core_.rstf && core_.cfg.background && core_.counters.pages_remaining.get() > 0;
+  return link_.synchronous() && core_.rstf && core_.cfg.background && core_.counters.pages_remaining.get() > 0 &&
+         rate_wake_ == 0;
+}
+
+int Scheduler::next_wake_ms() const {
+  if (rate_wake_ == 0) return -1;
+  const uint64_t now = now_ns();
+  return rate_wake_ <= now ? 0 : static_cast<int>((rate_wake_ - now + 999999) / 1000000);
+}
+
+uint64_t Scheduler::drain_cap(uint64_t now) const {
+  const FaultEngineConfig& cfg = core_.cfg;
+  const LinkEstimator& link = requests_.link_estimate();
+  // Measured (bench slice E, hot set at 5 ms RTT): holding the faulting cap for two RTTs more after each fault
+  // kept the drain at the cap for the whole hot phase, all present 2.5 s -> 11.6 s, for no better fault p99.
+  const bool faulting =
+      tasks_.waiting() > 0 || now - last_fault_ < static_cast<uint64_t>(cfg.fault_quiet_ms) * 1000000ull;
+  if (faulting) return cfg.bg_in_flight_bytes_faulting;
+  // Faults lately (kRecentFaultQuiets quiet times): the floor, so the first fault of the next burst queues behind
+  // no more than it did with a fixed window. Measured (slice E, hot set at 5 ms RTT, one FIFO link): with the
+  // window open between bursts the daemon's fault p50/p99 were 9.7/46 ms against 6.9/16 with less ahead of them.
+  if (last_fault_ && now - last_fault_ < kRecentFaultQuiets * static_cast<uint64_t>(cfg.fault_quiet_ms) * 1000000ull) {
+    return cfg.bg_in_flight_bytes;
+  }
+  return link.window(cfg.bg_in_flight_bytes, cfg.bg_in_flight_max_bytes);
 }
 
 void Scheduler::schedule() {
@@ -52,21 +83,34 @@ void Scheduler::schedule() {
   if (around_queue_.size() > 256) around_queue_.erase(around_queue_.begin(), around_queue_.end() - 256);
   // 3. Background drain, after RSTF only.
   if (!core_.rstf || !cfg.background) return;
-  const bool faulting =
-      tasks_.waiting() > 0 || now_ns() - last_fault_ < static_cast<uint64_t>(cfg.fault_quiet_ms) * 1000000ull;
-  const uint64_t cap = faulting ? cfg.bg_in_flight_bytes_faulting : cfg.bg_in_flight_bytes;
+  const uint64_t now = now_ns();
+  const uint64_t cap = drain_cap(now);
+  EngineCounters& c = core_.counters;
+  c.bg_window_bytes.set(cap);
+  c.link_rtt_us.set(requests_.link_estimate().rtt_ns() / 1000);
+  c.link_bandwidth_bps.set(requests_.link_estimate().bandwidth_bps());
+  rate_wake_ = 0;
   size_t idle_tasks = 0;
   while (requests_.bg_bytes() < cap && requests_.size() < cfg.max_requests_in_flight && !core_.finished &&
          idle_tasks < tasks_.all().size()) {
     Task* t = next_bg_task();
     if (!t) break;
     const uint64_t room = std::max((cap - requests_.bg_bytes()) & ~(ps - 1), ps);
-    LazyRequest req = t->ranges.next_background(std::min(bg_len_, room));
+    const uint64_t want = std::min(bg_len_, room);
+    if (rate_.limited()) {
+      const uint64_t wait = rate_.wait_ns(want, now);
+      if (wait > 0) {
+        rate_wake_ = now + wait;
+        break;
+      }
+    }
+    LazyRequest req = t->ranges.next_background(want);
     if (!req) {
       idle_tasks++;
       continue;
     }
     if (!requests_.submit(*t, req, ReqKind::kBackground)) break;
+    rate_.spend(req.len);
     bg_len_ = std::min(bg_len_ * 2, cfg.bg_max_bytes);
     if (link_.synchronous()) break;  // synchronous source: one chunk per loop pass
   }

@@ -2,8 +2,12 @@
 //   1. demand faults: the faulting page alone, never held back;
 //   2. fault-around: the rest of a window after each faulting page;
 //   3. the background drain, after RSTF only (before it the restorer may not have registered the VMAs yet), in
-//      requests that double from bg_min_bytes to bg_max_bytes, its bytes in flight capped low while faults wait
-//      or were seen in the last fault_quiet_ms, so no fault queues behind megabytes of drain.
+//      requests that double from bg_min_bytes to bg_max_bytes. Its bytes in flight follow the link's measured
+//      bandwidth x RTT (link_estimator.h; bg_in_flight_bytes the floor, bg_in_flight_max_bytes the ceiling), and
+//      are capped low while faults wait or were seen in the last fault_quiet_ms, so no fault queues behind
+//      megabytes of drain, and held at the floor for kRecentFaultQuiets quiet times after a fault (the window
+//      opens past it only while the tasks do not fault). bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
+//      not limited).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +15,7 @@
 #include <utility>
 
 #include "lazy/engine/core.h"
+#include "lazy/engine/link_estimator.h"
 #include "lazy/engine/requests.h"
 #include "lazy/engine/source_link.h"
 #include "lazy/engine/tasks.h"
@@ -25,7 +30,7 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // After the configuration is settled (page-aligned sizes).
-  void start() { bg_len_ = core_.cfg.bg_min_bytes; }
+  void start();
   // A fault on a page still to fetch: request it, and the window after it.
   void queue_fault(const Task& t, uint64_t page, uint64_t now);
   // A fault on a page already in flight: it only counts as a recent fault.
@@ -34,6 +39,8 @@ class Scheduler {
   void schedule();
   // The drain of a synchronous (local) source has work left: the loop must not sleep.
   bool drain_pending() const;
+  // ms until the drain's rate cap lets it send again (-1: not waiting for it).
+  int next_wake_ms() const;
 
  private:
   struct Around {
@@ -42,6 +49,8 @@ class Scheduler {
     uint64_t bytes;
   };
   Task* next_bg_task();
+  // The drain's bytes in flight allowed now.
+  uint64_t drain_cap(uint64_t now) const;
 
   EngineCore& core_;
   TaskTable& tasks_;
@@ -52,6 +61,9 @@ class Scheduler {
   uint64_t bg_len_ = 0;     // the drain's next request size
   uint64_t bg_cursor_ = 0;  // the task the drain served last (round robin)
   uint64_t last_fault_ = 0;
+  static constexpr uint64_t kRecentFaultQuiets = 20;  // 100 ms with the 5 ms quiet time
+  TokenBucket rate_;         // --drain-rate
+  uint64_t rate_wake_ = 0;   // the drain waits for the rate cap until then (0: not waiting)
 };
 
 }  // namespace lazyd::engine

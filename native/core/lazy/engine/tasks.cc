@@ -1,6 +1,7 @@
 #include "lazy/engine/tasks.h"
 
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "kernel/uffd.h"
@@ -9,8 +10,10 @@
 namespace lazyd::engine {
 
 TaskTable::~TaskTable() {
-  for (auto& entry : tasks_)
+  for (auto& entry : tasks_) {
     if (entry.second->uffd >= 0) close(entry.second->uffd);
+    if (entry.second->pidfd >= 0) close(entry.second->pidfd);
+  }
 }
 
 Task* TaskTable::add(std::unique_ptr<Task> task, int* err) {
@@ -24,6 +27,12 @@ Task* TaskTable::add(std::unique_ptr<Task> task, int* err) {
     close(task->uffd);
     *err = rc;
     return nullptr;
+  }
+  if (!core_.cfg.background && task->host_pid > 0) {
+    // Best effort: without it (no pidfd_open, pid unknown) the daemon ends only once every page was touched.
+    const int fd = static_cast<int>(syscall(SYS_pidfd_open, task->host_pid, 0));
+    if (fd >= 0 && core_.epoll_add(fd, EPOLLIN, kPidfdTagBase + task->id) == 0) task->pidfd = fd;
+    else if (fd >= 0) close(fd);
   }
   Task* added = task.get();
   tasks_.emplace(added->id, std::move(task));
@@ -76,6 +85,11 @@ void TaskTable::end(Task& t, EngineEvent::Kind kind) {
     core_.epoll_del(t.uffd);
     close(t.uffd);
     t.uffd = -1;
+  }
+  if (t.pidfd >= 0) {
+    core_.epoll_del(t.pidfd);
+    close(t.pidfd);
+    t.pidfd = -1;
   }
   EngineEvent e;
   e.kind = kind;

@@ -16,6 +16,9 @@ struct Task {
   int pid = 0;
   int host_pid = 0;  // 0: unknown (forked children, or no credentials)
   int uffd = -1;
+  // --no-drain: a pidfd of host_pid, readable once the process exited. Nothing else tells: the kernel gives a
+  // uffd no event when its process exits, and without a drain no UFFDIO_COPY fails with ESRCH to show it.
+  int pidfd = -1;
   LazyRanges ranges;
   bool gone = false;
   bool finished = false;
