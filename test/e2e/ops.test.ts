@@ -541,10 +541,10 @@ test('packaging: each unit keeps only what its role needs (systemd-analyze secur
     const score = Number(overall[1]);
     assert.ok(score <= bound, `${name}: exposure ${score} above ${bound}:\n${analyzed.stdout.split('\n').filter((l) => l.includes('✗')).join('\n')}`);
     const text = fs.readFileSync(unit, 'utf8');
-    // The page server needs no capability at all; lazy-pages only those of userfaultfd's non-cooperative
-    // features and of killing restored tasks it cannot complete.
+    // The page server needs only CAP_SYS_RESOURCE (relay staging's pipes); lazy-pages only those of userfaultfd's
+    // non-cooperative features and of killing restored tasks it cannot complete.
     const bounding = text.match(/^CapabilityBoundingSet=(.*)$/m)?.[1].trim().split(/\s+/).filter(Boolean) ?? ['(unset)'];
-    assert.deepEqual(bounding, name === 'lazyd.service' ? [] : ['CAP_SYS_PTRACE', 'CAP_KILL'], `${name}: CapabilityBoundingSet`);
+    assert.deepEqual(bounding, name === 'lazyd.service' ? ['CAP_SYS_RESOURCE'] : ['CAP_SYS_PTRACE', 'CAP_KILL'], `${name}: CapabilityBoundingSet`);
     assert.match(text, /^UMask=0077$/m, `${name}: files it creates are its own`);
   }
 });
