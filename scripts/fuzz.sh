@@ -68,7 +68,7 @@ EOF
 seed_page_client() {
   local corpus="$OUT/page_client_fuzz/corpus"
   mkdir -p "$corpus"
-  # A settings byte (bit 0: the 32-byte layout; bit 1: end with CLOSE), then the replies real page servers sent:
+  # A settings byte (bit 0: the 32-byte layout; bit 1: end with CLOSE; bit 4: HELLO first), then the replies real page servers sent:
   # criu dump --lazy-pages's recorded stream (first 256 KiB: its first replies whole), for both CRIU versions.
   printf '\x02' >"$corpus/seed-4.1.1"; head -c 262144 "$FIXTURES/criu-4.1.1/remote-lazy/server-to-client.bin" >>"$corpus/seed-4.1.1"
   printf '\x03' >"$corpus/seed-4.2.1"; head -c 262144 "$FIXTURES/criu-4.2.1/remote-lazy/server-to-client.bin" >>"$corpus/seed-4.2.1"
@@ -79,6 +79,11 @@ def r24(nr, va, pid, fill): return struct.pack('<IIQQ', (4 << 16) | 6, nr, va, p
 def r32(nr, va, pid, fill): return struct.pack('<IIQQQ', (4 << 16) | 6, 0, nr, va, pid) + bytes([fill]) * (nr * 4096)
 open(os.path.join(d, 'seed-two24'), 'wb').write(b'\x02' + r24(2, 0x7f0000000000, 1, 1) + r24(1, 0x7f0000010000, 1, 2) + bytes(4))
 open(os.path.join(d, 'seed-two32'), 'wb').write(b'\x07' + r32(3, 0x7f0000000000, 9, 3) + r32(1, 0x7e0000000000, 9, 4) + bytes(4))
+# Bit 4: the session opens with the lazyd link's HELLO; the stream starts with its reply (docs/protocol.md §7):
+# a grant (checkpoint 2) followed by replies, and a refusal (-EACCES).
+def hello(status, cp): return struct.pack('<IIQiIQ', 0x4c5a4b48, 1, 1, status, 0, cp)
+open(os.path.join(d, 'seed-hello-grant'), 'wb').write(b'\x12' + hello(0, 2) + r24(2, 0x7f0000000000, 1, 5) + bytes(4))
+open(os.path.join(d, 'seed-hello-refused'), 'wb').write(b'\x13' + hello(-13, 0) + r32(1, 0x7f0000000000, 1, 6))
 PY
 }
 

@@ -1,5 +1,6 @@
 // libFuzzer target: the lazy-pages daemon's page client (lazy/page_client.h) reading a hostile page server's
-// replies. The input is what the server sends (after one byte of settings); the GETs the client has in flight are
+// replies. The input is what the server sends (after one byte of settings); in HELLO mode (a settings bit) the
+// client opens with the lazyd link's HELLO (docs/protocol.md §7) and the stream starts with its 32-byte reply; the GETs the client has in flight are
 // derived from the reply headers in that stream (so mutations explore both replies that match and replies that
 // do not), submitted before the stream is fed over a socketpair in uneven chunks, each followed by pump().
 // Built and run by scripts/fuzz.sh (clang -fsanitize=fuzzer,address,undefined).
@@ -9,7 +10,9 @@
 // outside a request's buffer (guard bytes; ASan too); once pump() fails, error() names why and every later call
 // fails; a stream that ends with requests unanswered is an error, never a silent success; the client sent exactly
 // one GET per request, in order, in the chosen layout (and a CLOSE only when nothing was in flight); close()
-// answers 0 only with the server's 4 status bytes.
+// answers 0 only with the server's 4 status bytes. HELLO mode: the HELLO goes out first, byte for byte; a reply that
+// is not a granting HELLO reply fails the client before any page reply is returned, and a granting one binds it
+// to the reply's checkpoint.
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -20,6 +23,7 @@
 #include <vector>
 
 #include "lazy/page_client.h"
+#include "wire/link_ext.h"
 #include "wire/wire.h"
 
 #include "fuzz_check.h"
@@ -80,15 +84,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* input, size_t input_size) {
   const wire::Format format = (settings & 1) ? wire::Format::V32 : wire::Format::V24;
   const bool try_close = settings & 2;          // after the replies, end the session with CLOSE
   const uint8_t extra = (settings >> 2) & 3;    // pages requested beyond what the reply header says
-  const size_t chunk_seed = settings >> 4;
-  const uint8_t* data = input + 1;
-  const size_t size = input_size - 1;
+  const bool hello_mode = settings & 0x10;      // the session opens with HELLO; the stream starts with its reply
+  const size_t chunk_seed = settings >> 5;
+  const uint8_t* stream = input + 1;            // all the server sends
+  const size_t stream_size = input_size - 1;
+  const size_t prefix = hello_mode ? std::min(stream_size, wire::kHelloReplySize) : 0;
+  const uint8_t* data = stream + prefix;        // the page replies (and the CLOSE status)
+  const size_t size = stream_size - prefix;
+  wire::HelloReply granted;
+  const bool grants = hello_mode && prefix == wire::kHelloReplySize && wire::decode_hello_reply(stream, &granted) &&
+                      granted.status == 0;
 
   int sv[2];
   FUZZ_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
   const int server = sv[0];
   PageClient client(format, kPage);
   FUZZ_CHECK(client.adopt(sv[1]) == 0);
+  wire::Hello hello;
+  hello.features = wire::kFeatureBind;
+  for (size_t i = 0; i < hello.token.size(); i++) hello.token[i] = static_cast<uint8_t>(0xa0 + i);
+  if (hello_mode) client.open_with_hello(hello);
 
   std::vector<std::unique_ptr<Request>> requests = requests_for(data, size, format, extra);
   size_t submitted = 0;
@@ -104,7 +119,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* input, size_t input_size) {
   int rc = 0;
   bool failed = !client.error().empty();
   // Feed the stream; stop early in close mode once every request is answered (the rest is the CLOSE status).
-  while (!failed && sent < size && !(try_close && done.size() == submitted)) {
+  // (The HELLO reply always goes out, even in close mode with no request.)
+  while (!failed && sent < stream_size && (sent < prefix || !(try_close && done.size() == submitted))) {
     size_t chunk = 1 + (chunk_seed * 977 + sent * 31) % 7000;
     if (try_close) {
       // Never feed past the end of the replies in close mode: pump() would read the status as stray data.
@@ -114,10 +130,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* input, size_t input_size) {
         const wire::Header h = wire::decode(format, data + end);
         end += head + (h.nr_pages <= kMaxPages ? h.nr_pages * kPage : 0);
       }
+      end += prefix;
       if (end > sent) chunk = std::min(chunk, end - sent);
     }
-    chunk = std::min(chunk, size - sent);
-    const ssize_t n = send(server, data + sent, chunk, MSG_DONTWAIT | MSG_NOSIGNAL);
+    chunk = std::min(chunk, stream_size - sent);
+    const ssize_t n = send(server, stream + sent, chunk, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n > 0) sent += static_cast<size_t>(n);
     drain(server, &from_client);
     const size_t before = done.size();
@@ -147,6 +164,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* input, size_t input_size) {
     if (!requests.empty()) FUZZ_CHECK(client.submit(again) < 0);
   }
 
+  // HELLO mode: no page reply without a granting HELLO reply; a granted session is bound to its checkpoint.
+  if (hello_mode && !grants) {
+    FUZZ_CHECK(done.empty() && client.link_checkpoint() == 0);
+    if (prefix == wire::kHelloReplySize) FUZZ_CHECK(failed);  // a whole reply that does not grant fails the client
+  }
+  if (grants && sent >= wire::kHelloReplySize) FUZZ_CHECK(client.link_checkpoint() == granted.checkpoint);
   // Every reply: in order, for its request, with the stream's bytes, nothing beyond.
   FUZZ_CHECK(done.size() <= submitted);
   const size_t head = wire::header_size(format);
@@ -197,8 +220,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* input, size_t input_size) {
     }
   }
 
-  // What the client sent: one GET per submitted request, in order, in the chosen layout; then at most a CLOSE.
+  // What the client sent: the HELLO first (HELLO mode), one GET per submitted request, in order, in the chosen
+  // layout; then at most a CLOSE.
   drain(server, &from_client);
+  if (hello_mode) {
+    uint8_t want[wire::kHelloSize];
+    wire::encode_hello(hello, want);
+    FUZZ_CHECK(from_client.size() >= wire::kHelloSize && memcmp(from_client.data(), want, wire::kHelloSize) == 0);
+    from_client.erase(from_client.begin(), from_client.begin() + wire::kHelloSize);
+  }
   FUZZ_CHECK(from_client.size() >= submitted * head);
   for (size_t k = 0; k < submitted; k++) {
     const wire::Header h = wire::decode(format, from_client.data() + k * head);

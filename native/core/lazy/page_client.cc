@@ -217,8 +217,11 @@ int PageClient::hello_answered() {
                          "a page server serving these images from disk: restore with --link stock)");
   }
   if (reply.status != 0) {
-    return fail(reply.status, "the page server refused the lazyd HELLO (" + std::string(strerror(-reply.status)) +
-                                  "): run the same lazyd release on both ends, or restore with --link stock");
+    // A status is -errno; anything else (a positive one, from a hostile or broken server) is a protocol error.
+    const int code = reply.status < 0 && reply.status > -4096 ? reply.status : -EPROTO;
+    const std::string what = code == reply.status ? strerror(-code) : "status " + std::to_string(reply.status);
+    return fail(code, "the page server refused the lazyd HELLO (" + what +
+                          "): run the same lazyd release on both ends, or restore with --link stock");
   }
   link_checkpoint_ = reply.checkpoint;
   return 0;
