@@ -11,7 +11,7 @@ import type { SecureContextOptions } from 'node:tls';
 import { Channel, type Message } from '../migrate/channel.js';
 import { connectAgentSocket } from './connect.js';
 import { dumpLeaveRunning } from './dump.js';
-import { changedRuns, hashPages, writeDelta, type PageHashes } from './page-delta.js';
+import { changedRuns, hashPages, sha256File, writeDelta, type PageHashes } from './page-delta.js';
 import { REPLICA_VERSION, sendReplica, type EpochFile, type ReplicaMessage } from './protocol.js';
 
 export interface ReplicateOptions {
@@ -61,8 +61,13 @@ class StandbyLink {
   private waiters: { test: (m: ReplicaMessage) => boolean; resolve: (m: ReplicaMessage) => void; reject: (e: Error) => void }[] = [];
   private failure: Error | undefined;
   fenced: string | undefined;
+  /** Rejects once the connection is lost: a send waiting for 'drain' on a dead socket would wait forever. */
+  readonly lost: Promise<never>;
+  private markLost!: (error: Error) => void;
 
   constructor(readonly channel: Channel) {
+    this.lost = new Promise<never>((_, reject) => (this.markLost = reject));
+    this.lost.catch(() => undefined);
     channel.on('message', (message: Message) => {
       const m = message as unknown as ReplicaMessage;
       if (m.t === 'replica-fenced') this.fenced = m.reason;
@@ -75,6 +80,7 @@ class StandbyLink {
     });
     const lost = (error: Error) => {
       this.failure ??= error;
+      this.markLost(this.failure);
       for (const waiter of this.waiters.splice(0)) waiter.reject(this.failure);
     };
     channel.on('error', lost);
@@ -174,7 +180,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
           files.push({ name, size: current.size, sha256: current.sha256, kind: 'whole' });
         } else {
           const size = fs.statSync(file).size;
-          files.push({ name, size, sha256: hashPages(file, options.pageSize).sha256, kind: 'whole' });
+          files.push({ name, size, sha256: sha256File(file), kind: 'whole' });
         }
         sends.push({ name, file });
       }
@@ -183,7 +189,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       const sendStarted = performance.now();
       const bytesBefore = link.channel.bytesOut;
       sendReplica(link.channel, { t: 'replica-epoch', epoch, base: previousDir && base ? base.epoch : null, files });
-      for (const send of sends) await link.channel.sendFile(send.name, send.file);
+      for (const send of sends) await Promise.race([link.channel.sendFile(send.name, send.file), link.lost]);
       sendReplica(link.channel, { t: 'replica-commit', epoch, dumpedAt });
       const sendMs = performance.now() - sendStarted;
       const ack = await link.wait((m) => m.t === 'replica-committed' && m.epoch === epoch);
