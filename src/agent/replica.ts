@@ -267,6 +267,8 @@ class ReplicaSession {
         return this.startEpoch(message);
       case 'replica-commit':
         return this.commit(message);
+      case 'file' as never:
+        return; // a file of the epoch is complete on disk (fileTarget counted it)
       case 'replica-bye':
         this.logger.info(`replica ${this.replica?.id}: the primary stopped replicating (epoch ${this.replica?.committed?.epoch ?? 'none'} stays committed)`);
         this.discard('the primary stopped');

@@ -64,10 +64,20 @@ async function standby(capMib = 64): Promise<Standby> {
     },
     logger,
   );
-  const server = net.createServer((socket) => store.accept(socket));
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    store.accept(socket);
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
   const port = (server.address() as net.AddressInfo).port;
-  return { store, port, stateDir, lines, close: () => new Promise((resolve) => server.close(() => resolve())) };
+  const close = () =>
+    new Promise<void>((resolve) => {
+      for (const socket of sockets) socket.destroy();
+      server.close(() => resolve());
+    });
+  return { store, port, stateDir, lines, close };
 }
 
 class Primary {
@@ -192,7 +202,8 @@ test('standby: an epoch over the cap is refused with the sizes and the flag; one
     const second = await b.next();
     assert.equal(second.t, 'replica-refuse');
     assert.match((second as { reason: string }).reason, /has a primary connected already/);
-    await sendEpoch(a, work, 1, null, randomBytes(512 * PAGE));
+    // The standby refuses at the epoch's announcement and ends the connection: the files' sending fails.
+    await assert.rejects(sendEpoch(a, work, 1, null, randomBytes(512 * PAGE)), /the control connection closed/);
     const over = await a.next();
     assert.equal(over.t, 'replica-refuse');
     assert.match((over as { reason: string }).reason, /epoch 1 needs 2\.0 MiB beside the committed 0\.0 MiB: over lazyd agent --replica-cap 1\.0 MiB — raise it/);
