@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { SecureContextOptions } from 'node:tls';
-import { Channel, type Message } from '../migrate/channel.js';
+import { Channel, PING_MS, type Message } from '../migrate/channel.js';
 import { connectAgentSocket } from './connect.js';
 import { dumpLeaveRunning } from './dump.js';
 import { changedRuns, hashPages, sha256File, writeDelta, type PageHashes } from './page-delta.js';
@@ -87,6 +87,42 @@ class StandbyLink {
     channel.on('close', () => lost(new Error('the standby closed the connection')));
   }
 
+  private sending = false;
+  private pinger: NodeJS.Timeout | undefined;
+
+  /**
+   * Liveness without Channel.keepAlive: its pings would land in the middle of a file's bytes (the standby would
+   * read them as image data), so this end pings only between files; the standby pings all the time.
+   */
+  keepAlive(timeoutMs: number): void {
+    let lastHeard = performance.now();
+    this.channel.socket.on('data', () => (lastHeard = performance.now()));
+    this.pinger = setInterval(() => {
+      if (performance.now() - lastHeard > timeoutMs) {
+        this.stop();
+        this.channel.socket.destroy(new Error(`the standby sent nothing for ${(timeoutMs / 1000).toFixed(1)} s (link timeout): the link is down or the standby hangs`));
+        return;
+      }
+      if (!this.sending) this.channel.send({ t: 'ping' });
+    }, PING_MS);
+    this.pinger.unref();
+    this.channel.on('close', () => this.stop());
+  }
+
+  stop(): void {
+    if (this.pinger) clearInterval(this.pinger);
+    this.pinger = undefined;
+  }
+
+  async sendFile(name: string, file: string): Promise<void> {
+    this.sending = true;
+    try {
+      await Promise.race([this.channel.sendFile(name, file), this.lost]);
+    } finally {
+      this.sending = false;
+    }
+  }
+
   wait(test: (m: ReplicaMessage) => boolean): Promise<ReplicaMessage> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => this.waiters.push({ test, resolve, reject }));
@@ -111,7 +147,7 @@ async function connect(options: ReplicateOptions): Promise<{ link: StandbyLink; 
     channel.destroy();
     throw new Error(`the standby refused the replica: ${answer.reason}`);
   }
-  channel.keepAlive(options.linkTimeoutMs);
+  link.keepAlive(options.linkTimeoutMs);
   return { link, committed: (answer as Extract<ReplicaMessage, { t: 'replica-welcome' }>).committed };
 }
 
@@ -189,7 +225,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       const sendStarted = performance.now();
       const bytesBefore = link.channel.bytesOut;
       sendReplica(link.channel, { t: 'replica-epoch', epoch, base: previousDir && base ? base.epoch : null, files });
-      for (const send of sends) await Promise.race([link.channel.sendFile(send.name, send.file), link.lost]);
+      for (const send of sends) await link.sendFile(send.name, send.file);
       sendReplica(link.channel, { t: 'replica-commit', epoch, dumpedAt });
       const sendMs = performance.now() - sendStarted;
       const ack = await link.wait((m) => m.t === 'replica-committed' && m.epoch === epoch);
@@ -211,10 +247,12 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       if (wait > 0) await abortableDelay(wait, stop);
     }
   } catch (error) {
+    link.stop();
     if (link.fenced) return fenced(link.fenced);
     link.channel.destroy();
     return { outcome: 'failed', reason: `epoch ${epoch}: ${(error as Error).message}` };
   }
+  link.stop();
   sendReplica(link.channel, { t: 'replica-bye' });
   link.channel.end();
   return { outcome: 'done', epochs: committedCount };

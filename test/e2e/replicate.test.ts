@@ -143,20 +143,23 @@ for (const version of CRIU_VERSIONS) {
         onCleanup(() => hosts.setRtt(0));
         await nextGeneration(s.workload.dir, 2);
         const recv = path.join(s.agent.stateDir, 'replicas', s.id, 'incoming', 'recv');
-        await pollFor('half of generation 2 on the standby', 60_000, () =>
-          fs.existsSync(recv) && fs.readdirSync(recv).some((n) => n.startsWith('pages-') && sizeOf(path.join(recv, n)) > 4 << 20) ? true : undefined,
-        );
+        await pollFor('half of generation 2 on the standby', 60_000, () => {
+          if (run.proc.exitInfo) throw new Error(`lazyd replicate exited first: ${run.stderr()}`);
+          return fs.existsSync(recv) && fs.readdirSync(recv).some((n) => n.startsWith('pages-') && sizeOf(path.join(recv, n)) > 4 << 20) ? true : undefined;
+        });
         let last: number;
         if (how === 'kill') last = await killPrimary(s, run);
         else {
           cutLink(hosts);
-          onCleanup(() => healLink(hosts));
+          let cut = true;
+          onCleanup(() => cut && healLink(hosts));
           const exit = await run.exited;
           assert.equal(exit.code, 1, 'the primary gives up after the link timeout');
           await killPidNamespace(s.workload.pid);
           last = Number(committed(run).at(-1)!.epoch);
           await pollFor('the standby to drop the epoch in flight', 20_000, () => (fs.existsSync(recv) ? undefined : true));
           healLink(hosts);
+          cut = false;
         }
         await hosts.setRtt(0);
         await failoverVerifies(t, s, last, 1, onCleanup);
