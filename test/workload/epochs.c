@@ -1,6 +1,6 @@
 /*
  * epochs.c: a workload whose memory changes from one generation to the next and which verifies it for the
- * generation it is in, for the replication tests (test/e2e/replicate.test.ts) and bench/replicate.ts.
+ * generation it is in, for the replication tests (test/e2e/replicate.test.ts).
  *
  * Build:  gcc -O2 -Wall -o epochs epochs.c
  * Usage:  epochs <dir> <MiB> <seed> <classes> [--interval-ms M]
