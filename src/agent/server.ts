@@ -5,6 +5,8 @@ import net from 'node:net';
 import tls, { type SecureContextOptions } from 'node:tls';
 import { MigrationSession, type AgentHost } from './session.js';
 import type { Logger } from '../log.js';
+import { routeConnection } from './replica-router.js';
+import type { ReplicaStore } from './replica.js';
 
 export interface AgentServerOptions {
   address: string;
@@ -14,6 +16,8 @@ export interface AgentServerOptions {
   logger: Logger;
   /** Called whenever the set of migrations changes. */
   onChange?: (sessions: ReadonlySet<MigrationSession>) => void;
+  /** Replication (`lazyd replicate`, `lazyd failover`): connections whose first line is a replica- message. */
+  replicas?: ReplicaStore;
 }
 
 export class AgentServer {
@@ -38,13 +42,9 @@ export class AgentServer {
         socket.end(JSON.stringify({ t: 'refuse', reason }) + '\n');
         return;
       }
-      const id = `${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${process.pid}-${++this.counter}`;
-      const session = new MigrationSession(id, socket, this.options.host, logger, (ended) => {
-        this.sessions.delete(ended);
-        this.options.onChange?.(this.sessions);
-      });
-      this.sessions.add(session);
-      this.options.onChange?.(this.sessions);
+      const replicas = this.options.replicas;
+      if (replicas) routeConnection(socket, (s) => replicas.accept(s), (s) => this.startMigration(s));
+      else this.startMigration(socket);
     };
     const server = this.options.tls
       ? tls.createServer({ ...this.options.tls, requestCert: true, rejectUnauthorized: false }, onSocket)
@@ -61,6 +61,16 @@ export class AgentServer {
     });
     this.port = (server.address() as net.AddressInfo).port;
     return this.port;
+  }
+
+  private startMigration(socket: net.Socket): void {
+    const id = `${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${process.pid}-${++this.counter}`;
+    const session = new MigrationSession(id, socket, this.options.host, this.options.logger, (ended) => {
+      this.sessions.delete(ended);
+      this.options.onChange?.(this.sessions);
+    });
+    this.sessions.add(session);
+    this.options.onChange?.(this.sessions);
   }
 
   close(): Promise<void> {

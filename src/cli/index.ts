@@ -10,7 +10,7 @@ import { argvProblem, roleOf } from './role-argv.js';
 import { fastGiven } from './fast-argv.js';
 import type { CommandHandlers, Parsed } from './yargs-cli.js';
 import { tlsOptionsFrom } from './tls-options.js';
-import { AGENT, CHECK, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
+import { AGENT, CHECK, FAILOVER, LAZY_PAGES, MIGRATE, REPLICATE, PAGE_SERVER, PAGE_SERVER_DROPIN, ROLES, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
 import { resolveValues } from '../config/resolve.js';
 
 /** Each command's options, for the config files: what a command accepts, its switches, and its aliases. */
@@ -96,6 +96,16 @@ export async function main(argv: readonly string[]): Promise<number> {
       const values = resolveValues(AGENT, given(a));
       const { runAgent } = await import('../commands/agent.js');
       exitCode = await runAgent(values);
+    },
+    async replicate(a) {
+      const values = resolveValues(REPLICATE, given(a));
+      const { runReplicate } = await import('../commands/replicate.js');
+      exitCode = await runReplicate(a.what as string | undefined, values);
+    },
+    async failover(a) {
+      const values = resolveValues(FAILOVER, given(a));
+      const { runFailover } = await import('../commands/failover.js');
+      exitCode = await runFailover(a.replica as string | undefined, values);
     },
     async daemon(a) {
       const values = resolveValues(PAGE_SERVER, given(a));

@@ -3,7 +3,7 @@
 // costs ~60-150 ms of start-up, and a restore waits for `lazyd lazy-pages` to be ready.
 import yargs from 'yargs';
 import { addFlags } from './yargs-options.js';
-import { AGENT, CHECK, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
+import { AGENT, CHECK, FAILOVER, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, REPLICATE, REPLICATE_ACTIONS, STAGING_ACTIONS, STAGING_COMMAND } from '../config/flags.js';
 
 /** What yargs parsed for a command (camelCase keys; positionals of `staging` as action and id). */
 export type Parsed = Record<string, unknown> & { action?: (typeof STAGING_ACTIONS)[number]; id?: number };
@@ -16,6 +16,8 @@ export interface CommandHandlers {
   check(parsed: Parsed): Promise<void>;
   migrate(parsed: Parsed): Promise<void>;
   agent(parsed: Parsed): Promise<void>;
+  replicate(parsed: Parsed): Promise<void>;
+  failover(parsed: Parsed): Promise<void>;
   daemon(parsed: Parsed): Promise<void>;
 }
 
@@ -62,6 +64,18 @@ export async function runYargs(args: readonly string[], handlers: CommandHandler
       'the destination service of `lazyd migrate`: receives migrations and restores them lazily',
       (y) => addFlags(y, AGENT.flags),
       (a) => handlers.agent(a),
+    )
+    .command(
+      'replicate [what]',
+      'checkpoint a running process tree into a standby `lazyd agent` every --interval (`status`: the standby\'s replicas)',
+      (y) => addFlags(y, REPLICATE.flags).positional('what', { choices: REPLICATE_ACTIONS, describe: 'run (the default) or status' }),
+      (a) => handlers.replicate(a),
+    )
+    .command(
+      'failover <replica>',
+      "restore a replica's last committed epoch on its standby, lazily from the standby's own images",
+      (y) => addFlags(y, FAILOVER.flags).positional('replica', { type: 'string', describe: 'the replica id (as `lazyd replicate status` lists it)' }),
+      (a) => handlers.failover(a),
     )
     .command('$0', 'run the lazyd daemon', (y) => addFlags(y, PAGE_SERVER.flags), (a) => handlers.daemon(a))
     .strictOptions()

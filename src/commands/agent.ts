@@ -8,6 +8,7 @@ import { loadNative } from '../native.js';
 import { SystemdNotifier } from '../cli/systemd.js';
 import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { AgentServer } from '../agent/server.js';
+import { ReplicaStore } from '../agent/replica.js';
 import { criuFeature, probeCriu } from '../migrate/criu-host.js';
 import { nodeTlsOptions, tlsArgv } from '../migrate/node-tls.js';
 import { parseHostPort } from './migrate.js';
@@ -46,21 +47,23 @@ export async function runAgent(values: AgentValues): Promise<number> {
     if (!tls && !/^(127\.|::1$|localhost$)/.test(listen.host)) {
       logger.warn(`listening on ${listen.host} without --tls: anyone who reaches the port can have this host restore a process as root`);
     }
+    const host = {
+      criuPath: criu.path,
+      criuVersion: criu.version,
+      pageSize: loadNative().pageSize,
+      uffdProblem: problem,
+      workDir: stateDir,
+      lazyPagesTlsArgs: tlsArgv(values),
+      preRestoreHook: values.preRestoreHook,
+      keepDirs: values.keep,
+    };
     server = new AgentServer({
       address: listen.host,
       port: listen.port,
       tls,
       logger,
-      host: {
-        criuPath: criu.path,
-        criuVersion: criu.version,
-        pageSize: loadNative().pageSize,
-        uffdProblem: problem,
-        workDir: stateDir,
-        lazyPagesTlsArgs: tlsArgv(values),
-        preRestoreHook: values.preRestoreHook,
-        keepDirs: values.keep,
-      },
+      host,
+      replicas: new ReplicaStore({ ...host, replicaCapBytes: values.replicaCap * 1048576, failoverAfterMs: 0 }, logger),
       onChange: (sessions) => {
         systemd.status(statusText(sessions.size));
         if (sessions.size === 0) allEnded?.();

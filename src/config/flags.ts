@@ -442,7 +442,7 @@ const LAZY_PAGES_OWN = {
   }),
 };
 
-export type RoleId = 'page-server' | 'page-server-dropin' | 'lazy-pages' | 'staging' | 'check' | 'migrate' | 'agent';
+export type RoleId = 'page-server' | 'page-server-dropin' | 'lazy-pages' | 'staging' | 'check' | 'migrate' | 'agent' | 'replicate' | 'failover';
 
 export interface Role<F extends Flags = Flags> {
   id: RoleId;
@@ -699,6 +699,7 @@ export const AGENT = role({
     criu: { ...criuBinary, describe: "this host's criu binary for the restores" },
     stateDir: flag({ type: 'string', arg: 'DIR', default: '/var/lib/lazyd/agent', describe: "one directory per migration under it: images, lazy-pages.socket, restore.log, lazy-pages.log" }),
     keep: flag({ type: 'boolean', default: false, describe: "keep a completed migration's directory (a failed one's is always kept)" }),
+    replicaCap: flag({ type: 'number', arg: 'MiB', default: 4096, min: 1, describe: 'replicas: MiB of images one replica may hold here (its committed epoch and the one in flight); an epoch over it is refused' }),
     preRestoreHook: flag({
       type: 'string',
       arg: 'CMD',
@@ -713,7 +714,55 @@ export const AGENT = role({
   },
 });
 
-export const ROLES: readonly Role[] = [PAGE_SERVER, PAGE_SERVER_DROPIN, LAZY_PAGES, STAGING_COMMAND, CHECK, MIGRATE, AGENT];
+// `lazyd replicate` and `lazyd failover` (README "Replication and failover"): continuous checkpoints of a running
+// tree into a standby `lazyd agent`, and the lazy restore of the last committed one there.
+export const REPLICATE_ACTIONS = ['run', 'status'] as const;
+
+export const REPLICATE = role({
+  id: 'replicate',
+  command: 'replicate',
+  title: '`lazyd replicate`',
+  positionals: 1,
+  flags: {
+    pid: flag({ type: 'number', arg: 'PID', min: 1, describe: 'the root of the process tree to replicate (run)' }),
+    to: flag({ type: 'string', arg: 'HOST:PORT', required: true, describe: "the standby's `lazyd agent` (IPv6: [ADDR]:PORT)" }),
+    id: flag({ type: 'string', arg: 'ID', describe: "the replica's name on the standby (1-64 of [A-Za-z0-9._-]); default pid-PID" }),
+    interval: flag({ type: 'number', unit: 'seconds', arg: 'S', default: 10, min: 0.05, fraction: true, describe: 'seconds from the start of one epoch to the start of the next' }),
+    epochs: flag({ type: 'number', arg: 'N', default: 0, min: 0, describe: 'stop after N committed epochs (0: until stopped or fenced)' }),
+    compare: flag({ type: 'boolean', default: true, describe: 'send only the pages whose SHA-256 changed since the committed epoch (--no-compare: every page, every epoch)' }),
+    criu: { ...criuBinary, describe: "this host's criu binary (a path, or a name looked up in PATH)" },
+    dumpDir: flag({ type: 'string', arg: 'DIR', defaultText: '`$TMPDIR/lazyd-replicate`', describe: 'where each epoch is dumped (tmpfs: memory speed); only the last epoch is kept' }),
+    failoverAfter: flag({
+      type: 'number',
+      unit: 'seconds',
+      arg: 'S',
+      default: 0,
+      min: 0,
+      fraction: true,
+      describe: 'the standby fails over on its own once this primary has been unreachable for S seconds (0: only on `lazyd failover`)',
+    }),
+    killOnFence: flag({ type: 'boolean', default: false, describe: 'when the standby has taken over (fenced this primary): SIGKILL the replicated tree before exiting' }),
+    linkTimeout,
+    json: flag({ type: 'boolean', default: false, describe: 'status: print JSON' }),
+    config,
+    ...migrationTls,
+  },
+});
+
+export const FAILOVER = role({
+  id: 'failover',
+  command: 'failover',
+  title: '`lazyd failover`',
+  positionals: 1,
+  flags: {
+    to: flag({ type: 'string', arg: 'HOST:PORT', required: true, describe: "the standby's `lazyd agent` that holds the replica" }),
+    json: flag({ type: 'boolean', default: false, describe: 'print the result as JSON' }),
+    config,
+    ...migrationTls,
+  },
+});
+
+export const ROLES: readonly Role[] = [PAGE_SERVER, PAGE_SERVER_DROPIN, LAZY_PAGES, STAGING_COMMAND, CHECK, MIGRATE, AGENT, REPLICATE, FAILOVER];
 
 /** The groups the README shows in tables of their own (README "Diskless staging", "TLS"). */
 export const FLAG_GROUPS = { STAGING, ACCESS, TLS, TLS_SERVER, DRAIN } as const;

@@ -8,7 +8,7 @@
 // scripts/write-flag-tables.mjs writes them; test/unit/config.test.ts fails when README.md holds anything else.
 // Not loaded by any command.
 import { defaultText, flagName, meaning, type Flag, type Flags } from './flag.js';
-import { AGENT, CHECK, FLAG_GROUPS, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, STAGING_COMMAND, type Role } from './flags.js';
+import { AGENT, CHECK, FAILOVER, FLAG_GROUPS, LAZY_PAGES, MIGRATE, PAGE_SERVER, PAGE_SERVER_DROPIN, REPLICATE, STAGING_COMMAND, type Role } from './flags.js';
 
 export interface FlagTable {
   /** The marker's name: <!-- flags:ID -->. */
@@ -41,6 +41,8 @@ export const README_TABLES: readonly FlagTable[] = [
   // The TLS file flags are the page server's (the 'tls' table); --tls itself says more here.
   { id: 'migrate', role: MIGRATE, keys: Object.keys(MIGRATE.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
   { id: 'agent', role: AGENT, keys: Object.keys(AGENT.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
+  { id: 'replicate', role: REPLICATE, keys: Object.keys(REPLICATE.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
+  { id: 'failover', role: FAILOVER, keys: Object.keys(FAILOVER.flags).filter((k) => k === 'tls' || !tlsKeys.has(k)) },
 ];
 
 const cell = (text: string) => text.replace(/\|/g, '\\|');

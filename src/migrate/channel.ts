@@ -45,6 +45,9 @@ export class Channel extends EventEmitter {
   private buffer: Buffer = Buffer.alloc(0);
   private file: { fd: number; left: number; name: string; message: Message } | undefined;
   private closed = false;
+  /** sendFile is writing a file's bytes: other messages wait in `queued`. */
+  private fileInFlight = false;
+  private queued: Message[] = [];
   private lastHeard = performance.now();
   private pinger: NodeJS.Timeout | undefined;
   bytesIn = 0;
@@ -75,6 +78,12 @@ export class Channel extends EventEmitter {
 
   send(message: Message): void {
     if (this.closed) return;
+    if (this.fileInFlight) {
+      // A line written now would land inside the file's bytes (the ping timer fires while sendFile waits for
+      // 'drain'): it goes out right after the file instead.
+      this.queued.push(message);
+      return;
+    }
     const line = JSON.stringify(message) + '\n';
     this.bytesOut += Buffer.byteLength(line);
     this.socket.write(line);
@@ -82,15 +91,41 @@ export class Channel extends EventEmitter {
 
   /** Sends a file as a `file` message and its bytes; resolves once they are queued (with backpressure). */
   async sendFile(name: string, file: string): Promise<number> {
+    if (this.fileInFlight) throw new Error(`sendFile(${name}) while another file is being sent`);
     const size = fs.statSync(file).size;
     this.send({ t: 'file', name, size });
-    const stream = fs.createReadStream(file);
-    for await (const chunk of stream) {
-      if (this.closed) throw new Error('the control connection closed while sending the images');
-      this.bytesOut += (chunk as Buffer).length;
-      if (!this.socket.write(chunk as Buffer)) await new Promise<void>((resolve) => this.socket.once('drain', resolve));
+    this.fileInFlight = true;
+    try {
+      const stream = fs.createReadStream(file, { end: size > 0 ? size - 1 : 0 });
+      let sent = 0;
+      for await (const chunk of stream) {
+        if (this.closed) throw new Error('the control connection closed while sending the images');
+        const bytes = (chunk as Buffer).subarray(0, size - sent); // exactly the announced size, even if the file grew
+        sent += bytes.length;
+        this.bytesOut += bytes.length;
+        if (!this.socket.write(bytes)) await this.drained();
+        if (sent >= size) break;
+      }
+      if (sent !== size) throw new Error(`${file} shrank while it was sent (${sent} of ${size} bytes)`);
+    } finally {
+      this.fileInFlight = false;
+      for (const message of this.queued.splice(0)) this.send(message);
     }
     return size;
+  }
+
+  /** 'drain', or the connection's end (a dead socket never drains). */
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (this.closed) return resolve();
+      const done = () => {
+        this.socket.off('drain', done);
+        this.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.once('close', done);
+    });
   }
 
   /** Ends the connection cleanly once everything written is sent. */

@@ -31,6 +31,8 @@ async function yargsGiven(args: readonly string[]): Promise<Parsed> {
     check: other,
     migrate: other,
     agent: other,
+    replicate: other,
+    failover: other,
     daemon: other,
   });
   return parsed!;
