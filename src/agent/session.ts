@@ -1,7 +1,9 @@
 // One migration into the agent: its own directory (<work dir>/<id>: the images, lazy-pages.socket, the logs),
 // its own `lazyd lazy-pages` and `criu restore`, so several migrations at once never share anything.
 //   hello → welcome (or refuse), and `lazyd lazy-pages` starts on the empty directory (it reads the images only
-//   when the restore hands over: the engine is ready long before the restore needs it) → files → restore:
+//   when the restore hands over: the engine is ready long before the restore needs it) → with --pre-copy, each
+//   iteration's files between pre-dump and pre-dump-end, into a sibling directory (pre-dump-dirs.ts), answered
+//   by pre-dump-stored → the final files → restore (the final directory linked to the last iteration):
 //   [pre-restore hook] → lazy-pages ready → criu restore -d → `restored` (the source's point of no return) →
 //   lazy-pages exits 0 → `done`.
 // Losing the source (control link silent for its --link-timeout, closed, or an abort) before `done` ends the
@@ -13,6 +15,7 @@ import path from 'node:path';
 import { Channel, CHANNEL_VERSION, type SourceMessage } from '../migrate/channel.js';
 import { lazyPagesTotals, lastLine, runRestore, startLazyPages, type LazyPagesChild } from './restore.js';
 import { imageCompatibility } from '../migrate/criu-host.js';
+import { PreDumpDirs } from './pre-dump-dirs.js';
 import type { Logger } from '../log.js';
 
 export interface AgentHost {
@@ -41,6 +44,7 @@ export class MigrationSession {
   private lazyPagesStartedAt = 0;
   private files = 0;
   private bytes = 0;
+  private preDumps: PreDumpDirs | undefined;
   readonly channel: Channel;
 
   constructor(
@@ -63,6 +67,8 @@ export class MigrationSession {
   private fileTarget(name: string): string {
     if (this.state !== 'receive' || !this.dir) throw new Error(`a file (${name}) before the migration was accepted`);
     if (!IMAGE_NAME.test(name)) throw new Error(`refusing the file name ${JSON.stringify(name)}: not a CRIU image name`);
+    const preDump = this.preDumps?.target(name);
+    if (preDump) return preDump;
     this.files++;
     return path.join(this.dir, name);
   }
@@ -74,6 +80,10 @@ export class MigrationSession {
       case 'file':
         this.bytes += message.size;
         return;
+      case 'pre-dump':
+        return this.onPreDump(message.n);
+      case 'pre-dump-end':
+        return this.onPreDumpEnd(message.n, message.files);
       case 'restore':
         void this.onRestore(message);
         return;
@@ -96,6 +106,7 @@ export class MigrationSession {
     }
     this.dir = path.join(this.host.workDir, this.id);
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.preDumps = new PreDumpDirs(this.host.workDir, this.id);
     this.state = 'receive';
     this.channel.keepAlive(Math.max(1000, hello.linkTimeoutMs));
     this.logger.info(`migration ${this.id}: pid ${hello.pid} with CRIU ${hello.criuVersion} from ${this.channel.socket.remoteAddress}, into ${this.dir}`);
@@ -132,6 +143,28 @@ export class MigrationSession {
     );
   }
 
+  private onPreDump(n: number): void {
+    if (this.state !== 'receive' || !this.preDumps) return this.refuse(`pre-dump ${n} before the migration was accepted`);
+    if (this.files > 0) return this.fail('receive', `pre-dump ${n} after the final images had begun`);
+    try {
+      this.preDumps.begin(n);
+    } catch (error) {
+      return this.fail('receive', (error as Error).message);
+    }
+  }
+
+  private onPreDumpEnd(n: number, files: number): void {
+    if (this.state !== 'receive' || !this.preDumps) return this.refuse(`pre-dump-end ${n} before the migration was accepted`);
+    let bytes: number;
+    try {
+      bytes = this.preDumps.end(n, files);
+    } catch (error) {
+      return this.fail('receive', (error as Error).message);
+    }
+    this.logger.info(`migration ${this.id}: pre-dump ${n} stored (${files} files, ${bytes} bytes) in ${this.preDumps.dirs[n - 1]}`);
+    this.channel.send({ t: 'pre-dump-stored', n, files, bytes });
+  }
+
   private refuse(reason: string): void {
     this.logger.warn(`migration ${this.id}: refused: ${reason}`);
     this.channel.send({ t: 'refuse', reason });
@@ -142,6 +175,11 @@ export class MigrationSession {
   private async onRestore(message: Extract<SourceMessage, { t: 'restore' }>): Promise<void> {
     if (this.state !== 'receive' || !this.dir) return this.refuse('a restore request before the images');
     if (message.files !== this.files) return this.fail('receive', `${this.files} image files arrived, the source sent ${message.files}`);
+    try {
+      this.preDumps?.linkFinal(this.dir, message.preDumps ?? 0);
+    } catch (error) {
+      return this.fail('receive', (error as Error).message);
+    }
     this.state = 'restoring';
     const dir = this.dir;
     try {
@@ -205,7 +243,8 @@ export class MigrationSession {
 
   private fail(stage: 'receive' | 'restore' | 'lazy-pages' | 'pages', reason: string, restoredKilled = false): void {
     if (this.isEnded) return;
-    this.logger.error(`migration ${this.id}: ${stage} failed: ${reason}${this.dir ? ` (files kept in ${this.dir})` : ''}`);
+    const iterations = this.preDumps?.dirs.length ? ` and ${this.dir}.pre-1..${this.preDumps.dirs.length}` : '';
+    this.logger.error(`migration ${this.id}: ${stage} failed: ${reason}${this.dir ? ` (files kept in ${this.dir}${iterations})` : ''}`);
     this.channel.send({ t: 'failed', stage, reason, restoredKilled });
     this.channel.end();
     this.finish('failed');
@@ -247,7 +286,10 @@ export class MigrationSession {
   private finish(how: 'complete' | 'refused' | 'failed' | 'lost'): void {
     if (this.state === 'ended') return;
     this.state = 'ended';
-    if (how === 'complete' && this.dir && !this.host.keepDirs) fs.rmSync(this.dir, { recursive: true, force: true });
+    if (how === 'complete' && this.dir && !this.host.keepDirs) {
+      fs.rmSync(this.dir, { recursive: true, force: true });
+      this.preDumps?.remove();
+    }
     if (how === 'complete') this.logger.info(`migration ${this.id}: complete`);
     this.onEnd(this);
   }

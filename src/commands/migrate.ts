@@ -7,6 +7,7 @@ import { defaultWorkDir, migrate } from '../migrate/client.js';
 import { nodeTlsOptions } from '../migrate/node-tls.js';
 import { tlsOptionsFrom } from '../cli/tls-options.js';
 import { EXIT, formatReport, MigrationProgress } from '../migrate/report.js';
+import { PRE_COPY_LIMITS } from '../migrate/pre-copy-rules.js';
 import type { Values } from '../config/flag.js';
 import { MIGRATE } from '../config/flags.js';
 
@@ -44,6 +45,7 @@ export async function runMigrate(values: MigrateValues): Promise<number> {
     linkTimeoutMs: values.linkTimeout * 1000,
     pagePort: values.pagePort,
     preCopy: values.preCopy,
+    preCopyLimits: { ...PRE_COPY_LIMITS, maxIterations: values.preCopyMaxIterations },
     workDir: values.dumpDir ?? defaultWorkDir(),
     keepImages: values.keepImages,
     pageSize,

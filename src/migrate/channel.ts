@@ -7,7 +7,8 @@ import type { Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
 
 // 2: the page server's address comes with hello (the agent starts its lazy-pages engine while the images arrive).
-export const CHANNEL_VERSION = 2;
+// 3: pre-dump iterations (pre-dump, pre-dump-end → pre-dump-stored) before the final images; restore says how many.
+export const CHANNEL_VERSION = 3;
 /** How often each end says it is alive. */
 export const PING_MS = 1000;
 
@@ -15,7 +16,11 @@ export const PING_MS = 1000;
 export type SourceMessage =
   | { t: 'hello'; v: number; criuVersion: string; pageSize: number; linkTimeoutMs: number; pid: number; pageServer: { address: string; port: number } }
   | { t: 'file'; name: string; size: number }
-  | { t: 'restore'; files: number; bytes: number }
+  /** The files up to the matching pre-dump-end are iteration n's images (n = 1, 2, ... in order). */
+  | { t: 'pre-dump'; n: number }
+  | { t: 'pre-dump-end'; n: number; files: number; bytes: number }
+  /** The final images were dumped with --prev-images-dir ../<iteration preDumps> (0: no iterations). */
+  | { t: 'restore'; files: number; bytes: number; preDumps: number }
   | { t: 'abort'; reason: string }
   | { t: 'bye' }
   | { t: 'ping' };
@@ -25,6 +30,7 @@ export type AgentMessage =
   | { t: 'welcome'; v: number; id: string; criuVersion: string; criuPath: string; pageSize: number; uffd: string | null }
   | { t: 'refuse'; reason: string }
   | { t: 'phase'; phase: AgentPhase; atMs: number }
+  | { t: 'pre-dump-stored'; n: number; files: number; bytes: number }
   | { t: 'restored'; pid: number; restoreMs: number }
   | { t: 'done'; summary: string; installed: number; total: number }
   | { t: 'failed'; stage: AgentPhase; reason: string; restoredKilled: boolean }

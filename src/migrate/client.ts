@@ -4,7 +4,10 @@
 //      works on the destination, the destination's CRIU can restore the source's images, this host has the
 //      memory for the relay's copy of the pages); the relay's page server listens, its address goes with hello,
 //      and the agent starts its lazy-pages engine — nothing frozen yet;
-//   2. `criu dump --lazy-pages` on loopback (src/migrate/lazy-dump.ts): the tree is frozen from here;
+//   1b. with --pre-copy where the kernel tracks dirty memory: `criu pre-dump` iterations, each streamed to the
+//      agent (src/migrate/pre-copy.ts); the tasks run on between them, a failure here leaves them running;
+//   2. `criu dump --lazy-pages` on loopback (src/migrate/lazy-dump.ts), on top of the last iteration with
+//      --track-mem --prev-images-dir: the tree is frozen from here;
 //   3. relay staging in this process (src/migrate/relay-source.ts) pulls every lazy page from the dump into
 //      memory and serves the destination's lazy-pages daemon from there; it holds the dump's CLOSE;
 //   4. meanwhile the images (without the lazy pages: small) are streamed to the agent, whose lazy-pages engine
@@ -24,6 +27,8 @@ import tls, { type SecureContextOptions } from 'node:tls';
 import { Channel, CHANNEL_VERSION, type AgentMessage } from './channel.js';
 import { criuFeature, imageCompatibility, probeCriu, type CriuHost } from './criu-host.js';
 import { criuLogErrors, startLazyDump, type LazyDump } from './lazy-dump.js';
+import { pagesInParent, preCopy, runPreDump, type PreCopyResult } from './pre-copy.js';
+import { describeStop, PRE_COPY_LIMITS, type PreCopyLimits } from './pre-copy-rules.js';
 import { RelaySource } from './relay-source.js';
 import { memAvailableBytes, treeResidentBytes } from './source-memory.js';
 import { EXIT, MigrationProgress, type MigrationReport, type Stage } from './report.js';
@@ -44,6 +49,8 @@ export interface MigrateOptions {
   /** Where the relay's page server listens for the destination's daemon (0 picks a free one). */
   pagePort: number;
   preCopy: boolean;
+  /** The stop rules of the pre-dump iterations (default PRE_COPY_LIMITS). */
+  preCopyLimits?: PreCopyLimits;
   /** Where the dump's images go (a fresh directory under it); kept after a failure. */
   workDir: string;
   keepImages: boolean;
@@ -90,6 +97,18 @@ async function connectAgent(options: MigrateOptions): Promise<net.Socket> {
       socket.once('error', fail);
     }
   });
+}
+
+/** Streams the *.img files of `dir` (sorted) as file messages; returns their count and bytes. */
+async function sendImages(channel: Channel, dir: string, race: <T>(p: Promise<T>) => Promise<T>): Promise<{ files: number; bytes: number }> {
+  let files = 0;
+  let bytes = 0;
+  for (const name of fs.readdirSync(dir).sort()) {
+    if (!name.endsWith('.img')) continue;
+    bytes += await race(channel.sendFile(name, path.join(dir, name)));
+    files++;
+  }
+  return { files, bytes };
 }
 
 /** Waits for the next agent message of one of the given types; a refusal, failure or a closed channel throws. */
@@ -151,6 +170,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
   let dump: LazyDump | undefined;
   let relay: RelaySource | undefined;
   let imagesDir: string | undefined;
+  let tracking = false;
+  let iterations: PreCopyResult | undefined;
+  const iterationDirs: string[] = [];
   let restoredAt: number | undefined;
   let dumpExitedAt: number | undefined;
   const onSignal = (signal: NodeJS.Signals) => abortWith(new Failure(`interrupted by ${signal}`));
@@ -178,7 +200,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
         report.preCopy = `not available: this kernel does not track dirty memory (criu check --feature mem_dirty_track: ${missing}); post-copy alone`;
         progress.note(`--pre-copy: this kernel does not track dirty memory (criu check --feature mem_dirty_track fails); migrating with post-copy alone`);
       } else {
-        throw new Failure('--pre-copy: pre-dump iterations into the agent are not implemented in this lazyd; run without --pre-copy');
+        tracking = true;
       }
     }
     // The relay keeps a copy of the lazy pages here until the destination has them all.
@@ -231,11 +253,50 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     if (mismatch) throw new Failure(mismatch);
     stage('check');
 
-    // ---- 2. the freeze: from here a failure is a rollback
     fs.mkdirSync(options.workDir, { recursive: true });
     imagesDir = fs.mkdtempSync(path.join(options.workDir, `migrate-${options.pid}-`));
+
+    // ---- 1b. pre-dump iterations: the tasks run on between them (a failure here leaves them running)
+    if (tracking) {
+      const limits = options.preCopyLimits ?? PRE_COPY_LIMITS;
+      const ch = channel;
+      iterations = await preCopy({
+        imagesDir,
+        pageSize: options.pageSize,
+        limits,
+        dump: (dir, parent) => {
+          iterationDirs.push(dir);
+          progress.update({ phase: 'pre-copy', iteration: iterationDirs.length });
+          return race(runPreDump(options.criu, options.pid, dir, parent)).catch((error: Error) => Promise.reject(new Failure(error.message)));
+        },
+        send: async (n, dir) => {
+          const stored = nextMessage(ch, ['pre-dump-stored'], `waiting for the agent to store pre-dump ${n}`);
+          stored.catch(() => undefined);
+          ch.send({ t: 'pre-dump', n });
+          const sent = await sendImages(ch, dir, race);
+          ch.send({ t: 'pre-dump-end', n, ...sent });
+          await race(stored);
+          report.bytes.images += sent.bytes;
+          return sent.bytes;
+        },
+        onIteration: (it) =>
+          progress.note(
+            `pre-dump ${it.n}: ${it.pagesWritten} pages written (${((it.pagesWritten * options.pageSize) / 1048576).toFixed(1)} MiB) ` +
+              `in ${it.dumpMs.toFixed(0)} ms, on the destination ${it.sendMs.toFixed(0)} ms later`,
+          ),
+      });
+      const written = iterations.iterations.map((it) => it.pagesWritten);
+      report.preCopyIterations = iterations.iterations;
+      report.preCopyStop = iterations.stop;
+      report.preCopy = `${written.length} iteration${written.length > 1 ? 's' : ''} (pages written ${written.join(', ')}); stopped: ${describeStop(iterations.stop, written, limits)}`;
+      progress.note(`pre-copy: ${report.preCopy}; the final lazy dump follows on top of ${iterations.parent}`);
+      stage('pre-copy');
+    }
+
+    // ---- 2. the freeze: from here a failure is a rollback
     progress.update({ phase: 'dump' });
-    dump = await race(startLazyDump(options.criu, options.pid, imagesDir));
+    const dumpArgs = iterations ? ['--track-mem', '--prev-images-dir', iterations.parent] : [];
+    dump = await race(startLazyDump(options.criu, options.pid, imagesDir, dumpArgs));
     report.outcome = 'rolled-back';
     report.exitCode = EXIT.rolledBack;
     const frozenAt = dump.startedAt;
@@ -265,6 +326,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     const plan = await race(relay.start(imagesDir, dump.port).catch((error: Error) => Promise.reject(new Failure(error.message))));
     const lazyPages = plan.pages;
     report.lazyPages = lazyPages;
+    if (iterations) report.pagesInParent = await race(pagesInParent(imagesDir, options.pageSize));
     // The destination's page connection failing before every page is there: the agent reports it too, but
     // this side sees it first.
     relay.on('session-end', (end: { ok: boolean; message: string }) => {
@@ -273,12 +335,8 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
 
     // ---- 4. the images
     progress.update({ phase: 'copy' });
-    let files = 0;
-    for (const name of fs.readdirSync(imagesDir).sort()) {
-      if (!name.endsWith('.img')) continue;
-      report.bytes.images += await race(channel.sendFile(name, path.join(imagesDir, name)));
-      files++;
-    }
+    const final = await sendImages(channel, imagesDir, race);
+    report.bytes.images += final.bytes;
     stage('copy');
     progress.update({ phase: 'restore' });
     const restoredMessage = nextMessage(channel, ['restored'], 'waiting for the restore');
@@ -286,7 +344,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     // then comes in the same chunk, before an await on `restored` could go on.
     const done = nextMessage(channel, ['done'], 'waiting for the last pages');
     done.catch(() => undefined); // a failure is seen through `restored` (or through the race below)
-    channel.send({ t: 'restore', files, bytes: report.bytes.images });
+    channel.send({ t: 'restore', files: final.files, bytes: final.bytes, preDumps: iterations?.iterations.length ?? 0 });
     const restored = await race(restoredMessage);
 
     // ---- 5. the point of no return: the restore succeeded on the destination
@@ -329,7 +387,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     if (!dump) {
       report.outcome = 'untouched';
       report.exitCode = EXIT.untouched;
-      report.message = `lazyd migrate: ${reason}; nothing was frozen, pid ${options.pid} runs on here as before`;
+      report.message = iterationDirs.length
+        ? `lazyd migrate: ${reason}; only pre-dumps had run (each let the tasks run on), pid ${options.pid} runs on here as before`
+        : `lazyd migrate: ${reason}; nothing was frozen, pid ${options.pid} runs on here as before`;
     } else if (relay?.outcome?.ok) {
       if (dumpExitedAt !== undefined) report.frozenMs = dumpExitedAt - dump.startedAt;
       report.outcome = 'lost';
@@ -368,8 +428,11 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
   }
   if (channel) report.bytes.control = channel.bytesIn + channel.bytesOut - report.bytes.images;
   report.bytes.total = report.bytes.images + report.bytes.pages + report.bytes.requests + report.bytes.control;
-  if (imagesDir && report.outcome === 'migrated' && !options.keepImages) fs.rmSync(imagesDir, { recursive: true, force: true });
-  else if (imagesDir && report.outcome !== 'migrated') report.message += ` (images and dump.log kept in ${imagesDir})`;
+  if (imagesDir && report.outcome === 'migrated' && !options.keepImages) {
+    for (const dir of [imagesDir, ...iterationDirs]) fs.rmSync(dir, { recursive: true, force: true });
+  } else if (imagesDir && report.outcome !== 'migrated') {
+    report.message += ` (images and dump.log kept in ${imagesDir}${iterationDirs.length ? `, the pre-dumps beside it in ${path.basename(imagesDir)}.pre-1..${iterationDirs.length}` : ''})`;
+  }
   return report;
 }
 

@@ -1,8 +1,10 @@
 // What a person sees of a migration: a live line on a terminal (phase, pages present / total, rate, ETA), JSON
 // lines otherwise, and at the end the report (frozen, downtime, time to all pages, bytes, each stage's time).
 import { stderrLine } from '../terminal-line.js';
+import type { PreCopyIteration } from './pre-copy.js';
+import type { PreCopyStop } from './pre-copy-rules.js';
 
-export type MigratePhase = 'check' | 'dump' | 'copy' | 'restore' | 'pages' | 'finish' | 'rollback';
+export type MigratePhase = 'check' | 'pre-copy' | 'dump' | 'copy' | 'restore' | 'pages' | 'finish' | 'rollback';
 
 /** Exit codes of `lazyd migrate`: which side owns the process. */
 export const EXIT = {
@@ -40,10 +42,15 @@ export interface MigrationReport {
   /** Freeze → the destination's lazy-pages daemon had every page. */
   allPagesMs?: number;
   lazyPages?: number;
+  /** --pre-copy: pages of the final dump marked in-parent (on the destination from an iteration, never fetched). */
+  pagesInParent?: number;
   pagesServed?: number;
   bytes: { images: number; pages: number; requests: number; control: number; total: number };
   stages: Stage[];
+  /** --pre-copy: what became of it, in words (not available here, or the iterations and the rule that stopped them). */
   preCopy?: string;
+  preCopyIterations?: PreCopyIteration[];
+  preCopyStop?: PreCopyStop;
 }
 
 function ms(value: number | undefined): string {
@@ -61,11 +68,15 @@ export function formatReport(r: MigrationReport): string {
       (r.heldMs !== undefined ? `, all pages held here ${ms(r.heldMs)}` : '') +
       (r.restoredPid ? `, restored as pid ${r.restoredPid} on ${r.destination}` : ''),
     `  bytes: ${mib(r.bytes.total)} in all (images ${mib(r.bytes.images)}, pages ${mib(r.bytes.pages)}, requests ${r.bytes.requests}, control ${r.bytes.control})` +
-      (r.lazyPages !== undefined ? `; lazy pages ${r.pagesServed ?? 0} served of ${r.lazyPages}` : ''),
+      (r.lazyPages !== undefined ? `; lazy pages ${r.pagesServed ?? 0} served of ${r.lazyPages}` : '') +
+      (r.pagesInParent !== undefined ? `, ${r.pagesInParent} in-parent pages not fetched` : ''),
     `  stages: ${r.stages.map((s) => `${s.name} ${ms(s.ms)}`).join(', ')}`,
   ];
   if (r.criu.source || r.criu.destination) lines.push(`  CRIU ${r.criu.source ?? '?'} → ${r.criu.destination ?? '?'}`);
   if (r.preCopy) lines.push(`  pre-copy: ${r.preCopy}`);
+  for (const it of r.preCopyIterations ?? []) {
+    lines.push(`    pre-dump ${it.n}: ${it.pagesWritten} pages written, ${mib(it.bytes)} streamed, dump ${ms(it.dumpMs)}, on the destination ${ms(it.sendMs)} later`);
+  }
   return lines.join('\n');
 }
 
@@ -73,6 +84,8 @@ export interface ProgressState {
   phase: MigratePhase;
   present?: number;
   total?: number;
+  /** The pre-dump iteration running (phase pre-copy). */
+  iteration?: number;
 }
 
 /** Progress: one redrawn line on a terminal, else one JSON object per change (at most every 250 ms for pages). */
@@ -80,11 +93,13 @@ export class MigrationProgress {
   private last: { present: number; atMs: number } | undefined;
   private lastJsonAt = 0;
   private lastPhase: MigratePhase | undefined;
+  private lastIteration: number | undefined;
   constructor(private readonly pageSize: number, private readonly tty = stderrLine.enabled) {}
 
   update(state: ProgressState): void {
     const now = performance.now();
-    const phaseChanged = state.phase !== this.lastPhase;
+    const phaseChanged = state.phase !== this.lastPhase || state.iteration !== this.lastIteration;
+    this.lastIteration = state.iteration;
     this.lastPhase = state.phase;
     let rate: number | undefined;
     let eta: number | undefined;
@@ -95,6 +110,7 @@ export class MigrationProgress {
     }
     if (this.tty) {
       let text = `migrate: ${state.phase}`;
+      if (state.iteration !== undefined) text += ` (iteration ${state.iteration})`;
       if (state.present !== undefined && state.total) {
         text += ` ${state.present}/${state.total} pages (${Math.floor((100 * state.present) / state.total)}%)`;
         if (rate !== undefined) text += `, ${((rate * this.pageSize) / 1048576).toFixed(1)} MiB/s`;
@@ -106,6 +122,7 @@ export class MigrationProgress {
     if (!phaseChanged && now - this.lastJsonAt < 250) return;
     this.lastJsonAt = now;
     const line: Record<string, unknown> = { progress: state.phase, t: Number(now.toFixed(1)) };
+    if (state.iteration !== undefined) line.iteration = state.iteration;
     if (state.present !== undefined) Object.assign(line, { present: state.present, total: state.total });
     if (rate !== undefined) line.pagesPerSecond = Math.round(rate);
     if (eta !== undefined) line.etaSeconds = Number(eta.toFixed(2));
