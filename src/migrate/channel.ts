@@ -3,6 +3,7 @@
 // bytes (an image file). Both ends send `ping` every second; silence longer than the link timeout ends the
 // migration (README "Migrating a process").
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
 
@@ -118,6 +119,18 @@ export class Channel extends EventEmitter {
       for (const message of this.queued.splice(0)) this.send(message);
     }
     return size;
+  }
+
+  /** Sends the *.img files of `dir` (sorted by name) as file messages; resolves with their count and bytes. */
+  async sendImages(dir: string): Promise<{ files: number; bytes: number }> {
+    let files = 0;
+    let bytes = 0;
+    for (const name of fs.readdirSync(dir).sort()) {
+      if (!name.endsWith('.img')) continue;
+      bytes += await this.sendFile(name, path.join(dir, name));
+      files++;
+    }
+    return { files, bytes };
   }
 
   /** 'drain', or the connection's end (a dead socket never drains). */

@@ -27,7 +27,7 @@ import tls, { type SecureContextOptions } from 'node:tls';
 import { Channel, CHANNEL_VERSION, type AgentMessage } from './channel.js';
 import { criuFeature, imageCompatibility, probeCriu, type CriuHost } from './criu-host.js';
 import { criuLogErrors, startLazyDump, type LazyDump } from './lazy-dump.js';
-import { pagesInParent, preCopy, runPreDump, type PreCopyResult } from './pre-copy.js';
+import { pagesInParent, preCopy, runPreDump, sendIteration, type PreCopyResult } from './pre-copy.js';
 import { describeStop, PRE_COPY_LIMITS, type PreCopyLimits } from './pre-copy-rules.js';
 import { RelaySource } from './relay-source.js';
 import { memAvailableBytes, treeResidentBytes } from './source-memory.js';
@@ -97,18 +97,6 @@ async function connectAgent(options: MigrateOptions): Promise<net.Socket> {
       socket.once('error', fail);
     }
   });
-}
-
-/** Streams the *.img files of `dir` (sorted) as file messages; returns their count and bytes. */
-async function sendImages(channel: Channel, dir: string, race: <T>(p: Promise<T>) => Promise<T>): Promise<{ files: number; bytes: number }> {
-  let files = 0;
-  let bytes = 0;
-  for (const name of fs.readdirSync(dir).sort()) {
-    if (!name.endsWith('.img')) continue;
-    bytes += await race(channel.sendFile(name, path.join(dir, name)));
-    files++;
-  }
-  return { files, bytes };
 }
 
 /** Waits for the next agent message of one of the given types; a refusal, failure or a closed channel throws. */
@@ -270,14 +258,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
           return race(runPreDump(options.criu, options.pid, dir, parent)).catch((error: Error) => Promise.reject(new Failure(error.message)));
         },
         send: async (n, dir) => {
-          const stored = nextMessage(ch, ['pre-dump-stored'], `waiting for the agent to store pre-dump ${n}`);
-          stored.catch(() => undefined);
-          ch.send({ t: 'pre-dump', n });
-          const sent = await sendImages(ch, dir, race);
-          ch.send({ t: 'pre-dump-end', n, ...sent });
-          await race(stored);
-          report.bytes.images += sent.bytes;
-          return sent.bytes;
+          const bytes = await race(sendIteration(ch, n, dir, () => nextMessage(ch, ['pre-dump-stored'], `waiting for the agent to store pre-dump ${n}`)));
+          report.bytes.images += bytes;
+          return bytes;
         },
         onIteration: (it) =>
           progress.note(
@@ -335,7 +318,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
 
     // ---- 4. the images
     progress.update({ phase: 'copy' });
-    const final = await sendImages(channel, imagesDir, race);
+    const final = await race(channel.sendImages(imagesDir));
     report.bytes.images += final.bytes;
     stage('copy');
     progress.update({ phase: 'restore' });

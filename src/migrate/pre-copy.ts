@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Channel } from './channel.js';
 import { criuLogErrors } from './lazy-dump.js';
 import { PRE_COPY_LIMITS, preCopyStop, type PreCopyLimits, type PreCopyStop } from './pre-copy-rules.js';
 import { readPagemap } from '../images/pagemap.js';
@@ -62,6 +63,20 @@ export function runPreDump(criu: string, pid: number, dir: string, parent: strin
       reject(new Error(`criu pre-dump -t ${pid} failed (${signal ?? `exit ${code}`}): ${criuLogErrors(log)}${stderr.trim() ? ` (${stderr.trim().split('\n').pop()})` : ''}; log ${log}`));
     });
   });
+}
+
+/**
+ * Streams iteration n's images to the agent (pre-dump, its files, pre-dump-end) and resolves with their bytes once
+ * `stored` (the agent's pre-dump-stored, waited for from before the first byte) has come.
+ */
+export async function sendIteration(channel: Channel, n: number, dir: string, stored: () => Promise<unknown>): Promise<number> {
+  const answer = stored();
+  answer.catch(() => undefined); // seen below, or through the caller's abort
+  channel.send({ t: 'pre-dump', n });
+  const sent = await channel.sendImages(dir);
+  channel.send({ t: 'pre-dump-end', n, files: sent.files, bytes: sent.bytes });
+  await answer;
+  return sent.bytes;
 }
 
 export interface PreCopyOptions {
