@@ -33,7 +33,8 @@ export interface Agent {
 }
 
 export interface AgentOptions {
-  netns: string;
+  /** The destination host's network namespace; without one, the agent runs in this host's. */
+  netns?: string;
   address?: string;
   criu: string;
   stateDir: string;
@@ -167,7 +168,7 @@ export interface SourceWorkload {
   sums: (string | undefined)[];
 }
 
-export async function startSourceWorkload(dir: string, options: WorkloadOptions, netns: string): Promise<SourceWorkload> {
+export async function startSourceWorkload(dir: string, options: WorkloadOptions, netns?: string): Promise<SourceWorkload> {
   const binary = await buildWorkload();
   const workload = await startWorkload(binary, dir, options, 15_000, netns);
   const children = options.children ?? 0;
