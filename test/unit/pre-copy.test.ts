@@ -261,3 +261,32 @@ for (const { version } of FIXTURE_VERSIONS) {
     for (const fd of engine.openFds) fs.closeSync(fd);
   });
 }
+
+test('the report and the progress lines name each iteration and the rule that stopped them', async () => {
+  const { formatReport, MigrationProgress } = await import('../../src/migrate/report.js');
+  const text = formatReport({
+    outcome: 'migrated', exitCode: 0, message: 'lazyd migrate: pid 1 now runs on dst as pid 2; the original is gone', pid: 1, destination: 'dst:1',
+    criu: {}, bytes: { images: 0, pages: 0, requests: 0, control: 0, total: 0 }, stages: [], lazyPages: 40, pagesServed: 40, pagesInParent: 4000,
+    preCopy: '2 iterations (pages written 4096, 40); stopped: iteration 2 wrote 40 pages, fewer than 64', preCopyStop: 'few-pages',
+    preCopyIterations: [
+      { n: 1, pagesWritten: 4096, dumpMs: 120, sendMs: 300, bytes: 16 * 1048576 },
+      { n: 2, pagesWritten: 40, dumpMs: 30, sendMs: 5, bytes: 163840 },
+    ],
+  });
+  assert.match(text, /lazy pages 40 served of 40, 4000 in-parent pages not fetched/);
+  assert.match(text, /\n {2}pre-copy: 2 iterations \(pages written 4096, 40\); stopped: iteration 2 wrote 40 pages, fewer than 64\n/);
+  assert.match(text, /\n {4}pre-dump 1: 4096 pages written, 16\.0 MiB streamed, dump 120 ms, on the destination 300 ms later\n {4}pre-dump 2: 40 pages written/);
+
+  const lines: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string) => (lines.push(chunk), true)) as typeof process.stderr.write;
+  try {
+    const progress = new MigrationProgress(PAGE, false);
+    progress.update({ phase: 'pre-copy', iteration: 1 });
+    progress.update({ phase: 'pre-copy', iteration: 2 });
+    progress.update({ phase: 'dump' });
+  } finally {
+    process.stderr.write = write;
+  }
+  assert.deepEqual(lines.map((l) => { const o = JSON.parse(l) as Record<string, unknown>; return [o.progress, o.iteration]; }), [['pre-copy', 1], ['pre-copy', 2], ['dump', undefined]]);
+});
