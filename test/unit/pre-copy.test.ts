@@ -16,7 +16,7 @@ import { loadCheckpoint, lazyRanges, resolveRange } from '../../src/images/index
 import { engineTasks } from '../../src/lazy-pages/engine-config.js';
 import { relayPlan } from '../../src/staging/relay.js';
 import { dataArea, FIXTURE_VERSIONS, fixturePath } from '../fixtures/fixtures.js';
-import { finalDumpOnParent } from '../harness/pre-copy-chain.js';
+import { dumpOnParent } from '../harness/pre-copy-chain.js';
 
 const PAGE = 4096;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-pre-copy-'));
@@ -221,11 +221,11 @@ for (const { version } of FIXTURE_VERSIONS) {
       files++;
     }
     dirs.end(1, files);
-    const made = await finalDumpOnParent(path.join(state, `${id}.pre-1`), final, version === '4.1.1' ? '4.1' : '4.2');
+    const made = await dumpOnParent(path.join(state, `${id}.pre-1`), final, 'final', version === '4.1.1' ? '4.1' : '4.2');
     dirs.linkFinal(final, 1);
     assert.ok(made.parentPages > 0 && made.lazyPages > 0, JSON.stringify(made));
     assert.equal(await pagesInParent(final, PAGE), made.parentPages);
-    assert.equal(pagesWritten(final, PAGE), made.eagerPages);
+    assert.equal(pagesWritten(final, PAGE), made.writtenPages);
 
     // The destination's lazy-pages (src/commands/lazy-pages.ts reads the images this way at the hand-over).
     const checkpoint = await loadCheckpoint(final);
