@@ -67,6 +67,8 @@ import { limitsMarkdown, measureLimits, type Limits } from './limits.js';
 import type { BenchContext, Benchmark } from './lib/types.js';
 
 const BOUND_MS = Number(process.env.LAZYD_BENCH_BOUND_S ?? 60) * 1000;
+// LAZYD_BENCH_LAZYD_ARGS='--drain-inflight-bytes 1048576': extra flags for every `lazyd lazy-pages` (experiments).
+const DEST_DAEMON_ARGS = process.env.LAZYD_BENCH_LAZYD_ARGS?.split(' ').filter(Boolean);
 
 type Source = Extract<SourceKind, 'criu-dump' | 'criu' | 'lazyd' | 'lazyd-staging' | 'lazyd-relay'>;
 const SOURCES: Source[] = ['criu-dump', 'criu', 'lazyd', 'lazyd-staging', 'lazyd-relay'];
@@ -304,6 +306,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       // The recommended relay flow starts the destination daemon first (it reads the images at hand-over), so its
       // start-up is outside the downtime. criu lazy-pages reads the images at start: it cannot be pre-started.
       preStartDaemon: source === 'lazyd-relay' && dest === 'lazyd',
+      daemonArgs: dest === 'lazyd' ? DEST_DAEMON_ARGS : undefined,
       workload: wl,
       keep: ctx.keep,
       network: { source: hosts.source, destination: hosts.destination, sourceAddress: hosts.sourceAddress },

@@ -228,6 +228,8 @@ export interface LazyPagesFlagOptions {
   drainRate: number;
   /** false (--no-drain): demand faults (and fault-around) only. */
   background: boolean;
+  /** For this long after RSTF the drain keeps the faulting window; 0: none. */
+  drainStartMs: number;
   maxRequestsInflight: number;
 }
 

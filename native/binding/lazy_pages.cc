@@ -76,7 +76,7 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 
 // new LazyPages({ workDir, nrTasks, tasks: [{ pid, runs: BigUint64Array [imgStart, nrPages, fd|2^64-1, offset]* }],
 //   source: 'local' | 'remote', address, port (remote), format, faultAroundBytes, drainMinBytes, drainMaxBytes,
-//   drainInflightBytes, drainInflightMaxBytes, drainInflightBytesFaulting, drainRate, background,
+//   drainInflightBytes, drainInflightMaxBytes, drainInflightBytesFaulting, drainRate, background, drainStartMs,
 //   maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls, onEvent }): every key required (tls: undefined for
 //   plain TCP); optional, not flags (the engine's own values): acceptTimeoutMs, handoverTimeoutMs,
 //   connectTimeoutMs, closeTimeoutMs.
@@ -129,6 +129,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     Napi::Value background = required_option(env, o, "LazyPages", "background");
     if (!background.IsBoolean()) throw Napi::TypeError::New(env, "LazyPages: option background must be a boolean");
     c.background = background.ToBoolean();
+    c.drain_start_ms = static_cast<int>(required("drainStartMs"));
     c.accept_timeout_ms = static_cast<int>(number("acceptTimeoutMs", c.accept_timeout_ms));
     c.handover_timeout_ms = static_cast<int>(number("handoverTimeoutMs", c.handover_timeout_ms));
     c.rstf_timeout_ms = static_cast<int>(required("rstfTimeoutMs"));

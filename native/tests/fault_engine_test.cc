@@ -846,6 +846,84 @@ static void test_deferred_tasks() {
   close(bad_sock);
 }
 
+// --drain-start: for that long after RSTF the drain's window is the faulting one (the restored tasks' first
+// faults queue behind little), then the full one. No task faults here: the window is the drain's own.
+static uint64_t drain_window_after_rstf(int drain_start_ms) {
+  const size_t N = 8 * 1024 * 1024 / P;
+  const std::string dir = make_dir();
+  Region r = make_region(N);
+  int pages_fd = -1;
+  std::vector<FaultEngineConfig::Run> engine_runs = write_pages(r, {{0, N}}, dir + "/pages-1.img", &pages_fd);
+  auto index = std::make_shared<PageIndex>(P);
+  const int file = index->add_file(dir + "/pages-1.img");
+  CHECK(file >= 0);
+  std::vector<PageRun> server_runs;
+  for (const auto& er : engine_runs) {
+    PageRun pr;
+    pr.vaddr = er.img_start;
+    pr.nr_pages = er.nr_pages;
+    pr.flags = wire::PE_LAZY | wire::PE_PRESENT;
+    pr.file = file;
+    pr.file_offset = er.file_offset;
+    server_runs.push_back(pr);
+  }
+  CHECK(index->add_task(556, server_runs) == 0);
+  PageServerConfig scfg = server_config();
+  scfg.session.format = wire::Format::V32;
+  scfg.single_session = true;
+  PageServer server(scfg, index, [](const ServerEvent&) {});
+  uint16_t port = 0;
+  CHECK(server.listen("127.0.0.1", 0, &port) == 0);
+  CHECK(server.start() == 0);
+  FaultEngineConfig cfg = engine_config();
+  cfg.work_dir = dir;
+  cfg.nr_tasks = 1;
+  for (auto& er : engine_runs) er.fd = -1;
+  cfg.tasks.push_back({556, engine_runs});
+  cfg.source = FaultEngineConfig::Source::kRemote;
+  cfg.address = "127.0.0.1";
+  cfg.port = port;
+  cfg.format = wire::Format::V32;
+  cfg.bg_rate_bytes = 16 * 1024 * 1024;  // 8 MiB take about half a second: the window is read while it runs
+  cfg.drain_start_ms = drain_start_ms;
+  FaultEngine engine(cfg);
+  CHECK(engine.start() == 0);
+  int sock = handshake::connect_socket(engine.socket_path());
+  CHECK(sock >= 0);
+  CHECK(handshake::send_task(sock, 556, r.uffd) == 0);
+  CHECK(handshake::send_finished(sock) == 0);
+  close(r.uffd);
+  close(sock);
+  // The window is published with the drain's first request, after RSTF.
+  uint64_t window = 0;
+  for (int i = 0; i < 2000 && window == 0; i++) {
+    window = engine.stats().bg_window_bytes;
+    if (window == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EngineStats during = engine.stats();
+  CHECK(during.summary.pages_background < N);  // still draining when read
+  window = during.bg_window_bytes;
+  CHECK(wait_end(engine, 30) == EngineState::kDone);
+  engine.join();
+  CHECK(engine.stats().summary.pages_background == N);
+  bool all = true;
+  for (size_t p = 0; p < N; p++) all &= page_matches(r.base + p * P, r.addr(p));
+  CHECK(all);
+  server.request_stop(1000);
+  server.join();
+  munmap(r.base, N * P);
+  close(pages_fd);
+  std::printf("drain window 50 ms after RSTF with --drain-start %d ms: %lu bytes\n", drain_start_ms, (unsigned long)window);
+  return window;
+}
+
+static void test_drain_start() {
+  const FaultEngineConfig cfg = engine_config();
+  CHECK(drain_window_after_rstf(10000) == cfg.bg_in_flight_bytes_faulting);
+  CHECK(drain_window_after_rstf(0) >= cfg.bg_in_flight_bytes);
+}
+
 int main() {
   alarm(120);  // never hang a test run
   setvbuf(stdout, nullptr, _IONBF, 0);
@@ -855,6 +933,7 @@ int main() {
   test_fork();
   test_remote(wire::Format::V24);
   test_remote(wire::Format::V32);
+  test_drain_start();
   expect_engine_failure("page server hang-up", true, 30000, "page server");
   expect_engine_failure("page server stall", false, 300, "stalled");
   test_handshake_failures();

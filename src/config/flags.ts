@@ -381,6 +381,17 @@ const DRAIN = {
     describe: 'drain every lazy page in the background after RSTF (--no-drain: serve demand faults only; the daemon ends when the tasks exit)',
     native: { key: 'background' },
   }),
+  drainStart: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 0.2,
+    min: 0,
+    fraction: true,
+    zero: 'the window opens at RSTF',
+    describe: "for this long after RSTF the drain keeps the faulting window (--drain-inflight-bytes-faulting): the restored tasks' first faults, the end of the downtime, queue behind little",
+    native: { key: 'drainStartMs', scale: 1000 },
+  }),
   drainInflightBytesFaulting: flag({
     type: 'number',
     unit: 'bytes',

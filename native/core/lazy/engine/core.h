@@ -51,6 +51,7 @@ struct EngineCore {
   std::string error;
   bool finished = false;  // done or failed: the loop ends
   bool rstf = false;      // the restore sent RSTF: the drain may start, completion is checked
+  uint64_t rstf_ns = 0;   // when
 
   int epoll_fd = -1;
   int epoll_add(int fd, uint32_t events, uint64_t tag);  // 0 or -errno

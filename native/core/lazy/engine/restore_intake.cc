@@ -128,6 +128,7 @@ void RestoreIntake::on_restore() {
   }
   if (status == handshake::HandshakeReader::Status::kFinished) {
     core_.rstf = true;
+    core_.rstf_ns = now_ns();
     core_.epoll_del(restore_->fd());
     restore_.reset();  // restore closes its end after RSTF (§3.2)
     EngineEvent e;

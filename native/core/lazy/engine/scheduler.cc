@@ -39,8 +39,12 @@ uint64_t Scheduler::drain_cap(uint64_t now) const {
   const LinkEstimator& link = requests_.link_estimate();
   // Measured (bench slice E, hot set at 5 ms RTT): holding the faulting cap for two RTTs more after each fault
   // kept the drain at the cap for the whole hot phase, all present 2.5 s -> 11.6 s, for no better fault p99.
-  const bool faulting =
-      tasks_.waiting() > 0 || now - last_fault_ < static_cast<uint64_t>(cfg.fault_quiet_ms) * 1000000ull;
+  // The restored tasks' first steps after RSTF are a chain of faults, one round trip apart (more than the quiet
+  // time at 5 ms RTT): the window between them would open, and each next fault would queue behind it. That chain
+  // is the end of the downtime, so the drain keeps the faulting window for --drain-start after RSTF.
+  const bool starting = now - core_.rstf_ns < static_cast<uint64_t>(cfg.drain_start_ms) * 1000000ull;
+  const bool faulting = starting || tasks_.waiting() > 0 ||
+                        now - last_fault_ < static_cast<uint64_t>(cfg.fault_quiet_ms) * 1000000ull;
   if (faulting) return cfg.bg_in_flight_bytes_faulting;
   // Faults lately (kRecentFaultQuiets quiet times): the floor, so the first fault of the next burst queues behind
   // no more than it did with a fixed window. Measured (slice E, hot set at 5 ms RTT, one FIFO link): with the

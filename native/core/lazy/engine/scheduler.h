@@ -4,7 +4,7 @@
 //   3. the background drain, after RSTF only (before it the restorer may not have registered the VMAs yet), in
 //      requests that double from bg_min_bytes to bg_max_bytes. Its bytes in flight follow the link's measured
 //      bandwidth x RTT (link_estimator.h; bg_in_flight_bytes the floor, bg_in_flight_max_bytes the ceiling), and
-//      are capped low while faults wait or were seen in the last fault_quiet_ms, so no fault queues behind
+//      are capped low while faults wait or were seen in the last fault_quiet_ms (and for drain_hold_ms after RSTF), so no fault queues behind
 //      megabytes of drain, and held at the floor for kRecentFaultQuiets quiet times after a fault (the window
 //      opens past it only while the tasks do not fault). bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
 //      not limited).
