@@ -162,11 +162,12 @@ test('native options: each flag sets its native key, in native units', () => {
     drainInflightBytesFaulting: 256 << 10,
     drainInflightMaxBytes: 16 << 20,
     drainRate: 0,
+    drainStartMs: 200,
     background: true,
     maxRequestsInflight: 64,
   });
-  const noDrain = lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { drain: false, drainRate: 8 << 20, drainInflightMaxBytes: 2 << 20 }, {}));
-  assert.deepEqual([noDrain.background, noDrain.drainRate, noDrain.drainInflightMaxBytes], [false, 8 << 20, 2 << 20], '--no-drain, --drain-rate, a fixed window');
+  const noDrain = lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { drain: false, drainRate: 8 << 20, drainInflightMaxBytes: 2 << 20, drainStart: 0.05 }, {}));
+  assert.deepEqual([noDrain.background, noDrain.drainRate, noDrain.drainInflightMaxBytes, noDrain.drainStartMs], [false, 8 << 20, 2 << 20, 50], "--no-drain, --drain-rate, a fixed window, --drain-start in ms");
   assert.deepEqual(nativeKeys(STAGING_COMMAND), []);
   assert.deepEqual(nativeKeys(CHECK), []);
 });
