@@ -1,0 +1,50 @@
+// A/B of two `lazyd lazy-pages` flag sets in one migration flow, alternating (A B, B A, ...), on the bench's two
+// network namespaces, CRIU 4.2.1, a workload reading its memory in order:
+//   node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE (default lazyd-relay)]
+// Prints each run and the medians of downtime, dump, restore, all pages present (ms). For experiments on one
+// flag; `npm run bench` is the suite.
+import { runLazyMigration, type SourceKind } from '../test/harness/index.js';
+import { createTwoHosts } from '../test/harness/netns.js';
+import { median } from './lib/stats.js';
+
+const [rtt, mib, pairs, a = '', b = '', source = 'lazyd-relay'] = process.argv.slice(2);
+if (!rtt || !mib || !pairs) {
+  console.error("usage: node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE]");
+  process.exit(2);
+}
+type Figures = Record<'down' | 'dump' | 'restore' | 'all', number>;
+const hosts = createTwoHosts();
+const runs: Record<'A' | 'B', Figures[]> = { A: [], B: [] };
+try {
+  await hosts.setRtt(Number(rtt));
+  for (let i = 0; i < Number(pairs); i++) {
+    const order: ['A' | 'B', string][] = i % 2 ? [['B', b], ['A', a]] : [['A', a], ['B', b]];
+    for (const [name, flags] of order) {
+      try {
+        const r = await runLazyMigration({
+          criuVersion: '4.2.1',
+          server: source as SourceKind,
+          daemon: 'lazyd',
+          preStartDaemon: source === 'lazyd-relay',
+          daemonArgs: flags.split(' ').filter(Boolean),
+          workload: { mib: Number(mib), order: 'seq', seed: 1000 + Number(mib), intervalMs: 0 },
+          network: { source: hosts.source, destination: hosts.destination, sourceAddress: hosts.sourceAddress },
+          timeouts: { allPagesMs: 60_000, dumpMs: 180_000, passesMs: 120_000, restoreMs: 120_000 },
+        });
+        const f: Figures = { down: r.resumeGapMs, dump: r.dumpMs, restore: r.restoreMs, all: r.pagesInstalledMs };
+        runs[name].push(f);
+        console.log(name, Object.entries(f).map(([k, v]) => `${k}=${Math.round(v)}`).join(' '));
+      } catch (error) {
+        console.log(name, 'failed:', (error as Error).message.split('\n')[0]);
+      }
+    }
+  }
+} finally {
+  hosts.destroy();
+}
+for (const name of ['A', 'B'] as const) {
+  const fs = runs[name];
+  if (!fs.length) continue;
+  const keys = Object.keys(fs[0]!) as (keyof Figures)[];
+  console.log(`${name} (${name === 'A' ? a || 'defaults' : b || 'defaults'}) medians:`, keys.map((k) => `${k}=${Math.round(median(fs.map((f) => f[k])))}`).join(' '));
+}
