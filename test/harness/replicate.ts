@@ -142,3 +142,17 @@ export async function runLazydOnce(netns: string, args: string[], timeoutMs = 60
   clearTimeout(timer);
   return { code: info.code, stdout, stderr };
 }
+
+/** Scrapes a lazyd /metrics URL from inside `netns` (curl there): the samples without labels, by name. */
+export async function scrapeIn(netns: string, url: string): Promise<Map<string, number>> {
+  const curl = new Proc({ name: 'curl (metrics)', file: 'curl', args: ['-sSf', url], netns }, ['ignore', 'pipe', 'pipe']);
+  await curl.waitOk(10_000);
+  const samples = new Map<string, number>();
+  for (const m of curl.outputText.matchAll(/^(lazyd_\w+) (\S+)$/gm)) samples.set(m[1], Number(m[2]));
+  return samples;
+}
+
+/** The /metrics URL a lazyd process wrote in `text` ("metrics on http://…/metrics" or "Metrics on …"). */
+export function metricsUrlIn(text: string): string | undefined {
+  return /[Mm]etrics on (http:\/\/\S+\/metrics)/.exec(text)?.[1];
+}
