@@ -30,11 +30,11 @@ export interface EpochsWorkload {
 }
 
 /** Starts `epochs <dir> <mib> 1 <classes>` as the init of a new pid namespace in `netns`; waits for its ready file. */
-export async function startEpochsWorkload(dir: string, mib: number, classes: number, netns: string): Promise<EpochsWorkload> {
+export async function startEpochsWorkload(dir: string, mib: number, classes: number, netns: string, extraArgs: string[] = []): Promise<EpochsWorkload> {
   const binary = await buildEpochsWorkload();
   fs.mkdirSync(dir, { recursive: true });
   const unshare = new Proc(
-    { name: 'epochs workload', file: 'unshare', args: ['-p', '-f', '--', 'setsid', binary, dir, String(mib), '1', String(classes)], cwd: dir, netns },
+    { name: 'epochs workload', file: 'unshare', args: ['-p', '-f', '--', 'setsid', binary, dir, String(mib), '1', String(classes), ...extraArgs], cwd: dir, netns },
     'ignore',
     true,
   );
@@ -83,7 +83,8 @@ export function logSize(dir: string): number {
 /** Has the workload write its next generation; resolves once it logged it written. */
 export async function nextGeneration(dir: string, gen: number): Promise<void> {
   fs.writeFileSync(path.join(dir, 'do-next'), '');
-  await pollFor(`generation ${gen} written`, 10_000, () => (readOr(path.join(dir, 'log')).includes(`\ngen ${gen} written\n`) ? true : undefined));
+  const written = new RegExp(`^gen ${gen} written$`, 'm');
+  await pollFor(`generation ${gen} written`, 10_000, () => (written.test(readOr(path.join(dir, 'log'))) ? true : undefined));
 }
 
 export interface ReplicateRun {
