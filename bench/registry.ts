@@ -8,6 +8,7 @@ import { migrationBenchmark } from './migration.js';
 import { pageServerBenchmark } from './page-server.js';
 import { pageStoreBenchmark } from './page-store.js';
 import { relayBenchmark } from './relay.js';
+import { replicateBenchmark } from './replicate.js';
 import { startupBenchmark } from './startup.js';
 import { tlsBenchmark } from './tls.js';
 
@@ -20,5 +21,6 @@ export const BENCHMARKS: readonly Benchmark[] = [
   lazyPagesBenchmark,
   tlsBenchmark,
   relayBenchmark,
+  replicateBenchmark,
   startupBenchmark,
 ];

@@ -15,6 +15,7 @@ import { applyDelta, sha256File } from '../replicate/page-delta.js';
 import { REPLICA_VERSION, replicaIdProblem, sendReplica, type EpochFile, type ReplicaMessage, type ReplicaSummary } from '../replicate/protocol.js';
 import { lazyPagesTotals, lastLine } from './restore.js';
 import { restoreLocally } from './replica-restore.js';
+import { observeMs, standbyCounters } from '../replicate/stats.js';
 import type { AgentHost } from './session.js';
 import type { Logger } from '../log.js';
 
@@ -67,6 +68,8 @@ export interface ReplicaHost extends AgentHost {
 
 export class ReplicaStore {
   private readonly replicas = new Map<string, Replica>();
+  /** For lazyd agent --metrics-address. */
+  readonly counters = standbyCounters();
 
   constructor(
     private readonly host: ReplicaHost,
@@ -92,7 +95,15 @@ export class ReplicaStore {
     const ids = fs.existsSync(root) ? fs.readdirSync(root) : [];
     return ids.map((id) => {
       const r = this.replica(id);
-      return { id, committed: r.committed?.epoch ?? null, committedAt: r.committed?.committedAt ?? null, connected: !!r.session, fenced: !!r.fenced, bytes: r.committed?.bytes ?? 0 };
+      return {
+        id,
+        committed: r.committed?.epoch ?? null,
+        committedAt: r.committed?.committedAt ?? null,
+        connected: !!r.session,
+        fenced: !!r.fenced,
+        failedOver: r.fenced ? { epoch: r.fenced.epoch, pid: r.fenced.pid, at: r.fenced.at } : null,
+        bytes: r.committed?.bytes ?? 0,
+      };
     });
   }
 
@@ -135,6 +146,8 @@ export class ReplicaStore {
     try {
       const { pid, lazyPages } = await restoreLocally(this.host.criuPath, dir);
       const ms = performance.now() - decision;
+      this.counters.failovers++;
+      observeMs(this.counters.failoverRunning, ms);
       fence.pid = pid;
       fs.writeFileSync(path.join(replica.dir, 'fenced.json'), JSON.stringify(fence));
       this.logger.info(`replica ${id}: epoch ${epoch} restored as pid ${pid}, running ${ms.toFixed(0)} ms after the decision; its pages follow from local images`);
@@ -145,6 +158,7 @@ export class ReplicaStore {
       });
       return { pid, epoch, decisionToRunningMs: ms };
     } catch (error) {
+      this.counters.failoversFailed++;
       this.logger.error(`replica ${id}: failover restore of epoch ${epoch} failed: ${(error as Error).message} (images kept in ${dir})`);
       throw error;
     } finally {
@@ -218,6 +232,7 @@ class ReplicaSession {
   private discard(why: string): void {
     if (!this.inFlight || !this.replica) return;
     fs.rmSync(path.join(this.replica.dir, 'incoming'), { recursive: true, force: true });
+    this.store.counters.epochsDiscarded++;
     this.logger.warn(`replica ${this.replica.id}: epoch ${this.inFlight.epoch} discarded (${why}); epoch ${this.replica.committed?.epoch ?? 'none'} stays committed`);
     this.inFlight = undefined;
   }
@@ -355,6 +370,8 @@ class ReplicaSession {
     this.store.commit(replica, { epoch: f.epoch, dumpedAt: m.dumpedAt, committedAt: Date.now(), bytes });
     this.inFlight = undefined;
     const commitMs = performance.now() - started;
+    this.store.counters.epochsCommitted++;
+    observeMs(this.store.counters.commit, commitMs);
     this.logger.info(`replica ${replica.id}: epoch ${f.epoch} committed (${mib(bytes)} MiB, rebuilt and checked in ${commitMs.toFixed(0)} ms)`);
     sendReplica(this.channel, { t: 'replica-committed', epoch: f.epoch, commitMs, bytes });
   }

@@ -1,6 +1,7 @@
-// The destination's two processes of one migration: `lazyd lazy-pages` (this lazyd, as a child: one migration's
-// engine, its failure policy and its uffds in a process of their own, so one bad migration never takes the agent
-// down) started before the restore needs it, then `criu restore --lazy-pages -d` (docs/protocol.md §4.2, §5.2).
+// The destination's two processes of one migration (and of a replica's failover, src/agent/replica-restore.ts):
+// `lazyd lazy-pages` (this lazyd, as a child: one restore's engine, its failure policy and its uffds in a process
+// of their own, so one bad restore never takes the agent down) started before the restore needs it, then
+// `criu restore --lazy-pages -d` (docs/protocol.md §4.2, §5.2).
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -18,16 +19,19 @@ function lazydEntry(): string {
   return process.argv[1];
 }
 
+/** Where the lazy pages come from: a page server (a migration's source), or the images in the directory itself. */
+export type PageSource = { pageServer: { address: string; port: number }; tlsArgs: string[] } | 'local';
+
 /**
- * Starts `lazyd lazy-pages --page-server --address A --port P -D dir` and resolves once it listens for the
- * restore (its --status-fd byte). `--on-failure kill`: a migration whose pages can never be completed must not
- * leave a copy running whose missing pages read as zeros — the source resumes the original then.
+ * Starts `lazyd lazy-pages -D dir` (with --page-server --address A --port P when the pages are remote) and
+ * resolves once it listens for the restore (its --status-fd byte). `--on-failure kill`: a restore whose pages can
+ * never be completed must not leave a copy running whose missing pages read as zeros.
  */
-export function startLazyPages(dir: string, source: { address: string; port: number }, tlsArgs: string[]): Promise<LazyPagesChild> {
-  const args = [
-    lazydEntry(), 'lazy-pages', '--page-server', '--address', source.address, '--port', String(source.port),
-    '-D', dir, '-o', 'lazy-pages.log', '--log-format', 'json', '--on-failure', 'kill', '--status-fd', '3', '--no-default-config', ...tlsArgs,
-  ];
+export function startLazyPages(dir: string, source: PageSource): Promise<LazyPagesChild> {
+  const from = source === 'local'
+    ? []
+    : ['--page-server', '--address', source.pageServer.address, '--port', String(source.pageServer.port), ...source.tlsArgs];
+  const args = [lazydEntry(), 'lazy-pages', ...from, '-D', dir, '-o', 'lazy-pages.log', '--log-format', 'json', '--on-failure', 'kill', '--status-fd', '3', '--no-default-config'];
   const child = spawn(process.execPath, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stderr!.on('data', (chunk: Buffer) => {

@@ -126,7 +126,7 @@ export class MigrationSession {
 
   private prestartLazyPages(dir: string, pageServer: { address: string; port: number }): void {
     this.lazyPagesStartedAt = performance.now();
-    const ready = startLazyPages(dir, pageServer, this.host.lazyPagesTlsArgs);
+    const ready = startLazyPages(dir, { pageServer, tlsArgs: this.host.lazyPagesTlsArgs });
     this.lazyPagesReady = ready;
     ready.then(
       (lazyPages) => {

@@ -12,6 +12,7 @@ import { ReplicaStore } from '../agent/replica.js';
 import { criuFeature, probeCriu } from '../migrate/criu-host.js';
 import { nodeTlsOptions, tlsArgv } from '../migrate/node-tls.js';
 import { parseHostPort } from './migrate.js';
+import { parseMetricsAddress, serveMetrics, type MetricsServer } from '../metrics/server.js';
 import type { Values } from '../config/flag.js';
 import { AGENT } from '../config/flags.js';
 
@@ -35,6 +36,7 @@ export async function runAgent(values: AgentValues): Promise<number> {
     return 1;
   };
   let server: AgentServer;
+  let metrics: MetricsServer | undefined;
   let allEnded: (() => void) | undefined;
   try {
     const listen = parseHostPort(values.listen!, '--listen');
@@ -47,6 +49,7 @@ export async function runAgent(values: AgentValues): Promise<number> {
     if (!tls && !/^(127\.|::1$|localhost$)/.test(listen.host)) {
       logger.warn(`listening on ${listen.host} without --tls: anyone who reaches the port can have this host restore a process as root`);
     }
+    const metricsAddress = values.metricsAddress !== undefined ? parseMetricsAddress(values.metricsAddress) : undefined;
     const host = {
       criuPath: criu.path,
       criuVersion: criu.version,
@@ -57,19 +60,23 @@ export async function runAgent(values: AgentValues): Promise<number> {
       preRestoreHook: values.preRestoreHook,
       keepDirs: values.keep,
     };
+    const replicas = new ReplicaStore({ ...host, replicaCapBytes: values.replicaCap * 1048576, failoverAfterMs: 0 }, logger);
     server = new AgentServer({
       address: listen.host,
       port: listen.port,
       tls,
       logger,
       host,
-      replicas: new ReplicaStore({ ...host, replicaCapBytes: values.replicaCap * 1048576, failoverAfterMs: 0 }, logger),
+      replicas,
       onChange: (sessions) => {
         systemd.status(statusText(sessions.size));
         if (sessions.size === 0) allEnded?.();
       },
     });
     const port = await server.listen();
+    if (metricsAddress) {
+      metrics = await serveMetrics(metricsAddress, { role: 'agent', criuAbi: 'auto', standby: { counters: () => replicas.counters, replicas: () => replicas.summaries() } }, logger, port);
+    }
     logger.info(`Listening on ${listen.host}:${port}${tls ? ' (mutual TLS)' : ''}; CRIU ${criu.version} (${criu.path}); migrations in ${stateDir}`);
     process.stdout.write(`${port}\n`);
   } catch (error) {
@@ -85,6 +92,7 @@ export async function runAgent(values: AgentValues): Promise<number> {
       systemd.stopping(`stopped by ${signal}`);
       logger.info(`Got ${signal}: no new migrations; waiting for ${server.sessions.size} running`);
       void server.close();
+      void metrics?.close();
       allEnded = resolve;
       if (server.sessions.size === 0) resolve();
     };

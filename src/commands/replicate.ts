@@ -11,6 +11,8 @@ import { Channel, type Message } from '../migrate/channel.js';
 import { connectAgentSocket } from '../replicate/connect.js';
 import { replicate } from '../replicate/primary.js';
 import { replicaIdProblem, sendReplica, type ReplicaMessage } from '../replicate/protocol.js';
+import { replicateCounters, type ReplicateCounters } from '../replicate/stats.js';
+import type { MetricsServer } from '../metrics/server.js';
 import { parseHostPort } from './migrate.js';
 import type { Values } from '../config/flag.js';
 import { REPLICATE } from '../config/flags.js';
@@ -60,13 +62,23 @@ async function status(values: ReplicateValues): Promise<number> {
   for (const r of answer.replicas) {
     const lag = r.committedAt ? ` committed ${((Date.now() - r.committedAt) / 1000).toFixed(1)} s ago` : '';
     process.stdout.write(
-      `${r.id}: epoch ${r.committed ?? 'none'}${lag}, ${(r.bytes / 1048576).toFixed(1)} MiB, primary ${r.connected ? 'connected' : 'not connected'}${r.fenced ? ', FAILED OVER (fenced)' : ''}\n`,
+      `${r.id}: epoch ${r.committed ?? 'none'}${lag}, ${(r.bytes / 1048576).toFixed(1)} MiB, primary ${r.connected ? 'connected' : 'not connected'}${r.failedOver ? `, FAILED OVER (fenced) to epoch ${r.failedOver.epoch}${r.failedOver.pid ? `, pid ${r.failedOver.pid}` : ', restoring'}` : ''}\n`,
     );
   }
   return 0;
 }
 
+/** --metrics-address: the primary's epochs at /metrics (prom-client is loaded only then). */
+async function serveReplicateMetrics(text: string, counters: ReplicateCounters): Promise<MetricsServer> {
+  const { parseMetricsAddress, startMetricsServer } = await import('../metrics/server.js');
+  const { createMetricsRegistry } = await import('../metrics/registry.js');
+  const server = await startMetricsServer(parseMetricsAddress(text), createMetricsRegistry({ role: 'replicate', criuAbi: 'auto', replicate: () => counters }));
+  say(`metrics on ${server.url}`);
+  return server;
+}
+
 export async function runReplicate(action: string | undefined, values: ReplicateValues): Promise<number> {
+  let metrics: MetricsServer | undefined;
   try {
     if (action === 'status') return await status(values);
     if (action !== undefined && action !== 'run') throw new Error(`unknown action ${JSON.stringify(action)}: use \`lazyd replicate --pid PID --to HOST:PORT\` or \`lazyd replicate status --to HOST:PORT\``);
@@ -77,6 +89,8 @@ export async function runReplicate(action: string | undefined, values: Replicate
     const to = parseHostPort(values.to!, '--to');
     const tls = nodeTlsOptions(values);
     const criu = probeCriu(values.criu);
+    const counters = replicateCounters();
+    if (values.metricsAddress !== undefined) metrics = await serveReplicateMetrics(values.metricsAddress, counters);
     const stop = new AbortController();
     const onSignal = (signal: string) => {
       say(`got ${signal}: stopping after the epoch in flight`);
@@ -103,6 +117,7 @@ export async function runReplicate(action: string | undefined, values: Replicate
         linkTimeoutMs: values.linkTimeout * 1000,
         failoverAfterMs: values.failoverAfter * 1000,
         progress: (event) => process.stderr.write(`${JSON.stringify(event)}\n`),
+        counters,
       },
       stop.signal,
     );
@@ -119,5 +134,7 @@ export async function runReplicate(action: string | undefined, values: Replicate
   } catch (error) {
     say((error as Error).message);
     return REPLICATE_EXIT.failed;
+  } finally {
+    await metrics?.close();
   }
 }

@@ -719,6 +719,7 @@ export const AGENT = role({
     stateDir: flag({ type: 'string', arg: 'DIR', default: '/var/lib/lazyd/agent', describe: "one directory per migration under it: images, lazy-pages.socket, restore.log, lazy-pages.log" }),
     keep: flag({ type: 'boolean', default: false, describe: "keep a completed migration's directory (a failed one's is always kept)" }),
     replicaCap: flag({ type: 'number', arg: 'MiB', default: 4096, min: 1, describe: 'replicas: MiB of images one replica may hold here (its committed epoch and the one in flight); an epoch over it is refused' }),
+    ...METRICS,
     preRestoreHook: flag({
       type: 'string',
       arg: 'CMD',
@@ -762,6 +763,7 @@ export const REPLICATE = role({
     }),
     killOnFence: flag({ type: 'boolean', default: false, describe: 'when the standby has taken over (fenced this primary): SIGKILL the replicated tree before exiting' }),
     linkTimeout,
+    ...METRICS,
     json: flag({ type: 'boolean', default: false, describe: 'status: print JSON' }),
     config,
     ...migrationTls,

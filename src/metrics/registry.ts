@@ -1,11 +1,16 @@
 // lazyd's Prometheus metrics. Nothing is counted here: every value is read from the native counters (relaxed
 // atomics kept by the page-server and fault-engine threads) when a scrape asks, through prom-client collect()
-// callbacks. Base units (seconds, bytes), counters end in _total, and no label carries a pid or an address.
+// callbacks (the replication commands' values come from their plain counters, src/replicate/stats.ts). Base
+// units (seconds, bytes), counters end in _total, and no label carries a pid or an address.
 import fs from 'node:fs';
 import path from 'node:path';
 import client from 'prom-client';
 import { repoRoot } from '../paths.js';
 import type { LazyPagesStats, PageServerStats } from '../native.js';
+import type { ReplicaSummary } from '../replicate/protocol.js';
+import type { ReplicateCounters, StandbyCounters } from '../replicate/stats.js';
+import { counter, gauge, labelledCounter, NativeHistogram } from './metric-types.js';
+import { registerReplicateMetrics, registerStandbyMetrics } from './replica-metrics.js';
 
 /** What `PageServer.stats()` (native) returns. */
 export type PageServerCounters = PageServerStats;
@@ -14,13 +19,17 @@ export type PageServerCounters = PageServerStats;
 export type EngineCounters = LazyPagesStats;
 
 export interface MetricsSources {
-  role: 'page-server' | 'lazy-pages';
+  role: 'page-server' | 'lazy-pages' | 'replicate' | 'agent';
   /** --criu-abi as given (auto, 4.1, 4.2). */
   criuAbi: string;
   pageServer?: () => PageServerCounters | undefined;
   /** Staged checkpoints held now (serve mode with staging). */
   stagedCheckpoints?: () => number;
   lazyPages?: () => EngineCounters | undefined;
+  /** `lazyd replicate`: the primary's epochs. */
+  replicate?: () => ReplicateCounters;
+  /** `lazyd agent`: the standby's replicas. */
+  standby?: { counters: () => StandbyCounters; replicas: () => ReplicaSummary[] };
 }
 
 export function lazydVersion(): string {
@@ -28,82 +37,6 @@ export function lazydVersion(): string {
     return JSON.parse(fs.readFileSync(path.join(repoRoot(), 'package.json'), 'utf8')).version ?? 'unknown';
   } catch {
     return 'unknown';
-  }
-}
-
-type Read<T> = () => T | undefined;
-
-function counter(registry: client.Registry, name: string, help: string, value: () => number | undefined): void {
-  new client.Counter({
-    name,
-    help,
-    registers: [registry],
-    collect() {
-      const v = value();
-      this.reset();
-      if (v !== undefined) this.inc(Number(v));
-    },
-  });
-}
-
-function labelledCounter(
-  registry: client.Registry,
-  name: string,
-  help: string,
-  label: string,
-  values: () => Record<string, number> | undefined,
-): void {
-  new client.Counter({
-    name,
-    help,
-    labelNames: [label],
-    registers: [registry],
-    collect() {
-      const all = values();
-      this.reset();
-      for (const [key, v] of Object.entries(all ?? {})) this.inc({ [label]: key }, Number(v));
-    },
-  });
-}
-
-function gauge(registry: client.Registry, name: string, help: string, value: () => number | undefined): void {
-  new client.Gauge({
-    name,
-    help,
-    registers: [registry],
-    collect() {
-      const v = value();
-      this.set(v === undefined ? 0 : Number(v));
-    },
-  });
-}
-
-/**
- * A histogram whose buckets are kept natively (per-bucket counts in µs, a sum in µs and a count): exported as
- * cumulative buckets in seconds. prom-client's Histogram only observes samples one by one, so this is a metric
- * object of our own that the registry formats like any other.
- */
-class NativeHistogram {
-  readonly type = 'histogram';
-  readonly aggregator = 'sum';
-  constructor(
-    readonly name: string,
-    readonly help: string,
-    private readonly read: Read<{ boundsUs: number[]; counts: number[]; sumUs: number; count: number }>,
-  ) {}
-  get() {
-    const h = this.read();
-    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
-    let cumulative = 0;
-    const bounds = h?.boundsUs ?? [Infinity];
-    for (let i = 0; i < bounds.length; i++) {
-      cumulative += Number(h?.counts[i] ?? 0);
-      const le = Number.isFinite(bounds[i]) ? String(bounds[i] / 1e6) : '+Inf';
-      values.push({ metricName: `${this.name}_bucket`, labels: { le }, value: cumulative });
-    }
-    values.push({ metricName: `${this.name}_sum`, labels: {}, value: Number(h?.sumUs ?? 0) / 1e6 });
-    values.push({ metricName: `${this.name}_count`, labels: {}, value: Number(h?.count ?? 0) });
-    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
 }
 
@@ -186,6 +119,8 @@ export function createMetricsRegistry(sources: MetricsSources): client.Registry 
     counter(registry, 'lazyd_lazy_pages_sent_bytes_total', 'bytes sent to the page server (requests, CLOSE)', () => lp()?.bytesSent);
   }
 
-  counter(registry, 'lazyd_tls_failures_total', 'TLS handshakes or records that failed', () => ps?.()?.tlsFailures ?? lp?.()?.tlsFailures ?? 0);
+  if (sources.replicate) registerReplicateMetrics(registry, sources.replicate);
+  if (sources.standby) registerStandbyMetrics(registry, sources.standby.counters, sources.standby.replicas);
+  if (ps || lp) counter(registry, 'lazyd_tls_failures_total', 'TLS handshakes or records that failed', () => ps?.()?.tlsFailures ?? lp?.()?.tlsFailures ?? 0);
   return registry;
 }

@@ -13,6 +13,7 @@ import { connectAgentSocket } from './connect.js';
 import { dumpLeaveRunning } from './dump.js';
 import { changedRuns, hashPages, sha256File, writeDelta, type PageHashes } from './page-delta.js';
 import { REPLICA_VERSION, sendReplica, type EpochFile, type ReplicaMessage } from './protocol.js';
+import { observeMs, type ReplicateCounters } from './stats.js';
 
 export interface ReplicateOptions {
   pid: number;
@@ -34,6 +35,8 @@ export interface ReplicateOptions {
   failoverAfterMs: number;
   /** One progress object per epoch (and per event). */
   progress: (event: Record<string, unknown>) => void;
+  /** Kept up to date for --metrics-address. */
+  counters?: ReplicateCounters;
 }
 
 export interface EpochReport {
@@ -190,6 +193,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       fs.rmSync(dir, { recursive: true, force: true });
       fs.mkdirSync(dir, { mode: 0o700 });
       const { ms: frozenMs } = await dumpLeaveRunning(options.criu, options.pid, dir);
+      if (options.counters) options.counters.inFlight = true;
       const hashStarted = performance.now();
       const files: EpochFile[] = [];
       const sends: { name: string; file: string }[] = [];
@@ -237,6 +241,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
         commitMs: done.commitMs, epochMs: performance.now() - started, lagSeconds: (Date.now() - dumpedAt) / 1000,
       };
       options.progress({ event: 'committed', ...report });
+      if (options.counters) count(options.counters, report, dumpedAt);
       base = { epoch, hashes };
       if (previousDir) fs.rmSync(previousDir, { recursive: true, force: true });
       previousDir = dir;
@@ -247,6 +252,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       if (wait > 0) await abortableDelay(wait, stop);
     }
   } catch (error) {
+    if (options.counters) options.counters.inFlight = false;
     link.stop();
     if (link.fenced) return fenced(link.fenced);
     link.channel.destroy();
@@ -256,6 +262,19 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
   sendReplica(link.channel, { t: 'replica-bye' });
   link.channel.end();
   return { outcome: 'done', epochs: committedCount };
+}
+
+function count(c: ReplicateCounters, r: EpochReport, dumpedAt: number): void {
+  c.epochsCommitted++;
+  c.pages += r.pages;
+  c.pagesChanged += r.pagesChanged;
+  c.bytesSent += r.bytesSent;
+  observeMs(c.frozen, r.frozenMs);
+  observeMs(c.hash, r.hashMs);
+  observeMs(c.commit, r.commitMs);
+  c.last = { epoch: r.epoch, frozenMs: r.frozenMs, pagesChanged: r.pagesChanged, bytesSent: r.bytesSent, commitMs: r.commitMs };
+  c.committedStateAt = dumpedAt;
+  c.inFlight = false;
 }
 
 /** The pause to the next epoch's start (the schedule, not a wait for an event); ends early on stop. */

@@ -37,6 +37,8 @@ export interface ReplicaSummary {
   committedAt: number | null;
   connected: boolean;
   fenced: boolean;
+  /** Once failed over: the epoch restored, its pid (0 while the restore runs) and when (Date.now()). */
+  failedOver: { epoch: number; pid: number; at: number } | null;
   bytes: number;
 }
 

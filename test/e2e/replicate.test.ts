@@ -9,8 +9,13 @@
 //   (2) the primary killed mid-epoch (over a slow link, while the epoch of generation 2 is half sent): the standby
 //       discards it and fails over to the last committed epoch, which verifies as generation 1
 //   (3) the link cut mid-epoch: the same, the standby gives up the epoch after the link timeout
+//   (4) the primary (with --failover-after 1) killed at a random point of its epoch cycle: the standby fails over
+//       by itself once the primary has been gone 1 s, to the epoch it last committed, which verifies
+// Cases 1-3 also scrape --metrics-address of both ends (the primary's epochs; the standby's commits, discarded
+// epochs and failovers).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { CRIU_VERSIONS, findCriu, pollFor, processAlive, requireHost, withRunDir, type CriuVersion } from '../harness/index.js';
@@ -19,9 +24,11 @@ import { cutLink, healLink, startAgent, type Agent } from '../harness/agent.js';
 import { killPidNamespace } from '../harness/workload.js';
 import {
   logSize,
+  metricsUrlIn,
   nextGeneration,
   runLazydOnce,
   runReplicate,
+  scrapeIn,
   startEpochsWorkload,
   stopEpochsWorkload,
   verifyLines,
@@ -50,7 +57,7 @@ interface Scene {
 async function scene(tag: string, version: CriuVersion, mib: number, classes: number, body: (s: Scene, onCleanup: (fn: () => unknown) => void) => Promise<void>): Promise<void> {
   await withRunDir(`replicate-${tag}`, async (runDir, onCleanup) => {
     const criu = findCriu(version).path;
-    const agent = await startAgent({ netns: hosts.destination, criu, stateDir: path.join(runDir, 'agent') });
+    const agent = await startAgent({ netns: hosts.destination, criu, stateDir: path.join(runDir, 'agent'), extraArgs: ['--metrics-address', '127.0.0.1:0'] });
     onCleanup(() => agent.stop());
     const workload = await startEpochsWorkload(path.join(runDir, 'w'), mib, classes, hosts.source);
     onCleanup(() => stopEpochsWorkload(workload));
@@ -88,20 +95,42 @@ async function failoverVerifies(t: TestContext, s: Scene, epoch: number, gen: nu
   onCleanup(() => processAlive(answer.pid) && killPidNamespace(answer.pid));
   t.diagnostic(`failover: epoch ${answer.epoch} as pid ${answer.pid}, running ${answer.decisionToRunningMs.toFixed(0)} ms after the decision`);
   assert.equal(answer.epoch, epoch, 'the last epoch the primary saw committed');
+  await restoredVerifies(s, answer.pid, from, [gen]);
+}
+
+/** Two verify passes of the restored workload (pid), every page good, in one of `gens`; resolves with it. */
+async function restoredVerifies(s: Scene, pid: number, from: number, gens: number[]): Promise<number> {
   const lines = await pollFor('two verify passes of the restored workload', 30_000, () => {
     const got = verifyLines(s.workload.dir, from);
     return got.length >= 2 ? got : undefined;
   });
-  for (const line of lines) assert.deepEqual({ gen: line.gen, ok: line.ok, bad: line.bad }, { gen, ok: s.workload.pages, bad: 0 }, JSON.stringify(line));
-  assert.ok(processAlive(answer.pid), 'the restored tree runs on the standby');
+  assert.ok(gens.includes(lines[0].gen), `the restored workload is in generation ${lines[0].gen}, expected ${gens.join(' or ')}`);
+  for (const line of lines) assert.deepEqual({ gen: line.gen, ok: line.ok, bad: line.bad }, { gen: lines[0].gen, ok: s.workload.pages, bad: 0 }, JSON.stringify(line));
+  assert.ok(processAlive(pid), 'the restored tree runs on the standby');
+  return lines[0].gen;
+}
+
+/** The standby agent's metrics (its URL from its log). */
+async function agentMetrics(s: Scene): Promise<Map<string, number>> {
+  const url = metricsUrlIn(fs.readFileSync(s.agent.logFile, 'utf8'));
+  assert.ok(url, 'the agent logged its metrics URL');
+  return scrapeIn(hosts.destination, url);
+}
+
+async function replicaStatus(s: Scene): Promise<{ id: string; fenced: boolean; committed: number; failedOver: { epoch: number; pid: number; at: number } | null } | undefined> {
+  const status = await runLazydOnce(hosts.source, ['replicate', 'status', '--to', s.to, '--json']);
+  assert.equal(status.code, 0, status.stderr);
+  return (JSON.parse(status.stdout) as { id: string; fenced: boolean; committed: number; failedOver: { epoch: number; pid: number; at: number } | null }[]).find((r) => r.id === s.id);
 }
 
 for (const version of CRIU_VERSIONS) {
   test(`(1) CRIU ${version}: epochs committed, failover to the last one, the restarted primary fenced`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
     await scene(`epochs-${version}`, version, 16, 10, async (s, onCleanup) => {
-      const run = startReplicate(s, ['--interval', '0.3']);
+      const run = startReplicate(s, ['--interval', '0.3', '--metrics-address', '127.0.0.1:0']);
       onCleanup(() => run.proc.kill('SIGKILL'));
       const first = await run.waitForEvent('first commit', (e) => e.event === 'committed');
+      const primaryUrl = metricsUrlIn(run.stderr());
+      assert.ok(primaryUrl, `lazyd replicate printed its metrics URL: ${run.stderr()}`);
       assert.equal(first.pagesChanged, first.pages, 'the first epoch sends every page');
       for (let gen = 1; gen <= 3; gen++) {
         await nextGeneration(s.workload.dir, gen);
@@ -112,12 +141,29 @@ for (const version of CRIU_VERSIONS) {
       const pages = Number(first.pages);
       assert.ok(Math.max(...changed) >= s.workload.pages / 10, `some epoch carried a generation's pages (${changed})`);
       assert.ok(Math.max(...changed) < pages / 2, `no later epoch re-sent most pages (${changed} of ${pages})`);
+      const seen = committed(run);
+      const m = await scrapeIn(hosts.source, primaryUrl);
+      t.diagnostic(`primary metrics: ${[...m].filter(([k]) => k.startsWith('lazyd_replicate_')).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      const epochs = m.get('lazyd_replicate_epochs_committed_total')!;
+      assert.ok(epochs >= seen.length, `epochs committed ${epochs} >= the ${seen.length} seen`);
+      assert.equal(m.get('lazyd_replicate_epoch_frozen_seconds_count'), epochs, 'one frozen-time sample per committed epoch');
+      assert.equal(m.get('lazyd_replicate_epoch_commit_seconds_count'), epochs, 'one commit-time sample per committed epoch');
+      assert.ok(m.get('lazyd_replicate_epoch_frozen_seconds_sum')! >= seen.reduce((sum, e) => sum + Number(e.frozenMs), 0) / 1000 - 1e-6);
+      assert.ok(m.get('lazyd_replicate_pages_changed_total')! >= seen.reduce((sum, e) => sum + Number(e.pagesChanged), 0));
+      assert.ok(m.get('lazyd_replicate_sent_bytes_total')! >= seen.reduce((sum, e) => sum + Number(e.bytesSent), 0));
+      assert.ok(m.get('lazyd_replicate_committed_epoch')! >= Number(seen.at(-1)!.epoch));
+      assert.ok(m.get('lazyd_replicate_last_epoch_sent_bytes')! > 0 && m.get('lazyd_replicate_last_epoch_sent_bytes')! < Number(first.bytesSent) / 2, 'the last epoch sent a delta');
+      const lag = m.get('lazyd_replicate_lag_seconds')!;
+      assert.ok(lag > 0 && lag < 10, `lag ${lag} s`);
       const last = await killPrimary(s, run);
       await failoverVerifies(t, s, last, 3, onCleanup);
-      const status = await runLazydOnce(hosts.source, ['replicate', 'status', '--to', s.to, '--json']);
-      assert.equal(status.code, 0, status.stderr);
-      const replica = (JSON.parse(status.stdout) as { id: string; fenced: boolean; committed: number }[]).find((r) => r.id === s.id);
-      assert.deepEqual({ fenced: replica?.fenced, committed: replica?.committed }, { fenced: true, committed: last });
+      const replica = await replicaStatus(s);
+      assert.deepEqual({ fenced: replica?.fenced, committed: replica?.committed, epoch: replica?.failedOver?.epoch }, { fenced: true, committed: last, epoch: last });
+      const a = await agentMetrics(s);
+      assert.equal(a.get('lazyd_replica_epochs_committed_total'), last, 'the standby committed every epoch');
+      assert.equal(a.get('lazyd_replica_commit_seconds_count'), last);
+      assert.deepEqual([a.get('lazyd_replica_failovers_total'), a.get('lazyd_replica_failovers_failed_total'), a.get('lazyd_replica_failover_running_seconds_count')], [1, 0, 1]);
+      assert.deepEqual([a.get('lazyd_replicas'), a.get('lazyd_replica_primaries_connected')], [1, 0]);
       // A primary restarted after the failover: fenced, and with --kill-on-fence its tasks are killed.
       const again = await startEpochsWorkload(path.join(s.runDir, 'w2'), 4, 10, hosts.source);
       onCleanup(() => stopEpochsWorkload(again));
@@ -163,9 +209,45 @@ for (const version of CRIU_VERSIONS) {
         }
         await hosts.setRtt(0);
         await failoverVerifies(t, s, last, 1, onCleanup);
+        const a = await agentMetrics(s);
+        assert.ok(a.get('lazyd_replica_epochs_discarded_total')! >= 1, 'the epoch cut off is counted as discarded');
+        assert.equal(a.get('lazyd_replica_failovers_total'), 1);
       });
     });
   }
+
+  test(`(4) CRIU ${version}: the primary killed at a random point, the standby fails over by itself after --failover-after`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(`auto-${version}`, version, 16, 10, async (s, onCleanup) => {
+      const run = startReplicate(s, ['--interval', '0.3', '--failover-after', '1']);
+      onCleanup(() => run.proc.kill('SIGKILL'));
+      await run.waitForEvent('first commit', (e) => e.event === 'committed');
+      await nextGeneration(s.workload.dir, 1);
+      const sure = await epochAfterNow(run);
+      await nextGeneration(s.workload.dir, 2);
+      // A random point of the cycle (waiting, dumping, hashing, sending or committing): whatever it hits, the
+      // standby must restore a complete epoch, no older than the last one the primary saw committed.
+      const delayMs = Math.floor(Math.random() * 700);
+      t.diagnostic(`killing the primary ${delayMs} ms after generation 2 was written`);
+      await sleep(delayMs);
+      const killedAt = Date.now();
+      const seen = await killPrimary(s, run);
+      const from = logSize(s.workload.dir);
+      const replica = await pollFor('the standby to fail over by itself', 30_000, async () => {
+        const r = await replicaStatus(s);
+        return r?.failedOver?.pid ? r : undefined;
+      }, 200);
+      const { epoch, pid, at } = replica.failedOver!;
+      onCleanup(() => processAlive(pid) && killPidNamespace(pid));
+      t.diagnostic(`failed over on its own ${at - killedAt} ms after the kill: epoch ${epoch} (the primary last saw ${seen} committed) as pid ${pid}`);
+      assert.ok(at - killedAt >= 950, `the standby waited --failover-after 1 s (failed over after ${at - killedAt} ms)`);
+      assert.ok(epoch >= seen && epoch >= Number(sure.epoch), `epoch ${epoch}: no older than ${seen}`);
+      assert.equal(replica.committed, epoch, 'the restored epoch is the committed one');
+      const gen = await restoredVerifies(s, pid, from, epoch === Number(sure.epoch) ? [1] : [1, 2]);
+      t.diagnostic(`the restored workload verifies as generation ${gen}`);
+      const log = fs.readFileSync(s.agent.logFile, 'utf8');
+      assert.match(log, new RegExp(`replica ${s.id}: failing over to epoch ${epoch}: the primary was unreachable for --failover-after 1\\.0 s`));
+    });
+  });
 }
 
 function sizeOf(file: string): number {

@@ -30,11 +30,11 @@ export interface EpochsWorkload {
 }
 
 /** Starts `epochs <dir> <mib> 1 <classes>` as the init of a new pid namespace in `netns`; waits for its ready file. */
-export async function startEpochsWorkload(dir: string, mib: number, classes: number, netns: string): Promise<EpochsWorkload> {
+export async function startEpochsWorkload(dir: string, mib: number, classes: number, netns: string, extraArgs: string[] = []): Promise<EpochsWorkload> {
   const binary = await buildEpochsWorkload();
   fs.mkdirSync(dir, { recursive: true });
   const unshare = new Proc(
-    { name: 'epochs workload', file: 'unshare', args: ['-p', '-f', '--', 'setsid', binary, dir, String(mib), '1', String(classes)], cwd: dir, netns },
+    { name: 'epochs workload', file: 'unshare', args: ['-p', '-f', '--', 'setsid', binary, dir, String(mib), '1', String(classes), ...extraArgs], cwd: dir, netns },
     'ignore',
     true,
   );
@@ -83,7 +83,8 @@ export function logSize(dir: string): number {
 /** Has the workload write its next generation; resolves once it logged it written. */
 export async function nextGeneration(dir: string, gen: number): Promise<void> {
   fs.writeFileSync(path.join(dir, 'do-next'), '');
-  await pollFor(`generation ${gen} written`, 10_000, () => (readOr(path.join(dir, 'log')).includes(`\ngen ${gen} written\n`) ? true : undefined));
+  const written = new RegExp(`^gen ${gen} written$`, 'm');
+  await pollFor(`generation ${gen} written`, 10_000, () => (written.test(readOr(path.join(dir, 'log'))) ? true : undefined));
 }
 
 export interface ReplicateRun {
@@ -141,4 +142,18 @@ export async function runLazydOnce(netns: string, args: string[], timeoutMs = 60
   const info = await proc.exited;
   clearTimeout(timer);
   return { code: info.code, stdout, stderr };
+}
+
+/** Scrapes a lazyd /metrics URL from inside `netns` (curl there): the samples without labels, by name. */
+export async function scrapeIn(netns: string, url: string): Promise<Map<string, number>> {
+  const curl = new Proc({ name: 'curl (metrics)', file: 'curl', args: ['-sSf', url], netns }, ['ignore', 'pipe', 'pipe']);
+  await curl.waitOk(10_000);
+  const samples = new Map<string, number>();
+  for (const m of curl.outputText.matchAll(/^(lazyd_\w+) (\S+)$/gm)) samples.set(m[1], Number(m[2]));
+  return samples;
+}
+
+/** The /metrics URL a lazyd process wrote in `text` ("metrics on http://…/metrics" or "Metrics on …"). */
+export function metricsUrlIn(text: string): string | undefined {
+  return /[Mm]etrics on (http:\/\/\S+\/metrics)/.exec(text)?.[1];
 }
