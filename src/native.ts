@@ -322,6 +322,8 @@ export interface LazyPagesStats {
   requestsInFlight: number;
   pagesDiscarded: number;
   tlsFailures: number;
+  /** Pages that failed their link checksum (docs/protocol.md §7.4): each fetched again once. */
+  checksumMismatches: number;
   /** The drain's bytes in flight allowed now (measured bandwidth x RTT within the floor and ceiling, or the faulting cap). */
   drainWindowBytes: number;
   drainInflightBytes: number;

@@ -193,6 +193,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     o.Set("requestsInFlight", uint64_value(env, s.requests_in_flight));
     o.Set("pagesDiscarded", uint64_value(env, s.pages_discarded));
     o.Set("tlsFailures", uint64_value(env, s.tls_failures));
+    o.Set("checksumMismatches", uint64_value(env, s.checksum_mismatches));
     o.Set("drainWindowBytes", uint64_value(env, s.bg_window_bytes));
     o.Set("drainInflightBytes", uint64_value(env, s.bg_bytes_in_flight));
     o.Set("drainRequestedBytes", uint64_value(env, s.bytes_background));

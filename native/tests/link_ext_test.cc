@@ -7,7 +7,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <cinttypes>
 #include <fcntl.h>
+#include <functional>
 #include <memory>
 #include <string>
 #include <sys/mman.h>
@@ -20,7 +23,9 @@
 #include "server/lazy_session.h"
 #include "server/page_index.h"
 #include "staging/memfd_store.h"
+#include "util/crc32c.h"
 #include "wire/link_ext.h"
+#include "wire/page_checksums.h"
 #include "wire/wire.h"
 
 namespace {
@@ -95,10 +100,10 @@ std::unique_ptr<PageIndex> image_index() {
   return index;
 }
 
-Bytes hello(uint8_t token_byte, uint32_t version = wire::kLinkVersion) {
+Bytes hello(uint8_t token_byte, uint32_t version = wire::kLinkVersion, uint64_t features = wire::kFeatureBind) {
   wire::Hello h;
   h.version = version;
-  h.features = wire::kFeatureBind;
+  h.features = features;
   h.token.fill(token_byte);
   Bytes out(wire::kHelloSize);
   wire::encode_hello(h, out.data());
@@ -235,7 +240,7 @@ void test_hello_binds() {
   const Outcome o = run(cat({hello(0x5a), get24(100, kStagedVaddr, 2)}), &staged, false);
   CHECK(o.status == LazySession::Status::kDone, "bound session: %s", o.error.c_str());
   const wire::HelloReply r = reply_of(o);
-  CHECK(r.status == 0 && r.checkpoint == 5 && r.features == wire::kFeatureBind, "granted, bound to #5");
+  CHECK(r.status == 0 && r.checkpoint == 5 && r.features == wire::kFeatureBind, "granted, bound to #5, no checksums");
   CHECK(o.out.size() == wire::kHelloReplySize + wire::HEADER_SIZE_V24 + 2 * kPage, "one reply after the HELLO's");
   CHECK(o.out.back() == 0xaa, "checkpoint #5's pages");
   CHECK(o.stats.hello && !o.stats.link_refused, "stats");
@@ -384,9 +389,181 @@ void test_client() {
   CHECK(other.error.find("--link stock") != std::string::npos, "says the fix: %s", other.error.c_str());
 }
 
+// ---- Feature checksum (§7.4) ----
+
+void test_crc32c() {
+  const char* vector = "123456789";
+  CHECK(crc32c(vector, 9) == 0xe3069283u, "CRC32C check value: %08x", crc32c(vector, 9));
+  CHECK(crc32c_portable(vector, 9) == 0xe3069283u, "table CRC32C check value");
+  CHECK(crc32c("", 0) == 0, "empty");
+  Bytes data(3 * kPage + 13);
+  uint32_t x = 12345;
+  for (uint8_t& b : data) b = static_cast<uint8_t>((x = x * 1103515245 + 12345) >> 16);
+  for (size_t len : {size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{4096}, data.size()}) {
+    CHECK(crc32c(data.data(), len) == crc32c_portable(data.data(), len), "hardware and table agree at %zu", len);
+  }
+  const uint32_t whole = crc32c(data.data(), data.size());
+  CHECK(crc32c(data.data() + 1000, data.size() - 1000, crc32c(data.data(), 1000)) == whole, "chained");
+  std::printf("crc32c: %s\n", crc32c_hardware() ? "sse4.2" : "table");
+}
+
+void test_trailer_codec() {
+  const uint32_t crcs[3] = {0x01020304, 0xdeadbeef, 0};
+  uint8_t trailer[3 * wire::kChecksumSize];
+  wire::encode_checksums(crcs, 3, trailer);
+  CHECK(trailer[0] == 0x04 && trailer[3] == 0x01, "native (little-endian) u32");
+  for (size_t i = 0; i < 3; i++) CHECK(wire::checksum_at(trailer, i) == crcs[i], "round trip %zu", i);
+  CHECK(wire::checksum_trailer_size(5) == 20, "4 bytes a page");
+
+  // Built from pieces of any size: the same as each page's CRC.
+  Bytes pages(3 * kPage);
+  for (size_t i = 0; i < pages.size(); i++) pages[i] = static_cast<uint8_t>(i * 7 + i / kPage);
+  wire::ChecksumBuilder builder;
+  CHECK(!builder.active(), "inactive until started");
+  builder.start(kPage, 3);
+  size_t at = 0;
+  for (size_t piece : {size_t{1}, size_t{4095}, size_t{5000}, size_t{3}, size_t{3 * kPage}}) {
+    const size_t take = std::min(piece, pages.size() - at);
+    CHECK(!builder.complete(), "complete too early at %zu", at);
+    builder.feed(pages.data() + at, take);
+    at += take;
+  }
+  CHECK(builder.complete() && builder.trailer().size() == 12, "complete");
+  for (size_t i = 0; i < 3; i++) {
+    CHECK(wire::checksum_at(builder.trailer().data(), i) == crc32c(pages.data() + i * kPage, kPage), "page %zu", i);
+  }
+  wire::ChecksumCheck ok = wire::check_pages(pages.data(), 3, kPage, builder.trailer().data());
+  CHECK(ok.bad == 0, "clean pages pass");
+  pages[kPage + 17] ^= 0x10;
+  pages[2 * kPage] ^= 0x01;
+  wire::ChecksumCheck bad = wire::check_pages(pages.data(), 3, kPage, builder.trailer().data());
+  CHECK(bad.bad == 2 && bad.first == 1 && bad.last == 2, "two flipped pages: %" PRIu64 " bad", bad.bad);
+  CHECK(bad.actual == crc32c(pages.data() + kPage, kPage) && bad.expected != bad.actual, "the first bad page's values");
+}
+
+// A session granted checksum: each reply's pages are followed by their CRC32C (from the images and from a staged
+// store); a HELLO without the bit gets no trailer.
+void test_server_checksums() {
+  TwoCheckpoints staged;
+  const uint64_t both = wire::kFeatureBind | wire::kFeatureChecksum;
+  Outcome o = run(cat({hello(0x5a, wire::kLinkVersion, both), get24(100, kStagedVaddr, 3), get24(100, kStagedVaddr + 3 * kPage, 4)}),
+                  &staged, false);
+  CHECK(o.status == LazySession::Status::kDone, "checksum session: %s", o.error.c_str());
+  CHECK(reply_of(o).features == both, "checksum granted");
+  // 3 pages, then the clamped reply: 1 page (the entry has 4).
+  const size_t first = wire::kHelloReplySize, second = first + wire::HEADER_SIZE_V24 + 3 * kPage + 12;
+  CHECK(o.out.size() == second + wire::HEADER_SIZE_V24 + kPage + 4, "two replies with trailers: %zu bytes", o.out.size());
+  const Bytes page(kPage, 0xaa);
+  const uint32_t want = crc32c(page.data(), kPage);
+  for (size_t i = 0; i < 3; i++) {
+    CHECK(wire::checksum_at(o.out.data() + first + wire::HEADER_SIZE_V24 + 3 * kPage, i) == want, "staged page %zu", i);
+  }
+  CHECK(wire::checksum_at(o.out.data() + second + wire::HEADER_SIZE_V24 + kPage, 0) == want, "the clamped reply's page");
+
+  // A HELLO without the bit: the replies as before, no trailer.
+  o = run(cat({hello(0x5a), get24(100, kStagedVaddr, 1)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kDone && o.out.size() == wire::kHelloReplySize + wire::HEADER_SIZE_V24 + kPage,
+        "no checksum asked: no trailer");
+}
+
+// Client: a flipped bit is re-fetched (only the bad run) and the reply handed on once clean; a second flip fails.
+struct Scripted {
+  int sv[2];
+  std::unique_ptr<PageClient> client;
+  Bytes page_buf;
+  std::vector<PageReply> done;
+  int rc = 0;
+};
+
+Bytes server_reply(uint64_t vaddr, const Bytes& pages, int flip_page) {
+  Bytes head = get24(100, vaddr, static_cast<uint32_t>(pages.size() / kPage));
+  const uint32_t cmd = wire::GET_REPLY_CMD;
+  memcpy(head.data(), &cmd, 4);
+  wire::ChecksumBuilder builder;
+  builder.start(kPage, pages.size() / kPage);
+  builder.feed(pages.data(), pages.size());
+  Bytes sent = pages;
+  if (flip_page >= 0) sent[static_cast<size_t>(flip_page) * kPage + 100] ^= 0x04;
+  return cat({head, sent, builder.trailer()});
+}
+
+void pump_until(Scripted& s, const std::function<bool()>& until) {
+  for (int rounds = 0; rounds < 100000 && !until(); rounds++) {
+    s.rc = s.client->pump(&s.done);
+    if (s.rc < 0) return;
+  }
+}
+
+void test_client_refetch(bool flip_twice) {
+  Scripted s;
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s.sv) == 0, "socketpair");
+  s.client = std::make_unique<PageClient>(wire::Format::V24, kPage);
+  CHECK(s.client->adopt(s.sv[0]) == 0, "adopt");
+  wire::Hello h;
+  h.features = wire::kFeatureBind | wire::kFeatureChecksum;
+  h.token.fill(0x5a);
+  s.client->open_with_hello(h);
+  s.page_buf.assign(4 * kPage, 0);
+  PageRequest request;
+  request.cookie = 9;
+  request.pid = 100;
+  request.img_vaddr = kStagedVaddr;
+  request.nr_pages = 4;
+  request.buf = s.page_buf.data();
+  CHECK(s.client->submit(request) == 0, "submit");
+  CHECK(read_all(s.sv[1], wire::kHelloSize + wire::HEADER_SIZE_V24).size() == wire::kHelloSize + wire::HEADER_SIZE_V24, "HELLO+GET");
+  Bytes pages(4 * kPage);
+  for (size_t i = 0; i < pages.size(); i++) pages[i] = static_cast<uint8_t>(i / kPage + 1);
+  wire::HelloReply granted;
+  granted.features = wire::kFeatureBind | wire::kFeatureChecksum;
+  granted.checkpoint = 5;
+  Bytes answer(wire::kHelloReplySize);
+  wire::encode_hello_reply(granted, answer.data());
+  answer = cat({answer, server_reply(kStagedVaddr, pages, 2)});  // page 2 flipped
+  CHECK(send(s.sv[1], answer.data(), answer.size(), 0) == static_cast<ssize_t>(answer.size()), "send");
+  Bytes again;
+  pump_until(s, [&] {
+    uint8_t buf[64];
+    ssize_t n = recv(s.sv[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) again.insert(again.end(), buf, buf + n);
+    return again.size() >= wire::HEADER_SIZE_V24;
+  });
+  CHECK(s.rc == 0 && s.client->checksums(), "after one mismatch: %s", s.client->error().c_str());
+  CHECK(s.done.empty(), "the reply with a bad page is not handed on");
+  CHECK(s.client->checksum_mismatches() == 1 && s.client->in_flight() == 1, "one mismatch counted, re-fetch in flight");
+  CHECK(s.client->last_checksum_mismatch().find("0x7e0000002000") != std::string::npos &&
+            s.client->last_checksum_mismatch().find("pid 100") != std::string::npos,
+        "names pid and address: %s", s.client->last_checksum_mismatch().c_str());
+  CHECK(again == get24(100, kStagedVaddr + 2 * kPage, 1), "re-fetches only the bad page");
+
+  const Bytes bad_page(pages.begin() + 2 * kPage, pages.begin() + 3 * kPage);
+  const Bytes second = server_reply(kStagedVaddr + 2 * kPage, bad_page, flip_twice ? 0 : -1);
+  CHECK(send(s.sv[1], second.data(), second.size(), 0) == static_cast<ssize_t>(second.size()), "send");
+  pump_until(s, [&] { return !s.done.empty(); });
+  if (flip_twice) {
+    CHECK(s.rc == -EBADMSG && s.done.empty(), "a second mismatch fails: rc %d", s.rc);
+    CHECK(s.client->error().find("pid 100 from 0x7e0000002000") != std::string::npos &&
+              s.client->error().find("second time") != std::string::npos,
+          "one line naming pid, address and cause: %s", s.client->error().c_str());
+    CHECK(s.client->checksum_mismatches() == 2, "both counted");
+  } else {
+    CHECK(s.rc == 0 && s.done.size() == 1, "clean re-fetch: %s", s.client->error().c_str());
+    const PageReply& r = s.done[0];
+    CHECK(r.cookie == 9 && r.img_vaddr == kStagedVaddr && r.nr_pages == 4 && r.buf == s.page_buf.data(), "the first request's reply");
+    CHECK(s.page_buf == pages, "every page right");
+    CHECK(s.client->in_flight() == 0 && s.client->checksum_mismatches() == 1, "nothing left in flight");
+  }
+  close(s.sv[1]);
+}
+
 }  // namespace
 
 int main() {
+  test_crc32c();
+  test_trailer_codec();
+  test_server_checksums();
+  test_client_refetch(false);
+  test_client_refetch(true);
   test_client();
   test_codec();
   test_magic_apart_from_criu();

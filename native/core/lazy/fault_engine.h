@@ -177,6 +177,7 @@ struct EngineStats {
   uint64_t faults_by_result[kFaultResults] = {};
   uint64_t bytes_sent = 0;                    // requests written to the page source (0 for a local one)
   uint64_t tls_failures = 0;                  // --tls: the handshake with the page server failed (0 or 1)
+  uint64_t checksum_mismatches = 0;           // pages that failed their link checksum (docs/protocol.md §7.4)
 };
 
 class FaultEngine {
