@@ -13,35 +13,13 @@ import { PageServerService } from '../../src/page-server/service.js';
 import { LINK_FILE_NAME, parseLinkCapability, readLinkCapability } from '../../src/link/capability-file.js';
 import { fixturePath, sessionFacts } from '../fixtures/fixtures.js';
 import { memoryLogger } from '../harness/memory-logger.js';
+import { encodeGet, encodeHello, HELLO_MAGIC, type WireFormat } from '../harness/wire.js';
 
 const VERSIONS = ['4.1.1', '4.2.1'] as const;
 const PAGE = 4096;
-const HELLO_MAGIC = 0x4c5a4b48;
 const EACCES = 13;
-
-function hello(token: Buffer, version = 1): Buffer {
-  const out = Buffer.alloc(32);
-  out.writeUInt32LE(HELLO_MAGIC, 0);
-  out.writeUInt32LE(version, 4);
-  out.writeBigUInt64LE(1n, 8);
-  token.copy(out, 16);
-  return out;
-}
-
-function get(headerSize: number, pid: number, vaddr: bigint): Buffer {
-  const b = Buffer.alloc(headerSize);
-  b.writeUInt32LE(7, 0);
-  if (headerSize === 24) {
-    b.writeUInt32LE(1, 4);
-    b.writeBigUInt64LE(vaddr, 8);
-    b.writeBigUInt64LE(BigInt(pid), 16);
-  } else {
-    b.writeBigUInt64LE(1n, 8);
-    b.writeBigUInt64LE(vaddr, 16);
-    b.writeBigUInt64LE(BigInt(pid), 24);
-  }
-  return b;
-}
+const hello = (token: Buffer, version = 1) => encodeHello(token, { version });
+const get = (headerSize: WireFormat, pid: number, vaddr: bigint) => encodeGet(headerSize, pid, vaddr);
 
 function exchange(port: number, request: Buffer): Promise<Buffer> {
   return new Promise((resolve) => {
@@ -97,7 +75,7 @@ async function stagedServer(version: string, requireLinkToken: boolean) {
 }
 
 for (const version of VERSIONS) {
-  const headerSize = version === '4.1.1' ? 24 : 32;
+  const headerSize: WireFormat = version === '4.1.1' ? 24 : 32;
 
   test(`CRIU ${version} upload: lazyd-link.json written 0600; HELLO binds to the checkpoint; stock GETs unchanged`, async () => {
     const s = await stagedServer(version, false);
@@ -107,7 +85,7 @@ for (const version of VERSIONS) {
       const cap = await readLinkCapability(s.dir);
       assert.ok(cap);
       assert.equal(cap.version, 1);
-      assert.deepEqual(cap.features, ['bind']);
+      assert.deepEqual(cap.features, ['bind', 'checksum']);
       assert.equal(cap.checkpoint, s.service.stagedCheckpoints()[0].id);
       const token = Buffer.from(cap.token, 'hex');
 
