@@ -13,8 +13,13 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <chrono>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -23,6 +28,7 @@
 #include "server/lazy_session.h"
 #include "server/page_index.h"
 #include "staging/memfd_store.h"
+#include "staging/relay_store.h"
 #include "util/crc32c.h"
 #include "wire/link_ext.h"
 #include "wire/page_checksums.h"
@@ -466,6 +472,82 @@ void test_server_checksums() {
         "no checksum asked: no trailer");
 }
 
+// A relayed checkpoint whose pages are held by reference in pipes: a checksum session reads them into user space
+// (copy_out) and sends the CRC32C of the bytes it sent.
+uint8_t pattern_byte(uint64_t i) { return static_cast<uint8_t>((i * 2654435761u) >> 13); }
+
+std::shared_ptr<StagedCheckpoint> relay_checkpoint(uint64_t pid, uint64_t vaddr, uint64_t pages, uint8_t token_byte) {
+  auto store = std::make_shared<RelayStore>(kPage, std::make_shared<MemoryBudget>(pages * kPage + (1 << 20)), true);
+  std::string error;
+  CHECK(store->init({RelayTask{pid, {RelayRange{vaddr, pages}}}}, &error) == 0, "relay init: %s", error.c_str());
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  CHECK(fcntl(sv[0], F_SETFL, O_NONBLOCK) == 0, "nonblock");
+  const uint64_t total = pages * kPage;
+  std::thread writer([&] {
+    Bytes chunk(1 << 16);
+    for (uint64_t at = 0; at < total; at += chunk.size()) {
+      for (size_t i = 0; i < chunk.size(); i++) chunk[i] = pattern_byte(at + i);
+      for (size_t off = 0; off < chunk.size();) {
+        ssize_t n = write(sv[1], chunk.data() + off, chunk.size() - off);
+        if (n <= 0) return;
+        off += static_cast<size_t>(n);
+      }
+    }
+  });
+  uint64_t got = 0;
+  while (got < total) {
+    ssize_t n = store->take_from(sv[0], got, static_cast<size_t>(total - got), &error);
+    if (n == -EAGAIN) {
+      pollfd pfd{sv[0], POLLIN, 0};
+      poll(&pfd, 1, 1000);
+      continue;
+    }
+    CHECK(n > 0, "relay take_from: %zd %s", n, error.c_str());
+    got += static_cast<uint64_t>(n);
+  }
+  writer.join();
+  close(sv[0]);
+  close(sv[1]);
+  CHECK(store->mark_present(0, pages) == 0 && store->finish(true, "") == 0, "relay finish");
+  CHECK(store->bytes_referenced() == total, "held by reference: %" PRIu64 " of %" PRIu64, store->bytes_referenced(), total);
+  auto checkpoint = std::make_shared<StagedCheckpoint>();
+  checkpoint->id = 7;
+  checkpoint->store = store;
+  checkpoint->token.fill(token_byte);
+  checkpoint->has_token = true;
+  return checkpoint;
+}
+
+struct OneCheckpoint : StagedLookup {
+  std::shared_ptr<StagedCheckpoint> c;
+  explicit OneCheckpoint(std::shared_ptr<StagedCheckpoint> checkpoint) : c(std::move(checkpoint)) {}
+  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override {
+    return c->store->entries(pid_key(pid)) ? c : nullptr;
+  }
+  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+    return token == c->token ? c : nullptr;
+  }
+};
+
+void test_relay_checksums() {
+  OneCheckpoint relayed(relay_checkpoint(300, kStagedVaddr, 16, 0x7c));
+  const uint64_t both = wire::kFeatureBind | wire::kFeatureChecksum;
+  // Twice the same pages: serving from the pipes never consumes them.
+  Outcome o = run(cat({hello(0x7c, wire::kLinkVersion, both), get24(300, kStagedVaddr + kPage, 8), get24(300, kStagedVaddr + kPage, 8)}),
+                  &relayed, false);
+  CHECK(o.status == LazySession::Status::kDone, "relay checksum session: %s", o.error.c_str());
+  const size_t reply = wire::HEADER_SIZE_V24 + 8 * kPage + 8 * wire::kChecksumSize;
+  CHECK(o.out.size() == wire::kHelloReplySize + 2 * reply, "two replies with trailers: %zu bytes", o.out.size());
+  for (size_t r = 0; r < 2; r++) {
+    const uint8_t* pages = o.out.data() + wire::kHelloReplySize + r * reply + wire::HEADER_SIZE_V24;
+    uint64_t wrong = 0;
+    for (uint64_t i = 0; i < 8 * kPage; i++) wrong += pages[i] != pattern_byte(kPage + i);
+    CHECK(wrong == 0, "reply %zu: %" PRIu64 " relay bytes wrong", r, wrong);
+    CHECK(wire::check_pages(pages, 8, kPage, pages + 8 * kPage).bad == 0, "the trailer matches the pages sent");
+  }
+}
+
 // Client: a flipped bit is re-fetched (only the bad run) and the reply handed on once clean; a second flip fails.
 struct Scripted {
   int sv[2];
@@ -558,12 +640,121 @@ void test_client_refetch(bool flip_twice) {
 
 }  // namespace
 
-int main() {
+// ---- --measure: what the checksums cost ----
+
+double crc_gib_per_s(uint32_t (*fn)(const void*, size_t, uint32_t)) {
+  Bytes page(64 * kPage);
+  for (size_t i = 0; i < page.size(); i++) page[i] = pattern_byte(i);
+  const uint64_t total = 4ull << 30;
+  uint32_t sink = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint64_t done = 0; done < total; done += page.size()) {
+    for (size_t p = 0; p < page.size(); p += kPage) sink ^= fn(page.data() + p, kPage, 0);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (sink == 0x12345678) std::printf(" ");
+  return static_cast<double>(total) / (1ull << 30) / s;
+}
+
+// A LazySession on loopback TCP serving `rounds` passes over every page of checkpoint in GETs of 64 pages; the
+// client thread reads and drops the bytes. Returns MiB/s of page bytes.
+double serve_mib_per_s(const std::shared_ptr<StagedCheckpoint>& checkpoint, uint64_t pid, uint64_t vaddr, uint64_t pages,
+                       bool checksums, int rounds) {
+  static std::unique_ptr<PageIndex> index = image_index();
+  OneCheckpoint lookup(checkpoint);
+  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  CHECK(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 && listen(listener, 1) == 0, "listen");
+  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0, "connect");
+  int server = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  close(listener);
+  int one = 1;
+  setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  constexpr uint64_t kGet = 64;
+  const uint64_t gets = pages / kGet * static_cast<uint64_t>(rounds);
+  const uint64_t reply = wire::HEADER_SIZE_V24 + kGet * kPage + (checksums ? kGet * wire::kChecksumSize : 0);
+  Bytes requests = hello(checkpoint->token[0], wire::kLinkVersion, wire::kFeatureBind | (checksums ? wire::kFeatureChecksum : 0));
+  for (uint64_t g = 0; g < gets; g++) {
+    const Bytes get = get24(pid, vaddr + (g % (pages / kGet)) * kGet * kPage, kGet);
+    requests.insert(requests.end(), get.begin(), get.end());
+  }
+  const uint64_t expect = wire::kHelloReplySize + gets * reply;
+  std::thread writer([&] {
+    for (size_t off = 0; off < requests.size();) {
+      ssize_t n = write(client, requests.data() + off, requests.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+  });
+  SessionLimits limits;
+  limits.max_request_pages = 256;
+  limits.max_queued_replies = 64;
+  limits.max_queued_bytes = 16 << 20;
+  LazySession session(server, *index, limits, &lookup);
+  uint64_t got = 0;
+  Bytes drop(1 << 20);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (got < expect) {
+    LazySession::Status st = session.on_readable();
+    if (st == LazySession::Status::kOpen && session.wants_write()) st = session.on_writable();
+    CHECK(st == LazySession::Status::kOpen, "measure session: %s", session.error().c_str());
+    ssize_t n;
+    while ((n = recv(client, drop.data(), drop.size(), MSG_DONTWAIT)) > 0) got += static_cast<uint64_t>(n);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  writer.join();
+  close(client);
+  return static_cast<double>(gets * kGet * kPage) / (1 << 20) / s;
+}
+
+void measure() {
+  std::printf("measure: CRC32C of 4 KiB pages: %s %.2f GiB/s (%.3f s per GiB), table %.2f GiB/s\n",
+              crc32c_hardware() ? "sse4.2" : "table", crc_gib_per_s(crc32c), 1 / crc_gib_per_s(crc32c),
+              crc_gib_per_s(crc32c_portable));
+  constexpr uint64_t kPages = 16384;  // 64 MiB
+  auto memfd = staged_checkpoint(5, 100, kStagedVaddr, 0xaa, 0x5a);  // 4 pages: the memfd case below is its own
+  {
+    MemfdStoreOptions options;
+    options.fill = MemfdStoreOptions::Fill::kRead;
+    options.limits.max_bytes = kPages * kPage + (1 << 20);
+    auto store = std::make_shared<MemfdStore>(options);
+    CHECK(store->begin_entry(pid_key(100), kStagedVaddr, kPages, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
+    Bytes chunk(1 << 20);
+    for (uint64_t at = 0; at < kPages * kPage; at += chunk.size()) {
+      for (size_t i = 0; i < chunk.size(); i++) chunk[i] = pattern_byte(at + i);
+      CHECK(store->receive_bytes(chunk.data(), chunk.size()) == static_cast<ssize_t>(chunk.size()), "receive");
+    }
+    CHECK(store->seal() == 0, "seal");
+    memfd->store = store;
+  }
+  auto relayed = relay_checkpoint(300, kStagedVaddr, kPages, 0x7c);
+  for (int rep = 0; rep < 3; rep++) {
+    for (auto& [name, checkpoint, pid] : {std::tuple{"memfd", memfd, 100}, std::tuple{"relay (pipes)", relayed, 300}}) {
+      const double plain = serve_mib_per_s(checkpoint, pid, kStagedVaddr, kPages, false, 4);
+      const double summed = serve_mib_per_s(checkpoint, pid, kStagedVaddr, kPages, true, 4);
+      std::printf("measure: serve 256 MiB from a %s store over loopback, GETs of 64 pages: %.0f MiB/s without "
+                  "checksums, %.0f MiB/s with (%.0f%%)\n",
+                  name, plain, summed, 100 * summed / plain);
+    }
+  }
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--measure") == 0) {
+    measure();
+    return 0;
+  }
   test_crc32c();
   test_trailer_codec();
   test_server_checksums();
   test_client_refetch(false);
   test_client_refetch(true);
+  test_relay_checksums();
   test_client();
   test_codec();
   test_magic_apart_from_criu();

@@ -1,5 +1,6 @@
 // CRC32C (Castagnoli, reflected polynomial 0x82f63b78), the per-page checksum of the lazyd link
-// (docs/protocol.md §7.4). The SSE4.2 crc32 instruction where the CPU has it, else a slicing-by-8 table.
+// (docs/protocol.md §7.4). The SSE4.2 crc32 instruction (three chains at once) where the CPU has it, else a
+// slicing-by-8 table.
 #pragma once
 
 #include <cstddef>
