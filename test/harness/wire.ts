@@ -504,3 +504,20 @@ export function encodeHello(token: Uint8Array, options: { version?: number; feat
 export function encodeGet(format: WireFormat, pid: number, vaddr: bigint, nrPages = 1): Buffer {
   return encodeHeader(format, { cmd: PS_IOV_GET, pad: 0, nrPages: BigInt(nrPages), vaddr, dstId: BigInt(pid) });
 }
+
+const CRC32C_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    table[i] = c >>> 0;
+  }
+  return table;
+})();
+
+/** CRC32C (Castagnoli) of bytes: the per-page checksum of feature checksum (§7.4). */
+export function crc32c(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC32C_TABLE[(c ^ b) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
