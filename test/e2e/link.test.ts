@@ -54,7 +54,7 @@ import { PageServerService } from '../../src/page-server/service.js';
 import { readPagemap, PE_LAZY } from '../../src/images/index.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
 import { memoryLogger } from '../harness/memory-logger.js';
-import { encodeGet, encodeHello, HELLO_MAGIC } from '../harness/wire.js';
+import { encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM } from '../harness/wire.js';
 
 const TEST_TIMEOUT_MS = 180_000;
 const EACCES = 13;
@@ -163,6 +163,8 @@ for (const version of CRIU_VERSIONS) {
       assert.equal(linked['to-server'].subarray(16, 32).toString('hex'), capability.token, 'with the file\'s token');
       assert.equal(linked['to-client'].readUInt32LE(0), HELLO_MAGIC, 'the server answered the HELLO');
       assert.equal(linked['to-client'].readInt32LE(16), 0, 'HELLO granted');
+      assert.equal(linked['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'asking for bind and checksum');
+      assert.equal(linked['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'both granted');
       assert.equal(linked['to-server'].readUInt32LE(32), 7, 'then CRIU GETs');
 
       // criu lazy-pages: nothing new either way.
