@@ -228,6 +228,8 @@ export interface LazyPagesFlagOptions {
   drainRate: number;
   /** false (--no-drain): demand faults (and fault-around) only. */
   background: boolean;
+  /** false (--no-link-checksum): a lazyd HELLO asks for no per-page checksums (docs/protocol.md §7.4). */
+  linkChecksum: boolean;
   maxRequestsInflight: number;
 }
 

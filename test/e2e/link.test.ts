@@ -15,7 +15,8 @@
 // And feature checksum (§7.4), through a relay that flips one bit in a reply's page: flipped once, the page is
 // fetched again, the workload verifies, lazyd_page_checksum_mismatches_total is 1 and the log has one line
 // naming it; flipped every time, the restore fails by the failure policy (--on-failure kill) with one line naming
-// the pid and the address, and the workload never logs a wrong byte: it is killed while it waits for the page.
+// the pid and the address, and the workload never logs a wrong byte: it is killed while it waits for the page;
+// with --no-link-checksum the HELLO asks for bind only and no reply carries a trailer.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -54,7 +55,7 @@ import { PageServerService } from '../../src/page-server/service.js';
 import { readPagemap, PE_LAZY } from '../../src/images/index.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
 import { memoryLogger } from '../harness/memory-logger.js';
-import { encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM } from '../harness/wire.js';
+import { decodeHeader, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM } from '../harness/wire.js';
 
 const TEST_TIMEOUT_MS = 180_000;
 const EACCES = 13;
@@ -365,6 +366,19 @@ for (const version of CRIU_VERSIONS) {
       const scan = readLog(checkpoint.workloadDir, offset);
       assert.deepEqual(scan.bad, [], 'the workload never read a wrong byte');
       assert.deepEqual(scan.errors, [], 'nor logged an error');
+
+      // (c) --no-link-checksum: the HELLO asks for bind only, the replies carry no trailer, the workload verifies.
+      const plain = await startRelay(lazyd, { record: 4 << 20 });
+      onCleanup(() => plain.close());
+      const unsummed = await lazyRestore({
+        checkpoint, server: plain, daemon: 'lazyd', name: 'dst-plain', progress: testProgress(t), onCleanup, timeouts, daemonArgs: ['--no-link-checksum'],
+      });
+      assert.equal(unsummed.passes[0][0].ok, checkpoint.dataPages, '--no-link-checksum: the workload verified its pages');
+      const [session] = plain.recorded();
+      assert.equal(session['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND, 'the HELLO asks for bind only');
+      assert.equal(session['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND, 'bind granted');
+      const first = decodeHeader(format, session['to-client'], 32);
+      assert.equal(session['to-client'].readUInt32LE(32 + format + Number(first.nrPages) * 4096), 0x40006, 'the next reply right after the pages: no trailer');
     });
   });
 }

@@ -163,10 +163,12 @@ test('native options: each flag sets its native key, in native units', () => {
     drainInflightMaxBytes: 16 << 20,
     drainRate: 0,
     background: true,
+    linkChecksum: true,
     maxRequestsInflight: 64,
   });
   const noDrain = lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { drain: false, drainRate: 8 << 20, drainInflightMaxBytes: 2 << 20 }, {}));
   assert.deepEqual([noDrain.background, noDrain.drainRate, noDrain.drainInflightMaxBytes], [false, 8 << 20, 2 << 20], '--no-drain, --drain-rate, a fixed window');
+  assert.equal(lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { linkChecksum: false }, {})).linkChecksum, false, '--no-link-checksum');
   assert.deepEqual(nativeKeys(STAGING_COMMAND), []);
   assert.deepEqual(nativeKeys(CHECK), []);
 });

@@ -76,6 +76,7 @@ struct FaultEngineConfig {
   int fault_quiet_ms = 5;                   // "lately"
   size_t max_requests_in_flight = 0;        // --max-requests-inflight; fault requests are never held back by this
   bool background = true;                   // --drain / --no-drain: drain everything after RSTF (off: faults only)
+  bool link_checksum = true;                // --link-checksum: a lazyd HELLO asks for feature checksum (§7.4)
 
   // Timeouts in ms; <= 0 means no limit.
   int accept_timeout_ms = 0;         // restore must connect within this
