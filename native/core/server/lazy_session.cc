@@ -307,6 +307,10 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
     store_span.nr_pages = ready;
     store_span.bytes = ready * page_size;
     Reply reply = get_reply(header, store_span.nr_pages);
+    // A sealed memfd's bytes never change: checksummed in its mapping now, sent zero-copy later.
+    if (const uint8_t* bytes = reply.checksums.active() ? staged->store->view(store_span) : nullptr) {
+      reply.checksums.feed(bytes, static_cast<size_t>(store_span.bytes));
+    }
     reply.store = staged->store;
     reply.span = store_span;
     queue(std::move(reply));
@@ -377,25 +381,17 @@ LazySession::Status LazySession::flush() {
       queued_bytes_ -= static_cast<uint64_t>(n);
       continue;
     }
-    if (!transport_->zero_copy() || reply.checksums.active()) {
+    // Checksums not computed yet (the bytes are read here, not in a mapping): they are computed as the bytes are
+    // copied out to be sent.
+    if (!transport_->zero_copy() || (reply.checksums.active() && !reply.checksums.complete())) {
       if (copy_off_ < copy_len_ || reply.file_left || (reply.store && reply.store_done < reply.span.bytes)) {
         Status status = flush_copied(reply);
         if (status != Status::kOpen || copy_off_ < copy_len_) return status;  // failed, or the socket is full
         continue;
       }
-      const std::vector<uint8_t>& trailer = reply.checksums.trailer();
-      if (reply.trailer_sent < trailer.size()) {
-        if (!reply.checksums.complete()) return fail("the page checksums of a reply are short: no reply is sent short");
-        ssize_t n = transport_->send(trailer.data() + reply.trailer_sent, trailer.size() - reply.trailer_sent);
-        if (n < 0) {
-          if (n == -EAGAIN) return Status::kOpen;
-          return fail_io("sending the page checksums failed", n);
-        }
-        reply.trailer_sent += static_cast<size_t>(n);
-        stats_.bytes_out += static_cast<uint64_t>(n);
-        queued_bytes_ -= static_cast<uint64_t>(n);
-        continue;
-      }
+      bool sent = false;
+      Status status = send_trailer(reply, &sent);
+      if (status != Status::kOpen || !sent) return status;
       replies_.pop_front();
       continue;
     }
@@ -428,8 +424,28 @@ LazySession::Status LazySession::flush() {
       queued_bytes_ -= static_cast<uint64_t>(n);
       continue;
     }
+    bool sent = false;
+    Status status = send_trailer(reply, &sent);
+    if (status != Status::kOpen || !sent) return status;
     replies_.pop_front();
   }
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::send_trailer(Reply& reply, bool* sent) {
+  const std::vector<uint8_t>& trailer = reply.checksums.trailer();
+  while (reply.trailer_sent < trailer.size()) {
+    if (!reply.checksums.complete()) return fail("the page checksums of a reply are short: no reply is sent short");
+    ssize_t n = transport_->send(trailer.data() + reply.trailer_sent, trailer.size() - reply.trailer_sent);
+    if (n < 0) {
+      if (n == -EAGAIN) return Status::kOpen;
+      return fail_io("sending the page checksums failed", n);
+    }
+    reply.trailer_sent += static_cast<size_t>(n);
+    stats_.bytes_out += static_cast<uint64_t>(n);
+    queued_bytes_ -= static_cast<uint64_t>(n);
+  }
+  *sent = true;
   return Status::kOpen;
 }
 

@@ -98,7 +98,8 @@ class LazySession final : public Session {
     std::shared_ptr<const PageStore> store;  // a staged reply: span's bytes come from the store
     StoreSpan span;
     uint64_t store_done = 0;
-    // Feature checksum (§7.4): built from the page bytes as they are read into copy_, sent after them.
+    // Feature checksum (§7.4): built from a sealed store's mapping when queued, else from the page bytes as they
+    // are read into copy_; sent after them.
     wire::ChecksumBuilder checksums;
     size_t trailer_sent = 0;
   };
@@ -111,9 +112,11 @@ class LazySession final : public Session {
   // A GET reply: the header for header, and the trailer's place when the session checksums its pages.
   Reply get_reply(const wire::Header& header, uint64_t nr_pages);
   Status flush();
-  // TLS, or a checksum session: the page bytes of the front reply, read into copy_ (and checksummed there) and
-  // sent from it, under TLS in records of their own (§1.9).
+  // TLS, or a checksum session whose store has no mapping: the page bytes of the front reply, read into copy_
+  // (and checksummed there) and sent from it, under TLS in records of their own (§1.9).
   Status flush_copied(Reply& reply);
+  // The front reply's trailer, after its pages; *sent once all of it is out (a reply without one: at once).
+  Status send_trailer(Reply& reply, bool* sent);
   Status fail(std::string message);
   Status fail_io(const char* what, ssize_t err);
   Status settle();
