@@ -230,6 +230,8 @@ export interface LazyPagesFlagOptions {
   background: boolean;
   /** For this long after RSTF the drain keeps the faulting window; 0: none. */
   drainStartMs: number;
+  /** false (--no-link-checksum): a lazyd HELLO asks for no per-page checksums (docs/protocol.md §7.4). */
+  linkChecksum: boolean;
   maxRequestsInflight: number;
 }
 
@@ -324,6 +326,8 @@ export interface LazyPagesStats {
   requestsInFlight: number;
   pagesDiscarded: number;
   tlsFailures: number;
+  /** Pages that failed their link checksum (docs/protocol.md §7.4): each fetched again once. */
+  checksumMismatches: number;
   /** The drain's bytes in flight allowed now (measured bandwidth x RTT within the floor and ceiling, or the faulting cap). */
   drainWindowBytes: number;
   drainInflightBytes: number;

@@ -76,7 +76,7 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 
 // new LazyPages({ workDir, nrTasks, tasks: [{ pid, runs: BigUint64Array [imgStart, nrPages, fd|2^64-1, offset]* }],
 //   source: 'local' | 'remote', address, port (remote), format, faultAroundBytes, drainMinBytes, drainMaxBytes,
-//   drainInflightBytes, drainInflightMaxBytes, drainInflightBytesFaulting, drainRate, background, drainStartMs,
+//   drainInflightBytes, drainInflightMaxBytes, drainInflightBytesFaulting, drainRate, background, drainStartMs, linkChecksum,
 //   maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls, onEvent }): every key required (tls: undefined for
 //   plain TCP); optional, not flags (the engine's own values): acceptTimeoutMs, handoverTimeoutMs,
 //   connectTimeoutMs, closeTimeoutMs.
@@ -130,6 +130,9 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     if (!background.IsBoolean()) throw Napi::TypeError::New(env, "LazyPages: option background must be a boolean");
     c.background = background.ToBoolean();
     c.drain_start_ms = static_cast<int>(required("drainStartMs"));
+    Napi::Value link_checksum = required_option(env, o, "LazyPages", "linkChecksum");
+    if (!link_checksum.IsBoolean()) throw Napi::TypeError::New(env, "LazyPages: option linkChecksum must be a boolean");
+    c.link_checksum = link_checksum.ToBoolean();
     c.accept_timeout_ms = static_cast<int>(number("acceptTimeoutMs", c.accept_timeout_ms));
     c.handover_timeout_ms = static_cast<int>(number("handoverTimeoutMs", c.handover_timeout_ms));
     c.rstf_timeout_ms = static_cast<int>(required("rstfTimeoutMs"));
@@ -194,6 +197,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     o.Set("requestsInFlight", uint64_value(env, s.requests_in_flight));
     o.Set("pagesDiscarded", uint64_value(env, s.pages_discarded));
     o.Set("tlsFailures", uint64_value(env, s.tls_failures));
+    o.Set("checksumMismatches", uint64_value(env, s.checksum_mismatches));
     o.Set("drainWindowBytes", uint64_value(env, s.bg_window_bytes));
     o.Set("drainInflightBytes", uint64_value(env, s.bg_bytes_in_flight));
     o.Set("drainRequestedBytes", uint64_value(env, s.bytes_background));

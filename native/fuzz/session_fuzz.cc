@@ -25,7 +25,9 @@
 #include "server/page_index.h"
 #include "server/upload_session.h"
 #include "staging/memfd_store.h"
+#include "util/crc32c.h"
 #include "wire/link_ext.h"
+#include "wire/page_checksums.h"
 #include "wire/wire.h"
 
 #include "fuzz_check.h"
@@ -118,6 +120,7 @@ uint64_t load(const uint8_t* p, size_t n) {
 // Checks a lazy session's whole output. complete: the session ended cleanly (no partial reply allowed).
 void check_lazy_output(const std::vector<uint8_t>& out, wire::Format format, bool clean) {
   size_t off = 0;
+  bool checksums = false;  // feature checksum granted: each reply ends with a CRC32C per page (§7.4)
   // A HELLO reply (docs/protocol.md §7) comes first if at all: granted (bound to checkpoint 7) or refused.
   if (out.size() >= 4 && load(&out[0], 4) == wire::kHelloMagic) {
     if (out.size() < wire::kHelloReplySize) {
@@ -127,6 +130,8 @@ void check_lazy_output(const std::vector<uint8_t>& out, wire::Format format, boo
     wire::HelloReply reply;
     FUZZ_CHECK(wire::decode_hello_reply(out.data(), &reply));
     FUZZ_CHECK(reply.status == 0 ? reply.checkpoint == 7 : (reply.checkpoint == 0 && out.size() == wire::kHelloReplySize));
+    FUZZ_CHECK((reply.features & ~wire::kKnownFeatures) == 0);
+    checksums = (reply.features & wire::kFeatureChecksum) != 0;
     off = wire::kHelloReplySize;
   }
   const size_t head = format == wire::Format::Unknown ? 0 : wire::header_size(format);
@@ -150,9 +155,16 @@ void check_lazy_output(const std::vector<uint8_t>& out, wire::Format format, boo
       off += head;
       const uint64_t start = run->file_offset + (h.vaddr - run->vaddr);
       const uint64_t bytes = h.nr_pages * kPage;
-      for (uint64_t i = 0; i < bytes && off < out.size(); i++, off++) {
-        const uint8_t want = run->pid == 3 ? staged_byte(start + i) : image_byte(start + i);
-        FUZZ_CHECK(out[off] == want);
+      std::vector<uint8_t> want(bytes);
+      for (uint64_t i = 0; i < bytes; i++) want[i] = run->pid == 3 ? staged_byte(start + i) : image_byte(start + i);
+      for (uint64_t i = 0; i < bytes && off < out.size(); i++, off++) FUZZ_CHECK(out[off] == want[i]);
+      if (checksums) {
+        for (uint64_t page = 0; page < h.nr_pages && off < out.size(); page++) {
+          const uint32_t crc = crc32c(want.data() + page * kPage, kPage);
+          uint8_t expect[wire::kChecksumSize];
+          wire::encode_checksums(&crc, 1, expect);
+          for (size_t i = 0; i < wire::kChecksumSize && off < out.size(); i++, off++) FUZZ_CHECK(out[off] == expect[i]);
+        }
       }
       continue;
     }

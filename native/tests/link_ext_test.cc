@@ -7,11 +7,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <cinttypes>
 #include <fcntl.h>
+#include <functional>
 #include <memory>
 #include <string>
+#include <chrono>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -20,7 +28,10 @@
 #include "server/lazy_session.h"
 #include "server/page_index.h"
 #include "staging/memfd_store.h"
+#include "staging/relay_store.h"
+#include "util/crc32c.h"
 #include "wire/link_ext.h"
+#include "wire/page_checksums.h"
 #include "wire/wire.h"
 
 namespace {
@@ -95,10 +106,10 @@ std::unique_ptr<PageIndex> image_index() {
   return index;
 }
 
-Bytes hello(uint8_t token_byte, uint32_t version = wire::kLinkVersion) {
+Bytes hello(uint8_t token_byte, uint32_t version = wire::kLinkVersion, uint64_t features = wire::kFeatureBind) {
   wire::Hello h;
   h.version = version;
-  h.features = wire::kFeatureBind;
+  h.features = features;
   h.token.fill(token_byte);
   Bytes out(wire::kHelloSize);
   wire::encode_hello(h, out.data());
@@ -235,7 +246,7 @@ void test_hello_binds() {
   const Outcome o = run(cat({hello(0x5a), get24(100, kStagedVaddr, 2)}), &staged, false);
   CHECK(o.status == LazySession::Status::kDone, "bound session: %s", o.error.c_str());
   const wire::HelloReply r = reply_of(o);
-  CHECK(r.status == 0 && r.checkpoint == 5 && r.features == wire::kFeatureBind, "granted, bound to #5");
+  CHECK(r.status == 0 && r.checkpoint == 5 && r.features == wire::kFeatureBind, "granted, bound to #5, no checksums");
   CHECK(o.out.size() == wire::kHelloReplySize + wire::HEADER_SIZE_V24 + 2 * kPage, "one reply after the HELLO's");
   CHECK(o.out.back() == 0xaa, "checkpoint #5's pages");
   CHECK(o.stats.hello && !o.stats.link_refused, "stats");
@@ -384,9 +395,366 @@ void test_client() {
   CHECK(other.error.find("--link stock") != std::string::npos, "says the fix: %s", other.error.c_str());
 }
 
+// ---- Feature checksum (§7.4) ----
+
+void test_crc32c() {
+  const char* vector = "123456789";
+  CHECK(crc32c(vector, 9) == 0xe3069283u, "CRC32C check value: %08x", crc32c(vector, 9));
+  CHECK(crc32c_portable(vector, 9) == 0xe3069283u, "table CRC32C check value");
+  CHECK(crc32c("", 0) == 0, "empty");
+  Bytes data(3 * kPage + 13);
+  uint32_t x = 12345;
+  for (uint8_t& b : data) b = static_cast<uint8_t>((x = x * 1103515245 + 12345) >> 16);
+  for (size_t len : {size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{4096}, data.size()}) {
+    CHECK(crc32c(data.data(), len) == crc32c_portable(data.data(), len), "hardware and table agree at %zu", len);
+  }
+  const uint32_t whole = crc32c(data.data(), data.size());
+  CHECK(crc32c(data.data() + 1000, data.size() - 1000, crc32c(data.data(), 1000)) == whole, "chained");
+  std::printf("crc32c: %s\n", crc32c_hardware() ? "sse4.2" : "table");
+}
+
+void test_trailer_codec() {
+  const uint32_t crcs[3] = {0x01020304, 0xdeadbeef, 0};
+  uint8_t trailer[3 * wire::kChecksumSize];
+  wire::encode_checksums(crcs, 3, trailer);
+  CHECK(trailer[0] == 0x04 && trailer[3] == 0x01, "native (little-endian) u32");
+  for (size_t i = 0; i < 3; i++) CHECK(wire::checksum_at(trailer, i) == crcs[i], "round trip %zu", i);
+  CHECK(wire::checksum_trailer_size(5) == 20, "4 bytes a page");
+
+  // Built from pieces of any size: the same as each page's CRC.
+  Bytes pages(3 * kPage);
+  for (size_t i = 0; i < pages.size(); i++) pages[i] = static_cast<uint8_t>(i * 7 + i / kPage);
+  wire::ChecksumBuilder builder;
+  CHECK(!builder.active(), "inactive until started");
+  builder.start(kPage, 3);
+  size_t at = 0;
+  for (size_t piece : {size_t{1}, size_t{4095}, size_t{5000}, size_t{3}, size_t{3 * kPage}}) {
+    const size_t take = std::min(piece, pages.size() - at);
+    CHECK(!builder.complete(), "complete too early at %zu", at);
+    builder.feed(pages.data() + at, take);
+    at += take;
+  }
+  CHECK(builder.complete() && builder.trailer().size() == 12, "complete");
+  for (size_t i = 0; i < 3; i++) {
+    CHECK(wire::checksum_at(builder.trailer().data(), i) == crc32c(pages.data() + i * kPage, kPage), "page %zu", i);
+  }
+  wire::ChecksumCheck ok = wire::check_pages(pages.data(), 3, kPage, builder.trailer().data());
+  CHECK(ok.bad == 0, "clean pages pass");
+  pages[kPage + 17] ^= 0x10;
+  pages[2 * kPage] ^= 0x01;
+  wire::ChecksumCheck bad = wire::check_pages(pages.data(), 3, kPage, builder.trailer().data());
+  CHECK(bad.bad == 2 && bad.first == 1 && bad.last == 2, "two flipped pages: %" PRIu64 " bad", bad.bad);
+  CHECK(bad.actual == crc32c(pages.data() + kPage, kPage) && bad.expected != bad.actual, "the first bad page's values");
+}
+
+// A session granted checksum: each reply's pages are followed by their CRC32C (from the images and from a staged
+// store); a HELLO without the bit gets no trailer.
+void test_server_checksums() {
+  TwoCheckpoints staged;
+  const uint64_t both = wire::kFeatureBind | wire::kFeatureChecksum;
+  Outcome o = run(cat({hello(0x5a, wire::kLinkVersion, both), get24(100, kStagedVaddr, 3), get24(100, kStagedVaddr + 3 * kPage, 4)}),
+                  &staged, false);
+  CHECK(o.status == LazySession::Status::kDone, "checksum session: %s", o.error.c_str());
+  CHECK(reply_of(o).features == both, "checksum granted");
+  // 3 pages, then the clamped reply: 1 page (the entry has 4).
+  const size_t first = wire::kHelloReplySize, second = first + wire::HEADER_SIZE_V24 + 3 * kPage + 12;
+  CHECK(o.out.size() == second + wire::HEADER_SIZE_V24 + kPage + 4, "two replies with trailers: %zu bytes", o.out.size());
+  const Bytes page(kPage, 0xaa);
+  const uint32_t want = crc32c(page.data(), kPage);
+  for (size_t i = 0; i < 3; i++) {
+    CHECK(wire::checksum_at(o.out.data() + first + wire::HEADER_SIZE_V24 + 3 * kPage, i) == want, "staged page %zu", i);
+  }
+  CHECK(wire::checksum_at(o.out.data() + second + wire::HEADER_SIZE_V24 + kPage, 0) == want, "the clamped reply's page");
+
+  // A HELLO without the bit: the replies as before, no trailer.
+  o = run(cat({hello(0x5a), get24(100, kStagedVaddr, 1)}), &staged, false);
+  CHECK(o.status == LazySession::Status::kDone && o.out.size() == wire::kHelloReplySize + wire::HEADER_SIZE_V24 + kPage,
+        "no checksum asked: no trailer");
+}
+
+// A relayed checkpoint whose pages are held by reference in pipes: a checksum session reads them into user space
+// (copy_out) and sends the CRC32C of the bytes it sent.
+uint8_t pattern_byte(uint64_t i) { return static_cast<uint8_t>((i * 2654435761u) >> 13); }
+
+std::shared_ptr<StagedCheckpoint> relay_checkpoint(uint64_t pid, uint64_t vaddr, uint64_t pages, uint8_t token_byte) {
+  auto store = std::make_shared<RelayStore>(kPage, std::make_shared<MemoryBudget>(pages * kPage + (1 << 20)), true);
+  std::string error;
+  CHECK(store->init({RelayTask{pid, {RelayRange{vaddr, pages}}}}, &error) == 0, "relay init: %s", error.c_str());
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  CHECK(fcntl(sv[0], F_SETFL, O_NONBLOCK) == 0, "nonblock");
+  const uint64_t total = pages * kPage;
+  std::thread writer([&] {
+    Bytes chunk(1 << 16);
+    for (uint64_t at = 0; at < total; at += chunk.size()) {
+      for (size_t i = 0; i < chunk.size(); i++) chunk[i] = pattern_byte(at + i);
+      for (size_t off = 0; off < chunk.size();) {
+        ssize_t n = write(sv[1], chunk.data() + off, chunk.size() - off);
+        if (n <= 0) return;
+        off += static_cast<size_t>(n);
+      }
+    }
+  });
+  uint64_t got = 0;
+  while (got < total) {
+    ssize_t n = store->take_from(sv[0], got, static_cast<size_t>(total - got), &error);
+    if (n == -EAGAIN) {
+      pollfd pfd{sv[0], POLLIN, 0};
+      poll(&pfd, 1, 1000);
+      continue;
+    }
+    CHECK(n > 0, "relay take_from: %zd %s", n, error.c_str());
+    got += static_cast<uint64_t>(n);
+  }
+  writer.join();
+  close(sv[0]);
+  close(sv[1]);
+  CHECK(store->mark_present(0, pages) == 0 && store->finish(true, "") == 0, "relay finish");
+  CHECK(store->bytes_referenced() == total, "held by reference: %" PRIu64 " of %" PRIu64, store->bytes_referenced(), total);
+  auto checkpoint = std::make_shared<StagedCheckpoint>();
+  checkpoint->id = 7;
+  checkpoint->store = store;
+  checkpoint->token.fill(token_byte);
+  checkpoint->has_token = true;
+  return checkpoint;
+}
+
+struct OneCheckpoint : StagedLookup {
+  std::shared_ptr<StagedCheckpoint> c;
+  explicit OneCheckpoint(std::shared_ptr<StagedCheckpoint> checkpoint) : c(std::move(checkpoint)) {}
+  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override {
+    return c->store->entries(pid_key(pid)) ? c : nullptr;
+  }
+  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+    return token == c->token ? c : nullptr;
+  }
+};
+
+void test_relay_checksums() {
+  OneCheckpoint relayed(relay_checkpoint(300, kStagedVaddr, 16, 0x7c));
+  const uint64_t both = wire::kFeatureBind | wire::kFeatureChecksum;
+  // Twice the same pages: serving from the pipes never consumes them.
+  Outcome o = run(cat({hello(0x7c, wire::kLinkVersion, both), get24(300, kStagedVaddr + kPage, 8), get24(300, kStagedVaddr + kPage, 8)}),
+                  &relayed, false);
+  CHECK(o.status == LazySession::Status::kDone, "relay checksum session: %s", o.error.c_str());
+  const size_t reply = wire::HEADER_SIZE_V24 + 8 * kPage + 8 * wire::kChecksumSize;
+  CHECK(o.out.size() == wire::kHelloReplySize + 2 * reply, "two replies with trailers: %zu bytes", o.out.size());
+  for (size_t r = 0; r < 2; r++) {
+    const uint8_t* pages = o.out.data() + wire::kHelloReplySize + r * reply + wire::HEADER_SIZE_V24;
+    uint64_t wrong = 0;
+    for (uint64_t i = 0; i < 8 * kPage; i++) wrong += pages[i] != pattern_byte(kPage + i);
+    CHECK(wrong == 0, "reply %zu: %" PRIu64 " relay bytes wrong", r, wrong);
+    CHECK(wire::check_pages(pages, 8, kPage, pages + 8 * kPage).bad == 0, "the trailer matches the pages sent");
+  }
+}
+
+// Client: a flipped bit is re-fetched (only the bad run) and the reply handed on once clean; a second flip fails.
+struct Scripted {
+  int sv[2];
+  std::unique_ptr<PageClient> client;
+  Bytes page_buf;
+  std::vector<PageReply> done;
+  int rc = 0;
+};
+
+Bytes server_reply(uint64_t vaddr, const Bytes& pages, int flip_page) {
+  Bytes head = get24(100, vaddr, static_cast<uint32_t>(pages.size() / kPage));
+  const uint32_t cmd = wire::GET_REPLY_CMD;
+  memcpy(head.data(), &cmd, 4);
+  wire::ChecksumBuilder builder;
+  builder.start(kPage, pages.size() / kPage);
+  builder.feed(pages.data(), pages.size());
+  Bytes sent = pages;
+  if (flip_page >= 0) sent[static_cast<size_t>(flip_page) * kPage + 100] ^= 0x04;
+  return cat({head, sent, builder.trailer()});
+}
+
+void pump_until(Scripted& s, const std::function<bool()>& until) {
+  for (int rounds = 0; rounds < 100000 && !until(); rounds++) {
+    s.rc = s.client->pump(&s.done);
+    if (s.rc < 0) return;
+  }
+}
+
+void test_client_refetch(bool flip_twice) {
+  Scripted s;
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s.sv) == 0, "socketpair");
+  s.client = std::make_unique<PageClient>(wire::Format::V24, kPage);
+  CHECK(s.client->adopt(s.sv[0]) == 0, "adopt");
+  wire::Hello h;
+  h.features = wire::kFeatureBind | wire::kFeatureChecksum;
+  h.token.fill(0x5a);
+  s.client->open_with_hello(h);
+  s.page_buf.assign(4 * kPage, 0);
+  PageRequest request;
+  request.cookie = 9;
+  request.pid = 100;
+  request.img_vaddr = kStagedVaddr;
+  request.nr_pages = 4;
+  request.buf = s.page_buf.data();
+  CHECK(s.client->submit(request) == 0, "submit");
+  CHECK(read_all(s.sv[1], wire::kHelloSize + wire::HEADER_SIZE_V24).size() == wire::kHelloSize + wire::HEADER_SIZE_V24, "HELLO+GET");
+  Bytes pages(4 * kPage);
+  for (size_t i = 0; i < pages.size(); i++) pages[i] = static_cast<uint8_t>(i / kPage + 1);
+  wire::HelloReply granted;
+  granted.features = wire::kFeatureBind | wire::kFeatureChecksum;
+  granted.checkpoint = 5;
+  Bytes answer(wire::kHelloReplySize);
+  wire::encode_hello_reply(granted, answer.data());
+  answer = cat({answer, server_reply(kStagedVaddr, pages, 2)});  // page 2 flipped
+  CHECK(send(s.sv[1], answer.data(), answer.size(), 0) == static_cast<ssize_t>(answer.size()), "send");
+  Bytes again;
+  pump_until(s, [&] {
+    uint8_t buf[64];
+    ssize_t n = recv(s.sv[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) again.insert(again.end(), buf, buf + n);
+    return again.size() >= wire::HEADER_SIZE_V24;
+  });
+  CHECK(s.rc == 0 && s.client->checksums(), "after one mismatch: %s", s.client->error().c_str());
+  CHECK(s.done.empty(), "the reply with a bad page is not handed on");
+  CHECK(s.client->checksum_mismatches() == 1 && s.client->in_flight() == 1, "one mismatch counted, re-fetch in flight");
+  CHECK(s.client->last_checksum_mismatch().find("0x7e0000002000") != std::string::npos &&
+            s.client->last_checksum_mismatch().find("pid 100") != std::string::npos,
+        "names pid and address: %s", s.client->last_checksum_mismatch().c_str());
+  CHECK(again == get24(100, kStagedVaddr + 2 * kPage, 1), "re-fetches only the bad page");
+
+  const Bytes bad_page(pages.begin() + 2 * kPage, pages.begin() + 3 * kPage);
+  const Bytes second = server_reply(kStagedVaddr + 2 * kPage, bad_page, flip_twice ? 0 : -1);
+  CHECK(send(s.sv[1], second.data(), second.size(), 0) == static_cast<ssize_t>(second.size()), "send");
+  pump_until(s, [&] { return !s.done.empty(); });
+  if (flip_twice) {
+    CHECK(s.rc == -EBADMSG && s.done.empty(), "a second mismatch fails: rc %d", s.rc);
+    CHECK(s.client->error().find("pid 100 from 0x7e0000002000") != std::string::npos &&
+              s.client->error().find("second time") != std::string::npos,
+          "one line naming pid, address and cause: %s", s.client->error().c_str());
+    CHECK(s.client->checksum_mismatches() == 2, "both counted");
+  } else {
+    CHECK(s.rc == 0 && s.done.size() == 1, "clean re-fetch: %s", s.client->error().c_str());
+    const PageReply& r = s.done[0];
+    CHECK(r.cookie == 9 && r.img_vaddr == kStagedVaddr && r.nr_pages == 4 && r.buf == s.page_buf.data(), "the first request's reply");
+    CHECK(s.page_buf == pages, "every page right");
+    CHECK(s.client->in_flight() == 0 && s.client->checksum_mismatches() == 1, "nothing left in flight");
+  }
+  close(s.sv[1]);
+}
+
 }  // namespace
 
-int main() {
+// ---- --measure: what the checksums cost ----
+
+double crc_gib_per_s(uint32_t (*fn)(const void*, size_t, uint32_t)) {
+  Bytes page(64 * kPage);
+  for (size_t i = 0; i < page.size(); i++) page[i] = pattern_byte(i);
+  const uint64_t total = 4ull << 30;
+  uint32_t sink = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint64_t done = 0; done < total; done += page.size()) {
+    for (size_t p = 0; p < page.size(); p += kPage) sink ^= fn(page.data() + p, kPage, 0);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (sink == 0x12345678) std::printf(" ");
+  return static_cast<double>(total) / (1ull << 30) / s;
+}
+
+// A LazySession on loopback TCP serving `rounds` passes over every page of checkpoint in GETs of 64 pages; the
+// client thread reads and drops the bytes. Returns MiB/s of page bytes.
+double serve_mib_per_s(const std::shared_ptr<StagedCheckpoint>& checkpoint, uint64_t pid, uint64_t vaddr, uint64_t pages,
+                       bool checksums, int rounds) {
+  static std::unique_ptr<PageIndex> index = image_index();
+  OneCheckpoint lookup(checkpoint);
+  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  CHECK(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 && listen(listener, 1) == 0, "listen");
+  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0, "connect");
+  int server = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  close(listener);
+  int one = 1;
+  setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  constexpr uint64_t kGet = 64;
+  const uint64_t gets = pages / kGet * static_cast<uint64_t>(rounds);
+  const uint64_t reply = wire::HEADER_SIZE_V24 + kGet * kPage + (checksums ? kGet * wire::kChecksumSize : 0);
+  Bytes requests = hello(checkpoint->token[0], wire::kLinkVersion, wire::kFeatureBind | (checksums ? wire::kFeatureChecksum : 0));
+  for (uint64_t g = 0; g < gets; g++) {
+    const Bytes get = get24(pid, vaddr + (g % (pages / kGet)) * kGet * kPage, kGet);
+    requests.insert(requests.end(), get.begin(), get.end());
+  }
+  const uint64_t expect = wire::kHelloReplySize + gets * reply;
+  std::thread writer([&] {
+    for (size_t off = 0; off < requests.size();) {
+      ssize_t n = write(client, requests.data() + off, requests.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+  });
+  SessionLimits limits;
+  limits.max_request_pages = 256;
+  limits.max_queued_replies = 64;
+  limits.max_queued_bytes = 16 << 20;
+  LazySession session(server, *index, limits, &lookup);
+  uint64_t got = 0;
+  Bytes drop(1 << 20);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (got < expect) {
+    LazySession::Status st = session.on_readable();
+    if (st == LazySession::Status::kOpen && session.wants_write()) st = session.on_writable();
+    CHECK(st == LazySession::Status::kOpen, "measure session: %s", session.error().c_str());
+    ssize_t n;
+    while ((n = recv(client, drop.data(), drop.size(), MSG_DONTWAIT)) > 0) got += static_cast<uint64_t>(n);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  writer.join();
+  close(client);
+  return static_cast<double>(gets * kGet * kPage) / (1 << 20) / s;
+}
+
+void measure() {
+  std::printf("measure: CRC32C of 4 KiB pages: %s %.2f GiB/s (%.3f s per GiB), table %.2f GiB/s\n",
+              crc32c_hardware() ? "sse4.2" : "table", crc_gib_per_s(crc32c), 1 / crc_gib_per_s(crc32c),
+              crc_gib_per_s(crc32c_portable));
+  constexpr uint64_t kPages = 16384;  // 64 MiB
+  auto memfd = staged_checkpoint(5, 100, kStagedVaddr, 0xaa, 0x5a);  // 4 pages: the memfd case below is its own
+  {
+    MemfdStoreOptions options;
+    options.fill = MemfdStoreOptions::Fill::kRead;
+    options.limits.max_bytes = kPages * kPage + (1 << 20);
+    auto store = std::make_shared<MemfdStore>(options);
+    CHECK(store->begin_entry(pid_key(100), kStagedVaddr, kPages, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
+    Bytes chunk(1 << 20);
+    for (uint64_t at = 0; at < kPages * kPage; at += chunk.size()) {
+      for (size_t i = 0; i < chunk.size(); i++) chunk[i] = pattern_byte(at + i);
+      CHECK(store->receive_bytes(chunk.data(), chunk.size()) == static_cast<ssize_t>(chunk.size()), "receive");
+    }
+    CHECK(store->seal() == 0, "seal");
+    memfd->store = store;
+  }
+  auto relayed = relay_checkpoint(300, kStagedVaddr, kPages, 0x7c);
+  for (int rep = 0; rep < 3; rep++) {
+    for (auto& [name, checkpoint, pid] : {std::tuple{"memfd", memfd, 100}, std::tuple{"relay (pipes)", relayed, 300}}) {
+      const double plain = serve_mib_per_s(checkpoint, pid, kStagedVaddr, kPages, false, 4);
+      const double summed = serve_mib_per_s(checkpoint, pid, kStagedVaddr, kPages, true, 4);
+      std::printf("measure: serve 256 MiB from a %s store over loopback, GETs of 64 pages: %.0f MiB/s without "
+                  "checksums, %.0f MiB/s with (%.0f%%)\n",
+                  name, plain, summed, 100 * summed / plain);
+    }
+  }
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--measure") == 0) {
+    measure();
+    return 0;
+  }
+  test_crc32c();
+  test_trailer_codec();
+  test_server_checksums();
+  test_client_refetch(false);
+  test_client_refetch(true);
+  test_relay_checksums();
   test_client();
   test_codec();
   test_magic_apart_from_criu();

@@ -29,8 +29,13 @@
 #include "lazy/restore_handshake.h"
 #include "net/tls_context.h"
 #include "net/tls_session.h"
+#include "lazy/page_client.h"
+#include "net/transport.h"
+#include "server/lazy_session.h"
 #include "server/page_index.h"
 #include "server/page_server.h"
+#include "staging/memfd_store.h"
+#include "wire/link_ext.h"
 #include "wire/wire.h"
 
 #include "check.h"
@@ -443,8 +448,87 @@ void test_allowed_names() {
 
 }  // namespace
 
+// Feature checksum (docs/protocol.md §7.4) under TLS: a LazySession over a TLS transport serving a staged
+// checkpoint, and PageClient as the lazyd client: the trailer travels in records of its own after the pages, the
+// client checks every page and hands the reply on.
+struct OneStaged : StagedLookup {
+  std::shared_ptr<StagedCheckpoint> c;
+  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == PID ? c : nullptr; }
+  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+    return token == c->token ? c : nullptr;
+  }
+};
+
+void test_checksums_over_tls() {
+  MemfdStoreOptions options;
+  options.fill = MemfdStoreOptions::Fill::kRead;
+  auto store = std::make_shared<MemfdStore>(options);
+  CHECK(store->begin_entry(pid_key(PID), BASE, PAGES, wire::PE_LAZY | wire::PE_PRESENT) == 0);
+  std::vector<uint8_t> bytes(PAGES * P);
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(i * 13 + (i >> 12));
+  CHECK(store->receive_bytes(bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  CHECK(store->seal() == 0);
+  OneStaged staged;
+  staged.c = std::make_shared<StagedCheckpoint>();
+  staged.c->id = 3;
+  staged.c->store = store;
+  staged.c->token.fill(0x3c);
+  staged.c->has_token = true;
+
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+  std::string error;
+  auto server_tls = TlsSession::create(context("good"), sv[0], TlsSession::Role::kServer, &error);
+  CHECK(server_tls != nullptr);
+  PageClient client(wire::Format::V24, P);
+  CHECK(client.adopt(sv[1]) == 0);
+  CHECK(client.start_tls(context("good"), "127.0.0.1:0") == 0);
+  int server_rc = -EAGAIN, client_rc = -EAGAIN;
+  for (int rounds = 0; rounds < 100000 && (server_rc == -EAGAIN || client_rc == -EAGAIN); rounds++) {
+    if (server_rc == -EAGAIN) server_rc = server_tls->handshake();
+    if (client_rc == -EAGAIN) client_rc = client.tls_handshake();
+  }
+  CHECK(server_rc == 0 && client_rc == 0);
+
+  PageIndex index(P);
+  SessionLimits limits;
+  limits.max_request_pages = 256;
+  limits.max_queued_replies = 16;
+  limits.max_queued_bytes = 16 << 20;
+  LazySession session(std::make_unique<Transport>(sv[0], std::move(server_tls)), index, limits, &staged);
+  wire::Hello hello;
+  hello.features = wire::kFeatureBind | wire::kFeatureChecksum;
+  hello.token.fill(0x3c);
+  client.open_with_hello(hello);
+  std::vector<uint8_t> buf(PAGES * P), small(P);
+  PageRequest all;
+  all.cookie = 1;
+  all.pid = PID;
+  all.img_vaddr = BASE;
+  all.nr_pages = PAGES;
+  all.buf = buf.data();
+  PageRequest one = all;
+  one.cookie = 2;
+  one.img_vaddr = BASE + 7 * P;
+  one.nr_pages = 1;
+  one.buf = small.data();
+  CHECK(client.submit(all) == 0 && client.submit(one) == 0);
+  std::vector<PageReply> done;
+  for (int rounds = 0; rounds < 100000 && done.size() < 2; rounds++) {
+    LazySession::Status st = session.on_readable();
+    if (st == LazySession::Status::kOpen && session.wants_write()) st = session.on_writable();
+    CHECK(st == LazySession::Status::kOpen);
+    CHECK(client.pump(&done) == 0);
+  }
+  CHECK(done.size() == 2 && client.checksums() && client.checksum_mismatches() == 0);
+  CHECK(done[0].cookie == 1 && done[0].nr_pages == PAGES && buf == bytes);
+  CHECK(done[1].cookie == 2 && std::memcmp(small.data(), bytes.data() + 7 * P, P) == 0);
+  CHECK(session.stats().bytes_out == client.bytes_received());
+}
+
 int main() {
   test_pki::make();
+  test_checksums_over_tls();
   test_context_errors();
   test_server();
   test_allowed_names();

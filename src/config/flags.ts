@@ -423,6 +423,12 @@ const LAZY_PAGES_OWN = {
     describe:
       "auto: open with a lazyd HELLO when the images hold lazyd-link.json (a lazyd page server staged them), else speak CRIU's bytes only; stock: never (README \"The lazyd link: when both ends are lazyd\")",
   }),
+  linkChecksum: flag({
+    type: 'boolean',
+    default: true,
+    describe: 'on the lazyd link, ask for a CRC32C of every page and check each before it is installed (--no-link-checksum: ask for none; zero-copy serving on the page server)',
+    native: { key: 'linkChecksum' },
+  }),
   onFailure: flag({
     type: 'string',
     choices: FAILURE_POLICIES,

@@ -12,6 +12,11 @@
 // Then the binding: a HELLO with a token no checkpoint has is refused; a token-bound GET for a pid outside the
 // checkpoint is refused; with requireLinkToken (--require-link-token) a stock GET is refused, a HELLO'd one served;
 // each refusal counted in lazyd_page_server_access_refused_total.
+// And feature checksum (§7.4), through a relay that flips one bit in a reply's page: flipped once, the page is
+// fetched again, the workload verifies, lazyd_page_checksum_mismatches_total is 1 and the log has one line
+// naming it; flipped every time, the restore fails by the failure policy (--on-failure kill) with one line naming
+// the pid and the address, and the workload never logs a wrong byte: it is killed while it waits for the page;
+// with --no-link-checksum the HELLO asks for bind only and no reply carries a trailer.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -29,9 +34,14 @@ import {
   killWorkload,
   lastPassSum,
   lazyRestore,
+  logOffset,
   nowNs,
+  pollFor,
+  processAlive,
+  readLog,
   requireHost,
   runCriu,
+  startLazyRestore,
   startRelay,
   startWorkload,
   testProgress,
@@ -39,15 +49,18 @@ import {
   withRunDir,
   type Criu,
   type CriuVersion,
+  type Proc,
 } from '../harness/index.js';
 import { PageServerService } from '../../src/page-server/service.js';
 import { readPagemap, PE_LAZY } from '../../src/images/index.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
 import { memoryLogger } from '../harness/memory-logger.js';
+import { decodeHeader, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM } from '../harness/wire.js';
 
 const TEST_TIMEOUT_MS = 180_000;
-const HELLO_MAGIC = 0x4c5a4b48;
 const EACCES = 13;
+const hello = (token: Buffer) => encodeHello(token);
+const get = (version: CriuVersion, pid: number, vaddr: bigint) => encodeGet(version === '4.1.1' ? 24 : 32, pid, vaddr);
 
 async function startStaging(stagingDir: string, requireLinkToken = false) {
   const { logger, lines } = memoryLogger();
@@ -95,30 +108,6 @@ async function stagedDump(criu: Criu, runDir: string, stagingDir: string, lazyd:
   }
 }
 
-function hello(token: Buffer): Buffer {
-  const out = Buffer.alloc(32);
-  out.writeUInt32LE(HELLO_MAGIC, 0);
-  out.writeUInt32LE(1, 4); // link version
-  out.writeBigUInt64LE(1n, 8); // kFeatureBind
-  token.copy(out, 16);
-  return out;
-}
-
-function get(version: CriuVersion, pid: number, vaddr: bigint): Buffer {
-  const out = Buffer.alloc(version === '4.1.1' ? 24 : 32);
-  out.writeUInt32LE(7, 0); // PS_IOV_GET
-  if (out.length === 24) {
-    out.writeUInt32LE(1, 4);
-    out.writeBigUInt64LE(vaddr, 8);
-    out.writeBigUInt64LE(BigInt(pid), 16);
-  } else {
-    out.writeBigUInt64LE(1n, 8);
-    out.writeBigUInt64LE(vaddr, 16);
-    out.writeBigUInt64LE(BigInt(pid), 24);
-  }
-  return out;
-}
-
 /** Sends bytes, half-closes, and returns all the server sent until it closed. */
 function exchange(port: number, bytes: Buffer): Promise<Buffer> {
   return new Promise<Buffer>((resolve) => {
@@ -156,7 +145,7 @@ for (const version of CRIU_VERSIONS) {
       const capability = await readLinkCapability(stagingDir);
       assert.ok(capability, 'the staging page server wrote lazyd-link.json');
       assert.match(capability.token, /^[0-9a-f]{32}$/);
-      assert.deepEqual(capability.features, ['bind']);
+      assert.deepEqual(capability.features, ['bind', 'checksum']);
       await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
 
       const relay = await startRelay(lazyd, { record: 4096 });
@@ -175,6 +164,8 @@ for (const version of CRIU_VERSIONS) {
       assert.equal(linked['to-server'].subarray(16, 32).toString('hex'), capability.token, 'with the file\'s token');
       assert.equal(linked['to-client'].readUInt32LE(0), HELLO_MAGIC, 'the server answered the HELLO');
       assert.equal(linked['to-client'].readInt32LE(16), 0, 'HELLO granted');
+      assert.equal(linked['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'asking for bind and checksum');
+      assert.equal(linked['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'both granted');
       assert.equal(linked['to-server'].readUInt32LE(32), 7, 'then CRIU GETs');
 
       // criu lazy-pages: nothing new either way.
@@ -256,6 +247,138 @@ for (const version of CRIU_VERSIONS) {
       assert.equal(session['to-server'].readUInt32LE(0), 7, 'its first request is a CRIU GET');
       assert.equal(session['to-server'].indexOf(Buffer.from([0x48, 0x4b, 0x5a, 0x4c])), -1, 'no HELLO byte sent');
       assert.equal(session['to-client'].readUInt32LE(0), 0x40006, 'its first reply is ADD_F|PE_PRESENT');
+    });
+  });
+}
+
+/** The value of a counter in the Prometheus text at url, or undefined (not listening, no such sample). */
+async function scrapeCounter(url: string, name: string): Promise<number | undefined> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
+    const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(await response.text());
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const CHECKSUM_METRIC = 'lazyd_page_checksum_mismatches_total';
+
+/** The staged pid's largest lazy pagemap entry: the workload's data area. */
+async function dataArea(stagingDir: string): Promise<{ start: bigint; end: bigint }> {
+  const file = fs.readdirSync(stagingDir).find((f) => /^pagemap-\d+\.img$/.test(f))!;
+  const pagemap = await readPagemap(path.join(stagingDir, file), { checkPages: false });
+  const lazy = pagemap.entries.filter((e) => e.flags & PE_LAZY).sort((a, b) => b.nrPages - a.nrPages)[0];
+  return { start: BigInt(lazy.vaddr), end: BigInt(lazy.vaddr) + BigInt(lazy.nrPages) * 4096n };
+}
+
+for (const version of CRIU_VERSIONS) {
+  test(`CRIU ${version}: feature checksum: a bit flipped once is fetched again and counted; flipped every time, the restore fails and nothing wrong is installed`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    requireHost();
+    const criu = findCriu(version);
+    const format = version === '4.1.1' ? 24 : 32;
+    await withRunDir(`${version}-link-checksum`, async (runDir, onCleanup) => {
+      const stagingDir = path.join(runDir, 'src');
+      fs.mkdirSync(stagingDir, { recursive: true });
+      const lazyd = await startStaging(stagingDir);
+      onCleanup(async () => {
+        lazyd.service.stop(0);
+        await lazyd.service.stopped;
+      });
+      const checkpoint = await stagedDump(criu, runDir, stagingDir, lazyd, onCleanup);
+      await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
+
+      // The page flipped is the first one a reply carries of the workload's data area (the dump's largest lazy
+      // entry): the restored workload reads and checks it, and criu restore itself never touches it.
+      const data = await dataArea(stagingDir);
+
+      // (a) Once: the page arrives with a bit flipped; its re-fetch passes.
+      const once = await startRelay(lazyd, { flip: { format, range: data } });
+      onCleanup(() => once.close());
+      let mismatches: number | undefined;
+      let scraping: Promise<void> | undefined;
+      const restored = await lazyRestore({
+        checkpoint, server: once, daemon: 'lazyd', name: 'dst-once', progress: testProgress(t), onCleanup, timeouts,
+        daemonArgs: ['--metrics-address', '127.0.0.1:0', '--metrics-linger', '60'],
+        onDaemonReady: (daemon, dstDir) => {
+          const log = path.join(dstDir, 'lazy-pages.log');
+          const url = /Metrics on (http:\/\/\S+\/metrics)/.exec(fs.readFileSync(log, 'utf8'))![1];
+          // The final count, scraped once the restore is done; then the linger is ended (SIGTERM after a completed
+          // restore: exit 0).
+          scraping = (async () => {
+            await pollFor('the restore done, or the daemon gone', timeouts.allPagesMs, async () =>
+              fs.readFileSync(log, 'utf8').includes('Lazy pages done') || !processAlive(daemon.pid) ? true : undefined,
+            );
+            mismatches = await scrapeCounter(url, CHECKSUM_METRIC);
+            daemon.kill('SIGTERM');
+          })();
+          scraping.catch(() => daemon.kill('SIGKILL'));
+        },
+      });
+      await scraping;
+      assert.equal(once.flipped.length, 1, 'one bit flipped');
+      assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
+      assert.equal(restored.passes[0][0].ok, checkpoint.dataPages, 'the workload verified its pages');
+      assert.equal(mismatches, 1, `${CHECKSUM_METRIC} after the restore`);
+      const onceLog = fs.readFileSync(path.join(restored.dstDir, 'lazy-pages.log'), 'utf8');
+      const { pid, vaddr } = once.flipped[0];
+      const warned = onceLog.split('\n').filter((l) => l.includes('failed their checksum'));
+      assert.equal(warned.length, 1, `one line about the mismatch:\n${warned.join('\n')}`);
+      assert.match(warned[0], new RegExp(`pid ${pid} from 0x${vaddr.toString(16)} failed their checksum .*fetching them again`));
+
+      // (b) Always: the page fails again when fetched again; the daemon ends the restore (--on-failure kill).
+      const always = await startRelay(lazyd, { flip: { format, range: data, always: true } });
+      onCleanup(() => always.close());
+      // The daemon may fail before criu restore has finished with the resumed tasks (the page can be one of the
+      // drain's): killed under it, criu restore then fails too.
+      const offset = logOffset(checkpoint.workloadDir);
+      let daemon: Proc | undefined;
+      let dstDir = '';
+      let restoredPid: number | undefined;
+      let restoreError: Error | undefined;
+      try {
+        const started = await startLazyRestore({
+          checkpoint, server: always, daemon: 'lazyd', name: 'dst-always', progress: testProgress(t), onCleanup, timeouts,
+          onDaemonReady: (proc, dir) => {
+            daemon = proc;
+            dstDir = dir;
+          },
+        });
+        restoredPid = started.restoredPid;
+      } catch (error) {
+        restoreError = error as Error;
+      }
+      assert.ok(daemon, restoreError?.message);
+      const exit = await daemon.exited;
+      assert.notEqual(exit.code, 0, 'lazyd lazy-pages failed');
+      if (restoreError) assert.match(restoreError.message, /criu [\d.]+ restore failed/, 'only as a consequence');
+      assert.deepEqual(always.flipped.map((f) => f.vaddr), [always.flipped[0].vaddr, always.flipped[0].vaddr], 'the same page flipped in the reply and in its re-fetch');
+      const bad = always.flipped[0];
+      const alwaysLog = fs.readFileSync(path.join(dstDir, 'lazy-pages.log'), 'utf8');
+      const failed = alwaysLog.split('\n').filter((l) => l.includes('lazy-pages failed'));
+      assert.equal(failed.length, 1, alwaysLog);
+      assert.match(failed[0], new RegExp(`pid ${bad.pid} from 0x${bad.vaddr.toString(16)} failed their checksum .* again when fetched a second time`));
+      assert.match(failed[0], /killed the restored tasks/, 'the failure policy (--on-failure kill) applied');
+      if (restoredPid !== undefined) {
+        const pid = restoredPid;
+        await pollFor('the restored workload killed', 20_000, () => (processAlive(pid) ? undefined : true));
+      }
+      const scan = readLog(checkpoint.workloadDir, offset);
+      assert.deepEqual(scan.bad, [], 'the workload never read a wrong byte');
+      assert.deepEqual(scan.errors, [], 'nor logged an error');
+
+      // (c) --no-link-checksum: the HELLO asks for bind only, the replies carry no trailer, the workload verifies.
+      const plain = await startRelay(lazyd, { record: 4 << 20 });
+      onCleanup(() => plain.close());
+      const unsummed = await lazyRestore({
+        checkpoint, server: plain, daemon: 'lazyd', name: 'dst-plain', progress: testProgress(t), onCleanup, timeouts, daemonArgs: ['--no-link-checksum'],
+      });
+      assert.equal(unsummed.passes[0][0].ok, checkpoint.dataPages, '--no-link-checksum: the workload verified its pages');
+      const [session] = plain.recorded();
+      assert.equal(session['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND, 'the HELLO asks for bind only');
+      assert.equal(session['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND, 'bind granted');
+      const first = decodeHeader(format, session['to-client'], 32);
+      assert.equal(session['to-client'].readUInt32LE(32 + format + Number(first.nrPages) * 4096), 0x40006, 'the next reply right after the pages: no trailer');
     });
   });
 }

@@ -6,12 +6,16 @@
 //             when the test interferes;
 //   record    keeps the first N bytes each way of every connection (recorded()), to check what a peer sent;
 //   hold      (on demand) from now on the requests are swallowed: the server answers what it already got and then
-//             waits at a header boundary, while the client waits for replies that never come.
+//             waits at a header boundary, while the client waits for replies that never come;
+//   flip      follows the lazy-fetch replies to the client (a lazyd link's HELLO reply and checksum trailers
+//             included, docs/protocol.md §7) and flips one bit in one page of a chosen GET reply — and, with
+//             `always`, in that same page of every later reply that carries it (the client's re-fetch).
 // Once one side of a connection goes away the other is closed too, the way it went: a reset passes on as a reset
 // (CRIU tells them apart: `criu dump --lazy-pages` takes an EOF for a finished transfer and a reset for a failed
 // one), a close as a close — and a half-close as a half-close: the other direction carries on until its side ends.
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { decodeHeader, HELLO_MAGIC, HELLO_SIZE, LINK_FEATURE_CHECKSUM, type WireFormat } from './wire.js';
 
 export type RelayDirection = 'to-server' | 'to-client';
 
@@ -20,6 +24,19 @@ export interface RelayOptions {
   throttle?: { direction: RelayDirection; bytesPerSecond: number };
   /** Keep the first this many bytes each way of every connection (recorded()). */
   record?: number;
+  /**
+   * Flip a bit of a reply page to the client: in the first reply from the reply-th (1 by default) that carries a
+   * page in range (when given), in the first such page; always: also in every later reply that carries it. format
+   * is the images' header layout.
+   */
+  flip?: { format: WireFormat; reply?: number; range?: { start: bigint; end: bigint }; always?: boolean };
+}
+
+/** A bit the relay flipped: in the page at vaddr of pid, in the reply-th GET reply of its connection. */
+export interface FlippedBit {
+  reply: number;
+  pid: number;
+  vaddr: bigint;
 }
 
 export interface Relay {
@@ -33,6 +50,8 @@ export interface Relay {
   connections(): number;
   /** options.record: the first bytes each way, one entry per connection in accept order. */
   recorded(): Record<RelayDirection, Buffer>[];
+  /** options.flip: every bit flipped so far. */
+  flipped: FlippedBit[];
   /**
    * Drops every byte to the server from now on; resolves once nothing has come back from the server for quietMs
    * (its answers to what it had got are through).
@@ -51,6 +70,7 @@ export async function startRelay(target: { address: string; port: number }, opti
   let lastToClientAt = performance.now();
   let resolveCut!: () => void;
   const cut = new Promise<void>((resolve) => (resolveCut = resolve));
+  const flipped: FlippedBit[] = [];
 
   // Half-open: a peer that sends its FIN and still reads (lazyd's relay after CLOSE, which waits for the dump's
   // answer: criu corks it until the socket closes) gets what the other side sends until that side ends too.
@@ -77,7 +97,9 @@ export async function startRelay(target: { address: string; port: number }, opti
       // that many seconds' worth of bytes through at once, and the transfer would not be in progress any more.
       let freeAt = 0;
       let count = 0;
-      from.on('data', (chunk: Buffer) => {
+      const flipper = options.flip && direction === 'to-client' ? replyFlipper(options.flip, flipped) : undefined;
+      from.on('data', (data: Buffer) => {
+        const chunk = flipper ? flipper(data) : data;
         if (direction === 'to-client') lastToClientAt = performance.now();
         if (count >= cutAt || (holding && direction === 'to-server')) return;
         const part = count + chunk.length >= cutAt ? chunk.subarray(0, cutAt - count) : chunk;
@@ -123,6 +145,7 @@ export async function startRelay(target: { address: string; port: number }, opti
     cut,
     forwarded,
     connections: () => accepted,
+    flipped,
     recorded: () => recordings.map((r) => ({ 'to-server': Buffer.concat(r['to-server']), 'to-client': Buffer.concat(r['to-client']) })),
     async hold(quietMs = 500) {
       holding = true;
@@ -134,5 +157,88 @@ export async function startRelay(target: { address: string; port: number }, opti
         for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
       }),
+  };
+}
+
+const PAGE_SIZE = 4096;
+/** Where in a page the bit is flipped: not at its start, so a page that begins with a header field is not spared. */
+const FLIP_OFFSET = 1000;
+
+/**
+ * Follows one connection's server-to-client bytes (an optional HELLO reply, then GET replies: header, pages, and
+ * under feature checksum a trailer of 4 bytes a page) and returns each chunk with the chosen bit flipped.
+ */
+function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedBit[]): (chunk: Buffer) => Buffer {
+  let phase: 'first' | 'hello' | 'head' | 'pages' | 'trailer' | 'other' = 'first';
+  let head = Buffer.alloc(0);
+  let checksums = false;
+  let replies = 0;
+  let left = 0;
+  let pos = 0;
+  let flipAt = -1;
+  let pages = 0;
+  let current = { pid: 0, vaddr: 0n };
+  let target: { pid: number; vaddr: bigint } | undefined;
+  return (chunk) => {
+    const out = Buffer.from(chunk);
+    let i = 0;
+    while (i < out.length && phase !== 'other') {
+      if (phase === 'first' || phase === 'hello' || phase === 'head') {
+        const size = phase === 'first' ? 4 : phase === 'hello' ? HELLO_SIZE : flip.format;
+        const take = Math.min(size - head.length, out.length - i);
+        head = Buffer.concat([head, out.subarray(i, i + take)]);
+        i += take;
+        if (head.length < size) continue;
+        if (phase === 'first') {
+          phase = head.readUInt32LE(0) === HELLO_MAGIC ? 'hello' : 'head';
+          continue;
+        }
+        if (phase === 'hello') {
+          checksums = (head.readBigUInt64LE(8) & LINK_FEATURE_CHECKSUM) !== 0n;
+          head = Buffer.alloc(0);
+          phase = 'head';
+          continue;
+        }
+        const h = decodeHeader(flip.format, head);
+        head = Buffer.alloc(0);
+        if (h.cmd !== 0x40006) {
+          phase = 'other'; // the CLOSE answer, or not a lazy-fetch stream: passed on as it is
+          continue;
+        }
+        replies++;
+        pages = Number(h.nrPages);
+        current = { pid: Number(h.dstId), vaddr: h.vaddr };
+        flipAt = -1;
+        const end = h.vaddr + BigInt(pages * PAGE_SIZE);
+        const range = flip.range ?? { start: 0n, end: 1n << 64n };
+        if (!target && replies >= (flip.reply ?? 1) && h.vaddr < range.end && end > range.start) {
+          target = { pid: current.pid, vaddr: h.vaddr > range.start ? h.vaddr : range.start };
+          flipAt = Number(target.vaddr - h.vaddr) + FLIP_OFFSET;
+        } else if (flip.always && target && target.pid === current.pid && target.vaddr >= h.vaddr && target.vaddr < end) {
+          flipAt = Number(target.vaddr - h.vaddr) + FLIP_OFFSET;
+        }
+        phase = 'pages';
+        left = pages * PAGE_SIZE;
+        pos = 0;
+        continue;
+      }
+      const take = Math.min(left, out.length - i);
+      if (phase === 'pages' && flipAt >= pos && flipAt < pos + take) {
+        out[i + flipAt - pos] ^= 0x01;
+        flipped.push({ reply: replies, pid: current.pid, vaddr: current.vaddr + BigInt(flipAt - FLIP_OFFSET) });
+        flipAt = -1;
+      }
+      pos += take;
+      left -= take;
+      i += take;
+      if (left > 0) continue;
+      if (phase === 'pages' && checksums) {
+        phase = 'trailer';
+        left = pages * 4;
+      } else {
+        phase = 'head';
+      }
+    }
+    return out;
   };
 }

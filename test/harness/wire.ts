@@ -482,3 +482,42 @@ export function parseUploadReplies(buf: Uint8Array, requests: readonly (ClientMe
   if (offset !== b.length) throw new WireError(`${b.length - offset} unexpected bytes after the last reply`, offset);
   return replies;
 }
+
+// ---- The lazyd link (docs/protocol.md §7; native/core/wire/link_ext.h) ----
+
+export const HELLO_MAGIC = 0x4c5a4b48;
+export const HELLO_SIZE = 32;
+export const LINK_FEATURE_BIND = 1n;
+export const LINK_FEATURE_CHECKSUM = 2n;
+
+/** A HELLO (§7.2): magic, link version, the features wanted, the 16-byte token. */
+export function encodeHello(token: Uint8Array, options: { version?: number; features?: bigint } = {}): Buffer {
+  const out = Buffer.alloc(HELLO_SIZE);
+  out.writeUInt32LE(HELLO_MAGIC, 0);
+  out.writeUInt32LE(options.version ?? 1, 4);
+  out.writeBigUInt64LE(options.features ?? LINK_FEATURE_BIND, 8);
+  Buffer.from(token).copy(out, 16);
+  return out;
+}
+
+/** A GET of nrPages pages at vaddr of pid, in the layout `format` (the 32-byte form's padding 0). */
+export function encodeGet(format: WireFormat, pid: number, vaddr: bigint, nrPages = 1): Buffer {
+  return encodeHeader(format, { cmd: PS_IOV_GET, pad: 0, nrPages: BigInt(nrPages), vaddr, dstId: BigInt(pid) });
+}
+
+const CRC32C_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    table[i] = c >>> 0;
+  }
+  return table;
+})();
+
+/** CRC32C (Castagnoli) of bytes: the per-page checksum of feature checksum (§7.4). */
+export function crc32c(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC32C_TABLE[(c ^ b) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}

@@ -164,10 +164,12 @@ test('native options: each flag sets its native key, in native units', () => {
     drainRate: 0,
     drainStartMs: 200,
     background: true,
+    linkChecksum: true,
     maxRequestsInflight: 64,
   });
   const noDrain = lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { drain: false, drainRate: 8 << 20, drainInflightMaxBytes: 2 << 20, drainStart: 0.05 }, {}));
   assert.deepEqual([noDrain.background, noDrain.drainRate, noDrain.drainInflightMaxBytes, noDrain.drainStartMs], [false, 8 << 20, 2 << 20, 50], "--no-drain, --drain-rate, a fixed window, --drain-start in ms");
+  assert.equal(lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { linkChecksum: false }, {})).linkChecksum, false, '--no-link-checksum');
   assert.deepEqual(nativeKeys(STAGING_COMMAND), []);
   assert.deepEqual(nativeKeys(CHECK), []);
 });

@@ -1,7 +1,8 @@
 // The lazyd link (docs/protocol.md §7) on lazyd's page server, without root: CRIU's recorded upload stream
 // (4.1.1 and 4.2.1) is staged; the server writes lazyd-link.json (mode 0600) beside the images; a HELLO with its
-// token is granted and bound to the checkpoint, one with another token or outside the checkpoint is refused, a
-// stock GET gets CRIU's reply byte for byte — or, with requireLinkToken, nothing — and each refusal is counted.
+// token is granted and bound to the checkpoint (with feature checksum asked, each reply ends with its pages'
+// CRC32C), one with another token or outside the checkpoint is refused, a stock GET gets CRIU's reply byte for
+// byte — or, with requireLinkToken, nothing — and each refusal is counted.
 // And the capability file's reader: absent → null, malformed → one line naming the file and the fix.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,35 +14,13 @@ import { PageServerService } from '../../src/page-server/service.js';
 import { LINK_FILE_NAME, parseLinkCapability, readLinkCapability } from '../../src/link/capability-file.js';
 import { fixturePath, sessionFacts } from '../fixtures/fixtures.js';
 import { memoryLogger } from '../harness/memory-logger.js';
+import { crc32c, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM, type WireFormat } from '../harness/wire.js';
 
 const VERSIONS = ['4.1.1', '4.2.1'] as const;
 const PAGE = 4096;
-const HELLO_MAGIC = 0x4c5a4b48;
 const EACCES = 13;
-
-function hello(token: Buffer, version = 1): Buffer {
-  const out = Buffer.alloc(32);
-  out.writeUInt32LE(HELLO_MAGIC, 0);
-  out.writeUInt32LE(version, 4);
-  out.writeBigUInt64LE(1n, 8);
-  token.copy(out, 16);
-  return out;
-}
-
-function get(headerSize: number, pid: number, vaddr: bigint): Buffer {
-  const b = Buffer.alloc(headerSize);
-  b.writeUInt32LE(7, 0);
-  if (headerSize === 24) {
-    b.writeUInt32LE(1, 4);
-    b.writeBigUInt64LE(vaddr, 8);
-    b.writeBigUInt64LE(BigInt(pid), 16);
-  } else {
-    b.writeBigUInt64LE(1n, 8);
-    b.writeBigUInt64LE(vaddr, 16);
-    b.writeBigUInt64LE(BigInt(pid), 24);
-  }
-  return b;
-}
+const hello = (token: Buffer, version = 1) => encodeHello(token, { version });
+const get = (headerSize: WireFormat, pid: number, vaddr: bigint) => encodeGet(headerSize, pid, vaddr);
 
 function exchange(port: number, request: Buffer): Promise<Buffer> {
   return new Promise((resolve) => {
@@ -97,7 +76,7 @@ async function stagedServer(version: string, requireLinkToken: boolean) {
 }
 
 for (const version of VERSIONS) {
-  const headerSize = version === '4.1.1' ? 24 : 32;
+  const headerSize: WireFormat = version === '4.1.1' ? 24 : 32;
 
   test(`CRIU ${version} upload: lazyd-link.json written 0600; HELLO binds to the checkpoint; stock GETs unchanged`, async () => {
     const s = await stagedServer(version, false);
@@ -107,7 +86,7 @@ for (const version of VERSIONS) {
       const cap = await readLinkCapability(s.dir);
       assert.ok(cap);
       assert.equal(cap.version, 1);
-      assert.deepEqual(cap.features, ['bind']);
+      assert.deepEqual(cap.features, ['bind', 'checksum']);
       assert.equal(cap.checkpoint, s.service.stagedCheckpoints()[0].id);
       const token = Buffer.from(cap.token, 'hex');
 
@@ -125,6 +104,15 @@ for (const version of VERSIONS) {
       assert.equal(Number(linked.readBigUInt64LE(24)), cap.checkpoint, 'bound to the checkpoint');
       assert.deepEqual(linked.subarray(32), stock, 'the page as a stock client gets it');
       assert.equal(s.service.accessRefused(), 0);
+
+      // Feature checksum asked too: granted, and the reply ends with the page's CRC32C (docs/protocol.md §7.4).
+      assert.equal(crc32c(Buffer.from('123456789')), 0xe3069283, 'CRC32C check value');
+      const both = LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM;
+      const summed = await exchange(s.service.port, Buffer.concat([encodeHello(token, { features: both }), get(headerSize, s.pid, s.vaddr)]));
+      assert.equal(summed.length, 32 + headerSize + PAGE + 4, 'one reply with a 4-byte trailer');
+      assert.equal(summed.readBigUInt64LE(8), both, 'checksum granted');
+      assert.deepEqual(summed.subarray(32, 32 + headerSize + PAGE), stock, 'the same reply');
+      assert.equal(summed.readUInt32LE(32 + headerSize + PAGE), crc32c(stock.subarray(headerSize)), 'the page\'s CRC32C');
 
       // Refused: a token no checkpoint has; a GET outside the bound checkpoint; a link version from elsewhere.
       const wrong = await exchange(s.service.port, Buffer.concat([hello(Buffer.alloc(16, 7)), get(headerSize, s.pid, s.vaddr)]));

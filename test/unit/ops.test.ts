@@ -156,6 +156,7 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
     requestsInFlight: 2,
     pagesDiscarded: 0,
     tlsFailures: 0,
+    checksumMismatches: 1,
     drainWindowBytes: 3 << 20,
     drainInflightBytes: 1 << 20,
     drainRequestedBytes: 400 << 10,
@@ -186,6 +187,7 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
   assert.match(text, /lazyd_pages_remaining 86\n/);
   assert.match(text, /lazyd_restores_active 1\n/);
   assert.match(text, /lazyd_tls_failures_total 0\n/);
+  assert.match(text, /lazyd_page_checksum_mismatches_total 1\n/);
   assert.match(text, /lazyd_build_info\{version="[^"]+",node_version="v[\d.]+",criu_abi="auto",role="lazy-pages"\} 1/);
   // A second scrape reads the counters again (they are not added up twice).
   stats.summary.pagesBackground = 150;

@@ -77,6 +77,7 @@ struct FaultEngineConfig {
   size_t max_requests_in_flight = 0;        // --max-requests-inflight; fault requests are never held back by this
   bool background = true;                   // --drain / --no-drain: drain everything after RSTF (off: faults only)
   int drain_start_ms = 0;                    // --drain-start: for this long after RSTF, the drain's window is the faulting one
+  bool link_checksum = true;                // --link-checksum: a lazyd HELLO asks for feature checksum (§7.4)
 
   // Timeouts in ms; <= 0 means no limit.
   int accept_timeout_ms = 0;         // restore must connect within this
@@ -178,6 +179,7 @@ struct EngineStats {
   uint64_t faults_by_result[kFaultResults] = {};
   uint64_t bytes_sent = 0;                    // requests written to the page source (0 for a local one)
   uint64_t tls_failures = 0;                  // --tls: the handshake with the page server failed (0 or 1)
+  uint64_t checksum_mismatches = 0;           // pages that failed their link checksum (docs/protocol.md §7.4)
 };
 
 class FaultEngine {

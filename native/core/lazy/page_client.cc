@@ -3,6 +3,7 @@
 #include "net/net.h"
 #include "util/clock.h"
 #include "util/text.h"
+#include "wire/page_checksums.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -178,13 +179,21 @@ int PageClient::submit(const PageRequest& request) {
   if (request.nr_pages == 0 || (request.img_vaddr & (page_size_ - 1)) != 0 || (!request.buf && !request.sink)) {
     return fail(-EINVAL, "invalid page request at " + hex(request.img_vaddr));
   }
+  if (format_ == wire::Format::V24 && request.nr_pages > UINT32_MAX) {
+    return fail(-EOVERFLOW, "GET too large for the 24-byte format");
+  }
+  append_get(request);
+  return flush();
+}
+
+void PageClient::append_get(const PageRequest& request) {
   wire::Header h;
   h.cmd = wire::PS_IOV_GET;
   h.nr_pages = request.nr_pages;
   h.vaddr = request.img_vaddr;
   h.dst_id = request.pid;
   uint8_t bytes[wire::HEADER_SIZE_MAX] = {};  // padding of the 32-byte form goes out as zeros
-  if (!wire::encode(format_, h, bytes)) return fail(-EOVERFLOW, "GET too large for the 24-byte format");
+  wire::encode(format_, h, bytes);
   if (out_off_ == out_.size()) {
     out_.clear();
     out_off_ = 0;
@@ -192,12 +201,12 @@ int PageClient::submit(const PageRequest& request) {
   out_.insert(out_.end(), bytes, bytes + wire::header_size(format_));
   if (fifo_.empty()) last_progress_ns_ = now_ns();  // the stall clock starts with the first outstanding request
   fifo_.push_back(request);
-  return flush();
 }
 
 void PageClient::open_with_hello(const wire::Hello& hello) {
   hello_out_.resize(wire::kHelloSize);
   wire::encode_hello(hello, hello_out_.data());
+  hello_features_ = hello.features;
   hello_off_ = 0;
   hello_awaiting_ = true;
   hello_got_ = 0;
@@ -224,6 +233,7 @@ int PageClient::hello_answered() {
                           "): run the same lazyd release on both ends, or restore with --link stock");
   }
   link_checkpoint_ = reply.checkpoint;
+  checksums_ = (reply.features & hello_features_ & wire::kFeatureChecksum) != 0;
   return 0;
 }
 
@@ -273,6 +283,8 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
     ssize_t n;
     if (hello_awaiting_) {
       n = io_recv(hello_in_ + hello_got_, wire::kHelloReplySize - hello_got_);
+    } else if (in_trailer_) {
+      n = io_recv(trailer_.data() + trailer_got_, trailer_.size() - trailer_got_);
     } else if (!in_payload_) {
       n = io_recv(head_ + head_len_, head_size - head_len_);
     } else if (fifo_.front().sink) {
@@ -308,6 +320,14 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
       continue;
     }
     if (fifo_.empty()) return fail(-EPROTO, "the page server sent data nobody asked for");
+    if (in_trailer_) {
+      trailer_got_ += static_cast<size_t>(n);
+      if (trailer_got_ < trailer_.size()) continue;
+      in_trailer_ = false;
+      const int rc = reply_complete(done);
+      if (rc < 0) return rc;
+      continue;
+    }
 
     if (!in_payload_) {
       head_len_ += static_cast<size_t>(n);
@@ -337,13 +357,63 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
     }
     payload_got_ += static_cast<uint64_t>(n);
     if (payload_got_ < payload_len_) continue;
-    const PageRequest req = fifo_.front();
-    fifo_.pop_front();
     in_payload_ = false;
-    done->push_back(PageReply{req.cookie, req.img_vaddr, reply_pages_, req.nr_pages, req.buf});
-    if (fifo_.empty()) last_progress_ns_ = 0;
-    else last_progress_ns_ = now_ns();
+    if (checksums_) {
+      trailer_.resize(wire::checksum_trailer_size(reply_pages_));
+      trailer_got_ = 0;
+      in_trailer_ = true;
+      continue;
+    }
+    const int rc = reply_complete(done);
+    if (rc < 0) return rc;
   }
+}
+
+// Under checksums a reply's pages are checked here, before anyone may install them. The failing run is asked for
+// again into the same buffer (the reply waits meanwhile); a second failure ends the session.
+int PageClient::reply_complete(std::vector<PageReply>* done) {
+  const PageRequest req = fifo_.front();
+  fifo_.pop_front();
+  last_progress_ns_ = fifo_.empty() ? 0 : now_ns();
+  auto refetch = refetching_.find(req.cookie);
+  if (checksums_) {
+    if (!req.buf) return fail(-EPROTO, "a sink request in a checksum session: its pages cannot be checked");
+    if (refetch != refetching_.end() && reply_pages_ != req.nr_pages) {
+      return fail(-EPROTO, "the page server answered the re-fetch of " + std::to_string(req.nr_pages) + " pages at " +
+                               hex(req.img_vaddr) + " of pid " + std::to_string(req.pid) + " with " +
+                               std::to_string(reply_pages_));
+    }
+    const wire::ChecksumCheck check = wire::check_pages(req.buf, reply_pages_, page_size_, trailer_.data());
+    if (check.bad) {
+      checksum_mismatches_ += check.bad;
+      const uint64_t at = req.img_vaddr + check.first * page_size_;
+      char crcs[64];
+      snprintf(crcs, sizeof crcs, "CRC32C %08x, expected %08x", check.actual, check.expected);
+      const std::string what = std::to_string(check.bad) + " page(s) of pid " + std::to_string(req.pid) + " from " +
+                               hex(at) + " failed their checksum (" + crcs + ")";
+      if (refetch != refetching_.end()) {
+        return fail(-EBADMSG, what + " again when fetched a second time: the bytes are corrupted between the page "
+                                     "server and this host (link, NIC or memory); no such page was installed");
+      }
+      last_mismatch_ = what + ": fetching them again";
+      PageRequest again = req;
+      again.img_vaddr = at;
+      again.nr_pages = check.last - check.first + 1;
+      again.buf = req.buf + check.first * page_size_;
+      refetching_.emplace(req.cookie, Refetch{req, reply_pages_});
+      append_get(again);
+      return flush();
+    }
+  }
+  if (refetch != refetching_.end()) {
+    const Refetch& first = refetch->second;
+    done->push_back(PageReply{first.original.cookie, first.original.img_vaddr, first.reply_pages,
+                              first.original.nr_pages, first.original.buf});
+    refetching_.erase(refetch);
+    return 0;
+  }
+  done->push_back(PageReply{req.cookie, req.img_vaddr, reply_pages_, req.nr_pages, req.buf});
+  return 0;
 }
 
 ssize_t PageClient::recv_to_sink(const PageRequest& request, size_t want) {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <sys/types.h>
+#include <unordered_map>
 #include <vector>
 
 #include "net/tls_session.h"
@@ -62,7 +63,8 @@ class PageSource {
   virtual bool wants_write() const { return false; }
   // Queues (and starts sending) one request. 0 or -errno (error() says why; the source is then unusable).
   virtual int submit(const PageRequest& request) = 0;
-  // Sends pending output, reads what has arrived, appends completed replies in request order. 0 or -errno.
+  // Sends pending output, reads what has arrived, appends completed replies in request order (a reply whose
+  // pages failed their checksum comes later, once re-fetched). 0 or -errno.
   virtual int pump(std::vector<PageReply>* done) = 0;
   virtual size_t in_flight() const = 0;
   // While requests are outstanding: ms since the last byte arrived (or since the first request was sent). Else 0.
@@ -73,6 +75,9 @@ class PageSource {
   virtual int close(int timeout_ms, int32_t* status) = 0;
   virtual uint64_t bytes_received() const = 0;
   virtual uint64_t bytes_sent() const { return 0; }
+  // Feature checksum (docs/protocol.md §7.4): pages that failed their checksum so far, and a line about the last.
+  virtual uint64_t checksum_mismatches() const { return 0; }
+  virtual std::string last_checksum_mismatch() const { return ""; }
   virtual const std::string& error() const = 0;
   virtual const char* kind() const = 0;
 };
@@ -112,6 +117,9 @@ class PageClient : public PageSource {
   void open_with_hello(const wire::Hello& hello);
   // The HELLO was answered and granted: the checkpoint the session is bound to (0 before, or without HELLO).
   uint64_t link_checkpoint() const { return link_checkpoint_; }
+  // The server granted feature checksum: each reply's pages are checked before pump() hands the reply on; the
+  // pages that fail are asked for again, once; failing again fails the client (-EBADMSG). Buffer requests only.
+  bool checksums() const { return checksums_; }
 
   int fd() const override { return fd_; }
   bool wants_write() const override { return hello_off_ < hello_out_.size() || out_off_ < out_.size(); }
@@ -133,6 +141,8 @@ class PageClient : public PageSource {
   int poll_close(int32_t* status);
   uint64_t bytes_received() const override { return bytes_received_; }
   uint64_t bytes_sent() const override { return bytes_sent_; }
+  uint64_t checksum_mismatches() const override { return checksum_mismatches_; }
+  std::string last_checksum_mismatch() const override { return last_mismatch_; }
   const std::string& error() const override { return error_; }
   const char* kind() const override { return "page-server"; }
 
@@ -148,6 +158,9 @@ class PageClient : public PageSource {
   int flush();
   int hello_answered();
   int read_replies(std::vector<PageReply>* done);
+  // The front request's reply is complete (its trailer too, under checksums): hands it on, or re-fetches.
+  int reply_complete(std::vector<PageReply>* done);
+  void append_get(const PageRequest& request);
   int close_session(int timeout_ms, int32_t* status, bool fin_with_close);
   // The next payload bytes (at most want) of a sink request into its sink: bytes moved, 0 at EOF, -EAGAIN, or
   // -errno (sink_error_ set when the sink, not the socket, failed).
@@ -166,6 +179,19 @@ class PageClient : public PageSource {
   uint8_t hello_in_[wire::kHelloReplySize];
   size_t hello_got_ = 0;
   uint64_t link_checkpoint_ = 0;
+  uint64_t hello_features_ = 0;     // what the HELLO asked for
+  bool checksums_ = false;
+  std::vector<uint8_t> trailer_;    // the current reply's checksums
+  size_t trailer_got_ = 0;
+  bool in_trailer_ = false;
+  uint64_t checksum_mismatches_ = 0;
+  std::string last_mismatch_;
+  // Replies held back while their bad pages are fetched again: the first reply's request and page count.
+  struct Refetch {
+    PageRequest original;
+    uint64_t reply_pages = 0;
+  };
+  std::unordered_map<uint64_t, Refetch> refetching_;  // by cookie
   std::deque<PageRequest> fifo_;
   uint8_t head_[wire::HEADER_SIZE_MAX];
   size_t head_len_ = 0;

@@ -227,6 +227,7 @@ LazySession::Status LazySession::handle_hello(const uint8_t* head) {
   } else {
     answer.features = hello.features & wire::kKnownFeatures;
     answer.checkpoint = named->id;
+    checksums_ = (answer.features & wire::kFeatureChecksum) != 0;
     bound_ = named;
     token_bound_ = true;
   }
@@ -305,15 +306,11 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
     }
     store_span.nr_pages = ready;
     store_span.bytes = ready * page_size;
-    Reply reply;
-    wire::Header answer;
-    answer.cmd = wire::GET_REPLY_CMD;
-    answer.pad = header.pad;
-    answer.nr_pages = store_span.nr_pages;
-    answer.vaddr = header.vaddr;
-    answer.dst_id = header.dst_id;
-    wire::encode(format_, answer, reply.head);
-    reply.head_len = wire::header_size(format_);
+    Reply reply = get_reply(header, store_span.nr_pages);
+    // A sealed memfd's bytes never change: checksummed in its mapping now, sent zero-copy later.
+    if (const uint8_t* bytes = reply.checksums.active() ? staged->store->view(store_span) : nullptr) {
+      reply.checksums.feed(bytes, static_cast<size_t>(store_span.bytes));
+    }
     reply.store = staged->store;
     reply.span = store_span;
     queue(std::move(reply));
@@ -326,15 +323,7 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
   LookupResult found = index_.lookup(header.dst_id, header.vaddr, header.nr_pages, &span);
   if (found != LookupResult::kFound) return fail(what + ": " + lookup_result_text(found));
 
-  Reply reply;
-  wire::Header answer;
-  answer.cmd = wire::GET_REPLY_CMD;
-  answer.pad = header.pad;  // CRIU's server answers in the request's own struct, so 4.2 replies echo the padding
-  answer.nr_pages = span.nr_pages;
-  answer.vaddr = header.vaddr;
-  answer.dst_id = header.dst_id;
-  wire::encode(format_, answer, reply.head);
-  reply.head_len = wire::header_size(format_);
+  Reply reply = get_reply(header, span.nr_pages);
   reply.file_fd = span.fd;
   reply.file_offset = span.file_offset;
   reply.file_left = span.nr_pages * page_size;
@@ -342,6 +331,20 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
   stats_.gets++;
   stats_.pages += span.nr_pages;
   return Status::kOpen;
+}
+
+LazySession::Reply LazySession::get_reply(const wire::Header& header, uint64_t nr_pages) {
+  Reply reply;
+  wire::Header answer;
+  answer.cmd = wire::GET_REPLY_CMD;
+  answer.pad = header.pad;  // CRIU's server answers in the request's own struct, so 4.2 replies echo the padding
+  answer.nr_pages = nr_pages;
+  answer.vaddr = header.vaddr;
+  answer.dst_id = header.dst_id;
+  wire::encode(format_, answer, reply.head);
+  reply.head_len = wire::header_size(format_);
+  if (checksums_) reply.checksums.start(index_.page_size(), nr_pages);
+  return reply;
 }
 
 LazySession::Status LazySession::queue_close_status() {
@@ -356,7 +359,7 @@ LazySession::Status LazySession::queue_close_status() {
 }
 
 void LazySession::queue(Reply reply) {
-  queued_bytes_ += reply.head_len + reply.file_left + (reply.store ? reply.span.bytes : 0);
+  queued_bytes_ += reply.head_len + reply.file_left + (reply.store ? reply.span.bytes : 0) + reply.checksums.trailer().size();
   replies_.push_back(std::move(reply));
 }
 
@@ -378,12 +381,17 @@ LazySession::Status LazySession::flush() {
       queued_bytes_ -= static_cast<uint64_t>(n);
       continue;
     }
-    if (!transport_->zero_copy()) {
+    // Checksums not computed yet (the bytes are read here, not in a mapping): they are computed as the bytes are
+    // copied out to be sent.
+    if (!transport_->zero_copy() || (reply.checksums.active() && !reply.checksums.complete())) {
       if (copy_off_ < copy_len_ || reply.file_left || (reply.store && reply.store_done < reply.span.bytes)) {
         Status status = flush_copied(reply);
         if (status != Status::kOpen || copy_off_ < copy_len_) return status;  // failed, or the socket is full
         continue;
       }
+      bool sent = false;
+      Status status = send_trailer(reply, &sent);
+      if (status != Status::kOpen || !sent) return status;
       replies_.pop_front();
       continue;
     }
@@ -416,8 +424,28 @@ LazySession::Status LazySession::flush() {
       queued_bytes_ -= static_cast<uint64_t>(n);
       continue;
     }
+    bool sent = false;
+    Status status = send_trailer(reply, &sent);
+    if (status != Status::kOpen || !sent) return status;
     replies_.pop_front();
   }
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::send_trailer(Reply& reply, bool* sent) {
+  const std::vector<uint8_t>& trailer = reply.checksums.trailer();
+  while (reply.trailer_sent < trailer.size()) {
+    if (!reply.checksums.complete()) return fail("the page checksums of a reply are short: no reply is sent short");
+    ssize_t n = transport_->send(trailer.data() + reply.trailer_sent, trailer.size() - reply.trailer_sent);
+    if (n < 0) {
+      if (n == -EAGAIN) return Status::kOpen;
+      return fail_io("sending the page checksums failed", n);
+    }
+    reply.trailer_sent += static_cast<size_t>(n);
+    stats_.bytes_out += static_cast<uint64_t>(n);
+    queued_bytes_ -= static_cast<uint64_t>(n);
+  }
+  *sent = true;
   return Status::kOpen;
 }
 
@@ -451,8 +479,10 @@ LazySession::Status LazySession::flush_copied(Reply& reply) {
       } else {
         return Status::kOpen;  // all of this reply's bytes are sent
       }
+      if (reply.checksums.active()) reply.checksums.feed(copy_.data(), copy_len_);
     }
-    ssize_t n = transport_->send(copy_.data() + copy_off_, copy_len_ - copy_off_);
+    // A trailer follows the last page bytes: keep them in one segment with it.
+    ssize_t n = transport_->send(copy_.data() + copy_off_, copy_len_ - copy_off_, reply.checksums.active() ? MSG_MORE : 0);
     if (n < 0) {
       if (n == -EAGAIN) return Status::kOpen;
       return fail_io("sending page data failed", n);

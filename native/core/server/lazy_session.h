@@ -13,6 +13,7 @@
 #include "server/session.h"
 #include "staging/page_store.h"
 #include "staging/staged_checkpoint.h"
+#include "wire/page_checksums.h"
 #include "wire/wire.h"
 
 namespace lazyd {
@@ -97,6 +98,10 @@ class LazySession final : public Session {
     std::shared_ptr<const PageStore> store;  // a staged reply: span's bytes come from the store
     StoreSpan span;
     uint64_t store_done = 0;
+    // Feature checksum (§7.4): built from a sealed store's mapping when queued, else from the page bytes as they
+    // are read into copy_; sent after them.
+    wire::ChecksumBuilder checksums;
+    size_t trailer_sent = 0;
   };
 
   Status handle_requests();
@@ -104,9 +109,14 @@ class LazySession final : public Session {
   Status handle_hello(const uint8_t* head);
   Status refuse_link(std::string message);
   Status queue_close_status();
+  // A GET reply: the header for header, and the trailer's place when the session checksums its pages.
+  Reply get_reply(const wire::Header& header, uint64_t nr_pages);
   Status flush();
-  // TLS: the page bytes of the front reply, read into copy_ and sent in records of their own (§1.9).
+  // TLS, or a checksum session whose store has no mapping: the page bytes of the front reply, read into copy_
+  // (and checksummed there) and sent from it, under TLS in records of their own (§1.9).
   Status flush_copied(Reply& reply);
+  // The front reply's trailer, after its pages; *sent once all of it is out (a reply without one: at once).
+  Status send_trailer(Reply& reply, bool* sent);
   Status fail(std::string message);
   Status fail_io(const char* what, ssize_t err);
   Status settle();
@@ -130,6 +140,7 @@ class LazySession final : public Session {
   bool close_seen_ = false;
   bool first_request_ = true;  // HELLO is only ever the first request
   bool token_bound_ = false;
+  bool checksums_ = false;     // the HELLO was granted feature checksum: every GET reply carries a trailer
   std::string failure_after_replies_;  // a refused HELLO: its reply is sent, then the session fails with this   // bound_ was named by a HELLO's token: nothing outside it is served
   size_t close_slack_ = 0;  // a CLOSE read before the format was known may be followed by 8 zero bytes (§1.2)
   std::vector<uint8_t> copy_;  // TLS only: page bytes read, [copy_off_, copy_len_) not yet sent

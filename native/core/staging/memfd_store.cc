@@ -123,13 +123,20 @@ int MemfdStore::on_seal() {
   file_size_ = data_end();
   // F_SEAL_WRITE needs every writable shared mapping gone (EBUSY otherwise): hence the munmap above.
   if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) return -errno;
-  if (options_.copy_max > 0 && file_size_ > 0) {
+  if (file_size_ > 0) {
     void* map = mmap(nullptr, file_size_, PROT_READ, MAP_SHARED, fd_, 0);
-    if (map == MAP_FAILED) return -errno;
-    map_ = static_cast<char*>(map);
-    map_size_ = file_size_;
+    if (map == MAP_FAILED && options_.copy_max > 0) return -errno;  // else view() has none: copy_out serves
+    if (map != MAP_FAILED) {
+      map_ = static_cast<char*>(map);
+      map_size_ = file_size_;
+    }
   }
   return 0;
+}
+
+const uint8_t* MemfdStore::view(const StoreSpan& span) const {
+  if (!sealed() || !map_ || span.data_offset + span.bytes > map_size_) return nullptr;
+  return reinterpret_cast<const uint8_t*>(map_) + span.data_offset;
 }
 
 ssize_t MemfdStore::send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch&) const {

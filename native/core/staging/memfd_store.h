@@ -37,6 +37,7 @@ class MemfdStore final : public PageStore {
   const char* kind() const override { return "memfd"; }
   ssize_t send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch& scratch) const override;
   ssize_t copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch& scratch) const override;
+  const uint8_t* view(const StoreSpan& span) const override;
   StoreResources resources() const override;
   int memfd() const { return fd_; }
 

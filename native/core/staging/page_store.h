@@ -174,6 +174,9 @@ class PageStore {
   // The same bytes copied into buf (at most len): for TLS, where pages are encrypted in user space (§1.9).
   // Returns bytes copied (> 0) or -errno. Call until done == span.bytes.
   virtual ssize_t copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch& scratch) const = 0;
+  // span's bytes in a read-only mapping of a sealed store, which never change (the lazyd link's checksums are
+  // computed there while the bytes go out zero-copy, docs/protocol.md §7.4); nullptr where the store has none.
+  virtual const uint8_t* view(const StoreSpan& span) const { return nullptr; }
   // Convenience: lookup + send all of it, waiting (poll) on a full out_fd. Returns the pages written
   // (clamped), or a negative code: -ENOENT unknown key, -ENODATA not stored / no data, or -errno.
   // Uses a scratch owned by the store: one caller at a time.

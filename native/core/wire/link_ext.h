@@ -17,7 +17,8 @@ namespace lazyd::wire {
 constexpr uint32_t kHelloMagic = 0x4c5a4b48;       // "HKZL" in memory; command 0x4b48 is no CRIU command
 constexpr uint32_t kLinkVersion = 1;
 constexpr uint64_t kFeatureBind = 1;               // the session fetches only the checkpoint the token names
-constexpr uint64_t kKnownFeatures = kFeatureBind;
+constexpr uint64_t kFeatureChecksum = 2;           // every GET reply ends in one CRC32C per page (wire/page_checksums.h)
+constexpr uint64_t kKnownFeatures = kFeatureBind | kFeatureChecksum;
 constexpr size_t kTokenSize = 16;
 constexpr size_t kHelloSize = 32;                  // u32 magic, u32 version, u64 features, 16-byte token
 constexpr size_t kHelloReplySize = 32;             // u32 magic, u32 version, u64 features, i32 status, u32 0, u64 checkpoint

@@ -24,6 +24,11 @@ void Installer::on_source(uint32_t epoll_events) {
 void Installer::collect_replies() {
   std::vector<PageReply> done;
   int rc = link_.pump(&done);
+  const uint64_t mismatches = link_.checksum_mismatches();
+  if (mismatches != core_.counters.checksum_mismatches.get()) {
+    core_.counters.checksum_mismatches.set(mismatches);
+    if (rc == 0) core_.warn("page server: " + link_.last_checksum_mismatch());
+  }
   for (const PageReply& reply : done) {
     if (core_.finished) break;
     on_reply(reply);

@@ -41,7 +41,7 @@ void SourceLink::connect() {
   if (!cfg.link_token.empty()) {
     // A lazyd page server wrote the images' lazyd-link.json: open with HELLO (docs/protocol.md §7).
     wire::Hello hello;
-    hello.features = wire::kFeatureBind;
+    hello.features = wire::kFeatureBind | (cfg.link_checksum ? wire::kFeatureChecksum : 0);
     if (!wire::token_from_hex(cfg.link_token.data(), cfg.link_token.size(), &hello.token)) {
       core_.fail("the link token of lazyd-link.json is not 32 hex digits");
       return;

@@ -46,6 +46,8 @@ class SourceLink {
   bool exists() const { return source_ != nullptr; }
   uint64_t bytes_received() const { return source_->bytes_received(); }
   uint64_t bytes_sent() const { return source_->bytes_sent(); }
+  uint64_t checksum_mismatches() const { return source_->checksum_mismatches(); }
+  std::string last_checksum_mismatch() const { return source_->last_checksum_mismatch(); }
 
  private:
   std::string peer() const;
