@@ -217,7 +217,8 @@ for (const version of CRIU_VERSIONS) {
       const stock = await exchange(lazyd.port, get(version, pid, vaddr));
       assert.equal(stock.length, 0, 'a stock GET gets nothing');
       await waitFor('the refusal counted', () => lazyd.service.accessRefused() === 1);
-      assert.ok(lazyd.lines.some((l) => l.msg.includes('--require-link-token')), 'the log names the flag');
+      // The counter moves on the engine thread; the log line arrives through the event loop after it.
+      await waitFor('the log names the flag', () => lazyd.lines.some((l) => l.msg.includes('--require-link-token')));
 
       const restored = await lazyRestore({ checkpoint, server: lazyd, daemon: 'lazyd', name: 'dst-lazyd', progress: testProgress(t), onCleanup, timeouts });
       assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');

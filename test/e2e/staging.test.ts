@@ -225,7 +225,7 @@ for (const version of CRIU_VERSIONS) {
       }
       // --staging-restores 2: released after the second completed restore.
       await waitFor('the release after 2 restores', () => lazyd.service.stagedCheckpoints().length === 0);
-      assert.ok(lazyd.lines.some((l) => l.msg.includes(`checkpoint #${id} released: after 2 completed restores`)));
+      await waitFor('the release logged', () => lazyd.lines.some((l) => l.msg.includes(`checkpoint #${id} released: after 2 completed restores`)));
       assert.ok(!lazyd.lines.some((l) => l.level >= 50), `no error: ${JSON.stringify(lazyd.lines.filter((l) => l.level >= 50))}`);
       await waitFor('staging memory freed', () => (lazyd.service.stats().stagingBytes ?? 1) === 0);
       lazyd.service.stop(1000);
@@ -290,7 +290,7 @@ for (const version of CRIU_VERSIONS) {
         await Promise.all(restores.map((r) => r.kill()));
       }
       await waitFor('the release after 2 restores', () => lazyd.service.stagedCheckpoints().length === 0);
-      assert.ok(lazyd.lines.some((l) => l.msg.includes(`checkpoint #${id} released: after 2 completed restores`)));
+      await waitFor('the release logged', () => lazyd.lines.some((l) => l.msg.includes(`checkpoint #${id} released: after 2 completed restores`)));
       assert.ok(!lazyd.lines.some((l) => l.level >= 50), `no error: ${JSON.stringify(lazyd.lines.filter((l) => l.level >= 50))}`);
     });
   });

@@ -399,7 +399,7 @@ for (const version of VERSIONS) {
         assert.deepEqual(await upload(timed.port, stream, expected.length), expected);
         await until('staged', () => ttlLog.lines.some((r) => /^Staged checkpoint #\d+: pids 1 /.test(r.msg)));
         await until('ttl release', () => timed.stagedCheckpoints().length === 0);
-        assert.ok(ttlLog.lines.some((r) => /released: after 1 s \(--staging-ttl\)/.test(r.msg)), 'released by the TTL');
+        await until('released by the TTL', () => ttlLog.lines.some((r) => /released: after 1 s \(--staging-ttl\)/.test(r.msg)));
         await until('memory freed', () => timed.stats().stagingBytes === 0);
       } finally {
         timed.stop(0);
