@@ -9,7 +9,7 @@
 //
 // pino costs ~15-50 ms to load, so this module does not import it: src/log.ts gives the daemon a logger with pino
 // loaded; `lazyd lazy-pages`, which must be ready quickly (a restore waits for it), takes createDeferredLogger():
-// until load() (called once the daemon is ready) has imported pino, each line is written at once, in the shape
+// until load() (called once the restored tasks run: after RSTF) has imported pino, each line is written at once, in the shape
 // pino gives it (pinoShapedLine), through the same destination. So every line logged before the status byte is
 // in the log when the byte is written (a tool may read "Metrics on <url>" then), in order, nothing kept back.
 import fs from 'node:fs';

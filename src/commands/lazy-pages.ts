@@ -110,11 +110,14 @@ function logEvent(logger: Logger, event: LazyPagesEvent): void {
   }
 }
 
+/** How long after RSTF (the restored tasks run) pino is loaded: past the downtime and the restore's exit. */
+const LOGGER_LOAD_DELAY_MS = 1000;
+
 export async function runLazyPages(options: LazyPagesCommandOptions): Promise<number> {
   const { values } = options;
   const imagesDir = path.resolve(values.imagesDir);
   const workDir = path.resolve(values.workDir ?? imagesDir);
-  // Deferred: pino is loaded once the daemon is ready (src/log-core.ts), not before the restore can connect.
+  // Deferred: pino is loaded once the restored tasks run (src/log-core.ts), not before or during the restore.
   const { logger, reopen, load: loadLogger } = createDeferredLogger({
     verbosity: values.verbosity,
     logFile: values.logFile,
@@ -141,6 +144,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   }
 
   let engine!: LazyPages;
+  let loadLoggerAfterRestore: () => void = () => undefined;
   // The engine's end, or an image error at hand-over (the daemon then exits with that one line).
   let finished!: Promise<LazyPagesEvent | { imageError: string }>;
   let resolveFinished!: (end: LazyPagesEvent | { imageError: string }) => void;
@@ -201,6 +205,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
         if (event.type === 'restore-connected') void handOver();
         // The drain starts at RSTF: show the line now, whatever the poll's phase (a small restore is quick).
         if (event.type === 'restore-finished') progress?.drawNow();
+        if (event.type === 'restore-finished' || event.type === 'done' || event.type === 'failed') loadLoggerAfterRestore();
         if (event.type === 'done' || event.type === 'failed') resolveFinished(event);
       },
     });
@@ -247,8 +252,13 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   if (values.pidfile) writePidfile(path.resolve(workDir, values.pidfile));
   signalStatusFd(values.statusFd);
   systemd.ready(statusText());
-  // Ready: now pino can be loaded (until then lines were written in its shape, src/log-core.ts).
-  setImmediate(() => loadLogger().catch((error) => process.stderr.write(`lazyd: cannot load the logger: ${(error as Error).message}\n`)));
+  // pino is loaded once the restored tasks run (until then lines are written in its shape, src/log-core.ts):
+  // loading it costs 15-50 ms of CPU, which right after the status byte would compete with the criu restore
+  // that starts then, inside the downtime.
+  loadLoggerAfterRestore = () => {
+    loadLoggerAfterRestore = () => undefined;
+    setTimeout(() => loadLogger().catch((error) => process.stderr.write(`lazyd: cannot load the logger: ${(error as Error).message}\n`)), LOGGER_LOAD_DELAY_MS).unref();
+  };
   process.on('SIGHUP', () => reopen());
   // Applies the failure policy to the restored tasks and returns the words for the one error line.
   const applyPolicy = (): string => {

@@ -1,6 +1,6 @@
 // `lazyd lazy-pages` at start-up, on the recorded images of a real CRIU dump: ready means lazy-pages.socket listens
-// before the status byte is written (docs/protocol.md §3.1); the lines logged before pino is loaded (src/log-core.ts)
-// and after it are all in the log, in order, with the times they were logged at; the images are read at hand-over
+// before the status byte is written (docs/protocol.md §3.1); the lines logged before pino is loaded (src/log-core.ts;
+// it is loaded only after RSTF, so never here) are all in the log, in order, with the times they were logged at; the images are read at hand-over
 // (after "Restore connected"), and a directory without images fails there with one line.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
