@@ -82,6 +82,8 @@ export interface SessionStats {
   pages: number;
   bytesOut: number;
   closedByRequest: boolean;
+  /** The session opened with a lazyd HELLO (docs/protocol.md §7). */
+  hello: boolean;
 }
 
 export interface UploadStats {

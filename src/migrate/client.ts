@@ -415,7 +415,8 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     report.pagesServed = traffic.pages;
     report.bytes.pages = traffic.bytesOut;
     report.bytes.requests = traffic.bytesIn;
-    await relay.stop();
+    await relay.stop(); // after every session-end event
+    if (relay.linkedSessions || relay.stockSessions) report.pageLink = relay.stockSessions ? 'criu' : 'lazyd';
   }
   if (channel) report.bytes.control = channel.bytesIn + channel.bytesOut - report.bytes.images;
   report.bytes.total = report.bytes.images + report.bytes.pages + report.bytes.requests + report.bytes.control;

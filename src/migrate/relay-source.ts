@@ -56,6 +56,9 @@ export class RelaySource extends EventEmitter {
   pagesHeld = 0;
   pagesTotal = 0;
   plan: RelayPlan | undefined;
+  /** The destination's page connections that ended well: over the lazyd link (HELLO), over CRIU's protocol. */
+  linkedSessions = 0;
+  stockSessions = 0;
   /** The lazyd-link.json start() wrote into the images, or undefined (why not: linkWarning). */
   linkFile: string | undefined;
   linkWarning: string | undefined;
@@ -198,7 +201,10 @@ export class RelaySource extends EventEmitter {
         this.emit('refused', `a page connection from ${event.peer}: ${event.message}`);
         return;
       case 'session-end':
-        if (!event.upload) this.emit('session-end', { ok: event.ok, message: event.message });
+        if (event.upload) return;
+        if (event.ok && event.stats.hello) this.linkedSessions++;
+        else if (event.ok) this.stockSessions++;
+        this.emit('session-end', { ok: event.ok, message: event.message });
         return;
       case 'stopped':
         this.stoppedResolve();
