@@ -126,7 +126,7 @@ export class RelaySource extends EventEmitter {
       holdClose: true,
     });
     this.checkpoint = started.checkpoint;
-    const link = await writeRelayLink(imagesDir, started.checkpoint, started.token);
+    const link = writeRelayLink(imagesDir, started.checkpoint, started.token);
     this.linkFile = link.file;
     this.linkWarning = link.warning;
     return plan;

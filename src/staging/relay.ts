@@ -16,7 +16,6 @@ import path from 'node:path';
 import type { Logger } from '../log.js';
 import type { NativeTlsOptions, RelayStarted } from '../native.js';
 import { loadCheckpoint, PE_LAZY, PE_PRESENT, type Checkpoint } from '../images/index.js';
-import { linkFilePath } from '../link/capability-file.js';
 import { removeRelayLink, writeRelayLink } from './relay-link.js';
 import { waitForListen } from './listen-watch.js';
 
@@ -205,7 +204,7 @@ export class Relayer {
   /** Relays whose checkpoint was released before the pull ended: forgotten when it ends. */
   private readonly releasedWhilePulling = new Set<number>();
   /** The lazyd-link.json written for each relayed checkpoint and its token: removed once it is released. */
-  private readonly linkTokens = new Map<number, { file: string; token: string; released: boolean }>();
+  private readonly linkTokens = new Map<number, { file: string; token: string }>();
   private readonly abort = new AbortController();
 
   constructor(
@@ -276,13 +275,13 @@ export class Relayer {
     };
     this.relays.set(id, info);
     this.hooks.started?.(id);
-    // Before the answer that the pull runs: a script copies the directory once it has that answer (or the end).
-    const pending = { file: linkFilePath(plan.dir), token, released: false };
-    this.linkTokens.set(id, pending);
-    const link = await writeRelayLink(plan.dir, id, token);
-    if (link.file) info.linkFile = link.file;
-    // Released while the file was being written: it names nothing already.
-    if (pending.released) void removeRelayLink(pending.file, token);
+    // Before the answer that the pull runs (a script copies -D once it has it), and before any event of the relay
+    // runs (synchronous): a release then finds the file to remove.
+    const link = writeRelayLink(plan.dir, id, token);
+    if (link.file) {
+      info.linkFile = link.file;
+      this.linkTokens.set(id, { file: link.file, token });
+    }
     if (link.warning) this.logger.warn({ checkpoint: id, dir: plan.dir }, `Relay checkpoint #${id}: ${link.warning}`);
     this.logger.info(
       { checkpoint: id, pids: info.pids, pages: plan.pages, headers: plan.format, from, waitedMs: Math.round(waitedMs), linkFile: link.file },
@@ -314,8 +313,7 @@ export class Relayer {
       const link = this.linkTokens.get(event.checkpoint ?? -1);
       if (link) {
         this.linkTokens.delete(event.checkpoint!);
-        link.released = true;
-        if (link.token) void removeRelayLink(link.file, link.token);
+        void removeRelayLink(link.file, link.token);
       }
       // Released while it pulls (--staging-restores, a TTL): the pull goes on to its CLOSE, and the relay is
       // forgotten once it ends; one that has ended is forgotten now. Either way the event goes on to the stager.
