@@ -82,6 +82,8 @@ export interface SessionStats {
   pages: number;
   bytesOut: number;
   closedByRequest: boolean;
+  /** The session opened with a lazyd HELLO (docs/protocol.md §7). */
+  hello: boolean;
 }
 
 export interface UploadStats {
@@ -165,6 +167,14 @@ export interface RelayOptions {
   holdClose?: boolean;
 }
 
+/** startRelay's answer. */
+export interface RelayStarted {
+  /** The relayed checkpoint's id. */
+  checkpoint: number;
+  /** Its link token, 32 hex digits, for its lazyd-link.json (docs/protocol.md §7); "" when none could be drawn. */
+  token: string;
+}
+
 export interface PageServerStats {
   sessionsTotal: number;
   sessionsActive: number;
@@ -204,9 +214,10 @@ export interface PageServer {
    * the tasks). */
   release(checkpoint: number, reason?: string): void;
   /** Relay staging (needs staging: true, after start): connects to the dump's lazy page server and pulls every
-   * lazy page on the server's thread; the checkpoint is served from now on. Returns its id; throws one line
-   * (code ECONNREFUSED / ETIMEDOUT / ECAP / ERELAY) when it cannot start, after resetting a connection it made. */
-  startRelay(options: RelayOptions): number;
+   * lazy page on the server's thread; the checkpoint is served from now on. Returns its id and link token; throws
+   * one line (code ECONNREFUSED / ETIMEDOUT / ECAP / ERELAY) when it cannot start, after resetting a connection it
+   * made. */
+  startRelay(options: RelayOptions): RelayStarted;
   /** A holdClose relay sends its CLOSE to the dump (now, or once every page is held): the dump exits 0 and kills
    * the tasks. Its end comes as relay-done / relay-failed. */
   releaseRelay(checkpoint: number): void;

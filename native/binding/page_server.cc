@@ -18,6 +18,7 @@ Napi::Object session_stats_object(Napi::Env env, const lazyd::SessionStats& stat
   object.Set("pages", uint64_value(env, stats.pages));
   object.Set("bytesOut", uint64_value(env, stats.bytes_out));
   object.Set("closedByRequest", Napi::Boolean::New(env, stats.closed_by_request));
+  object.Set("hello", Napi::Boolean::New(env, stats.hello));
   return object;
 }
 

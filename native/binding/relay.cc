@@ -54,8 +54,10 @@ std::vector<lazyd::RelayTask> relay_tasks(Napi::Env env, Napi::Value value) {
 
 // startRelay({ host, port, connectTimeoutMs, format, tls, tasks, requestPages, inflightBytes, stallTimeoutMs,
 // holdClose? }):
-// connects to the dump's lazy page server and starts pulling on the server's thread. Returns the checkpoint id;
-// throws one line when it cannot start (after resetting a connection it made: the dump resumes the tasks).
+// connects to the dump's lazy page server and starts pulling on the server's thread. Returns { checkpoint, token }:
+// the checkpoint id and its link token (32 hex digits for lazyd-link.json, docs/protocol.md §7; "" when none could
+// be drawn); throws one line when it cannot start (after resetting a connection it made: the dump resumes the
+// tasks).
 Napi::Value PageServerWrap::StartRelay(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) throw Napi::TypeError::New(env, "startRelay: expected an options object");
@@ -91,13 +93,17 @@ Napi::Value PageServerWrap::StartRelay(const Napi::CallbackInfo& info) {
     e.Set("code", err == -EDQUOT ? "ECAP" : err == -ECONNREFUSED ? "ECONNREFUSED" : err == -ETIMEDOUT ? "ETIMEDOUT" : "ERELAY");
     throw e;
   }
-  const uint64_t id = server_->start_relay(std::move(relay), &error);
+  std::string token;
+  const uint64_t id = server_->start_relay(std::move(relay), &error, &token);
   if (id == 0) {
     Napi::Error e = Napi::Error::New(env, error);
     e.Set("code", "ERELAY");
     throw e;
   }
-  return uint64_value(env, id);
+  Napi::Object started = Napi::Object::New(env);
+  started.Set("checkpoint", uint64_value(env, id));
+  started.Set("token", Napi::String::New(env, token));
+  return started;
 }
 
 // releaseRelay(checkpoint): a relay started with holdClose sends its CLOSE to the dump (now, or once every page is

@@ -4,7 +4,10 @@
 // Restores are PageClients of the page server. Cases: a complete pull then CLOSE (and a FIN only after the
 // answer), GETs served while pulling, a demand fetched ahead of the bulk, the peer dying or stalling mid-pull
 // (lazyd's end is a reset, never an EOF), a GET for a never-pulled page refused, the memory cap and a pid already
-// staged refused before any GET (reset), a release while pulling (reset); and the demand latency measured.
+// staged refused before any GET (reset), a release while pulling (reset); the lazyd link of a relayed checkpoint
+// (its token drawn at the start of the pull; HELLO granted and bound to it; every reply's trailer the CRC32C of
+// the pages the dump sent, a demand fetched ahead of the bulk included; a never-pulled page refused to a bound
+// session); and the demand latency measured.
 #include "staging/relay.h"
 
 #include <arpa/inet.h>
@@ -32,6 +35,8 @@
 #include "server/page_index.h"
 #include "server/page_server.h"
 #include "util/clock.h"
+#include "util/crc32c.h"
+#include "wire/link_ext.h"
 #include "wire/wire.h"
 
 #include "check.h"
@@ -332,7 +337,7 @@ std::vector<RelayTask> two_tasks(uint64_t scale = 1) {
           RelayTask{202, {{base + 0x3000, 70 * scale}, {base + 0x800000 * scale, 12}}}};
 }
 
-uint64_t start_relay(Server& server, RelayOptions options, std::string* error = nullptr) {
+uint64_t start_relay(Server& server, RelayOptions options, std::string* error = nullptr, std::string* token = nullptr) {
   std::string why;
   int err = 0;
   std::unique_ptr<Relay> relay = Relay::start(std::move(options), &why, &err);
@@ -340,7 +345,7 @@ uint64_t start_relay(Server& server, RelayOptions options, std::string* error = 
     if (error) *error = why;
     return 0;
   }
-  const uint64_t id = server.server->start_relay(std::move(relay), &why);
+  const uint64_t id = server.server->start_relay(std::move(relay), &why, token);
   if (error) *error = why;
   return id;
 }
@@ -884,6 +889,223 @@ void measure_demand_latency(uint64_t request_pages, uint64_t inflight_bytes) {
               waits.empty() ? 0.0 : waits[waits.size() / 2], waits.empty() ? 0.0 : waits.back());
 }
 
+// ---- The lazyd link of a relayed checkpoint (docs/protocol.md §7) ----
+
+// What a lazyd lazy-pages gets on one link session, read off the socket byte by byte (no PageClient: the trailer
+// is checked here against pages computed from the dump's pattern, not against what the server sent).
+struct LinkReply {
+  int rc = 0;                  // 0, or -errno: the session ended first (refused)
+  wire::HelloReply hello;      // always read first
+  wire::Header header;         // the GET reply (rc 0)
+  std::vector<uint8_t> pages;  // header.nr_pages pages
+  std::vector<uint32_t> crcs;  // the trailer
+};
+
+bool read_exactly(int fd, void* out, size_t len, int timeout_ms) {
+  uint8_t* p = static_cast<uint8_t*>(out);
+  const uint64_t deadline = now_ns() + ms_to_ns(timeout_ms);
+  while (len > 0) {
+    pollfd r{fd, POLLIN, 0};
+    poll(&r, 1, 10);
+    ssize_t n = recv(fd, p, len, MSG_DONTWAIT);
+    if (n == 0) return false;
+    if (n < 0) {
+      if (errno != EAGAIN && errno != EINTR) return false;
+      if (now_ns() > deadline) return false;
+      continue;
+    }
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// HELLO (bind|checksum) with token, then one GET; the HELLO reply, and the GET's reply with its trailer.
+LinkReply link_get(uint16_t port, wire::Format format, const wire::LinkToken& token, uint64_t pid, uint64_t vaddr,
+                   uint64_t nr_pages, int timeout_ms = 10000) {
+  LinkReply out;
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  CHECK(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  uint8_t request[wire::kHelloSize + wire::HEADER_SIZE_MAX];
+  wire::Hello hello;
+  hello.features = wire::kFeatureBind | wire::kFeatureChecksum;
+  hello.token = token;
+  wire::encode_hello(hello, request);
+  wire::Header get;
+  get.cmd = wire::PS_IOV_GET;
+  get.nr_pages = nr_pages;
+  get.vaddr = vaddr;
+  get.dst_id = pid;
+  wire::encode(format, get, request + wire::kHelloSize);
+  const size_t len = wire::kHelloSize + wire::header_size(format);
+  CHECK(send(fd, request, len, MSG_NOSIGNAL) == static_cast<ssize_t>(len));
+  uint8_t answer[wire::kHelloReplySize];
+  if (!read_exactly(fd, answer, sizeof answer, timeout_ms) || !wire::decode_hello_reply(answer, &out.hello)) {
+    out.rc = -ECONNRESET;
+    close(fd);
+    return out;
+  }
+  uint8_t head[wire::HEADER_SIZE_MAX];
+  if (out.hello.status != 0 || !read_exactly(fd, head, wire::header_size(format), timeout_ms)) {
+    out.rc = out.hello.status != 0 ? out.hello.status : -ECONNRESET;
+    close(fd);
+    return out;
+  }
+  out.header = wire::decode(format, head);
+  out.pages.resize(out.header.nr_pages * P);
+  out.crcs.resize(out.header.nr_pages);
+  if (!read_exactly(fd, out.pages.data(), out.pages.size(), timeout_ms) ||
+      !read_exactly(fd, out.crcs.data(), out.crcs.size() * 4, timeout_ms)) {
+    out.rc = -ECONNRESET;
+  }
+  close(fd);
+  return out;
+}
+
+wire::LinkToken token_of(const std::string& hex) {
+  wire::LinkToken token{};
+  CHECK(wire::token_from_hex(hex.data(), hex.size(), &token));
+  return token;
+}
+
+// The reply carries pid's pages from vaddr as the dump sent them, and the trailer is the CRC32C of exactly those
+// bytes (computed from the dump's pattern here, not from what came over the wire).
+void check_link_reply(const LinkReply& reply, uint64_t pid, uint64_t vaddr, uint64_t id) {
+  CHECK(reply.rc == 0);
+  CHECK(reply.hello.status == 0);
+  CHECK(reply.hello.features == (wire::kFeatureBind | wire::kFeatureChecksum));
+  CHECK(reply.hello.checkpoint == id);
+  CHECK(reply.header.nr_pages >= 1 && reply.header.vaddr == vaddr && reply.header.dst_id == pid);
+  std::vector<uint8_t> expected(P);
+  for (uint64_t pg = 0; pg < reply.header.nr_pages; pg++) {
+    fill_page(expected.data(), pid, vaddr + pg * P);
+    CHECK(std::memcmp(reply.pages.data() + pg * P, expected.data(), P) == 0);
+    CHECK(reply.crcs[pg] == crc32c(expected.data(), P));
+  }
+}
+
+// A relayed checkpoint gets a link token when its pull starts, like an upload's: a HELLO with it is granted bind
+// and checksum, bound to this checkpoint (its id in the reply), and every reply's trailer is the CRC32C of the
+// pages the relay pulled, held by reference (pipes) or copied (memfd). Two relays, two tokens; a token-bound GET
+// for the other relay's pid is refused; an unknown token gets -EACCES; a PageClient (lazyd lazy-pages' engine)
+// with the HELLO restores every page, checking each.
+void test_link_token(wire::Format format, bool by_reference) {
+  Server server(1ull << 30);
+  Dump dump(format);
+  Dump other(format);
+  const std::vector<RelayTask> tasks = two_tasks();
+  RelayOptions o = options_for(dump, tasks, server);
+  o.hold_by_reference = by_reference;
+  std::string hex;
+  const uint64_t id = start_relay(server, o, nullptr, &hex);
+  CHECK(id >= 2);
+  CHECK(hex.size() == 2 * wire::kTokenSize);
+  CHECK(hex != std::string(2 * wire::kTokenSize, '0'));
+  const std::vector<RelayTask> other_tasks = {RelayTask{303, {{0x7e0000000000ull, 9}}}};
+  std::string other_hex;
+  const uint64_t other_id = start_relay(server, options_for(other, other_tasks, server), nullptr, &other_hex);
+  CHECK(other_id > id);
+  CHECK(other_hex.size() == 2 * wire::kTokenSize && other_hex != hex);
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, nullptr));
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, other_id, nullptr));
+  const wire::LinkToken token = token_of(hex);
+
+  // A span across a pipe boundary and the one-page range.
+  const RelayRange& range = tasks[1].ranges[0];
+  check_link_reply(link_get(server.port, format, token, tasks[1].pid, range.vaddr + 5 * P, 20), tasks[1].pid, range.vaddr + 5 * P, id);
+  const RelayRange& single = tasks[0].ranges[2];
+  check_link_reply(link_get(server.port, format, token, tasks[0].pid, single.vaddr, 1), tasks[0].pid, single.vaddr, id);
+  check_link_reply(link_get(server.port, format, token_of(other_hex), 303, 0x7e0000000000ull, 9), 303, 0x7e0000000000ull, other_id);
+
+  // One token, one checkpoint: the other relay's pid is refused after the grant; an unknown token is refused.
+  // (The grant itself gets out only if the GET was read after it was sent: a failing session drops its queue.)
+  const LinkReply outside = link_get(server.port, format, token, 303, 0x7e0000000000ull, 1);
+  CHECK(outside.rc < 0 && outside.pages.empty());
+  CHECK(outside.hello.checkpoint == 0 || (outside.hello.status == 0 && outside.hello.checkpoint == id));
+  wire::LinkToken wrong = token;
+  wrong[0] ^= 1;
+  const LinkReply unknown = link_get(server.port, format, wrong, tasks[0].pid, tasks[0].ranges[0].vaddr, 1);
+  CHECK(unknown.rc == -EACCES);
+  CHECK(eventually([&] { return server.server->stats().access_refused == 2; }));
+
+  // lazyd lazy-pages' client: HELLO, then every page of the checkpoint, each checked against its CRC32C.
+  Restore restore(server, format);
+  wire::Hello hello;
+  hello.features = wire::kFeatureBind | wire::kFeatureChecksum;
+  hello.token = token;
+  restore.client.open_with_hello(hello);
+  CHECK(restore.verify_all(tasks));
+  CHECK(restore.client.link_checkpoint() == id);
+  CHECK(restore.client.checksums());
+  CHECK(restore.client.checksum_mismatches() == 0);
+}
+
+// A token-bound GET for a page the relay has not pulled yet waits, is fetched from the dump ahead of the bulk,
+// and its trailer is the CRC32C of the bytes the dump sent for that demand.
+void test_link_demand_ahead_of_bulk(wire::Format format) {
+  Server server(1ull << 30);
+  Dump dump(format);
+  dump.credits = 0;
+  const std::vector<RelayTask> tasks = two_tasks(8);
+  RelayOptions o = options_for(dump, tasks, server);
+  o.request_pages = 16;
+  o.inflight_bytes = 2 * 16 * P;
+  std::string hex;
+  const uint64_t id = start_relay(server, o, nullptr, &hex);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.gets == 2; }));
+  const RelayRange last = tasks[1].ranges[1];
+  const uint64_t want = last.vaddr + 5 * P;
+  LinkReply reply;
+  std::thread restore_thread([&] { reply = link_get(server.port, format, token_of(hex), tasks[1].pid, want, 2); });
+  CHECK(eventually([&] { return dump.gets == 3; }));
+  CHECK(dump.log()[2] == want);  // the demand, behind the two bulk GETs only
+  dump.credits = -1;
+  restore_thread.join();
+  check_link_reply(reply, tasks[1].pid, want, id);
+  ServerEvent done;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayDone, id, &done));
+  CHECK(done.demand_requests == 1);
+}
+
+// The dump dies mid-pull. Pages copied into the memfd (hold_by_reference off) are still served to a token-bound
+// session, with their checksums; a page the relay never got is refused, never answered with zeros. Held by
+// reference, the checkpoint is void: even the pages it got are refused.
+void test_link_incomplete(bool by_reference) {
+  Server server(1ull << 30);
+  Dump dump(wire::Format::V32);
+  dump.credits = 3;
+  const std::vector<RelayTask> tasks = two_tasks(8);
+  RelayOptions o = options_for(dump, tasks, server);
+  o.request_pages = 16;
+  o.inflight_bytes = 2 * 16 * P;
+  o.hold_by_reference = by_reference;
+  std::string hex;
+  const uint64_t id = start_relay(server, o, nullptr, &hex);
+  CHECK(id >= 2);
+  CHECK(eventually([&] { return dump.replies == 3; }));
+  dump.die_after = 3;
+  dump.credits = -1;
+  CHECK(server.wait_event(ServerEvent::Kind::kRelayFailed, id, nullptr));
+  const wire::LinkToken token = token_of(hex);
+  const uint64_t first = tasks[0].ranges[0].vaddr;
+  const LinkReply held = link_get(server.port, wire::Format::V32, token, tasks[0].pid, first, 1);
+  if (by_reference) {
+    CHECK(held.rc < 0 && held.pages.empty());
+  } else {
+    check_link_reply(held, tasks[0].pid, first, id);
+  }
+  const RelayRange last = tasks[1].ranges[1];
+  const LinkReply never = link_get(server.port, wire::Format::V32, token, tasks[1].pid, last.vaddr + 3 * P, 1);
+  CHECK(never.rc < 0 && never.pages.empty());  // refused: no page, no zeros
+  CHECK(never.hello.checkpoint == 0 || never.hello.status == 0);  // the token was good (if its grant got out)
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -908,6 +1130,13 @@ int main(int argc, char** argv) {
   test_hold_close_abort();
   test_restores_retire_while_pulling();
   test_half_closed_waiter();
+  test_link_token(wire::Format::V24, true);
+  test_link_token(wire::Format::V32, true);
+  test_link_token(wire::Format::V32, false);
+  test_link_demand_ahead_of_bulk(wire::Format::V24);
+  test_link_demand_ahead_of_bulk(wire::Format::V32);
+  test_link_incomplete(false);
+  test_link_incomplete(true);
   test_pki::make();
   test_tls();
   test_pki::remove();

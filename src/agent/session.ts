@@ -16,6 +16,7 @@ import { Channel, CHANNEL_VERSION, type SourceMessage } from '../migrate/channel
 import { lazyPagesTotals, lastLine, runRestore, startLazyPages, type LazyPagesChild } from './restore.js';
 import { imageCompatibility } from '../migrate/criu-host.js';
 import { PreDumpDirs } from './pre-dump-dirs.js';
+import { LINK_FILE_NAME, LINK_VERSION } from '../link/capability-file.js';
 import type { Logger } from '../log.js';
 
 export interface AgentHost {
@@ -44,6 +45,8 @@ export class MigrationSession {
   private lazyPagesStartedAt = 0;
   private files = 0;
   private bytes = 0;
+  /** The source sent lazyd-link.json: lazy-pages opens with the lazyd link. */
+  private linkReceived = false;
   private preDumps: PreDumpDirs | undefined;
   readonly channel: Channel;
 
@@ -66,6 +69,12 @@ export class MigrationSession {
 
   private fileTarget(name: string): string {
     if (this.state !== 'receive' || !this.dir) throw new Error(`a file (${name}) before the migration was accepted`);
+    // lazyd-link.json: the relay's link token, read by lazy-pages at the hand-over (docs/protocol.md §7).
+    if (name === LINK_FILE_NAME) {
+      this.files++;
+      this.linkReceived = true;
+      return path.join(this.dir, name);
+    }
     if (!IMAGE_NAME.test(name)) throw new Error(`refusing the file name ${JSON.stringify(name)}: not a CRIU image name`);
     const preDump = this.preDumps?.target(name);
     if (preDump) return preDump;
@@ -118,6 +127,7 @@ export class MigrationSession {
       criuPath: this.host.criuPath,
       pageSize: this.host.pageSize,
       uffd: this.host.uffdProblem,
+      link: LINK_VERSION,
     });
     // The source refuses on these itself; for the rest, the engine starts now, while the dump and the copy run.
     if (this.host.uffdProblem || hello.pageSize !== this.host.pageSize || imageCompatibility(hello.criuVersion, this.host.criuVersion)) return;
@@ -206,7 +216,10 @@ export class MigrationSession {
       }
       if (this.isEnded) return;
       this.state = 'pages';
-      this.logger.info(`migration ${this.id}: restored as pid ${restored.pid} in ${restored.ms.toFixed(0)} ms; the pages follow`);
+      this.logger.info(
+        `migration ${this.id}: restored as pid ${restored.pid} in ${restored.ms.toFixed(0)} ms; the pages follow` +
+          (this.linkReceived ? ' over the lazyd link (lazyd-link.json came with the images: bound to the checkpoint, every page checksummed)' : ''),
+      );
       this.channel.send({ t: 'restored', pid: restored.pid, restoreMs: restored.ms });
       const code = await lazyPages.exited;
       if (this.isEnded) return;

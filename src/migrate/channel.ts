@@ -28,7 +28,9 @@ export type SourceMessage =
 
 /** Destination → source. */
 export type AgentMessage =
-  | { t: 'welcome'; v: number; id: string; criuVersion: string; criuPath: string; pageSize: number; uffd: string | null }
+  /** link: the lazyd link version (docs/protocol.md §7) the agent's lazy-pages speaks; it then takes lazyd-link.json
+   * with the images (an agent of an earlier lazyd sends none, and gets none). */
+  | { t: 'welcome'; v: number; id: string; criuVersion: string; criuPath: string; pageSize: number; uffd: string | null; link?: number }
   | { t: 'refuse'; reason: string }
   | { t: 'phase'; phase: AgentPhase; atMs: number }
   | { t: 'pre-dump-stored'; n: number; files: number; bytes: number }
@@ -121,12 +123,13 @@ export class Channel extends EventEmitter {
     return size;
   }
 
-  /** Sends the *.img files of `dir` (sorted by name) as file messages; resolves with their count and bytes. */
-  async sendImages(dir: string): Promise<{ files: number; bytes: number }> {
+  /** Sends the *.img files of `dir` (sorted by name), and those of `extra` that are there, as file messages;
+   * resolves with their count and bytes. */
+  async sendImages(dir: string, extra: readonly string[] = []): Promise<{ files: number; bytes: number }> {
     let files = 0;
     let bytes = 0;
     for (const name of fs.readdirSync(dir).sort()) {
-      if (!name.endsWith('.img')) continue;
+      if (!name.endsWith('.img') && !extra.includes(name)) continue;
       bytes += await this.sendFile(name, path.join(dir, name));
       files++;
     }

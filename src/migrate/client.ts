@@ -10,8 +10,9 @@
 //      --track-mem --prev-images-dir: the tree is frozen from here;
 //   3. relay staging in this process (src/migrate/relay-source.ts) pulls every lazy page from the dump into
 //      memory and serves the destination's lazy-pages daemon from there; it holds the dump's CLOSE;
-//   4. meanwhile the images (without the lazy pages: small) are streamed to the agent, whose lazy-pages engine
-//      (started on hello, before the freeze) reads them when `criu restore --lazy-pages` hands over;
+//   4. meanwhile the images (without the lazy pages: small) are streamed to the agent, with the relay's
+//      lazyd-link.json when the agent takes it; its lazy-pages engine (started on hello, before the freeze) reads
+//      them when `criu restore --lazy-pages` hands over, and opens with the lazyd link (docs/protocol.md §7);
 //   5. the agent reports the restored pid: the point of no return. The relay may now CLOSE the dump (at once if
 //      it holds every page): the dump exits 0 and kills the originals, which stayed frozen until then. The
 //      destination's missing pages keep coming from this process's memory until the agent says all are present.
@@ -35,6 +36,7 @@ import { EXIT, MigrationProgress, type MigrationReport, type Stage } from './rep
 import type { NativeTlsOptions } from '../native.js';
 import { waitForListen } from '../staging/listen-watch.js';
 import { resetDump } from '../staging/relay.js';
+import { LINK_FILE_NAME, LINK_VERSION } from '../link/capability-file.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -315,9 +317,14 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
       if (!end.ok) abortWith(new Failure(`the destination's page connection failed: ${end.message}`));
     });
 
-    // ---- 4. the images
+    // ---- 4. the images, and the relay's lazyd-link.json to an agent that takes it (docs/protocol.md §7)
     progress.update({ phase: 'copy' });
-    const final = await race(channel.sendImages(imagesDir));
+    if (relay.linkWarning) progress.note(relay.linkWarning);
+    const linkFiles = relay.linkFile && hello.link === LINK_VERSION ? [LINK_FILE_NAME] : [];
+    if (relay.linkFile && !linkFiles.length) {
+      progress.note(`the agent does not take ${LINK_FILE_NAME} (an earlier lazyd): its lazy-pages speaks plain CRIU, without per-page checksums`);
+    }
+    const final = await race(channel.sendImages(imagesDir, linkFiles));
     report.bytes.images += final.bytes;
     stage('copy');
     progress.update({ phase: 'restore' });
@@ -408,7 +415,8 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     report.pagesServed = traffic.pages;
     report.bytes.pages = traffic.bytesOut;
     report.bytes.requests = traffic.bytesIn;
-    await relay.stop();
+    await relay.stop(); // after every session-end event
+    if (relay.linkedSessions || relay.stockSessions) report.pageLink = relay.stockSessions ? 'criu' : 'lazyd';
   }
   if (channel) report.bytes.control = channel.bytesIn + channel.bytesOut - report.bytes.images;
   report.bytes.total = report.bytes.images + report.bytes.pages + report.bytes.requests + report.bytes.control;

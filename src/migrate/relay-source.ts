@@ -7,10 +7,14 @@
 // failure before — resets the dump's connection, so CRIU resumes the originals (docs/protocol.md §1.7). Stopping
 // the page server also resets a relay still held; the relay's socket has SO_LINGER 0, so even this process dying
 // is a reset, never an EOF.
+// The relayed checkpoint's link token goes into the images as lazyd-link.json (start()): the agent's `lazyd
+// lazy-pages` then opens with HELLO, bound to the checkpoint, every page checksummed where this process's store
+// reads it (docs/protocol.md §7).
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { loadNative, type NativeTlsOptions, type PageServer, type PageServerEvent } from '../native.js';
 import { relayPlan, type RelayPlan } from '../staging/relay.js';
+import { writeRelayLink } from '../staging/relay-link.js';
 
 export interface RelaySourceOptions {
   /** Where the destination's daemon connects. */
@@ -52,6 +56,12 @@ export class RelaySource extends EventEmitter {
   pagesHeld = 0;
   pagesTotal = 0;
   plan: RelayPlan | undefined;
+  /** The destination's page connections that ended well: over the lazyd link (HELLO), over CRIU's protocol. */
+  linkedSessions = 0;
+  stockSessions = 0;
+  /** The lazyd-link.json start() wrote into the images, or undefined (why not: linkWarning). */
+  linkFile: string | undefined;
+  linkWarning: string | undefined;
 
   constructor(private readonly options: RelaySourceOptions) {
     super();
@@ -73,7 +83,8 @@ export class RelaySource extends EventEmitter {
       singleSession: false,
       tls: options.tls,
       access: { fetchFrom: only, uploadFrom: only, fetchNames: [], uploadNames: [] },
-      // A relayed checkpoint has no link token (the agent's lazy-pages speaks stock CRIU to it): the allow-list binds it.
+      // Not required: an agent of an earlier lazyd gets no lazyd-link.json (client.ts ships it only to an agent
+      // that says it takes it) and speaks stock CRIU; the allow-list binds it.
       requireLinkToken: false,
       onEvent: (event) => this.onEvent(event),
     });
@@ -95,14 +106,15 @@ export class RelaySource extends EventEmitter {
   }
 
   /**
-   * Reads the dump's images and starts pulling from its lazy page server on 127.0.0.1:dumpPort, CLOSE held.
+   * Reads the dump's images and starts pulling from its lazy page server on 127.0.0.1:dumpPort, CLOSE held; writes
+   * the checkpoint's lazyd-link.json into imagesDir (linkFile, or linkWarning: restores then speak plain CRIU).
    * Throws one line when it cannot start; the dump's connection, if one was made, was reset (CRIU resumes).
    */
   async start(imagesDir: string, dumpPort: number): Promise<RelayPlan> {
     const plan = await relayPlan(imagesDir);
     this.plan = plan;
     this.pagesTotal = plan.pages;
-    this.checkpoint = this.native.startRelay({
+    const started = this.native.startRelay({
       host: '127.0.0.1',
       port: dumpPort,
       connectTimeoutMs: CONNECT_TIMEOUT_MS,
@@ -113,6 +125,10 @@ export class RelaySource extends EventEmitter {
       stallTimeoutMs: this.options.stallTimeoutMs,
       holdClose: true,
     });
+    this.checkpoint = started.checkpoint;
+    const link = writeRelayLink(imagesDir, started.checkpoint, started.token);
+    this.linkFile = link.file;
+    this.linkWarning = link.warning;
     return plan;
   }
 
@@ -185,7 +201,10 @@ export class RelaySource extends EventEmitter {
         this.emit('refused', `a page connection from ${event.peer}: ${event.message}`);
         return;
       case 'session-end':
-        if (!event.upload) this.emit('session-end', { ok: event.ok, message: event.message });
+        if (event.upload) return;
+        if (event.ok && event.stats.hello) this.linkedSessions++;
+        else if (event.ok) this.stockSessions++;
+        this.emit('session-end', { ok: event.ok, message: event.message });
         return;
       case 'stopped':
         this.stoppedResolve();

@@ -51,6 +51,9 @@ export interface MigrationReport {
   preCopy?: string;
   preCopyIterations?: PreCopyIteration[];
   preCopyStop?: PreCopyStop;
+  /** How the destination fetched its pages: 'lazyd' over the lazyd link (docs/protocol.md §7: bound to the relayed
+   * checkpoint, every page checksummed), 'criu' with CRIU's bytes only (an agent of an earlier lazyd). */
+  pageLink?: 'lazyd' | 'criu';
 }
 
 function ms(value: number | undefined): string {
@@ -73,6 +76,8 @@ export function formatReport(r: MigrationReport): string {
     `  stages: ${r.stages.map((s) => `${s.name} ${ms(s.ms)}`).join(', ')}`,
   ];
   if (r.criu.source || r.criu.destination) lines.push(`  CRIU ${r.criu.source ?? '?'} → ${r.criu.destination ?? '?'}`);
+  if (r.pageLink === 'lazyd') lines.push('  pages over the lazyd link: bound to the relayed checkpoint, every page checksummed');
+  if (r.pageLink === 'criu') lines.push("  pages over CRIU's protocol: the agent's lazyd takes no lazyd-link.json, so no per-page checksums");
   if (r.preCopy) lines.push(`  pre-copy: ${r.preCopy}`);
   for (const it of r.preCopyIterations ?? []) {
     lines.push(`    pre-dump ${it.n}: ${it.pagesWritten} pages written, ${mib(it.bytes)} streamed, dump ${ms(it.dumpMs)}, on the destination ${ms(it.sendMs)} later`);

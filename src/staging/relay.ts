@@ -7,12 +7,16 @@
 //   3. hands them to the native relay (startRelay), which pulls every lazy page into the daemon's memory while
 //      serving restores of the checkpoint on the daemon's own port, and ends the dump's session with CLOSE only
 //      once it holds every page (otherwise with a reset: the dump fails and resumes the tasks, §1.7 step 4),
-//   4. follows the native relay's events: progress, done, failed.
+//   4. writes the checkpoint's lazyd-link.json into DIR (./relay-link.ts) before it answers that the pull
+//      runs, so the directory a user copies to the destination lets `lazyd lazy-pages` open with the lazyd link,
+//   5. follows the native relay's events: progress, done, failed; and removes the file when the checkpoint is
+//      released (its token is dead then).
 import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from '../log.js';
-import type { NativeTlsOptions } from '../native.js';
+import type { NativeTlsOptions, RelayStarted } from '../native.js';
 import { loadCheckpoint, PE_LAZY, PE_PRESENT, type Checkpoint } from '../images/index.js';
+import { removeRelayLink, writeRelayLink } from './relay-link.js';
 import { waitForListen } from './listen-watch.js';
 
 /** One task's pages to pull: its PE_LAZY pagemap entries. */
@@ -57,7 +61,7 @@ export interface RelayEvent {
 
 /** What the relayer asks of the native page server. */
 export interface NativeRelaySink {
-  startRelay(options: NativeRelayOptions): number;
+  startRelay(options: NativeRelayOptions): RelayStarted;
 }
 
 /** One relay request, as the control socket carries it (`relay {json}`). */
@@ -92,6 +96,8 @@ export interface RelayInfo {
   /** Start to CLOSE answered (complete) or to the failure. */
   ms?: number;
   message?: string;
+  /** The lazyd-link.json written into dir (docs/protocol.md §7), or undefined (none: see the log). */
+  linkFile?: string;
 }
 
 export type RelayOutcome = { ok: true; info: RelayInfo } | { ok: false; info: RelayInfo; message: string };
@@ -197,6 +203,8 @@ export class Relayer {
   private readonly waiters = new Map<number, Array<(outcome: RelayOutcome) => void>>();
   /** Relays whose checkpoint was released before the pull ended: forgotten when it ends. */
   private readonly releasedWhilePulling = new Set<number>();
+  /** The lazyd-link.json written for each relayed checkpoint and its token: removed once it is released. */
+  private readonly linkTokens = new Map<number, { file: string; token: string }>();
   private readonly abort = new AbortController();
 
   constructor(
@@ -242,7 +250,7 @@ export class Relayer {
       throw new Error(`${(error as Error).message}; ${reset}`);
     }
     const started = Date.now();
-    const id = this.native.startRelay({
+    const { checkpoint: id, token } = this.native.startRelay({
       host: request.host,
       port: request.port,
       connectTimeoutMs: request.connectTimeoutMs,
@@ -267,8 +275,16 @@ export class Relayer {
     };
     this.relays.set(id, info);
     this.hooks.started?.(id);
+    // Before the answer that the pull runs (a script copies -D once it has it), and before any event of the relay
+    // runs (synchronous): a release then finds the file to remove.
+    const link = writeRelayLink(plan.dir, id, token);
+    if (link.file) {
+      info.linkFile = link.file;
+      this.linkTokens.set(id, { file: link.file, token });
+    }
+    if (link.warning) this.logger.warn({ checkpoint: id, dir: plan.dir }, `Relay checkpoint #${id}: ${link.warning}`);
     this.logger.info(
-      { checkpoint: id, pids: info.pids, pages: plan.pages, headers: plan.format, from, waitedMs: Math.round(waitedMs) },
+      { checkpoint: id, pids: info.pids, pages: plan.pages, headers: plan.format, from, waitedMs: Math.round(waitedMs), linkFile: link.file },
       `Relay checkpoint #${id}: pulling ${plan.pages} lazy pages of pids ${info.pids.join(', ')} from the dump on ${from}`,
     );
     return { ...info };
@@ -292,6 +308,13 @@ export class Relayer {
     demandRequests?: number; bulkRequests?: number; shortReplies?: number; bytesCopied?: number;
   }): boolean {
     if (event.type === 'released') {
+      // The token names nothing any more: a copy of the directory made later must not send a HELLO with it (the
+      // file is left if a newer relay of the same directory has written its own).
+      const link = this.linkTokens.get(event.checkpoint ?? -1);
+      if (link) {
+        this.linkTokens.delete(event.checkpoint!);
+        void removeRelayLink(link.file, link.token);
+      }
       // Released while it pulls (--staging-restores, a TTL): the pull goes on to its CLOSE, and the relay is
       // forgotten once it ends; one that has ended is forgotten now. Either way the event goes on to the stager.
       const released = this.relays.get(event.checkpoint ?? -1);

@@ -3,7 +3,8 @@
 // workload, which checks its own memory wherever it runs (the restored copy on the destination, or the original
 // resumed on the source after a rollback). Cases, per CRIU version unless said otherwise:
 //   (1) a plain migration: exit 0, the restored workload verifies with the pre-migration sums, the original is gone;
-//       the agent's lazy-pages engine, started on hello, was ready before the restore
+//       the agent's lazy-pages engine, started on hello, was ready before the restore; the relay's lazyd-link.json
+//       came with the images and the agent's lazy-pages used the lazyd link
 //   (2) a process tree (2 children with memory of their own)
 //   (3) mutual TLS on the control and the page connections
 //   (4) a destination that refuses (the source's certificate from a CA the agent does not trust): exit 1, nothing frozen
@@ -136,13 +137,20 @@ async function verifyRolledBack(t: TestContext, s: Scene, report: MigrationRepor
 
 for (const version of CRIU_VERSIONS) {
   test(`(1) CRIU ${version}: a plain migration`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    await scene(t, `plain-${version}`, { srcCriu: version, mib: 32 }, async (s) => {
+    await scene(t, `plain-${version}`, { srcCriu: version, mib: 32, agentArgs: ['--keep'] }, async (s) => {
       const run = runMigrate({ netns: hosts.source, pid: s.source.workload.pid, agent: s.agent, criu: findCriu(version).path, dumpDir: path.join(s.runDir, 'dump') });
       const { code, report } = await run.finished;
       await verifyMigrated(t, s, report, code);
       assert.deepEqual(report.criu, { source: version, destination: version });
-      // The agent's lazy-pages engine was started on hello and ready before the restore needed it.
+      // The relay's lazyd-link.json came with the images (kept: --keep), and the agent's lazy-pages fetched every
+      // page over the lazyd link (its session opened with HELLO: bound to the relayed checkpoint, checksummed).
       const agentLog = fs.readFileSync(s.agent.logFile, 'utf8');
+      assert.match(agentLog, /restored as pid \d+ in \d+ ms; the pages follow over the lazyd link/);
+      const migrationDir = /, into (\/[^"\s]+)/.exec(agentLog)?.[1];
+      assert.ok(migrationDir, 'the agent names the migration directory');
+      assert.equal(fs.statSync(path.join(migrationDir, 'lazyd-link.json')).mode & 0o777, 0o600, 'lazyd-link.json arrived, mode 0600');
+      assert.equal(report.pageLink, 'lazyd', "the destination's page connection opened with HELLO");
+      // The agent's lazy-pages engine was started on hello and ready before the restore needed it.
       const ready = agentLog.search(/lazy-pages ready in \d+ ms, started on hello/);
       assert.ok(ready >= 0, 'the agent logs its pre-started lazy-pages as ready');
       assert.ok(ready < agentLog.search(/restored as pid/), 'ready before the restore');

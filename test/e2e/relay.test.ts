@@ -205,7 +205,11 @@ for (const version of CRIU_VERSIONS) {
       const done = lazyd.lines.find((l) => /^Relay checkpoint #\d+ complete/.test(l.msg))!;
       t.diagnostic(`lazyd: ${done.msg} (demand requests ${String(done.demandRequests)}, bulk ${String(done.bulkRequests)})`);
       assert.ok(Number(done.demandRequests) > 0, 'pages a restore waited for were fetched from the dump ahead of the bulk pull');
+      // Over the lazyd link (the relay's lazyd-link.json came with the copy): the pages fetched ahead of the bulk
+      // carried checksums too, and every one passed.
+      assert.match(fs.readFileSync(path.join(restore.dstDir, 'lazy-pages.log'), 'utf8'), /lazyd link/);
       await restore.lazyPages.waitOk(timeouts.allPagesMs);
+      assert.doesNotMatch(fs.readFileSync(path.join(restore.dstDir, 'lazy-pages.log'), 'utf8'), /failed their checksum/);
       await dump.finish();
       await restore.kill();
       assert.deepEqual(errors(lazyd.lines), []);

@@ -11,6 +11,9 @@ import path from 'node:path';
 import { listensFor, parseListenTable, readTables, waitForListen } from '../../src/staging/listen-watch.js';
 import { loadNative } from '../../src/native.js';
 import { Relayer, relayPlan, type NativeRelayOptions } from '../../src/staging/relay.js';
+import type { RelayStarted } from '../../src/native.js';
+import { removeRelayLink } from '../../src/staging/relay-link.js';
+import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
 import { listCheckpoints, parseRelayRequest, runCommand, type StagingControlTarget } from '../../src/staging/control.js';
 import { relayCommandLine } from '../../src/commands/staging.js';
 import { Stager, type StagingEvent } from '../../src/staging/stager.js';
@@ -174,10 +177,20 @@ test('the relay line from the flags, and the daemon side checking it', () => {
   assert.throws(() => parseRelayRequest(JSON.stringify({ ...request, format: 28 })), /"format" must be 24 or 32/);
 });
 
+const TOKEN = '0123456789abcdef0123456789abcdef';
+
 /** The native side as the Relayer sees it: records what it is asked and numbers the checkpoints. */
-function recordingNative(): { started: NativeRelayOptions[]; native: { startRelay(o: NativeRelayOptions): number } } {
+function recordingNative(token = TOKEN): { started: NativeRelayOptions[]; native: { startRelay(o: NativeRelayOptions): RelayStarted } } {
   const started: NativeRelayOptions[] = [];
-  return { started, native: { startRelay: (o) => (started.push(o), 7) } };
+  return { started, native: { startRelay: (o) => (started.push(o), { checkpoint: 7, token }) } };
+}
+
+/** A copy of a recorded dump's images (the Relayer writes lazyd-link.json beside them). */
+function dumpCopy(t: { after(fn: () => void): void }): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-relay-images-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.cpSync(fixturePath('4.2.1', 'remote-lazy', 'images'), dir, { recursive: true });
+  return dir;
 }
 
 test('a relay request waits for the dump to listen, reads its images, starts the pull and answers when the pull ends', async (t) => {
@@ -188,7 +201,7 @@ test('a relay request waits for the dump to listen, reads its images, starts the
   const { started, native } = recordingNative();
   const relays = new Relayer(native, undefined, logger);
   const target: StagingControlTarget = { stagedCheckpoints: () => [], releaseAndWait: async () => undefined, relays };
-  const dir = fixturePath('4.2.1', 'remote-lazy', 'images');
+  const dir = dumpCopy(t);
   const request = { dir, host: '127.0.0.1', port, listenTimeoutMs: 5000, requestBytes: 1 << 20, inflightBytes: 1 << 22, stallTimeoutMs: 30_000, connectTimeoutMs: 10_000 };
 
   const answer = runCommand(`relay ${JSON.stringify(request)}`, target, logger);
@@ -247,6 +260,45 @@ test('a relay request waits for the dump to listen, reads its images, starts the
   );
   await waitUntil(() => resets === 2);
   assert.equal(await runCommand(`relay ${JSON.stringify(request)}`, { ...target, relays: undefined }, logger), 'error relay: this daemon does not relay (it needs staging on)');
+});
+
+test("a relayed checkpoint's lazyd-link.json: written (0600) into the dump's -D before the pull is said to run, removed when the checkpoint is released", async (t) => {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  const dir = dumpCopy(t);
+  const file = path.join(dir, LINK_FILE_NAME);
+  const request = { dir, host: '127.0.0.1', port, listenTimeoutMs: 5000, requestBytes: 1 << 20, inflightBytes: 1 << 22, stallTimeoutMs: 30_000, connectTimeoutMs: 10_000, wait: false };
+
+  const { native } = recordingNative();
+  const relays = new Relayer(native, undefined, logger);
+  const target: StagingControlTarget = { stagedCheckpoints: () => [], releaseAndWait: async () => undefined, relays };
+  // --no-wait answers once the pull runs: the file is there by then (a script copies -D next).
+  assert.match(await runCommand(`relay ${JSON.stringify(request)}`, target, logger), /^ok relaying checkpoint #7 /);
+  assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+  assert.deepEqual(await readLinkCapability(dir), { version: 1, features: ['bind', 'checksum'], token: TOKEN, checkpoint: 7 });
+  assert.equal(relays.get(7)?.linkFile, file);
+  assert.deepEqual(fs.readdirSync(dir).filter((name) => name.startsWith('.')), [], 'no temporary file left');
+  // Released: the token names nothing any more, so the file goes (a later copy of -D must not send a HELLO with it).
+  relays.handle({ type: 'released', checkpoint: 7 });
+  await waitUntil(() => !fs.existsSync(file));
+
+  // A newer relay of the same directory wrote its own file: the older checkpoint's release leaves it.
+  const newer = { version: 1, features: ['bind', 'checksum'], token: 'f'.repeat(32), checkpoint: 8 };
+  fs.writeFileSync(file, JSON.stringify(newer));
+  assert.equal(await removeRelayLink(file, TOKEN), false);
+  assert.deepEqual(await readLinkCapability(dir), newer, "the newer relay's file is kept");
+  assert.equal(await removeRelayLink(file, newer.token), true);
+  assert.equal(fs.existsSync(file), false);
+  fs.writeFileSync(file, JSON.stringify(newer));
+
+  // No token drawn (getrandom failed): no file, and a stale one from an earlier dump is removed, not left naming a
+  // dead token.
+  const untokened = new Relayer(recordingNative('').native, undefined, logger);
+  assert.match(await runCommand(`relay ${JSON.stringify(request)}`, { ...target, relays: untokened }, logger), /^ok relaying checkpoint #7 /);
+  assert.equal(fs.existsSync(file), false, 'the stale file is removed');
+  assert.equal(untokened.get(7)?.linkFile, undefined);
 });
 
 async function waitUntil(condition: () => boolean, ms = 10_000): Promise<void> {

@@ -85,8 +85,13 @@ struct PageServer::RelayEntry {
 };
 
 struct PageServer::PendingRelay {
+  struct Result {
+    uint64_t id = 0;    // the checkpoint, or 0
+    std::string error;  // id 0: why not
+    std::string token;  // its link token in hex, or ""
+  };
   std::unique_ptr<Relay> relay;
-  std::promise<std::pair<uint64_t, std::string>> result;  // checkpoint id, or 0 and why not
+  std::promise<Result> result;
 };
 
 struct PageServer::State {
@@ -755,7 +760,7 @@ ServerEvent relay_event(ServerEvent::Kind kind, uint64_t id, const Relay& relay)
 
 }  // namespace
 
-uint64_t PageServer::start_relay(std::unique_ptr<Relay> relay, std::string* error) {
+uint64_t PageServer::start_relay(std::unique_ptr<Relay> relay, std::string* error, std::string* token) {
   const std::string peer = relay->peer();
   auto refuse = [&](const std::string& why) -> uint64_t {
     *error = "cannot relay the dump at " + peer + ": " + why + "; its connection was reset, so criu dump fails and resumes the tasks";
@@ -764,16 +769,17 @@ uint64_t PageServer::start_relay(std::unique_ptr<Relay> relay, std::string* erro
   if (!config_.accept_uploads) return refuse("relay staging needs lazyd --page-server --staging");
   auto pending = std::make_shared<PendingRelay>();
   pending->relay = std::move(relay);
-  std::future<std::pair<uint64_t, std::string>> result = pending->result.get_future();
+  std::future<PendingRelay::Result> result = pending->result.get_future();
   {
     std::lock_guard<std::mutex> lock(commands_mutex_);
     if (!thread_.joinable() || thread_done_) return refuse("the page server is not running");
     relay_commands_.push_back(pending);
   }
   wake();
-  const auto [id, why] = result.get();
-  if (id == 0) return refuse(why);
-  return id;
+  PendingRelay::Result started = result.get();
+  if (started.id == 0) return refuse(started.error);
+  if (token) *token = started.token;
+  return started.id;
 }
 
 // Takes the relays start_relay() handed over: each becomes staged checkpoint #id from the start of its pull.
@@ -788,7 +794,7 @@ void PageServer::adopt_relays() {
   for (const std::shared_ptr<PendingRelay>& command : pending) {
     if (done || state_->draining) {
       command->relay.reset();
-      command->result.set_value({0, "the page server is shutting down"});
+      command->result.set_value({0, "the page server is shutting down", ""});
       continue;
     }
     const uint64_t id = state_->next_id++;
@@ -800,8 +806,16 @@ void PageServer::adopt_relays() {
     if (!refused.empty()) {
       staging_.abandon(id);
       command->relay.reset();
-      command->result.set_value({0, refused});
+      command->result.set_value({0, refused, ""});
       continue;
+    }
+    // Its link token, like an upload's (docs/protocol.md §7): lazyd lazy-pages binds to it and gets checksums of
+    // the bytes this relay pulled. Without one (getrandom failed) the checkpoint is served to stock clients only.
+    std::string token;
+    if (staging_.draw_token(id) == 0) {
+      char hex[2 * wire::kTokenSize + 1];
+      wire::token_to_hex(*staging_.upload_token(id), hex);
+      token = hex;
     }
     staging_.publish(id, command->relay->store());
     RelayEntry& entry = state_->relays[id];
@@ -809,7 +823,7 @@ void PageServer::adopt_relays() {
     epoll_event event{EPOLLIN, {.u64 = id}};
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, entry.relay->fd(), &event);
     entry.interest = EPOLLIN;
-    command->result.set_value({id, ""});
+    command->result.set_value({id, "", token});
     // Served from now on, like a committed upload: `staged` (its pagemaps: the lazy entries), then progress.
     ServerEvent staged = relay_event(ServerEvent::Kind::kStaged, id, *entry.relay);
     staged.store = entry.relay->store();

@@ -142,7 +142,9 @@ class PageServer {
   // checkpoint as a staged checkpoint from the start of the pull (its pids unique across staged checkpoints) and
   // drives its socket; sessions that need a page not pulled yet wait for it. Returns the checkpoint id (>= 2),
   // or 0 with *error one line (the relay is dropped: its connection is reset, the dump resumes the tasks).
-  uint64_t start_relay(std::unique_ptr<Relay> relay, std::string* error);
+  // *token (when given): the checkpoint's link token, 32 hex digits, for its lazyd-link.json ("" if none could be
+  // drawn: restores then speak plain CRIU).
+  uint64_t start_relay(std::unique_ptr<Relay> relay, std::string* error, std::string* token = nullptr);
   // Thread-safe: a relay started with hold_close may send its CLOSE (Relay::release); a relay that ended already
   // is left alone. Its end comes as kRelayDone / kRelayFailed.
   void release_relay(uint64_t checkpoint);

@@ -10,13 +10,15 @@
 
 namespace lazyd {
 
-// A checkpoint staged by an upload (`criu dump --page-server` into lazyd): its sealed store, served until a
-// policy releases it. Sessions that fetch from it hold a reference, so a release never cuts a restore short.
+// A checkpoint staged by an upload (`criu dump --page-server` into lazyd) or a relay (`criu dump --lazy-pages`
+// pulled by lazyd): its store (sealed, or a relay's being filled), served until a policy releases it. Sessions
+// that fetch from it hold a reference, so a release never cuts a restore short.
 struct StagedCheckpoint {
-  uint64_t id = 0;  // the upload session's id
+  uint64_t id = 0;  // the upload session's id, or the relay's checkpoint id
   std::shared_ptr<const PageStore> store;
-  // The link token (docs/protocol.md §7) written into the checkpoint's lazyd-link.json; a session that sends
-  // HELLO with it is bound to this checkpoint alone. All zeros: none (a relayed checkpoint).
+  // The link token (docs/protocol.md §7) written into the checkpoint's lazyd-link.json (an upload's and a relay's
+  // alike); a session that sends HELLO with it is bound to this checkpoint alone. has_token false: none
+  // (getrandom failed).
   wire::LinkToken token{};
   bool has_token = false;
 };

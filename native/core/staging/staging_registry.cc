@@ -31,17 +31,23 @@ void StagingRegistry::abandon(uint64_t upload) {
 }
 
 int StagingRegistry::hold_sealed(uint64_t upload, std::shared_ptr<const PageStore> store) {
-  wire::LinkToken token;
-  const int drawn = wire::random_token(&token);
+  const int drawn = draw_token(upload);
   if (drawn != 0) return drawn;
-  tokens_[upload] = token;
   std::lock_guard<std::mutex> lock(sealed_mutex_);
   sealed_[upload] = std::move(store);
   return 0;
 }
 
-const wire::LinkToken* StagingRegistry::upload_token(uint64_t upload) const {
-  auto found = tokens_.find(upload);
+int StagingRegistry::draw_token(uint64_t id) {
+  wire::LinkToken token;
+  const int drawn = wire::random_token(&token);
+  if (drawn != 0) return drawn;
+  tokens_[id] = token;
+  return 0;
+}
+
+const wire::LinkToken* StagingRegistry::upload_token(uint64_t id) const {
+  auto found = tokens_.find(id);
   return found == tokens_.end() ? nullptr : &found->second;
 }
 

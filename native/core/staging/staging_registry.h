@@ -5,7 +5,9 @@
 //     id). A lazy GET names nothing but the pid (docs/protocol.md §1.4), so pids are unique across both (admit);
 //   - the sealed stores of uploads whose CLOSE status waits for the control plane to write their images
 //     (hold_sealed / sealed / drop_sealed);
-//   - publish (a committed upload becomes staged checkpoint #id, found by GETs through find_pid), the count of
+//   - the link token of each checkpoint (draw_token: an upload's at hold_sealed, a relay's before its publish);
+//   - publish (a committed upload or a relay's pull becomes staged checkpoint #id, found by GETs through
+//     find_pid, and by HELLOs through find_token), the count of
 //     completed restores against --staging-restores, and retire (no longer offered to new sessions: sessions
 //     already bound to it keep its store, and its memory, until they end).
 // The images' page files are written by page_files.h, off the page server's thread.
@@ -40,11 +42,14 @@ class StagingRegistry final : public StagedLookup {
   void abandon(uint64_t upload);
 
   // CLOSE arrived: the sealed store is readable by the control plane (for writing the images) until it answers.
-  // Also draws the checkpoint's link token (the control plane writes it into lazyd-link.json with the images);
-  // returns 0 or -errno from getrandom.
+  // Also draws the checkpoint's link token (draw_token); returns 0 or -errno from getrandom.
   int hold_sealed(uint64_t upload, std::shared_ptr<const PageStore> store);
-  // The link token drawn for an upload at hold_sealed (published with it), or null.
-  const wire::LinkToken* upload_token(uint64_t upload) const;
+  // Draws the link token (docs/protocol.md §7) that checkpoint #id is published with; the control plane writes
+  // it into the checkpoint's lazyd-link.json. The one place tokens are drawn: an upload's at hold_sealed, a
+  // relay's just before its publish. Returns 0 or -errno from getrandom (then #id is published without one).
+  int draw_token(uint64_t id);
+  // The link token drawn for #id and not published yet, or null.
+  const wire::LinkToken* upload_token(uint64_t id) const;
   // Any thread: the sealed store of an upload waiting for its answer, or null.
   std::shared_ptr<const PageStore> sealed(uint64_t upload) const;
   // Any thread: the control plane answered.
@@ -52,7 +57,8 @@ class StagingRegistry final : public StagedLookup {
 
   // ---- staged checkpoints ----
 
-  // The upload committed: it becomes staged checkpoint #upload (its pids are already its own, from admit).
+  // The upload committed (or a relay's pull starts): it becomes staged checkpoint #upload (its pids are already
+  // its own, from admit), with the token draw_token drew for it, if any.
   std::shared_ptr<const StagedCheckpoint> publish(uint64_t upload, std::shared_ptr<const PageStore> store);
   // A restore from `checkpoint` completed (its client sent CLOSE and hung up cleanly). Returns the number of
   // completed restores so far, or 0 when the checkpoint is no longer staged; *retire_now says whether
@@ -76,7 +82,7 @@ class StagingRegistry final : public StagedLookup {
   std::unordered_map<uint64_t, uint64_t> pid_owner_;  // pid -> checkpoint or upload id
   mutable std::mutex sealed_mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<const PageStore>> sealed_;  // uploads awaiting their answer
-  std::unordered_map<uint64_t, wire::LinkToken> tokens_;  // by upload id, from hold_sealed to publish/abandon
+  std::unordered_map<uint64_t, wire::LinkToken> tokens_;  // by upload id, from draw_token to publish/abandon
 };
 
 }  // namespace lazyd
