@@ -71,6 +71,9 @@ export async function startRelay(target: { address: string; port: number }, opti
   let resolveCut!: () => void;
   const cut = new Promise<void>((resolve) => (resolveCut = resolve));
   const flipped: FlippedBit[] = [];
+  // One page flipped per relay, whichever connection carries it first (a lazyd link has two: the drain's and the
+  // faults', docs/protocol.md §7.5); with `always`, again in every later reply that carries it, on either.
+  const flipTarget: FlipTarget = {};
 
   // Half-open: a peer that sends its FIN and still reads (lazyd's relay after CLOSE, which waits for the dump's
   // answer: criu corks it until the socket closes) gets what the other side sends until that side ends too.
@@ -97,7 +100,7 @@ export async function startRelay(target: { address: string; port: number }, opti
       // that many seconds' worth of bytes through at once, and the transfer would not be in progress any more.
       let freeAt = 0;
       let count = 0;
-      const flipper = options.flip && direction === 'to-client' ? replyFlipper(options.flip, flipped) : undefined;
+      const flipper = options.flip && direction === 'to-client' ? replyFlipper(options.flip, flipped, flipTarget) : undefined;
       from.on('data', (data: Buffer) => {
         const chunk = flipper ? flipper(data) : data;
         if (direction === 'to-client') lastToClientAt = performance.now();
@@ -168,7 +171,11 @@ const FLIP_OFFSET = 1000;
  * Follows one connection's server-to-client bytes (an optional HELLO reply, then GET replies: header, pages, and
  * under feature checksum a trailer of 4 bytes a page) and returns each chunk with the chosen bit flipped.
  */
-function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedBit[]): (chunk: Buffer) => Buffer {
+interface FlipTarget {
+  page?: { pid: number; vaddr: bigint };
+}
+
+function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedBit[], shared: FlipTarget): (chunk: Buffer) => Buffer {
   let phase: 'first' | 'hello' | 'head' | 'pages' | 'trailer' | 'other' = 'first';
   let head = Buffer.alloc(0);
   let checksums = false;
@@ -178,7 +185,6 @@ function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedB
   let flipAt = -1;
   let pages = 0;
   let current = { pid: 0, vaddr: 0n };
-  let target: { pid: number; vaddr: bigint } | undefined;
   return (chunk) => {
     const out = Buffer.from(chunk);
     let i = 0;
@@ -211,9 +217,10 @@ function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedB
         flipAt = -1;
         const end = h.vaddr + BigInt(pages * PAGE_SIZE);
         const range = flip.range ?? { start: 0n, end: 1n << 64n };
+        const target = shared.page;
         if (!target && replies >= (flip.reply ?? 1) && h.vaddr < range.end && end > range.start) {
-          target = { pid: current.pid, vaddr: h.vaddr > range.start ? h.vaddr : range.start };
-          flipAt = Number(target.vaddr - h.vaddr) + FLIP_OFFSET;
+          shared.page = { pid: current.pid, vaddr: h.vaddr > range.start ? h.vaddr : range.start };
+          flipAt = Number(shared.page.vaddr - h.vaddr) + FLIP_OFFSET;
         } else if (flip.always && target && target.pid === current.pid && target.vaddr >= h.vaddr && target.vaddr < end) {
           flipAt = Number(target.vaddr - h.vaddr) + FLIP_OFFSET;
         }
