@@ -23,90 +23,32 @@ import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
-  buildWorkload,
-  checkpointOf,
   checkpointWorkload,
   CRIU_VERSIONS,
-  dumpPageCounts,
   E2E_TIMEOUTS as timeouts,
   findCriu,
-  instanceDirs,
-  killWorkload,
-  lastPassSum,
   lazyRestore,
   logOffset,
-  nowNs,
   pollFor,
   processAlive,
   readLog,
   requireHost,
-  runCriu,
   startLazyRestore,
   startRelay,
-  startWorkload,
   testProgress,
-  waitForAllPasses,
   withRunDir,
-  type Criu,
   type CriuVersion,
   type Proc,
 } from '../harness/index.js';
-import { PageServerService } from '../../src/page-server/service.js';
 import { readPagemap, PE_LAZY } from '../../src/images/index.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
-import { memoryLogger } from '../harness/memory-logger.js';
+import { startStaging, stagedDump, waitFor } from '../harness/link-staging.js';
 import { decodeHeader, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM, LINK_FEATURE_PRIORITY, LINK_FEATURE_RESUME } from '../harness/wire.js';
 
 const TEST_TIMEOUT_MS = 180_000;
 const EACCES = 13;
 const hello = (token: Buffer) => encodeHello(token);
 const get = (version: CriuVersion, pid: number, vaddr: bigint) => encodeGet(version === '4.1.1' ? 24 : 32, pid, vaddr);
-
-async function startStaging(stagingDir: string, requireLinkToken = false) {
-  const { logger, lines } = memoryLogger();
-  const service = await PageServerService.start({
-    imagesDir: stagingDir,
-    address: '127.0.0.1',
-    port: 0,
-    logger,
-    requireLinkToken,
-    staging: { dir: stagingDir },
-  });
-  return { service, lines, address: '127.0.0.1', port: service.port };
-}
-
-/** Waits for fn(), with a deadline that only a failure reaches. */
-async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** A workload dumped with `criu dump --page-server` into lazyd; retried (fresh workload) when criu made no page lazy. */
-async function stagedDump(criu: Criu, runDir: string, stagingDir: string, lazyd: Awaited<ReturnType<typeof startStaging>>, onCleanup: (fn: () => unknown) => void) {
-  const binary = await buildWorkload();
-  for (let attempt = 1; ; attempt++) {
-    const workloadDir = path.join(runDir, `w${attempt}`);
-    const mib = 16;
-    const workload = await startWorkload(binary, workloadDir, { mib }, timeouts.readyMs);
-    onCleanup(() => killWorkload(workload));
-    await waitForAllPasses(workloadDir, 0, 1, timeouts.passesMs, { pid: workload.pid });
-    const sums = instanceDirs(workloadDir, 0).map((dir) => lastPassSum(dir));
-    const dumpStartNs = nowNs();
-    const args = ['-t', String(workload.pid), '-D', stagingDir, '-v4', '-o', 'dump.log', '--page-server', '--address', '127.0.0.1', '--port', String(lazyd.port)];
-    const dump = await runCriu(criu, 'dump', args, timeouts.dumpMs, { imagesDir: stagingDir });
-    await workload.unshare.wait(10_000);
-    const checkpoint = checkpointOf({ criu, runDir, workloadDir, imagesDir: stagingDir, workload: { mib }, sums, dumpStartNs, dumpMs: dump.ms });
-    const counts = await dumpPageCounts(stagingDir);
-    if (counts.length > 0 && counts.every((c) => c.lazyPages > 0)) return checkpoint;
-    if (attempt >= 3) throw new Error('criu dump into lazyd: a pagemap without a lazy page, 3 times in a row');
-    await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
-    await lazyd.service.releaseAndWait(lazyd.service.stagedCheckpoints()[0].id, 'no lazy page in the dump (criu is_stack() quirk)');
-    for (const name of fs.readdirSync(stagingDir).filter((f) => /^(pagemap|pages)-/.test(f) || f === LINK_FILE_NAME)) fs.rmSync(path.join(stagingDir, name));
-  }
-}
 
 /** Sends bytes, half-closes, and returns all the server sent until it closed. */
 function exchange(port: number, bytes: Buffer): Promise<Buffer> {
