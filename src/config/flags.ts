@@ -576,7 +576,7 @@ export const LAZY_PAGES = role({
     ...METRICS,
     ...CONFIG,
     ...ABI,
-    stallTimeout: { ...stallTimeout, describe: 'seconds the page server may send nothing while requests are outstanding; then the restore fails' },
+    stallTimeout: { ...stallTimeout, describe: 'seconds the page server may send nothing while requests are outstanding; then the restore fails (on a lazyd link with resume: the connection is made again, --reconnect-timeout)' },
     ...DRAIN,
     ...TLS,
   },
