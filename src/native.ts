@@ -39,6 +39,8 @@ export interface PageServerFlagOptions {
   staging: boolean;
   stagingMaxBytes: number;
   stagingRestores: number;
+  /** A cut lazyd link session (feature resume) keeps its checkpoint reachable by token this long (docs/protocol.md §7.6). */
+  linkResumeHoldMs: number;
   /** criu's page server: one session, then stop. */
   singleSession: boolean;
   /** --require-link-token: fetch sessions must open with a lazyd HELLO naming a staged checkpoint's token. */
@@ -243,6 +245,10 @@ export interface LazyPagesFlagOptions {
   drainStartMs: number;
   /** false (--no-link-checksum): a lazyd HELLO asks for no per-page checksums (docs/protocol.md §7.4). */
   linkChecksum: boolean;
+  /** false (--no-link-priority): no second connection for demand faults on the lazyd link (§7.5). */
+  linkPriority: boolean;
+  /** A cut lazyd link is made again within this (feature resume, §7.6); 0: off, a cut fails the restore. */
+  reconnectTimeoutMs: number;
   maxRequestsInflight: number;
 }
 
@@ -339,6 +345,8 @@ export interface LazyPagesStats {
   tlsFailures: number;
   /** Pages that failed their link checksum (docs/protocol.md §7.4): each fetched again once. */
   checksumMismatches: number;
+  /** Lazyd link cuts that began a reconnect (feature resume, docs/protocol.md §7.6). */
+  reconnects: number;
   /** The drain's bytes in flight allowed now (measured bandwidth x RTT within the floor and ceiling, or the faulting cap). */
   drainWindowBytes: number;
   drainInflightBytes: number;

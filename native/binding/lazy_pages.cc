@@ -77,7 +77,7 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
 // new LazyPages({ workDir, nrTasks, tasks: [{ pid, runs: BigUint64Array [imgStart, nrPages, fd|2^64-1, offset]* }],
 //   source: 'local' | 'remote', address, port (remote), format, faultAroundBytes, drainMinBytes, drainMaxBytes,
 //   drainInflightBytes, drainInflightMaxBytes, drainInflightBytesFaulting, drainRate, background, drainStartMs, linkChecksum,
-//   maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls, onEvent }): every key required (tls: undefined for
+//   linkPriority, reconnectTimeoutMs, maxRequestsInflight, rstfTimeoutMs, stallTimeoutMs, tls, onEvent }): every key required (tls: undefined for
 //   plain TCP); optional, not flags (the engine's own values): acceptTimeoutMs, handoverTimeoutMs,
 //   connectTimeoutMs, closeTimeoutMs.
 // deferTasks: true: nrTasks, tasks and format are left out and given later by setTasks({ nrTasks, tasks,
@@ -133,6 +133,10 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     Napi::Value link_checksum = required_option(env, o, "LazyPages", "linkChecksum");
     if (!link_checksum.IsBoolean()) throw Napi::TypeError::New(env, "LazyPages: option linkChecksum must be a boolean");
     c.link_checksum = link_checksum.ToBoolean();
+    Napi::Value link_priority = required_option(env, o, "LazyPages", "linkPriority");
+    if (!link_priority.IsBoolean()) throw Napi::TypeError::New(env, "LazyPages: option linkPriority must be a boolean");
+    c.link_priority = link_priority.ToBoolean();
+    c.reconnect_timeout_ms = static_cast<int>(required("reconnectTimeoutMs"));
     c.accept_timeout_ms = static_cast<int>(number("acceptTimeoutMs", c.accept_timeout_ms));
     c.handover_timeout_ms = static_cast<int>(number("handoverTimeoutMs", c.handover_timeout_ms));
     c.rstf_timeout_ms = static_cast<int>(required("rstfTimeoutMs"));
@@ -198,6 +202,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     o.Set("pagesDiscarded", uint64_value(env, s.pages_discarded));
     o.Set("tlsFailures", uint64_value(env, s.tls_failures));
     o.Set("checksumMismatches", uint64_value(env, s.checksum_mismatches));
+    o.Set("reconnects", uint64_value(env, s.reconnects));
     o.Set("drainWindowBytes", uint64_value(env, s.bg_window_bytes));
     o.Set("drainInflightBytes", uint64_value(env, s.bg_bytes_in_flight));
     o.Set("drainRequestedBytes", uint64_value(env, s.bytes_background));

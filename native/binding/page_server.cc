@@ -111,6 +111,7 @@ PageServerWrap::PageServerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWra
   config_.accept_uploads = boolean("staging");
   config_.staging_max_bytes = static_cast<uint64_t>(number("stagingMaxBytes"));
   config_.staging_restores = static_cast<uint64_t>(number("stagingRestores"));
+  config_.link_resume_hold_ms = static_cast<int>(number("linkResumeHoldMs"));
   config_.upload.format = config_.session.format;
   config_.tls = tls_option(env, required_option(env, options, "PageServer", "tls"));
   config_.tls_handshake_timeout_ms = static_cast<int>(number("tlsHandshakeTimeoutMs"));

@@ -256,6 +256,86 @@ static void expect_failure(wire::Format format, Misbehave misbehave, int want_rc
   server.finish();
 }
 
+// Feature resume (docs/protocol.md §7.6): a connection made with connect_start() (non-blocking) that the server
+// cuts mid-reply fails as link_lost(); take_unanswered() gives back every request not answered, in order, with
+// its buffer; asked again on a new connection they are all answered right. A reply out of order is no lost link.
+static int connect_nonblocking(PageClient& client, uint16_t port) {
+  int rc = client.connect_start("127.0.0.1", port);
+  if (rc != -EINPROGRESS) return rc;
+  pollfd pfd{client.fd(), POLLOUT, 0};
+  CHECK(poll(&pfd, 1, 2000) == 1);
+  return client.connect_finish();
+}
+
+static void test_take_unanswered() {
+  std::vector<std::vector<uint8_t>> bufs(4, std::vector<uint8_t>(4 * P));
+  std::vector<PageRequest> asked;
+  for (int i = 0; i < 4; i++) {
+    PageRequest req;
+    req.cookie = 10 + static_cast<uint64_t>(i);
+    req.pid = 77;
+    req.img_vaddr = 0x7f0000000000 + static_cast<uint64_t>(i) * 8 * P;
+    req.nr_pages = 4;
+    req.buf = bufs[i].data();
+    asked.push_back(req);
+  }
+  std::vector<PageReply> done;
+  std::vector<PageRequest> again;
+  {
+    Server cutter;
+    cutter.start(wire::Format::V24, Misbehave::kHangUp);  // half of the second reply, then gone
+    PageClient client(wire::Format::V24, P);
+    CHECK(connect_nonblocking(client, cutter.port) == 0);
+    for (const PageRequest& req : asked) CHECK(client.submit(req) == 0);
+    CHECK(pump_until(client, &done, 4) < 0);
+    CHECK(client.link_lost());
+    CHECK(done.size() == 1 && done[0].cookie == 10);
+    again = client.take_unanswered();
+    CHECK(client.in_flight() == 0);
+    cutter.finish();
+  }
+  CHECK(again.size() == 3);
+  for (size_t i = 0; i < again.size() && i < 3; i++) {
+    CHECK(again[i].cookie == asked[i + 1].cookie && again[i].buf == asked[i + 1].buf && again[i].nr_pages == 4);
+  }
+  Server server;
+  server.start(wire::Format::V24, Misbehave::kNone);
+  PageClient client(wire::Format::V24, P);
+  client.set_reconnected();
+  CHECK(connect_nonblocking(client, server.port) == 0);
+  for (const PageRequest& req : again) CHECK(client.submit(req) == 0);
+  CHECK(pump_until(client, &done, 4) == 0);
+  CHECK(done.size() == 4);
+  bool right = true;
+  for (size_t r = 1; r < done.size(); r++) {
+    const PageRequest& req = asked[r];
+    right &= done[r].cookie == req.cookie && done[r].nr_pages == 4;
+    for (size_t i = 0; i < 4 * P; i++) right &= req.buf[i] == pattern(req.pid, req.img_vaddr, i);
+  }
+  CHECK(right);
+  int32_t status = -1;
+  CHECK(client.close(2000, &status) == 0 && status == 0);
+  server.finish();
+
+  // Bytes that cannot be placed are no cut: asking again would not mend them.
+  Server liar;
+  liar.start(wire::Format::V24, Misbehave::kWrongVaddr);
+  PageClient lied_to(wire::Format::V24, P);
+  CHECK(connect_nonblocking(lied_to, liar.port) == 0);
+  for (const PageRequest& req : asked) CHECK(lied_to.submit(req) == 0);
+  std::vector<PageReply> some;
+  CHECK(pump_until(lied_to, &some, 4) == -EPROTO);
+  CHECK(!lied_to.link_lost());
+  CHECK(lied_to.close(100, nullptr) < 0);  // a failed session sends no CLOSE; its socket goes
+  shutdown(liar.listen_fd, SHUT_RDWR);
+  liar.finish();
+
+  // Nothing listens: a non-blocking connect fails as a lost link (the caller tries again later).
+  PageClient nowhere(wire::Format::V24, P);
+  const int rc = connect_nonblocking(nowhere, 1);
+  CHECK(rc == -ECONNREFUSED && nowhere.link_lost());
+}
+
 static void test_stall() {
   Server server;
   server.start(wire::Format::V24, Misbehave::kSilent);
@@ -414,6 +494,7 @@ int main() {
   expect_failure(wire::Format::V32, Misbehave::kTooMany, -EPROTO, "replied with 5 pages for a GET of 4");
   expect_failure(wire::Format::V24, Misbehave::kHangUp, -ECONNRESET, "3 request(s) unanswered");
   test_stall();
+  test_take_unanswered();
   test_reset_unless_closed();
   test_connect_errors();
   test_local_source();

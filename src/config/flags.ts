@@ -288,6 +288,17 @@ const STAGING = {
     describe: 'release a staged checkpoint after N completed restores (a client that closed cleanly; one that dies mid-transfer does not count)',
     native: { key: 'stagingRestores' },
   }),
+  linkResumeHold: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 120,
+    min: 0,
+    fraction: true,
+    zero: 'a cut session cannot be resumed once its checkpoint is released',
+    describe: "a lazyd link session cut without CLOSE (feature resume) keeps its checkpoint reachable by its token this long, even if released meanwhile, so the restore's lazy-pages can reconnect",
+    native: { key: 'linkResumeHoldMs', scale: 1000 },
+  }),
   stagingTtl: flag({
     type: 'number',
     unit: 'seconds',
@@ -429,6 +440,23 @@ const LAZY_PAGES_OWN = {
     describe: 'on the lazyd link, ask for a CRC32C of every page and check each before it is installed (--no-link-checksum: ask for none; zero-copy serving on the page server)',
     native: { key: 'linkChecksum' },
   }),
+  linkPriority: flag({
+    type: 'boolean',
+    default: true,
+    describe: 'on the lazyd link, a second connection to the page server carries the demand faults and their fault-around, so no drain byte is ahead of them (--no-link-priority: one connection, first in first out)',
+    native: { key: 'linkPriority' },
+  }),
+  reconnectTimeout: flag({
+    type: 'number',
+    unit: 'seconds',
+    arg: 'S',
+    default: 30,
+    min: 0,
+    fraction: true,
+    zero: 'off: a cut link fails the restore',
+    describe: 'on the lazyd link, a connection cut (a reset, or silent past --stall-timeout) is made again within this, every unanswered request asked again; the restored tasks only wait meanwhile. Then the restore fails by --on-failure',
+    native: { key: 'reconnectTimeoutMs', scale: 1000 },
+  }),
   onFailure: flag({
     type: 'string',
     choices: FAILURE_POLICIES,
@@ -530,6 +558,7 @@ export const PAGE_SERVER_DROPIN = role({
     staging: false,
     stagingMaxBytes: STAGING.stagingMaxBytes.default,
     stagingRestores: STAGING.stagingRestores.default,
+    linkResumeHoldMs: 0,
   },
 });
 
@@ -547,7 +576,7 @@ export const LAZY_PAGES = role({
     ...METRICS,
     ...CONFIG,
     ...ABI,
-    stallTimeout: { ...stallTimeout, describe: 'seconds the page server may send nothing while requests are outstanding; then the restore fails' },
+    stallTimeout: { ...stallTimeout, describe: 'seconds the page server may send nothing while requests are outstanding; then the restore fails (on a lazyd link with resume: the connection is made again, --reconnect-timeout)' },
     ...DRAIN,
     ...TLS,
   },

@@ -11,7 +11,7 @@ export const LINK_FILE_NAME = 'lazyd-link.json';
 /** The link protocol version; native/core/wire/link_ext.h kLinkVersion is its twin. */
 export const LINK_VERSION = 1;
 /** Features a version-1 link may name (link_ext.h kFeature*). */
-export const LINK_FEATURES = ['bind', 'checksum'] as const;
+export const LINK_FEATURES = ['bind', 'checksum', 'priority', 'resume'] as const;
 
 export interface LinkCapability {
   version: number;

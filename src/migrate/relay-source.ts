@@ -80,6 +80,7 @@ export class RelaySource extends EventEmitter {
       staging: true, // relay staging serves from the staging registry
       stagingMaxBytes: options.maxBytes,
       stagingRestores: 0,
+      linkResumeHoldMs: 0, // a relayed checkpoint has no link token: nothing to resume by
       singleSession: false,
       tls: options.tls,
       access: { fetchFrom: only, uploadFrom: only, fetchNames: [], uploadNames: [] },

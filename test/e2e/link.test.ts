@@ -23,90 +23,32 @@ import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
-  buildWorkload,
-  checkpointOf,
   checkpointWorkload,
   CRIU_VERSIONS,
-  dumpPageCounts,
   E2E_TIMEOUTS as timeouts,
   findCriu,
-  instanceDirs,
-  killWorkload,
-  lastPassSum,
   lazyRestore,
   logOffset,
-  nowNs,
   pollFor,
   processAlive,
   readLog,
   requireHost,
-  runCriu,
   startLazyRestore,
   startRelay,
-  startWorkload,
   testProgress,
-  waitForAllPasses,
   withRunDir,
-  type Criu,
   type CriuVersion,
   type Proc,
 } from '../harness/index.js';
-import { PageServerService } from '../../src/page-server/service.js';
 import { readPagemap, PE_LAZY } from '../../src/images/index.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
-import { memoryLogger } from '../harness/memory-logger.js';
-import { decodeHeader, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM } from '../harness/wire.js';
+import { startStaging, stagedDump, waitFor } from '../harness/link-staging.js';
+import { decodeHeader, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM, LINK_FEATURE_PRIORITY, LINK_FEATURE_RESUME } from '../harness/wire.js';
 
 const TEST_TIMEOUT_MS = 180_000;
 const EACCES = 13;
 const hello = (token: Buffer) => encodeHello(token);
 const get = (version: CriuVersion, pid: number, vaddr: bigint) => encodeGet(version === '4.1.1' ? 24 : 32, pid, vaddr);
-
-async function startStaging(stagingDir: string, requireLinkToken = false) {
-  const { logger, lines } = memoryLogger();
-  const service = await PageServerService.start({
-    imagesDir: stagingDir,
-    address: '127.0.0.1',
-    port: 0,
-    logger,
-    requireLinkToken,
-    staging: { dir: stagingDir },
-  });
-  return { service, lines, address: '127.0.0.1', port: service.port };
-}
-
-/** Waits for fn(), with a deadline that only a failure reaches. */
-async function waitFor(what: string, fn: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** A workload dumped with `criu dump --page-server` into lazyd; retried (fresh workload) when criu made no page lazy. */
-async function stagedDump(criu: Criu, runDir: string, stagingDir: string, lazyd: Awaited<ReturnType<typeof startStaging>>, onCleanup: (fn: () => unknown) => void) {
-  const binary = await buildWorkload();
-  for (let attempt = 1; ; attempt++) {
-    const workloadDir = path.join(runDir, `w${attempt}`);
-    const mib = 16;
-    const workload = await startWorkload(binary, workloadDir, { mib }, timeouts.readyMs);
-    onCleanup(() => killWorkload(workload));
-    await waitForAllPasses(workloadDir, 0, 1, timeouts.passesMs, { pid: workload.pid });
-    const sums = instanceDirs(workloadDir, 0).map((dir) => lastPassSum(dir));
-    const dumpStartNs = nowNs();
-    const args = ['-t', String(workload.pid), '-D', stagingDir, '-v4', '-o', 'dump.log', '--page-server', '--address', '127.0.0.1', '--port', String(lazyd.port)];
-    const dump = await runCriu(criu, 'dump', args, timeouts.dumpMs, { imagesDir: stagingDir });
-    await workload.unshare.wait(10_000);
-    const checkpoint = checkpointOf({ criu, runDir, workloadDir, imagesDir: stagingDir, workload: { mib }, sums, dumpStartNs, dumpMs: dump.ms });
-    const counts = await dumpPageCounts(stagingDir);
-    if (counts.length > 0 && counts.every((c) => c.lazyPages > 0)) return checkpoint;
-    if (attempt >= 3) throw new Error('criu dump into lazyd: a pagemap without a lazy page, 3 times in a row');
-    await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
-    await lazyd.service.releaseAndWait(lazyd.service.stagedCheckpoints()[0].id, 'no lazy page in the dump (criu is_stack() quirk)');
-    for (const name of fs.readdirSync(stagingDir).filter((f) => /^(pagemap|pages)-/.test(f) || f === LINK_FILE_NAME)) fs.rmSync(path.join(stagingDir, name));
-  }
-}
 
 /** Sends bytes, half-closes, and returns all the server sent until it closed. */
 function exchange(port: number, bytes: Buffer): Promise<Buffer> {
@@ -145,7 +87,7 @@ for (const version of CRIU_VERSIONS) {
       const capability = await readLinkCapability(stagingDir);
       assert.ok(capability, 'the staging page server wrote lazyd-link.json');
       assert.match(capability.token, /^[0-9a-f]{32}$/);
-      assert.deepEqual(capability.features, ['bind', 'checksum']);
+      assert.deepEqual(capability.features, ['bind', 'checksum', 'priority', 'resume']);
       await waitFor('the staged checkpoint', () => lazyd.service.stagedCheckpoints().length === 1);
 
       const relay = await startRelay(lazyd, { record: 4096 });
@@ -155,18 +97,30 @@ for (const version of CRIU_VERSIONS) {
         assert.equal(restored.passes[0][0].ok, checkpoint.dataPages, `${name}: the workload verified its pages`);
       };
 
-      // lazyd lazy-pages with the file: HELLO first, granted.
+      // lazyd lazy-pages with the file: HELLO first, granted; then its second, priority connection (§7.5).
       verify('lazyd', await lazyRestore({ checkpoint, server: relay, daemon: 'lazyd', name: 'dst-lazyd', progress: testProgress(t), onCleanup, timeouts }));
       let sessions = relay.recorded();
-      assert.equal(sessions.length, 1);
-      const [linked] = sessions;
-      assert.equal(linked['to-server'].readUInt32LE(0), HELLO_MAGIC, 'lazyd lazy-pages opened with HELLO');
-      assert.equal(linked['to-server'].subarray(16, 32).toString('hex'), capability.token, 'with the file\'s token');
-      assert.equal(linked['to-client'].readUInt32LE(0), HELLO_MAGIC, 'the server answered the HELLO');
-      assert.equal(linked['to-client'].readInt32LE(16), 0, 'HELLO granted');
-      assert.equal(linked['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'asking for bind and checksum');
-      assert.equal(linked['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'both granted');
+      assert.equal(sessions.length, 2, 'the main connection and the priority one');
+      const [linked, priority] = sessions;
+      const main = LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM | LINK_FEATURE_RESUME;
+      for (const [name, session, features] of [['main', linked, main], ['priority', priority, main | LINK_FEATURE_PRIORITY]] as const) {
+        assert.equal(session['to-server'].readUInt32LE(0), HELLO_MAGIC, `${name}: lazyd lazy-pages opened with HELLO`);
+        assert.equal(session['to-server'].subarray(16, 32).toString('hex'), capability.token, `${name}: with the file's token`);
+        assert.equal(session['to-client'].readUInt32LE(0), HELLO_MAGIC, `${name}: the server answered the HELLO`);
+        assert.equal(session['to-client'].readInt32LE(16), 0, `${name}: HELLO granted`);
+        assert.equal(session['to-server'].readBigUInt64LE(8), features, `${name}: the features asked`);
+        assert.equal(session['to-client'].readBigUInt64LE(8), features, `${name}: all granted`);
+        assert.equal(session['to-client'].readBigUInt64LE(24), BigInt(capability.checkpoint), `${name}: bound to the checkpoint`);
+      }
       assert.equal(linked['to-server'].readUInt32LE(32), 7, 'then CRIU GETs');
+      // The demand faults went on the priority connection: GETs of at most the fault-around window (16 pages).
+      const headerSize = version === '4.1.1' ? 24 : 32;
+      assert.ok(priority['to-server'].length >= 32 + headerSize, 'the priority connection carried GETs');
+      for (let at = 32; at + headerSize <= priority['to-server'].length; at += headerSize) {
+        const h = decodeHeader(headerSize, priority['to-server'], at);
+        if (h.cmd !== 7) break; // the CLOSE
+        assert.ok(h.nrPages <= 16n, `a priority GET of ${h.nrPages} pages: a fault or its fault-around, never the drain`);
+      }
 
       // criu lazy-pages: nothing new either way.
       verify('criu', await lazyRestore({ checkpoint, server: relay, daemon: 'criu', name: 'dst-criu', progress: testProgress(t), onCleanup, timeouts }));
@@ -176,14 +130,17 @@ for (const version of CRIU_VERSIONS) {
         onDaemonReady: (_proc, dstDir) => fs.rmSync(path.join(dstDir, LINK_FILE_NAME)),
       }));
       sessions = relay.recorded();
-      assert.equal(sessions.length, 3);
-      for (const [name, session] of [['criu lazy-pages', sessions[1]], ['lazyd lazy-pages without the file', sessions[2]]] as const) {
+      assert.equal(sessions.length, 4);
+      for (const [name, session] of [['criu lazy-pages', sessions[2]], ['lazyd lazy-pages without the file', sessions[3]]] as const) {
         assert.equal(session['to-server'].readUInt32LE(0), 7, `${name}: its first request is a CRIU GET`);
         assert.equal(session['to-server'].indexOf(Buffer.from([0x48, 0x4b, 0x5a, 0x4c])), -1, `${name}: no HELLO byte sent`);
         assert.notEqual(session['to-client'].readUInt32LE(0), HELLO_MAGIC, `${name}: no HELLO reply`);
         assert.equal(session['to-client'].readUInt32LE(0), 0x40006, `${name}: its first reply is ADD_F|PE_PRESENT`);
       }
       assert.equal(lazyd.service.accessRefused(), 0, 'nothing refused');
+      // Three restores, each counted once: the priority connection's CLOSE is not a restore's end (checked again
+      // below, once more sessions have come and gone).
+      await waitFor('three completed restores', () => lazyd.service.stagedCheckpoints()[0]?.restores === 3);
 
       // The binding: a token no checkpoint has; then a token-bound GET outside the checkpoint.
       const { pid, vaddr } = await firstLazyPage(stagingDir);
@@ -197,6 +154,7 @@ for (const version of CRIU_VERSIONS) {
       const inside = await exchange(lazyd.port, Buffer.concat([hello(token), get(version, pid, vaddr)]));
       assert.equal(inside.length, 32 + (version === '4.1.1' ? 24 : 32) + 4096, 'a GET inside the checkpoint is served');
       await waitFor('the refusals counted', () => lazyd.service.accessRefused() === 2);
+      assert.equal(lazyd.service.stagedCheckpoints()[0].restores, 3, 'still three completed restores');
     });
   });
 
@@ -376,8 +334,8 @@ for (const version of CRIU_VERSIONS) {
       });
       assert.equal(unsummed.passes[0][0].ok, checkpoint.dataPages, '--no-link-checksum: the workload verified its pages');
       const [session] = plain.recorded();
-      assert.equal(session['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND, 'the HELLO asks for bind only');
-      assert.equal(session['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND, 'bind granted');
+      assert.equal(session['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_RESUME, 'the HELLO asks for no checksum');
+      assert.equal(session['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_RESUME, 'bind and resume granted');
       const first = decodeHeader(format, session['to-client'], 32);
       assert.equal(session['to-client'].readUInt32LE(32 + format + Number(first.nrPages) * 4096), 0x40006, 'the next reply right after the pages: no trailer');
     });

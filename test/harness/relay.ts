@@ -7,6 +7,11 @@
 //   record    keeps the first N bytes each way of every connection (recorded()), to check what a peer sent;
 //   hold      (on demand) from now on the requests are swallowed: the server answers what it already got and then
 //             waits at a header boundary, while the client waits for replies that never come;
+//   cuts      resets the connection that carries the byte at each of these offsets of all the bytes one way (over
+//             every connection, in the order forwarded): a link cut again and again, whichever connection it hits;
+//   silence   (on demand) the connections open now forward nothing more either way and stay open, as a link that
+//             went quiet; later connections pass;
+//   down      (on demand) every connection is reset and every later one too, at once, until up();
 //   flip      follows the lazy-fetch replies to the client (a lazyd link's HELLO reply and checksum trailers
 //             included, docs/protocol.md §7) and flips one bit in one page of a chosen GET reply — and, with
 //             `always`, in that same page of every later reply that carries it (the client's re-fetch).
@@ -22,6 +27,8 @@ export type RelayDirection = 'to-server' | 'to-client';
 export interface RelayOptions {
   cut?: { direction: RelayDirection; bytes: number };
   throttle?: { direction: RelayDirection; bytesPerSecond: number };
+  /** Reset the connection carrying each of these byte offsets of the stream one way (all connections together). */
+  cuts?: { direction: RelayDirection; at: number[] };
   /** Keep the first this many bytes each way of every connection (recorded()). */
   record?: number;
   /**
@@ -57,6 +64,13 @@ export interface Relay {
    * (its answers to what it had got are through).
    */
   hold(quietMs?: number): Promise<void>;
+  /** options.cuts: the cuts made so far. */
+  cutsMade(): number;
+  /** The connections open now forward nothing more, either way; they stay open. */
+  silence(): void;
+  /** Every connection is reset, and every new one at once, until up(). */
+  down(): void;
+  up(): void;
   /** Stops listening and destroys every connection. */
   close(): Promise<void>;
 }
@@ -71,11 +85,23 @@ export async function startRelay(target: { address: string; port: number }, opti
   let resolveCut!: () => void;
   const cut = new Promise<void>((resolve) => (resolveCut = resolve));
   const flipped: FlippedBit[] = [];
+  // One page flipped per relay, whichever connection carries it first (a lazyd link has two: the drain's and the
+  // faults', docs/protocol.md §7.5); with `always`, again in every later reply that carries it, on either.
+  const flipTarget: FlipTarget = {};
+  const cutPoints = [...(options.cuts?.at ?? [])].sort((a, b) => a - b);
+  let cutsMade = 0;
+  let isDown = false;
+  const silenced = new WeakSet<net.Socket>();
+  const resets = new Set<() => void>();
 
   // Half-open: a peer that sends its FIN and still reads (lazyd's relay after CLOSE, which waits for the dump's
   // answer: criu corks it until the socket closes) gets what the other side sends until that side ends too.
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
     accepted++;
+    if (isDown) {
+      client.resetAndDestroy();
+      return;
+    }
     const recording: Record<RelayDirection, Buffer[]> = { 'to-server': [], 'to-client': [] };
     recordings.push(recording);
     const upstream = net.connect({ port: target.port, host: target.address, allowHalfOpen: true });
@@ -89,6 +115,8 @@ export async function startRelay(target: { address: string; port: number }, opti
       upstream.resetAndDestroy();
       resolveCut();
     };
+    resets.add(reset);
+    client.on('close', () => resets.delete(reset));
     const forward = (from: net.Socket, to: net.Socket, direction: RelayDirection) => {
       const cutAt = options.cut?.direction === direction ? options.cut.bytes : Infinity;
       const rate = options.throttle?.direction === direction ? options.throttle.bytesPerSecond : Infinity;
@@ -97,10 +125,21 @@ export async function startRelay(target: { address: string; port: number }, opti
       // that many seconds' worth of bytes through at once, and the transfer would not be in progress any more.
       let freeAt = 0;
       let count = 0;
-      const flipper = options.flip && direction === 'to-client' ? replyFlipper(options.flip, flipped) : undefined;
+      const flipper = options.flip && direction === 'to-client' ? replyFlipper(options.flip, flipped, flipTarget) : undefined;
       from.on('data', (data: Buffer) => {
+        if (silenced.has(client)) return;
         const chunk = flipper ? flipper(data) : data;
         if (direction === 'to-client') lastToClientAt = performance.now();
+        if (options.cuts?.direction === direction && cutPoints.length > 0 && forwarded[direction] + chunk.length > cutPoints[0]) {
+          // This chunk carries the next cut point: what comes before it passes, then the connection is reset.
+          const before = cutPoints.shift()! - forwarded[direction];
+          while (cutPoints.length > 0 && cutPoints[0] <= forwarded[direction] + before) cutPoints.shift();
+          forwarded[direction] += Math.max(before, 0);
+          cutsMade++;
+          to.write(chunk.subarray(0, Math.max(before, 0)), () => reset());
+          from.pause();
+          return;
+        }
         if (count >= cutAt || (holding && direction === 'to-server')) return;
         const part = count + chunk.length >= cutAt ? chunk.subarray(0, cutAt - count) : chunk;
         if (options.record && count < options.record) recording[direction].push(Buffer.from(part.subarray(0, options.record - count)));
@@ -145,6 +184,17 @@ export async function startRelay(target: { address: string; port: number }, opti
     cut,
     forwarded,
     connections: () => accepted,
+    cutsMade: () => cutsMade,
+    silence() {
+      for (const socket of sockets) silenced.add(socket);
+    },
+    down() {
+      isDown = true;
+      for (const reset of [...resets]) reset();
+    },
+    up() {
+      isDown = false;
+    },
     flipped,
     recorded: () => recordings.map((r) => ({ 'to-server': Buffer.concat(r['to-server']), 'to-client': Buffer.concat(r['to-client']) })),
     async hold(quietMs = 500) {
@@ -168,7 +218,11 @@ const FLIP_OFFSET = 1000;
  * Follows one connection's server-to-client bytes (an optional HELLO reply, then GET replies: header, pages, and
  * under feature checksum a trailer of 4 bytes a page) and returns each chunk with the chosen bit flipped.
  */
-function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedBit[]): (chunk: Buffer) => Buffer {
+interface FlipTarget {
+  page?: { pid: number; vaddr: bigint };
+}
+
+function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedBit[], shared: FlipTarget): (chunk: Buffer) => Buffer {
   let phase: 'first' | 'hello' | 'head' | 'pages' | 'trailer' | 'other' = 'first';
   let head = Buffer.alloc(0);
   let checksums = false;
@@ -178,7 +232,6 @@ function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedB
   let flipAt = -1;
   let pages = 0;
   let current = { pid: 0, vaddr: 0n };
-  let target: { pid: number; vaddr: bigint } | undefined;
   return (chunk) => {
     const out = Buffer.from(chunk);
     let i = 0;
@@ -211,9 +264,10 @@ function replyFlipper(flip: NonNullable<RelayOptions['flip']>, flipped: FlippedB
         flipAt = -1;
         const end = h.vaddr + BigInt(pages * PAGE_SIZE);
         const range = flip.range ?? { start: 0n, end: 1n << 64n };
+        const target = shared.page;
         if (!target && replies >= (flip.reply ?? 1) && h.vaddr < range.end && end > range.start) {
-          target = { pid: current.pid, vaddr: h.vaddr > range.start ? h.vaddr : range.start };
-          flipAt = Number(target.vaddr - h.vaddr) + FLIP_OFFSET;
+          shared.page = { pid: current.pid, vaddr: h.vaddr > range.start ? h.vaddr : range.start };
+          flipAt = Number(shared.page.vaddr - h.vaddr) + FLIP_OFFSET;
         } else if (flip.always && target && target.pid === current.pid && target.vaddr >= h.vaddr && target.vaddr < end) {
           flipAt = Number(target.vaddr - h.vaddr) + FLIP_OFFSET;
         }

@@ -489,6 +489,10 @@ export const HELLO_MAGIC = 0x4c5a4b48;
 export const HELLO_SIZE = 32;
 export const LINK_FEATURE_BIND = 1n;
 export const LINK_FEATURE_CHECKSUM = 2n;
+/** Feature priority (§7.5): the restore's second connection, for demand faults. */
+export const LINK_FEATURE_PRIORITY = 4n;
+/** Feature resume (§7.6): a cut session is reconnected and its unanswered requests asked again. */
+export const LINK_FEATURE_RESUME = 8n;
 
 /** A HELLO (§7.2): magic, link version, the features wanted, the 16-byte token. */
 export function encodeHello(token: Uint8Array, options: { version?: number; features?: bigint } = {}): Buffer {

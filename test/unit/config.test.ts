@@ -145,6 +145,7 @@ test('native options: each flag sets its native key, in native units', () => {
     staging: true,
     stagingMaxBytes: 1 << 30,
     stagingRestores: 0,
+    linkResumeHoldMs: 120000,
     singleSession: false,
     requireLinkToken: false,
   });
@@ -165,11 +166,15 @@ test('native options: each flag sets its native key, in native units', () => {
     drainStartMs: 200,
     background: true,
     linkChecksum: true,
+    linkPriority: true,
+    reconnectTimeoutMs: 30000,
     maxRequestsInflight: 64,
   });
   const noDrain = lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { drain: false, drainRate: 8 << 20, drainInflightMaxBytes: 2 << 20, drainStart: 0.05 }, {}));
   assert.deepEqual([noDrain.background, noDrain.drainRate, noDrain.drainInflightMaxBytes, noDrain.drainStartMs], [false, 8 << 20, 2 << 20, 50], "--no-drain, --drain-rate, a fixed window, --drain-start in ms");
   assert.equal(lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { linkChecksum: false }, {})).linkChecksum, false, '--no-link-checksum');
+  const fifo = lazyPagesOptions(LAZY_PAGES, resolveValues(LAZY_PAGES, { linkPriority: false, reconnectTimeout: 0.5 }, {}));
+  assert.deepEqual([fifo.linkPriority, fifo.reconnectTimeoutMs], [false, 500], '--no-link-priority, --reconnect-timeout in ms');
   assert.deepEqual(nativeKeys(STAGING_COMMAND), []);
   assert.deepEqual(nativeKeys(CHECK), []);
 });

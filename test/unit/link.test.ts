@@ -86,7 +86,7 @@ for (const version of VERSIONS) {
       const cap = await readLinkCapability(s.dir);
       assert.ok(cap);
       assert.equal(cap.version, 1);
-      assert.deepEqual(cap.features, ['bind', 'checksum']);
+      assert.deepEqual(cap.features, ['bind', 'checksum', 'priority', 'resume']);
       assert.equal(cap.checkpoint, s.service.stagedCheckpoints()[0].id);
       const token = Buffer.from(cap.token, 'hex');
 

@@ -157,6 +157,7 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
     pagesDiscarded: 0,
     tlsFailures: 0,
     checksumMismatches: 1,
+    reconnects: 0,
     drainWindowBytes: 3 << 20,
     drainInflightBytes: 1 << 20,
     drainRequestedBytes: 400 << 10,

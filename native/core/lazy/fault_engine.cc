@@ -86,9 +86,9 @@ struct FaultEngine::Impl {
       case kTagSetTasks: apply_tasks(); return;         // defer_tasks: the tasks are known now
       case kTagListen: intake.on_listen(); return;       // the restore connects
       case kTagRestore: intake.on_restore(); return;     // hand-overs, RSTF
-      case kTagSource:                                   // the page source: its TLS handshake, or replies
-        if (link.connecting()) link.on_handshake_ready();
-        else installer.on_source(events);
+      case kTagSource:                                   // the page source: connecting, its TLS handshake, or replies
+      case kTagPriority:
+        if (link.on_socket(tag)) installer.on_source(events);
         return;
       default:
         if (tag >= kPidfdTagBase) {                      // --no-drain: a task's process exited

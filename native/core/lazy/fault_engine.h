@@ -78,6 +78,9 @@ struct FaultEngineConfig {
   bool background = true;                   // --drain / --no-drain: drain everything after RSTF (off: faults only)
   int drain_start_ms = 0;                    // --drain-start: for this long after RSTF, the drain's window is the faulting one
   bool link_checksum = true;                // --link-checksum: a lazyd HELLO asks for feature checksum (§7.4)
+  bool link_priority = true;                // --link-priority: a second connection for demand faults (§7.5)
+  // --reconnect-timeout: a cut lazyd link (feature resume, §7.6) is made again within this; 0: off (a cut fails)
+  int reconnect_timeout_ms = 0;
 
   // Timeouts in ms; <= 0 means no limit.
   int accept_timeout_ms = 0;         // restore must connect within this
@@ -180,6 +183,7 @@ struct EngineStats {
   uint64_t bytes_sent = 0;                    // requests written to the page source (0 for a local one)
   uint64_t tls_failures = 0;                  // --tls: the handshake with the page server failed (0 or 1)
   uint64_t checksum_mismatches = 0;           // pages that failed their link checksum (docs/protocol.md §7.4)
+  uint64_t reconnects = 0;                    // lazyd link: cuts that began a reconnect (§7.6)
 };
 
 class FaultEngine {

@@ -96,7 +96,7 @@ ssize_t PageClient::io_send(const void* buf, size_t len) {
 }
 
 std::string PageClient::closed_hint() const {
-  if (bytes_received_ != 0) return "";
+  if (bytes_received_ != 0 || reconnected_) return "";
   // Nothing ever came back: the usual cause is a TLS mismatch (criu checks certificates after the handshake and
   // just closes).
   return tls_ ? " before its first reply: it may have refused our certificate (see its log)"
@@ -106,6 +106,73 @@ std::string PageClient::closed_hint() const {
 int PageClient::fail(int err, std::string message) {
   if (error_.empty()) error_ = std::move(message);
   return err;
+}
+
+int PageClient::fail_lost(int err, std::string message) {
+  if (error_.empty()) link_lost_ = true;
+  return fail(err, std::move(message));
+}
+
+void PageClient::lost(std::string why) { fail_lost(-ETIMEDOUT, std::move(why)); }
+
+std::vector<PageRequest> PageClient::take_unanswered() {
+  std::vector<PageRequest> again;
+  for (const PageRequest& request : fifo_) {
+    auto refetch = refetching_.find(request.cookie);
+    again.push_back(refetch == refetching_.end() ? request : refetch->second.original);
+  }
+  fifo_.clear();
+  refetching_.clear();
+  in_payload_ = in_trailer_ = false;
+  head_len_ = 0;
+  return again;
+}
+
+int PageClient::connected_socket() {
+  int one = 1;
+  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  net::set_reset_on_close(fd_, true);
+  return 0;
+}
+
+int PageClient::connect_start(const std::string& host, uint16_t port) {
+  if (fd_ >= 0) return -EISCONN;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* list = nullptr;
+  const std::string service = std::to_string(port);
+  const int gai = getaddrinfo(host.c_str(), service.c_str(), &hints, &list);
+  if (gai != 0) return fail_lost(-EHOSTUNREACH, "cannot resolve page server " + host + ": " + gai_strerror(gai));
+  int fd = socket(list->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    const int err = errno;
+    freeaddrinfo(list);
+    return fail(-err, std::string("cannot create a socket: ") + strerror(err));
+  }
+  const int rc = ::connect(fd, list->ai_addr, list->ai_addrlen);
+  const int err = errno;
+  freeaddrinfo(list);
+  if (rc < 0 && err != EINPROGRESS) {
+    ::close(fd);
+    return fail_lost(-err, "cannot connect to page server " + host + ":" + service + ": " + strerror(err));
+  }
+  fd_ = fd;
+  tls_peer_ = host + ":" + service;
+  if (rc == 0) return connected_socket();
+  return -EINPROGRESS;
+}
+
+int PageClient::connect_finish() {
+  if (fd_ < 0) return -ENOTCONN;
+  int so_error = 0;
+  socklen_t len = sizeof so_error;
+  if (getsockopt(fd_, SOL_SOCKET, SO_ERROR, &so_error, &len) < 0) so_error = errno;
+  if (so_error != 0) {
+    return fail_lost(-so_error, "cannot connect to page server " + tls_peer_ + ": " + strerror(so_error));
+  }
+  return connected_socket();
 }
 
 int PageClient::connect(const std::string& host, uint16_t port, int timeout_ms) {
@@ -233,7 +300,9 @@ int PageClient::hello_answered() {
                           "): run the same lazyd release on both ends, or restore with --link stock");
   }
   link_checkpoint_ = reply.checkpoint;
-  checksums_ = (reply.features & hello_features_ & wire::kFeatureChecksum) != 0;
+  granted_features_ = reply.features & hello_features_;
+  hello_granted_ = true;
+  checksums_ = (granted_features_ & wire::kFeatureChecksum) != 0;
   return 0;
 }
 
@@ -243,7 +312,7 @@ int PageClient::flush() {
     if (n < 0) {
       if (n == -EAGAIN) return 0;
       const std::string why = tls_ && !tls_->error().empty() ? tls_->error() : strerror(static_cast<int>(-n));
-      return fail(static_cast<int>(n), "sending the HELLO to the page server failed: " + why);
+      return fail_lost(static_cast<int>(n), "sending the HELLO to the page server failed: " + why);
     }
     hello_off_ += static_cast<size_t>(n);
     bytes_sent_ += static_cast<uint64_t>(n);
@@ -257,7 +326,7 @@ int PageClient::flush() {
     if (n < 0) {
       if (n == -EAGAIN) return 0;
       const std::string why = tls_ && !tls_->error().empty() ? tls_->error() : strerror(static_cast<int>(-n));
-      return fail(static_cast<int>(n), "sending to the page server failed: " + why);
+      return fail_lost(static_cast<int>(n), "sending to the page server failed: " + why);
     }
     out_off_ += static_cast<size_t>(n);
     bytes_sent_ += static_cast<uint64_t>(n);
@@ -296,18 +365,18 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
       if (n == -EAGAIN) return 0;
       if (!sink_error_.empty()) return fail(static_cast<int>(n), sink_error_);
       if (tls_ && !tls_->error().empty()) {
-        return fail(static_cast<int>(n), "reading from the page server failed: " + tls_->error());
+        return fail_lost(static_cast<int>(n), "reading from the page server failed: " + tls_->error());
       }
       if (n == -ECONNRESET) {
-        return fail(-ECONNRESET, "the page server reset the connection with " + std::to_string(fifo_.size()) +
-                                     " request(s) unanswered" + closed_hint());
+        return fail_lost(-ECONNRESET, "the page server reset the connection with " + std::to_string(fifo_.size()) +
+                                          " request(s) unanswered" + closed_hint());
       }
-      return fail(static_cast<int>(n), std::string("reading from the page server failed: ") + strerror(static_cast<int>(-n)));
+      return fail_lost(static_cast<int>(n), std::string("reading from the page server failed: ") + strerror(static_cast<int>(-n)));
     }
     if (n == 0) {
-      if (fifo_.empty() && head_len_ == 0) return fail(-ECONNRESET, "the page server closed the connection" + closed_hint());
-      return fail(-ECONNRESET, "the page server closed the connection with " + std::to_string(fifo_.size()) +
-                                   " request(s) unanswered" + closed_hint());
+      if (fifo_.empty() && head_len_ == 0) return fail_lost(-ECONNRESET, "the page server closed the connection" + closed_hint());
+      return fail_lost(-ECONNRESET, "the page server closed the connection with " + std::to_string(fifo_.size()) +
+                                        " request(s) unanswered" + closed_hint());
     }
     last_progress_ns_ = now_ns();
     bytes_received_ += static_cast<uint64_t>(n);

@@ -96,6 +96,11 @@ class PageClient : public PageSource {
   // dying) is a reset: `criu dump --lazy-pages` takes an EOF at a header boundary for a
   // finished transfer and kills the original tasks, while a reset fails the dump and resumes them (§1.7).
   int connect(const std::string& host, uint16_t port, int timeout_ms);
+  // connect() for an event loop: starts a non-blocking connect to the first address of host. 0 once connected,
+  // -EINPROGRESS (watch fd() for EPOLLOUT, then call connect_finish()), or -errno (error() says why).
+  int connect_start(const std::string& host, uint16_t port);
+  // fd() is writable after -EINPROGRESS: 0 when the connection is up, else -errno (error() says why).
+  int connect_finish();
   // Uses an already-connected socket (criu's --ps-socket). Takes ownership.
   int adopt(int fd);
   // --tls (§1.9): begins the TLS handshake over the connected socket (the server's certificate is checked inside
@@ -120,6 +125,22 @@ class PageClient : public PageSource {
   // The server granted feature checksum: each reply's pages are checked before pump() hands the reply on; the
   // pages that fail are asked for again, once; failing again fails the client (-EBADMSG). Buffer requests only.
   bool checksums() const { return checksums_; }
+  // The HELLO was answered and granted (features: what the server granted).
+  bool hello_granted() const { return hello_granted_; }
+  uint64_t granted_features() const { return granted_features_; }
+  bool hello_pending() const { return hello_awaiting_; }
+
+  // The client failed because the connection went away (reset, EOF mid-session, a send that hit a closed socket,
+  // a transport error under TLS, or lost()): the server may be reached again (feature resume, docs/protocol.md
+  // §7.6). False for what asking again cannot mend (a refused HELLO, a reply out of order, a checksum failing twice).
+  bool link_lost() const { return link_lost_; }
+  // The caller gave up on the connection (it stayed silent too long): the client fails as link_lost().
+  void lost(std::string why);
+  // Every request not answered yet, in the order asked, each as the caller submitted it (a reply held back for a
+  // checksum re-fetch is asked again whole); the client forgets them. For asking them again on a new connection.
+  std::vector<PageRequest> take_unanswered();
+  // A connection that replaces a cut one: its messages do not guess at a TLS mismatch when nothing came back.
+  void set_reconnected() { reconnected_ = true; }
 
   int fd() const override { return fd_; }
   bool wants_write() const override { return hello_off_ < hello_out_.size() || out_off_ < out_.size(); }
@@ -150,6 +171,8 @@ class PageClient : public PageSource {
 
  private:
   int fail(int err, std::string message);
+  int fail_lost(int err, std::string message);  // fail(), as link_lost()
+  int connected_socket();                        // TCP_NODELAY, reset on close
   // Through TLS when started, else the socket: bytes, 0 at EOF, -EAGAIN or -errno.
   ssize_t io_recv(void* buf, size_t len);
   ssize_t io_send(const void* buf, size_t len);
@@ -181,6 +204,10 @@ class PageClient : public PageSource {
   uint64_t link_checkpoint_ = 0;
   uint64_t hello_features_ = 0;     // what the HELLO asked for
   bool checksums_ = false;
+  bool hello_granted_ = false;
+  uint64_t granted_features_ = 0;
+  bool link_lost_ = false;
+  bool reconnected_ = false;
   std::vector<uint8_t> trailer_;    // the current reply's checksums
   size_t trailer_got_ = 0;
   bool in_trailer_ = false;

@@ -228,6 +228,8 @@ LazySession::Status LazySession::handle_hello(const uint8_t* head) {
     answer.features = hello.features & wire::kKnownFeatures;
     answer.checkpoint = named->id;
     checksums_ = (answer.features & wire::kFeatureChecksum) != 0;
+    stats_.priority = (answer.features & wire::kFeaturePriority) != 0;
+    stats_.resume = (answer.features & wire::kFeatureResume) != 0;
     bound_ = named;
     token_bound_ = true;
   }

@@ -40,6 +40,8 @@ struct SessionStats {
   bool closed_by_request = false;  // CLOSE/FORCE_CLOSE seen
   uint64_t waits = 0;              // GETs that waited for a relay to pull their pages
   bool hello = false;              // the session opened with a lazyd HELLO (§7)
+  bool priority = false;           // granted feature priority: a restore's second connection (§7.5), not its end
+  bool resume = false;             // granted feature resume: cut, the client comes back (§7.6)
   bool link_refused = false;       // ended by the link binding: unknown token, no token under
                                    // --require-link-token, or a GET outside the token's checkpoint
 };

@@ -58,6 +58,7 @@ struct PageServer::Entry {
   uint64_t last_progress_ns = 0;
   uint64_t input_at_last_check = 0;  // request/upload bytes received, for the idle timeout
   uint64_t last_input_ns = 0;
+  bool pinned = false;               // a resumable lazyd link session: its checkpoint is pinned (StagingRegistry::pin)
   SessionTotals reported;            // what account() has added to the daemon-wide counters
   ~Entry() {
     tls.reset();
@@ -519,6 +520,10 @@ void PageServer::service(Entry& entry, uint32_t events) {
     return;
   }
   if (entry.upload && entry.upload->awaiting_ack() && !entry.ack_posted) post_sealed(entry);
+  if (entry.lazy && !entry.pinned && entry.lazy->stats().resume && entry.lazy->bound()) {
+    staging_.pin(entry.lazy->bound());
+    entry.pinned = true;
+  }
   if (entry.lazy && entry.lazy->waiting()) {
     relay_wait(entry);
     if (state_->sessions.count(id) == 0) return;
@@ -583,6 +588,14 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
     event.format = static_cast<int>(entry.lazy->format());
     bound = entry.lazy->bound();
     if (event.stats.link_refused) counters_.access_refused.add();  // the link binding (docs/protocol.md §7)
+    if (!entry.pinned && bound && event.stats.resume) {
+      staging_.pin(bound);  // granted and ended in one pass
+      entry.pinned = true;
+    }
+    if (entry.pinned && bound) {
+      // Cut (no CLOSE): the client may come back with the same token (feature resume, §7.6).
+      staging_.unpin(bound->id, !event.stats.closed_by_request, now_ns(), ms_to_ns(config_.link_resume_hold_ms));
+    }
   } else if (entry.upload) {
     event.upload = true;
     event.upload_stats = entry.upload->stats();
@@ -611,9 +624,10 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
     staged.memory_used = staging_.budget()->used();
     sink_(staged);
   }
-  if (bound && ok && event.stats.closed_by_request) {
+  if (bound && ok && event.stats.closed_by_request && !event.stats.priority) {
     // A completed restore: the client sent CLOSE and hung up cleanly. A client that died mid-transfer (EOF
-    // without CLOSE, or an error) does not use the checkpoint up.
+    // without CLOSE, or an error) does not use the checkpoint up, nor does a restore's second, priority
+    // connection (§7.5): its main connection's CLOSE is the restore's end.
     bool retire_now = false;
     const uint64_t restores = staging_.restore_completed(bound->id, &retire_now);
     if (restores != 0) {
@@ -632,6 +646,7 @@ void PageServer::end_session(uint64_t id, bool ok, const std::string& message) {
 
 void PageServer::check_stalls() {
   const uint64_t now = now_ns();
+  staging_.expire_holds(now);
   const uint64_t stall_limit = ms_to_ns(config_.stall_timeout_ms);
   const uint64_t idle_limit = ms_to_ns(config_.idle_timeout_ms);
   const uint64_t handshake_limit = ms_to_ns(config_.tls_handshake_timeout_ms);

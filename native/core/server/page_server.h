@@ -47,6 +47,9 @@ struct PageServerConfig {
   bool accept_uploads = false;    // --staging: route upload connections to UploadSession
   uint64_t staging_max_bytes = 0; // --staging-max-bytes: the daemon-wide cap on staged + uploading page bytes
   uint64_t staging_restores = 0;  // --staging-restores: release a staged checkpoint after this many completed restores (0: never)
+  // --link-resume-hold: a lazyd link session granted feature resume and cut without CLOSE keeps its checkpoint
+  // reachable by its token this long (docs/protocol.md §7.6), released or not.
+  int link_resume_hold_ms = 0;
   UploadLimits upload;            // format / max_entry_pages (hold_close_reply and admit_key are set by the server)
   // --tls (docs/protocol.md §1.9): every connection starts with a TLS handshake, driven by the epoll thread without blocking;
   // a peer that has not finished it within tls_handshake_timeout_ms (--tls-handshake-timeout) is dropped.

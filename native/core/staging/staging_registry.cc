@@ -1,5 +1,8 @@
 #include "staging/staging_registry.h"
 
+#include <algorithm>
+
+#include "util/clock.h"
 #include "wire/wire.h"
 
 namespace lazyd {
@@ -98,6 +101,29 @@ bool StagingRegistry::retire(uint64_t checkpoint) {
   return true;
 }
 
+void StagingRegistry::pin(const std::shared_ptr<const StagedCheckpoint>& checkpoint) {
+  if (!checkpoint || !checkpoint->has_token) return;
+  Resumable& entry = resumable_[checkpoint->id];
+  entry.checkpoint = checkpoint;
+  entry.sessions++;
+}
+
+void StagingRegistry::unpin(uint64_t checkpoint, bool cut, uint64_t now_ns, uint64_t hold_ns) {
+  auto found = resumable_.find(checkpoint);
+  if (found == resumable_.end()) return;
+  Resumable& entry = found->second;
+  if (entry.sessions) entry.sessions--;
+  if (cut) entry.held_until = std::max(entry.held_until, now_ns + hold_ns);
+  expire_holds(now_ns);
+}
+
+void StagingRegistry::expire_holds(uint64_t now_ns) {
+  for (auto it = resumable_.begin(); it != resumable_.end();) {
+    if (it->second.sessions == 0 && it->second.held_until <= now_ns) it = resumable_.erase(it);
+    else ++it;
+  }
+}
+
 std::shared_ptr<const StagedCheckpoint> StagingRegistry::find_pid(uint64_t pid) const {
   auto owner = pid_owner_.find(pid);
   if (owner == pid_owner_.end()) return nullptr;
@@ -105,13 +131,25 @@ std::shared_ptr<const StagedCheckpoint> StagingRegistry::find_pid(uint64_t pid) 
   return found == staged_.end() ? nullptr : found->second.checkpoint;
 }
 
+namespace {
+
+bool token_is(const StagedCheckpoint& checkpoint, const wire::LinkToken& token) {
+  if (!checkpoint.has_token) return false;
+  uint8_t differ = 0;  // every byte compared: the time taken says nothing of how much of a guess was right
+  for (size_t i = 0; i < token.size(); i++) differ |= static_cast<uint8_t>(checkpoint.token[i] ^ token[i]);
+  return differ == 0;
+}
+
+}  // namespace
+
 std::shared_ptr<const StagedCheckpoint> StagingRegistry::find_token(const wire::LinkToken& token) const {
   for (const auto& [id, staged] : staged_) {
-    const StagedCheckpoint& checkpoint = *staged.checkpoint;
-    if (!checkpoint.has_token) continue;
-    uint8_t differ = 0;  // every byte compared: the time taken says nothing of how much of a guess was right
-    for (size_t i = 0; i < token.size(); i++) differ |= static_cast<uint8_t>(checkpoint.token[i] ^ token[i]);
-    if (differ == 0) return staged.checkpoint;
+    if (token_is(*staged.checkpoint, token)) return staged.checkpoint;
+  }
+  // Released meanwhile, but a resumable session of it is open or was cut lately (feature resume).
+  const uint64_t now = now_ns();
+  for (const auto& [id, entry] : resumable_) {
+    if ((entry.sessions > 0 || entry.held_until > now) && token_is(*entry.checkpoint, token)) return entry.checkpoint;
   }
   return nullptr;
 }

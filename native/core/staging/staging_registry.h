@@ -9,7 +9,9 @@
 //   - publish (a committed upload or a relay's pull becomes staged checkpoint #id, found by GETs through
 //     find_pid, and by HELLOs through find_token), the count of
 //     completed restores against --staging-restores, and retire (no longer offered to new sessions: sessions
-//     already bound to it keep its store, and its memory, until they end).
+//     already bound to it keep its store, and its memory, until they end);
+//   - the checkpoints of resumable lazyd link sessions (pin / unpin): reachable by token while such a session
+//     lasts and for --link-resume-hold after it was cut, even once retired, so its restore can reconnect.
 // The images' page files are written by page_files.h, off the page server's thread.
 //
 // Thread use: the page server's thread calls everything; sealed() and drop_sealed() may be called from any
@@ -67,6 +69,18 @@ class StagingRegistry final : public StagedLookup {
   // Stops offering the checkpoint to new sessions. False when it was not staged.
   bool retire(uint64_t checkpoint);
 
+  // ---- resumable sessions (feature resume, docs/protocol.md §7.6) ----
+
+  // A session granted feature resume is bound to checkpoint: while it lasts the checkpoint stays reachable by its
+  // token (find_token), retired or not, so the restore behind it can reconnect.
+  void pin(const std::shared_ptr<const StagedCheckpoint>& checkpoint);
+  // That session ended. cut (no CLOSE): reachable by its token for hold_ns more; else once no session pins it, only
+  // while still staged.
+  void unpin(uint64_t checkpoint, bool cut, uint64_t now_ns, uint64_t hold_ns);
+  // Forgets the holds that are over (their stores go once no session holds them).
+  void expire_holds(uint64_t now_ns);
+  size_t holds() const { return resumable_.size(); }
+
   std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override;
   std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override;
 
@@ -83,6 +97,12 @@ class StagingRegistry final : public StagedLookup {
   mutable std::mutex sealed_mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<const PageStore>> sealed_;  // uploads awaiting their answer
   std::unordered_map<uint64_t, wire::LinkToken> tokens_;  // by upload id, from draw_token to publish/abandon
+  struct Resumable {
+    std::shared_ptr<const StagedCheckpoint> checkpoint;
+    uint64_t sessions = 0;    // resumable sessions bound to it now
+    uint64_t held_until = 0;  // a cut one may come back until then (now_ns() clock)
+  };
+  std::unordered_map<uint64_t, Resumable> resumable_;  // by checkpoint id
 };
 
 }  // namespace lazyd

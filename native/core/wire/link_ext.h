@@ -18,7 +18,13 @@ constexpr uint32_t kHelloMagic = 0x4c5a4b48;       // "HKZL" in memory; command 
 constexpr uint32_t kLinkVersion = 1;
 constexpr uint64_t kFeatureBind = 1;               // the session fetches only the checkpoint the token names
 constexpr uint64_t kFeatureChecksum = 2;           // every GET reply ends in one CRC32C per page (wire/page_checksums.h)
-constexpr uint64_t kKnownFeatures = kFeatureBind | kFeatureChecksum;
+// The restore's second connection to the same checkpoint (same token), for demand faults and their fault-around
+// only: no drain byte is ever queued ahead of them. Asked by that connection's HELLO, never by the main one.
+constexpr uint64_t kFeaturePriority = 4;
+// The client reconnects a cut session (same token) and asks again what was unanswered: the server keeps the
+// checkpoint reachable by its token for a hold time after such a session ends without CLOSE, even if released.
+constexpr uint64_t kFeatureResume = 8;
+constexpr uint64_t kKnownFeatures = kFeatureBind | kFeatureChecksum | kFeaturePriority | kFeatureResume;
 constexpr size_t kTokenSize = 16;
 constexpr size_t kHelloSize = 32;                  // u32 magic, u32 version, u64 features, 16-byte token
 constexpr size_t kHelloReplySize = 32;             // u32 magic, u32 version, u64 features, i32 status, u32 0, u64 checkpoint

@@ -29,6 +29,7 @@ constexpr uint64_t kTagListen = 2;
 constexpr uint64_t kTagRestore = 3;
 constexpr uint64_t kTagSource = 4;
 constexpr uint64_t kTagSetTasks = 5;  // defer_tasks: set_tasks() was called
+constexpr uint64_t kTagPriority = 6;  // the lazyd link's priority connection (source_link.h)
 constexpr uint64_t kTaskTagBase = 16;
 constexpr uint64_t kPidfdTagBase = uint64_t{1} << 40;  // a task's pidfd (--no-drain): kPidfdTagBase + id
 

@@ -28,7 +28,7 @@ bool RequestTable::submit(Task& t, const LazyRequest& req, ReqKind kind) {
   pr.img_vaddr = req.img_start;
   pr.nr_pages = req.len / core_.ps;
   pr.buf = buf;
-  if (link_.submit(pr) < 0) {
+  if (link_.submit(pr, kind != ReqKind::kBackground) < 0) {
     core_.fail("page request failed: " + link_.error());
     return false;
   }

@@ -1,7 +1,16 @@
 // The fault engine's page source (lazy/page_client.h): the local pages images, or a page server reached over
-// TCP — connected once every task is handed over (docs/protocol.md §4.2), as criu does. Under --tls the handshake runs step by
-// step from the engine's epoll loop (on_handshake_ready), like the page server's side of it, so the restore's
-// messages and the uffds keep being read while the server is slow to answer; timers bound it.
+// TCP — connected once every task is handed over (docs/protocol.md §4.2), as criu does. Under --tls the handshake
+// runs step by step from the engine's epoll loop (on_socket), like the page server's side of it, so the restore's
+// messages and the uffds keep being read while the server is slow to answer; deadlines bound it.
+//
+// On the lazyd link (docs/protocol.md §7), once the main connection's HELLO is granted:
+//   - a second, priority connection to the same checkpoint (feature priority, §7.5) carries the demand faults and
+//     their fault-around, so no drain byte is ever queued ahead of them; the drain stays on the main one. Each
+//     connection's replies come in the order of its own requests. With a stock peer: one connection, FIFO.
+//   - a connection that is cut (a reset, an EOF mid-session, or silence past --stall-timeout with requests
+//     outstanding) is made again (feature resume, §7.6) without blocking the loop: a non-blocking connect, the
+//     TLS handshake when the link has it, the same HELLO; then every request it had not answered is asked again.
+//     Meanwhile requests for it wait. Not back within --reconnect-timeout: the engine fails (the failure policy).
 #pragma once
 
 #include <cstdint>
@@ -16,7 +25,7 @@ namespace lazyd::engine {
 
 class SourceLink {
  public:
-  explicit SourceLink(EngineCore& core) : core_(core) {}
+  explicit SourceLink(EngineCore& core);
   SourceLink(const SourceLink&) = delete;
   SourceLink& operator=(const SourceLink&) = delete;
 
@@ -24,42 +33,88 @@ class SourceLink {
   LocalPageSource* prepare_local();
   // Every task is handed over: connect (remote) or just start (local). kSourceConnected once usable.
   void connect();
-  // --tls: the socket is ready for the next step of the handshake.
-  void on_handshake_ready();
-  // --tls: the handshake did not finish within connect_timeout_ms (timers.cc).
-  void handshake_timed_out();
+  // A socket of the link is ready (epoll tag kTagSource or kTagPriority). True when its replies may be read now
+  // (pump()); false when the event was a step of connecting, taken here.
+  bool on_socket(uint64_t tag);
+  // The link's deadlines: connect and TLS handshake, the next reconnect attempt, --reconnect-timeout, silence.
+  int next_timeout_ms(uint64_t now) const;  // -1: none
+  void check_deadlines(uint64_t now);
 
-  bool ready() const { return ready_; }            // requests may be sent
-  bool connecting() const { return handshaking_; }  // --tls: the handshake is under way
-  uint64_t handshake_started_ns() const { return handshake_started_ns_; }
+  bool ready() const { return ready_; }  // requests may be submitted (during a reconnect they wait)
+  // A connection is being made or made again, or a HELLO is unanswered: CLOSE must wait.
+  bool connecting() const;
   // Ready, and it answers inside submit() (the local images).
-  bool synchronous() const { return ready_ && source_->fd() < 0; }
+  bool synchronous() const { return ready_ && local_ != nullptr; }
 
-  // Once ready: the PageSource calls, with the socket's epoll interest kept up to date.
-  int submit(const PageRequest& request);
+  // urgent: a demand fault or its fault-around (the priority connection when there is one).
+  int submit(const PageRequest& request, bool urgent);
+  // Every connection's completed replies. < 0 only when the link failed for good (error() says why); a
+  // connection cut on a resumable link is made again instead.
   int pump(std::vector<PageReply>* done);
   void update_interest();
-  size_t in_flight() const { return source_->in_flight(); }
-  int64_t stalled_ms() const { return source_->stalled_ms(); }
-  int close(int32_t* status) { return source_->close(core_.cfg.close_timeout_ms, status); }
-  const std::string& error() const { return source_->error(); }
-  bool exists() const { return source_ != nullptr; }
-  uint64_t bytes_received() const { return source_->bytes_received(); }
-  uint64_t bytes_sent() const { return source_->bytes_sent(); }
-  uint64_t checksum_mismatches() const { return source_->checksum_mismatches(); }
-  std::string last_checksum_mismatch() const { return source_->last_checksum_mismatch(); }
+  size_t in_flight() const;
+  // ms the slowest connection that cannot be resumed has sent nothing with requests outstanding (else 0).
+  int64_t stalled_ms() const;
+  int close(int32_t* status);
+  const std::string& error() const { return error_; }
+  bool exists() const { return local_ != nullptr || main_.client != nullptr || main_.state != State::kOff; }
+  uint64_t bytes_received() const;
+  uint64_t bytes_sent() const;
+  uint64_t checksum_mismatches() const;
+  std::string last_checksum_mismatch() const { return last_mismatch_; }
+  uint64_t reconnects() const { return reconnects_; }
+  bool priority_up() const;  // demand faults go on the priority connection now
 
  private:
+  enum class State { kOff, kConnecting, kHandshaking, kUp, kDown };
+  struct Channel {
+    const char* name = "";    // in messages: "" (the main connection) or " (priority connection)"
+    uint64_t tag = 0;         // epoll tag
+    uint64_t features = 0;    // its HELLO's (0: no HELLO, a stock peer)
+    std::unique_ptr<PageClient> client;
+    State state = State::kOff;
+    bool wants_write = false;  // the socket's epoll interest includes EPOLLOUT
+    uint64_t step_ns = 0;      // the connect or TLS handshake under way began
+    bool resumable = false;    // a HELLO of this connection was granted feature resume
+    std::vector<PageRequest> resend;  // asked again once the connection is up
+    uint64_t outage_ns = 0;    // cut then, not back yet (0: no outage)
+    std::string cut_reason;    // why it was cut first
+    uint64_t retry_ns = 0;     // kDown: the next attempt
+    int backoff_ms = 0;
+    uint64_t asked_again = 0;  // requests re-sent in this outage
+    // Carried over from the clients before a reconnect.
+    uint64_t old_received = 0, old_sent = 0, old_mismatches = 0;
+  };
+
   std::string peer() const;
+  Channel& channel(uint64_t tag) { return tag == kTagPriority ? prio_ : main_; }
   void connected(const std::string& where);
+  wire::Hello hello(uint64_t features, bool* ok);
+  // Starts a (re)connect of ch without waiting: kConnecting, or kUp at once.
+  void open(Channel& ch);
+  void handshake_step(Channel& ch);
+  // ch's TCP connection (and TLS) is up: its HELLO and the requests waiting for it go out.
+  void up(Channel& ch);
+  // ch's client failed. True when that is handled (a reconnect begins, or the priority connection is given up
+  // and its requests go to the main one); false: the link failed (error_ says why).
+  bool lost(Channel& ch);
+  // The priority connection is not used any more: its unanswered requests go to the main one.
+  void drop_priority(const std::string& why);
+  void maybe_open_priority();
+  void watch(Channel& ch, uint32_t events);
+  int fail(Channel& ch);  // the link failed with ch's error
 
   EngineCore& core_;
-  std::unique_ptr<PageSource> source_;
-  PageClient* client_ = nullptr;  // source_, when remote
+  std::unique_ptr<LocalPageSource> local_;
+  Channel main_, prio_;
   bool ready_ = false;
-  bool handshaking_ = false;
-  uint64_t handshake_started_ns_ = 0;
-  bool wants_write_ = false;  // the socket's epoll interest includes EPOLLOUT
+  bool can_reconnect_ = false;  // an address to connect to (not only an adopted --ps-socket)
+  bool priority_off_ = false;   // given up (or never wanted)
+  bool closing_ = false;
+  uint64_t reconnects_ = 0;
+  std::string error_;
+  std::string last_mismatch_;
+  std::string last_error_of_[2];  // the last failure of main_, prio_ in an outage
 };
 
 }  // namespace lazyd::engine

@@ -21,7 +21,8 @@ int Timers::next_timeout_ms() const {
   if (intake_.listening()) until(intake_.listen_since(), cfg.accept_timeout_ms);
   if (intake_.awaiting_handovers()) until(intake_.connected_since(), cfg.handover_timeout_ms);
   if (!core_.rstf && intake_.handed_over_since()) until(intake_.handed_over_since(), cfg.rstf_timeout_ms);
-  if (link_.connecting()) until(link_.handshake_started_ns(), cfg.connect_timeout_ms);
+  const int link = link_.next_timeout_ms(now);
+  if (link >= 0 && (timeout < 0 || link < timeout)) timeout = link;
   if (link_.ready() && link_.in_flight() > 0 && cfg.stall_timeout_ms > 0) {
     const int64_t check = std::max(cfg.stall_timeout_ms / 4, 1);
     if (timeout < 0 || check < timeout) timeout = check;
@@ -43,12 +44,11 @@ void Timers::check() {
                " tasks within " + std::to_string(cfg.handover_timeout_ms) + " ms");
   } else if (!core_.rstf && expired(intake_.handed_over_since(), cfg.rstf_timeout_ms)) {
     core_.fail("restore did not send RSTF within " + std::to_string(cfg.rstf_timeout_ms) + " ms of the last hand-over");
-  } else if (link_.connecting() && expired(link_.handshake_started_ns(), cfg.connect_timeout_ms)) {
-    link_.handshake_timed_out();
   } else if (link_.ready() && cfg.stall_timeout_ms > 0 && link_.stalled_ms() > cfg.stall_timeout_ms) {
     core_.fail("the page server stalled: no reply byte for " + std::to_string(link_.stalled_ms()) + " ms with " +
                std::to_string(link_.in_flight()) + " request(s) outstanding");
   }
+  if (!core_.finished) link_.check_deadlines(now);
 }
 
 }  // namespace lazyd::engine

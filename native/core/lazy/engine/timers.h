@@ -1,6 +1,6 @@
 // The fault engine's deadlines (FaultEngineConfig's *_timeout_ms; <= 0: none): the restore must connect, hand
-// over every task and send RSTF in time; the page server must finish the TLS handshake and, with requests
-// outstanding, keep sending. next_timeout_ms() is how long the loop may sleep; check() fails the engine when a
+// over every task and send RSTF in time; the page server must, with requests outstanding, keep sending (the
+// link's own deadlines, connecting and reconnecting, are the SourceLink's). next_timeout_ms() is how long the loop may sleep; check() fails the engine when a
 // deadline has passed.
 #pragma once
 
