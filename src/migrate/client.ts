@@ -311,6 +311,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     const plan = await race(relay.start(imagesDir, dump.port).catch((error: Error) => Promise.reject(new Failure(error.message))));
     const lazyPages = plan.pages;
     report.lazyPages = lazyPages;
+    if (plan.note) progress.note(plan.note);
     // The destination's page connection failing before every page is there: the agent reports it too, but
     // this side sees it first.
     relay.on('session-end', (end: { ok: boolean; message: string }) => {

@@ -32,6 +32,8 @@ export interface RelayPlan {
   tasks: RelayTask[];
   pages: number;
   bytes: number;
+  /** Set when CRIU marked no page lazy: what happened, for one warning line (the relay then pulls nothing). */
+  note?: string;
 }
 
 /** The options of the native relay (native/core/staging/relay.h; PageServer.startRelay in src/native.ts). */
@@ -137,8 +139,16 @@ export async function relayPlan(dir: string, format?: 24 | 32): Promise<RelayPla
     tasks.push({ pid: task.pid, ranges: entries.map((e) => ({ vaddr: e.vaddr, nrPages: e.nrPages })) });
     pages += entries.reduce((sum, e) => sum + e.nrPages, 0);
   }
+  let note: string | undefined;
   if (!tasks.length) {
-    throw new Error(`${dir}: no task of the dump has a lazy page (PE_LAZY): was it dumped with --lazy-pages?`);
+    // CRIU keeps a page out of the lazy set when a thread's stack pointer is in it, but is_stack() compares only
+    // the offset within the page: a page-aligned stack pointer (about 1 dump in 256 per thread) makes every page
+    // "stack", so the dump writes them all into its pages images and serves nothing lazily. The images are then
+    // complete: the relay pulls nothing and CLOSEs, and restores read every page from the images.
+    for (const task of checkpoint.tasks) tasks.push({ pid: task.pid, ranges: [] });
+    note =
+      `criu dump --lazy-pages marked no page lazy (CRIU writes them all into ${dir}'s pages images when a thread's ` +
+      'stack pointer is page-aligned, or the tasks have no private anonymous memory): nothing to pull; the images hold every page';
   }
   const chosen = format ?? formatOf(checkpoint);
   if (!chosen) {
@@ -146,7 +156,7 @@ export async function relayPlan(dir: string, format?: 24 | 32): Promise<RelayPla
       `${dir}: the pagemaps do not tell which CRIU wrote them (encodings differ or are empty): pass --criu-abi 4.1 or 4.2`,
     );
   }
-  return { dir: checkpoint.dir, format: chosen, tasks, pages, bytes: pages * checkpoint.pageSize };
+  return { dir: checkpoint.dir, format: chosen, tasks, pages, bytes: pages * checkpoint.pageSize, ...(note ? { note } : {}) };
 }
 
 /**
@@ -283,6 +293,7 @@ export class Relayer {
       this.linkTokens.set(id, { file: link.file, token });
     }
     if (link.warning) this.logger.warn({ checkpoint: id, dir: plan.dir }, `Relay checkpoint #${id}: ${link.warning}`);
+    if (plan.note) this.logger.warn({ checkpoint: id, dir: plan.dir }, `Relay checkpoint #${id}: ${plan.note}`);
     this.logger.info(
       { checkpoint: id, pids: info.pids, pages: plan.pages, headers: plan.format, from, waitedMs: Math.round(waitedMs), linkFile: link.file },
       `Relay checkpoint #${id}: pulling ${plan.pages} lazy pages of pids ${info.pids.join(', ')} from the dump on ${from}`,

@@ -36,7 +36,7 @@ import {
 } from '../harness/index.js';
 import { readPagemap, PE_LAZY } from '../../src/images/index.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
-import { HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM } from '../harness/wire.js';
+import { HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM, LINK_FEATURE_PRIORITY, LINK_FEATURE_RESUME } from '../harness/wire.js';
 
 const TEST_TIMEOUT_MS = 180_000;
 const CHECKSUM_METRIC = 'lazyd_page_checksum_mismatches_total';
@@ -105,7 +105,7 @@ for (const version of CRIU_VERSIONS) {
       const capability = await readLinkCapability(checkpoint.imagesDir);
       assert.ok(capability);
       assert.match(capability.token, /^[0-9a-f]{32}$/);
-      assert.deepEqual([capability.version, capability.features, capability.checkpoint], [1, ['bind', 'checksum'], id]);
+      assert.deepEqual([capability.version, capability.features, capability.checkpoint], [1, ['bind', 'checksum', 'priority', 'resume'], id]);
 
       const recording = await startRelay(daemon.server, { record: 4096 });
       onCleanup(() => recording.close());
@@ -119,22 +119,25 @@ for (const version of CRIU_VERSIONS) {
       verify('lazyd', linked);
       assert.match(fs.readFileSync(path.join(linked.dstDir, 'lazy-pages.log'), 'utf8'), /lazyd link/, 'its log says it uses the link');
       let sessions = recording.recorded();
-      assert.equal(sessions.length, 1);
-      const [hello] = sessions;
-      assert.equal(hello['to-server'].readUInt32LE(0), HELLO_MAGIC, 'lazyd lazy-pages opened with HELLO');
-      assert.equal(hello['to-server'].subarray(16, 32).toString('hex'), capability.token, "with the file's token");
-      assert.equal(hello['to-server'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'asking for bind and checksum');
-      assert.equal(hello['to-client'].readUInt32LE(0), HELLO_MAGIC, 'the daemon answered the HELLO');
-      assert.equal(hello['to-client'].readInt32LE(16), 0, 'HELLO granted');
-      assert.equal(hello['to-client'].readBigUInt64LE(8), LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM, 'bind and checksum granted');
-      assert.equal(Number(hello['to-client'].readBigUInt64LE(24)), id, 'bound to the relayed checkpoint');
+      assert.equal(sessions.length, 2, 'the main connection and the priority one (docs/protocol.md §7.5)');
+      const [hello, priority] = sessions;
+      const main = LINK_FEATURE_BIND | LINK_FEATURE_CHECKSUM | LINK_FEATURE_RESUME;
+      for (const [name, session, features] of [['main', hello, main], ['priority', priority, main | LINK_FEATURE_PRIORITY]] as const) {
+        assert.equal(session['to-server'].readUInt32LE(0), HELLO_MAGIC, `${name}: lazyd lazy-pages opened with HELLO`);
+        assert.equal(session['to-server'].subarray(16, 32).toString('hex'), capability.token, `${name}: with the file's token`);
+        assert.equal(session['to-server'].readBigUInt64LE(8), features, `${name}: the features asked`);
+        assert.equal(session['to-client'].readUInt32LE(0), HELLO_MAGIC, `${name}: the daemon answered the HELLO`);
+        assert.equal(session['to-client'].readInt32LE(16), 0, `${name}: HELLO granted`);
+        assert.equal(session['to-client'].readBigUInt64LE(8), features, `${name}: all granted`);
+        assert.equal(Number(session['to-client'].readBigUInt64LE(24)), id, `${name}: bound to the relayed checkpoint`);
+      }
       assert.equal(hello['to-server'].readUInt32LE(32), 7, 'then CRIU GETs');
 
       // criu lazy-pages from the same copy (the file beside its images): not one extension byte either way.
       verify('criu', await lazyRestore({ checkpoint, server: recording, daemon: 'criu', name: 'dst-criu', progress: testProgress(t), onCleanup, timeouts }));
       sessions = recording.recorded();
-      assert.equal(sessions.length, 2);
-      const stock = sessions[1];
+      assert.equal(sessions.length, 3);
+      const stock = sessions[2];
       assert.equal(stock['to-server'].readUInt32LE(0), 7, 'its first request is a CRIU GET');
       assert.equal(stock['to-server'].indexOf(HELLO_BYTES), -1, 'no HELLO byte sent');
       assert.equal(stock['to-client'].readUInt32LE(0), GET_REPLY_CMD, 'its first reply is ADD_F|PE_PRESENT');

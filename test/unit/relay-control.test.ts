@@ -21,6 +21,7 @@ import { parseHostPort, STAGING_COMMAND } from '../../src/config/flags.js';
 import { resolveValues } from '../../src/config/resolve.js';
 import { createLogger } from '../../src/log.js';
 import { fixturePath, sessionFacts, FIXTURE_VERSIONS } from '../fixtures/fixtures.js';
+import { encodePagemap, loadCheckpoint, PE_LAZY, readPagemap } from '../../src/images/index.js';
 
 const { logger } = createLogger({ verbosity: 0, workDir: os.tmpdir(), format: 'json', autoFormat: 'tty' });
 
@@ -124,6 +125,29 @@ for (const { version, headerBytes } of FIXTURE_VERSIONS) {
     assert.equal(plan.bytes, pages * 4096);
     // --criu-abi overrides what the images say.
     assert.equal((await relayPlan(fixturePath(version, 'remote-lazy', 'images'), headerBytes === 24 ? 32 : 24)).format, headerBytes === 24 ? 32 : 24);
+  });
+
+  test(`CRIU ${version}: a lazy dump in which CRIU marked no page lazy: every task with nothing to pull, and a note`, async () => {
+    // The lazy dump's images with PE_LAZY taken off every entry and the pages written in: what CRIU writes when
+    // its is_stack() takes every page for a stack page. Built from the plain dump of the same recording.
+    const plain = await loadCheckpoint(fixturePath(version, 'plain-dump', 'images'), { parents: false });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-relay-nolazy-'));
+    try {
+      const src = fixturePath(version, 'plain-dump', 'images');
+      for (const name of fs.readdirSync(src)) fs.copyFileSync(path.join(src, name), path.join(dir, name));
+      for (const task of plain.tasks) {
+        const file = path.join(dir, path.basename(task.files.pagemap!));
+        const pm = await readPagemap(file, { checkPages: false });
+        const entries = pm.entries.map((e) => ({ ...e, flags: e.flags & ~PE_LAZY }));
+        fs.writeFileSync(file, encodePagemap({ pagesId: pm.pagesId }, entries, { encoding: pm.encoding === '4.1' ? '4.1' : pm.encoding === '4.2' ? '4.2' : 'both' }));
+      }
+      const plan = await relayPlan(dir);
+      assert.equal(plan.pages, 0);
+      assert.deepEqual(plan.tasks, plain.tasks.map((t) => ({ pid: t.pid, ranges: [] })));
+      assert.match(plan.note ?? '', /marked no page lazy .*nothing to pull; the images hold every page/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test(`CRIU ${version}: a relay of a plain dump, or of a directory without a dump, is one line naming the cause`, async () => {
@@ -277,7 +301,7 @@ test("a relayed checkpoint's lazyd-link.json: written (0600) into the dump's -D 
   // --no-wait answers once the pull runs: the file is there by then (a script copies -D next).
   assert.match(await runCommand(`relay ${JSON.stringify(request)}`, target, logger), /^ok relaying checkpoint #7 /);
   assert.equal(fs.statSync(file).mode & 0o777, 0o600);
-  assert.deepEqual(await readLinkCapability(dir), { version: 1, features: ['bind', 'checksum'], token: TOKEN, checkpoint: 7 });
+  assert.deepEqual(await readLinkCapability(dir), { version: 1, features: ['bind', 'checksum', 'priority', 'resume'], token: TOKEN, checkpoint: 7 });
   assert.equal(relays.get(7)?.linkFile, file);
   assert.deepEqual(fs.readdirSync(dir).filter((name) => name.startsWith('.')), [], 'no temporary file left');
   // Released: the token names nothing any more, so the file goes (a later copy of -D must not send a HELLO with it).
