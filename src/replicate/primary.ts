@@ -11,7 +11,7 @@ import type { SecureContextOptions } from 'node:tls';
 import { Channel, PING_MS, type Message } from '../migrate/channel.js';
 import { connectAgentSocket } from './connect.js';
 import { dumpLeaveRunning } from './dump.js';
-import { changedRuns, hashPages, sha256File, writeDelta, type PageHashes } from './page-delta.js';
+import { changedRuns, hashPages, sha256FileAsync, writeDelta, type PageHashes } from './page-delta.js';
 import { REPLICA_VERSION, sendReplica, type EpochFile, type ReplicaMessage } from './protocol.js';
 import { observeMs, type ReplicateCounters } from './stats.js';
 
@@ -203,7 +203,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       for (const name of fs.readdirSync(dir).filter((n) => IMAGE.test(n)).sort()) {
         const file = path.join(dir, name);
         if (PAGES_IMAGE.test(name)) {
-          const current = hashPages(file, options.pageSize);
+          const current = await hashPages(file, options.pageSize);
           hashes.set(name, current);
           const count = current.hashes.length / 32;
           pages += count;
@@ -220,7 +220,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
           files.push({ name, size: current.size, sha256: current.sha256, kind: 'whole' });
         } else {
           const size = fs.statSync(file).size;
-          files.push({ name, size, sha256: sha256File(file), kind: 'whole' });
+          files.push({ name, size, sha256: await sha256FileAsync(file), kind: 'whole' });
         }
         sends.push({ name, file });
       }
