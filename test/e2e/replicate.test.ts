@@ -1,7 +1,8 @@
 // End-to-end: `lazyd replicate` from a primary host into a standby `lazyd agent` (two netns hosts, netns.ts), with
 // real CRIU 4.1.1 and 4.2.1, and the epochs workload (test/workload/epochs.c), whose memory changes by generation
 // on command and which verifies every page for the generation it is in. Per CRIU version:
-//   (1) several epochs committed while the workload moves through generations 1-3 (each epoch after a generation
+//   (1) the one mode line (--tracking auto: page comparison on a kernel without dirty tracking, this one); several
+//       epochs committed while the workload moves through generations 1-3 (each epoch after a generation
 //       carries about that generation's 10 % of the pages, not all of them); the primary killed (SIGKILL of the
 //       tasks and of lazyd replicate); `lazyd failover` restores the last committed epoch, which verifies as
 //       generation 3 with no bad page; `lazyd replicate status` says fenced; a restarted primary of the same id is
@@ -22,6 +23,7 @@ import { CRIU_VERSIONS, findCriu, pollFor, processAlive, requireHost, withRunDir
 import { createTwoHosts, type TwoHosts } from '../harness/netns.js';
 import { cutLink, healLink, startAgent, type Agent } from '../harness/agent.js';
 import { killPidNamespace } from '../harness/workload.js';
+import { criuFeature } from '../../src/migrate/criu-host.js';
 import {
   logSize,
   metricsUrlIn,
@@ -129,6 +131,14 @@ for (const version of CRIU_VERSIONS) {
       const run = startReplicate(s, ['--interval', '0.3', '--metrics-address', '127.0.0.1:0']);
       onCleanup(() => run.proc.kill('SIGKILL'));
       const first = await run.waitForEvent('first commit', (e) => e.event === 'committed');
+      // --tracking auto: dirty tracking where the kernel has it, else page comparison (this host: soft-dirty off).
+      const missing = criuFeature(s.criu, 'mem_dirty_track');
+      const modeLines = run.stderr().split('\n').filter((l) => l.includes('; mode: '));
+      assert.equal(modeLines.length, 1, run.stderr());
+      t.diagnostic(modeLines[0]);
+      if (missing === undefined) assert.match(modeLines[0], /mode: dirty-page tracking .*\(--tracking auto: criu check --feature mem_dirty_track passes\)$/);
+      else assert.ok(modeLines[0].endsWith(`mode: page comparison (every epoch reads all memory; SHA-256 per page against the committed epoch) (--tracking auto: this kernel does not track dirty memory, criu check --feature mem_dirty_track: ${missing})`), modeLines[0]);
+      assert.equal(run.events.find((e) => e.event === 'connected')?.mode, missing === undefined ? 'dirty' : 'compare');
       const primaryUrl = metricsUrlIn(run.stderr());
       assert.ok(primaryUrl, `lazyd replicate printed its metrics URL: ${run.stderr()}`);
       assert.equal(first.pagesChanged, first.pages, 'the first epoch sends every page');
