@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gnutls/crypto.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -129,6 +130,8 @@ PageHashesResult hash_file_pages(const std::string& path, size_t page_size, size
     gnutls_hash_output(whole.handle, r.whole);
     return r;
   }
+  struct stat st;
+  if (fstat(file.fd, &st) == 0 && st.st_size > 0) r.pages.reserve((static_cast<size_t>(st.st_size) + page_size - 1) / page_size * kSha256Bytes);
   // Two buffers: the next chunk is read while the whole-file hash of the last one may still run.
   std::unique_ptr<uint8_t[]> buffers[2] = {std::unique_ptr<uint8_t[]>(new uint8_t[chunk]), std::unique_ptr<uint8_t[]>(new uint8_t[chunk])};
   uint64_t offset = 0;
