@@ -5,6 +5,7 @@ import { lazyPagesBenchmark } from './lazy-pages.js';
 import { limitsBenchmark } from './limits.js';
 import { migrateBenchmark } from './migrate.js';
 import { migrationBenchmark } from './migration.js';
+import { pageHashBenchmark } from './page-hash.js';
 import { pageServerBenchmark } from './page-server.js';
 import { pageStoreBenchmark } from './page-store.js';
 import { relayBenchmark } from './relay.js';
@@ -22,5 +23,6 @@ export const BENCHMARKS: readonly Benchmark[] = [
   tlsBenchmark,
   relayBenchmark,
   replicateBenchmark,
+  pageHashBenchmark,
   startupBenchmark,
 ];

@@ -3,9 +3,9 @@
 //   copy-dir          what a user can do today: every interval `criu dump --leave-running` of the whole tree into
 //                     tmpfs, the image directory copied to the standby over one plain TCP stream (bench/lib/
 //                     dir-copy.ts: scp-like, no encryption), kept there once complete; failover: `criu restore`
-//   lazyd             `lazyd replicate` into a `lazyd agent` (page comparison: only changed pages cross);
+//   lazyd             `lazyd replicate --tracking compare` into a `lazyd agent` (only changed pages cross);
 //                     failover: `lazyd failover` (a lazy restore from the standby's own images)
-//   lazyd-no-compare  the same with --no-compare (every page, every epoch)
+//   lazyd-no-compare  the same with --tracking full (every page, every epoch; --no-compare before --tracking)
 // The workload (test/workload/epochs.c, verify on request only) writes 1 %, 10 % or 100 % of its pages between
 // two epochs: the benchmark has it write one generation after each epoch is on the standby, and fails the run
 // if the generation was not written before the next epoch's dump began. Every run has EPOCHS epochs; the per-epoch
@@ -93,7 +93,7 @@ async function restoredVerifies(w: EpochsWorkload, from: number): Promise<void> 
 async function lazydRun(hosts: TwoHosts, agent: Agent, s: Setting, compare: boolean, runId: string, runDir: string, w: EpochsWorkload): Promise<FigureValues> {
   const run = runReplicate(hosts.source, [
     '--pid', String(w.pid), '--to', `${agent.address}:${agent.port}`, '--id', runId, '--criu', s.criu, '--dump-dir', path.join(runDir, 'dump'),
-    '--interval', String(s.intervalMs / 1000), '--epochs', String(EPOCHS), ...(compare ? [] : ['--no-compare']),
+    '--interval', String(s.intervalMs / 1000), '--epochs', String(EPOCHS), '--tracking', compare ? 'compare' : 'full',
   ]);
   try {
     const epochs: Epoch[] = [];
@@ -280,7 +280,7 @@ export const replicateBenchmark: Benchmark = {
         notes: [
           `Each run: ${EPOCHS} epochs, one every interval (start to start); the per-epoch figures are the medians over the epochs after the first (the first always carries every page). Rounds alternate copy-dir, lazyd, lazyd-no-compare.`,
           'frozen: the run time of `criu dump --leave-running` into tmpfs (an upper bound of the freeze; the same command in every configuration). sent: for lazyd the bytes lazyd replicate wrote to the standby in the epoch (images, deltas, messages); for copy-dir the stream (every image file). epoch: from the dump start until the standby held the epoch complete (lazyd: its ack after rebuilding and checking every file; copy-dir: the receiver\'s ack after the last byte).',
-          'hash: lazyd replicate\'s SHA-256 of every page and of every file (node:crypto) and writing the deltas; done in both lazyd modes (--no-compare still sends every file\'s checksum).',
+          'hash: lazyd replicate\'s SHA-256 of every page and of every file (the addon\'s, on a worker thread; node:crypto before, bench page-hash compares the two) and writing the deltas; --tracking full hashes each file whole only (it still sends every file\'s checksum).',
           'failover: lazyd: `lazyd failover` on the standby (decision → running as it reports; every page present: the agent\'s log line when its lazy-pages exited); copy-dir: a plain `criu restore -d` of the last complete copy (running = every page present). Each restored workload verified every page before the figure was kept.',
           'The workload writes its next generation right after an epoch is on the standby; a run fails if the generation was not written before the next epoch began.',
         ],

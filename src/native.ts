@@ -385,6 +385,14 @@ export interface HostProbe {
   memfdErrno: number;
 }
 
+export interface NativePageHashes {
+  size: number;
+  /** 32 bytes per page, in file order. */
+  hashes: Buffer;
+  /** Hex SHA-256 of the whole file. */
+  sha256: string;
+}
+
 export interface NativeAddon {
   PageServer: new (options: PageServerOptions) => PageServer;
   LazyPages: new (options: LazyPagesOptions) => LazyPages;
@@ -400,6 +408,11 @@ export interface NativeAddon {
   tlsCheck(options: NativeTlsOptions): string;
   /** wire.cc detect(): 24, 32, or 0 (undecided). */
   detectFormat(bytes: Uint8Array, pageSize: number): WireFormatCode;
+  /**
+   * page_hashes.cc: the SHA-256 of every page of a file (the last may be partial) and of the whole file, read and
+   * hashed on a worker thread; pageSize 0: the whole-file hash alone (empty `hashes`). Rejects with the errno error.
+   */
+  hashPages(file: string, pageSize: number): Promise<NativePageHashes>;
   pageSize: number;
 }
 
@@ -408,7 +421,7 @@ export const NATIVE_CLASSES = {
   PageServer: ['addFile', 'addTask', 'listen', 'start', 'stop', 'stats', 'writePages', 'ackUpload', 'release', 'startRelay', 'releaseRelay'],
   LazyPages: ['start', 'setTasks', 'stop', 'stats', 'socketPath', 'error'],
 } as const satisfies { [C in 'PageServer' | 'LazyPages']: readonly (keyof InstanceType<NativeAddon[C]>)[] };
-export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tcpListening', 'tlsCheck', 'detectFormat'] as const satisfies readonly (keyof NativeAddon)[];
+export const NATIVE_FUNCTIONS = ['notify', 'probeHost', 'tcpListening', 'tlsCheck', 'detectFormat', 'hashPages'] as const satisfies readonly (keyof NativeAddon)[];
 export const NATIVE_VALUES = ['constants', 'pageSize'] as const satisfies readonly (keyof NativeAddon)[];
 
 // Compile-time: the lists above name every member of the interfaces (a member added to one and not the other

@@ -13,5 +13,6 @@ Napi::Value probe_host(const Napi::CallbackInfo& info);  // host_probe.cc: probe
 Napi::Value tcp_listening(const Napi::CallbackInfo& info);  // listen_probe.cc: tcpListening(port)
 Napi::Object wire_constants(Napi::Env env);              // wire.cc: constants
 Napi::Value detect_format(const Napi::CallbackInfo& info);  // wire.cc: detectFormat(bytes, pageSize)
+Napi::Value hash_pages(const Napi::CallbackInfo& info);     // page_hashes.cc: hashPages(path, pageSize)
 
 }  // namespace lazyd::binding

@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tcpListening", Napi::Function::New(env, tcp_listening, "tcpListening"));
   exports.Set("tlsCheck", Napi::Function::New(env, tls_check, "tlsCheck"));
   exports.Set("detectFormat", Napi::Function::New(env, detect_format));
+  exports.Set("hashPages", Napi::Function::New(env, hash_pages, "hashPages"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }

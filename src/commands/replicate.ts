@@ -5,13 +5,14 @@
 import os from 'node:os';
 import path from 'node:path';
 import { loadNative } from '../native.js';
-import { probeCriu } from '../migrate/criu-host.js';
+import { criuFeature, probeCriu } from '../migrate/criu-host.js';
 import { nodeTlsOptions } from '../migrate/node-tls.js';
 import { Channel, type Message } from '../migrate/channel.js';
 import { connectAgentSocket } from '../replicate/connect.js';
 import { replicate } from '../replicate/primary.js';
 import { replicaIdProblem, sendReplica, type ReplicaMessage } from '../replicate/protocol.js';
 import { replicateCounters, type ReplicateCounters } from '../replicate/stats.js';
+import { chooseTracking } from '../replicate/tracking.js';
 import type { MetricsServer } from '../metrics/server.js';
 import { parseHostPort } from './migrate.js';
 import type { Values } from '../config/flag.js';
@@ -89,6 +90,7 @@ export async function runReplicate(action: string | undefined, values: Replicate
     const to = parseHostPort(values.to!, '--to');
     const tls = nodeTlsOptions(values);
     const criu = probeCriu(values.criu);
+    const tracking = chooseTracking(values.tracking, () => criuFeature(criu.path, 'mem_dirty_track'));
     const counters = replicateCounters();
     if (values.metricsAddress !== undefined) metrics = await serveReplicateMetrics(values.metricsAddress, counters);
     const stop = new AbortController();
@@ -98,7 +100,7 @@ export async function runReplicate(action: string | undefined, values: Replicate
     };
     process.once('SIGTERM', () => onSignal('SIGTERM'));
     process.once('SIGINT', () => onSignal('SIGINT'));
-    say(`replicating pid ${values.pid} as ${id} into ${values.to} every ${values.interval} s; mode: ${values.compare ? 'page comparison (SHA-256 per page; no kernel dirty tracking used)' : 'full (every page, every epoch)'}`);
+    say(`replicating pid ${values.pid} as ${id} into ${values.to} every ${values.interval} s; ${tracking.line}`);
     const outcome = await replicate(
       {
         pid: values.pid,
@@ -111,7 +113,7 @@ export async function runReplicate(action: string | undefined, values: Replicate
         pageSize: loadNative().pageSize,
         intervalMs: values.interval * 1000,
         epochs: values.epochs,
-        compare: values.compare,
+        tracking: tracking.mode,
         workDir: path.join(values.dumpDir ?? path.join(os.tmpdir(), 'lazyd-replicate'), id),
         killOnFence: values.killOnFence,
         linkTimeoutMs: values.linkTimeout * 1000,

@@ -772,6 +772,8 @@ export const AGENT = role({
 // `lazyd replicate` and `lazyd failover` (README "Replication and failover"): continuous checkpoints of a running
 // tree into a standby `lazyd agent`, and the lazy restore of the last committed one there.
 export const REPLICATE_ACTIONS = ['run', 'status'] as const;
+/** lazyd replicate --tracking: how an epoch finds the pages that changed (src/replicate/tracking.ts). */
+export const REPLICATE_TRACKING = ['auto', 'dirty', 'compare', 'full'] as const;
 
 export const REPLICATE = role({
   id: 'replicate',
@@ -784,7 +786,13 @@ export const REPLICATE = role({
     id: flag({ type: 'string', arg: 'ID', describe: "the replica's name on the standby (1-64 of [A-Za-z0-9._-]); default pid-PID" }),
     interval: flag({ type: 'number', unit: 'seconds', arg: 'S', default: 10, min: 0.05, fraction: true, describe: 'seconds from the start of one epoch to the start of the next' }),
     epochs: flag({ type: 'number', arg: 'N', default: 0, min: 0, describe: 'stop after N committed epochs (0: until stopped or fenced)' }),
-    compare: flag({ type: 'boolean', default: true, describe: 'send only the pages whose SHA-256 changed since the committed epoch (--no-compare: every page, every epoch)' }),
+    tracking: flag({
+      type: 'string',
+      choices: REPLICATE_TRACKING,
+      default: 'auto',
+      describe:
+        "which pages an epoch sends: dirty (the kernel's dirty-page tracking, `criu dump --track-mem` on the previous epoch), compare (the pages whose SHA-256 changed since the committed epoch), full (every page, every epoch); auto: dirty where `criu check --feature mem_dirty_track` passes, else compare",
+    }),
     criu: { ...criuBinary, describe: "this host's criu binary (a path, or a name looked up in PATH)" },
     dumpDir: flag({ type: 'string', arg: 'DIR', defaultText: '`$TMPDIR/lazyd-replicate`', describe: 'where each epoch is dumped (tmpfs: memory speed); only the last epoch is kept' }),
     failoverAfter: flag({

@@ -1,12 +1,14 @@
-// Page comparison between epochs: a SHA-256 per page of a pages-*.img file (node:crypto, i.e. OpenSSL's), and the
-// delta that carries only the pages whose hash changed. Pages are compared at the same offset of the same file:
-// CRIU writes a pages file in the pagemap's (address) order, so while the memory layout stays the same the
-// offsets line up; when it changes, the pages after the change differ by offset and are sent (correct, only
-// less saving). The standby rebuilds the file from its committed copy and checks the whole file's SHA-256.
+// Page comparison between epochs: a SHA-256 per page of a pages-*.img file (the addon's, GnuTLS/nettle on a worker
+// thread: native/core/util/page_hashes.h), and the delta that carries only the pages whose hash changed. Pages are
+// compared at the same offset of the same file: CRIU writes a pages file in the pagemap's (address) order, so while
+// the memory layout stays the same the offsets line up; when it changes, the pages after the change differ by
+// offset and are sent (correct, only less saving). The standby rebuilds the file from its committed copy and
+// checks the whole file's SHA-256 (sha256File, node:crypto: one stream, no per-page cost).
 //
 // Delta file layout (little-endian): u32 runs, runs × (u32 first page, u32 pages), then the runs' pages in order.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import { loadNative } from '../native.js';
 
 const CHUNK_PAGES = 256;
 
@@ -17,26 +19,15 @@ export interface PageHashes {
   sha256: string;
 }
 
-/** Hashes every page of a file, and the whole file. */
-export function hashPages(file: string, pageSize: number): PageHashes {
-  const size = fs.statSync(file).size;
-  const pages = Math.ceil(size / pageSize);
-  const hashes = Buffer.alloc(pages * 32);
-  const whole = createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  const buffer = Buffer.alloc(CHUNK_PAGES * pageSize);
-  try {
-    for (let page = 0; page < pages; page += CHUNK_PAGES) {
-      const got = fs.readSync(fd, buffer, 0, buffer.length, page * pageSize);
-      whole.update(buffer.subarray(0, got));
-      for (let off = 0; off < got; off += pageSize) {
-        createHash('sha256').update(buffer.subarray(off, Math.min(off + pageSize, got))).digest().copy(hashes, (page + off / pageSize) * 32);
-      }
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return { size, hashes, sha256: whole.digest('hex') };
+/** Hashes every page of a file, and the whole file, off the JavaScript thread. */
+export function hashPages(file: string, pageSize: number): Promise<PageHashes> {
+  if (!(pageSize > 0)) return Promise.reject(new RangeError(`hashPages: page size ${pageSize}`));
+  return loadNative().hashPages(file, pageSize);
+}
+
+/** The whole file's SHA-256 (hex), off the JavaScript thread. */
+export async function sha256FileAsync(file: string): Promise<string> {
+  return (await loadNative().hashPages(file, 0)).sha256;
 }
 
 /** Runs [first, count] of pages that differ from `previous` (all of them without one). */

@@ -1,19 +1,26 @@
 // The primary's side of `lazyd replicate`: every --interval an epoch — `criu dump --leave-running` into a fresh
-// directory (src/replicate/dump.ts), a SHA-256 per page of each pages-*.img compared with the committed epoch's
-// (src/replicate/page-delta.ts), the changed pages and every other image sent to the standby agent, then
-// `replica-commit`; the standby acknowledges once it has rebuilt and checked the epoch and renamed it into place.
-// Mode: page comparison (this host's kernel has no soft-dirty tracking for CRIU's mem_dirty_track; every epoch
-// reads all memory). A standby that has failed over answers `replica-fenced`: this primary stops (and, with
-// --kill-on-fence, SIGKILLs the tree) — README "Replication and failover", fencing.
+// directory (src/replicate/dump.ts), the pages that changed since the committed epoch found by --tracking
+// (tracking.ts: CRIU's dirty tracking with the epoch flattened onto the previous one, flatten.ts; or a SHA-256
+// per page of each pages-*.img compared with the committed epoch's, page-delta.ts; or none, every page), the
+// changed pages and every other image sent to the standby agent, then `replica-commit`; the standby acknowledges
+// once it has rebuilt and checked the epoch and renamed it into place. A standby that has failed over answers
+// `replica-fenced`: this primary stops (and, with --kill-on-fence, SIGKILLs the tree) — README "Replication and
+// failover", fencing.
+//
+// Any failed epoch ends the run, and a new run starts with an epoch of every page: with dirty tracking that
+// matters, as CRIU resets the soft-dirty bits during a dump whether or not its epoch is then committed, so only
+// an unbroken chain of committed epochs says which pages changed.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { SecureContextOptions } from 'node:tls';
 import { Channel, PING_MS, type Message } from '../migrate/channel.js';
 import { connectAgentSocket } from './connect.js';
 import { dumpLeaveRunning } from './dump.js';
-import { changedRuns, hashPages, sha256File, writeDelta, type PageHashes } from './page-delta.js';
+import { flattenEpoch, pagemapEncodingFor, type FlattenedPages } from './flatten.js';
+import { changedRuns, hashPages, sha256FileAsync, writeDelta, type PageHashes } from './page-delta.js';
 import { REPLICA_VERSION, sendReplica, type EpochFile, type ReplicaMessage } from './protocol.js';
 import { observeMs, type ReplicateCounters } from './stats.js';
+import type { TrackingMode } from './tracking.js';
 
 export interface ReplicateOptions {
   pid: number;
@@ -27,7 +34,7 @@ export interface ReplicateOptions {
   intervalMs: number;
   /** Stop after this many committed epochs (0: never). */
   epochs: number;
-  compare: boolean;
+  tracking: TrackingMode;
   workDir: string;
   killOnFence: boolean;
   linkTimeoutMs: number;
@@ -42,6 +49,7 @@ export interface ReplicateOptions {
 export interface EpochReport {
   epoch: number;
   frozenMs: number;
+  /** Finding the changed pages and the files' SHA-256 (dirty: flattening the epoch; compare: hashing every page). */
   hashMs: number;
   pages: number;
   pagesChanged: number;
@@ -179,7 +187,7 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
   }
   if ('fenced' in connected) return fenced(connected.fenced);
   const { link } = connected;
-  options.progress({ event: 'connected', to: `${options.to.host}:${options.to.port}`, committed: connected.committed, mode: options.compare ? 'page-compare' : 'full' });
+  options.progress({ event: 'connected', to: `${options.to.host}:${options.to.port}`, committed: connected.committed, mode: options.tracking });
   // Hashes of the last epoch the standby committed, per pages file; deltas are against it.
   let base: { epoch: number; hashes: Map<string, PageHashes> } | undefined;
   let epoch = (connected.committed ?? 0) + 1;
@@ -192,9 +200,13 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       const dir = path.join(options.workDir, `epoch-${epoch}`);
       fs.rmSync(dir, { recursive: true, force: true });
       fs.mkdirSync(dir, { mode: 0o700 });
-      const { ms: frozenMs } = await dumpLeaveRunning(options.criu, options.pid, dir);
+      // Dirty tracking: from the second epoch on, on the previous one (committed: any failure ends the run).
+      const dirty = options.tracking === 'dirty';
+      const tracking = dirty ? { parent: previousDir ? `../${path.basename(previousDir)}` : undefined } : undefined;
+      const { ms: frozenMs } = await dumpLeaveRunning(options.criu, options.pid, dir, tracking);
       if (options.counters) options.counters.inFlight = true;
       const hashStarted = performance.now();
+      const flattened: Map<string, FlattenedPages> | undefined = dirty ? await flattenEpoch(dir, options.pageSize, pagemapEncodingFor(options.criuVersion)) : undefined;
       const files: EpochFile[] = [];
       const sends: { name: string; file: string }[] = [];
       const hashes = new Map<string, PageHashes>();
@@ -202,12 +214,26 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
       let pagesChanged = 0;
       for (const name of fs.readdirSync(dir).filter((n) => IMAGE.test(n)).sort()) {
         const file = path.join(dir, name);
-        if (PAGES_IMAGE.test(name)) {
-          const current = hashPages(file, options.pageSize);
+        const flat = flattened?.get(name);
+        if (flat) {
+          const size = fs.statSync(file).size;
+          const sha256 = await sha256FileAsync(file);
+          pages += flat.pages;
+          if (previousDir && base && flat.onParent) {
+            const deltaFile = `${file}.delta`;
+            pagesChanged += writeDelta(file, flat.runs, options.pageSize, deltaFile);
+            files.push({ name, size, sha256, kind: 'delta' });
+            sends.push({ name: `${name}.delta`, file: deltaFile });
+            continue;
+          }
+          pagesChanged += flat.pages;
+          files.push({ name, size, sha256, kind: 'whole' });
+        } else if (PAGES_IMAGE.test(name) && options.tracking === 'compare') {
+          const current = await hashPages(file, options.pageSize);
           hashes.set(name, current);
           const count = current.hashes.length / 32;
           pages += count;
-          const previous = options.compare ? base?.hashes.get(name) : undefined;
+          const previous = base?.hashes.get(name);
           if (previous) {
             const runs = changedRuns(current, previous);
             const deltaFile = `${file}.delta`;
@@ -220,7 +246,11 @@ export async function replicate(options: ReplicateOptions, stop: AbortSignal): P
           files.push({ name, size: current.size, sha256: current.sha256, kind: 'whole' });
         } else {
           const size = fs.statSync(file).size;
-          files.push({ name, size, sha256: sha256File(file), kind: 'whole' });
+          if (PAGES_IMAGE.test(name)) {
+            pages += Math.ceil(size / options.pageSize);
+            pagesChanged += Math.ceil(size / options.pageSize);
+          }
+          files.push({ name, size, sha256: await sha256FileAsync(file), kind: 'whole' });
         }
         sends.push({ name, file });
       }

@@ -1,7 +1,8 @@
 // End-to-end: `lazyd replicate` from a primary host into a standby `lazyd agent` (two netns hosts, netns.ts), with
 // real CRIU 4.1.1 and 4.2.1, and the epochs workload (test/workload/epochs.c), whose memory changes by generation
 // on command and which verifies every page for the generation it is in. Per CRIU version:
-//   (1) several epochs committed while the workload moves through generations 1-3 (each epoch after a generation
+//   (1) the one mode line (--tracking auto: page comparison on a kernel without dirty tracking, this one); several
+//       epochs committed while the workload moves through generations 1-3 (each epoch after a generation
 //       carries about that generation's 10 % of the pages, not all of them); the primary killed (SIGKILL of the
 //       tasks and of lazyd replicate); `lazyd failover` restores the last committed epoch, which verifies as
 //       generation 3 with no bad page; `lazyd replicate status` says fenced; a restarted primary of the same id is
@@ -11,6 +12,10 @@
 //   (3) the link cut mid-epoch: the same, the standby gives up the epoch after the link timeout
 //   (4) the primary (with --failover-after 1) killed at a random point of its epoch cycle: the standby fails over
 //       by itself once the primary has been gone 1 s, to the epoch it last committed, which verifies
+//   (5) --tracking dirty with the kernel's part simulated (test/harness/simulated-dirty-criu.ts: the real criu dump,
+//       then the pages equal to the previous epoch's turned into in-parent entries, as dirty tracking writes them):
+//       the mode line, criu's argv per epoch, few pages per quiet epoch and a generation's after one, the epochs
+//       flattened by the primary, and the failover of the last one verifies with real CRIU
 // Cases 1-3 also scrape --metrics-address of both ends (the primary's epochs; the standby's commits, discarded
 // epochs and failovers).
 import assert from 'node:assert/strict';
@@ -22,6 +27,8 @@ import { CRIU_VERSIONS, findCriu, pollFor, processAlive, requireHost, withRunDir
 import { createTwoHosts, type TwoHosts } from '../harness/netns.js';
 import { cutLink, healLink, startAgent, type Agent } from '../harness/agent.js';
 import { killPidNamespace } from '../harness/workload.js';
+import { criuFeature } from '../../src/migrate/criu-host.js';
+import { simulatedDirtyCriu } from '../harness/simulated-dirty-criu.js';
 import {
   logSize,
   metricsUrlIn,
@@ -129,6 +136,14 @@ for (const version of CRIU_VERSIONS) {
       const run = startReplicate(s, ['--interval', '0.3', '--metrics-address', '127.0.0.1:0']);
       onCleanup(() => run.proc.kill('SIGKILL'));
       const first = await run.waitForEvent('first commit', (e) => e.event === 'committed');
+      // --tracking auto: dirty tracking where the kernel has it, else page comparison (this host: soft-dirty off).
+      const missing = criuFeature(s.criu, 'mem_dirty_track');
+      const modeLines = run.stderr().split('\n').filter((l) => l.includes('; mode: '));
+      assert.equal(modeLines.length, 1, run.stderr());
+      t.diagnostic(modeLines[0]);
+      if (missing === undefined) assert.match(modeLines[0], /mode: dirty-page tracking .*\(--tracking auto: criu check --feature mem_dirty_track passes\)$/);
+      else assert.ok(modeLines[0].endsWith(`mode: page comparison (every epoch reads all memory; SHA-256 per page against the committed epoch) (--tracking auto: this kernel does not track dirty memory, criu check --feature mem_dirty_track: ${missing})`), modeLines[0]);
+      assert.equal(run.events.find((e) => e.event === 'connected')?.mode, missing === undefined ? 'dirty' : 'compare');
       const primaryUrl = metricsUrlIn(run.stderr());
       assert.ok(primaryUrl, `lazyd replicate printed its metrics URL: ${run.stderr()}`);
       assert.equal(first.pagesChanged, first.pages, 'the first epoch sends every page');
@@ -246,6 +261,42 @@ for (const version of CRIU_VERSIONS) {
       t.diagnostic(`the restored workload verifies as generation ${gen}`);
       const log = fs.readFileSync(s.agent.logFile, 'utf8');
       assert.match(log, new RegExp(`replica ${s.id}: failing over to epoch ${epoch}: the primary was unreachable for --failover-after 1\\.0 s`));
+    });
+  });
+
+  test(`(5) CRIU ${version}: --tracking dirty (the kernel's part simulated), epochs flattened, failover restores the last`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    await scene(`dirty-${version}`, version, 16, 10, async (s, onCleanup) => {
+      const argvLog = path.join(s.runDir, 'criu-argv.log');
+      const criu = simulatedDirtyCriu(path.join(s.runDir, 'criu'), s.criu, argvLog);
+      const run = runReplicate(hosts.source, ['--pid', String(s.workload.pid), '--to', s.to, '--id', s.id, '--criu', criu, '--dump-dir', path.join(s.runDir, 'dump'), '--interval', '0.3', '--tracking', 'dirty']);
+      onCleanup(() => run.proc.kill('SIGKILL'));
+      const first = await run.waitForEvent('first commit', (e) => e.event === 'committed');
+      assert.match(run.stderr(), /; mode: dirty-page tracking \(criu dump --track-mem on the previous epoch: CRIU writes only the pages dirtied since\) \(--tracking dirty: criu check --feature mem_dirty_track passes\)\n/);
+      assert.equal(run.events.find((e) => e.event === 'connected')?.mode, 'dirty');
+      assert.equal(first.pagesChanged, first.pages, 'the first epoch sends every page');
+      const quiet = await epochAfterNow(run);
+      for (let gen = 1; gen <= 2; gen++) {
+        await nextGeneration(s.workload.dir, gen);
+        const e = await epochAfterNow(run);
+        t.diagnostic(`gen ${gen}: epoch ${e.epoch} frozen ${Number(e.frozenMs).toFixed(0)} ms, ${e.pagesChanged}/${e.pages} pages changed, ${e.bytesSent} bytes sent, flatten+hash ${Number(e.hashMs).toFixed(0)} ms`);
+      }
+      const changed = committed(run).slice(1).map((e) => Number(e.pagesChanged));
+      assert.ok(Number(quiet.pagesChanged) < s.workload.pages / 10, `an epoch without a new generation sends few pages (${quiet.pagesChanged})`);
+      assert.ok(Math.max(...changed) >= s.workload.pages / 10, `some epoch carried a generation's pages (${changed})`);
+      assert.ok(Math.max(...changed) < Number(first.pages) / 2, `no later epoch re-sent most pages (${changed} of ${first.pages})`);
+      const last = await killPrimary(s, run);
+      // criu's argv: --track-mem every epoch, from the second on the previous epoch's directory.
+      const dumps = fs.readFileSync(argvLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]).filter((a) => a[0] === 'dump');
+      assert.ok(dumps.length >= last);
+      dumps.forEach((argv, i) => {
+        assert.ok(argv.includes('--track-mem') && argv.includes('--leave-running'), JSON.stringify(argv));
+        const prev = argv.indexOf('--prev-images-dir');
+        assert.deepEqual(prev < 0 ? undefined : argv[prev + 1], i === 0 ? undefined : `../epoch-${i}`, JSON.stringify(argv));
+      });
+      // The standby holds the last committed epoch self-contained (no parent link); it restores and verifies.
+      const committedDir = path.join(s.agent.stateDir, 'replicas', s.id, 'committed');
+      assert.equal(fs.existsSync(path.join(committedDir, 'parent')), false);
+      await failoverVerifies(t, s, last, 2, onCleanup);
     });
   });
 }

@@ -21,7 +21,7 @@ function tmp(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `lazyd-replica-${tag}-`));
 }
 
-test('page delta: only changed pages travel, and the rebuilt file is byte-identical', () => {
+test('page delta: only changed pages travel, and the rebuilt file is byte-identical', async () => {
   const dir = tmp('delta');
   const a = randomBytes(64 * PAGE);
   const b = Buffer.from(a);
@@ -29,8 +29,8 @@ test('page delta: only changed pages travel, and the rebuilt file is byte-identi
   randomBytes(2 * PAGE).copy(b, 40 * PAGE);
   fs.writeFileSync(path.join(dir, 'a'), a);
   fs.writeFileSync(path.join(dir, 'b'), Buffer.concat([b, randomBytes(PAGE)])); // and one page longer
-  const ha = hashPages(path.join(dir, 'a'), PAGE);
-  const hb = hashPages(path.join(dir, 'b'), PAGE);
+  const ha = await hashPages(path.join(dir, 'a'), PAGE);
+  const hb = await hashPages(path.join(dir, 'b'), PAGE);
   const runs = changedRuns(hb, ha);
   assert.deepEqual(runs, [[3, 1], [40, 2], [64, 1]]);
   assert.equal(writeDelta(path.join(dir, 'b'), runs, PAGE, path.join(dir, 'd')), 4);
@@ -118,11 +118,11 @@ class Primary {
 async function sendEpoch(p: Primary, dir: string, epoch: number, base: number | null, pages: Buffer, previous?: Buffer, corrupt = false): Promise<void> {
   fs.writeFileSync(path.join(dir, 'pages-1.img'), pages);
   fs.writeFileSync(path.join(dir, 'core.img'), `core of epoch ${epoch}`);
-  const h = hashPages(path.join(dir, 'pages-1.img'), PAGE);
+  const h = await hashPages(path.join(dir, 'pages-1.img'), PAGE);
   let runs = changedRuns(h, undefined);
   if (previous) {
     fs.writeFileSync(path.join(dir, 'prev'), previous);
-    runs = changedRuns(h, hashPages(path.join(dir, 'prev'), PAGE));
+    runs = changedRuns(h, await hashPages(path.join(dir, 'prev'), PAGE));
   }
   writeDelta(path.join(dir, 'pages-1.img'), runs, PAGE, path.join(dir, 'pages-1.img.delta'));
   const files: EpochFile[] = [
