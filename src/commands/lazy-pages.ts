@@ -11,7 +11,7 @@
 // does: every page never installed then reads as zeros (see src/lazy-pages/restored-tasks.ts).
 import fs from 'node:fs';
 import path from 'node:path';
-import { LINK_VERSION, linkFilePath, readLinkCapability } from '../link/capability-file.js';
+import { LINK_VERSION, linkFilePath, linkMatchesImages, readLinkCapability } from '../link/capability-file.js';
 import { createDeferredLogger, type Logger } from '../log-core.js';
 import { loadNative, type EngineSummary, type LazyPages, type LazyPagesEvent, type NativeTlsOptions } from '../native.js';
 import { SystemdNotifier } from '../cli/systemd.js';
@@ -160,7 +160,11 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
       openFds = config.openFds;
       const format = flagOptions.format || formatFromImages(checkpoint) || 24;
       // The lazyd link (docs/protocol.md §7): only a lazyd page server writes lazyd-link.json into the images.
-      const link = values.pageServer && values.link !== 'stock' ? await readLinkCapability(imagesDir) : null;
+      let link = values.pageServer && values.link !== 'stock' ? await readLinkCapability(imagesDir) : null;
+      if (link && !linkMatchesImages(link, imagesDir)) {
+        logger.warn(`${linkFilePath(imagesDir)} was written for an earlier dump (its inventory is not this one's): ignored; the pages come with CRIU's bytes only. Remove the file`);
+        link = null;
+      }
       if (link && link.version !== LINK_VERSION) {
         throw new Error(`${linkFilePath(imagesDir)}: link version ${link.version}, this lazyd speaks ${LINK_VERSION}: run the same lazyd release on both ends, or restore with --link stock`);
       }

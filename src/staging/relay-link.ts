@@ -7,10 +7,11 @@
 // A directory is often reused for the next dump, and `criu dump` leaves files it does not know: a file with a
 // token that names nothing makes the next `lazyd lazy-pages` send a HELLO — to a stock `criu dump --lazy-pages`
 // that is an unknown command, which fails its transfer. So a relay that has no token to write removes the file it
-// finds, and a released checkpoint's file is removed if it still holds that checkpoint's token.
+// finds, a released checkpoint's file is removed if it still holds that checkpoint's token, and the file names the
+// dump's inventory.img (a SHA-256): `lazyd lazy-pages` ignores a file whose inventory is not the one beside it.
 import fs from 'node:fs';
 import path from 'node:path';
-import { LINK_FEATURES, LINK_VERSION, linkFilePath, type LinkCapability } from '../link/capability-file.js';
+import { inventoryDigest, LINK_FEATURES, LINK_VERSION, linkFilePath, type LinkCapability } from '../link/capability-file.js';
 
 export interface RelayLinkResult {
   /** The file written, or undefined. */
@@ -32,7 +33,9 @@ export function writeRelayLink(dir: string, checkpoint: number, token: string): 
     removeQuietly(file);
     return { warning: `no link token could be drawn (getrandom failed): no ${file}, restores speak plain CRIU (no per-page checksums)` };
   }
-  const capability: LinkCapability = { version: LINK_VERSION, features: [...LINK_FEATURES], token, checkpoint };
+  // The dump's inventory, so that a file left in a reused -D is not taken for the next dump's (linkMatchesImages).
+  const inventory = inventoryDigest(dir);
+  const capability: LinkCapability = { version: LINK_VERSION, features: [...LINK_FEATURES], token, checkpoint, ...(inventory ? { inventory } : {}) };
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${checkpoint}.tmp`);
   try {
     fs.writeFileSync(tmp, `${JSON.stringify(capability)}\n`, { mode: 0o600, flag: 'wx' });

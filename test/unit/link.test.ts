@@ -11,7 +11,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PageServerService } from '../../src/page-server/service.js';
-import { LINK_FILE_NAME, parseLinkCapability, readLinkCapability } from '../../src/link/capability-file.js';
+import { inventoryDigest, LINK_FILE_NAME, linkMatchesImages, parseLinkCapability, readLinkCapability } from '../../src/link/capability-file.js';
 import { fixturePath, sessionFacts } from '../fixtures/fixtures.js';
 import { memoryLogger } from '../harness/memory-logger.js';
 import { crc32c, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM, type WireFormat } from '../harness/wire.js';
@@ -163,4 +163,26 @@ test('capability file: absent is null; malformed is one line naming the file and
   assert.throws(() => parseLinkCapability('{"token":"00000000000000000000000000000000"}'), /no version/);
   const ok = parseLinkCapability('{"version":1,"features":["bind"],"token":"0123456789abcdef0123456789abcdef","checkpoint":3}');
   assert.equal(ok.checkpoint, 3);
+  assert.throws(() => parseLinkCapability('{"version":1,"features":[],"token":"0123456789abcdef0123456789abcdef","inventory":"ab"}'), /inventory is not 64 hex digits/);
+});
+
+// A relayed checkpoint's file names the dump's inventory.img: a file left in a reused -D by an earlier dump is told
+// from the current one's, so lazyd lazy-pages never sends a HELLO to the stock criu dump that wrote the new images.
+test('capability file: the inventory it names must be the one beside it', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazyd-link-inventory-'));
+  try {
+    const cap = { version: 1, features: ['bind'], token: '0123456789abcdef0123456789abcdef', checkpoint: 1 };
+    assert.equal(inventoryDigest(dir), undefined, 'no inventory.img');
+    assert.equal(linkMatchesImages(cap, dir), true, 'a file that names no inventory (upload staging) is taken as it is');
+    fs.copyFileSync(fixturePath('4.2.1', 'plain-dump', 'images', 'inventory.img'), path.join(dir, 'inventory.img'));
+    const current = { ...cap, inventory: inventoryDigest(dir)! };
+    assert.match(current.inventory, /^[0-9a-f]{64}$/);
+    assert.equal(linkMatchesImages(current, dir), true, 'written for these images');
+    fs.copyFileSync(fixturePath('4.1.1', 'plain-dump', 'images', 'inventory.img'), path.join(dir, 'inventory.img'));
+    assert.equal(linkMatchesImages(current, dir), false, 'another dump wrote the images since');
+    fs.rmSync(path.join(dir, 'inventory.img'));
+    assert.equal(linkMatchesImages(current, dir), false, 'no inventory to match');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

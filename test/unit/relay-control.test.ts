@@ -4,6 +4,7 @@
 // The pulls themselves, against real CRIU, are test/e2e/relay.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -301,7 +302,13 @@ test("a relayed checkpoint's lazyd-link.json: written (0600) into the dump's -D 
   // --no-wait answers once the pull runs: the file is there by then (a script copies -D next).
   assert.match(await runCommand(`relay ${JSON.stringify(request)}`, target, logger), /^ok relaying checkpoint #7 /);
   assert.equal(fs.statSync(file).mode & 0o777, 0o600);
-  assert.deepEqual(await readLinkCapability(dir), { version: 1, features: ['bind', 'checksum', 'priority', 'resume'], token: TOKEN, checkpoint: 7 });
+  assert.deepEqual(await readLinkCapability(dir), {
+    version: 1,
+    features: ['bind', 'checksum', 'priority', 'resume'],
+    token: TOKEN,
+    checkpoint: 7,
+    inventory: createHash('sha256').update(fs.readFileSync(path.join(dir, 'inventory.img'))).digest('hex'),
+  }, "the dump's inventory named, so a file left for the next dump into this -D is not taken for it");
   assert.equal(relays.get(7)?.linkFile, file);
   assert.deepEqual(fs.readdirSync(dir).filter((name) => name.startsWith('.')), [], 'no temporary file left');
   // Released: the token names nothing any more, so the file goes (a later copy of -D must not send a HELLO with it).
