@@ -1,13 +1,13 @@
 // A/B of two `lazyd lazy-pages` flag sets in one migration flow, alternating (A B, B A, ...), on the bench's two
 // network namespaces, CRIU 4.2.1, a workload reading its memory in order:
-//   node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE (default lazyd-relay)]
+//   node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE (default lazyd-relay)] [WORKLOAD: seq, or idle (the bench's idle: hotPct 0, a heartbeat only)]
 // Prints each run and the medians of downtime, dump, restore, all pages present (ms). For experiments on one
 // flag; `npm run bench` is the suite.
 import { runLazyMigration, type SourceKind } from '../test/harness/index.js';
 import { createTwoHosts } from '../test/harness/netns.js';
 import { median } from './lib/stats.js';
 
-const [rtt, mib, pairs, a = '', b = '', source = 'lazyd-relay'] = process.argv.slice(2);
+const [rtt, mib, pairs, a = '', b = '', source = 'lazyd-relay', touch = 'seq'] = process.argv.slice(2);
 if (!rtt || !mib || !pairs) {
   console.error("usage: node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE]");
   process.exit(2);
@@ -27,7 +27,7 @@ try {
           daemon: 'lazyd',
           preStartDaemon: source === 'lazyd-relay',
           daemonArgs: flags.split(' ').filter(Boolean),
-          workload: { mib: Number(mib), order: 'seq', seed: 1000 + Number(mib), intervalMs: 0 },
+          workload: touch === 'idle' ? { mib: Number(mib), order: 'seq', seed: 1000 + Number(mib), hotPct: 0, intervalMs: 20 } : { mib: Number(mib), order: 'seq', seed: 1000 + Number(mib), intervalMs: 0 },
           network: { source: hosts.source, destination: hosts.destination, sourceAddress: hosts.sourceAddress },
           timeouts: { allPagesMs: 60_000, dumpMs: 180_000, passesMs: 120_000, restoreMs: 120_000 },
         });
