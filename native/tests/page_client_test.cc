@@ -250,6 +250,13 @@ static void expect_failure(wire::Format format, Misbehave misbehave, int want_rc
   CHECK(rc == want_rc);
   CHECK(client.error().find(fragment) != std::string::npos);
   CHECK(done.size() < 4);
+  // A count of unanswered requests must be what was not answered here: a reset may overtake a reply the server
+  // had sent (the kernel drops unread data on RST), so how many were answered before it depends on timing.
+  const size_t at = client.error().find(" request(s) unanswered");
+  if (at != std::string::npos) {
+    const size_t digits = client.error().find_last_not_of("0123456789", at - 1) + 1;
+    CHECK(std::stoul(client.error().substr(digits, at - digits)) == 4 - done.size());
+  }
   // A failed session sends no CLOSE.
   CHECK(client.close(100, nullptr) < 0);
   shutdown(server.listen_fd, SHUT_RDWR);
@@ -492,7 +499,7 @@ int main() {
   expect_failure(wire::Format::V32, Misbehave::kWrongPid, -EPROTO, "out-of-order reply");
   expect_failure(wire::Format::V24, Misbehave::kWrongCmd, -EPROTO, "expected ADD_F|PE_PRESENT");
   expect_failure(wire::Format::V32, Misbehave::kTooMany, -EPROTO, "replied with 5 pages for a GET of 4");
-  expect_failure(wire::Format::V24, Misbehave::kHangUp, -ECONNRESET, "3 request(s) unanswered");
+  expect_failure(wire::Format::V24, Misbehave::kHangUp, -ECONNRESET, "request(s) unanswered");
   test_stall();
   test_take_unanswered();
   test_reset_unless_closed();
