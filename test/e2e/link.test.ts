@@ -41,6 +41,7 @@ import {
   type Proc,
 } from '../harness/index.js';
 import { readPagemap, PE_LAZY } from '../../src/images/index.js';
+import { checksumScrape, CHECKSUM_METRIC, dataArea } from '../harness/link-checks.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
 import { startStaging, stagedDump, waitFor } from '../harness/link-staging.js';
 import { decodeHeader, encodeGet, encodeHello, HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM, LINK_FEATURE_PRIORITY, LINK_FEATURE_RESUME } from '../harness/wire.js';
@@ -210,26 +211,8 @@ for (const version of CRIU_VERSIONS) {
   });
 }
 
-/** The value of a counter in the Prometheus text at url, or undefined (not listening, no such sample). */
-async function scrapeCounter(url: string, name: string): Promise<number | undefined> {
-  try {
-    const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
-    const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(await response.text());
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
-const CHECKSUM_METRIC = 'lazyd_page_checksum_mismatches_total';
 
-/** The staged pid's largest lazy pagemap entry: the workload's data area. */
-async function dataArea(stagingDir: string): Promise<{ start: bigint; end: bigint }> {
-  const file = fs.readdirSync(stagingDir).find((f) => /^pagemap-\d+\.img$/.test(f))!;
-  const pagemap = await readPagemap(path.join(stagingDir, file), { checkPages: false });
-  const lazy = pagemap.entries.filter((e) => e.flags & PE_LAZY).sort((a, b) => b.nrPages - a.nrPages)[0];
-  return { start: BigInt(lazy.vaddr), end: BigInt(lazy.vaddr) + BigInt(lazy.nrPages) * 4096n };
-}
 
 for (const version of CRIU_VERSIONS) {
   test(`CRIU ${version}: feature checksum: a bit flipped once is fetched again and counted; flipped every time, the restore fails and nothing wrong is installed`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
@@ -254,27 +237,12 @@ for (const version of CRIU_VERSIONS) {
       // (a) Once: the page arrives with a bit flipped; its re-fetch passes.
       const once = await startRelay(lazyd, { flip: { format, range: data } });
       onCleanup(() => once.close());
-      let mismatches: number | undefined;
-      let scraping: Promise<void> | undefined;
+      const scrape = checksumScrape();
       const restored = await lazyRestore({
         checkpoint, server: once, daemon: 'lazyd', name: 'dst-once', progress: testProgress(t), onCleanup, timeouts,
-        daemonArgs: ['--metrics-address', '127.0.0.1:0', '--metrics-linger', '60'],
-        onDaemonReady: (daemon, dstDir) => {
-          const log = path.join(dstDir, 'lazy-pages.log');
-          const url = /Metrics on (http:\/\/\S+\/metrics)/.exec(fs.readFileSync(log, 'utf8'))![1];
-          // The final count, scraped once the restore is done; then the linger is ended (SIGTERM after a completed
-          // restore: exit 0).
-          scraping = (async () => {
-            await pollFor('the restore done, or the daemon gone', timeouts.allPagesMs, async () =>
-              fs.readFileSync(log, 'utf8').includes('Lazy pages done') || !processAlive(daemon.pid) ? true : undefined,
-            );
-            mismatches = await scrapeCounter(url, CHECKSUM_METRIC);
-            daemon.kill('SIGTERM');
-          })();
-          scraping.catch(() => daemon.kill('SIGKILL'));
-        },
+        daemonArgs: scrape.daemonArgs, onDaemonReady: scrape.onDaemonReady,
       });
-      await scraping;
+      const mismatches = await scrape.mismatches();
       assert.equal(once.flipped.length, 1, 'one bit flipped');
       assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
       assert.equal(restored.passes[0][0].ok, checkpoint.dataPages, 'the workload verified its pages');

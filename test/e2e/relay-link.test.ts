@@ -34,12 +34,11 @@ import {
   type CriuVersion,
   type RelayDaemon,
 } from '../harness/index.js';
-import { readPagemap, PE_LAZY } from '../../src/images/index.js';
+import { checksumScrape, CHECKSUM_METRIC, dataArea } from '../harness/link-checks.js';
 import { LINK_FILE_NAME, readLinkCapability } from '../../src/link/capability-file.js';
 import { HELLO_MAGIC, LINK_FEATURE_BIND, LINK_FEATURE_CHECKSUM, LINK_FEATURE_PRIORITY, LINK_FEATURE_RESUME } from '../harness/wire.js';
 
 const TEST_TIMEOUT_MS = 180_000;
-const CHECKSUM_METRIC = 'lazyd_page_checksum_mismatches_total';
 /** ADD_F | PE_PRESENT: the command word of every CRIU GET reply (docs/protocol.md §1.6). */
 const GET_REPLY_CMD = 0x40006;
 /** The HELLO magic's bytes as they appear on the wire (native order). */
@@ -76,24 +75,7 @@ async function relayed(t: TestContext, version: CriuVersion, runDir: string, onC
   return { daemon, checkpoint, file, writtenBeforeReady, id: Number(relayedLine[1]) };
 }
 
-/** The value of a counter in the Prometheus text at url, or undefined (not listening, no such sample). */
-async function scrapeCounter(url: string, name: string): Promise<number | undefined> {
-  try {
-    const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
-    const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(await response.text());
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
-/** The dump's largest lazy pagemap entry: the workload's data area (read and checked by the restored workload). */
-async function dataArea(imagesDir: string): Promise<{ start: bigint; end: bigint }> {
-  const file = fs.readdirSync(imagesDir).find((f) => /^pagemap-\d+\.img$/.test(f))!;
-  const pagemap = await readPagemap(path.join(imagesDir, file), { checkPages: false });
-  const lazy = pagemap.entries.filter((e) => e.flags & PE_LAZY).sort((a, b) => b.nrPages - a.nrPages)[0];
-  return { start: BigInt(lazy.vaddr), end: BigInt(lazy.vaddr) + BigInt(lazy.nrPages) * 4096n };
-}
 
 for (const version of CRIU_VERSIONS) {
   test(`CRIU ${version}: relay staging writes lazyd-link.json; lazyd lazy-pages opens with HELLO (bind, checksum), criu lazy-pages sees CRIU's bytes only; the file goes with the checkpoint`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
@@ -156,26 +138,12 @@ for (const version of CRIU_VERSIONS) {
       const { daemon, checkpoint } = await relayed(t, version, runDir, onCleanup);
       const flipping = await startRelay(daemon.server, { flip: { format, range: await dataArea(checkpoint.imagesDir) } });
       onCleanup(() => flipping.close());
-      let mismatches: number | undefined;
-      let scraping: Promise<void> | undefined;
+      const scrape = checksumScrape();
       const restored = await lazyRestore({
         checkpoint, server: flipping, daemon: 'lazyd', name: 'dst', progress: testProgress(t), onCleanup, timeouts,
-        daemonArgs: ['--metrics-address', '127.0.0.1:0', '--metrics-linger', '60'],
-        onDaemonReady: (proc, dstDir) => {
-          const log = path.join(dstDir, 'lazy-pages.log');
-          const url = /Metrics on (http:\/\/\S+\/metrics)/.exec(fs.readFileSync(log, 'utf8'))![1];
-          // The final count, scraped once the restore is done; then the linger is ended (SIGTERM: exit 0).
-          scraping = (async () => {
-            await pollFor('the restore done, or the daemon gone', timeouts.allPagesMs, async () =>
-              fs.readFileSync(log, 'utf8').includes('Lazy pages done') || !processAlive(proc.pid) ? true : undefined,
-            );
-            mismatches = await scrapeCounter(url, CHECKSUM_METRIC);
-            proc.kill('SIGTERM');
-          })();
-          scraping.catch(() => proc.kill('SIGKILL'));
-        },
+        daemonArgs: scrape.daemonArgs, onDaemonReady: scrape.onDaemonReady,
       });
-      await scraping;
+      const mismatches = await scrape.mismatches();
       assert.equal(flipping.flipped.length, 1, 'one bit flipped');
       assert.equal(restored.lazyPages.copied, restored.lazyPages.total, 'every lazy page installed');
       assert.ok(restored.passes[0].every((p) => p.ok === checkpoint.dataPages && p.bad === 0), 'the workload verifies clean');
