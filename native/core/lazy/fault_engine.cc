@@ -73,7 +73,17 @@ struct FaultEngine::Impl {
         core.fail(std::string("epoll_wait failed: ") + strerror(errno));
         break;
       }
-      for (int i = 0; i < n && !core.finished && !stop_requested; i++) dispatch(events[i].data.u64, events[i].events);
+      installer.new_pass();
+      link.new_pass();
+      // Faults first: the uffds and the priority connection, and the faults read asked for, before the main
+      // connection's replies are read (a slice of them per pass: SourceLink::pump, Installer::new_pass).
+      for (int i = 0; i < n && !core.finished && !stop_requested; i++) {
+        if (events[i].data.u64 != kTagSource) dispatch(events[i].data.u64, events[i].events);
+      }
+      if (!core.finished && scheduler.faults_queued()) scheduler.schedule();
+      for (int i = 0; i < n && !core.finished && !stop_requested; i++) {
+        if (events[i].data.u64 == kTagSource) dispatch(events[i].data.u64, events[i].events);
+      }
       if (core.finished || stop_requested) break;
       after_events();
     }
@@ -106,6 +116,7 @@ struct FaultEngine::Impl {
   void after_events() {
     uffd_events.retry_zero_pages();  // what hit EAGAIN, now that the pending events are read
     installer.retry();
+    installer.resume();
     scheduler.schedule();            // faults, fault-around, the drain
     // A local source answers inside submit(): install right away. (Its drain issues one request per loop
     // pass, see schedule(), so a fault never waits behind more than one chunk of synchronous reads.)

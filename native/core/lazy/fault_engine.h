@@ -184,6 +184,7 @@ struct EngineStats {
   uint64_t tls_failures = 0;                  // --tls: the handshake with the page server failed (0 or 1)
   uint64_t checksum_mismatches = 0;           // pages that failed their link checksum (docs/protocol.md §7.4)
   uint64_t reconnects = 0;                    // lazyd link: cuts that began a reconnect (§7.6)
+  uint64_t install_slices = 0;                // drain reply parts left to a later loop pass (faults first)
 };
 
 class FaultEngine {

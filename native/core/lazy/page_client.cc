@@ -348,7 +348,10 @@ int PageClient::pump(std::vector<PageReply>* done) {
 // are exact (header, then the payload straight into the requester's buffer) and accumulate across calls.
 int PageClient::read_replies(std::vector<PageReply>* done) {
   const size_t head_size = wire::header_size(format_);
+  const size_t limit = tls_ ? SIZE_MAX : read_limit_;
+  size_t taken = 0;
   for (;;) {
+    if (taken >= limit) return 0;
     ssize_t n;
     if (hello_awaiting_) {
       n = io_recv(hello_in_ + hello_got_, wire::kHelloReplySize - hello_got_);
@@ -359,7 +362,7 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
     } else if (fifo_.front().sink) {
       n = recv_to_sink(fifo_.front(), static_cast<size_t>(payload_len_ - payload_got_));
     } else {
-      n = io_recv(fifo_.front().buf + payload_got_, static_cast<size_t>(payload_len_ - payload_got_));
+      n = io_recv(fifo_.front().buf + payload_got_, std::min(static_cast<size_t>(payload_len_ - payload_got_), limit - taken));
     }
     if (n < 0) {
       if (n == -EAGAIN) return 0;
@@ -380,6 +383,7 @@ int PageClient::read_replies(std::vector<PageReply>* done) {
     }
     last_progress_ns_ = now_ns();
     bytes_received_ += static_cast<uint64_t>(n);
+    taken += static_cast<size_t>(n);
     if (hello_awaiting_) {
       hello_got_ += static_cast<size_t>(n);
       if (hello_got_ < wire::kHelloReplySize) continue;

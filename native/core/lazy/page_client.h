@@ -142,6 +142,11 @@ class PageClient : public PageSource {
   // A connection that replaces a cut one: its messages do not guess at a TLS mismatch when nothing came back.
   void set_reconnected() { reconnected_ = true; }
 
+  // The reply bytes the next pump() reads at most (it stops at the first read past the limit; the rest stays in
+  // the socket, which stays readable). SIZE_MAX, the default: until the socket is empty. Ignored under TLS, whose
+  // decrypted but unread bytes would not make the socket readable again.
+  void set_read_limit(size_t bytes) { read_limit_ = bytes; }
+
   int fd() const override { return fd_; }
   bool wants_write() const override { return hello_off_ < hello_out_.size() || out_off_ < out_.size(); }
   int submit(const PageRequest& request) override;
@@ -236,6 +241,7 @@ class PageClient : public PageSource {
   size_t close_got_ = 0;
   std::vector<uint8_t> sink_buf_;  // sink requests under TLS
   std::string sink_error_;
+  size_t read_limit_ = SIZE_MAX;
 };
 
 class LocalPageSource : public PageSource {

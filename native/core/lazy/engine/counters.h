@@ -18,7 +18,7 @@ struct EngineCounters {
       bg_window_bytes, link_rtt_us, link_bandwidth_bps;
   // Other totals.
   Counter tasks_total, requests, events_fork, events_remap, events_remove, events_unmap, pages_discarded, bytes_sent,
-      tls_failures, bytes_background, checksum_mismatches, reconnects;
+      tls_failures, bytes_background, checksum_mismatches, reconnects, install_slices;
   // Fault service time, and how each fault message ended.
   Counter latency_us[kLatencyBuckets], latency_sum_us, latency_count;
   Counter results[kFaultResults];

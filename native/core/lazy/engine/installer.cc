@@ -50,13 +50,54 @@ void Installer::on_reply(const PageReply& reply) {
   t->summary.bytes_received += got;
   // A short reply (the server clamps at its iovec end): the rest goes back to remaining.
   if (got < req.len) t->ranges.release(req.img_start + got, req.len - got);
-  Install p{t->id, req.img_start, got, req.kind, req.buf, 0};
-  if (install(*t, p)) {
-    requests_.recycle(req.buf);
-  } else if (!core_.finished && !t->gone) {
+  place(*t, Install{t->id, req.img_start, got, req.kind, req.buf, 0, req.buf});
+}
+
+void Installer::place(Task& t, Install p) {
+  // A local source answers one drain request per pass already (Scheduler::schedule()): not sliced again.
+  const bool drain = p.kind == ReqKind::kBackground && !link_.synchronous();
+  Install rest;
+  bool sliced = false;
+  if (drain && p.len > slice_left_) {
+    const uint64_t now = slice_left_ & ~(core_.ps - 1);
+    if (now == 0) {
+      core_.counters.install_slices.add();
+      rest_.push_back(p);
+      return;
+    }
+    rest = p;
+    rest.img_start += now;
+    rest.len -= now;
+    rest.buf += now;
+    p.len = now;
+    sliced = true;
+    core_.counters.install_slices.add();
+  }
+  if (drain) slice_left_ -= p.len;
+  if (install(t, p)) {
+    if (sliced) {
+      rest_.push_back(rest);
+    } else {
+      requests_.recycle(p.base);
+    }
+  } else if (!core_.finished && !t.gone) {
+    if (sliced) p.len += rest.len;  // retried whole: install() gave back what it had claimed
     pending_.push_back(p);
   } else {
-    requests_.recycle(req.buf);
+    requests_.recycle(p.base);
+  }
+}
+
+void Installer::resume() {
+  while (!rest_.empty() && slice_left_ >= core_.ps && !core_.finished) {
+    Install p = rest_.front();
+    rest_.pop_front();
+    Task* t = tasks_.by_id(p.task);
+    if (!t || t->gone) {
+      requests_.recycle(p.base);
+      continue;
+    }
+    place(*t, p);
   }
 }
 
@@ -160,20 +201,20 @@ void Installer::retry() {
   for (Install& p : list) {
     Task* t = tasks_.by_id(p.task);
     if (!t || t->gone || core_.finished) {
-      requests_.recycle(p.buf);
+      requests_.recycle(p.base);
       continue;
     }
     events_.read(*t);
     if (t->gone || core_.finished) {
-      requests_.recycle(p.buf);
+      requests_.recycle(p.base);
       continue;
     }
     p.attempts++;
     if (install(*t, p)) {
-      requests_.recycle(p.buf);
+      requests_.recycle(p.base);
     } else if (p.attempts > 100000) {
       core_.fail("UFFDIO_COPY for pid " + std::to_string(t->pid) + " keeps failing with EAGAIN");
-      requests_.recycle(p.buf);
+      requests_.recycle(p.base);
     } else {
       pending_.push_back(p);
     }
@@ -183,6 +224,7 @@ void Installer::retry() {
 bool Installer::pending_for(uint64_t task) const {
   bool has_pending = false;
   for (const auto& p : pending_) has_pending |= p.task == task;
+  for (const auto& p : rest_) has_pending |= p.task == task;
   return has_pending;
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <vector>
 
 #include "lazy/engine/core.h"
@@ -28,8 +29,14 @@ class Installer {
   void collect_replies();
   // The installs that hit EAGAIN, after their task's pending events are read.
   void retry();
-  bool has_pending() const { return !pending_.empty(); }
+  // A loop pass begins: the drain may install kSliceBytes again. Its replies' parts beyond that wait for the
+  // passes after, so a fault read (or a priority reply come) meanwhile waits behind one slice, not a whole window.
+  void new_pass() { slice_left_ = kSliceBytes; }
+  // The drain's parts left over by earlier passes, as far as this pass's slice goes.
+  void resume();
+  bool has_pending() const { return !pending_.empty() || !rest_.empty(); }
   bool pending_for(uint64_t task) const;
+  static constexpr uint64_t kSliceBytes = 128 * 1024;
 
  private:
   struct Install {  // a reply, or what is left of it
@@ -37,10 +44,13 @@ class Installer {
     uint64_t img_start = 0;
     uint64_t len = 0;
     ReqKind kind = ReqKind::kFault;
-    uint8_t* buf = nullptr;
+    uint8_t* buf = nullptr;   // its first byte
     int attempts = 0;
+    uint8_t* base = nullptr;  // the reply's buffer, recycled once the last part is done
   };
   void on_reply(const PageReply& reply);
+  // Installs p, or of a drain reply what the slice allows (the rest goes to rest_); an EAGAIN to pending_.
+  void place(Task& t, Install p);
   // True when done with the buffer; false when a COPY hit EAGAIN (retry later).
   bool install(Task& t, const Install& p);
   void count_installed(Task& t, ReqKind kind, uint64_t pages);
@@ -51,6 +61,8 @@ class Installer {
   SourceLink& link_;
   UffdEvents& events_;
   std::vector<Install> pending_;
+  std::deque<Install> rest_;  // drain replies' parts beyond the slices so far, in order
+  uint64_t slice_left_ = kSliceBytes;
   bool warned_noent_ = false;
 };
 

@@ -39,6 +39,7 @@ class Scheduler {
   void schedule();
   // The drain of a synchronous (local) source has work left: the loop must not sleep.
   bool drain_pending() const;
+  bool faults_queued() const { return !fault_queue_.empty(); }  // read, not asked for yet
   // ms until the drain's rate cap lets it send again (-1: not waiting for it).
   int next_wake_ms() const;
 

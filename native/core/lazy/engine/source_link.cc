@@ -307,7 +307,10 @@ int SourceLink::pump(std::vector<PageReply>* done) {
   for (Channel* ch : {&prio_, &main_}) {
     if (ch->state != State::kUp || core_.finished) continue;
     const size_t before = done->size();
+    const uint64_t received = ch->client->bytes_received();
+    if (ch == &main_) ch->client->set_read_limit(main_read_left_);
     const int rc = ch->client->pump(done);
+    if (ch == &main_) main_read_left_ -= std::min<uint64_t>(main_read_left_, ch->client->bytes_received() - received);
     const uint64_t mismatches = ch->client->checksum_mismatches();
     if (mismatches && !ch->client->last_checksum_mismatch().empty()) last_mismatch_ = ch->client->last_checksum_mismatch();
     if (rc < 0) {

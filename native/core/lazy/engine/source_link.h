@@ -49,8 +49,12 @@ class SourceLink {
   // urgent: a demand fault or its fault-around (the priority connection when there is one).
   int submit(const PageRequest& request, bool urgent);
   // Every connection's completed replies. < 0 only when the link failed for good (error() says why); a
-  // connection cut on a resumable link is made again instead.
+  // connection cut on a resumable link is made again instead. The main connection is read kReadSliceBytes per
+  // loop pass at most (new_pass()): what waits there is read in the passes after, each of which looks at the
+  // uffds and the priority connection first.
   int pump(std::vector<PageReply>* done);
+  void new_pass() { main_read_left_ = kReadSliceBytes; }
+  static constexpr size_t kReadSliceBytes = 128 * 1024;
   void update_interest();
   size_t in_flight() const;
   // ms the slowest connection that cannot be resumed has sent nothing with requests outstanding (else 0).
@@ -112,6 +116,7 @@ class SourceLink {
   bool priority_off_ = false;   // given up (or never wanted)
   bool closing_ = false;
   uint64_t reconnects_ = 0;
+  size_t main_read_left_ = kReadSliceBytes;  // of this loop pass
   std::string error_;
   std::string last_mismatch_;
   std::string last_error_of_[2];  // the last failure of main_, prio_ in an outage
