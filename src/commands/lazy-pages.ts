@@ -23,6 +23,7 @@ import { signalStatusFd, writePidfile } from '../cli/process-control.js';
 import { engineTasks, formatFromImages } from '../lazy-pages/engine-config.js';
 import { latencyLine } from '../lazy-pages/latency.js';
 import { hostPidOf, RestoredTasks } from '../lazy-pages/restored-tasks.js';
+import { ImagePreloader } from '../lazy-pages/image-preload.js';
 import type { Values } from '../config/flag.js';
 import { LAZY_PAGES } from '../config/flags.js';
 import { lazyPagesOptions } from '../config/resolve.js';
@@ -153,15 +154,26 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   // The images are read only when the restore hands over (docs/protocol.md §3.2): the daemon can be started
   // before the dump has written them. The hand-overs wait in the socket meanwhile; the header format and
   // --page-server's settings are decided here (--criu-abi still overrides the images).
+  // What the hand-over needs from the images; read ahead of it when they are there (src/lazy-pages/image-preload.ts).
+  const readImages = async () => {
+    const checkpoint = await loadCheckpoint(imagesDir);
+    // The lazyd link (docs/protocol.md §7): only a lazyd page server writes lazyd-link.json into the images.
+    const link = values.pageServer && values.link !== 'stock' ? await readLinkCapability(imagesDir) : null;
+    return { checkpoint, link, linkMatches: link ? linkMatchesImages(link, imagesDir) : false };
+  };
+  const preloader = new ImagePreloader(imagesDir, readImages, ({ checkpoint }) =>
+    logger.debug(`Read ${imagesDir} ahead of the restore: ${checkpoint.tasks.length} tasks`),
+  );
   const handOver = async () => {
     try {
-      const checkpoint = await loadCheckpoint(imagesDir);
+      const ahead = await preloader.take();
+      const images = ahead ?? (await readImages());
+      const { checkpoint } = images;
       const config = engineTasks(checkpoint, !values.pageServer);
       openFds = config.openFds;
       const format = flagOptions.format || formatFromImages(checkpoint) || 24;
-      // The lazyd link (docs/protocol.md §7): only a lazyd page server writes lazyd-link.json into the images.
-      let link = values.pageServer && values.link !== 'stock' ? await readLinkCapability(imagesDir) : null;
-      if (link && !linkMatchesImages(link, imagesDir)) {
+      let link = images.link;
+      if (link && !images.linkMatches) {
         logger.warn(`${linkFilePath(imagesDir)} was written for an earlier dump (its inventory is not this one's): ignored; the pages come with CRIU's bytes only. Remove the file`);
         link = null;
       }
@@ -169,7 +181,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
         throw new Error(`${linkFilePath(imagesDir)}: link version ${link.version}, this lazyd speaks ${LINK_VERSION}: run the same lazyd release on both ends, or restore with --link stock`);
       }
       logger.info(
-        `Loaded ${imagesDir}: ${config.nrTasks} tasks, ${config.lazyPages} lazy pages` +
+        `Loaded ${imagesDir}${ahead ? ' (read ahead of the restore)' : ''}: ${config.nrTasks} tasks, ${config.lazyPages} lazy pages` +
           (values.pageServer ? `, page server ${values.address}:${values.port} (${format}-byte headers${link ? ', lazyd link' : ''})` : ', local'),
       );
       engine.setTasks({ nrTasks: config.nrTasks, tasks: config.tasks, format, ...(link ? { linkToken: link.token } : {}) });
@@ -256,6 +268,8 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
   if (values.pidfile) writePidfile(path.resolve(workDir, values.pidfile));
   signalStatusFd(values.statusFd);
   systemd.ready(statusText());
+  // After the status byte: reading the images ahead is never part of the daemon's start-up time.
+  preloader.start();
   // pino is loaded once the restored tasks run (until then lines are written in its shape, src/log-core.ts):
   // loading it costs 15-50 ms of CPU, which right after the status byte would compete with the criu restore
   // that starts then, inside the downtime.

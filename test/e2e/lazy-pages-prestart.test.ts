@@ -1,5 +1,6 @@
 // End-to-end: `lazyd lazy-pages` started BEFORE `criu dump` (CRIU 4.1.1 and 4.2.1), on an empty destination dir:
-// it is ready without reading any image and reads them when `criu restore --lazy-pages` hands over its tasks.
+// it is ready without reading any image, reads them once they are written (or, if the restore comes first, when
+// `criu restore --lazy-pages` hands over its tasks), and uses them at hand-over.
 //   (1) pre-started on an empty dir, then the dump, the copy, the restore: the workload verifies its memory
 //   (2) pre-started on a dir that never gets valid images (a truncated pagemap): at hand-over lazyd exits 1 with
 //       one clear line, and criu restore fails. A plain dump (not --lazy-pages): no original depends on it.
@@ -43,7 +44,7 @@ for (const version of CRIU_VERSIONS) {
       assert.ok(result.lazydTotals.total >= checkpoint.lazyPages, `${result.lazydTotals.total} lazy pages served, the dump has ${checkpoint.lazyPages}`);
       assert.ok(result.passes[0].length >= 2, 'the restored workload verified its memory');
       const log = fs.readFileSync(path.join(preStarted.dstDir, 'lazy-pages.log'), 'utf8');
-      assert.ok(log.indexOf('Restore connected') < log.indexOf(') Loaded '), `the images were read at hand-over:\n${log}`);
+      assert.ok(log.indexOf('Restore connected') < log.indexOf(') Loaded '), `the images were used at hand-over:\n${log}`);
     });
   });
 

@@ -1,7 +1,8 @@
 // `lazyd lazy-pages` at start-up, on the recorded images of a real CRIU dump: ready means lazy-pages.socket listens
 // before the status byte is written (docs/protocol.md §3.1); the lines logged before pino is loaded (src/log-core.ts;
-// it is loaded only after RSTF, so never here) are all in the log, in order, with the times they were logged at; the images are read at hand-over
-// (after "Restore connected"), and a directory without images fails there with one line.
+// it is loaded only after RSTF, so never here) are all in the log, in order, with the times they were logged at; images
+// already there are read ahead of the restore (after the status byte) and that read is what the hand-over uses; a
+// directory without images fails at hand-over with one line.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -19,7 +20,7 @@ function tmp(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `lazyd-${tag}-`));
 }
 
-// The daemon reads no image at start (it can be started before the dump writes them): a directory without
+// The daemon needs no image to start (it can be started before the dump writes them): a directory without
 // images is ready like any other, and fails when the restore hands over, with one line.
 test('lazyd lazy-pages on a directory without images: ready, then at hand-over exit 1 and one line naming the image and the fix', async () => {
   const dir = tmp('no-images');
@@ -69,17 +70,19 @@ for (const { version } of FIXTURE_VERSIONS) {
         child.once('exit', () => reject(new Error(`exited before it was ready: ${stderr}`)));
       });
       // Listening already: the connection is accepted at once (it is taken as the restore's).
+      const log = path.join(dir, 'lazy-pages.log');
+      // The images are there: they are read ahead of the restore (a debug line says so), and that read is used.
+      await pollFor('the read ahead in the log', 10_000, () => (fs.readFileSync(log, 'utf8').includes(' ahead of the restore: 1 tasks') ? true : undefined));
       const socket = net.connect(path.join(dir, 'lazy-pages.socket'));
       await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-      const log = path.join(dir, 'lazy-pages.log');
-      // The images are read once the restore connected: wait for that line before stopping it.
       await pollFor('"Loaded" in the log', 10_000, () => (fs.readFileSync(log, 'utf8').includes(') Loaded ') ? true : undefined));
+      assert.match(fs.readFileSync(log, 'utf8'), /\) Loaded \S+ \(read ahead of the restore\): 1 tasks, \d+ lazy pages/);
       child.kill('SIGTERM');
       assert.equal(await exited, 1);
       socket.destroy();
       const lines = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean);
       const messages = lines.map((line) => STAMP.exec(line)?.[3]);
-      const order = [/^Listening on /, /^Restore connected$/, /^Loaded /, /^Error: Got SIGTERM before every lazy page was installed; no task had been handed over$/];
+      const order = [/^Listening on /, / ahead of the restore: 1 tasks$/, /^Restore connected$/, /^Loaded /, /^Error: Got SIGTERM before every lazy page was installed; no task had been handed over$/];
       let at = -1;
       for (const re of order) {
         const next = messages.findIndex((m, i) => i > at && m !== undefined && re.test(m));
