@@ -347,6 +347,8 @@ export interface LazyPagesStats {
   checksumMismatches: number;
   /** Lazyd link cuts that began a reconnect (feature resume, docs/protocol.md §7.6). */
   reconnects: number;
+  /** Drain reply parts installed in a later loop pass than their reply's first (faults first: 128 KiB a pass). */
+  installSlices: number;
   /** The drain's bytes in flight allowed now (measured bandwidth x RTT within the floor and ceiling, or the faulting cap). */
   drainWindowBytes: number;
   drainInflightBytes: number;

@@ -60,13 +60,14 @@ constexpr uint64_t kStagedVaddr = 0x7e0000000000;
 constexpr uint64_t kOtherVaddr = 0x7d0000000000;
 constexpr uint64_t kImageVaddr = 0x7f0000000000;
 
-std::shared_ptr<StagedCheckpoint> staged_checkpoint(uint64_t id, uint64_t pid, uint64_t vaddr, uint8_t fill, uint8_t token_byte) {
+std::shared_ptr<StagedCheckpoint> staged_checkpoint(uint64_t id, uint64_t pid, uint64_t vaddr, uint8_t fill, uint8_t token_byte,
+                                                    uint32_t pages = 4) {
   MemfdStoreOptions options;
   options.fill = MemfdStoreOptions::Fill::kRead;
   auto store = std::make_shared<MemfdStore>(options);
   CHECK(store->init_error() == 0, "memfd store");
-  CHECK(store->begin_entry(pid_key(pid), vaddr, 4, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
-  Bytes bytes(4 * kPage, fill);
+  CHECK(store->begin_entry(pid_key(pid), vaddr, pages, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
+  Bytes bytes(pages * kPage, fill);
   CHECK(store->receive_bytes(bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()), "receive");
   CHECK(store->seal() == 0, "seal");
   auto checkpoint = std::make_shared<StagedCheckpoint>();
@@ -371,6 +372,65 @@ Bytes hello_reply(int32_t status, uint64_t checkpoint) {
   Bytes out(wire::kHelloReplySize);
   wire::encode_hello_reply(r, out.data());
   return out;
+}
+
+// Faults first on the server too: a session that is not a lazyd priority connection sends at most
+// LazySession::kSendSliceBytes per wake-up (the server's loop then serves the other sessions; the rest goes out on
+// the next), a priority connection all the socket takes; either way every byte goes out, in order.
+void test_send_slices() {
+  struct OneBig : StagedLookup {
+    std::shared_ptr<StagedCheckpoint> a = staged_checkpoint(7, 300, kStagedVaddr, 0xcc, 0x7c, 256);
+    std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == 300 ? a : nullptr; }
+    std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+      return token == a->token ? a : nullptr;
+    }
+  } staged;
+  static std::unique_ptr<PageIndex> index = image_index();
+  const size_t whole = wire::kHelloReplySize + wire::HEADER_SIZE_V24 + 256 * kPage;
+  for (bool priority : {false, true}) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+    // Room for the whole reply in the socket, so that only the slice can stop a wake-up's sending.
+    const int room = 8 << 20;
+    CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUFFORCE, &room, sizeof room) == 0,
+          "SO_SNDBUFFORCE needs CAP_NET_ADMIN (run the native tests as root): %s", strerror(errno));
+    SessionLimits limits;
+    limits.max_request_pages = 256;
+    limits.max_queued_replies = 64;
+    limits.max_queued_bytes = 4 << 20;
+    LazySession session(sv[0], *index, limits, &staged);
+    const Bytes input = cat({hello(0x7c, wire::kLinkVersion, wire::kFeatureBind | (priority ? wire::kFeaturePriority : 0)),
+                             get24(300, kStagedVaddr, 256)});
+    CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+    Bytes out;
+    auto take = [&] {
+      uint8_t buf[65536];
+      ssize_t n;
+      while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
+    };
+    CHECK(session.on_readable() == LazySession::Status::kOpen, "first wake-up: %s", session.error().c_str());
+    take();
+    if (priority) {
+      CHECK(out.size() == whole && !session.wants_write(), "a priority connection's reply at once: %zu of %zu", out.size(), whole);
+    } else {
+      CHECK(out.size() < whole && out.size() <= wire::kHelloReplySize + wire::HEADER_SIZE_V24 + LazySession::kSendSliceBytes,
+            "one slice on the first wake-up: %zu of %zu", out.size(), whole);
+      CHECK(session.wants_write(), "the rest is still to send");
+    }
+    int wakeups = 1;
+    while (session.wants_write()) {
+      CHECK(++wakeups < 100, "never done");
+      CHECK(session.on_writable() == LazySession::Status::kOpen, "wake-up: %s", session.error().c_str());
+      take();
+    }
+    CHECK(out.size() == whole, "every byte: %zu of %zu", out.size(), whole);
+    bool pages_right = true;
+    for (size_t i = wire::kHelloReplySize + wire::HEADER_SIZE_V24; i < out.size(); i++) pages_right &= out[i] == 0xcc;
+    CHECK(pages_right, "the pages' bytes, in order");
+    std::printf("send slices: %s connection, 1 MiB reply in %d wake-ups\n", priority ? "priority" : "main", wakeups);
+    if (!priority) CHECK(wakeups >= static_cast<int>((256 * kPage) / LazySession::kSendSliceBytes), "%d wake-ups", wakeups);
+    close(sv[1]);  // sv[0] is the session's
+  }
 }
 
 void test_client() {
@@ -762,6 +822,7 @@ int main(int argc, char** argv) {
   test_client_refetch(true);
   test_relay_checksums();
   test_client();
+  test_send_slices();
   test_codec();
   test_magic_apart_from_criu();
   test_recorded_sessions_never_hello();

@@ -158,6 +158,7 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
     tlsFailures: 0,
     checksumMismatches: 1,
     reconnects: 0,
+    installSlices: 5,
     drainWindowBytes: 3 << 20,
     drainInflightBytes: 1 << 20,
     drainRequestedBytes: 400 << 10,
@@ -182,6 +183,7 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
   assert.match(text, /# TYPE lazyd_faults_total counter\nlazyd_faults_total\{result="copied"\} 3\n/);
   assert.equal(line('lazyd_drain_window_bytes'), `lazyd_drain_window_bytes ${3 << 20}`);
   assert.equal(line('lazyd_drain_requested_bytes_total'), `lazyd_drain_requested_bytes_total ${400 << 10}`);
+  assert.equal(line('lazyd_drain_install_slices_total'), 'lazyd_drain_install_slices_total 5');
   assert.equal(line('lazyd_page_link_rtt_seconds'), 'lazyd_page_link_rtt_seconds 0.0054');
   assert.equal(line('lazyd_page_link_bandwidth_bytes'), 'lazyd_page_link_bandwidth_bytes 544000000');
   assert.match(text, /lazyd_pages_installed_total\{path="near_fault"\} 10\n/);

@@ -88,6 +88,7 @@ LazySession::Status LazySession::pump() {
 }
 
 LazySession::Status LazySession::on_readable() {
+  new_slice();
   Status status = pump();
   while (status == Status::kOpen && wants_read()) {
     ssize_t n = transport_->recv(in_ + in_len_, sizeof in_ - in_len_);
@@ -107,6 +108,7 @@ LazySession::Status LazySession::on_readable() {
 }
 
 LazySession::Status LazySession::on_writable() {
+  new_slice();
   Status status = pump();
   return status == Status::kOpen ? settle() : status;
 }
@@ -229,6 +231,7 @@ LazySession::Status LazySession::handle_hello(const uint8_t* head) {
     answer.checkpoint = named->id;
     checksums_ = (answer.features & wire::kFeatureChecksum) != 0;
     stats_.priority = (answer.features & wire::kFeaturePriority) != 0;
+    if (stats_.priority) new_slice();  // its replies are never held back
     stats_.resume = (answer.features & wire::kFeatureResume) != 0;
     bound_ = named;
     token_bound_ = true;
@@ -367,6 +370,7 @@ void LazySession::queue(Reply reply) {
 
 LazySession::Status LazySession::flush() {
   while (!replies_.empty()) {
+    if (slice_spent()) return Status::kOpen;  // the rest on the next pass (level-triggered EPOLLOUT)
     Reply& reply = replies_.front();
     if (reply.head_sent < reply.head_len) {
       // MSG_MORE keeps the header with the page bytes that follow; the last sendfile segment goes out without
@@ -381,6 +385,7 @@ LazySession::Status LazySession::flush() {
       reply.head_sent += static_cast<size_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
       queued_bytes_ -= static_cast<uint64_t>(n);
+      spend(static_cast<uint64_t>(n));
       continue;
     }
     // Checksums not computed yet (the bytes are read here, not in a mapping): they are computed as the bytes are
@@ -398,7 +403,9 @@ LazySession::Status LazySession::flush() {
       continue;
     }
     if (reply.store && reply.store_done < reply.span.bytes) {
-      ssize_t n = reply.store->send(reply.span, reply.store_done, fd(), scratch_);
+      StoreSpan part = reply.span;  // at most the slice's worth (a store sends to the end of the span it is given)
+      part.bytes = std::min<uint64_t>(reply.span.bytes, reply.store_done + std::max<uint64_t>(slice_left_, 1));
+      ssize_t n = reply.store->send(part, reply.store_done, fd(), scratch_);
       if (n == -EAGAIN || n == -EWOULDBLOCK) return Status::kOpen;
       if (n == -EINTR) continue;
       if (n < 0) return fail(std::string("sending staged page data failed: ") + strerror(static_cast<int>(-n)));
@@ -406,11 +413,12 @@ LazySession::Status LazySession::flush() {
       reply.store_done += static_cast<uint64_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
       queued_bytes_ -= static_cast<uint64_t>(n);
+      spend(static_cast<uint64_t>(n));
       continue;
     }
     if (reply.file_left) {
       off_t offset = static_cast<off_t>(reply.file_offset);
-      ssize_t n = sendfile(fd(), reply.file_fd, &offset, reply.file_left);
+      ssize_t n = sendfile(fd(), reply.file_fd, &offset, std::min<uint64_t>(reply.file_left, std::max<uint64_t>(slice_left_, 1)));
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
@@ -424,6 +432,7 @@ LazySession::Status LazySession::flush() {
       reply.file_left -= static_cast<uint64_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
       queued_bytes_ -= static_cast<uint64_t>(n);
+      spend(static_cast<uint64_t>(n));
       continue;
     }
     bool sent = false;
@@ -455,6 +464,7 @@ LazySession::Status LazySession::flush_copied(Reply& reply) {
   if (copy_.empty()) copy_.resize(kCopyChunk);
   for (;;) {
     if (copy_off_ == copy_len_) {
+      if (slice_spent()) return Status::kOpen;  // flush() stops there too: the next chunk on the next pass
       copy_off_ = copy_len_ = 0;
       if (reply.store && reply.store_done < reply.span.bytes) {
         const size_t want = static_cast<size_t>(std::min<uint64_t>(copy_.size(), reply.span.bytes - reply.store_done));
@@ -492,6 +502,7 @@ LazySession::Status LazySession::flush_copied(Reply& reply) {
     copy_off_ += static_cast<size_t>(n);
     stats_.bytes_out += static_cast<uint64_t>(n);
     queued_bytes_ -= static_cast<uint64_t>(n);  // else --max-session-bytes would fill up and stop the session
+    spend(static_cast<uint64_t>(n));
   }
 }
 

@@ -3,6 +3,7 @@
 // user-space copy), strictly in request order. A Session (server/session.h): the server's epoll loop drives it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -55,6 +56,12 @@ class LazySession final : public Session {
   LazySession(std::unique_ptr<Transport> transport, const PageIndex& index, const SessionLimits& limits,
               const StagedLookup* staged = nullptr);
   ~LazySession() override;
+
+  // Faults first on the server too: a session that is not a lazyd priority connection sends at most
+  // kSendSliceBytes per wake-up, then the loop serves the other sessions (a priority connection's GETs wait
+  // behind one slice of the drain's sending, copying and checksumming, not behind a socket buffer's worth); epoll
+  // is level-triggered here, so the rest goes out on the next pass.
+  static constexpr uint64_t kSendSliceBytes = 256 * 1024;
 
   Status on_readable() override;
   Status on_writable() override;
@@ -123,6 +130,9 @@ class LazySession final : public Session {
   Status fail_io(const char* what, ssize_t err);
   Status settle();
   Status pump();
+  void new_slice() { slice_left_ = stats_.priority ? UINT64_MAX : kSendSliceBytes; }
+  bool slice_spent() const { return slice_left_ == 0; }
+  void spend(uint64_t bytes) { slice_left_ -= std::min(slice_left_, bytes); }
   bool has_room() const {
     return !waiting_ && replies_.size() < limits_.max_queued_replies && queued_bytes_ < limits_.max_queued_bytes;
   }
@@ -149,6 +159,7 @@ class LazySession final : public Session {
   size_t copy_off_ = 0;
   size_t copy_len_ = 0;
   SessionStats stats_;
+  uint64_t slice_left_ = kSendSliceBytes;
   bool waiting_ = false;      // waiting_get_ waits for its pages (relay staging)
   bool wait_seen_ = false;
   bool retrying_ = false;     // handle_get() runs the waiting GET again

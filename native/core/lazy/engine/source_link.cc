@@ -100,6 +100,7 @@ void SourceLink::connected(const std::string& where) {
   e.kind = EngineEvent::Kind::kSourceConnected;
   e.message = where;
   core_.emit(std::move(e));
+  maybe_open_priority();
 }
 
 void SourceLink::open(Channel& ch) {
@@ -270,9 +271,12 @@ void SourceLink::drop_priority(const std::string& why) {
   }
 }
 
+// The priority connection is opened as soon as the main one is up, not after its HELLO is answered: lazyd-link.json
+// said the server is lazyd, and the restore's first faults come one round trip after another (the rseq area, the
+// threads, the first steps after RSTF), so a second connection made only then was not ready for them at 5 ms RTT.
+// A server that refuses it or grants no feature priority leaves one connection, as before (lost(), pump()).
 void SourceLink::maybe_open_priority() {
   if (priority_off_ || prio_.state != State::kOff || prio_.client || main_.state != State::kUp || closing_) return;
-  if (!main_.client->hello_granted()) return;
   open(prio_);
 }
 

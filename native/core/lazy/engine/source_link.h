@@ -3,7 +3,7 @@
 // runs step by step from the engine's epoll loop (on_socket), like the page server's side of it, so the restore's
 // messages and the uffds keep being read while the server is slow to answer; deadlines bound it.
 //
-// On the lazyd link (docs/protocol.md §7), once the main connection's HELLO is granted:
+// On the lazyd link (docs/protocol.md §7), once the main connection is up (its HELLO still on the way):
 //   - a second, priority connection to the same checkpoint (feature priority, §7.5) carries the demand faults and
 //     their fault-around, so no drain byte is ever queued ahead of them; the drain stays on the main one. Each
 //     connection's replies come in the order of its own requests. With a stock peer: one connection, FIFO.
