@@ -159,7 +159,9 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
     const checkpoint = await loadCheckpoint(imagesDir);
     // The lazyd link (docs/protocol.md §7): only a lazyd page server writes lazyd-link.json into the images.
     const link = values.pageServer && values.link !== 'stock' ? await readLinkCapability(imagesDir) : null;
-    return { checkpoint, link, linkMatches: link ? linkMatchesImages(link, imagesDir) : false };
+    // The engine's tasks too (remote: no file is opened for them): at hand-over nothing is left to compute.
+    const config = values.pageServer ? engineTasks(checkpoint, false) : undefined;
+    return { checkpoint, link, linkMatches: link ? linkMatchesImages(link, imagesDir) : false, config };
   };
   const preloader = new ImagePreloader(imagesDir, readImages, ({ checkpoint }) =>
     logger.debug(`Read ${imagesDir} ahead of the restore: ${checkpoint.tasks.length} tasks`),
@@ -169,7 +171,7 @@ export async function runLazyPages(options: LazyPagesCommandOptions): Promise<nu
       const ahead = await preloader.take();
       const images = ahead ?? (await readImages());
       const { checkpoint } = images;
-      const config = engineTasks(checkpoint, !values.pageServer);
+      const config = images.config ?? engineTasks(checkpoint, !values.pageServer);
       openFds = config.openFds;
       const format = flagOptions.format || formatFromImages(checkpoint) || 24;
       let link = images.link;
