@@ -104,8 +104,8 @@ export class ImagePreloader<T> {
 
   private run(): void {
     if (this.stopped) return;
+    if (!fs.existsSync(path.join(this.dir, 'inventory.img'))) return;  // not an images dir (yet)
     const before = imagesSignature(this.dir);
-    if (!before.includes('/inventory.img ')) return;  // not an images dir (yet)
     // Files that changed while they were read may have been read half-written: such a read is not kept.
     this.read = this.load().then(
       (value) => {

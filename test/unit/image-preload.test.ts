@@ -14,6 +14,16 @@ function imagesDir(files: Record<string, string>): string {
   return dir;
 }
 
+/** body in a fresh dir holding files, removed afterwards. */
+async function inImagesDir(files: Record<string, string>, body: (dir: string) => Promise<void> | void): Promise<void> {
+  const dir = imagesDir(files);
+  try {
+    await body(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const IMAGES = { 'inventory.img': 'inv', 'pstree.img': 'tree', 'pagemap-1.img': 'pm' };
 
 /** A preloader whose reads return the read's number and the inventory's bytes. */
@@ -32,8 +42,7 @@ function counting(dir: string) {
 }
 
 test('images present at start: read once ahead, and that read is what the hand-over takes', async () => {
-  const dir = imagesDir(IMAGES);
-  try {
+  await inImagesDir(IMAGES, async (dir) => {
     const { preloader, reads, kept } = counting(dir);
     preloader.start();
     await pollFor('the read ahead', 5000, () => (kept.length === 1 ? true : undefined));
@@ -41,28 +50,22 @@ test('images present at start: read once ahead, and that read is what the hand-o
     fs.writeFileSync(path.join(dir, 'lazy-pages.log'), 'a line\n');
     assert.equal(await preloader.take(), 1);
     assert.deepEqual(reads, ['inv']);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('an image rewritten after the read ahead: the hand-over gets nothing and reads the images itself', async () => {
-  const dir = imagesDir(IMAGES);
-  try {
+  await inImagesDir(IMAGES, async (dir) => {
     const { preloader, kept } = counting(dir);
     preloader.start();
     await pollFor('the read ahead', 5000, () => (kept.length === 1 ? true : undefined));
     preloader.stop();  // no new read ahead: the change below is seen only by take()
     fs.writeFileSync(path.join(dir, 'pagemap-1.img'), 'pm2');
     assert.equal(await preloader.take(), undefined);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('an empty dir at start: nothing is read until the images are written, then they are read ahead', async () => {
-  const dir = imagesDir({});
-  try {
+  await inImagesDir({}, async (dir) => {
     const { preloader, reads, kept } = counting(dir);
     preloader.start();
     fs.writeFileSync(path.join(dir, 'lazy-pages.log'), 'a line\n');
@@ -70,14 +73,11 @@ test('an empty dir at start: nothing is read until the images are written, then 
     await pollFor('the read ahead after the copy', 5000, () => (kept.length > 0 ? true : undefined));
     assert.equal(await preloader.take(), kept.at(-1));
     assert.ok(reads.every((inventory) => inventory === 'inv'));
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a read that fails is dropped; the hand-over reads the images itself', async () => {
-  const dir = imagesDir(IMAGES);
-  try {
+  await inImagesDir(IMAGES, async (dir) => {
     let tried = 0;
     const preloader = new ImagePreloader(dir, async () => {
       tried++;
@@ -86,22 +86,17 @@ test('a read that fails is dropped; the hand-over reads the images itself', asyn
     preloader.start();
     await pollFor('the failed read ahead', 5000, () => (tried > 0 ? true : undefined));
     assert.equal(await preloader.take(), undefined);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('the restore connects before anything was read: take() stops the read ahead and gets nothing', async () => {
-  const dir = imagesDir(IMAGES);
-  try {
+  await inImagesDir(IMAGES, async (dir) => {
     const { preloader, reads } = counting(dir);
     assert.equal(await preloader.take(), undefined);
     preloader.start();  // after take(): does nothing
     await new Promise((resolve) => setTimeout(resolve, 50));
     assert.deepEqual(reads, []);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('imagesSignature: follows the parent links of a pre-dump chain, and sees a change anywhere in it', () => {
