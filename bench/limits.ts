@@ -3,6 +3,7 @@
 //   memcpy          single-thread memcpy, GB/s
 //   uffd fault      a userfaultfd fault served from local memory by a handler thread with UFFDIO_COPY (4 KiB):
 //                   µs per fault (p50/p99) and MB/s when every page of an area faults in order
+//   uffd bulk       the drain's install path alone: UFFDIO_COPY of 1 MiB at a time into an area nothing touches, MB/s
 //   TCP             one stream between the two network namespaces (netns.ts) at each RTT, and on loopback:
 //                   1-byte round trip p50/p99 and MB/s of a single stream for a few seconds
 // The migration benchmark reuses these numbers (measureLimits() is cached per process).
@@ -27,6 +28,7 @@ export interface TcpLimit {
 export interface Limits {
   memcpyGBs: number;
   uffd: { p50Us: number; p99Us: number; meanUs: number; MBs: number; pages: number };
+  uffdBulk: { MBs: number; chunkBytes: number };
   tcp: TcpLimit[];
 }
 
@@ -86,6 +88,7 @@ export async function measureLimits(ctx: BenchContext, rtts: number[], hosts?: T
   const seconds = ctx.quick ? 1 : 3;
   const mem = json([binary, 'memcpy', ctx.quick ? '128' : '512']);
   const uffd = json([binary, 'uffd', ctx.quick ? '64' : '256']);
+  const bulk = json([binary, 'uffd-bulk', ctx.quick ? '128' : '512', '1024']);
   const tcp: TcpLimit[] = [await measureTcp('loopback', 0, seconds, '127.0.0.1')];
   const own = hosts ?? createTwoHosts({ id: `l${process.pid}` });
   const before = own.rttMs;
@@ -101,9 +104,10 @@ export async function measureLimits(ctx: BenchContext, rtts: number[], hosts?: T
   cached = {
     memcpyGBs: mem.GBs,
     uffd: { p50Us: uffd.p50Us, p99Us: uffd.p99Us, meanUs: uffd.meanUs, MBs: uffd.MBs, pages: uffd.pages },
+    uffdBulk: { MBs: bulk.MBs, chunkBytes: bulk.chunk },
     tcp,
   };
-  ctx.log(`limits: memcpy ${mem.GBs.toFixed(1)} GB/s; uffd fault p50 ${uffd.p50Us.toFixed(1)} µs (${uffd.MBs.toFixed(0)} MB/s); ${tcp.map((t) => `${t.where} ${t.rttMs} ms: ${t.MBs.toFixed(0)} MB/s rtt ${t.rttP50Us.toFixed(0)} µs`).join('; ')}`);
+  ctx.log(`limits: memcpy ${mem.GBs.toFixed(1)} GB/s; uffd fault p50 ${uffd.p50Us.toFixed(1)} µs (${uffd.MBs.toFixed(0)} MB/s), bulk ${bulk.MBs.toFixed(0)} MB/s; ${tcp.map((t) => `${t.where} ${t.rttMs} ms: ${t.MBs.toFixed(0)} MB/s rtt ${t.rttP50Us.toFixed(0)} µs`).join('; ')}`);
   return cached;
 }
 
@@ -111,6 +115,7 @@ export function limitsMarkdown(limits: Limits): string {
   const rows = [
     ['memcpy, one thread', `${limits.memcpyGBs.toFixed(2)} GB/s`, ''],
     ['userfaultfd fault from local memory (UFFDIO_COPY 4 KiB)', `p50 ${limits.uffd.p50Us.toFixed(1)} µs, p99 ${limits.uffd.p99Us.toFixed(1)} µs`, `${limits.uffd.MBs.toFixed(0)} MB/s over ${limits.uffd.pages} faults`],
+    ['UFFDIO_COPY of 1 MiB at a time, nothing faulting (the drain\'s install alone)', '', `${limits.uffdBulk.MBs.toFixed(0)} MB/s`],
     ...limits.tcp.map((t) => [
       t.where === 'loopback' ? 'TCP, loopback' : `TCP between the namespaces, ${t.rttMs} ms RTT added`,
       `RTT p50 ${(t.rttP50Us / 1000).toFixed(3)} ms, p99 ${(t.rttP99Us / 1000).toFixed(3)} ms`,
@@ -124,7 +129,7 @@ export const RTTS_MS = [0, 0.5, 5];
 
 export const limitsBenchmark: Benchmark = {
   name: 'limits',
-  description: 'what the machine allows: memcpy, a userfaultfd fault from local memory, TCP on loopback and between the namespaces',
+  description: 'what the machine allows: memcpy, a userfaultfd fault from local memory, bulk UFFDIO_COPY, TCP on loopback and between the namespaces',
   estimate: (ctx) => (ctx.quick ? '~15 s' : '~40 s'),
   async run(ctx) {
     const limits = await measureLimits(ctx, RTTS_MS);
