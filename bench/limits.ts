@@ -115,7 +115,7 @@ export function limitsMarkdown(limits: Limits): string {
   const rows = [
     ['memcpy, one thread', `${limits.memcpyGBs.toFixed(2)} GB/s`, ''],
     ['userfaultfd fault from local memory (UFFDIO_COPY 4 KiB)', `p50 ${limits.uffd.p50Us.toFixed(1)} µs, p99 ${limits.uffd.p99Us.toFixed(1)} µs`, `${limits.uffd.MBs.toFixed(0)} MB/s over ${limits.uffd.pages} faults`],
-    ['UFFDIO_COPY of 1 MiB at a time, nothing faulting (the drain\'s install alone)', '', `${limits.uffdBulk.MBs.toFixed(0)} MB/s`],
+    [`UFFDIO_COPY of ${limits.uffdBulk.chunkBytes / 1024} KiB at a time, nothing faulting (the drain's install alone)`, '', `${limits.uffdBulk.MBs.toFixed(0)} MB/s`],
     ...limits.tcp.map((t) => [
       t.where === 'loopback' ? 'TCP, loopback' : `TCP between the namespaces, ${t.rttMs} ms RTT added`,
       `RTT p50 ${(t.rttP50Us / 1000).toFixed(3)} ms, p99 ${(t.rttP99Us / 1000).toFixed(3)} ms`,
