@@ -38,6 +38,9 @@ import { waitForListen } from '../staging/listen-watch.js';
 import { resetDump } from '../staging/relay.js';
 import { LINK_FILE_NAME, LINK_VERSION } from '../link/capability-file.js';
 
+/** How long a failed page connection waits for the agent's own report of why (see the session-end handler). */
+const AGENT_REPORT_GRACE_MS = 1000;
+
 export interface MigrateOptions {
   pid: number;
   to: { host: string; port: number };
@@ -312,10 +315,13 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     const lazyPages = plan.pages;
     report.lazyPages = lazyPages;
     if (plan.note) progress.note(plan.note);
-    // The destination's page connection failing before every page is there: the agent reports it too, but
-    // this side sees it first.
+    // The destination's page connection failing before every page is there. When the agent's restore fails its
+    // lazy-pages resets this connection before the agent has seen criu restore exit, so the agent's `failed`
+    // (which names the cause) comes a moment after the reset: it wins if it comes within AGENT_REPORT_GRACE_MS.
     relay.on('session-end', (end: { ok: boolean; message: string }) => {
-      if (!end.ok) abortWith(new Failure(`the destination's page connection failed: ${end.message}`));
+      if (end.ok) return;
+      const failure = new Failure(`the destination's page connection failed: ${end.message}`);
+      setTimeout(() => abortWith(failure), AGENT_REPORT_GRACE_MS).unref();
     });
 
     // ---- 4. the images, and the relay's lazyd-link.json to an agent that takes it (docs/protocol.md §7)
