@@ -331,6 +331,12 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
           faults = r.faults;
           requests = r.requests;
         } else {
+          // lazyd from a lazyd source must run the lazyd link (priority connection, checksums): a run that fell
+          // back to CRIU's bytes (lazyd-link.json missing from the images) would be a different pair's figures.
+          const wantLink = (source === 'lazyd-staging' || source === 'lazyd-relay') && !DEST_DAEMON_ARGS?.some((a) => a === '--link' || a.startsWith('--link='));
+          if (wantLink && !/^.*Loaded .*, lazyd link\)/m.test(fs.readFileSync(log, 'utf8'))) {
+            throw new Error(`${config}: the destination's lazyd lazy-pages did not use the lazyd link (no lazyd-link.json with the images: ${log})`);
+          }
           const lat = readLazydLatency(log);
           if (lat) fault = { p50: lat.p50Us, p99: lat.p99Us, max: lat.maxUs, n: lat.faults };
           faults = restored.lazydTotals?.faults ?? lat?.faults ?? null;

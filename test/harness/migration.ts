@@ -936,8 +936,8 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
       let source: { address: string; port: number } | 'local';
       let relayCommand: RelayCommand | undefined;
       if (options.server === 'lazyd-relay') {
-        // The relay's pull runs while the images are copied and the daemon starts; the restore waits for its
-        // status byte (onDaemonReady below): from then on the daemon serves the checkpoint.
+        // The relay's pull runs while the images are copied and the restore runs; the copy waits for its status
+        // byte (below): from then on the daemon serves the checkpoint.
         server = relayDaemon!.server;
         source = relayDaemon!.server;
         await options.beforeRestore?.(server, checkpoint);
@@ -977,6 +977,9 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         source = relay;
       }
 
+      // The README's relay flow: the images go to the destination after `lazyd staging relay`'s status byte, by
+      // which lazyd-link.json is in the dump's -D beside them (copied earlier, the restore would speak plain CRIU).
+      if (relayReady) relayCommand = await relayReady;
       const restored = await lazyRestore({
         checkpoint,
         server: source,
@@ -984,10 +987,7 @@ export async function runLazyMigration(options: MigrationOptions): Promise<Migra
         daemonArgs: options.daemonArgs,
         daemonEnv: options.daemonEnv,
         preStarted,
-        onDaemonReady: async (daemonProc, dstDir) => {
-          if (relayReady) relayCommand = await relayReady;
-          await options.onDaemonReady?.(daemonProc, dstDir);
-        },
+        onDaemonReady: options.onDaemonReady,
         passes: options.passes,
         checkSums: controls.length === 0,
         afterResume: controls.length ? (pid) => wakeWorkload(pid) : undefined,
