@@ -614,6 +614,59 @@ void test_relay_checksums() {
   }
 }
 
+// The same over a socket that is full most of the time (a drain over a busy link): the last chunk of each reply
+// completes its checksums before the socket has taken all of it, and its bytes still go out before the trailer.
+void test_relay_checksums_socket_full() {
+  OneCheckpoint relayed(relay_checkpoint(300, kStagedVaddr, 96, 0x7c));
+  static std::unique_ptr<PageIndex> index = image_index();
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  const int small = 8192;
+  CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0, "SO_SNDBUF: %s", strerror(errno));
+  SessionLimits limits;
+  limits.max_request_pages = 64;
+  limits.max_queued_replies = 64;
+  limits.max_queued_bytes = 1 << 20;
+  LazySession session(sv[0], *index, limits, &relayed);
+  const uint64_t both = wire::kFeatureBind | wire::kFeatureChecksum;
+  const uint32_t sizes[] = {32, 1, 48, 15};  // 128 KiB, a page, 192 KiB, 60 KiB: each in one copied chunk
+  Bytes input = hello(0x7c, wire::kLinkVersion, both);
+  uint64_t first = 0;
+  for (uint32_t n : sizes) {
+    input = cat({input, get24(300, kStagedVaddr + first * kPage, n)});
+    first += n;
+  }
+  CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+  Bytes out;
+  size_t expected = wire::kHelloReplySize;
+  for (uint32_t n : sizes) expected += wire::HEADER_SIZE_V24 + n * kPage + n * wire::kChecksumSize;
+  LazySession::Status status = session.on_readable();
+  for (int rounds = 0; out.size() < expected; rounds++) {
+    CHECK(status == LazySession::Status::kOpen, "session: %s", session.error().c_str());
+    CHECK(rounds < 100000, "stuck at %zu of %zu bytes", out.size(), expected);
+    uint8_t buf[3000];  // less than the socket holds: the session finds it full again and again
+    ssize_t got = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (got > 0) out.insert(out.end(), buf, buf + got);
+    if (session.wants_write()) status = session.on_writable();
+  }
+  CHECK(out.size() == expected, "every reply's bytes: %zu of %zu", out.size(), expected);
+  size_t at = wire::kHelloReplySize;
+  first = 0;
+  for (uint32_t n : sizes) {
+    const wire::Header h = wire::decode(wire::Format::V24, out.data() + at);
+    CHECK(h.cmd == wire::GET_REPLY_CMD && h.nr_pages == n && h.vaddr == kStagedVaddr + first * kPage,
+          "a reply header at byte %zu (cmd 0x%x, %" PRIu64 " pages)", at, static_cast<unsigned>(h.cmd), static_cast<uint64_t>(h.nr_pages));
+    const uint8_t* pages = out.data() + at + wire::HEADER_SIZE_V24;
+    uint64_t wrong = 0;
+    for (uint64_t i = 0; i < n * kPage; i++) wrong += pages[i] != pattern_byte(first * kPage + i);
+    CHECK(wrong == 0, "reply of %u pages: %" PRIu64 " bytes wrong", n, wrong);
+    CHECK(wire::check_pages(pages, n, kPage, pages + n * kPage).bad == 0, "its trailer follows its pages");
+    at += wire::HEADER_SIZE_V24 + n * kPage + n * wire::kChecksumSize;
+    first += n;
+  }
+  close(sv[1]);
+}
+
 // Client: a flipped bit is re-fetched (only the bad run) and the reply handed on once clean; a second flip fails.
 struct Scripted {
   int sv[2];
@@ -821,6 +874,7 @@ int main(int argc, char** argv) {
   test_client_refetch(false);
   test_client_refetch(true);
   test_relay_checksums();
+  test_relay_checksums_socket_full();
   test_client();
   test_send_slices();
   test_codec();

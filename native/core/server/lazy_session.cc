@@ -389,8 +389,9 @@ LazySession::Status LazySession::flush() {
       continue;
     }
     // Checksums not computed yet (the bytes are read here, not in a mapping): they are computed as the bytes are
-    // copied out to be sent.
-    if (!transport_->zero_copy() || (reply.checksums.active() && !reply.checksums.complete())) {
+    // copied out to be sent. Bytes copied out and not yet sent are this reply's: the last chunk completes the
+    // checksums before the socket has taken it, and the zero-copy path would then send the trailer ahead of it.
+    if (copy_off_ < copy_len_ || !transport_->zero_copy() || (reply.checksums.active() && !reply.checksums.complete())) {
       if (copy_off_ < copy_len_ || reply.file_left || (reply.store && reply.store_done < reply.span.bytes)) {
         Status status = flush_copied(reply);
         if (status != Status::kOpen || copy_off_ < copy_len_) return status;  // failed, or the socket is full
