@@ -150,7 +150,7 @@ int uffd_bulk_mode(size_t mib, size_t chunk_kib) {
   const size_t bytes = mib << 20, chunk = std::max<size_t>(chunk_kib << 10, kPage);
   std::vector<char> src(chunk);
   for (size_t i = 0; i < chunk; i++) src[i] = static_cast<char>(i * 131 + 7);
-  double best = 1e9;
+  double best = 1e9, first = 0;
   for (int run = 0; run < 3; run++) {
     char* area = nullptr;
     int uffd = registered_area(bytes, &area);
@@ -163,7 +163,9 @@ int uffd_bulk_mode(size_t mib, size_t chunk_kib) {
       copy.mode = UFFDIO_COPY_MODE_DONTWAKE;
       if (ioctl(uffd, UFFDIO_COPY, &copy) < 0) die("UFFDIO_COPY");
     }
-    best = std::min(best, now_s() - t);
+    const double took = now_s() - t;
+    if (run == 0) first = took;
+    best = std::min(best, took);
     for (size_t off = 0; off < bytes; off += chunk) {
       if (std::memcmp(area + off, src.data(), std::min(chunk, bytes - off)) != 0) {
         std::fprintf(stderr, "limits: uffd-bulk: pages read back wrong at %zu\n", off);
@@ -173,7 +175,10 @@ int uffd_bulk_mode(size_t mib, size_t chunk_kib) {
     munmap(area, bytes);
     close(uffd);
   }
-  std::printf("{\"mode\":\"uffd-bulk\",\"bytes\":%zu,\"chunk\":%zu,\"MBs\":%.1f}\n", bytes, chunk, bytes / best / 1e6);
+  // The first area takes whatever pages are free; on a VM whose free pages go back to the host (virtio-balloon
+  // free page reporting) those need the host to back them again, the later areas reuse the first one's.
+  std::printf("{\"mode\":\"uffd-bulk\",\"bytes\":%zu,\"chunk\":%zu,\"MBs\":%.1f,\"firstMBs\":%.1f}\n", bytes, chunk,
+              bytes / best / 1e6, bytes / first / 1e6);
   return 0;
 }
 
