@@ -104,8 +104,17 @@ async function verifyMigrated(t: TestContext, s: Scene, report: MigrationReport,
   assert.ok(passes.every((p) => p.length >= 2));
   assert.ok(report.downtimeMs! > 0 && report.frozenMs! >= report.downtimeMs!, 'frozen covers the downtime');
   assert.ok(report.allPagesMs! >= report.downtimeMs!, 'the last page arrives after the restore');
-  assert.ok(report.lazyPages! > 0 && report.pagesServed! >= report.lazyPages!, `every lazy page crossed (${report.pagesServed}/${report.lazyPages})`);
-  assert.ok(report.bytes.pages >= report.lazyPages! * 4096);
+  if (report.lazyPages === 0) {
+    // CRIU's is_stack() quirk (test/harness/migration.ts, checkpointWorkload): about once in 256 dumps per thread a
+    // page-aligned stack pointer makes criu dump --lazy-pages mark no page lazy. The memory then travels in the
+    // images: a valid migration, which lazyd must carry too (the restored workload verified it above).
+    const mib = s.source.workload.options.mib;
+    assert.ok(report.bytes.images >= mib * 1048576, `no lazy page: the ${mib} MiB must have crossed in the images (${report.bytes.images} bytes)`);
+    t.diagnostic(`criu dump marked no page lazy (its is_stack() quirk): the ${mib} MiB crossed in the images`);
+  } else {
+    assert.ok(report.pagesServed! >= report.lazyPages!, `every lazy page crossed (${report.pagesServed}/${report.lazyPages})`);
+    assert.ok(report.bytes.pages >= report.lazyPages! * 4096);
+  }
   process.kill(report.restoredPid!, 'SIGKILL');
 }
 
