@@ -283,6 +283,11 @@ function stagedBytes(logFile: string): number | null {
   return bytes;
 }
 
+/** `--link stock` among the destination daemon's extra arguments (LAZYD_BENCH_LAZYD_ARGS): CRIU's bytes on purpose. */
+function asksStockLink(args: readonly string[] | undefined): boolean {
+  return !!args?.some((a, i) => a === '--link=stock' || (a === '--link' && args[i + 1] === 'stock'));
+}
+
 async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: string, limits: Limits): Promise<FigureValues> {
   const [source, dest] = config.split('+') as [Source, DaemonKind];
   const wl = workloadOptions(cell.workload, cell.mib, 1000 + cell.mib);
@@ -333,8 +338,8 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
         } else {
           // lazyd from a lazyd source must run the lazyd link (priority connection, checksums): a run that fell
           // back to CRIU's bytes (lazyd-link.json missing from the images) would be a different pair's figures.
-          const wantLink = (source === 'lazyd-staging' || source === 'lazyd-relay') && !DEST_DAEMON_ARGS?.some((a) => a === '--link' || a.startsWith('--link='));
-          if (wantLink && !/^.*Loaded .*, lazyd link\)/m.test(fs.readFileSync(log, 'utf8'))) {
+          const wantLink = (source === 'lazyd-staging' || source === 'lazyd-relay') && !asksStockLink(DEST_DAEMON_ARGS);
+          if (wantLink && !/Loaded .*, lazyd link\)/.test(fs.readFileSync(log, 'utf8'))) {
             throw new Error(`${config}: the destination's lazyd lazy-pages did not use the lazyd link (no lazyd-link.json with the images: ${log})`);
           }
           const lat = readLazydLatency(log);
