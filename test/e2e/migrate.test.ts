@@ -96,26 +96,31 @@ async function scene(
 /** The restored tree on the destination: verified, then killed (it is the init of its own pid namespace). */
 async function verifyMigrated(t: TestContext, s: Scene, report: MigrationReport, code: number | null): Promise<void> {
   describe(t, report);
-  assert.equal(code, EXIT.migrated, report.message);
-  assert.equal(report.outcome, 'migrated');
-  assert.ok(report.restoredPid && report.restoredPid !== s.source.workload.pid, 'a new pid on the destination');
-  assert.equal(processAlive(s.source.workload.pid), false, 'the original is gone');
-  const passes = await verifyRunning(s.source, report.restoredPid!);
-  assert.ok(passes.every((p) => p.length >= 2));
-  assert.ok(report.downtimeMs! > 0 && report.frozenMs! >= report.downtimeMs!, 'frozen covers the downtime');
-  assert.ok(report.allPagesMs! >= report.downtimeMs!, 'the last page arrives after the restore');
-  if (report.lazyPages === 0) {
-    // CRIU's is_stack() quirk (test/harness/migration.ts, checkpointWorkload): about once in 256 dumps per thread a
-    // page-aligned stack pointer makes criu dump --lazy-pages mark no page lazy. The memory then travels in the
-    // images: a valid migration, which lazyd must carry too (the restored workload verified it above).
-    const mib = s.source.workload.options.mib;
-    assert.ok(report.bytes.images >= mib * 1048576, `no lazy page: the ${mib} MiB must have crossed in the images (${report.bytes.images} bytes)`);
-    t.diagnostic(`criu dump marked no page lazy (its is_stack() quirk): the ${mib} MiB crossed in the images`);
-  } else {
-    assert.ok(report.pagesServed! >= report.lazyPages!, `every lazy page crossed (${report.pagesServed}/${report.lazyPages})`);
-    assert.ok(report.bytes.pages >= report.lazyPages! * 4096);
+  // The restored tree is killed whatever the checks find: a failed assertion must not leave it running into the
+  // tests after this one.
+  try {
+    assert.equal(code, EXIT.migrated, report.message);
+    assert.equal(report.outcome, 'migrated');
+    assert.ok(report.restoredPid && report.restoredPid !== s.source.workload.pid, 'a new pid on the destination');
+    assert.equal(processAlive(s.source.workload.pid), false, 'the original is gone');
+    const passes = await verifyRunning(s.source, report.restoredPid!);
+    assert.ok(passes.every((p) => p.length >= 2));
+    assert.ok(report.downtimeMs! > 0 && report.frozenMs! >= report.downtimeMs!, 'frozen covers the downtime');
+    assert.ok(report.allPagesMs! >= report.downtimeMs!, 'the last page arrives after the restore');
+    if (report.lazyPages === 0) {
+      // CRIU's is_stack() quirk (test/harness/migration.ts, checkpointWorkload): about once in 256 dumps per thread a
+      // page-aligned stack pointer makes criu dump --lazy-pages mark no page lazy. The memory then travels in the
+      // images: a valid migration, which lazyd must carry too (the restored workload verified it above).
+      const mib = s.source.workload.options.mib;
+      assert.ok(report.bytes.images >= mib * 1048576, `no lazy page: the ${mib} MiB must have crossed in the images (${report.bytes.images} bytes)`);
+      t.diagnostic(`criu dump marked no page lazy (its is_stack() quirk): the ${mib} MiB crossed in the images`);
+    } else {
+      assert.ok(report.pagesServed! >= report.lazyPages!, `every lazy page crossed (${report.pagesServed}/${report.lazyPages})`);
+      assert.ok(report.bytes.pages >= report.lazyPages! * 4096);
+    }
+  } finally {
+    if (report.restoredPid && report.restoredPid !== s.source.workload.pid && processAlive(report.restoredPid)) process.kill(report.restoredPid, 'SIGKILL');
   }
-  process.kill(report.restoredPid!, 'SIGKILL');
 }
 
 /** lazyd migrate's note that its relay holds every lazy page (the dump's CLOSE held). */
