@@ -10,7 +10,7 @@
 //   lazy-pages exit     until the daemon exited 0
 //   stall max / p99     heartbeat gaps of the workload (it beats every 5 ms) from the restore to the end of verification
 //   fault service       criu: "#PF at X" → "uffd_copy: X.." in its -v4 log (µs stamps), faults whose page came in
-//                       by a copy; lazyd: its own histogram line (PAGEFAULT read → page installed; bucket upper bounds)
+//                       by a copy; lazyd: its own summary line (PAGEFAULT read → page installed; fine bucket upper bounds)
 //   requests            GET requests the page server (lazyd serve mode, the same for both) answered, from its log
 //   daemon CPU          utime+stime of the daemon process (/proc sampling every 20 ms; lazyd's includes node's start)
 // A run is bounded: when the daemon has not finished within BOUND_MS, the run counts as "> BOUND_MS" (its
@@ -96,7 +96,7 @@ async function measure(criuVersion: CriuVersion, daemon: DaemonKind, mib: number
         } else {
           const lat = readLazydLatency(log);
           lazydLatencyLine = lat?.line;
-          if (lat) faultUs = { p50: lat.p50Us, p99: lat.p99Us, max: lat.maxUs, n: lat.faults, source: 'lazyd histogram (bucket bounds, 4 per doubling)' };
+          if (lat) faultUs = { p50: lat.p50Us, p99: lat.p99Us, max: lat.maxUs, n: lat.faults, source: 'lazyd summary line (bucket bounds within 1.6 %, max exact)' };
           faults = restored.lazydTotals?.faults ?? lat?.faults ?? null;
         }
       },
@@ -215,7 +215,7 @@ export const lazyPagesBenchmark: Benchmark = {
         `Each run is bounded at ${BOUND_MS / 1000} s (restore start → daemon exit); a run over it counts with the bound as its ` +
           `"all pages present" and "exit" figures (a lower bound: the median then reads "≥"), its other figures are not measured.`,
         'Fault service time: criu — from its -v4 log, "#PF at X" to the "uffd_copy" covering X (µs stamps; the logging itself is ' +
-          'in the path); lazyd — its histogram line, PAGEFAULT read → page installed, as bucket upper bounds.',
+          'in the path); lazyd — its summary line, PAGEFAULT read → page installed: p50 and p99 as upper bounds of buckets within 1.6 % of the value, the max exact.',
         'Daemon CPU: utime+stime of the daemon process from /proc/<pid>/stat every 20 ms (USER_HZ resolution); for lazyd it includes starting node.',
         'Ratios: lazyd/criu of the medians, and the range of the per-pair ratio (the two runs of a pair ran back to back).',
       ],

@@ -7,7 +7,7 @@
 // Figures per run (times from the start of `criu restore --lazy-pages -d`):
 //   all pages present   until the daemon logged its last task done
 //   lazy-pages exit     until the daemon exited 0
-//   fault service       lazyd: its histogram (PAGEFAULT read → page installed; bucket upper bounds); criu: its -v4
+//   fault service       lazyd: its summary line (PAGEFAULT read → page installed; fine bucket upper bounds); criu: its -v4
 //                       log, "#PF at X" → "uffd_copy" covering X
 //   daemon CPU          utime+stime of the destination daemon (lazyd's includes starting node)
 //   server CPU          utime+stime of the page server from just before the restore to its exit (start-up left out)

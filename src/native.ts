@@ -362,6 +362,10 @@ export interface LazyPagesStats {
   latencyCounts: number[];
   latencySumUs: number;
   latencyCount: number;
+  /** The same samples at a finer resolution: p50 and p99 as bucket upper bounds within 1.6 %, the max exact (0: none). */
+  latencyP50Us: number;
+  latencyP99Us: number;
+  latencyMaxUs: number;
   /** By how each fault ended: copied, zeropage, exists, dropped, retried, gone. */
   faultsByResult: Record<string, number>;
   bytesSent: number;

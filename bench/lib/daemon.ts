@@ -111,7 +111,7 @@ export interface LazydLatency {
   line: string;
 }
 
-/** lazyd's "fault service time: p50 <= X us, p99 <= Y us, max <= Z us (N faults)" (bucket upper bounds). */
+/** lazyd's "fault service time: p50 <= X us, p99 <= Y us, max Z us (N faults)" (fine bucket upper bounds, the max exact). */
 export function readLazydLatency(logFile: string): LazydLatency | undefined {
   let text: string;
   try {
@@ -123,9 +123,9 @@ export function readLazydLatency(logFile: string): LazydLatency | undefined {
   const line = lines.at(-1);
   if (!line) return undefined;
   if (/no faults/.test(line)) return { p50Us: null, p99Us: null, maxUs: null, faults: 0, line };
-  // "> X us" (beyond the last bound) is kept as X: a lower bound.
+  // p50 and p99 follow "<=" (bucket upper bounds), the max nothing (exact).
   const q = (name: string) => {
-    const v = line.match(new RegExp(`${name} (?:<=|>) (\\d+(?:\\.\\d+)?) us`))?.[1];
+    const v = line.match(new RegExp(`${name} (?:(?:<=|>) )?(\\d+(?:\\.\\d+)?) us`))?.[1];
     return v === undefined ? null : Number(v);
   };
   return { p50Us: q('p50'), p99Us: q('p99'), maxUs: q('max'), faults: Number(line.match(/\((\d+) faults\)/)?.[1] ?? 0), line };

@@ -220,6 +220,9 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     o.Set("latencyCounts", counts);
     o.Set("latencySumUs", uint64_value(env, s.latency_sum_us));
     o.Set("latencyCount", uint64_value(env, s.latency_count));
+    o.Set("latencyP50Us", uint64_value(env, s.latency_p50_us));
+    o.Set("latencyP99Us", uint64_value(env, s.latency_p99_us));
+    o.Set("latencyMaxUs", uint64_value(env, s.latency_max_us));
     Napi::Object results = Napi::Object::New(env);
     for (size_t i = 0; i < lazyd::kFaultResults; i++) {
       results.Set(lazyd::fault_result_name(static_cast<lazyd::FaultResult>(i)), uint64_value(env, s.faults_by_result[i]));

@@ -183,7 +183,8 @@ static void print_stats(const char* name, const EngineStats& s) {
               (unsigned long)s.summary.pages_zero, (unsigned long)s.summary.pages_exist,
               (unsigned long)s.summary.pages_dropped, (unsigned long)s.summary.pages_total, s.summary.seconds);
   for (size_t i = 0; i < kLatencyBuckets; i++) std::printf(" %lu", (unsigned long)s.latency_us[i]);
-  std::printf("\n");
+  std::printf("; p50 <= %lu p99 <= %lu max %lu us\n", (unsigned long)s.latency_p50_us, (unsigned long)s.latency_p99_us,
+              (unsigned long)s.latency_max_us);
 }
 
 static uint64_t installed(const EngineStats& s) {
@@ -305,6 +306,21 @@ static void test_local_full() {
   // Metrics: the histogram's count is its buckets' sum; every fault message ended with one result.
   CHECK(hist == s.latency_count);
   CHECK(s.latency_sum_us > 0);
+  {
+    // The fine figures are the same samples: the exact max lies in the last non-empty coarse bucket, and the p50
+    // near the coarse bucket holding the median (a fine bucket is at most 1/64 of its values wide).
+    size_t last = 0, median = 0;
+    uint64_t seen = 0;
+    for (size_t i = 0; i < kLatencyBuckets; i++) {
+      if (s.latency_us[i]) last = i;
+      if (seen < (hist + 1) / 2 && seen + s.latency_us[i] >= (hist + 1) / 2) median = i;
+      seen += s.latency_us[i];
+    }
+    const auto lower = [](size_t i) { return i == 0 ? 0 : kLatencyBoundsUs[i - 1] + 1; };
+    CHECK(s.latency_max_us >= lower(last) && s.latency_max_us <= kLatencyBoundsUs[last]);
+    CHECK(s.latency_p50_us >= lower(median) && s.latency_p50_us <= kLatencyBoundsUs[median] * 65 / 64 + 1);
+    CHECK(s.latency_p50_us <= s.latency_p99_us && s.latency_p99_us <= s.latency_max_us);
+  }
   uint64_t by_result = 0;
   for (uint64_t n : s.faults_by_result) by_result += n;
   CHECK(by_result == s.summary.faults);

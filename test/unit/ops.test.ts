@@ -168,6 +168,9 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
     latencyCounts: [2, 3, 1],
     latencySumUs: 1_500_000,
     latencyCount: 6,
+    latencyP50Us: 200,
+    latencyP99Us: 250,
+    latencyMaxUs: 1_000_000,
     faultsByResult: { copied: 3, zeropage: 2, exists: 1, dropped: 0, retried: 0, gone: 1 },
     bytesSent: 9 * 24,
   };

@@ -179,6 +179,8 @@ struct EngineStats {
   uint64_t latency_us[kLatencyBuckets] = {};  // per bucket, not cumulative
   uint64_t latency_sum_us = 0;
   uint64_t latency_count = 0;
+  // From the fine histogram (engine/latency_quantiles.h): bucket upper bounds within 1.6 %, the max exact; 0: none.
+  uint64_t latency_p50_us = 0, latency_p99_us = 0, latency_max_us = 0;
   uint64_t faults_by_result[kFaultResults] = {};
   uint64_t bytes_sent = 0;                    // requests written to the page source (0 for a local one)
   uint64_t tls_failures = 0;                  // --tls: the handshake with the page server failed (0 or 1)

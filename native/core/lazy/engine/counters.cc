@@ -51,6 +51,7 @@ void EngineCounters::settle(FaultResult result, uint64_t t0, uint64_t faults) {
   const size_t i = static_cast<size_t>(std::lower_bound(kLatencyBoundsUs, kLatencyBoundsUs + kLatencyBuckets - 1, us) -
                                       kLatencyBoundsUs);
   latency_us[i].add(faults);
+  latency_fine.record(us, faults);
   latency_sum_us.add(us * faults);
   latency_count.add(faults);
 }
@@ -99,6 +100,9 @@ EngineStats EngineCounters::snapshot(EngineState state) const {
   for (size_t i = 0; i < kLatencyBuckets; i++) s.latency_us[i] = latency_us[i].get();
   s.latency_sum_us = latency_sum_us.get();
   s.latency_count = latency_count.get();
+  s.latency_p50_us = latency_fine.quantile_us(0.5);
+  s.latency_p99_us = latency_fine.quantile_us(0.99);
+  s.latency_max_us = latency_fine.max_us();
   for (size_t i = 0; i < kFaultResults; i++) s.faults_by_result[i] = results[i].get();
   s.bytes_sent = bytes_sent.get();
   return s;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "lazy/engine/latency_quantiles.h"
 #include "lazy/fault_engine.h"
 #include "util/counter.h"
 
@@ -21,6 +22,7 @@ struct EngineCounters {
       tls_failures, bytes_background, checksum_mismatches, reconnects, install_slices;
   // Fault service time, and how each fault message ended.
   Counter latency_us[kLatencyBuckets], latency_sum_us, latency_count;
+  LatencyQuantiles latency_fine;  // the same samples, for p50 / p99 / max (summary line, benchmarks)
   Counter results[kFaultResults];
   // The engine's own time: from listening to done or failed.
   Counter start_ns, end_ns;
