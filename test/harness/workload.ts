@@ -37,9 +37,20 @@ export type ControlFile = 'do-fork' | 'do-munmap' | 'do-mremap' | 'do-dontneed' 
 /** How buildWorkload() compiles the workload (scripts/record-fixtures.sh records them too). */
 export const WORKLOAD_CFLAGS = ['-O2', '-Wall', '-pthread'];
 
-/** Realtime clock in ns, comparable with the workload's CLOCK_REALTIME stamps. */
+// The wall clock at performance.now() = 0. performance.timeOrigin is read once, at start; if the wall clock is
+// stepped later (a VM paused and resumed, a time sync), the workload's CLOCK_REALTIME stamps follow the step and
+// timeOrigin + now() does not: every heartbeat then falls on the wrong side of a restore's start (one bench run lost
+// the downtime of every run after such a step). Date.now() has ms resolution, so the origin is moved only when
+// the two disagree by more than a few ms.
+let wallOriginMs = performance.timeOrigin;
+const WALL_STEP_MS = 5;
+
+/** Realtime clock in ns, comparable with the workload's CLOCK_REALTIME stamps (sub-ms between wall-clock steps). */
 export function nowNs(): bigint {
-  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
+  const sinceStart = performance.now();
+  const wall = Date.now();
+  if (Math.abs(wall - (wallOriginMs + sinceStart)) > WALL_STEP_MS) wallOriginMs = wall - sinceStart;
+  return BigInt(Math.round((wallOriginMs + sinceStart) * 1e6));
 }
 
 // ---------------------------------------------------------------- build
