@@ -125,7 +125,7 @@ export function readLazydLatency(logFile: string): LazydLatency | undefined {
   if (/no faults/.test(line)) return { p50Us: null, p99Us: null, maxUs: null, faults: 0, line };
   // p50 and p99 follow "<=" (bucket upper bounds), the max nothing (exact).
   const q = (name: string) => {
-    const v = line.match(new RegExp(`${name} (?:(?:<=|>) )?(\\d+(?:\\.\\d+)?) us`))?.[1];
+    const v = line.match(new RegExp(`${name} (?:<= )?(\\d+(?:\\.\\d+)?) us`))?.[1];
     return v === undefined ? null : Number(v);
   };
   return { p50Us: q('p50'), p99Us: q('p99'), maxUs: q('max'), faults: Number(line.match(/\((\d+) faults\)/)?.[1] ?? 0), line };

@@ -40,8 +40,8 @@ export const WORKLOAD_CFLAGS = ['-O2', '-Wall', '-pthread'];
 // The wall clock at performance.now() = 0. performance.timeOrigin is read once, at start; if the wall clock is
 // stepped later (a VM paused and resumed, a time sync), the workload's CLOCK_REALTIME stamps follow the step and
 // timeOrigin + now() does not: every heartbeat then falls on the wrong side of a restore's start (one bench run lost
-// the downtime of every later run, as such a step would make it). Date.now() has ms resolution, so the origin is moved only when
-// the two disagree by more than a few ms.
+// the downtime of every later run, as such a step would make it). Date.now() has ms resolution, so the origin is
+// moved only when the two disagree by more than a few ms.
 let wallOriginMs = performance.timeOrigin;
 const WALL_STEP_MS = 5;
 
