@@ -349,6 +349,7 @@ export interface LazyPagesStats {
   reconnects: number;
   /** Drain reply parts installed in a later loop pass than their reply's first (faults first: 128 KiB a pass). */
   installSlices: number;
+  faultsReasked: number;
   /** The drain's bytes in flight allowed now (measured bandwidth x RTT within the floor and ceiling, or the faulting cap). */
   drainWindowBytes: number;
   drainInflightBytes: number;

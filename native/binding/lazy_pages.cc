@@ -204,6 +204,7 @@ class LazyPagesWrap : public Napi::ObjectWrap<LazyPagesWrap> {
     o.Set("checksumMismatches", uint64_value(env, s.checksum_mismatches));
     o.Set("reconnects", uint64_value(env, s.reconnects));
     o.Set("installSlices", uint64_value(env, s.install_slices));
+    o.Set("faultsReasked", uint64_value(env, s.faults_reasked));
     o.Set("drainWindowBytes", uint64_value(env, s.bg_window_bytes));
     o.Set("drainInflightBytes", uint64_value(env, s.bg_bytes_in_flight));
     o.Set("drainRequestedBytes", uint64_value(env, s.bytes_background));

@@ -328,10 +328,33 @@ static void test_random_model() {
   }
 }
 
+// A fault on a page the drain has asked for already: the page once more (its dump-time address, after a remap too),
+// nothing moved; the first reply claims it, the second finds nothing to claim.
+static void test_in_flight_page() {
+  LazyRanges lr(P);
+  CHECK(lr.build({R(0, 16)}) == 0);
+  CHECK(!lr.in_flight_page(B + 3 * P));  // remaining, not in flight
+  LazyRequest drain = lr.next_background(8 * P);
+  CHECK(drain.img_start == B && drain.len == 8 * P);
+  LazyRequest again = lr.in_flight_page(B + 3 * P + 17);
+  CHECK(again.img_start == B + 3 * P && again.len == P);
+  CHECK(same(lr.in_flight(), {R(0, 8)}) && lr.pages_in_flight() == 8);
+  CHECK(same(lr.claim(again.img_start, again.len), {R(3, 4)}));
+  CHECK(lr.claim(drain.img_start, drain.len).size() == 2);  // the drain's reply: the pages around it
+  CHECK(lr.pages_in_flight() == 0 && !lr.in_flight_page(B + 3 * P));
+  // Moved since the dump: asked for by its dump-time address.
+  LazyRanges moved(P);
+  CHECK(moved.build({R(0, 4, 100)}) == 0);
+  CHECK(moved.next_background(4 * P).len == 4 * P);
+  again = moved.in_flight_page(B + 2 * P);
+  CHECK(again.img_start == B + 102 * P && again.len == P);
+}
+
 int main() {
   alarm(60);  // never hang a test run
   test_build();
   test_take_fault();
+  test_in_flight_page();
   test_take_across_pieces();
   test_background();
   test_short_reply_release();

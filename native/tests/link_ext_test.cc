@@ -60,6 +60,8 @@ constexpr uint64_t kStagedVaddr = 0x7e0000000000;
 constexpr uint64_t kOtherVaddr = 0x7d0000000000;
 constexpr uint64_t kImageVaddr = 0x7f0000000000;
 
+uint8_t pattern_byte(uint64_t i) { return static_cast<uint8_t>((i * 2654435761u) >> 13); }
+
 std::shared_ptr<StagedCheckpoint> staged_checkpoint(uint64_t id, uint64_t pid, uint64_t vaddr, uint8_t fill, uint8_t token_byte,
                                                     uint32_t pages = 4) {
   MemfdStoreOptions options;
@@ -433,6 +435,122 @@ void test_send_slices() {
   }
 }
 
+// A small staged reply leaves in one sendmsg (header, pages, trailer: one segment, LazySession::kGatherMaxBytes);
+// a socket that takes only part of it gets the rest by the ordinary path, byte for byte, trailer last.
+void test_gathered_replies() {
+  constexpr uint32_t kPages = 16;
+  struct Patterned : StagedLookup {
+    std::shared_ptr<StagedCheckpoint> a = std::make_shared<StagedCheckpoint>();
+    Patterned() {
+      MemfdStoreOptions options;
+      options.fill = MemfdStoreOptions::Fill::kRead;
+      auto store = std::make_shared<MemfdStore>(options);
+      CHECK(store->begin_entry(pid_key(400), kStagedVaddr, kPages, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
+      Bytes bytes(kPages * kPage);
+      for (size_t i = 0; i < bytes.size(); i++) bytes[i] = pattern_byte(i);
+      CHECK(store->receive_bytes(bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()), "receive");
+      CHECK(store->seal() == 0, "seal");
+      a->id = 8;
+      a->store = store;
+      a->token.fill(0x8d);
+      a->has_token = true;
+    }
+    std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == 400 ? a : nullptr; }
+    std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+      return token == a->token ? a : nullptr;
+    }
+  } staged;
+  static std::unique_ptr<PageIndex> index = image_index();
+  for (int sndbuf : {0, 4096}) {  // 0: the default room (one sendmsg each); 4096: every reply sent in parts
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+    if (sndbuf) CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) == 0, "SO_SNDBUF");
+    SessionLimits limits;
+    limits.max_request_pages = 64;
+    limits.max_queued_replies = 64;
+    limits.max_queued_bytes = 1 << 20;
+    LazySession session(sv[0], *index, limits, &staged);
+    const Bytes input = cat({hello(0x8d, wire::kLinkVersion, wire::kFeatureBind | wire::kFeatureChecksum | wire::kFeaturePriority),
+                             get24(400, kStagedVaddr, 1), get24(400, kStagedVaddr + kPage, kPages - 1)});
+    CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+    shutdown(sv[1], SHUT_WR);
+    Bytes out;
+    LazySession::Status status = LazySession::Status::kOpen;
+    for (int rounds = 0; status == LazySession::Status::kOpen; rounds++) {
+      CHECK(rounds < 100000, "the session never ended");
+      status = session.on_readable();
+      if (status == LazySession::Status::kOpen && session.wants_write()) status = session.on_writable();
+      uint8_t buf[65536];
+      ssize_t n;
+      while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
+    }
+    CHECK(status == LazySession::Status::kDone, "gathered session (SO_SNDBUF %d): %s", sndbuf, session.error().c_str());
+    const size_t first = wire::kHelloReplySize;
+    const size_t second = first + wire::HEADER_SIZE_V24 + kPage + 4;
+    CHECK(out.size() == second + wire::HEADER_SIZE_V24 + (kPages - 1) * kPage + 4 * (kPages - 1), "two replies: %zu bytes",
+          out.size());
+    bool right = true;
+    for (size_t i = 0; i < kPage; i++) right &= out[first + wire::HEADER_SIZE_V24 + i] == pattern_byte(i);
+    for (size_t i = 0; i < (kPages - 1) * kPage; i++) right &= out[second + wire::HEADER_SIZE_V24 + i] == pattern_byte(kPage + i);
+    CHECK(right, "the pages' bytes, in order (SO_SNDBUF %d)", sndbuf);
+    const uint8_t* trailer = out.data() + second + wire::HEADER_SIZE_V24 + (kPages - 1) * kPage;
+    CHECK(wire::checksum_at(out.data() + first + wire::HEADER_SIZE_V24 + kPage, 0) ==
+              crc32c(out.data() + first + wire::HEADER_SIZE_V24, kPage), "the first reply's trailer");
+    for (uint32_t p = 0; p + 1 < kPages; p++) {
+      CHECK(wire::checksum_at(trailer, p) == crc32c(out.data() + second + wire::HEADER_SIZE_V24 + p * kPage, kPage),
+            "page %u's checksum", p);
+    }
+    close(sv[1]);
+  }
+}
+
+// A drain session checksums at most a slice's worth of pages per wake-up while it reads GETs (a priority GET waits
+// behind no more); a priority connection reads every GET the socket holds.
+void test_checksum_slices() {
+  struct OneBig : StagedLookup {
+    std::shared_ptr<StagedCheckpoint> a = staged_checkpoint(9, 500, kStagedVaddr, 0xce, 0x9e, 256);
+    std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == 500 ? a : nullptr; }
+    std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+      return token == a->token ? a : nullptr;
+    }
+  } staged;
+  static std::unique_ptr<PageIndex> index = image_index();
+  const uint32_t per_get = static_cast<uint32_t>(LazySession::kSendSliceBytes / kPage);
+  for (bool priority : {false, true}) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+    SessionLimits limits;
+    limits.max_request_pages = 256;
+    limits.max_queued_replies = 64;
+    limits.max_queued_bytes = 4 << 20;
+    LazySession session(sv[0], *index, limits, &staged);
+    Bytes input = hello(0x9e, wire::kLinkVersion,
+                        wire::kFeatureBind | wire::kFeatureChecksum | (priority ? wire::kFeaturePriority : 0));
+    for (uint32_t i = 0; i < 4; i++) input = cat({input, get24(500, kStagedVaddr + i * per_get * kPage, per_get)});
+    CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+    CHECK(session.on_readable() == LazySession::Status::kOpen, "first wake-up: %s", session.error().c_str());
+    const uint64_t parsed = session.stats().gets;
+    CHECK(priority ? parsed == 4 : parsed == 1, "%s connection: %lu GETs read on the first wake-up",
+          priority ? "priority" : "drain", static_cast<unsigned long>(parsed));
+    Bytes out;
+    for (int rounds = 0; session.stats().gets < 4 || session.wants_write(); rounds++) {
+      CHECK(rounds < 10000, "never done");
+      uint8_t buf[65536];
+      ssize_t n;
+      while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
+      CHECK(session.on_writable() == LazySession::Status::kOpen, "wake-up: %s", session.error().c_str());
+    }
+    uint8_t buf[65536];
+    ssize_t n;
+    while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
+    const size_t reply = wire::HEADER_SIZE_V24 + per_get * kPage + 4 * per_get;
+    CHECK(out.size() == wire::kHelloReplySize + 4 * reply, "every reply: %zu bytes", out.size());
+    std::printf("checksum slices: %s connection, %lu of 4 GETs read on the first wake-up\n", priority ? "priority" : "drain",
+                static_cast<unsigned long>(parsed));
+    close(sv[1]);
+  }
+}
+
 void test_client() {
   // Stock: the first bytes are the GET.
   ClientRun stock = client_run(false, {}, true);
@@ -540,7 +658,6 @@ void test_server_checksums() {
 
 // A relayed checkpoint whose pages are held by reference in pipes: a checksum session reads them into user space
 // (copy_out) and sends the CRC32C of the bytes it sent.
-uint8_t pattern_byte(uint64_t i) { return static_cast<uint8_t>((i * 2654435761u) >> 13); }
 
 std::shared_ptr<StagedCheckpoint> relay_checkpoint(uint64_t pid, uint64_t vaddr, uint64_t pages, uint8_t token_byte) {
   auto store = std::make_shared<RelayStore>(kPage, std::make_shared<MemoryBudget>(pages * kPage + (1 << 20)), true);
@@ -877,6 +994,8 @@ int main(int argc, char** argv) {
   test_relay_checksums_socket_full();
   test_client();
   test_send_slices();
+  test_gathered_replies();
+  test_checksum_slices();
   test_codec();
   test_magic_apart_from_criu();
   test_recorded_sessions_never_hello();

@@ -103,6 +103,7 @@ export function createMetricsRegistry(sources: MetricsSources): client.Registry 
     gauge(registry, 'lazyd_page_requests_in_flight', 'requests sent to the page source and not answered yet', () => lp()?.requestsInFlight);
     gauge(registry, 'lazyd_drain_window_bytes', "the drain's bytes in flight allowed now (measured bandwidth x RTT within --drain-inflight-bytes..--drain-inflight-max-bytes, or the faulting cap)", () => lp()?.drainWindowBytes);
     counter(registry, 'lazyd_drain_requested_bytes_total', 'bytes the background drain requested', () => lp()?.drainRequestedBytes);
+    counter(registry, 'lazyd_faults_reasked_total', 'demand faults on a page a drain request held, asked for again on the priority connection', () => lp()?.faultsReasked);
     counter(registry, 'lazyd_drain_install_slices_total', 'drain reply parts installed a loop pass later (faults first: a fault waits behind one 128 KiB slice)', () => lp()?.installSlices);
     gauge(registry, 'lazyd_page_link_rtt_seconds', "the page link's round trip as measured from replies that did not queue (0: not yet)", () => {
       const us = lp()?.linkRttUs;

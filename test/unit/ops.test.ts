@@ -159,6 +159,7 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
     checksumMismatches: 1,
     reconnects: 0,
     installSlices: 5,
+    faultsReasked: 0,
     drainWindowBytes: 3 << 20,
     drainInflightBytes: 1 << 20,
     drainRequestedBytes: 400 << 10,

@@ -187,6 +187,7 @@ struct EngineStats {
   uint64_t checksum_mismatches = 0;           // pages that failed their link checksum (docs/protocol.md §7.4)
   uint64_t reconnects = 0;                    // lazyd link: cuts that began a reconnect (§7.6)
   uint64_t install_slices = 0;                // drain reply parts left to a later loop pass (faults first)
+  uint64_t faults_reasked = 0;                // faults on a page a drain request held, asked again on the priority connection
 };
 
 class FaultEngine {

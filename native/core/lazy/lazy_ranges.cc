@@ -120,6 +120,16 @@ LazyRanges::Where LazyRanges::lookup(uint64_t addr) const {
   return Where::kNone;
 }
 
+LazyRequest LazyRanges::in_flight_page(uint64_t addr) const {
+  LazyRequest request;
+  const uint64_t at = addr & ~(page_size_ - 1);
+  const LazyRange* piece = in_flight_.find(at);
+  if (!piece) return request;
+  request.img_start = piece->img_start + (at - piece->start);
+  request.len = page_size_;
+  return request;
+}
+
 LazyRequest LazyRanges::take(uint64_t addr, uint64_t max_bytes) {
   LazyRequest request;
   uint64_t at = addr & ~(page_size_ - 1);

@@ -84,6 +84,8 @@ class LazyRanges {
   // remaining and contiguous both now and at dump time, up to max_bytes in total (at least one page), to the
   // in-flight set. Returns the image run to request; empty when addr's page is not remaining.
   LazyRequest take(uint64_t addr, uint64_t max_bytes);
+  // The page holding addr as a one-page request when it is in flight (asked for already), else empty; nothing moves.
+  LazyRequest in_flight_page(uint64_t addr) const;
   // Background drain: take() from the start of the lowest remaining piece.
   LazyRequest next_background(uint64_t max_bytes);
 

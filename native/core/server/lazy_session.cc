@@ -50,7 +50,7 @@ LazySession::Status LazySession::fail(std::string message) {
 // Done once the peer has hung up (after CLOSE, or at a header boundary) and every reply has left. Bytes left
 // in in_ at EOF while the queue has room are a partial header: pump() has parsed every complete one.
 LazySession::Status LazySession::settle() {
-  if (eof_ && in_len_ != 0 && has_room() && !(close_seen_ && in_len_ <= close_slack_)) {
+  if (eof_ && in_len_ != 0 && has_room() && !checksums_spent() && !(close_seen_ && in_len_ <= close_slack_)) {
     return fail("truncated header: the peer closed the connection after " + std::to_string(in_len_) +
                 " bytes of a header");
   }
@@ -90,7 +90,8 @@ LazySession::Status LazySession::pump() {
 LazySession::Status LazySession::on_readable() {
   new_slice();
   Status status = pump();
-  while (status == Status::kOpen && wants_read()) {
+  // Not while this slice's checksums are spent: the GETs read would wait unparsed (the next pass reads them).
+  while (status == Status::kOpen && wants_read() && !checksums_spent() && in_len_ < sizeof in_) {
     ssize_t n = transport_->recv(in_ + in_len_, sizeof in_ - in_len_);
     if (n < 0) {
       if (n == -EAGAIN) break;
@@ -126,7 +127,7 @@ LazySession::Status LazySession::handle_requests() {
     wait_seen_ = waiting_ && seen;  // the same wait goes on: the server knows of it already
     if (status != Status::kOpen || waiting_) return status;
   }
-  while (status == Status::kOpen && has_room()) {
+  while (status == Status::kOpen && has_room() && !checksums_spent()) {
     const uint8_t* head = in_ + used;
     const size_t available = in_len_ - used;
     if (close_seen_) {
@@ -312,9 +313,14 @@ LazySession::Status LazySession::handle_get(const wire::Header& header) {
     store_span.nr_pages = ready;
     store_span.bytes = ready * page_size;
     Reply reply = get_reply(header, store_span.nr_pages);
-    // A sealed memfd's bytes never change: checksummed in its mapping now, sent zero-copy later.
-    if (const uint8_t* bytes = reply.checksums.active() ? staged->store->view(store_span) : nullptr) {
-      reply.checksums.feed(bytes, static_cast<size_t>(store_span.bytes));
+    // A sealed memfd's bytes never change: checksummed in its mapping now, sent zero-copy (or gathered) later.
+    const bool gather = transport_->zero_copy() && store_span.bytes <= kGatherMaxBytes;
+    if (const uint8_t* bytes = reply.checksums.active() || gather ? staged->store->view(store_span) : nullptr) {
+      if (reply.checksums.active()) {
+        reply.checksums.feed(bytes, static_cast<size_t>(store_span.bytes));
+        checksum_left_ -= std::min(checksum_left_, store_span.bytes);
+      }
+      if (gather) reply.view = bytes;
     }
     reply.store = staged->store;
     reply.span = store_span;
@@ -372,6 +378,16 @@ LazySession::Status LazySession::flush() {
   while (!replies_.empty()) {
     if (slice_spent()) return Status::kOpen;  // the rest on the next pass (level-triggered EPOLLOUT)
     Reply& reply = replies_.front();
+    if (reply.view && reply.head_sent == 0) {
+      bool sent = false;
+      Status status = send_gathered(reply, &sent);
+      if (status != Status::kOpen) return status;
+      if (sent) {
+        replies_.pop_front();
+        continue;
+      }
+      if (reply.head_sent == 0) return Status::kOpen;  // the socket is full
+    }
     if (reply.head_sent < reply.head_len) {
       // MSG_MORE keeps the header with the page bytes that follow; the last sendfile segment goes out without
       // it, so with TCP_NODELAY a reply leaves as soon as it is complete (no cork timer, unlike CRIU's 0.2 s).
@@ -405,7 +421,8 @@ LazySession::Status LazySession::flush() {
     }
     if (reply.store && reply.store_done < reply.span.bytes) {
       StoreSpan part = reply.span;  // at most the slice's worth (a store sends to the end of the span it is given)
-      part.bytes = std::min<uint64_t>(reply.span.bytes, reply.store_done + std::max<uint64_t>(slice_left_, 1));
+      // (A priority connection's slice is unlimited: UINT64_MAX, which must not wrap around here.)
+      part.bytes = reply.store_done + std::min<uint64_t>(reply.span.bytes - reply.store_done, std::max<uint64_t>(slice_left_, 1));
       ssize_t n = reply.store->send(part, reply.store_done, fd(), scratch_);
       if (n == -EAGAIN || n == -EWOULDBLOCK) return Status::kOpen;
       if (n == -EINTR) continue;
@@ -441,6 +458,41 @@ LazySession::Status LazySession::flush() {
     if (status != Status::kOpen || !sent) return status;
     replies_.pop_front();
   }
+  return Status::kOpen;
+}
+
+LazySession::Status LazySession::send_gathered(Reply& reply, bool* sent) {
+  const std::vector<uint8_t>& trailer = reply.checksums.trailer();
+  if (reply.checksums.active() && !reply.checksums.complete()) {
+    return fail("the page checksums of a reply are short: no reply is sent short");
+  }
+  iovec iov[3] = {{reply.head, reply.head_len},
+                  {const_cast<uint8_t*>(reply.view), static_cast<size_t>(reply.span.bytes)},
+                  {const_cast<uint8_t*>(trailer.data()), trailer.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = trailer.empty() ? 2 : 3;
+  ssize_t n;
+  do {
+    n = sendmsg(fd(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::kOpen;
+    return fail_io("send failed", -errno);
+  }
+  const uint64_t taken = static_cast<uint64_t>(n);
+  stats_.bytes_out += taken;
+  queued_bytes_ -= taken;
+  spend(taken);
+  // Where the socket stopped: the rest goes out by the ordinary path, part by part.
+  uint64_t left = taken;
+  reply.head_sent = static_cast<size_t>(std::min<uint64_t>(left, reply.head_len));
+  left -= reply.head_sent;
+  reply.store_done = std::min<uint64_t>(left, reply.span.bytes);
+  left -= reply.store_done;
+  reply.trailer_sent = static_cast<size_t>(left);
+  reply.view = nullptr;
+  *sent = reply.head_sent == reply.head_len && reply.store_done == reply.span.bytes && reply.trailer_sent == trailer.size();
   return Status::kOpen;
 }
 

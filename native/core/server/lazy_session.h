@@ -62,6 +62,10 @@ class LazySession final : public Session {
   // behind one slice of the drain's sending, copying and checksumming, not behind a socket buffer's worth); epoll
   // is level-triggered here, so the rest goes out on the next pass.
   static constexpr uint64_t kSendSliceBytes = 256 * 1024;
+  // A staged reply of at most this many page bytes leaves in one sendmsg: header, pages and checksum trailer in
+  // one segment (sendfile pushes the pages out alone, and the trailer followed as a segment of its own: through
+  // the bench's delay line a demand fault's 4 KiB reply cost 40-70 us more). A fault-around's worth.
+  static constexpr uint64_t kGatherMaxBytes = 64 * 1024;
 
   Status on_readable() override;
   Status on_writable() override;
@@ -107,6 +111,7 @@ class LazySession final : public Session {
     std::shared_ptr<const PageStore> store;  // a staged reply: span's bytes come from the store
     StoreSpan span;
     uint64_t store_done = 0;
+    const uint8_t* view = nullptr;  // span's bytes in the sealed store's mapping, for a reply sent gathered
     // Feature checksum (§7.4): built from a sealed store's mapping when queued, else from the page bytes as they
     // are read into copy_; sent after them.
     wire::ChecksumBuilder checksums;
@@ -126,11 +131,18 @@ class LazySession final : public Session {
   Status flush_copied(Reply& reply);
   // The front reply's trailer, after its pages; *sent once all of it is out (a reply without one: at once).
   Status send_trailer(Reply& reply, bool* sent);
+  // A small staged reply (view set, nothing of it sent yet): as much of header, pages and trailer as the socket
+  // takes in one sendmsg; *sent once all of it is out, else flush() goes on from where it stopped.
+  Status send_gathered(Reply& reply, bool* sent);
   Status fail(std::string message);
   Status fail_io(const char* what, ssize_t err);
   Status settle();
   Status pump();
-  void new_slice() { slice_left_ = stats_.priority ? UINT64_MAX : kSendSliceBytes; }
+  // A slice bounds what one wake-up of a drain session does: the bytes it sends, and the bytes it checksums in a
+  // sealed store's mapping while it reads GETs (before this bound one pass checksummed every GET the socket held,
+  // up to --max-session-bytes: a priority GET waited 200-400 us behind it).
+  void new_slice() { slice_left_ = checksum_left_ = stats_.priority ? UINT64_MAX : kSendSliceBytes; }
+  bool checksums_spent() const { return checksum_left_ == 0 && !replies_.empty(); }
   bool slice_spent() const { return slice_left_ == 0; }
   void spend(uint64_t bytes) { slice_left_ -= std::min(slice_left_, bytes); }
   bool has_room() const {
@@ -160,6 +172,7 @@ class LazySession final : public Session {
   size_t copy_len_ = 0;
   SessionStats stats_;
   uint64_t slice_left_ = kSendSliceBytes;
+  uint64_t checksum_left_ = kSendSliceBytes;
   bool waiting_ = false;      // waiting_get_ waits for its pages (relay staging)
   bool wait_seen_ = false;
   bool retrying_ = false;     // handle_get() runs the waiting GET again

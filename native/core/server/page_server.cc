@@ -1,5 +1,6 @@
 #include "server/page_server.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <future>
@@ -696,6 +697,11 @@ void PageServer::run() {
   while (running) {
     int n = epoll_wait(epoll_fd_, events, 64, 250);
     if (n < 0 && errno != EINTR) break;
+    // Priority connections first (a restore's demand faults, docs/protocol.md §7.5): the drain's sessions after.
+    std::stable_partition(events, events + std::max(n, 0), [this](const epoll_event& event) {
+      auto found = state_->sessions.find(event.data.u64);
+      return found != state_->sessions.end() && found->second->lazy && found->second->lazy->stats().priority;
+    });
     for (int i = 0; i < n; i++) {
       const uint64_t token = events[i].data.u64;
       if (token == kListenToken) {

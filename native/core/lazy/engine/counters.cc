@@ -97,6 +97,7 @@ EngineStats EngineCounters::snapshot(EngineState state) const {
   s.checksum_mismatches = checksum_mismatches.get();
   s.reconnects = reconnects.get();
   s.install_slices = install_slices.get();
+  s.faults_reasked = faults_reasked.get();
   for (size_t i = 0; i < kLatencyBuckets; i++) s.latency_us[i] = latency_us[i].get();
   s.latency_sum_us = latency_sum_us.get();
   s.latency_count = latency_count.get();

@@ -19,7 +19,8 @@ struct EngineCounters {
       bg_window_bytes, link_rtt_us, link_bandwidth_bps;
   // Other totals.
   Counter tasks_total, requests, events_fork, events_remap, events_remove, events_unmap, pages_discarded, bytes_sent,
-      tls_failures, bytes_background, checksum_mismatches, reconnects, install_slices;
+      tls_failures, bytes_background, checksum_mismatches, reconnects, install_slices,
+      faults_reasked;
   // Fault service time, and how each fault message ended.
   Counter latency_us[kLatencyBuckets], latency_sum_us, latency_count;
   LatencyQuantiles latency_fine;  // the same samples, for p50 / p99 / max (summary line, benchmarks)

@@ -22,8 +22,18 @@ void Installer::on_source(uint32_t epoll_events) {
 }
 
 void Installer::collect_replies() {
+  // The priority connection's replies (demand faults) are installed before the main one's are read: reading and
+  // checking a slice of the drain first cost a fault's reply 20-90 us more.
   std::vector<PageReply> done;
-  int rc = link_.pump(&done);
+  int rc = link_.pump_priority(&done);
+  install_replies(done, rc);
+  if (rc < 0 || core_.finished) return;
+  done.clear();
+  rc = link_.pump(&done);
+  install_replies(done, rc);
+}
+
+void Installer::install_replies(const std::vector<PageReply>& done, int rc) {
   const uint64_t mismatches = link_.checksum_mismatches();
   if (mismatches != core_.counters.checksum_mismatches.get()) {
     core_.counters.checksum_mismatches.set(mismatches);

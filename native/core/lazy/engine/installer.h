@@ -39,6 +39,8 @@ class Installer {
   static constexpr uint64_t kSliceBytes = 128 * 1024;
 
  private:
+  // done's replies installed; rc is what the pump that read them returned (< 0: the link failed for good).
+  void install_replies(const std::vector<PageReply>& done, int rc);
   struct Install {  // a reply, or what is left of it
     uint64_t task = 0;
     uint64_t img_start = 0;

@@ -6,6 +6,13 @@
 
 namespace lazyd::engine {
 
+bool RequestTable::urgent_covers(uint64_t task, uint64_t img) const {
+  for (const auto& [cookie, r] : requests_) {
+    if (r.kind != ReqKind::kBackground && r.task == task && img >= r.img_start && img < r.img_start + r.len) return true;
+  }
+  return false;
+}
+
 bool RequestTable::submit(Task& t, const LazyRequest& req, ReqKind kind) {
   const FaultEngineConfig& cfg = core_.cfg;
   uint8_t* buf = pool_.get(req.len, std::max<uint64_t>(cfg.fault_around_bytes, core_.ps), cfg.bg_max_bytes);

@@ -33,6 +33,8 @@ class RequestTable {
   bool submit(Task& t, const LazyRequest& req, ReqKind kind);
   // The request a reply answers, out of the table (false: no such cookie). Its task owes one reply less.
   bool take(uint64_t cookie, Request* request);
+  // A fault or fault-around request of task holds the image page at img (a scan: they are few).
+  bool urgent_covers(uint64_t task, uint64_t img) const;
   // A reply buffer the installer is done with.
   void recycle(uint8_t* buf) { pool_.put(buf); }
 

@@ -23,6 +23,11 @@ void Scheduler::queue_fault(const Task& t, uint64_t page, uint64_t now) {
   bg_len_ = cfg.bg_min_bytes;  // as criu: a fault shrinks the drain's next request (docs/protocol.md §4.5)
 }
 
+void Scheduler::fault_on_in_flight(const Task& t, uint64_t page, uint64_t now) {
+  last_fault_ = now;
+  if (link_.priority_up()) reask_queue_.emplace_back(t.id, page);
+}
+
 bool Scheduler::drain_pending() const {
   return link_.synchronous() && core_.rstf && core_.cfg.background && core_.counters.pages_remaining.get() > 0 &&
          rate_wake_ == 0;
@@ -67,6 +72,18 @@ void Scheduler::schedule() {
     if (!t || t->gone || !t->waiting.count(page)) continue;
     LazyRequest req = t->ranges.take(page, ps);
     if (req) requests_.submit(*t, req, ReqKind::kFault);
+  }
+  // 1b. Faults on pages a drain request holds: the same page once more, on the priority connection. Whichever
+  // reply comes first is installed; the other finds the page claimed and is discarded (Installer::install).
+  while (!reask_queue_.empty() && !core_.finished) {
+    auto [id, page] = reask_queue_.front();
+    reask_queue_.pop_front();
+    Task* t = tasks_.by_id(id);
+    if (!t || t->gone || !t->waiting.count(page) || !link_.priority_up()) continue;
+    LazyRequest req = t->ranges.in_flight_page(page);
+    if (!req || requests_.urgent_covers(t->id, req.img_start)) continue;
+    core_.counters.faults_reasked.add();
+    requests_.submit(*t, req, ReqKind::kFault);
   }
   // 2. Fault-around: what follows recent faults.
   while (!around_queue_.empty() && requests_.size() < cfg.max_requests_in_flight && !core_.finished) {

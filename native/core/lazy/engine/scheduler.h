@@ -33,13 +33,14 @@ class Scheduler {
   void start();
   // A fault on a page still to fetch: request it, and the window after it.
   void queue_fault(const Task& t, uint64_t page, uint64_t now);
-  // A fault on a page already in flight: it only counts as a recent fault.
-  void fault_seen(uint64_t now) { last_fault_ = now; }
+  // A fault on a page already in flight: a recent fault; with a priority connection the page is asked for again
+  // there unless a fault or fault-around request has it (a drain request's reply may be a window away).
+  void fault_on_in_flight(const Task& t, uint64_t page, uint64_t now);
   // Submits what is due, in priority order.
   void schedule();
   // The drain of a synchronous (local) source has work left: the loop must not sleep.
   bool drain_pending() const;
-  bool faults_queued() const { return !fault_queue_.empty(); }  // read, not asked for yet
+  bool faults_queued() const { return !fault_queue_.empty() || !reask_queue_.empty(); }  // read, not asked for yet
   // ms until the drain's rate cap lets it send again (-1: not waiting for it).
   int next_wake_ms() const;
 
@@ -58,6 +59,7 @@ class Scheduler {
   RequestTable& requests_;
   SourceLink& link_;
   std::deque<std::pair<uint64_t, uint64_t>> fault_queue_;  // (task, page) to request
+  std::deque<std::pair<uint64_t, uint64_t>> reask_queue_;  // (task, page) in flight in the drain, to ask again
   std::deque<Around> around_queue_;
   uint64_t bg_len_ = 0;     // the drain's next request size
   uint64_t bg_cursor_ = 0;  // the task the drain served last (round robin)

@@ -310,33 +310,46 @@ int SourceLink::pump(std::vector<PageReply>* done) {
   if (local_) return local_->pump(done);
   for (Channel* ch : {&prio_, &main_}) {
     if (ch->state != State::kUp || core_.finished) continue;
-    const size_t before = done->size();
-    const uint64_t received = ch->client->bytes_received();
-    if (ch == &main_) ch->client->set_read_limit(main_read_left_);
-    const int rc = ch->client->pump(done);
-    if (ch == &main_) main_read_left_ -= std::min<uint64_t>(main_read_left_, ch->client->bytes_received() - received);
-    const uint64_t mismatches = ch->client->checksum_mismatches();
-    if (mismatches && !ch->client->last_checksum_mismatch().empty()) last_mismatch_ = ch->client->last_checksum_mismatch();
-    if (rc < 0) {
-      if (!lost(*ch)) return fail(*ch);
-      continue;
-    }
-    if (ch == &prio_ && prio_.client->hello_granted() && !(prio_.client->granted_features() & wire::kFeaturePriority)) {
-      drop_priority("");  // a lazyd page server without feature priority: one connection, as before
-      continue;
-    }
-    if (ch->client->hello_granted() && (ch->client->granted_features() & wire::kFeatureResume)) ch->resumable = true;
-    if (ch->outage_ns && ch->client->hello_granted() && (done->size() > before || ch->client->in_flight() == 0)) {
-      core_.warn("reconnected to the page server " + peer() + ch->name + " after " +
-                 std::to_string((now_ns() - ch->outage_ns) / 1000000) + " ms; " + std::to_string(ch->asked_again) +
-                 " request(s) asked again");
-      ch->outage_ns = 0;
-      ch->backoff_ms = 0;
-      ch->cut_reason.clear();
-    }
+    if (pump_channel(*ch, done) < 0) return -EPIPE;
   }
   maybe_open_priority();
   update_interest();
+  return 0;
+}
+
+int SourceLink::pump_priority(std::vector<PageReply>* done) {
+  if (local_ || prio_.state != State::kUp || core_.finished) return 0;
+  if (pump_channel(prio_, done) < 0) return -EPIPE;
+  update_interest();
+  return 0;
+}
+
+int SourceLink::pump_channel(Channel& channel, std::vector<PageReply>* done) {
+  Channel* ch = &channel;
+  const size_t before = done->size();
+  const uint64_t received = ch->client->bytes_received();
+  if (ch == &main_) ch->client->set_read_limit(main_read_left_);
+  const int rc = ch->client->pump(done);
+  if (ch == &main_) main_read_left_ -= std::min<uint64_t>(main_read_left_, ch->client->bytes_received() - received);
+  const uint64_t mismatches = ch->client->checksum_mismatches();
+  if (mismatches && !ch->client->last_checksum_mismatch().empty()) last_mismatch_ = ch->client->last_checksum_mismatch();
+  if (rc < 0) {
+    if (!lost(*ch)) return fail(*ch);
+    return 1;
+  }
+  if (ch == &prio_ && prio_.client->hello_granted() && !(prio_.client->granted_features() & wire::kFeaturePriority)) {
+    drop_priority("");  // a lazyd page server without feature priority: one connection, as before
+    return 1;
+  }
+  if (ch->client->hello_granted() && (ch->client->granted_features() & wire::kFeatureResume)) ch->resumable = true;
+  if (ch->outage_ns && ch->client->hello_granted() && (done->size() > before || ch->client->in_flight() == 0)) {
+    core_.warn("reconnected to the page server " + peer() + ch->name + " after " +
+               std::to_string((now_ns() - ch->outage_ns) / 1000000) + " ms; " + std::to_string(ch->asked_again) +
+               " request(s) asked again");
+    ch->outage_ns = 0;
+    ch->backoff_ms = 0;
+    ch->cut_reason.clear();
+  }
   return 0;
 }
 

@@ -53,6 +53,8 @@ class SourceLink {
   // loop pass at most (new_pass()): what waits there is read in the passes after, each of which looks at the
   // uffds and the priority connection first.
   int pump(std::vector<PageReply>* done);
+  // The priority connection's alone: a demand fault's reply is installed before the drain's bytes are read.
+  int pump_priority(std::vector<PageReply>* done);
   void new_pass() { main_read_left_ = kReadSliceBytes; }
   static constexpr size_t kReadSliceBytes = 128 * 1024;
   void update_interest();
@@ -107,6 +109,9 @@ class SourceLink {
   void maybe_open_priority();
   void watch(Channel& ch, uint32_t events);
   int fail(Channel& ch);  // the link failed with ch's error
+  // ch's completed replies into done: 0, 1 when ch went away (cut and reconnecting, or the priority connection
+  // given up), < 0 when the link failed for good.
+  int pump_channel(Channel& ch, std::vector<PageReply>* done);
 
   EngineCore& core_;
   std::unique_ptr<LocalPageSource> local_;

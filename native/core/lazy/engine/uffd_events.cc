@@ -92,7 +92,7 @@ void UffdEvents::on_fault(Task& t, uint64_t page) {
     case LazyRanges::Where::kInFlight:
       // Already requested (by a fault, fault-around or the drain): its install wakes this thread.
       tasks_.add_waiter(t, page, now);
-      scheduler_.fault_seen(now);
+      scheduler_.fault_on_in_flight(t, page, now);
       break;
     case LazyRanges::Where::kNone:
       // Not a lazy page: never dumped (or dropped), so it is a zero page (§4.4).
