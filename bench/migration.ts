@@ -70,6 +70,8 @@ import type { BenchContext, Benchmark } from './lib/types.js';
 const BOUND_MS = Number(process.env.LAZYD_BENCH_BOUND_S ?? 60) * 1000;
 // LAZYD_BENCH_LAZYD_ARGS='--drain-inflight-bytes 1048576': extra flags for every `lazyd lazy-pages` (experiments).
 const DEST_DAEMON_ARGS = process.env.LAZYD_BENCH_LAZYD_ARGS?.split(' ').filter(Boolean);
+// LAZYD_BENCH_RELAY_ARGS='--relay-inflight-bytes 4194304': extra flags for every `lazyd staging relay` (experiments).
+const RELAY_ARGS = process.env.LAZYD_BENCH_RELAY_ARGS?.split(' ').filter(Boolean);
 
 type Source = Extract<SourceKind, 'criu-dump' | 'criu' | 'lazyd' | 'lazyd-staging' | 'lazyd-relay'>;
 const SOURCES: Source[] = ['criu-dump', 'criu', 'lazyd', 'lazyd-staging', 'lazyd-relay'];
@@ -313,6 +315,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       // start-up is outside the downtime. criu lazy-pages reads the images at start: it cannot be pre-started.
       preStartDaemon: source === 'lazyd-relay' && dest === 'lazyd',
       daemonArgs: dest === 'lazyd' ? DEST_DAEMON_ARGS : undefined,
+      relayArgs: source === 'lazyd-relay' ? RELAY_ARGS : undefined,
       workload: wl,
       keep: ctx.keep,
       network: { source: hosts.source, destination: hosts.destination, sourceAddress: hosts.sourceAddress },

@@ -240,6 +240,18 @@ int PageClient::adopt(int fd) {
 }
 
 int PageClient::submit(const PageRequest& request) {
+  const int rc = queue(request);
+  return rc < 0 ? rc : flush();
+}
+
+int PageClient::queue(const PageRequest& request) {
+  const int rc = check_request(request);
+  if (rc < 0) return rc;
+  append_get(request);
+  return 0;
+}
+
+int PageClient::check_request(const PageRequest& request) {
   if (!error_.empty()) return -EPIPE;
   if (fd_ < 0) return fail(-ENOTCONN, "page server not connected");
   if (format_ != wire::Format::V24 && format_ != wire::Format::V32) return fail(-EINVAL, "no wire format chosen");
@@ -249,8 +261,7 @@ int PageClient::submit(const PageRequest& request) {
   if (format_ == wire::Format::V24 && request.nr_pages > UINT32_MAX) {
     return fail(-EOVERFLOW, "GET too large for the 24-byte format");
   }
-  append_get(request);
-  return flush();
+  return 0;
 }
 
 void PageClient::append_get(const PageRequest& request) {

@@ -150,6 +150,9 @@ class PageClient : public PageSource {
   int fd() const override { return fd_; }
   bool wants_write() const override { return hello_off_ < hello_out_.size() || out_off_ < out_.size(); }
   int submit(const PageRequest& request) override;
+  // submit() without the send: the request waits in the output for send_queued() (or the next submit or pump).
+  int queue(const PageRequest& request);
+  int send_queued() { return flush(); }
   int pump(std::vector<PageReply>* done) override;
   size_t in_flight() const override { return fifo_.size(); }
   int64_t stalled_ms() const override;
@@ -184,6 +187,7 @@ class PageClient : public PageSource {
   // Why the server closed the connection: the words after "the page server closed the connection".
   std::string closed_hint() const;
   int flush();
+  int check_request(const PageRequest& request);  // 0, or the failure submit() and queue() return
   int hello_answered();
   int read_replies(std::vector<PageReply>* done);
   // The front request's reply is complete (its trailer too, under checksums): hands it on, or re-fetches.

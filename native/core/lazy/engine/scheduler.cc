@@ -64,7 +64,8 @@ void Scheduler::schedule() {
   if (!link_.ready() || core_.finished) return;
   const FaultEngineConfig& cfg = core_.cfg;
   const uint64_t ps = core_.ps;
-  // 1. Demand faults: exactly the faulting page, never held back.
+  // 1. Demand faults: exactly the faulting page, never held back (sent with their fault-around, below).
+  link_.hold();
   while (!fault_queue_.empty() && !core_.finished) {
     auto [id, page] = fault_queue_.front();
     fault_queue_.pop_front();
@@ -102,6 +103,7 @@ void Scheduler::schedule() {
     }
   }
   if (around_queue_.size() > 256) around_queue_.erase(around_queue_.begin(), around_queue_.end() - 256);
+  link_.release();
   // 3. Background drain, after RSTF only.
   if (!core_.rstf || !cfg.background) return;
   const uint64_t now = now_ns();

@@ -298,9 +298,20 @@ int SourceLink::submit(const PageRequest& request, bool urgent) {
     ch->resend.push_back(request);  // asked once the connection is back
     return 0;
   }
-  if (ch->client->submit(request) < 0) {
+  if ((held_ ? ch->client->queue(request) : ch->client->submit(request)) < 0) {
     if (!lost(*ch)) return fail(*ch);
     return 0;
+  }
+  if (!held_) update_interest();
+  return 0;
+}
+
+int SourceLink::release() {
+  held_ = false;
+  if (local_) return 0;
+  for (Channel* ch : {&prio_, &main_}) {
+    if (ch->state != State::kUp || !ch->client || !ch->client->wants_write()) continue;
+    if (ch->client->send_queued() < 0 && !lost(*ch)) return fail(*ch);
   }
   update_interest();
   return 0;

@@ -48,6 +48,10 @@ class SourceLink {
 
   // urgent: a demand fault or its fault-around (the priority connection when there is one).
   int submit(const PageRequest& request, bool urgent);
+  // Between hold() and release() submit() queues without sending: a fault's GET and its fault-around's leave in
+  // one segment, one send (each send through the bench's delay line, or on a busy host, costs a wake-up).
+  void hold() { held_ = true; }
+  int release();
   // Every connection's completed replies. < 0 only when the link failed for good (error() says why); a
   // connection cut on a resumable link is made again instead. The main connection is read kReadSliceBytes per
   // loop pass at most (new_pass()): what waits there is read in the passes after, each of which looks at the
@@ -120,6 +124,7 @@ class SourceLink {
   bool can_reconnect_ = false;  // an address to connect to (not only an adopted --ps-socket)
   bool priority_off_ = false;   // given up (or never wanted)
   bool closing_ = false;
+  bool held_ = false;  // hold(): submit() queues
   uint64_t reconnects_ = 0;
   size_t main_read_left_ = kReadSliceBytes;  // of this loop pass
   std::string error_;
