@@ -279,7 +279,11 @@ for (const version of CRIU_VERSIONS) {
       const exit = await daemon.exited;
       assert.notEqual(exit.code, 0, 'lazyd lazy-pages failed');
       if (restoreError) assert.match(restoreError.message, /criu [\d.]+ restore failed/, 'only as a consequence');
-      assert.deepEqual(always.flipped.map((f) => f.vaddr), [always.flipped[0].vaddr, always.flipped[0].vaddr], 'the same page flipped in the reply and in its re-fetch');
+      // The page flipped in its reply and in that reply's re-fetch; when a fault found it in flight in a drain
+      // request, it was asked for once more on the priority connection, whose reply (and re-fetch) carry it too.
+      const flippedAt = always.flipped.map((f) => f.vaddr);
+      assert.ok(flippedAt.length >= 2 && flippedAt.length <= 4, `flipped in 2 to 4 replies, not ${flippedAt.length}`);
+      assert.deepEqual(flippedAt, flippedAt.map(() => flippedAt[0]), 'the same page flipped in every reply and re-fetch');
       const bad = always.flipped[0];
       const alwaysLog = fs.readFileSync(path.join(dstDir, 'lazy-pages.log'), 'utf8');
       const failed = alwaysLog.split('\n').filter((l) => l.includes('lazy-pages failed'));
