@@ -14,9 +14,10 @@ namespace {
 // A request's cookie: its first page in the layout, and whether a waiting restore asked for it.
 constexpr uint64_t kDemandBit = 1ull << 63;
 
-// Replies taken per on_ready() before the page server's thread gets back to its sessions (a waiting restore is
-// woken between two rounds).
-constexpr int kRoundsPerWakeup = 2;
+// Replies taken per on_ready() before the page server's thread gets back to its sessions. One: each request a round
+// sends wakes the dump's page server, which on these two cores preempts this thread for about 0.5 ms while it
+// splices the next megabyte; with two rounds a priority GET waited behind 1.1 ms passes (docs/benchmarks.md).
+constexpr int kRoundsPerWakeup = 1;
 
 }  // namespace
 
