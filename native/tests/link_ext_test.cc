@@ -62,14 +62,14 @@ constexpr uint64_t kImageVaddr = 0x7f0000000000;
 
 uint8_t pattern_byte(uint64_t i) { return static_cast<uint8_t>((i * 2654435761u) >> 13); }
 
-std::shared_ptr<StagedCheckpoint> staged_checkpoint(uint64_t id, uint64_t pid, uint64_t vaddr, uint8_t fill, uint8_t token_byte,
-                                                    uint32_t pages = 4) {
+// A sealed memfd checkpoint of one lazy entry at vaddr of pid holding bytes (whole pages).
+std::shared_ptr<StagedCheckpoint> staged_checkpoint_of(uint64_t id, uint64_t pid, uint64_t vaddr, const Bytes& bytes,
+                                                       uint8_t token_byte) {
   MemfdStoreOptions options;
   options.fill = MemfdStoreOptions::Fill::kRead;
   auto store = std::make_shared<MemfdStore>(options);
   CHECK(store->init_error() == 0, "memfd store");
-  CHECK(store->begin_entry(pid_key(pid), vaddr, pages, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
-  Bytes bytes(pages * kPage, fill);
+  CHECK(store->begin_entry(pid_key(pid), vaddr, bytes.size() / kPage, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
   CHECK(store->receive_bytes(bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()), "receive");
   CHECK(store->seal() == 0, "seal");
   auto checkpoint = std::make_shared<StagedCheckpoint>();
@@ -78,6 +78,30 @@ std::shared_ptr<StagedCheckpoint> staged_checkpoint(uint64_t id, uint64_t pid, u
   checkpoint->token.fill(token_byte);
   checkpoint->has_token = true;
   return checkpoint;
+}
+
+std::shared_ptr<StagedCheckpoint> staged_checkpoint(uint64_t id, uint64_t pid, uint64_t vaddr, uint8_t fill, uint8_t token_byte,
+                                                    uint32_t pages = 4) {
+  return staged_checkpoint_of(id, pid, vaddr, Bytes(pages * kPage, fill), token_byte);
+}
+
+// One staged checkpoint, found by its pids and its token.
+struct OneCheckpoint : StagedLookup {
+  std::shared_ptr<StagedCheckpoint> c;
+  explicit OneCheckpoint(std::shared_ptr<StagedCheckpoint> checkpoint) : c(std::move(checkpoint)) {}
+  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override {
+    return c->store->entries(pid_key(pid)) ? c : nullptr;
+  }
+  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
+    return token == c->token ? c : nullptr;
+  }
+};
+
+// Appends what the socket holds now to out (non-blocking).
+void read_available(int fd, Bytes* out) {
+  uint8_t buf[65536];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) out->insert(out->end(), buf, buf + n);
 }
 
 struct TwoCheckpoints : StagedLookup {
@@ -162,13 +186,9 @@ Outcome run(const Bytes& input, const StagedLookup* staged, bool require_token) 
     CHECK(rounds < 10000, "the session never ended");
     outcome.status = session.on_readable();
     if (outcome.status == LazySession::Status::kOpen && session.wants_write()) outcome.status = session.on_writable();
-    uint8_t buf[65536];
-    ssize_t n;
-    while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) outcome.out.insert(outcome.out.end(), buf, buf + n);
+    read_available(sv[1], &outcome.out);
   }
-  uint8_t buf[65536];
-  ssize_t n;
-  while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) outcome.out.insert(outcome.out.end(), buf, buf + n);
+  read_available(sv[1], &outcome.out);
   outcome.stats = session.stats();
   outcome.error = session.error();
   close(sv[1]);
@@ -380,13 +400,7 @@ Bytes hello_reply(int32_t status, uint64_t checkpoint) {
 // LazySession::kSendSliceBytes per wake-up (the server's loop then serves the other sessions; the rest goes out on
 // the next), a priority connection all the socket takes; either way every byte goes out, in order.
 void test_send_slices() {
-  struct OneBig : StagedLookup {
-    std::shared_ptr<StagedCheckpoint> a = staged_checkpoint(7, 300, kStagedVaddr, 0xcc, 0x7c, 256);
-    std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == 300 ? a : nullptr; }
-    std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
-      return token == a->token ? a : nullptr;
-    }
-  } staged;
+  OneCheckpoint staged(staged_checkpoint(7, 300, kStagedVaddr, 0xcc, 0x7c, 256));
   static std::unique_ptr<PageIndex> index = image_index();
   const size_t whole = wire::kHelloReplySize + wire::HEADER_SIZE_V24 + 256 * kPage;
   for (bool priority : {false, true}) {
@@ -405,11 +419,7 @@ void test_send_slices() {
                              get24(300, kStagedVaddr, 256)});
     CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
     Bytes out;
-    auto take = [&] {
-      uint8_t buf[65536];
-      ssize_t n;
-      while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
-    };
+    auto take = [&] { read_available(sv[1], &out); };
     CHECK(session.on_readable() == LazySession::Status::kOpen, "first wake-up: %s", session.error().c_str());
     take();
     if (priority) {
@@ -439,27 +449,9 @@ void test_send_slices() {
 // a socket that takes only part of it gets the rest by the ordinary path, byte for byte, trailer last.
 void test_gathered_replies() {
   constexpr uint32_t kPages = 16;
-  struct Patterned : StagedLookup {
-    std::shared_ptr<StagedCheckpoint> a = std::make_shared<StagedCheckpoint>();
-    Patterned() {
-      MemfdStoreOptions options;
-      options.fill = MemfdStoreOptions::Fill::kRead;
-      auto store = std::make_shared<MemfdStore>(options);
-      CHECK(store->begin_entry(pid_key(400), kStagedVaddr, kPages, wire::PE_LAZY | wire::PE_PRESENT) == 0, "begin_entry");
-      Bytes bytes(kPages * kPage);
-      for (size_t i = 0; i < bytes.size(); i++) bytes[i] = pattern_byte(i);
-      CHECK(store->receive_bytes(bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()), "receive");
-      CHECK(store->seal() == 0, "seal");
-      a->id = 8;
-      a->store = store;
-      a->token.fill(0x8d);
-      a->has_token = true;
-    }
-    std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == 400 ? a : nullptr; }
-    std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
-      return token == a->token ? a : nullptr;
-    }
-  } staged;
+  Bytes bytes(kPages * kPage);
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = pattern_byte(i);
+  OneCheckpoint staged(staged_checkpoint_of(8, 400, kStagedVaddr, bytes, 0x8d));
   static std::unique_ptr<PageIndex> index = image_index();
   for (int sndbuf : {0, 4096}) {  // 0: the default room (one sendmsg each); 4096: every reply sent in parts
     int sv[2];
@@ -480,9 +472,7 @@ void test_gathered_replies() {
       CHECK(rounds < 100000, "the session never ended");
       status = session.on_readable();
       if (status == LazySession::Status::kOpen && session.wants_write()) status = session.on_writable();
-      uint8_t buf[65536];
-      ssize_t n;
-      while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
+      read_available(sv[1], &out);
     }
     CHECK(status == LazySession::Status::kDone, "gathered session (SO_SNDBUF %d): %s", sndbuf, session.error().c_str());
     const size_t first = wire::kHelloReplySize;
@@ -507,13 +497,7 @@ void test_gathered_replies() {
 // A drain session checksums at most a slice's worth of pages per wake-up while it reads GETs (a priority GET waits
 // behind no more); a priority connection reads every GET the socket holds.
 void test_checksum_slices() {
-  struct OneBig : StagedLookup {
-    std::shared_ptr<StagedCheckpoint> a = staged_checkpoint(9, 500, kStagedVaddr, 0xce, 0x9e, 256);
-    std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override { return pid == 500 ? a : nullptr; }
-    std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
-      return token == a->token ? a : nullptr;
-    }
-  } staged;
+  OneCheckpoint staged(staged_checkpoint(9, 500, kStagedVaddr, 0xce, 0x9e, 256));
   static std::unique_ptr<PageIndex> index = image_index();
   const uint32_t per_get = static_cast<uint32_t>(LazySession::kSendSliceBytes / kPage);
   for (bool priority : {false, true}) {
@@ -535,14 +519,10 @@ void test_checksum_slices() {
     Bytes out;
     for (int rounds = 0; session.stats().gets < 4 || session.wants_write(); rounds++) {
       CHECK(rounds < 10000, "never done");
-      uint8_t buf[65536];
-      ssize_t n;
-      while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
+      read_available(sv[1], &out);
       CHECK(session.on_writable() == LazySession::Status::kOpen, "wake-up: %s", session.error().c_str());
     }
-    uint8_t buf[65536];
-    ssize_t n;
-    while ((n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT)) > 0) out.insert(out.end(), buf, buf + n);
+    read_available(sv[1], &out);
     const size_t reply = wire::HEADER_SIZE_V24 + per_get * kPage + 4 * per_get;
     CHECK(out.size() == wire::kHelloReplySize + 4 * reply, "every reply: %zu bytes", out.size());
     std::printf("checksum slices: %s connection, %lu of 4 GETs read on the first wake-up\n", priority ? "priority" : "drain",
@@ -701,17 +681,6 @@ std::shared_ptr<StagedCheckpoint> relay_checkpoint(uint64_t pid, uint64_t vaddr,
   checkpoint->has_token = true;
   return checkpoint;
 }
-
-struct OneCheckpoint : StagedLookup {
-  std::shared_ptr<StagedCheckpoint> c;
-  explicit OneCheckpoint(std::shared_ptr<StagedCheckpoint> checkpoint) : c(std::move(checkpoint)) {}
-  std::shared_ptr<const StagedCheckpoint> find_pid(uint64_t pid) const override {
-    return c->store->entries(pid_key(pid)) ? c : nullptr;
-  }
-  std::shared_ptr<const StagedCheckpoint> find_token(const wire::LinkToken& token) const override {
-    return token == c->token ? c : nullptr;
-  }
-};
 
 void test_relay_checksums() {
   OneCheckpoint relayed(relay_checkpoint(300, kStagedVaddr, 16, 0x7c));

@@ -29,7 +29,7 @@ void Installer::collect_replies() {
   install_replies(done, rc);
   if (rc < 0 || core_.finished) return;
   done.clear();
-  rc = link_.pump(&done);
+  rc = link_.pump_main(&done);
   install_replies(done, rc);
 }
 

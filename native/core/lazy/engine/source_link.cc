@@ -318,19 +318,21 @@ int SourceLink::release() {
 }
 
 int SourceLink::pump(std::vector<PageReply>* done) {
-  if (local_) return local_->pump(done);
-  for (Channel* ch : {&prio_, &main_}) {
-    if (ch->state != State::kUp || core_.finished) continue;
-    if (pump_channel(*ch, done) < 0) return -EPIPE;
-  }
-  maybe_open_priority();
-  update_interest();
-  return 0;
+  const int rc = pump_priority(done);
+  return rc < 0 ? rc : pump_main(done);
 }
 
 int SourceLink::pump_priority(std::vector<PageReply>* done) {
   if (local_ || prio_.state != State::kUp || core_.finished) return 0;
   if (pump_channel(prio_, done) < 0) return -EPIPE;
+  update_interest();
+  return 0;
+}
+
+int SourceLink::pump_main(std::vector<PageReply>* done) {
+  if (local_) return local_->pump(done);
+  if (main_.state == State::kUp && !core_.finished && pump_channel(main_, done) < 0) return -EPIPE;
+  maybe_open_priority();
   update_interest();
   return 0;
 }

@@ -57,8 +57,10 @@ class SourceLink {
   // loop pass at most (new_pass()): what waits there is read in the passes after, each of which looks at the
   // uffds and the priority connection first.
   int pump(std::vector<PageReply>* done);
-  // The priority connection's alone: a demand fault's reply is installed before the drain's bytes are read.
+  // pump() in two halves: the priority connection's replies (a demand fault's is installed before the drain's
+  // bytes are read), then the main connection's (or the local source's).
   int pump_priority(std::vector<PageReply>* done);
+  int pump_main(std::vector<PageReply>* done);
   void new_pass() { main_read_left_ = kReadSliceBytes; }
   static constexpr size_t kReadSliceBytes = 128 * 1024;
   void update_interest();
