@@ -206,7 +206,7 @@ for (const version of CRIU_VERSIONS) {
         const recv = path.join(s.agent.stateDir, 'replicas', s.id, 'incoming', 'recv');
         await pollFor('half of generation 2 on the standby', 60_000, () => {
           if (run.proc.exitInfo) throw new Error(`lazyd replicate exited first: ${run.stderr()}`);
-          return fs.existsSync(recv) && fs.readdirSync(recv).some((n) => n.startsWith('pages-') && sizeOf(path.join(recv, n)) > 4 << 20) ? true : undefined;
+          return namesIn(recv).some((n) => n.startsWith('pages-') && sizeOf(path.join(recv, n)) > 4 << 20) ? true : undefined;
         });
         let last: number;
         if (how === 'kill') last = await killPrimary(s, run);
@@ -299,6 +299,16 @@ for (const version of CRIU_VERSIONS) {
       await failoverVerifies(t, s, last, 2, onCleanup);
     });
   });
+}
+
+/** The names in a directory, or none when it is gone: the standby removes and rebuilds `incoming` at every epoch. */
+function namesIn(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
 }
 
 function sizeOf(file: string): number {
