@@ -1,9 +1,12 @@
 // A/B of two `lazyd lazy-pages` flag sets in one migration flow, alternating (A B, B A, ...), on the bench's two
 // network namespaces, CRIU 4.2.1, a workload reading its memory in order:
-//   node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE (default lazyd-relay)] [WORKLOAD: seq, or idle (the bench's idle: hotPct 0, a heartbeat only)]
-// Prints each run and the medians of downtime, dump, restore, all pages present (ms). For experiments on one
-// flag; `npm run bench` is the suite.
-import { runLazyMigration, type SourceKind } from '../test/harness/index.js';
+//   node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE (default lazyd-relay)] [WORKLOAD: seq (default),
+//   idle, random or hot, as in the migration benchmark]
+// Prints each run and the medians of downtime, dump, restore, all pages present (ms) and the daemon-reported fault
+// service p50/p99 (µs). For experiments on one flag; `npm run bench` is the suite.
+import path from 'node:path';
+import { runLazyMigration, type SourceKind, type WorkloadOptions } from '../test/harness/index.js';
+import { readLazydLatency } from './lib/daemon.js';
 import { createTwoHosts } from '../test/harness/netns.js';
 import { median } from './lib/stats.js';
 
@@ -12,7 +15,19 @@ if (!rtt || !mib || !pairs) {
   console.error("usage: node dist/bench/flag-ab.js RTT_MS MIB PAIRS 'FLAGS A' 'FLAGS B' [SOURCE]");
   process.exit(2);
 }
-type Figures = Record<'down' | 'dump' | 'restore' | 'all', number>;
+type Figures = Record<'down' | 'dump' | 'restore' | 'all' | 'faultP50' | 'faultP99', number>;
+const seed = 1000 + Number(mib);
+const WORKLOADS: Record<string, WorkloadOptions> = {
+  seq: { mib: Number(mib), order: 'seq', seed, intervalMs: 0 },
+  idle: { mib: Number(mib), order: 'seq', seed, hotPct: 0, intervalMs: 20 },
+  random: { mib: Number(mib), order: 'random', seed, intervalMs: 0 },
+  hot: { mib: Number(mib), order: 'random', seed, hotPct: 10, intervalMs: 0 },
+};
+const workload = WORKLOADS[touch];
+if (!workload) {
+  console.error(`unknown workload ${touch}: one of ${Object.keys(WORKLOADS).join(', ')}`);
+  process.exit(2);
+}
 const hosts = createTwoHosts();
 const runs: Record<'A' | 'B', Figures[]> = { A: [], B: [] };
 try {
@@ -21,17 +36,21 @@ try {
     const order: ['A' | 'B', string][] = i % 2 ? [['B', b], ['A', a]] : [['A', a], ['B', b]];
     for (const [name, flags] of order) {
       try {
+        let lat: ReturnType<typeof readLazydLatency>;
         const r = await runLazyMigration({
           criuVersion: '4.2.1',
           server: source as SourceKind,
           daemon: 'lazyd',
           preStartDaemon: source === 'lazyd-relay',
           daemonArgs: flags.split(' ').filter(Boolean),
-          workload: touch === 'idle' ? { mib: Number(mib), order: 'seq', seed: 1000 + Number(mib), hotPct: 0, intervalMs: 20 } : { mib: Number(mib), order: 'seq', seed: 1000 + Number(mib), intervalMs: 0 },
+          workload,
+          onRestored: (restored) => {
+            lat = readLazydLatency(path.join(restored.dstDir, 'lazy-pages.log'));
+          },
           network: { source: hosts.source, destination: hosts.destination, sourceAddress: hosts.sourceAddress },
           timeouts: { allPagesMs: 60_000, dumpMs: 180_000, passesMs: 120_000, restoreMs: 120_000 },
         });
-        const f: Figures = { down: r.resumeGapMs, dump: r.dumpMs, restore: r.restoreMs, all: r.pagesInstalledMs };
+        const f: Figures = { down: r.resumeGapMs, dump: r.dumpMs, restore: r.restoreMs, all: r.pagesInstalledMs, faultP50: lat?.p50Us ?? NaN, faultP99: lat?.p99Us ?? NaN };
         runs[name].push(f);
         console.log(name, Object.entries(f).map(([k, v]) => `${k}=${Math.round(v)}`).join(' '));
       } catch (error) {

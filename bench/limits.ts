@@ -6,6 +6,9 @@
 //   uffd bulk       the drain's install path alone: UFFDIO_COPY of 1 MiB at a time into an area nothing touches, MB/s
 //   TCP             one stream between the two network namespaces (netns.ts) at each RTT, and on loopback:
 //                   1-byte round trip p50/p99 and MB/s of a single stream for a few seconds
+//   TCP + install   the same stream, each MiB received installed with UFFDIO_COPY on the receiving thread: a
+//                   post-copy stream with no protocol, checksum or page server, the most a one-thread lazy-pages
+//                   daemon can take in (MB/s, best of 3)
 // The migration benchmark reuses these numbers (measureLimits() is cached per process).
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -23,6 +26,8 @@ export interface TcpLimit {
   rttP50Us: number;
   rttP99Us: number;
   MBs: number;
+  /** The same stream received and installed (UFFDIO_COPY) by one thread: best of 3, MB/s. */
+  installMBs: number;
 }
 
 export interface Limits {
@@ -53,7 +58,7 @@ function json(args: string[], netns?: string): Record<string, number> {
 }
 
 /** One TCP measurement from `client` netns to a limits tcp-server in `server` netns (undefined: this netns). */
-export async function measureTcp(where: string, rttMs: number, seconds: number, address: string, server?: string, client?: string): Promise<TcpLimit> {
+export async function measureTcp(where: string, rttMs: number, seconds: number, installMiB: number, address: string, server?: string, client?: string): Promise<TcpLimit> {
   const binary = buildLimits();
   const port = 47000 + (process.pid % 1000);
   const args = [binary, 'tcp-server', String(port)];
@@ -73,7 +78,9 @@ export async function measureTcp(where: string, rttMs: number, seconds: number, 
       child.on('exit', () => reject(new Error(`limits tcp-server exited: ${out}`)));
     });
     const r = json([binary, 'tcp-client', address, String(port), String(seconds)], client);
-    return { where, rttMs, rttP50Us: r.rttP50Us, rttP99Us: r.rttP99Us, MBs: r.MBs };
+    let installMBs = 0;
+    for (let i = 0; i < 3; i++) installMBs = Math.max(installMBs, json([binary, 'tcp-uffd-client', address, String(port), String(installMiB)], client).MBs);
+    return { where, rttMs, rttP50Us: r.rttP50Us, rttP99Us: r.rttP99Us, MBs: r.MBs, installMBs };
   } finally {
     child.removeAllListeners('exit');
     child.kill('SIGKILL');
@@ -90,13 +97,14 @@ export async function measureLimits(ctx: BenchContext, rtts: number[], hosts?: T
   const mem = json([binary, 'memcpy', ctx.quick ? '128' : '512']);
   const uffd = json([binary, 'uffd', ctx.quick ? '64' : '256']);
   const bulk = json([binary, 'uffd-bulk', ctx.quick ? '128' : '512', '1024']);
-  const tcp: TcpLimit[] = [await measureTcp('loopback', 0, seconds, '127.0.0.1')];
+  const installMiB = ctx.quick ? 128 : 512;
+  const tcp: TcpLimit[] = [await measureTcp('loopback', 0, seconds, installMiB, '127.0.0.1')];
   const own = hosts ?? createTwoHosts({ id: `l${process.pid}` });
   const before = own.rttMs;
   try {
     for (const rtt of rtts) {
       await own.setRtt(rtt);
-      tcp.push(await measureTcp('veth', rtt, seconds, own.sourceAddress, own.source, own.destination));
+      tcp.push(await measureTcp('veth', rtt, seconds, installMiB, own.sourceAddress, own.source, own.destination));
     }
   } finally {
     if (hosts) await own.setRtt(before);
@@ -108,7 +116,7 @@ export async function measureLimits(ctx: BenchContext, rtts: number[], hosts?: T
     uffdBulk: { MBs: bulk.MBs, firstMBs: bulk.firstMBs, chunkBytes: bulk.chunk },
     tcp,
   };
-  ctx.log(`limits: memcpy ${mem.GBs.toFixed(1)} GB/s; uffd fault p50 ${uffd.p50Us.toFixed(1)} µs (${uffd.MBs.toFixed(0)} MB/s), bulk ${bulk.MBs.toFixed(0)} MB/s; ${tcp.map((t) => `${t.where} ${t.rttMs} ms: ${t.MBs.toFixed(0)} MB/s rtt ${t.rttP50Us.toFixed(0)} µs`).join('; ')}`);
+  ctx.log(`limits: memcpy ${mem.GBs.toFixed(1)} GB/s; uffd fault p50 ${uffd.p50Us.toFixed(1)} µs (${uffd.MBs.toFixed(0)} MB/s), bulk ${bulk.MBs.toFixed(0)} MB/s; ${tcp.map((t) => `${t.where} ${t.rttMs} ms: ${t.MBs.toFixed(0)} MB/s (installed ${t.installMBs.toFixed(0)}) rtt ${t.rttP50Us.toFixed(0)} µs`).join('; ')}`);
   return cached;
 }
 
@@ -120,7 +128,7 @@ export function limitsMarkdown(limits: Limits): string {
     ...limits.tcp.map((t) => [
       t.where === 'loopback' ? 'TCP, loopback' : `TCP between the namespaces, ${t.rttMs} ms RTT added`,
       `RTT p50 ${(t.rttP50Us / 1000).toFixed(3)} ms, p99 ${(t.rttP99Us / 1000).toFixed(3)} ms`,
-      `${t.MBs.toFixed(0)} MB/s, one stream`,
+      `${t.MBs.toFixed(0)} MB/s, one stream; ${t.installMBs.toFixed(0)} MB/s received and installed by one thread`,
     ]),
   ];
   return markdownTable(['limit', 'latency', 'throughput'], rows);

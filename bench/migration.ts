@@ -125,6 +125,9 @@ export const FIGURES: FigureDef[] = [
   { key: 'rateMiBs', label: 'lazy pages / all-present time', unit: 'MiB/s', digits: 0, lowerIsBetter: false },
   { key: 'tcpFraction', label: 'that rate / TCP limit at this RTT', unit: 'fraction', digits: 2, lowerIsBetter: false },
   { key: 'limitTimeRatio', label: 'all present / the time the TCP and bulk UFFDIO_COPY limits allow (the slower of the two)', unit: 'ratio', digits: 2 },
+  { key: 'drainMiBs', label: 'the drain: lazy pages / (all present - restore to running)', unit: 'MiB/s', digits: 0, lowerIsBetter: false },
+  { key: 'drainTcpFraction', label: 'the drain / TCP limit at this RTT', unit: 'fraction', digits: 2, lowerIsBetter: false },
+  { key: 'drainInstallFraction', label: 'the drain / one TCP stream received and installed by one thread at this RTT (limits: TCP + install)', unit: 'fraction', digits: 2, lowerIsBetter: false },
   { key: 'srcCpuMs', label: 'source daemon CPU (user+sys)', unit: 'ms', digits: 0 },
   { key: 'dstCpuMs', label: 'destination daemon CPU (user+sys)', unit: 'ms', digits: 0 },
   { key: 'srcPeakMiB', label: 'source daemon peak RSS', unit: 'MiB', digits: 0 },
@@ -376,6 +379,10 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
   const r = result;
   const lazyMiB = (r.lazyPages.copied * 4096) / 1048576;
   const rate = r.pagesInstalledMs > 0 ? lazyMiB / (r.pagesInstalledMs / 1000) : NaN;
+  // The drain's own rate: no page moves in the background before criu restore has handed the tasks over and
+  // finished (RSTF, a moment before it exits), so its time is all present less the restore's.
+  const drainMs = r.pagesInstalledMs - r.restoreMs;
+  const drainRate = drainMs > 0 ? lazyMiB / (drainMs / 1000) : NaN;
   const tcp = limits.tcp.find((t) => t.where === 'veth' && t.rttMs === cell.rttMs);
   if (source === 'lazyd-relay') relayHeld = r.relay?.bytes ?? null;
   const held =
@@ -415,6 +422,11 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       // The slower of the two limits bounds a pipeline of transfer and install (issue 12's 2 GiB bar: <= 1.5). The
       // drain installs in bulk, so its limit is the bulk UFFDIO_COPY rate, not the one-fault-at-a-time one.
       limitTimeRatio: tcp && limits.uffdBulk.MBs > 0 ? finite(r.pagesInstalledMs / 1000 / ((lazyMiB * 1048576) / (Math.min(tcp.MBs, limits.uffdBulk.MBs) * 1e6))) : null,
+      // Neither limit above includes the other's cost: on these machines a lazy-pages daemon receives and installs
+      // on one thread, so the stream it can take in is this one (measured the same way, with no protocol at all).
+      drainMiBs: finite(drainRate),
+      drainTcpFraction: tcp ? finite((drainRate * 1048576) / (tcp.MBs * 1e6)) : null,
+      drainInstallFraction: tcp?.installMBs ? finite((drainRate * 1048576) / (tcp.installMBs * 1e6)) : null,
       srcCpuMs: finite(srcWatch?.cpuMs),
       dstCpuMs: finite(dstW?.cpuMs),
       srcPeakMiB: srcWatch?.peakKiB !== undefined ? srcWatch.peakKiB / 1024 : null,

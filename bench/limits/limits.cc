@@ -10,8 +10,13 @@
 //   limits fresh-touch [MiB] [S]   first writes to new anonymous memory, 4 KiB at a time (what UFFDIO_COPY does to
 //                                  each page it installs): an area written once, freed, written again at once, and
 //                                  again after S (10) seconds: MB/s of each (not run by bench/limits.ts)
-//   limits tcp-server PORT         serves one client at a time: 'P' = echo 1-byte pings, 'B' = sink bytes to EOF
+//   limits tcp-server PORT         serves one client at a time: 'P' = echo 1-byte pings, 'B' = sink bytes to EOF,
+//                                  'U' = install what it receives (tcp-uffd-client)
 //   limits tcp-client ADDR PORT S  200 one-byte round trips (RTT p50/p99), then S seconds of one TCP stream: MB/s
+//   limits tcp-uffd-client ADDR PORT MiB
+//                                  a post-copy stream at its simplest: MiB sent in one TCP stream, and the server
+//                                  ('U') receives each MiB and installs it with UFFDIO_COPY into a registered area,
+//                                  on one thread as a lazy-pages daemon does: MB/s until the last page is in
 //
 // Build: g++ -O2 -std=c++17 -pthread -o limits limits.cc
 #include <arpa/inet.h>
@@ -257,6 +262,26 @@ int tcp_server(int port) {
     if (mode == 'P') {
       char b;
       while (read(c, &b, 1) == 1) write_full(c, &b, 1);
+    } else if (mode == 'U') {
+      unsigned long long bytes = 0;
+      read_full(c, &bytes, sizeof bytes);
+      char* area = nullptr;
+      int uffd = registered_area(bytes, &area);
+      unsigned long long total = 0;
+      while (total < bytes) {
+        const size_t want = static_cast<size_t>(std::min<unsigned long long>(buf.size(), bytes - total));
+        read_full(c, buf.data(), want);
+        uffdio_copy copy{};
+        copy.dst = reinterpret_cast<unsigned long>(area) + total;
+        copy.src = reinterpret_cast<unsigned long>(buf.data());
+        copy.len = want;
+        copy.mode = UFFDIO_COPY_MODE_DONTWAKE;
+        if (ioctl(uffd, UFFDIO_COPY, &copy) < 0) die("UFFDIO_COPY");
+        total += want;
+      }
+      write_full(c, &total, sizeof total);
+      munmap(area, bytes);
+      close(uffd);
     } else {
       unsigned long long total = 0;
       ssize_t r;
@@ -314,6 +339,27 @@ int tcp_client(const char* addr, int port, double seconds) {
   return 0;
 }
 
+int tcp_uffd_client(const char* addr, int port, size_t mib) {
+  int s = connect_to(addr, port);
+  const unsigned long long bytes = static_cast<unsigned long long>(mib) << 20;
+  write_full(s, "U", 1);
+  write_full(s, &bytes, sizeof bytes);
+  std::vector<char> buf(1 << 20);
+  for (size_t i = 0; i < buf.size(); i++) buf[i] = static_cast<char>(i * 131 + 7);
+  double t0 = now_s();
+  for (unsigned long long sent = 0; sent < bytes; sent += buf.size()) write_full(s, buf.data(), buf.size());
+  unsigned long long installed = 0;
+  read_full(s, &installed, sizeof installed);
+  double dt = now_s() - t0;  // until the server had installed every page
+  close(s);
+  if (installed != bytes) {
+    std::fprintf(stderr, "limits: tcp-uffd: sent %llu, server installed %llu\n", bytes, installed);
+    return 1;
+  }
+  std::printf("{\"mode\":\"tcp-uffd\",\"bytes\":%llu,\"MBs\":%.1f}\n", bytes, bytes / dt / 1e6);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -328,6 +374,7 @@ int main(int argc, char** argv) {
   }
   if (mode == "tcp-server" && argc == 3) return tcp_server(std::atoi(argv[2]));
   if (mode == "tcp-client" && argc == 5) return tcp_client(argv[2], std::atoi(argv[3]), std::atof(argv[4]));
-  std::fprintf(stderr, "usage: limits memcpy [MiB] | uffd [MiB] | uffd-bulk [MiB] [chunk KiB] | fresh-touch [MiB] [pause s] | tcp-server PORT | tcp-client ADDR PORT SECONDS\n");
+  if (mode == "tcp-uffd-client" && argc == 5) return tcp_uffd_client(argv[2], std::atoi(argv[3]), std::strtoul(argv[4], nullptr, 10));
+  std::fprintf(stderr, "usage: limits memcpy [MiB] | uffd [MiB] | uffd-bulk [MiB] [chunk KiB] | fresh-touch [MiB] [pause s] | tcp-server PORT | tcp-client ADDR PORT SECONDS | tcp-uffd-client ADDR PORT MiB\n");
   return 2;
 }

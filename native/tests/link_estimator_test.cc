@@ -1,8 +1,10 @@
-// Unit tests of the drain's link estimate and rate cap (lazy/engine/link_estimator.h), on a modelled link: a
+// Unit tests of the drain's link estimate and rate cap (lazy/engine/link_estimator.h), and of the window the
+// scheduler allows from it (drain_window, lazy/engine/scheduler.h), on a modelled link: a
 // request reaches the server after half the RTT, the server sends replies one after another at the link's
 // bandwidth, a reply is complete half an RTT after its last byte left. The drain keeps window() bytes of requests
 // of up to 1 MiB in flight, as the scheduler does. Pure arithmetic on simulated time: no clock, no sleep.
 #include "lazy/engine/link_estimator.h"
+#include "lazy/engine/scheduler.h"
 
 #include <unistd.h>
 
@@ -10,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <queue>
+#include <string>
 #include <vector>
 
 #include "check.h"
@@ -158,8 +161,52 @@ static void test_token_bucket() {
   CHECK(small.wait_ns(MiB, 0) <= 62'600'000 && small.wait_ns(MiB, 0) >= 62'400'000);
 }
 
+// The window by moment: the faulting cap while faults wait or were just seen, and during --drain-start on one FIFO
+// connection; the floor during --drain-start on a priority link and for kRecentFaultQuiets quiet times after a
+// fault; the estimate otherwise.
+static void test_drain_window() {
+  using lazyd::engine::DrainMoment;
+  using lazyd::engine::drain_window;
+  lazyd::FaultEngineConfig cfg;
+  cfg.bg_in_flight_bytes_faulting = 256 * 1024;
+  cfg.bg_in_flight_bytes = kFloor;
+  cfg.fault_quiet_ms = 5;
+  cfg.drain_start_ms = 200;
+  const uint64_t ms = 1000000, none = UINT64_MAX, estimate = 24 * MiB;
+  struct Row {
+    uint64_t since_rstf_ms;
+    uint64_t since_fault_ns;
+    bool waiting, priority;
+    uint64_t want;
+  } rows[] = {
+      {50, none, false, false, cfg.bg_in_flight_bytes_faulting},    // starting, FIFO
+      {50, none, false, true, kFloor},                              // starting, priority link
+      {50, 1 * ms, false, true, cfg.bg_in_flight_bytes_faulting},   // a fault just now, priority link
+      {50, none, true, true, cfg.bg_in_flight_bytes_faulting},      // a task waits
+      {500, 1 * ms, false, false, cfg.bg_in_flight_bytes_faulting}, // past the start, a fault just now
+      {500, 50 * ms, false, false, kFloor},                         // faults lately
+      {500, 50 * ms, false, true, kFloor},
+      {500, 150 * ms, false, false, estimate},                      // quiet: the estimate
+      {500, none, false, true, estimate},
+  };
+  for (const Row& r : rows) {
+    DrainMoment m;
+    m.since_rstf_ns = r.since_rstf_ms * ms;
+    m.since_fault_ns = r.since_fault_ns;
+    m.tasks_waiting = r.waiting;
+    m.priority_link = r.priority;
+    m.estimate_window = estimate;
+    const uint64_t got = drain_window(cfg, m);
+    std::printf("drain window %lu ms after RSTF, last fault %s, %s, %s link: %lu bytes\n", (unsigned long)r.since_rstf_ms,
+                r.since_fault_ns == none ? "never" : (std::to_string(r.since_fault_ns / ms) + " ms ago").c_str(),
+                r.waiting ? "a task waiting" : "none waiting", r.priority ? "priority" : "FIFO", (unsigned long)got);
+    CHECK(got == r.want);
+  }
+}
+
 int main() {
   alarm(60);
+  test_drain_window();
   test_window_bounds();
   test_fills_link_at_any_rtt();
   test_ceiling();

@@ -400,7 +400,7 @@ const DRAIN = {
     min: 0,
     fraction: true,
     zero: 'the window opens at RSTF',
-    describe: "for this long after RSTF the drain keeps the faulting window (--drain-inflight-bytes-faulting): the restored tasks' first faults, the end of the downtime, queue behind little",
+    describe: "for this long after RSTF the drain keeps the faulting window (--drain-inflight-bytes-faulting) when the faults share its connection (a stock page server, --no-link-priority), the floor (--drain-inflight-bytes) on the lazyd link's priority connection: the restored tasks' first faults, the end of the downtime, queue behind little",
     native: { key: 'drainStartMs', scale: 1000 },
   }),
   drainInflightBytesFaulting: flag({

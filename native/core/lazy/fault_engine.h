@@ -76,7 +76,8 @@ struct FaultEngineConfig {
   int fault_quiet_ms = 5;                   // "lately"
   size_t max_requests_in_flight = 0;        // --max-requests-inflight; fault requests are never held back by this
   bool background = true;                   // --drain / --no-drain: drain everything after RSTF (off: faults only)
-  int drain_start_ms = 0;                    // --drain-start: for this long after RSTF, the drain's window is the faulting one
+  int drain_start_ms = 0;                    // --drain-start: for this long after RSTF, the drain's window is the faulting
+                                             // one (the floor on a priority link): drain_window(), engine/scheduler.h
   bool link_checksum = true;                // --link-checksum: a lazyd HELLO asks for feature checksum (§7.4)
   bool link_priority = true;                // --link-priority: a second connection for demand faults (§7.5)
   // --reconnect-timeout: a cut lazyd link (feature resume, §7.6) is made again within this; 0: off (a cut fails)

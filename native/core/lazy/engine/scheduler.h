@@ -4,9 +4,10 @@
 //   3. the background drain, after RSTF only (before it the restorer may not have registered the VMAs yet), in
 //      requests that double from bg_min_bytes to bg_max_bytes. Its bytes in flight follow the link's measured
 //      bandwidth x RTT (link_estimator.h; bg_in_flight_bytes the floor, bg_in_flight_max_bytes the ceiling), and
-//      are capped low while faults wait or were seen in the last fault_quiet_ms (and for drain_hold_ms after RSTF), so no fault queues behind
-//      megabytes of drain, and held at the floor for kRecentFaultQuiets quiet times after a fault (the window
-//      opens past it only while the tasks do not fault). bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
+//      are capped low while faults wait or were seen in the last fault_quiet_ms (and for drain_start_ms after RSTF
+//      when faults share the drain's connection), so no fault queues behind megabytes of drain, and held at the
+//      floor for kRecentFaultQuiets quiet times after a fault and during drain_start_ms on a priority link (the
+//      window opens past it only while the tasks do not fault): drain_window(). bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
 //      not limited).
 #pragma once
 
@@ -21,6 +22,18 @@
 #include "lazy/engine/tasks.h"
 
 namespace lazyd::engine {
+
+// What decides the drain's bytes in flight at one moment (Scheduler::drain_cap gathers it).
+struct DrainMoment {
+  uint64_t since_rstf_ns = 0;      // now - RSTF
+  uint64_t since_fault_ns = 0;     // now - the last fault; UINT64_MAX: none yet
+  bool tasks_waiting = false;      // a task waits for a page now
+  bool priority_link = false;      // demand faults go on a connection of their own (docs/protocol.md §7.5)
+  uint64_t estimate_window = 0;    // the link estimate's window, within the floor and the ceiling
+};
+// The drain's bytes in flight allowed at that moment.
+uint64_t drain_window(const FaultEngineConfig& cfg, const DrainMoment& m);
+constexpr uint64_t kRecentFaultQuiets = 20;  // 100 ms with the 5 ms quiet time
 
 class Scheduler {
  public:
@@ -64,7 +77,6 @@ class Scheduler {
   uint64_t bg_len_ = 0;     // the drain's next request size
   uint64_t bg_cursor_ = 0;  // the task the drain served last (round robin)
   uint64_t last_fault_ = 0;
-  static constexpr uint64_t kRecentFaultQuiets = 20;  // 100 ms with the 5 ms quiet time
   TokenBucket rate_;         // --drain-rate
   uint64_t rate_wake_ = 0;   // the drain waits for the rate cap until then (0: not waiting)
 };
