@@ -13,10 +13,11 @@
 //   limits tcp-server PORT         serves one client at a time: 'P' = echo 1-byte pings, 'B' = sink bytes to EOF,
 //                                  'U' = install what it receives (tcp-uffd-client)
 //   limits tcp-client ADDR PORT S  200 one-byte round trips (RTT p50/p99), then S seconds of one TCP stream: MB/s
-//   limits tcp-uffd-client ADDR PORT MiB
+//   limits tcp-uffd-client ADDR PORT MiB [THREADS]
 //                                  a post-copy stream at its simplest: MiB sent in one TCP stream, and the server
 //                                  ('U') receives each MiB and installs it with UFFDIO_COPY into a registered area,
-//                                  on one thread as a lazy-pages daemon does: MB/s until the last page is in
+//                                  on one thread as a lazy-pages daemon does; THREADS 2 ('W'): one thread receives,
+//                                  another installs. MB/s until the last page is in
 //
 // Build: g++ -O2 -std=c++17 -pthread -o limits limits.cc
 #include <arpa/inet.h>
@@ -37,7 +38,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -237,6 +240,79 @@ void write_full(int fd, const void* buf, size_t n) {
   }
 }
 
+void install(int uffd, char* area, unsigned long long at, const char* src, size_t len) {
+  uffdio_copy copy{};
+  copy.dst = reinterpret_cast<unsigned long>(area) + at;
+  copy.src = reinterpret_cast<unsigned long>(src);
+  copy.len = len;
+  copy.mode = UFFDIO_COPY_MODE_DONTWAKE;
+  if (ioctl(uffd, UFFDIO_COPY, &copy) < 0) die("UFFDIO_COPY");
+}
+
+// 'U': one thread receives each MiB and installs it, as lazyd lazy-pages does. Returns the bytes installed.
+unsigned long long receive_and_install(int c, unsigned long long bytes) {
+  char* area = nullptr;
+  int uffd = registered_area(bytes, &area);
+  std::vector<char> buf(1 << 20);
+  unsigned long long total = 0;
+  while (total < bytes) {
+    const size_t want = static_cast<size_t>(std::min<unsigned long long>(buf.size(), bytes - total));
+    read_full(c, buf.data(), want);
+    install(uffd, area, total, buf.data(), want);
+    total += want;
+  }
+  munmap(area, bytes);
+  close(uffd);
+  return total;
+}
+
+// 'W': a receiving thread and an installing one, handing MiB buffers over through a ring of 8.
+unsigned long long receive_then_install(int c, unsigned long long bytes) {
+  char* area = nullptr;
+  int uffd = registered_area(bytes, &area);
+  constexpr size_t kSlots = 8, kSlot = 1 << 20;
+  std::vector<char> ring(kSlots * kSlot);
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned long long received = 0, installed = 0;  // bytes, under m
+  std::thread installer([&] {
+    for (;;) {
+      unsigned long long at, ready;
+      {
+        std::unique_lock<std::mutex> lock(m);
+        cv.wait(lock, [&] { return received > installed || installed == bytes; });
+        if (installed == bytes) return;
+        at = installed;
+        ready = received;
+      }
+      while (at < ready) {
+        const size_t len = static_cast<size_t>(std::min<unsigned long long>(kSlot, ready - at));
+        install(uffd, area, at, ring.data() + (at / kSlot % kSlots) * kSlot, len);
+        at += len;
+      }
+      std::lock_guard<std::mutex> lock(m);
+      installed = at;
+      cv.notify_all();
+    }
+  });
+  for (unsigned long long at = 0; at < bytes;) {
+    {
+      std::unique_lock<std::mutex> lock(m);
+      cv.wait(lock, [&] { return at - installed < kSlots * kSlot; });
+    }
+    const size_t len = static_cast<size_t>(std::min<unsigned long long>(kSlot, bytes - at));
+    read_full(c, ring.data() + (at / kSlot % kSlots) * kSlot, len);
+    at += len;
+    std::lock_guard<std::mutex> lock(m);
+    received = at;
+    cv.notify_all();
+  }
+  installer.join();
+  munmap(area, bytes);
+  close(uffd);
+  return installed;
+}
+
 int tcp_server(int port) {
   int ls = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
@@ -262,26 +338,11 @@ int tcp_server(int port) {
     if (mode == 'P') {
       char b;
       while (read(c, &b, 1) == 1) write_full(c, &b, 1);
-    } else if (mode == 'U') {
+    } else if (mode == 'U' || mode == 'W') {
       unsigned long long bytes = 0;
       read_full(c, &bytes, sizeof bytes);
-      char* area = nullptr;
-      int uffd = registered_area(bytes, &area);
-      unsigned long long total = 0;
-      while (total < bytes) {
-        const size_t want = static_cast<size_t>(std::min<unsigned long long>(buf.size(), bytes - total));
-        read_full(c, buf.data(), want);
-        uffdio_copy copy{};
-        copy.dst = reinterpret_cast<unsigned long>(area) + total;
-        copy.src = reinterpret_cast<unsigned long>(buf.data());
-        copy.len = want;
-        copy.mode = UFFDIO_COPY_MODE_DONTWAKE;
-        if (ioctl(uffd, UFFDIO_COPY, &copy) < 0) die("UFFDIO_COPY");
-        total += want;
-      }
+      const unsigned long long total = mode == 'U' ? receive_and_install(c, bytes) : receive_then_install(c, bytes);
       write_full(c, &total, sizeof total);
-      munmap(area, bytes);
-      close(uffd);
     } else {
       unsigned long long total = 0;
       ssize_t r;
@@ -339,10 +400,10 @@ int tcp_client(const char* addr, int port, double seconds) {
   return 0;
 }
 
-int tcp_uffd_client(const char* addr, int port, size_t mib) {
+int tcp_uffd_client(const char* addr, int port, size_t mib, int threads) {
   int s = connect_to(addr, port);
   const unsigned long long bytes = static_cast<unsigned long long>(mib) << 20;
-  write_full(s, "U", 1);
+  write_full(s, threads == 2 ? "W" : "U", 1);
   write_full(s, &bytes, sizeof bytes);
   std::vector<char> buf(1 << 20);
   for (size_t i = 0; i < buf.size(); i++) buf[i] = static_cast<char>(i * 131 + 7);
@@ -356,7 +417,7 @@ int tcp_uffd_client(const char* addr, int port, size_t mib) {
     std::fprintf(stderr, "limits: tcp-uffd: sent %llu, server installed %llu\n", bytes, installed);
     return 1;
   }
-  std::printf("{\"mode\":\"tcp-uffd\",\"bytes\":%llu,\"MBs\":%.1f}\n", bytes, bytes / dt / 1e6);
+  std::printf("{\"mode\":\"tcp-uffd\",\"threads\":%d,\"bytes\":%llu,\"MBs\":%.1f}\n", threads, bytes, bytes / dt / 1e6);
   return 0;
 }
 
@@ -374,7 +435,9 @@ int main(int argc, char** argv) {
   }
   if (mode == "tcp-server" && argc == 3) return tcp_server(std::atoi(argv[2]));
   if (mode == "tcp-client" && argc == 5) return tcp_client(argv[2], std::atoi(argv[3]), std::atof(argv[4]));
-  if (mode == "tcp-uffd-client" && argc == 5) return tcp_uffd_client(argv[2], std::atoi(argv[3]), std::strtoul(argv[4], nullptr, 10));
-  std::fprintf(stderr, "usage: limits memcpy [MiB] | uffd [MiB] | uffd-bulk [MiB] [chunk KiB] | fresh-touch [MiB] [pause s] | tcp-server PORT | tcp-client ADDR PORT SECONDS | tcp-uffd-client ADDR PORT MiB\n");
+  if (mode == "tcp-uffd-client" && (argc == 5 || argc == 6)) {
+    return tcp_uffd_client(argv[2], std::atoi(argv[3]), std::strtoul(argv[4], nullptr, 10), argc == 6 ? std::atoi(argv[5]) : 1);
+  }
+  std::fprintf(stderr, "usage: limits memcpy [MiB] | uffd [MiB] | uffd-bulk [MiB] [chunk KiB] | fresh-touch [MiB] [pause s] | tcp-server PORT | tcp-client ADDR PORT SECONDS | tcp-uffd-client ADDR PORT MiB [THREADS]\n");
   return 2;
 }
