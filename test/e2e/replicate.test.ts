@@ -93,8 +93,8 @@ async function killPrimary(s: Scene, run: ReplicateRun): Promise<number> {
   return Number(committed(run).at(-1)!.epoch);
 }
 
-/** `lazyd failover`, then the restored workload's clean verify passes for `gen`; kills it after. */
-async function failoverVerifies(t: TestContext, s: Scene, epoch: number, gen: number, onCleanup: (fn: () => unknown) => void): Promise<void> {
+/** `lazyd failover`, then the restored workload's clean verify passes in one of `gens`; kills it after. */
+async function failoverVerifies(t: TestContext, s: Scene, epoch: number, gens: number[], onCleanup: (fn: () => unknown) => void): Promise<void> {
   const from = logSize(s.workload.dir);
   const result = await runLazydOnce(hosts.destination, ['failover', s.id, '--to', s.to, '--json']);
   assert.equal(result.code, 0, result.stderr);
@@ -102,7 +102,7 @@ async function failoverVerifies(t: TestContext, s: Scene, epoch: number, gen: nu
   onCleanup(() => processAlive(answer.pid) && killPidNamespace(answer.pid));
   t.diagnostic(`failover: epoch ${answer.epoch} as pid ${answer.pid}, running ${answer.decisionToRunningMs.toFixed(0)} ms after the decision`);
   assert.equal(answer.epoch, epoch, 'the last epoch the primary saw committed');
-  await restoredVerifies(s, answer.pid, from, [gen]);
+  await restoredVerifies(s, answer.pid, from, gens);
 }
 
 /** Two verify passes of the restored workload (pid), every page good, in one of `gens`; resolves with it. */
@@ -171,7 +171,7 @@ for (const version of CRIU_VERSIONS) {
       const lag = m.get('lazyd_replicate_lag_seconds')!;
       assert.ok(lag > 0 && lag < 10, `lag ${lag} s`);
       const last = await killPrimary(s, run);
-      await failoverVerifies(t, s, last, 3, onCleanup);
+      await failoverVerifies(t, s, last, [3], onCleanup);
       const replica = await replicaStatus(s);
       assert.deepEqual({ fenced: replica?.fenced, committed: replica?.committed, epoch: replica?.failedOver?.epoch }, { fenced: true, committed: last, epoch: last });
       const a = await agentMetrics(s);
@@ -223,7 +223,10 @@ for (const version of CRIU_VERSIONS) {
           cut = false;
         }
         await hosts.setRtt(0);
-        await failoverVerifies(t, s, last, 1, onCleanup);
+        // Generation 1, or 2 when an epoch froze the tasks while they wrote generation 2 and committed before the
+        // slow one in flight (a few pages changed by then): its tasks finish writing 2. Either way the last
+        // committed epoch (checked) is restored and verifies every page.
+        await failoverVerifies(t, s, last, [1, 2], onCleanup);
         const a = await agentMetrics(s);
         assert.ok(a.get('lazyd_replica_epochs_discarded_total')! >= 1, 'the epoch cut off is counted as discarded');
         assert.equal(a.get('lazyd_replica_failovers_total'), 1);
@@ -296,7 +299,7 @@ for (const version of CRIU_VERSIONS) {
       // The standby holds the last committed epoch self-contained (no parent link); it restores and verifies.
       const committedDir = path.join(s.agent.stateDir, 'replicas', s.id, 'committed');
       assert.equal(fs.existsSync(path.join(committedDir, 'parent')), false);
-      await failoverVerifies(t, s, last, 2, onCleanup);
+      await failoverVerifies(t, s, last, [2], onCleanup);
     });
   });
 }

@@ -7,8 +7,8 @@
 //      are capped low while faults wait or were seen in the last fault_quiet_ms (and for drain_start_ms after RSTF
 //      when faults share the drain's connection), so no fault queues behind megabytes of drain, and held at the
 //      floor for kRecentFaultQuiets quiet times after a fault and during drain_start_ms on a priority link (the
-//      window opens past it only while the tasks do not fault): drain_window(). bg_rate_bytes caps the drain's rate (a token bucket; faults and fault-around are
-//      not limited).
+//      window opens past it only while the tasks do not fault): drain_window(). bg_rate_bytes caps the drain's
+//      rate (a token bucket; faults and fault-around are not limited).
 #pragma once
 
 #include <cstdint>
