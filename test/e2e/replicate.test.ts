@@ -198,7 +198,7 @@ for (const version of CRIU_VERSIONS) {
         onCleanup(() => run.proc.kill('SIGKILL'));
         await run.waitForEvent('first commit', (e) => e.event === 'committed');
         await nextGeneration(s.workload.dir, 1);
-        await epochAfterNow(run);
+        const sure = await epochAfterNow(run);
         // Slow the link, so an epoch of generation 2 (every page changed) takes seconds to send.
         await hosts.setRtt(300);
         onCleanup(() => hosts.setRtt(0));
@@ -223,10 +223,10 @@ for (const version of CRIU_VERSIONS) {
           cut = false;
         }
         await hosts.setRtt(0);
-        // Generation 1, or 2 when an epoch froze the tasks while they wrote generation 2 and committed before the
-        // slow one in flight (a few pages changed by then): its tasks finish writing 2. Either way the last
+        // Generation 1, or 2 when a later epoch froze the tasks while they wrote generation 2 and committed before
+        // the slow one in flight (a few pages changed by then): its tasks finish writing 2. Either way the last
         // committed epoch (checked) is restored and verifies every page.
-        await failoverVerifies(t, s, last, [1, 2], onCleanup);
+        await failoverVerifies(t, s, last, last === Number(sure.epoch) ? [1] : [1, 2], onCleanup);
         const a = await agentMetrics(s);
         assert.ok(a.get('lazyd_replica_epochs_discarded_total')! >= 1, 'the epoch cut off is counted as discarded');
         assert.equal(a.get('lazyd_replica_failovers_total'), 1);
