@@ -422,10 +422,10 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       // The slower of the two limits bounds a pipeline of transfer and install (issue 12's 2 GiB bar: <= 1.5). The
       // drain installs in bulk, so its limit is the bulk UFFDIO_COPY rate, not the one-fault-at-a-time one.
       limitTimeRatio: tcp && limits.uffdBulk.MBs > 0 ? finite(r.pagesInstalledMs / 1000 / ((lazyMiB * 1048576) / (Math.min(tcp.MBs, limits.uffdBulk.MBs) * 1e6))) : null,
-      // Neither limit above includes the other's cost: on these machines a lazy-pages daemon receives and installs
-      // on one thread, so the stream it can take in is this one (measured the same way, with no protocol at all).
       drainMiBs: finite(drainRate),
       drainTcpFraction: tcp ? finite((drainRate * 1048576) / (tcp.MBs * 1e6)) : null,
+      // Neither limit above includes the other's cost: a lazy-pages daemon receives and installs on one thread, so
+      // the stream it can take in is this one (measured the same way, with no protocol at all).
       drainInstallFraction: tcp?.installMBs ? finite((drainRate * 1048576) / (tcp.installMBs * 1e6)) : null,
       srcCpuMs: finite(srcWatch?.cpuMs),
       dstCpuMs: finite(dstW?.cpuMs),

@@ -122,6 +122,16 @@ int registered_area(size_t bytes, char** area) {
   return uffd;
 }
 
+// UFFDIO_COPY of len bytes from src to area + at, waking nobody (nothing faults there).
+void install(int uffd, char* area, unsigned long long at, const char* src, size_t len) {
+  uffdio_copy copy{};
+  copy.dst = reinterpret_cast<unsigned long>(area) + at;
+  copy.src = reinterpret_cast<unsigned long>(src);
+  copy.len = len;
+  copy.mode = UFFDIO_COPY_MODE_DONTWAKE;
+  if (ioctl(uffd, UFFDIO_COPY, &copy) < 0) die("UFFDIO_COPY");
+}
+
 int uffd_mode(size_t mib) {
   size_t bytes = mib << 20, pages = bytes / kPage;
   char* area = nullptr;
@@ -166,14 +176,7 @@ int uffd_bulk_mode(size_t mib, size_t chunk_kib) {
     char* area = nullptr;
     int uffd = registered_area(bytes, &area);
     double t = now_s();
-    for (size_t off = 0; off < bytes; off += chunk) {
-      uffdio_copy copy{};
-      copy.dst = reinterpret_cast<unsigned long>(area) + off;
-      copy.src = reinterpret_cast<unsigned long>(src.data());
-      copy.len = std::min(chunk, bytes - off);
-      copy.mode = UFFDIO_COPY_MODE_DONTWAKE;
-      if (ioctl(uffd, UFFDIO_COPY, &copy) < 0) die("UFFDIO_COPY");
-    }
+    for (size_t off = 0; off < bytes; off += chunk) install(uffd, area, off, src.data(), std::min(chunk, bytes - off));
     const double took = now_s() - t;
     if (run == 0) first = took;
     best = std::min(best, took);
@@ -238,15 +241,6 @@ void write_full(int fd, const void* buf, size_t n) {
     p += r;
     n -= static_cast<size_t>(r);
   }
-}
-
-void install(int uffd, char* area, unsigned long long at, const char* src, size_t len) {
-  uffdio_copy copy{};
-  copy.dst = reinterpret_cast<unsigned long>(area) + at;
-  copy.src = reinterpret_cast<unsigned long>(src);
-  copy.len = len;
-  copy.mode = UFFDIO_COPY_MODE_DONTWAKE;
-  if (ioctl(uffd, UFFDIO_COPY, &copy) < 0) die("UFFDIO_COPY");
 }
 
 // 'U': one thread receives each MiB and installs it, as lazyd lazy-pages does. Returns the bytes installed.

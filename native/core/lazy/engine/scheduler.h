@@ -26,7 +26,7 @@ namespace lazyd::engine {
 // What decides the drain's bytes in flight at one moment (Scheduler::drain_cap gathers it).
 struct DrainMoment {
   uint64_t since_rstf_ns = 0;      // now - RSTF
-  uint64_t since_fault_ns = 0;     // now - the last fault; UINT64_MAX: none yet
+  uint64_t since_fault_ns = UINT64_MAX;  // now - the last fault; UINT64_MAX: none yet
   bool tasks_waiting = false;      // a task waits for a page now
   bool priority_link = false;      // demand faults go on a connection of their own (docs/protocol.md §7.5)
   uint64_t estimate_window = 0;    // the link estimate's window, within the floor and the ceiling
