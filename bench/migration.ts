@@ -41,6 +41,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   checkHost,
   instanceDirs,
+  nowNs,
   readLog,
   readTouches,
   runLazyMigration,
@@ -57,6 +58,7 @@ import { createTwoHosts, type TwoHosts } from '../test/harness/netns.js';
 import { NETNS_CPUS } from '../test/harness/process.js';
 import { repoRoot } from '../src/paths.js';
 import { runAlternating } from './lib/alternate.js';
+import { sampleMachineCpu } from './lib/cpu.js';
 import { clockTicks } from './lib/host.js';
 import { criuFaultServiceUs, readLazydLatency } from './lib/daemon.js';
 import { readLazyPagesRequests } from './lib/migration.js';
@@ -125,6 +127,9 @@ export const FIGURES: FigureDef[] = [
   { key: 'rateMiBs', label: 'lazy pages / all-present time', unit: 'MiB/s', digits: 0, lowerIsBetter: false },
   { key: 'tcpFraction', label: 'that rate / TCP limit at this RTT', unit: 'fraction', digits: 2, lowerIsBetter: false },
   { key: 'limitTimeRatio', label: 'all present / the time the TCP and bulk UFFDIO_COPY limits allow (the slower of the two)', unit: 'ratio', digits: 2 },
+  { key: 'installMBs', label: 'the destination\'s UFFDIO_COPY rate: bytes placed / time inside it (lazyd only)', unit: 'MB/s', digits: 0, lowerIsBetter: false },
+  { key: 'machineBusyPct', label: 'all CPUs busy from restore start to all present (user+system+irq, both hosts)', unit: '%', digits: 0 },
+  { key: 'machineStealPct', label: 'CPU time stolen by the hypervisor in that window', unit: '%', digits: 1 },
   { key: 'drainMiBs', label: 'the drain: lazy pages / (all present - restore to running)', unit: 'MiB/s', digits: 0, lowerIsBetter: false },
   { key: 'drainTcpFraction', label: 'the drain / TCP limit at this RTT', unit: 'fraction', digits: 2, lowerIsBetter: false },
   { key: 'drainInstallFraction', label: 'the drain / one TCP stream received and installed by one thread at this RTT (limits: TCP + install)', unit: 'fraction', digits: 2, lowerIsBetter: false },
@@ -308,6 +313,10 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
   let relayHeld: number | null = null;
   let touch: { p50: number | null; p99: number | null; max: number | null; slow: number } = { p50: null, p99: null, max: null, slow: 0 };
   const wireBefore = hosts.wireBytes();
+  // Both "hosts" share this machine's CPUs: how busy they all were while the pages moved says whether a flow was
+  // short of CPU (a relay's pull from the dump runs inside that window, staging's upload before it).
+  const machine = sampleMachineCpu(nowNs);
+  let restoreStartNs: bigint | undefined;
   let result: MigrationResult;
   try {
     result = await runLazyMigration({
@@ -329,6 +338,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
         srcLog = logFile;
       },
       onRestored: async (restored, checkpoint) => {
+        restoreStartNs = restored.restoreStartNs;
         srcWatch?.stop();
         dst.stop();
         // criu dump marks no page lazy when a thread's stack pointer is page-aligned (its is_stack() quirk, about
@@ -372,8 +382,10 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
   } catch (error) {
     srcWatch?.stop();
     dst.stop();
+    machine.stop();
     throw error;
   }
+  machine.stop();
   const wireAfter = hosts.wireBytes();
   if (!verified) throw new Error('the restored workload was not verified');
   const r = result;
@@ -394,6 +406,7 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
           ? (r.dataPages * 4096) / 1048576
           : NaN;
   const dstW = dst.get();
+  const window = restoreStartNs !== undefined ? machine.shares(restoreStartNs, restoreStartNs + BigInt(Math.round(r.pagesInstalledMs * 1e6))) : undefined;
   return {
     figures: {
       boundHit: 0,
@@ -432,6 +445,9 @@ async function migrate(ctx: BenchContext, hosts: TwoHosts, cell: Cell, config: s
       srcPeakMiB: srcWatch?.peakKiB !== undefined ? srcWatch.peakKiB / 1024 : null,
       dstPeakMiB: dstW?.peakKiB !== undefined ? dstW.peakKiB / 1024 : null,
       sourceHeldMiB: finite(held),
+      installMBs: r.lazydTotals?.copyMs ? finite((r.lazydTotals.copyBytes ?? NaN) / 1e3 / r.lazydTotals.copyMs) : null,
+      machineBusyPct: window ? window.busy * 100 : null,
+      machineStealPct: window ? window.steal * 100 : null,
     },
     details: {
       instances,

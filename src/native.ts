@@ -316,6 +316,9 @@ export interface EngineSummary {
   pagesDropped: number;
   pagesTotal: number;
   bytesReceived: number;
+  /** Bytes UFFDIO_COPY placed, and the time spent inside it (ns): the install's own cost. */
+  copyBytes: number;
+  copyNs: number;
   seconds: number;
 }
 

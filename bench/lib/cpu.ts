@@ -63,3 +63,51 @@ export function sampleCpu(pid: number, intervalMs = 20): CpuSampler {
     },
   };
 }
+
+/** The whole machine's CPU time (/proc/stat's first line), sampled with the harness's clock (nowNs). */
+export interface MachineCpuSampler {
+  /**
+   * Of the CPU time all CPUs had between two moments (the nearest samples outside them), the shares that were busy
+   * (user, nice, system, irq, softirq) and stolen by the hypervisor; undefined without two samples around them.
+   */
+  shares(fromNs: bigint, toNs: bigint): { busy: number; steal: number } | undefined;
+  stop(): void;
+}
+
+function readMachineTicks(): { busy: number; steal: number; total: number } | undefined {
+  let line: string;
+  try {
+    line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  } catch {
+    return undefined;
+  }
+  // cpu user nice system idle iowait irq softirq steal guest guest_nice (guest time is inside user already).
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const busy = user! + nice! + system! + irq! + softirq!;
+  return { busy, steal: steal!, total: busy + idle! + iowait! + steal! };
+}
+
+/** /proc/stat counts in clock ticks (10 ms): sample often, and read shares over windows of hundreds of ms. */
+export function sampleMachineCpu(nowNs: () => bigint, intervalMs = 5): MachineCpuSampler {
+  const samples: { ns: bigint; busy: number; steal: number; total: number }[] = [];
+  const sample = () => {
+    const ticks = readMachineTicks();
+    if (ticks) samples.push({ ns: nowNs(), ...ticks });
+  };
+  sample();
+  const timer = setInterval(sample, intervalMs);
+  timer.unref();
+  return {
+    shares(fromNs, toNs) {
+      const before = samples.filter((s) => s.ns <= fromNs).at(-1);
+      const after = samples.find((s) => s.ns >= toNs);
+      if (!before || !after || after.total <= before.total) return undefined;
+      const total = after.total - before.total;
+      return { busy: (after.busy - before.busy) / total, steal: (after.steal - before.steal) / total };
+    },
+    stop() {
+      clearInterval(timer);
+      sample();
+    },
+  };
+}

@@ -70,6 +70,8 @@ Napi::Object engine_summary_object(Napi::Env env, const lazyd::EngineSummary& s)
   o.Set("pagesDropped", uint64_value(env, s.pages_dropped));
   o.Set("pagesTotal", uint64_value(env, s.pages_total));
   o.Set("bytesReceived", uint64_value(env, s.bytes_received));
+  o.Set("copyBytes", uint64_value(env, s.copy_bytes));
+  o.Set("copyNs", uint64_value(env, s.copy_ns));
   o.Set("seconds", s.seconds);
   return o;
 }

@@ -47,6 +47,8 @@ function summaryFields(s: EngineSummary, result: 'ok' | 'failed') {
     dropped: s.pagesDropped,
     faults: s.faults,
     bytes: s.bytesReceived,
+    copyBytes: s.copyBytes,
+    copyMs: Number((s.copyNs / 1e6).toFixed(1)),
     seconds: Number(s.seconds.toFixed(3)),
     result,
   };
@@ -62,7 +64,8 @@ export function summaryLine(s: EngineSummary): string {
   return (
     `${installed} pages installed (on demand ${s.pagesFault} / near faults ${s.pagesAround} / background ` +
     `${s.pagesBackground}), ${s.pagesZero} zero pages, ${s.pagesDropped} dropped, of ${s.pagesTotal} lazy; ` +
-    `${s.faults} faults; ${s.bytesReceived} bytes in ${s.seconds.toFixed(3)} s`
+    `${s.faults} faults; ${s.bytesReceived} bytes in ${s.seconds.toFixed(3)} s; UFFDIO_COPY ${s.copyBytes} bytes in ` +
+    `${(s.copyNs / 1e6).toFixed(1)} ms`
   );
 }
 

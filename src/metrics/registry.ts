@@ -118,6 +118,11 @@ export function createMetricsRegistry(sources: MetricsSources): client.Registry 
     counter(registry, 'lazyd_tasks_total', 'restored tasks handed over (and their forked children)', () => lp()?.tasksTotal);
     gauge(registry, 'lazyd_tasks_active', 'restored tasks with lazy pages still to install', () => lp()?.tasksActive);
     counter(registry, 'lazyd_lazy_pages_received_bytes_total', 'bytes read from the page source (reply headers and pages)', () => lp()?.summary.bytesReceived);
+    counter(registry, 'lazyd_uffd_copied_bytes_total', 'bytes UFFDIO_COPY placed into the restored tasks', () => lp()?.summary.copyBytes);
+    counter(registry, 'lazyd_uffd_copy_seconds_total', 'time spent inside UFFDIO_COPY (the install\'s own cost; fresh pages that must first be backed make it grow)', () => {
+      const ns = lp()?.summary.copyNs;
+      return ns === undefined ? undefined : ns / 1e9;
+    });
     counter(registry, 'lazyd_page_checksum_mismatches_total', 'pages that failed their lazyd link checksum (each fetched again once; twice fails the restore)', () => lp()?.checksumMismatches);
     counter(registry, 'lazyd_lazy_pages_sent_bytes_total', 'bytes sent to the page server (requests, CLOSE)', () => lp()?.bytesSent);
   }

@@ -463,6 +463,9 @@ export interface LazydTotals {
   dropped: number;
   total: number;
   faults: number;
+  /** Bytes UFFDIO_COPY placed and the ms spent inside it (the install's own cost). */
+  copyBytes?: number;
+  copyMs?: number;
 }
 
 export const LAZYD_SUMMARY_RE = /lazyd lazy-pages: (\d+) pages installed .*?, (\d+) zero pages, (\d+) dropped, of (\d+) lazy; (\d+) faults[^\n]*/;
@@ -471,7 +474,17 @@ export const LAZYD_SUMMARY_RE = /lazyd lazy-pages: (\d+) pages installed .*?, (\
 export function readLazydTotals(output: string): LazydTotals | undefined {
   const m = LAZYD_SUMMARY_RE.exec(output);
   if (!m) return undefined;
-  return { line: m[0], installed: Number(m[1]), zero: Number(m[2]), dropped: Number(m[3]), total: Number(m[4]), faults: Number(m[5]) };
+  const copy = /; UFFDIO_COPY (\d+) bytes in (\d+(?:\.\d+)?) ms/.exec(m[0]);
+  return {
+    line: m[0],
+    installed: Number(m[1]),
+    zero: Number(m[2]),
+    dropped: Number(m[3]),
+    total: Number(m[4]),
+    faults: Number(m[5]),
+    copyBytes: copy ? Number(copy[1]) : undefined,
+    copyMs: copy ? Number(copy[2]) : undefined,
+  };
 }
 
 export interface LazyPagesDaemonOptions {

@@ -146,7 +146,7 @@ test('terminal line: drawn in place, taken down around log lines, never when dis
 test('metrics: native snapshots become Prometheus counters, gauges and a seconds histogram', async () => {
   const stats: EngineCounters = {
     state: 'running',
-    summary: { faults: 7, pagesFault: 3, pagesAround: 10, pagesBackground: 100, pagesZero: 2, pagesExist: 1, pagesDropped: 0, pagesTotal: 200, bytesReceived: 4096 * 113 + 24 * 9, seconds: 1 },
+    summary: { faults: 7, pagesFault: 3, pagesAround: 10, pagesBackground: 100, pagesZero: 2, pagesExist: 1, pagesDropped: 0, pagesTotal: 200, bytesReceived: 4096 * 113 + 24 * 9, copyBytes: 4096 * 113, copyNs: 2_500_000, seconds: 1 },
     tasksTotal: 2,
     tasksActive: 1,
     pagesRemaining: 80,
@@ -195,6 +195,8 @@ test('metrics: native snapshots become Prometheus counters, gauges and a seconds
   assert.match(text, /lazyd_restores_active 1\n/);
   assert.match(text, /lazyd_tls_failures_total 0\n/);
   assert.match(text, /lazyd_page_checksum_mismatches_total 1\n/);
+  assert.equal(line('lazyd_uffd_copied_bytes_total'), `lazyd_uffd_copied_bytes_total ${4096 * 113}`);
+  assert.equal(line('lazyd_uffd_copy_seconds_total'), 'lazyd_uffd_copy_seconds_total 0.0025');
   assert.match(text, /lazyd_build_info\{version="[^"]+",node_version="v[\d.]+",criu_abi="auto",role="lazy-pages"\} 1/);
   // A second scrape reads the counters again (they are not added up twice).
   stats.summary.pagesBackground = 150;

@@ -103,6 +103,9 @@ struct EngineSummary {
   uint64_t pages_dropped = 0;      // forgotten after REMOVE/UNMAP/exit, or ENOENT
   uint64_t pages_total = 0;        // lazy pages at the start (plus those copied to forked children)
   uint64_t bytes_received = 0;     // engine: every byte read from the page source; task: its reply page bytes
+  uint64_t copy_bytes = 0;         // bytes UFFDIO_COPY placed
+  uint64_t copy_ns = 0;            // time spent inside UFFDIO_COPY: the install's own cost (a page the kernel, or
+                                   // a VM's host, must first back costs more than the copy itself)
   double seconds = 0;              // engine: since listening; task: from its hand-over (or fork) to done/exit
 };
 

@@ -67,6 +67,8 @@ EngineSummary EngineCounters::summary() const {
   s.pages_dropped = pages_dropped.get();
   s.pages_total = pages_total.get();
   s.bytes_received = bytes_received.get();
+  s.copy_bytes = copy_bytes.get();
+  s.copy_ns = copy_ns.get();
   const uint64_t t0 = start_ns.get(), t1 = end_ns.get();
   s.seconds = t0 ? static_cast<double>((t1 ? t1 : now_ns()) - t0) / 1e9 : 0;
   return s;

@@ -13,7 +13,7 @@ namespace lazyd::engine {
 struct EngineCounters {
   // Totals (EngineSummary).
   Counter faults, pages_fault, pages_around, pages_background, pages_zero, pages_exist, pages_dropped, pages_total,
-      bytes_received;
+      bytes_received, copy_bytes, copy_ns;
   // Gauges, published after each loop pass (publish_gauges in fault_engine.cc).
   Counter tasks_active, pages_remaining, pages_in_flight, faults_waiting, requests_in_flight, bg_bytes_in_flight,
       bg_window_bytes, link_rtt_us, link_bandwidth_bps;

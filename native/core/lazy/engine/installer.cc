@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernel/uffd.h"
+#include "util/clock.h"
 #include "util/text.h"
 
 namespace lazyd::engine {
@@ -135,8 +136,14 @@ bool Installer::install(Task& t, const Install& p) {
     const uint8_t* src = p.buf + (piece.img_start - p.img_start);
     uint64_t off = 0;
     while (off < piece.len()) {
+      const uint64_t t0 = now_ns();
       uffd::CopyResult r = uffd::copy(t.uffd, piece.start + off, src + off, piece.len() - off, dontwake);
+      const uint64_t spent = now_ns() - t0;
+      counters.copy_ns.add(spent);
+      t.summary.copy_ns += spent;
       if (r.copied) {
+        counters.copy_bytes.add(r.copied);
+        t.summary.copy_bytes += r.copied;
         count_installed(t, p.kind, r.copied / ps);
         tasks_.settle_waiting(t, piece.start + off, piece.start + off + r.copied, FaultResult::kCopied);
         lo = std::min(lo, piece.start + off);
