@@ -13,7 +13,6 @@
 
 #include "net/net.h"
 #include "staging/memfd_store.h"
-#include "staging/relay_runner.h"
 #include "util/clock.h"
 
 namespace lazyd {
@@ -78,10 +77,10 @@ struct PageServer::Entry {
   }
 };
 
-// A relay in progress (relay staging): its engine on its own thread, the sessions waiting for its pages.
+// A relay in progress (relay staging): its engine, its socket's epoll interest, the sessions waiting for its pages.
 struct PageServer::RelayEntry {
-  std::unique_ptr<RelayRunner> runner;
-  const Relay& relay() const { return runner->relay(); }
+  std::unique_ptr<Relay> relay;
+  uint32_t interest = 0;
   std::vector<uint64_t> waiters;  // session ids (some may have ended)
   uint64_t last_progress_ns = 0;
   uint64_t last_progress_pages = UINT64_MAX;
@@ -210,7 +209,8 @@ void PageServer::run_commands() {
     if (command.let_close) {
       auto relay = state_->relays.find(command.id);
       if (relay == state_->relays.end()) continue;  // ended already (its event said how)
-      relay->second.runner->release();  // its end (if it holds every page) comes back through check_relays()
+      if (relay->second.relay->release() != Relay::Status::kPulling) end_relay(command.id);
+      else relay_interest(command.id, relay->second);
       continue;
     }
     if (!command.ack) {
@@ -730,6 +730,7 @@ void PageServer::run() {
       } else {
         auto found = state_->sessions.find(token);
         if (found != state_->sessions.end()) service(*found->second, events[i].events);
+        else if (state_->relays.count(token) != 0) service_relay(token);
       }
     }
     check_stalls();
@@ -839,28 +840,46 @@ void PageServer::adopt_relays() {
     }
     staging_.publish(id, command->relay->store());
     RelayEntry& entry = state_->relays[id];
-    // Its thread tells this one to look (check_relays() after the wake-up's pass): pages for a waiting session,
-    // every page held, its end, progress.
-    entry.runner = std::make_unique<RelayRunner>(std::move(command->relay), [this] { wake(); });
+    entry.relay = std::move(command->relay);
+    epoll_event event{EPOLLIN, {.u64 = id}};
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, entry.relay->fd(), &event);
+    entry.interest = EPOLLIN;
     command->result.set_value({id, "", token});
     // Served from now on, like a committed upload: `staged` (its pagemaps: the lazy entries), then progress.
-    ServerEvent staged = relay_event(ServerEvent::Kind::kStaged, id, entry.relay());
-    staged.store = entry.relay().store();
+    ServerEvent staged = relay_event(ServerEvent::Kind::kStaged, id, *entry.relay);
+    staged.store = entry.relay->store();
     staged.memory_used = staging_.budget()->used();
     sink_(staged);
     relay_progress(id, entry, true);
-    const int rc = entry.runner->start();
-    if (rc < 0) {
-      abort_relay(id, std::string("cannot start the relay's thread: ") + strerror(-rc));
-      continue;
-    }
+    service_relay(id);  // the first GETs go out now (a dump with no lazy page ends here)
   }
+}
+
+void PageServer::service_relay(uint64_t id) {
+  auto found = state_->relays.find(id);
+  if (found == state_->relays.end()) return;
+  RelayEntry& entry = found->second;
+  if (entry.relay->on_ready() != Relay::Status::kPulling) {
+    end_relay(id);
+    return;
+  }
+  relay_interest(id, entry);
+  relay_progress(id, entry, false);
+  wake_waiters(entry, false);
+}
+
+void PageServer::relay_interest(uint64_t id, RelayEntry& entry) {
+  const uint32_t interest = EPOLLIN | (entry.relay->wants_write() ? uint32_t{EPOLLOUT} : 0u);
+  if (interest == entry.interest) return;
+  epoll_event event{interest, {.u64 = id}};
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, entry.relay->fd(), &event);
+  entry.interest = interest;
 }
 
 
 void PageServer::relay_progress(uint64_t id, RelayEntry& entry, bool force) {
   const uint64_t now = now_ns();
-  const Relay& relay = entry.relay();
+  const Relay& relay = *entry.relay;
   // A relay that holds its CLOSE reports the last page at once: the control plane waits for it to release.
   const bool newly_held = relay.held() && relay.pages_held() != entry.last_progress_pages;
   if (!force && !newly_held &&
@@ -887,15 +906,13 @@ void PageServer::relay_wait(Entry& entry) {
   }
   found->second.waiters.push_back(entry.id);
   const wire::Header& get = entry.lazy->waiting_get();
-  found->second.runner->demand(get.dst_id, get.vaddr, get.nr_pages);  // a failure is seen by check_relays()
-  // This pass ends with check_relays(), which asks the runner for a wake-up and then looks at the store.
+  found->second.relay->demand(get.dst_id, get.vaddr, get.nr_pages);  // a failure is seen by check_relays()
+  relay_interest(found->first, found->second);
 }
 
 // Runs again the sessions whose waiting GET can go on (its first page arrived; all: the relay ended).
 void PageServer::wake_waiters(RelayEntry& entry, bool all) {
   if (entry.waiters.empty()) return;
-  // Asked before looking: pages that arrive after the look wake this thread (relay_runner.h).
-  if (!all) entry.runner->want_wake();
   std::vector<uint64_t> waiters;
   waiters.swap(entry.waiters);
   std::vector<uint64_t> ready;
@@ -917,8 +934,8 @@ void PageServer::end_relay(uint64_t id) {
   if (found == state_->relays.end()) return;
   RelayEntry entry = std::move(found->second);
   state_->relays.erase(found);
-  entry.runner->join();  // its last steps (the store's end) are done: its fields are stable
-  const Relay& relay = entry.relay();
+  const Relay& relay = *entry.relay;
+  if (relay.fd() >= 0) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, relay.fd(), nullptr);
   const bool done = relay.status() == Relay::Status::kDone;
   ServerEvent event = relay_event(done ? ServerEvent::Kind::kRelayDone : ServerEvent::Kind::kRelayFailed, id, relay);
   event.ok = done;
@@ -928,27 +945,19 @@ void PageServer::end_relay(uint64_t id) {
   wake_waiters(entry, true);  // served, or refused with the store's reason
 }
 
-// After every pass (a relay's thread wakes this one when there is something to look at): ended relays, progress,
-// and the sessions whose pages have come.
 void PageServer::check_relays() {
-  std::vector<uint64_t> ids;
-  for (const auto& item : state_->relays) ids.push_back(item.first);
-  for (uint64_t id : ids) {
-    auto found = state_->relays.find(id);  // waking sessions may change the map
-    if (found == state_->relays.end()) continue;
-    if (found->second.runner->status() != Relay::Status::kPulling) {
-      end_relay(id);
-      continue;
-    }
-    relay_progress(id, found->second, false);
-    wake_waiters(found->second, false);
+  std::vector<uint64_t> ended;
+  for (auto& [id, entry] : state_->relays) {
+    if (entry.relay->check_timeouts() != Relay::Status::kPulling) ended.push_back(id);
+    else relay_progress(id, entry, false);
   }
+  for (uint64_t id : ended) end_relay(id);
 }
 
 void PageServer::abort_relay(uint64_t id, const std::string& why) {
   auto found = state_->relays.find(id);
   if (found == state_->relays.end()) return;
-  found->second.runner->stop(why);
+  found->second.relay->abort(why);
   end_relay(id);
 }
 

@@ -143,8 +143,7 @@ class PageServer {
   void release(uint64_t checkpoint, const std::string& reason);
   // Thread-safe, waits for the server's thread: relay staging (staging/relay.h). The thread registers the relay's
   // checkpoint as a staged checkpoint from the start of the pull (its pids unique across staged checkpoints) and
-  // runs the relay on a thread of its own (staging/relay_runner.h); sessions that need a page not pulled yet wait
-  // for it. Returns the checkpoint id (>= 2),
+  // drives its socket; sessions that need a page not pulled yet wait for it. Returns the checkpoint id (>= 2),
   // or 0 with *error one line (the relay is dropped: its connection is reset, the dump resumes the tasks).
   // *token (when given): the checkpoint's link token, 32 hex digits, for its lazyd-link.json ("" if none could be
   // drawn: restores then speak plain CRIU).
@@ -180,6 +179,8 @@ class PageServer {
   struct RelayEntry;
   struct PendingRelay;
   void adopt_relays();
+  void service_relay(uint64_t id);
+  void relay_interest(uint64_t id, RelayEntry& entry);
   void relay_progress(uint64_t id, RelayEntry& entry, bool force);
   void relay_wait(Entry& entry);
   void wake_waiters(RelayEntry& entry, bool all);

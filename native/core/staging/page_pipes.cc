@@ -16,17 +16,11 @@ PagePipes::PagePipes(uint64_t pipe_bytes, uint64_t capacity, bool strict, uint64
 }
 
 PagePipes::~PagePipes() {
-  clear_locked();
+  clear();
   if (null_fd_ >= 0) close(null_fd_);
 }
 
 void PagePipes::clear() {
-  std::lock_guard<std::mutex> lock(mu_);
-  clear_locked();
-  cleared_ = true;
-}
-
-void PagePipes::clear_locked() {
   for (auto& [start, pipe] : pipes_) {
     if (pipe.rd >= 0) close(pipe.rd);
     if (pipe.wr >= 0) close(pipe.wr);
@@ -42,18 +36,11 @@ void PagePipes::retire(Pipe& pipe) {
 }
 
 void PagePipes::seal() {
-  std::lock_guard<std::mutex> lock(mu_);
   for (auto& item : pipes_) retire(item.second);
   last_ = pipes_.end();
 }
 
-uint64_t PagePipes::pipe_count() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return pipes_.size();
-}
-
 uint64_t PagePipes::fds() const {
-  std::lock_guard<std::mutex> lock(mu_);
   uint64_t n = null_fd_ >= 0;
   for (const auto& item : pipes_) n += (item.second.rd >= 0) + (item.second.wr >= 0);
   return n;
@@ -66,7 +53,7 @@ bool PagePipes::out_of_slots(const Pipe& pipe) const {
   return n == 0 || (n == 1 && !(p.revents & POLLOUT));
 }
 
-int PagePipes::tail_locked(uint64_t at, Pipes::iterator* out) {
+int PagePipes::tail(uint64_t at, Pipes::iterator* out) {
   if (last_ != pipes_.end()) {
     Pipe& pipe = last_->second;
     if (last_->first + pipe.bytes == at && !pipe.full && pipe.bytes < pipe_bytes_) {
@@ -76,7 +63,7 @@ int PagePipes::tail_locked(uint64_t at, Pipes::iterator* out) {
     retire(pipe);
     last_ = pipes_.end();
   }
-  if (holds_locked(at)) return -EEXIST;
+  if (holds(at)) return -EEXIST;
   if (strict_ && max_pipes_ && pipes_.size() >= max_pipes_) return kNoPipe;
   int fds[2];
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return strict_ && (errno == EMFILE || errno == ENFILE) ? kNoPipe : -errno;
@@ -99,46 +86,34 @@ int PagePipes::tail_locked(uint64_t at, Pipes::iterator* out) {
 ssize_t PagePipes::splice_in(int fd, uint64_t at, uint64_t len) {
   for (;;) {
     Pipes::iterator it;
-    int wr;
-    uint64_t room;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      const int err = tail_locked(at, &it);
-      if (err) return err;
-      wr = it->second.wr;
-      room = pipe_bytes_ - it->second.bytes;
-    }
-    // Only this (the filling) thread writes the pipe or erases it: the splice runs without the lock, and servers
-    // tee only bytes counted already. SPLICE_F_NONBLOCK makes a full pipe answer EAGAIN instead of waiting (nobody
-    // else reads it); an empty socket answers EAGAIN only if it is O_NONBLOCK itself (tcp_splice_read looks at the
-    // file flags).
+    const int err = tail(at, &it);
+    if (err) return err;
+    Pipe& pipe = it->second;
+    // SPLICE_F_NONBLOCK makes a full pipe answer EAGAIN instead of waiting (nobody else reads it); an empty
+    // socket answers EAGAIN only if it is O_NONBLOCK itself (tcp_splice_read looks at the file flags).
     ssize_t n;
     do {
-      n = splice(fd, nullptr, wr, nullptr, std::min(len, room), SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      n = splice(fd, nullptr, pipe.wr, nullptr, std::min(len, pipe_bytes_ - pipe.bytes), SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     } while (n < 0 && errno == EINTR);
-    const int saved = errno;
-    std::lock_guard<std::mutex> lock(mu_);
-    Pipe& pipe = it->second;
     if (n > 0) {
       pipe.bytes += static_cast<uint64_t>(n);
       return n;
     }
     if (n == 0) return 0;
-    if (saved == EAGAIN && pipe.bytes > 0 && out_of_slots(pipe)) {
+    if (errno == EAGAIN && pipe.bytes > 0 && out_of_slots(pipe)) {
       retire(pipe);  // out of slots before pipe_bytes: go on in a new pipe
       last_ = pipes_.end();
       continue;
     }
-    return saved == EWOULDBLOCK ? -EAGAIN : -saved;
+    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
   }
 }
 
 ssize_t PagePipes::write_in(const void* data, size_t len, uint64_t at) {
-  std::lock_guard<std::mutex> lock(mu_);  // bytes from user space: a short write, held under the lock
   size_t done = 0;
   while (done < len) {
     Pipes::iterator it;
-    const int err = tail_locked(at + done, &it);
+    const int err = tail(at + done, &it);
     if (err) return done ? static_cast<ssize_t>(done) : err;
     Pipe& pipe = it->second;
     ssize_t n = write(pipe.wr, static_cast<const char*>(data) + done, std::min<uint64_t>(len - done, pipe_bytes_ - pipe.bytes));
@@ -158,39 +133,22 @@ ssize_t PagePipes::write_in(const void* data, size_t len, uint64_t at) {
   return static_cast<ssize_t>(done);
 }
 
-bool PagePipes::holds_locked(uint64_t at) const {
+bool PagePipes::holds(uint64_t at) const {
   auto after = pipes_.upper_bound(at);
   if (after == pipes_.begin()) return false;
   --after;
   return at < after->first + after->second.bytes;
 }
 
-bool PagePipes::holds(uint64_t at) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return holds_locked(at);
-}
-
 uint64_t PagePipes::next_start(uint64_t at) const {
-  std::lock_guard<std::mutex> lock(mu_);
   auto after = pipes_.upper_bound(at);
   return after == pipes_.end() ? UINT64_MAX : after->first;
-}
-
-int PagePipes::locate(uint64_t at, uint64_t* next) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (cleared_) return -EIO;
-  if (holds_locked(at)) return 1;
-  auto after = pipes_.upper_bound(at);
-  *next = after == pipes_.end() ? UINT64_MAX : after->first;
-  return 0;
 }
 
 // Pulls the bytes from at up to the end of at's pipe (at most left) into the scratch pipe, unless bytes pulled for
 // at are still pending there. 0 or -errno.
 int PagePipes::pull(uint64_t at, uint64_t left, ServeScratch& scratch) const {
   if (scratch.pending() > 0) return 0;
-  std::lock_guard<std::mutex> lock(mu_);  // the pipe stays open while it is teed (clear() closes it)
-  if (cleared_) return -EIO;
   auto after = pipes_.upper_bound(at);
   if (after == pipes_.begin()) return -EIO;
   --after;

@@ -11,14 +11,12 @@
 // fragments (up to 32 KiB each over loopback), so a pipe fills by slots or by pipe_bytes, whichever comes first,
 // and a page may straddle two pipes. The price is file descriptors: 2 per pipe while it is written, 1 after.
 //
-// One thread fills (splice_in / write_in, seal, clear), any threads serve: the map of pipes and their byte counts are
-// under one lock, taken for the lookups and the tee, never for a splice from the socket or to the output. Serving is
-// const (tee does not consume the stored pipe) and each caller brings its own ServeScratch.
+// One thread at a time; serving is const (tee does not consume the stored pipe) and each caller brings its own
+// ServeScratch.
 #pragma once
 
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <sys/types.h>
 
 #include "staging/page_store.h"
@@ -47,21 +45,19 @@ class PagePipes {
   ssize_t write_in(const void* data, size_t len, uint64_t at);
   // Nothing more is written: the write ends go (tee() from a pipe without writers still works).
   void seal();
-  // Drops every pipe (their pages are released once no scratch references them); from then on nothing is served.
+  // Drops every pipe (their pages are released once no scratch references them).
   void clear();
 
   // Whether position at is held here; the start of the first pipe after at (UINT64_MAX: none).
   bool holds(uint64_t at) const;
   uint64_t next_start(uint64_t at) const;
-  // Both at once: 1 (held here), 0 (not held; *next the start of the first pipe after at), -EIO (cleared).
-  int locate(uint64_t at, uint64_t* next) const;
   // Serves bytes from position at (at most left, up to the end of at's pipe) to out_fd / into buf. Bytes written
   // (> 0), -EAGAIN (out_fd full: call again with the same at), or -errno. The scratch keeps what was pulled for at
   // and not yet written; call until done, or ServeScratch::reset() an abandoned reply.
   ssize_t send(uint64_t at, uint64_t left, int out_fd, bool more_follows, ServeScratch& scratch) const;
   ssize_t copy_out(uint64_t at, uint64_t left, void* buf, size_t len, ServeScratch& scratch) const;
 
-  uint64_t pipe_count() const;
+  uint64_t pipe_count() const { return pipes_.size(); }
   uint64_t fds() const;
   uint64_t capacity() const { return capacity_; }
 
@@ -75,12 +71,9 @@ class PagePipes {
   };
   using Pipes = std::map<uint64_t, Pipe>;  // by start position
   // The pipe to append at position at: the one written last if it ends there and has room, else a new one.
-  // The *_locked functions expect mu_ held.
-  int tail_locked(uint64_t at, Pipes::iterator* out);
-  bool holds_locked(uint64_t at) const;
+  int tail(uint64_t at, Pipes::iterator* out);
   bool out_of_slots(const Pipe& pipe) const;
   void retire(Pipe& pipe);
-  void clear_locked();
   int pull(uint64_t at, uint64_t left, ServeScratch& scratch) const;
 
   uint64_t pipe_bytes_;
@@ -88,8 +81,6 @@ class PagePipes {
   bool strict_;
   uint64_t max_pipes_;
   int null_fd_ = -1;
-  mutable std::mutex mu_;  // pipes_, each Pipe's fields, last_, cleared_
-  bool cleared_ = false;
   Pipes pipes_;
   Pipes::iterator last_ = pipes_.end();  // written last, while its write end is open
 };

@@ -236,7 +236,7 @@ class PageStore {
   uint64_t data_end_ = 0;
   uint64_t reserved_ = 0;
   uint64_t entry_count_ = 0;
-  std::atomic<bool> sealed_{false};  // a relayed store is sealed on its relay's thread
+  bool sealed_ = false;
   mutable std::unique_ptr<ServeScratch> own_scratch_;
 };
 

@@ -14,9 +14,9 @@ namespace {
 // A request's cookie: its first page in the layout, and whether a waiting restore asked for it.
 constexpr uint64_t kDemandBit = 1ull << 63;
 
-// Replies taken per on_ready() before the driving thread looks at its other work (relay_runner.cc: the demands of
-// waiting restores). One: each round's requests wake the dump's page server, which splices the next megabyte for
-// about 0.5 ms on these two cores; a demand waits behind at most one round.
+// Replies taken per on_ready() before the page server's thread gets back to its sessions. One: each request a round
+// sends wakes the dump's page server, which on these two cores preempts this thread for about 0.5 ms while it
+// splices the next megabyte; with two rounds a priority GET waited behind 1.1 ms passes (docs/benchmarks.md).
 constexpr int kRoundsPerWakeup = 1;
 
 }  // namespace
@@ -98,6 +98,7 @@ const Relay::Segment* Relay::segment_of(uint64_t page) const {
 
 Relay::Status Relay::fail(std::string message, bool reset) {
   if (status_ != Status::kPulling) return status_;
+  status_ = Status::kFailed;
   ended_ns_.store(now_ns(), std::memory_order_relaxed);
   error_ = "relay from the dump at " + options_.host + ":" + std::to_string(options_.port) + " failed after " +
            std::to_string(store_->pages_held()) + " of " + std::to_string(store_->pages_total()) + " pages: " + message +
@@ -105,8 +106,7 @@ Relay::Status Relay::fail(std::string message, bool reset) {
   client_.reset();  // SO_LINGER 0: a reset, never an EOF (docs/protocol.md §1.7)
   // After a reset the dump resumes the tasks: pages held by reference to their memory may change (relay_store.h).
   store_->finish(false, message, reset);
-  status_.store(Status::kFailed, std::memory_order_release);
-  return Status::kFailed;
+  return status_;
 }
 
 Relay::Status Relay::abort(const std::string& message) { return fail(message); }
@@ -206,7 +206,7 @@ Relay::Status Relay::pump() {
   if (closing_) {
     int32_t answer = -1;
     const int rc = client_->poll_close(&answer);
-    return rc == -EAGAIN ? status() : closed(rc, answer);
+    return rc == -EAGAIN ? status_ : closed(rc, answer);
   }
   std::vector<PageReply> replies;
   for (int round = 0; round < kRoundsPerWakeup; round++) {
@@ -295,11 +295,11 @@ Relay::Status Relay::closed(int rc, int32_t answer) {
                 false);
   }
   client_.reset();
+  status_ = Status::kDone;
   ended_ns_.store(now_ns(), std::memory_order_relaxed);
   store_->finish(true, "");
   if (answer != 0) error_ = "the dump answered CLOSE with status " + std::to_string(answer);
-  status_.store(Status::kDone, std::memory_order_release);
-  return Status::kDone;
+  return status_;
 }
 
 }  // namespace lazyd

@@ -5,9 +5,8 @@
 // originals. Every other end is a reset (PageClient: SO_LINGER 0 until CLOSE is answered): the dump fails and
 // resumes the tasks, and the store is marked incomplete.
 //
-// Created on any thread by start() (connect, layout, memory charge); from then on driven by one thread at a time
-// (staging/relay_runner.h: a thread of its own), which watches fd() and calls on_ready(). status(), held(), the
-// counters and the store's are atomics readable anywhere; error() once status() has left kPulling.
+// Created on any thread by start() (connect, layout, memory charge); from then on driven by the page server's
+// thread like a session: it watches fd() and calls on_ready(); the counters are atomics readable anywhere.
 #pragma once
 
 #include <atomic>
@@ -71,9 +70,9 @@ class Relay {
   // hold_close: the CLOSE may go to the dump — now if every page is held, else as soon as they are.
   Status release();
   // hold_close: every lazy page is held and the CLOSE waits for release().
-  bool held() const { return held_.load(std::memory_order_acquire); }
+  bool held() const { return held_; }
 
-  Status status() const { return status_.load(std::memory_order_acquire); }
+  Status status() const { return status_; }
   // "host:port" of the dump's page server, for messages.
   std::string peer() const { return options_.host + ":" + std::to_string(options_.port); }
   const std::string& error() const { return error_; }
@@ -84,9 +83,9 @@ class Relay {
   // From start() to now, or to the CLOSE answered / the failure.
   uint64_t elapsed_ms() const;
   // Counters for measurements: demand GETs sent, bulk GETs sent, replies shorter than asked.
-  uint64_t demand_requests() const { return demand_requests_.load(std::memory_order_relaxed); }
-  uint64_t bulk_requests() const { return bulk_requests_.load(std::memory_order_relaxed); }
-  uint64_t short_replies() const { return short_replies_.load(std::memory_order_relaxed); }
+  uint64_t demand_requests() const { return demand_requests_; }
+  uint64_t bulk_requests() const { return bulk_requests_; }
+  uint64_t short_replies() const { return short_replies_; }
 
  private:
   explicit Relay(RelayOptions options);
@@ -122,17 +121,17 @@ class Relay {
   std::deque<Demand> demands_;           // waiting for the TLS handshake
   bool handshaking_ = false;
   bool closing_ = false;                 // CLOSE sent (plain TCP): its answer is awaited on the event loop
-  std::atomic<bool> held_{false};        // hold_close: every page held, the CLOSE waits for release()
+  bool held_ = false;                    // hold_close: every page held, the CLOSE waits for release()
   bool released_ = false;                // release() came: the CLOSE is no longer held
   uint64_t bulk_cursor_ = 0;             // first page the bulk pull has not asked for
   uint64_t bulk_in_flight_ = 0;          // bytes
   uint64_t started_ns_ = 0;
   std::atomic<uint64_t> ended_ns_{0};
-  std::atomic<Status> status_{Status::kPulling};  // stored last: error_ and the store's end come before it
+  Status status_ = Status::kPulling;
   std::string error_;
-  std::atomic<uint64_t> demand_requests_{0};
-  std::atomic<uint64_t> bulk_requests_{0};
-  std::atomic<uint64_t> short_replies_{0};
+  uint64_t demand_requests_ = 0;
+  uint64_t bulk_requests_ = 0;
+  uint64_t short_replies_ = 0;
 };
 
 }  // namespace lazyd

@@ -67,7 +67,7 @@ int RelayStore::init(const std::vector<RelayTask>& tasks, std::string* error) {
     return rc;
   }
   pages_total_ = bytes_reserved() / page_size();
-  present_.reset(new std::atomic<uint8_t>[pages_total_]());
+  present_.assign(pages_total_, 0);
   fd_ = memfd_create("lazyd-relayed-pages", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd_ < 0) {
     *error = std::string("cannot create the staging memfd: ") + strerror(errno);
@@ -95,7 +95,7 @@ ssize_t RelayStore::take_from(int socket_fd, uint64_t at, size_t want, std::stri
   }
   if (by_reference_) {
     const ssize_t n = pipes_.splice_in(socket_fd, at, want);
-    if (n > 0) bytes_referenced_.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+    if (n > 0) bytes_referenced_ += static_cast<uint64_t>(n);
     if (n != PagePipes::kNoPipe) {
       if (n < 0 && n != -EAGAIN) *error = std::string("cannot splice into a page pipe: ") + strerror(static_cast<int>(-n));
       return n;
@@ -125,7 +125,7 @@ ssize_t RelayStore::memfd_sink(int socket_fd, uint64_t at, size_t want, std::str
     if (m <= 0) return failed(m < 0 ? errno : EIO);
     left -= static_cast<size_t>(m);
   }
-  bytes_copied_.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+  bytes_copied_ += static_cast<uint64_t>(n);
   return n;
 }
 
@@ -145,26 +145,25 @@ ssize_t RelayStore::put(const void* bytes, size_t len, uint64_t at, std::string*
     }
     written += static_cast<size_t>(w);
   }
-  bytes_copied_.fetch_add(len, std::memory_order_relaxed);
+  bytes_copied_ += len;
   return static_cast<ssize_t>(len);
 }
 
 int RelayStore::mark_present(uint64_t first, uint64_t count) {
   if (first > pages_total_ || count > pages_total_ - first) return -ERANGE;
   for (uint64_t i = first; i < first + count; i++) {
-    if (present_[i].load(std::memory_order_relaxed)) return -EEXIST;
+    if (present_[i]) return -EEXIST;
   }
-  for (uint64_t i = first; i < first + count; i++) present_[i].store(1, std::memory_order_release);
-  pages_held_.fetch_add(count, std::memory_order_release);
+  std::fill(present_.begin() + static_cast<ptrdiff_t>(first), present_.begin() + static_cast<ptrdiff_t>(first + count), 1);
+  pages_held_.fetch_add(count, std::memory_order_relaxed);
   return 0;
 }
 
 int RelayStore::finish(bool complete, const std::string& reason, bool void_held) {
   if (state() != State::kFilling) return 0;
   reason_ = reason;
-  const bool drop = !complete && void_held && pipes_.pipe_count() > 0;
-  void_.store(drop, std::memory_order_release);
-  if (drop) pipes_.clear();  // their pages go back to the kernel once no reply in progress references them
+  void_ = !complete && void_held && pipes_.pipe_count() > 0;
+  if (void_) pipes_.clear();  // their pages go back to the kernel once no reply in progress references them
   else pipes_.seal();
   state_.store(complete ? State::kComplete : State::kIncomplete, std::memory_order_release);
   // No served page changes from here on.
@@ -173,16 +172,16 @@ int RelayStore::finish(bool complete, const std::string& reason, bool void_held)
 }
 
 uint64_t RelayStore::pages_ready(const StoreSpan& span) const {
-  if (void_.load(std::memory_order_acquire)) return 0;
+  if (void_) return 0;
   const uint64_t first = span.data_offset / page_size();
   uint64_t ready = 0;
-  while (ready < span.nr_pages && first + ready < pages_total_ && present(first + ready)) ready++;
+  while (ready < span.nr_pages && first + ready < pages_total_ && present_[first + ready]) ready++;
   return ready;
 }
 
 std::string RelayStore::missing_reason() const {
   if (state() != State::kIncomplete) return "";
-  if (void_.load(std::memory_order_acquire)) {
+  if (void_) {
     return "the relay failed (" + reason_ + ") and the dump resumed the original tasks: the checkpoint is void, none " +
            "of its pages is served";
   }
@@ -193,12 +192,9 @@ ssize_t RelayStore::send(const StoreSpan& span, uint64_t done, int out_fd, Serve
   if (done >= span.bytes) return 0;
   if (span.data_offset + span.bytes > file_size_) return -EIO;
   const uint64_t at = span.data_offset + done;
-  uint64_t next = UINT64_MAX;
-  const int where = scratch.pending() > 0 ? 1 : pipes_.locate(at, &next);
-  if (where < 0) return where;  // the pipes were dropped (a void relay): nothing more is sent
-  if (where == 1) return pipes_.send(at, span.bytes - done, out_fd, false, scratch);
+  if (scratch.pending() > 0 || pipes_.holds(at)) return pipes_.send(at, span.bytes - done, out_fd, false, scratch);
   // In the memfd: up to the next bytes held by reference.
-  const uint64_t len = std::min(span.bytes - done, next - at);
+  const uint64_t len = std::min(span.bytes - done, pipes_.next_start(at) - at);
   for (;;) {
     off_t off = static_cast<off_t>(at);
     ssize_t n = sendfile(out_fd, fd_, &off, len);
@@ -212,11 +208,8 @@ ssize_t RelayStore::copy_out(const StoreSpan& span, uint64_t done, void* buf, si
   if (done >= span.bytes || len == 0) return 0;
   if (span.data_offset + span.bytes > file_size_) return -EIO;
   const uint64_t at = span.data_offset + done;
-  uint64_t next = UINT64_MAX;
-  const int where = scratch.pending() > 0 ? 1 : pipes_.locate(at, &next);
-  if (where < 0) return where;
-  if (where == 1) return pipes_.copy_out(at, span.bytes - done, buf, len, scratch);
-  const uint64_t want = std::min<uint64_t>({len, span.bytes - done, next - at});
+  if (scratch.pending() > 0 || pipes_.holds(at)) return pipes_.copy_out(at, span.bytes - done, buf, len, scratch);
+  const uint64_t want = std::min<uint64_t>({len, span.bytes - done, pipes_.next_start(at) - at});
   for (;;) {
     ssize_t n = pread(fd_, buf, static_cast<size_t>(want), static_cast<off_t>(at));
     if (n > 0) return n;

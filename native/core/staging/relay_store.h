@@ -17,9 +17,7 @@
 // before the pull starts. finish() ends filling and seals, complete or not; an incomplete store says why its
 // missing pages never will come.
 //
-// Filled by one thread (the relay's, staging/relay_runner.h) while the page server's thread serves: a page's bytes
-// are in place before its present flag is set (release), and a server reads the flag first (acquire); the pipes
-// lock their own map (page_pipes.h), and the memfd is written and read by position. The counters are atomics.
+// Filling and serving both run on the page server's thread; the counters are atomics, readable from any thread.
 #pragma once
 
 #include <atomic>
@@ -67,10 +65,10 @@ class RelayStore final : public PageStore, public PageSink {
   // Page number n of the layout (0 .. pages_total()-1) is at position n * page_size (PageSink's at).
   ssize_t take_from(int socket_fd, uint64_t at, size_t want, std::string* error) override;
   ssize_t put(const void* bytes, size_t len, uint64_t at, std::string* error) override;
-  bool present(uint64_t page) const { return present_[page].load(std::memory_order_acquire) != 0; }
+  bool present(uint64_t page) const { return present_[page] != 0; }
   // Bytes held by reference (pipes) and copied (memfd) so far.
-  uint64_t bytes_referenced() const { return bytes_referenced_.load(std::memory_order_relaxed); }
-  uint64_t bytes_copied() const { return bytes_copied_.load(std::memory_order_relaxed); }
+  uint64_t bytes_referenced() const { return bytes_referenced_; }
+  uint64_t bytes_copied() const { return bytes_copied_; }
   // The bytes of pages [first, first + count) are in place. -EEXIST if one was present already (nothing marked).
   int mark_present(uint64_t first, uint64_t count);
   // Ends filling: complete (every page present) or not, with the reason a GET for a missing page is refused.
@@ -101,11 +99,11 @@ class RelayStore final : public PageStore, public PageSink {
   bool by_reference_;
   PagePipes pipes_;
   int copy_pipe_[2] = {-1, -1};  // socket -> pipe -> memfd
-  std::atomic<uint64_t> bytes_referenced_{0};
-  std::atomic<uint64_t> bytes_copied_{0};
-  std::atomic<bool> void_{false};
+  uint64_t bytes_referenced_ = 0;
+  uint64_t bytes_copied_ = 0;
+  bool void_ = false;
   uint64_t pages_total_ = 0;
-  std::unique_ptr<std::atomic<uint8_t>[]> present_;  // one flag per page of the layout
+  std::vector<uint8_t> present_;  // one byte per page of the layout
   std::atomic<uint64_t> pages_held_{0};
   std::atomic<State> state_{State::kFilling};
   std::string reason_;  // kIncomplete: why the missing pages never come
