@@ -639,7 +639,8 @@ void test_server_checksums() {
 // A relayed checkpoint whose pages are held by reference in pipes: a checksum session reads them into user space
 // (copy_out) and sends the CRC32C of the bytes it sent.
 
-std::shared_ptr<StagedCheckpoint> relay_checkpoint(uint64_t pid, uint64_t vaddr, uint64_t pages, uint8_t token_byte) {
+// A relay store whose pages [0, pages) are all in (held by reference, marked present), still filling.
+std::shared_ptr<RelayStore> relay_store_filled(uint64_t pid, uint64_t vaddr, uint64_t pages) {
   auto store = std::make_shared<RelayStore>(kPage, std::make_shared<MemoryBudget>(pages * kPage + (1 << 20)), true);
   std::string error;
   CHECK(store->init({RelayTask{pid, {RelayRange{vaddr, pages}}}}, &error) == 0, "relay init: %s", error.c_str());
@@ -672,14 +673,24 @@ std::shared_ptr<StagedCheckpoint> relay_checkpoint(uint64_t pid, uint64_t vaddr,
   writer.join();
   close(sv[0]);
   close(sv[1]);
-  CHECK(store->mark_present(0, pages) == 0 && store->finish(true, "") == 0, "relay finish");
+  CHECK(store->mark_present(0, pages) == 0, "relay mark_present");
   CHECK(store->bytes_referenced() == total, "held by reference: %" PRIu64 " of %" PRIu64, store->bytes_referenced(), total);
+  return store;
+}
+
+std::shared_ptr<StagedCheckpoint> checkpoint_of_store(std::shared_ptr<PageStore> store, uint8_t token_byte) {
   auto checkpoint = std::make_shared<StagedCheckpoint>();
   checkpoint->id = 7;
-  checkpoint->store = store;
+  checkpoint->store = std::move(store);
   checkpoint->token.fill(token_byte);
   checkpoint->has_token = true;
   return checkpoint;
+}
+
+std::shared_ptr<StagedCheckpoint> relay_checkpoint(uint64_t pid, uint64_t vaddr, uint64_t pages, uint8_t token_byte) {
+  auto store = relay_store_filled(pid, vaddr, pages);
+  CHECK(store->finish(true, "") == 0, "relay finish");
+  return checkpoint_of_store(store, token_byte);
 }
 
 void test_relay_checksums() {
@@ -750,6 +761,64 @@ void test_relay_checksums_socket_full() {
     at += wire::HEADER_SIZE_V24 + n * kPage + n * wire::kChecksumSize;
     first += n;
   }
+  close(sv[1]);
+}
+
+// A relay that fails with a reset while replies are on their way (the dump resumes the tasks, so the pages held by
+// reference may change): the session stops at the void with the store's reason, and what it sent is right — the
+// bytes it had already read or teed, never the memfd's zeros behind the dropped pipes — and nothing is complete
+// that was not sent before.
+void test_relay_void_mid_reply(bool checksums) {
+  constexpr uint32_t kReplies = 4, kReplyPages = 64;  // 1 MiB: more than a session reads ahead (256 KiB a pass)
+  auto store = relay_store_filled(300, kStagedVaddr, kReplies * kReplyPages);
+  OneCheckpoint relayed(checkpoint_of_store(store, 0x7c));
+  static std::unique_ptr<PageIndex> index = image_index();
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  const int small = 8192;
+  CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0, "SO_SNDBUF: %s", strerror(errno));
+  SessionLimits limits;
+  limits.max_request_pages = kReplyPages;
+  limits.max_queued_replies = 64;
+  limits.max_queued_bytes = 4 << 20;
+  LazySession session(sv[0], *index, limits, &relayed);
+  Bytes input = hello(0x7c, wire::kLinkVersion, wire::kFeatureBind | (checksums ? wire::kFeatureChecksum : 0));
+  for (uint32_t r = 0; r < kReplies; r++) input = cat({input, get24(300, kStagedVaddr + r * kReplyPages * kPage, kReplyPages)});
+  CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+  const size_t trailer = checksums ? kReplyPages * wire::kChecksumSize : 0;
+  const size_t reply = wire::HEADER_SIZE_V24 + kReplyPages * kPage + trailer;
+  Bytes out;
+  auto pump = [&](LazySession::Status status) {
+    uint8_t buf[3000];  // less than the socket holds: the session finds it full again and again
+    ssize_t got = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (got > 0) out.insert(out.end(), buf, buf + got);
+    return session.wants_write() ? session.on_writable() : status;
+  };
+  LazySession::Status status = session.on_readable();
+  for (int rounds = 0; out.size() < wire::kHelloReplySize + reply / 2; rounds++) {  // half of the first reply out
+    CHECK(status == LazySession::Status::kOpen, "session: %s", session.error().c_str());
+    CHECK(rounds < 100000, "stuck at %zu bytes", out.size());
+    status = pump(status);
+  }
+  CHECK(store->finish(false, "the test reset the dump", true) == 0, "void the store");
+  for (int rounds = 0; status == LazySession::Status::kOpen; rounds++) {
+    CHECK(rounds < 100000, "the session went on after the void: %zu bytes out", out.size());
+    status = pump(status);
+  }
+  read_available(sv[1], &out);
+  CHECK(status == LazySession::Status::kFailed, "the session failed (status %d)", static_cast<int>(status));
+  CHECK(session.error().find("void") != std::string::npos, "the reason says the checkpoint is void: %s", session.error().c_str());
+  CHECK(out.size() < wire::kHelloReplySize + kReplies * reply, "%zu bytes out: every reply sent in full after the void", out.size());
+  uint64_t wrong = 0, checked = 0;
+  for (size_t at = wire::kHelloReplySize, r = 0; at < out.size(); at += reply, r++) {
+    if (out.size() - at < wire::HEADER_SIZE_V24) break;
+    const wire::Header h = wire::decode(wire::Format::V24, out.data() + at);
+    CHECK(h.cmd == wire::GET_REPLY_CMD && h.vaddr == kStagedVaddr + r * kReplyPages * kPage, "reply %zu's header", r);
+    const uint64_t have = std::min<uint64_t>(out.size() - at - wire::HEADER_SIZE_V24, kReplyPages * kPage);
+    for (uint64_t i = 0; i < have; i++) wrong += out[at + wire::HEADER_SIZE_V24 + i] != pattern_byte(r * kReplyPages * kPage + i);
+    checked += have;
+  }
+  CHECK(checked > 0 && wrong == 0, "%" PRIu64 " of %" PRIu64 " page bytes out were wrong", wrong, checked);
   close(sv[1]);
 }
 
@@ -961,6 +1030,8 @@ int main(int argc, char** argv) {
   test_client_refetch(true);
   test_relay_checksums();
   test_relay_checksums_socket_full();
+  test_relay_void_mid_reply(false);
+  test_relay_void_mid_reply(true);
   test_client();
   test_send_slices();
   test_gathered_replies();

@@ -426,7 +426,7 @@ LazySession::Status LazySession::flush() {
       ssize_t n = reply.store->send(part, reply.store_done, fd(), scratch_);
       if (n == -EAGAIN || n == -EWOULDBLOCK) return Status::kOpen;
       if (n == -EINTR) continue;
-      if (n < 0) return fail(std::string("sending staged page data failed: ") + strerror(static_cast<int>(-n)));
+      if (n < 0) return fail(std::string("sending staged page data failed: ") + store_error_text(static_cast<int>(n)));
       if (n == 0) return fail("the staged store sent nothing: no page is sent short");
       reply.store_done += static_cast<uint64_t>(n);
       stats_.bytes_out += static_cast<uint64_t>(n);
@@ -523,7 +523,7 @@ LazySession::Status LazySession::flush_copied(Reply& reply) {
         const size_t want = static_cast<size_t>(std::min<uint64_t>(copy_.size(), reply.span.bytes - reply.store_done));
         ssize_t n = reply.store->copy_out(reply.span, reply.store_done, copy_.data(), want, scratch_);
         if (n == -EINTR) continue;
-        if (n < 0) return fail(std::string("reading staged page data failed: ") + strerror(static_cast<int>(-n)));
+        if (n < 0) return fail(std::string("reading staged page data failed: ") + store_error_text(static_cast<int>(n)));
         if (n == 0) return fail("the staged store returned nothing: no page is sent short");
         reply.store_done += static_cast<uint64_t>(n);
         copy_len_ = static_cast<size_t>(n);

@@ -55,6 +55,7 @@ const char* store_error_text(int code) {
     case kStoreBusy: return "payload still expected for the previous entry (or none expected)";
     case kStoreSealed: return "the store is sealed";
     case kStoreTruncated: return "the source ended in the middle of a payload";
+    case kStoreVoid: return "the checkpoint became void (its relay failed and the dump resumed the tasks): its pages are no longer served";
     case -EMFILE: return "out of file descriptors (each page pipe costs 2 while filling)";
     case -ENOMEM: return "out of memory";
     default: return strerror(-code);

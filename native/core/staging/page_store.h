@@ -51,6 +51,7 @@ constexpr int kStoreTooBig = -E2BIG;        // nr_pages above StoreLimits::max_e
 constexpr int kStoreBusy = -EBUSY;          // an entry's payload is still expected / nothing expected
 constexpr int kStoreSealed = -EROFS;        // filling a sealed store
 constexpr int kStoreTruncated = -EPIPE;     // append(): the source ended before the payload did
+constexpr int kStoreVoid = -ESTALE;         // serving: the store's pages were dropped (a void relay), even mid-reply
 const char* store_error_text(int code);
 
 // A byte budget shared by every store of the daemon (staged checkpoints and uploads in progress).

@@ -189,6 +189,9 @@ std::string RelayStore::missing_reason() const {
 }
 
 ssize_t RelayStore::send(const StoreSpan& span, uint64_t done, int out_fd, ServeScratch& scratch) const {
+  // A reply in progress when the checkpoint became void stops here: its pipes are gone (the memfd behind them holds
+  // no page of theirs) and even bytes already teed into the scratch reference pages the resumed tasks may change.
+  if (void_) return kStoreVoid;
   if (done >= span.bytes) return 0;
   if (span.data_offset + span.bytes > file_size_) return -EIO;
   const uint64_t at = span.data_offset + done;
@@ -205,6 +208,7 @@ ssize_t RelayStore::send(const StoreSpan& span, uint64_t done, int out_fd, Serve
 }
 
 ssize_t RelayStore::copy_out(const StoreSpan& span, uint64_t done, void* buf, size_t len, ServeScratch& scratch) const {
+  if (void_) return kStoreVoid;  // as send()
   if (done >= span.bytes || len == 0) return 0;
   if (span.data_offset + span.bytes > file_size_) return -EIO;
   const uint64_t at = span.data_offset + done;
