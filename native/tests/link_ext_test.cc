@@ -711,20 +711,41 @@ void test_relay_checksums() {
   }
 }
 
+// A session over a socketpair whose send buffer is small, read a few KiB at a time: the session finds its socket
+// full again and again (a drain over a busy link). The session owns sv[0].
+struct SmallBufferSession {
+  int sv[2] = {-1, -1};
+  std::unique_ptr<LazySession> session;
+  Bytes out;
+  SmallBufferSession(const StagedLookup* staged, uint64_t max_queued_bytes) {
+    static std::unique_ptr<PageIndex> index = image_index();
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+    const int small = 8192;
+    CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0, "SO_SNDBUF: %s", strerror(errno));
+    SessionLimits limits;
+    limits.max_request_pages = 64;
+    limits.max_queued_replies = 64;
+    limits.max_queued_bytes = max_queued_bytes;
+    session = std::make_unique<LazySession>(sv[0], *index, limits, staged);
+  }
+  ~SmallBufferSession() { close(sv[1]); }
+  void request(const Bytes& input) {
+    CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+  }
+  // Reads what the socket holds, up to less than it takes, then lets the session write if it wants to.
+  LazySession::Status pump(LazySession::Status status) {
+    uint8_t buf[3000];
+    ssize_t got = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (got > 0) out.insert(out.end(), buf, buf + got);
+    return session->wants_write() ? session->on_writable() : status;
+  }
+};
+
 // The same over a socket that is full most of the time (a drain over a busy link): the last chunk of each reply
 // completes its checksums before the socket has taken all of it, and its bytes still go out before the trailer.
 void test_relay_checksums_socket_full() {
   OneCheckpoint relayed(relay_checkpoint(300, kStagedVaddr, 96, 0x7c));
-  static std::unique_ptr<PageIndex> index = image_index();
-  int sv[2];
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
-  const int small = 8192;
-  CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0, "SO_SNDBUF: %s", strerror(errno));
-  SessionLimits limits;
-  limits.max_request_pages = 64;
-  limits.max_queued_replies = 64;
-  limits.max_queued_bytes = 1 << 20;
-  LazySession session(sv[0], *index, limits, &relayed);
+  SmallBufferSession s(&relayed, 1 << 20);
   const uint64_t both = wire::kFeatureBind | wire::kFeatureChecksum;
   const uint32_t sizes[] = {32, 1, 48, 15};  // 128 KiB, a page, 192 KiB, 60 KiB: each in one copied chunk
   Bytes input = hello(0x7c, wire::kLinkVersion, both);
@@ -733,18 +754,15 @@ void test_relay_checksums_socket_full() {
     input = cat({input, get24(300, kStagedVaddr + first * kPage, n)});
     first += n;
   }
-  CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
-  Bytes out;
+  s.request(input);
+  const Bytes& out = s.out;
   size_t expected = wire::kHelloReplySize;
   for (uint32_t n : sizes) expected += wire::HEADER_SIZE_V24 + n * kPage + n * wire::kChecksumSize;
-  LazySession::Status status = session.on_readable();
+  LazySession::Status status = s.session->on_readable();
   for (int rounds = 0; out.size() < expected; rounds++) {
-    CHECK(status == LazySession::Status::kOpen, "session: %s", session.error().c_str());
+    CHECK(status == LazySession::Status::kOpen, "session: %s", s.session->error().c_str());
     CHECK(rounds < 100000, "stuck at %zu of %zu bytes", out.size(), expected);
-    uint8_t buf[3000];  // less than the socket holds: the session finds it full again and again
-    ssize_t got = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
-    if (got > 0) out.insert(out.end(), buf, buf + got);
-    if (session.wants_write()) status = session.on_writable();
+    status = s.pump(status);
   }
   CHECK(out.size() == expected, "every reply's bytes: %zu of %zu", out.size(), expected);
   size_t at = wire::kHelloReplySize;
@@ -761,7 +779,6 @@ void test_relay_checksums_socket_full() {
     at += wire::HEADER_SIZE_V24 + n * kPage + n * wire::kChecksumSize;
     first += n;
   }
-  close(sv[1]);
 }
 
 // A relay that fails with a reset while replies are on their way (the dump resumes the tasks, so the pages held by
@@ -770,44 +787,30 @@ void test_relay_checksums_socket_full() {
 // that was not sent before.
 void test_relay_void_mid_reply(bool checksums) {
   constexpr uint32_t kReplies = 4, kReplyPages = 64;  // 1 MiB: more than a session reads ahead (256 KiB a pass)
+  static_assert(kReplyPages <= 64, "SmallBufferSession's request limit");
   auto store = relay_store_filled(300, kStagedVaddr, kReplies * kReplyPages);
   OneCheckpoint relayed(checkpoint_of_store(store, 0x7c));
-  static std::unique_ptr<PageIndex> index = image_index();
-  int sv[2];
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
-  const int small = 8192;
-  CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0, "SO_SNDBUF: %s", strerror(errno));
-  SessionLimits limits;
-  limits.max_request_pages = kReplyPages;
-  limits.max_queued_replies = 64;
-  limits.max_queued_bytes = 4 << 20;
-  LazySession session(sv[0], *index, limits, &relayed);
+  SmallBufferSession s(&relayed, 4 << 20);
   Bytes input = hello(0x7c, wire::kLinkVersion, wire::kFeatureBind | (checksums ? wire::kFeatureChecksum : 0));
   for (uint32_t r = 0; r < kReplies; r++) input = cat({input, get24(300, kStagedVaddr + r * kReplyPages * kPage, kReplyPages)});
-  CHECK(send(sv[1], input.data(), input.size(), 0) == static_cast<ssize_t>(input.size()), "send");
+  s.request(input);
   const size_t trailer = checksums ? kReplyPages * wire::kChecksumSize : 0;
   const size_t reply = wire::HEADER_SIZE_V24 + kReplyPages * kPage + trailer;
-  Bytes out;
-  auto pump = [&](LazySession::Status status) {
-    uint8_t buf[3000];  // less than the socket holds: the session finds it full again and again
-    ssize_t got = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
-    if (got > 0) out.insert(out.end(), buf, buf + got);
-    return session.wants_write() ? session.on_writable() : status;
-  };
-  LazySession::Status status = session.on_readable();
+  Bytes& out = s.out;
+  LazySession::Status status = s.session->on_readable();
   for (int rounds = 0; out.size() < wire::kHelloReplySize + reply / 2; rounds++) {  // half of the first reply out
-    CHECK(status == LazySession::Status::kOpen, "session: %s", session.error().c_str());
+    CHECK(status == LazySession::Status::kOpen, "session: %s", s.session->error().c_str());
     CHECK(rounds < 100000, "stuck at %zu bytes", out.size());
-    status = pump(status);
+    status = s.pump(status);
   }
   CHECK(store->finish(false, "the test reset the dump", true) == 0, "void the store");
   for (int rounds = 0; status == LazySession::Status::kOpen; rounds++) {
     CHECK(rounds < 100000, "the session went on after the void: %zu bytes out", out.size());
-    status = pump(status);
+    status = s.pump(status);
   }
-  read_available(sv[1], &out);
+  read_available(s.sv[1], &out);
   CHECK(status == LazySession::Status::kFailed, "the session failed (status %d)", static_cast<int>(status));
-  CHECK(session.error().find("void") != std::string::npos, "the reason says the checkpoint is void: %s", session.error().c_str());
+  CHECK(s.session->error().find("void") != std::string::npos, "the reason says the checkpoint is void: %s", s.session->error().c_str());
   CHECK(out.size() < wire::kHelloReplySize + kReplies * reply, "%zu bytes out: every reply sent in full after the void", out.size());
   uint64_t wrong = 0, checked = 0;
   for (size_t at = wire::kHelloReplySize, r = 0; at < out.size(); at += reply, r++) {
@@ -819,7 +822,6 @@ void test_relay_void_mid_reply(bool checksums) {
     checked += have;
   }
   CHECK(checked > 0 && wrong == 0, "%" PRIu64 " of %" PRIu64 " page bytes out were wrong", wrong, checked);
-  close(sv[1]);
 }
 
 // Client: a flipped bit is re-fetched (only the bad run) and the reply handed on once clean; a second flip fails.
